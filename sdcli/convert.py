@@ -1,0 +1,356 @@
+"""`sdcli convert`: a diffusers model (Hub repo, local folder or single checkpoint) to
+OpenVINO IR, in the folder layout that `optimum-cli export openvino` writes.
+
+Needs the ``convert`` extra (torch, diffusers, nncf); nothing else in sdcli imports this
+module's heavy dependencies.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import UsageError
+from .fsutil import atomic_directory
+
+WEIGHT_FORMATS = ("fp32", "fp16", "int8")
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+DIFFUSERS_FILES = [
+    "model_index.json",
+    "scheduler/*",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/*.safetensors",
+    "unet/config.json",
+    "unet/*.safetensors",
+    "vae/config.json",
+    "vae/*.safetensors",
+]
+
+
+@dataclass
+class ConvertOptions:
+    weight_format: str = "fp16"
+    force: bool = False
+    allow_pickle: bool = False
+    config: str | None = None  # diffusers folder or repo giving the configs of a single-file checkpoint
+
+
+def require_convert_extra() -> None:
+    missing = []
+    for mod in ("torch", "diffusers"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise UsageError(
+            f"sdcli convert needs {' and '.join(missing)}: pip install \"sdcli[convert]\" "
+            "(on CPU-only machines: pip install torch --index-url https://download.pytorch.org/whl/cpu first)"
+        )
+
+
+def default_output_name(source: str) -> str:
+    path = Path(source)
+    if path.suffix in (".safetensors", ".ckpt"):
+        return path.stem
+    return path.name.rstrip("/") or "model"
+
+
+def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
+    """Return ("folder" | "single_file", local path); a Hub repo id is downloaded first."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UsageError(f"{source} is not a diffusers folder (no model_index.json)")
+        return "folder", path
+    if path.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        if not path.is_file():
+            raise UsageError(f"checkpoint not found: {source}")
+        if path.suffix != ".safetensors" and not opts.allow_pickle:
+            raise UsageError(
+                f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; "
+                "convert a .safetensors file, or pass --allow-pickle if you trust it"
+            )
+        return "single_file", path
+    if source.count("/") == 1 and not path.exists():
+        return "folder", download_repo(source)
+    raise UsageError(f"not a model folder, checkpoint file or Hub repo id: {source}")
+
+
+def download_repo(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=DIFFUSERS_FILES))
+    except LocalEntryNotFoundError as exc:
+        raise UsageError(f"cannot download {repo_id} (offline, or no network): {exc}") from exc
+    except HfHubHTTPError as exc:
+        raise UsageError(f"cannot download {repo_id}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_components(kind: str, path: Path, opts: ConvertOptions):
+    """Return (unet, vae, text_encoder, tokenizer, scheduler_config, model_index)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if kind == "single_file":
+        from diffusers import StableDiffusionPipeline
+
+        kwargs = {"config": opts.config} if opts.config else {}
+        if path.suffix != ".safetensors":
+            kwargs["weights_only"] = True
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), torch_dtype=torch.float32, safety_checker=None, **kwargs
+            )
+        except Exception as exc:  # diffusers raises many kinds here; the first line says which
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(
+                f"cannot load {path.name} as a Stable Diffusion checkpoint: {first} "
+                "(offline? pass --config with a diffusers folder of the same architecture)"
+            ) from exc
+        index = {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": __import__("diffusers").__version__,
+            "scheduler": ["diffusers", type(pipe.scheduler).__name__],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }
+        return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), index
+
+    index = json.loads((path / "model_index.json").read_text())
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (path / sub).is_dir():
+            raise UsageError(f"{path} has no {sub}/ folder")
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=torch.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    scheduler_config = json.loads(sched_file.read_text())
+    return unet, vae, text_encoder, tokenizer, scheduler_config, index
+
+
+# --- torch wrappers that fix the names and signatures optimum-intel uses ---------------
+
+def _wrappers():
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            out = self.model(input_ids=input_ids, return_dict=True)
+            return out.last_hidden_state, out.pooler_output
+
+    class UNet(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            # The graph converts the int64 timestep to float first thing, which lets the
+            # engine swap the input for a float one (Euler's timesteps are fractional).
+            t = timestep.to(torch.float32)
+            return self.model(sample, t, encoder_hidden_states, return_dict=False)[0]
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, sample):
+            return self.vae.encode(sample, return_dict=True).latent_dist.parameters
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, latent_sample):
+            return self.vae.decode(latent_sample, return_dict=False)[0]
+
+    return TextEncoder, UNet, VaeEncoder, VaeDecoder
+
+
+def _to_ov(module, example: dict, inputs: list, output_names: list[str]):
+    import openvino as ov
+    import torch
+
+    module.eval()
+    with torch.no_grad():
+        model = ov.convert_model(module, example_input=example, input=inputs)
+    for port, name in zip(model.inputs, example):
+        port.get_tensor().set_names({name})
+    for port, name in zip(model.outputs, output_names):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def _save(model, folder: Path, weight_format: str) -> None:
+    import openvino as ov
+
+    if weight_format == "int8":
+        import nncf
+
+        model = nncf.compress_weights(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=(weight_format == "fp16"))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _model_config(model) -> dict:
+    config = dict(model.config)
+    config["_class_name"] = type(model).__name__
+    return config
+
+
+def export_tokenizer(tokenizer, folder: Path) -> None:
+    import openvino as ov
+
+    tokenizer.save_pretrained(folder)
+    try:
+        from openvino_tokenizers import convert_tokenizer
+    except ImportError:
+        return
+    ov_tok, ov_detok = convert_tokenizer(tokenizer, with_detokenizer=True)
+    ov.save_model(ov_tok, folder / "openvino_tokenizer.xml")
+    ov.save_model(ov_detok, folder / "openvino_detokenizer.xml")
+
+
+def convert(
+    source: str,
+    output: Path,
+    opts: ConvertOptions,
+    log: Callable[[str], None] = print,
+) -> Path:
+    if opts.weight_format not in WEIGHT_FORMATS:
+        raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
+    if output.exists() and not opts.force:
+        raise UsageError(f"{output} already exists (pass --force to replace it)")
+    require_convert_extra()
+    if opts.weight_format == "int8":
+        try:
+            import nncf  # noqa: F401
+        except ImportError as exc:
+            raise UsageError('--weight-format int8 needs nncf: pip install "sdcli[convert]"') from exc
+    kind, path = resolve_source(source, opts)
+
+    import torch
+    from openvino import PartialShape, Type
+
+    torch.set_grad_enabled(False)
+    log(f"loading {source}")
+    unet, vae, text_encoder, tokenizer, scheduler_config, index = load_components(kind, path, opts)
+    TextEncoder, UNet, VaeEncoder, VaeDecoder = _wrappers()
+
+    with atomic_directory(output, replace=opts.force) as tmp:
+        started = time.perf_counter()
+
+        def step(i: int, name: str) -> None:
+            log(f"[{i}/6] {name}")
+
+        step(1, "tokenizer")
+        export_tokenizer(tokenizer, tmp / "tokenizer")
+        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
+
+        step(2, "text_encoder")
+        seq = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
+        ids = torch.ones((1, seq), dtype=torch.int64)
+        model = _to_ov(
+            TextEncoder(text_encoder),
+            {"input_ids": ids},
+            [(PartialShape([-1, -1]), Type.i64)],
+            ["last_hidden_state", "pooler_output"],
+        )
+        _save(model, tmp / "text_encoder", opts.weight_format)
+        _write_json(tmp / "text_encoder" / "config.json", text_encoder.config.to_dict())
+        hidden = text_encoder.config.hidden_size
+        del model, text_encoder
+        gc.collect()
+
+        step(3, "unet")
+        ucfg = unet.config
+        lat = 8
+        example = {
+            "sample": torch.randn(2, ucfg.in_channels, lat, lat),
+            "timestep": torch.tensor([1, 1], dtype=torch.int64),
+            "encoder_hidden_states": torch.randn(2, seq, ucfg.cross_attention_dim or hidden),
+        }
+        model = _to_ov(
+            UNet(unet),
+            example,
+            [
+                (PartialShape([-1, ucfg.in_channels, -1, -1]), Type.f32),
+                (PartialShape([-1]), Type.i64),
+                (PartialShape([-1, -1, ucfg.cross_attention_dim]), Type.f32),
+            ],
+            ["out_sample"],
+        )
+        _save(model, tmp / "unet", opts.weight_format)
+        _write_json(tmp / "unet" / "config.json", _model_config(unet))
+        del model, unet
+        gc.collect()
+
+        vcfg = vae.config
+        scale = 2 ** (len(vcfg.block_out_channels) - 1)
+        step(4, "vae_encoder")
+        model = _to_ov(
+            VaeEncoder(vae),
+            {"sample": torch.randn(1, vcfg.in_channels, lat * scale, lat * scale)},
+            [(PartialShape([-1, vcfg.in_channels, -1, -1]), Type.f32)],
+            ["latent_parameters"],
+        )
+        _save(model, tmp / "vae_encoder", opts.weight_format)
+        _write_json(tmp / "vae_encoder" / "config.json", _model_config(vae))
+        del model
+
+        step(5, "vae_decoder")
+        model = _to_ov(
+            VaeDecoder(vae),
+            {"latent_sample": torch.randn(1, vcfg.latent_channels, lat, lat)},
+            [(PartialShape([-1, vcfg.latent_channels, -1, -1]), Type.f32)],
+            ["sample"],
+        )
+        _save(model, tmp / "vae_decoder", opts.weight_format)
+        _write_json(tmp / "vae_decoder" / "config.json", _model_config(vae))
+        del model, vae
+        gc.collect()
+
+        step(6, "model_index.json")
+        index = {k: v for k, v in index.items() if not (isinstance(v, list) and v[0] is None)}
+        _write_json(tmp / "model_index.json", index)
+        _write_json(
+            tmp / "sdcli.json",
+            {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(time.perf_counter() - started, 1)},
+        )
+    log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
+    return output
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("SDCLI_MODELS", "models"))
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,185 @@
+"""Random-weight Stable Diffusion pipelines, built locally (no hub).
+
+Tests use the tiny configuration; the benchmark uses the SD 1.5 architecture, whose
+cost per step does not depend on the values of its weights.  Needs torch, diffusers
+and transformers (the ``convert`` extra).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY = {
+    "unet": dict(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ),
+    "vae": dict(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=16,
+    ),
+    "text": dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=1000,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+    ),
+}
+
+SD15 = {
+    "unet": dict(
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ),
+    "vae": dict(
+        block_out_channels=(128, 256, 512, 512),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    ),
+    "text": dict(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_attention_heads=12,
+        num_hidden_layers=12,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+    ),
+}
+
+# The SD 1.x scheduler configuration (PNDM with PLMS steps only).
+SD15_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def write_clip_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A real CLIP BPE tokenizer with a small vocabulary: every byte, byte + "</w>",
+    a few merges of common letter pairs, and the two special tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: list[str] = chars + [c + "</w>" for c in chars]
+    merges = []
+    for a, b in ["th", "he", "in", "er", "an", "re", "on", "at", "or", "es"]:
+        merges.append(f"{a} {b}")
+        vocab.append(a + b)
+        merges.append(f"{a} {b}</w>")
+        vocab.append(a + b + "</w>")
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    if len(vocab) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {len(vocab)} tokens")
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_random_pipeline(
+    out_dir: str | Path,
+    sizes: dict = TINY,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    scheduler_config: dict | None = None,
+    torch_dtype=None,
+):
+    """Build a random-weight StableDiffusionPipeline, save it as a diffusers folder and return it."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**sizes["unet"])
+    vae = AutoencoderKL(**sizes["vae"])
+    text_cfg = dict(sizes["text"], bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    if sizes is TINY:
+        _spread_weights(unet, vae, text_encoder, seed=seed)
+    tok_dir = out_dir / "_tokenizer_src"
+    write_clip_tokenizer(tok_dir, text_cfg["vocab_size"])
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    sched_cfg = dict(scheduler_config or SD15_SCHEDULER, prediction_type=prediction_type)
+    scheduler = PNDMScheduler(**sched_cfg)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return pipe
+
+
+def _spread_weights(*modules, seed: int = 0) -> None:
+    """Random init of a tiny model leaves the output nearly independent of its inputs
+    (zero-initialised output convolutions, small attention weights).  Re-draw every
+    weight with a larger spread so that parity tests see prompt, timestep and
+    latents all move the pixels."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in modules:
+            for name, p in module.named_parameters():
+                if "norm" in name and name.endswith("weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                elif p.ndim >= 2:
+                    fan_in = p[0].numel()
+                    p.copy_(torch.randn(p.shape, generator=g) * (1.0 / fan_in) ** 0.5)
+                else:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
