@@ -183,3 +183,25 @@ def _spread_weights(*modules, seed: int = 0) -> None:
                     p.copy_(torch.randn(p.shape, generator=g) * (1.0 / fan_in) ** 0.5)
                 else:
                     p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m sdcli.random_model",
+        description="Build a random-weight Stable Diffusion pipeline as a diffusers folder (no download).",
+    )
+    parser.add_argument("output", help="folder to write")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--tiny", action="store_true", help="a tiny model for tests (default)")
+    size.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture (about 4 GB in fp32)")
+    parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed)
+    print(args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The `sdcli` command line."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import SdcliError, UsageError
+
+app = typer.Typer(
+    help="Stable Diffusion on an ordinary CPU, through OpenVINO.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+STATE = {"debug": False}
+SAMPLER_NAMES = {"pndm": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a"}
+
+
+def fail(exc: BaseException) -> None:
+    """Print one line for `exc` and exit with its code (full traceback with --debug)."""
+    if STATE["debug"]:
+        traceback.print_exception(exc)
+    code = exc.exit_code if isinstance(exc, SdcliError) else 1
+    if isinstance(exc, SdcliError):
+        message = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if not STATE["debug"]:
+            message += " (run with --debug for details)"
+    print(f"sdcli: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def warn(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"sdcli: warning: {message}", file=sys.stderr)
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+):
+    STATE["debug"] = debug
+    if version:
+        print(f"sdcli {__version__}")
+        raise typer.Exit(0)
+
+
+# --- convert ------------------------------------------------------------------------
+
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="Hub repo id, local diffusers folder, or single-file .safetensors checkpoint."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [default: models/<source name>]."),
+    weight_format: str = typer.Option("fp16", "--weight-format", help="fp16 (default, half the size of fp32), fp32, or int8 (NNCF weight compression)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled .ckpt checkpoints (they can run code when loaded)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+):
+    """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout)."""
+    from .convert import WEIGHT_FORMATS, ConvertOptions, default_output_name
+
+    try:
+        if weight_format not in WEIGHT_FORMATS:
+            raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+        target = output or Path("models") / default_output_name(source)
+        opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config)
+        _quiet_libraries()
+        from .convert import convert as run_convert
+
+        run_convert(source, target, opts, log=(lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr)))
+        if not quiet:
+            print(target)
+    except typer.Exit:
+        raise
+    except (Exception, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            print("sdcli: interrupted; nothing was written", file=sys.stderr)
+            raise typer.Exit(130)
+        fail(exc)
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("transformers", "diffusers", "nncf", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# --- generate -----------------------------------------------------------------------
+
+def find_model(model: Optional[str]) -> Path:
+    if model:
+        return Path(model)
+    if os.environ.get("SDCLI_MODEL"):
+        return Path(os.environ["SDCLI_MODEL"])
+    models = Path("models")
+    found = sorted(p.parent for p in models.glob("*/model_index.json")) if models.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise UsageError(f"several models under models/ ({', '.join(p.name for p in found)}): pick one with --model")
+    raise UsageError(
+        "no model: pass --model DIR or set SDCLI_MODEL (convert one first: sdcli convert stable-diffusion-v1-5/stable-diffusion-v1-5)"
+    )
+
+
+def output_paths(output: Path, count: int) -> list[Path]:
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"--output must be a .png file, got {output}")
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
+
+
+def a1111_parameters(config, result, model_name: str, init_image: bool) -> str:
+    lines = [config.prompt]
+    if config.negative_prompt:
+        lines.append(f"Negative prompt: {config.negative_prompt}")
+    fields = [
+        f"Steps: {config.steps}",
+        f"Sampler: {SAMPLER_NAMES.get(result.scheduler, result.scheduler)}",
+        f"CFG scale: {config.guidance_scale:g}",
+        f"Seed: {result.seed}",
+        f"Size: {result.width}x{result.height}",
+        f"Model: {model_name}",
+    ]
+    if init_image:
+        fields.append(f"Denoising strength: {config.strength:g}")
+    fields.append(f"RNG: {config.rng}")
+    fields.append(f"Version: sdcli {__version__}")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def check_output_dir(path: Path) -> None:
+    from .fsutil import check_writable_dir
+
+    try:
+        check_writable_dir(path.parent if str(path.parent) else Path("."))
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc}") from None
+
+
+def _positive_multiple_of_8(value: Optional[int]) -> Optional[int]:
+    if value is not None and (value <= 0 or value % 8):
+        raise typer.BadParameter(f"must be a positive multiple of 8, got {value}")
+    return value
+
+
+def _scheduler_name(value: Optional[str]) -> Optional[str]:
+    from .schedulers import scheduler_names
+
+    if value is not None and value not in scheduler_names():
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(scheduler_names())}")
+    return value
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What to draw."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
+    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, help="Image-to-image: how much to repaint, 0..1."),
+    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", callback=_scheduler_name, help="pndm, ddim, euler, euler_a [default: the model's]."),
+    num_images: int = typer.Option(1, "--num-images", min=1, max=10_000, help="Images to make; image i uses seed+i."),
+    output: Path = typer.Option(Path("output.png"), "--output", "-o", help="PNG to write; several images get -1, -2, ... before .png."),
+    device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (OpenVINO picks: bf16 where the CPU has it), f32, bf16, f16."),
+    rng: str = typer.Option("torch", "--rng", help="torch: the same noise as diffusers for a seed; numpy: faster draws."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
+):
+    """Make images from a prompt (and optionally an init image)."""
+    try:
+        from .model import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if rng not in ("torch", "numpy"):
+            raise UsageError(f"--rng must be torch or numpy, got {rng!r}")
+        paths = output_paths(output, num_images)
+        check_output_dir(output)
+        model_dir = find_model(model)
+        image = None
+        if init_image is not None:
+            from .image_io import read_rgb
+
+            image = read_rgb(init_image)
+        if seed is None:
+            seed = secrets.randbelow(2**32)
+            warn(f"seed {seed}", quiet or as_json)
+
+        from .pipeline import GenerationConfig, StableDiffusionEngine
+
+        engine = StableDiffusionEngine(model_dir, device=device, precision=precision)
+        base = GenerationConfig(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            width=width,
+            height=height,
+            scheduler=scheduler,
+            init_image=image,
+            strength=strength,
+            rng=rng,
+        )
+        base.validate()
+        context, notes = engine.encode_prompt(prompt, negative_prompt, guidance_scale > 1.0)
+        for note in notes:
+            warn(note, quiet)
+        engine.release_text_encoder()
+        from .progress import StepProgress
+
+        for i, path in enumerate(paths):
+            config = GenerationConfig(**{**base.__dict__, "seed": (seed + i) % 2**64})
+            with StepProgress(f"image {i + 1}/{len(paths)}" if len(paths) > 1 else "generating", enabled=not (quiet or as_json)) as bar:
+                result = engine.generate(config, on_step=bar.update, context=context)
+            from .image_io import save_png
+
+            save_png(path, result.image, a1111_parameters(config, result, engine.folder.name, image is not None))
+            if as_json:
+                print(json.dumps({"path": str(path), "seed": result.seed, "width": result.width, "height": result.height,
+                                  "steps": steps, "scheduler": result.scheduler,
+                                  "timings": {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}}), flush=True)
+            elif not quiet:
+                print(path, flush=True)
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        print("sdcli: interrupted", file=sys.stderr)
+        raise typer.Exit(130)
+    except Exception as exc:
+        fail(exc)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,102 @@
+"""Reading init images and writing PNGs that carry their generation settings."""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .fsutil import atomic_write_bytes
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3]; EXIF rotation applied; alpha dropped."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise UsageError(f"cannot read {path} as an image")
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    shrinking = width < image.shape[1] and height < image.shape[0]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
+
+
+def to_model_input(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] to float32 [1, 3, H, W] in [-1, 1], as diffusers' image processor does."""
+    x = image.astype(np.float32) / 255.0
+    return (x * 2.0 - 1.0).transpose(2, 0, 1)[None]
+
+
+def to_pixels(decoded: np.ndarray) -> np.ndarray:
+    """VAE output [1, 3, H, W] in about [-1, 1] to RGB uint8 [H, W, 3] (diffusers' rounding)."""
+    x = np.clip(decoded[0] / 2.0 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
+    return (x * 255.0).round().astype(np.uint8)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def text_chunk(key: str, text: str) -> bytes:
+    """tEXt when the text is Latin-1, else iTXt (UTF-8), as Pillow and A1111 do."""
+    try:
+        return _chunk(b"tEXt", key.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def encode_png(image: np.ndarray, parameters: str | None = None) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    png = buf.tobytes()
+    if parameters is None:
+        return png
+    # The text chunk goes right after IHDR (8-byte signature + 25-byte IHDR chunk).
+    head = 8 + 25
+    return png[:head] + text_chunk("parameters", parameters) + png[head:]
+
+
+def read_png_text(path: Path) -> dict[str, str]:
+    """The tEXt/iTXt chunks of a PNG file."""
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise UsageError(f"{path} is not a PNG file")
+    out: dict[str, str] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"iTXt":
+            key, _, rest = body.partition(b"\0")
+            compressed, rest = rest[0], rest[2:]
+            _lang, _, rest = rest.partition(b"\0")
+            _tkey, _, value = rest.partition(b"\0")
+            out[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    return out
+
+
+def save_png(path: Path, image: np.ndarray, parameters: str | None = None) -> None:
+    atomic_write_bytes(Path(path), encode_png(image, parameters))

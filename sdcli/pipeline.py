@@ -1,0 +1,228 @@
+"""The Stable Diffusion engine: four stages — encode prompt, prepare latents, denoise,
+decode — on OpenVINO-compiled components, with the scheduler loop in numpy.
+
+Text-to-image and image-to-image differ only in how the latents are prepared.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import image_io
+from .errors import UsageError
+from .model import ModelFolder, Runtime, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
+from .rng import make_rng
+from .schedulers import create_scheduler
+from .tokenizer import PromptTokenizer
+
+
+@dataclass
+class GenerationConfig:
+    """One request.  Defaults are those of `sdcli generate`."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int = 0
+    width: int | None = None  # None: the model's default size (or the init image's)
+    height: int | None = None
+    scheduler: str | None = None  # None: the model's own scheduler
+    init_image: np.ndarray | None = None  # RGB uint8 [H, W, 3]
+    strength: float = 0.8  # img2img: how much of the init image is repainted (1.0: all of it)
+    rng: str = "torch"  # "torch": the same draws as diffusers with torch.Generator().manual_seed(seed)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise UsageError("--steps must be at least 1")
+        if not 0.0 <= self.strength <= 1.0:
+            raise UsageError("--strength must be between 0 and 1")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise UsageError(f"--{name} must be a positive multiple of 8, got {value}")
+        if self.rng not in ("torch", "numpy"):
+            raise UsageError("--rng must be torch or numpy")
+
+
+@dataclass
+class StepInfo:
+    index: int  # 0-based
+    total: int
+    timestep: float
+    seconds: float  # this step's wall time
+
+
+@dataclass
+class Result:
+    image: np.ndarray  # RGB uint8 [H, W, 3]
+    seed: int
+    width: int
+    height: int
+    scheduler: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StableDiffusionEngine:
+    """Compiles a converted model for one device and generates images with it.
+
+    Components are compiled lazily for each (size, batch) they are asked for and kept,
+    so a batch of requests of one size compiles once.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "CPU",
+        precision: str = "auto",
+        cache_dir: Path | None | bool = True,
+    ):
+        self.folder = ModelFolder.open(model_dir)
+        if cache_dir is True:
+            cache_dir = default_cache_dir()
+        self.runtime = Runtime(device, precision, cache_dir or None)
+        self.tokenizer = PromptTokenizer(self.folder.root / "tokenizer")
+        self._components: dict[tuple, object] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- components, compiled on first use -------------------------------------------
+    def _get(self, key: tuple, build: Callable[[], object]):
+        if key not in self._components:
+            started = time.perf_counter()
+            self._components[key] = build()
+            self.timings[f"compile_{key[0]}"] = self.timings.get(f"compile_{key[0]}", 0.0) + time.perf_counter() - started
+        return self._components[key]
+
+    def text_encoder(self) -> TextEncoder:
+        return self._get(("text_encoder",), lambda: TextEncoder(self.runtime, self.folder, self.tokenizer.max_length))
+
+    def unet(self, batch: int, latent_hw: tuple[int, int]) -> UNet:
+        seq = self.tokenizer.max_length
+        return self._get(("unet", batch, latent_hw), lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq))
+
+    def vae_decoder(self, latent_hw: tuple[int, int]) -> VaeDecoder:
+        return self._get(("vae_decoder", latent_hw), lambda: VaeDecoder(self.runtime, self.folder, latent_hw))
+
+    def vae_encoder(self, image_hw: tuple[int, int]) -> VaeEncoder:
+        return self._get(("vae_encoder", image_hw), lambda: VaeEncoder(self.runtime, self.folder, image_hw))
+
+    def release_text_encoder(self) -> None:
+        self._components.pop(("text_encoder",), None)
+
+    # -- stage 1: prompt ---------------------------------------------------------------
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool) -> tuple[np.ndarray, list[str]]:
+        """Return the UNet context ([uncond, cond] when guidance is on) and any warnings."""
+        warnings = []
+        encoder = self.text_encoder()
+        texts = [negative_prompt, prompt] if guidance else [prompt]
+        embeddings = []
+        for label, text in zip(["negative prompt", "prompt"][-len(texts):], texts):
+            ids, truncated = self.tokenizer(text)
+            if truncated:
+                warnings.append(f"the {label} is longer than {self.tokenizer.max_length - 2} tokens and was truncated")
+            embeddings.append(encoder(ids))
+        return np.concatenate(embeddings, axis=0), warnings
+
+    # -- stage 2: latents --------------------------------------------------------------
+    def resolve_size(self, config: GenerationConfig) -> tuple[int, int]:
+        if config.init_image is not None and config.width is None and config.height is None:
+            h, w = config.init_image.shape[:2]
+            w, h = w - w % 8, h - h % 8
+            if w == 0 or h == 0:
+                raise UsageError("the init image must be at least 8x8 pixels")
+            return w, h
+        size = self.folder.default_size
+        return config.width or size, config.height or size
+
+    def prepare_latents(self, config: GenerationConfig, scheduler, rng, width: int, height: int):
+        """Return (latents, timesteps to run)."""
+        f = self.folder.vae_scale_factor
+        shape = (1, self.folder.latent_channels, height // f, width // f)
+        scheduler.set_timesteps(config.steps)
+        if config.init_image is None:
+            latents = rng.randn(shape) * np.float32(scheduler.init_noise_sigma)
+            return latents.astype(np.float32), list(scheduler.timesteps)
+
+        # image-to-image: diffusers' StableDiffusionImg2ImgPipeline.get_timesteps
+        init_steps = min(int(config.steps * config.strength), config.steps)
+        t_start = max(config.steps - init_steps, 0)
+        timesteps = list(scheduler.timesteps[t_start * scheduler.order :])
+        if not timesteps:
+            raise UsageError(
+                f"--strength {config.strength} with --steps {config.steps} leaves no step to run; raise either"
+            )
+        scheduler.set_begin_index(t_start * scheduler.order)
+        image = image_io.resize(config.init_image, width, height)
+        mean, logvar = self.vae_encoder((height, width))(image_io.to_model_input(image))
+        if logvar is None:
+            sample = mean
+        else:
+            std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+            sample = mean + std * rng.randn(mean.shape)
+        init_latents = (np.float32(self.folder.scaling_factor) * sample).astype(np.float32)
+        noise = rng.randn(shape)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[0])
+        return latents.astype(np.float32), timesteps
+
+    # -- stage 3: denoise --------------------------------------------------------------
+    def denoise(self, latents, timesteps, scheduler, context, guidance_scale, rng) -> Iterator[tuple[np.ndarray, StepInfo]]:
+        """Yield the latents after every step."""
+        guidance = context.shape[0] == 2
+        unet = self.unet(context.shape[0], latents.shape[2:])
+        for i, t in enumerate(timesteps):
+            started = time.perf_counter()
+            x = scheduler.scale_model_input(latents, t).astype(np.float32)
+            if guidance:
+                x = np.concatenate([x, x], axis=0)
+            out = unet(x, t, context)
+            if guidance:
+                uncond, cond = out[0:1], out[1:2]
+                out = uncond + np.float32(guidance_scale) * (cond - uncond)
+            latents = scheduler.step(out, t, latents, rng).astype(np.float32)
+            yield latents, StepInfo(i, len(timesteps), float(t), time.perf_counter() - started)
+
+    # -- stage 4: decode ---------------------------------------------------------------
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        decoder = self.vae_decoder(latents.shape[2:])
+        return image_io.to_pixels(decoder(latents / np.float32(self.folder.scaling_factor)))
+
+    # -- all four ----------------------------------------------------------------------
+    def generate(
+        self,
+        config: GenerationConfig,
+        on_step: Callable[[StepInfo], None] | None = None,
+        context: np.ndarray | None = None,
+    ) -> Result:
+        config.validate()
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        width, height = self.resolve_size(config)
+        guidance = config.guidance_scale > 1.0
+        scheduler = create_scheduler(config.scheduler, self.folder.scheduler_config)
+        if context is None:
+            context, _ = self.encode_prompt(config.prompt, config.negative_prompt, guidance)
+        timings["encode_prompt"] = time.perf_counter() - started
+
+        t0 = time.perf_counter()
+        rng = make_rng(config.rng, config.seed)
+        latents, timesteps = self.prepare_latents(config, scheduler, rng, width, height)
+        timings["prepare_latents"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        step_times = []
+        for latents, info in self.denoise(latents, timesteps, scheduler, context, config.guidance_scale, rng):
+            step_times.append(info.seconds)
+            if on_step:
+                on_step(info)
+        timings["denoise"] = time.perf_counter() - t0
+        timings["step_median"] = float(np.median(step_times)) if step_times else 0.0
+
+        t0 = time.perf_counter()
+        image = self.decode(latents)
+        timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+        return Result(image, config.seed, width, height, scheduler.name, timings)
