@@ -212,7 +212,8 @@ def generate(
             image = read_rgb(init_image)
         if seed is None:
             seed = secrets.randbelow(2**32)
-            warn(f"seed {seed}", quiet or as_json)
+            if not (quiet or as_json):
+                print(f"sdcli: seed {seed}", file=sys.stderr)
 
         from .pipeline import GenerationConfig, StableDiffusionEngine
 

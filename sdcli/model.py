@@ -5,6 +5,7 @@ compiles it, and runs it on numpy arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -101,6 +102,24 @@ class ModelFolder:
         return self.root / component / "openvino_model.xml"
 
 
+@contextlib.contextmanager
+def silenced_stderr():
+    """Send file descriptor 2 (C/C++ libraries' stderr) to /dev/null for a while."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def default_cache_dir() -> Path:
     if os.environ.get("SDCLI_CACHE_DIR"):
         return Path(os.environ["SDCLI_CACHE_DIR"])
@@ -127,10 +146,12 @@ class Runtime:
 
     def read(self, path: Path, component: str):
         try:
-            return self.core.read_model(str(path))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "unreadable"
-            raise UsageError(f"{component}: cannot read {path.name} (truncated or not an OpenVINO IR?): {first}") from None
+            # On a broken IR, OpenVINO tries its other frontends, whose C++ logging would
+            # spill parse errors onto stderr; our own one-line error says it better.
+            with silenced_stderr():
+                return self.core.read_model(str(path))
+        except RuntimeError:
+            raise UsageError(f"{component}: {path} is not a readable OpenVINO IR (truncated or corrupt?)") from None
 
     def compile(self, model, component: str):
         config = {"PERFORMANCE_HINT": "LATENCY"}

@@ -151,7 +151,7 @@ class StableDiffusionEngine:
         init_steps = min(int(config.steps * config.strength), config.steps)
         t_start = max(config.steps - init_steps, 0)
         timesteps = list(scheduler.timesteps[t_start * scheduler.order :])
-        if not timesteps:
+        if init_steps < 1 or not timesteps:
             raise UsageError(
                 f"--strength {config.strength} with --steps {config.steps} leaves no step to run; raise either"
             )

@@ -12,7 +12,10 @@ class StepProgress:
         self._task = None
 
     def __enter__(self) -> "StepProgress":
-        if self.enabled:
+        return self
+
+    def _start(self) -> None:
+        if self.enabled and self._progress is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -28,9 +31,10 @@ class StepProgress:
             )
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=None, rate="")
-        return self
 
     def update(self, info) -> None:
+        """Called after every step; the bar appears with the first one."""
+        self._start()
         if self._progress is None:
             return
         self._progress.update(self._task, total=info.total, completed=info.index + 1, rate=f"{info.seconds:.2f} s/step")
