@@ -170,27 +170,40 @@ class Runtime:
             raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {first}") from None
 
 
+# Ops that only move or broadcast their first input, whatever its element type.
+_SHAPE_ONLY = {"Broadcast", "Unsqueeze", "Squeeze", "Reshape", "Tile"}
+
+
 def _float_timestep(model) -> bool:
-    """Make the UNet's int64 `timestep` input float32 when the graph converts it to
-    float straight away (sdcli's export does).  Euler-type schedulers step on fractional
-    timesteps, which an int64 input would truncate.  Returns whether it did."""
+    """Make the UNet's int64 `timestep` input float32 when the graph only reshapes it
+    before converting it to float (sdcli's export converts first; optimum-cli's expands
+    and unsqueezes first).  Euler-type schedulers step on fractional timesteps, which an
+    int64 input would truncate.  Returns whether the input is float now."""
     import openvino as ov
     from openvino import opset13 as ops
 
     param = model.input("timestep").get_node()
     if param.get_element_type() == ov.Type.f32:
         return True
-    users = list(param.output(0).get_target_inputs())
-    if len(users) != 1:
-        return False
-    convert = users[0].get_node()
-    if convert.get_type_name() != "Convert" or convert.get_output_element_type(0) != ov.Type.f32:
-        return False
+    node = param
+    while True:
+        users = list(node.output(0).get_target_inputs())
+        if len(users) != 1:
+            return False
+        user = users[0]
+        node = user.get_node()
+        kind = node.get_type_name()
+        if kind == "Convert":
+            if node.get_output_element_type(0) != ov.Type.f32:
+                return False
+            break
+        if kind not in _SHAPE_ONLY or user.get_index() != 0:
+            return False
+    first_user = next(iter(param.output(0).get_target_inputs()))
     new = ops.parameter(param.get_partial_shape(), ov.Type.f32, name="timestep")
     param.output(0).get_tensor().set_names(set())
     new.output(0).get_tensor().set_names({"timestep"})
-    for target in list(convert.output(0).get_target_inputs()):
-        target.replace_source_output(new.output(0))
+    first_user.replace_source_output(new.output(0))
     model.replace_parameter(model.get_parameters().index(param), new)
     model.validate_nodes_and_infer_types()
     return True

@@ -16,7 +16,7 @@ from . import image_io
 from .errors import UsageError
 from .model import ModelFolder, Runtime, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
 from .rng import make_rng
-from .schedulers import create_scheduler
+from .schedulers import create_scheduler, name_for_diffusers_class
 from .tokenizer import PromptTokenizer
 
 
@@ -113,6 +113,24 @@ class StableDiffusionEngine:
     def release_text_encoder(self) -> None:
         self._components.pop(("text_encoder",), None)
 
+    def make_scheduler(self, name: str | None):
+        """The scheduler diffusers would run: the model's own as its pipeline loads it, or
+        `name` configured as `XScheduler.from_config(pipe.scheduler.config)` does."""
+        raw = self.folder.scheduler_config
+        try:
+            own = name_for_diffusers_class(str(raw.get("_class_name")))
+            if name is None or name == own:
+                return create_scheduler(None, raw, sd_pipeline=True)
+            fixed = dict(raw)
+            # the pipeline's load-time fix-ups that land in pipe.scheduler.config as set values
+            if "steps_offset" in fixed and fixed["steps_offset"] != 1:
+                fixed["steps_offset"] = 1
+            if fixed.get("clip_sample") is True:
+                fixed["clip_sample"] = False
+            return create_scheduler(name, fixed)
+        except ValueError as exc:
+            raise UsageError(f"scheduler: {exc}") from None
+
     # -- stage 1: prompt ---------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool) -> tuple[np.ndarray, list[str]]:
         """Return the UNet context ([uncond, cond] when guidance is on) and any warnings."""
@@ -202,7 +220,7 @@ class StableDiffusionEngine:
         started = time.perf_counter()
         width, height = self.resolve_size(config)
         guidance = config.guidance_scale > 1.0
-        scheduler = create_scheduler(config.scheduler, self.folder.scheduler_config)
+        scheduler = self.make_scheduler(config.scheduler)
         if context is None:
             context, _ = self.encode_prompt(config.prompt, config.negative_prompt, guidance)
         timings["encode_prompt"] = time.perf_counter() - started

@@ -28,17 +28,17 @@ def diffusers_pixels(model, scheduler, width, height, init_image=None, strength=
     import torch
     from PIL import Image
 
-    base = model.pipe()
-    components = dict(base.components)
-    components["scheduler"] = getattr(diffusers, SCHEDULERS[scheduler]).from_config(base.scheduler.config)
+    components = dict(model.pipe().components)
     generator = torch.Generator("cpu").manual_seed(SEED)
     kwargs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5,
                   generator=generator, output_type="np")
     if init_image is None:
         pipe = diffusers.StableDiffusionPipeline(**components)
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
         out = pipe(height=height, width=width, **kwargs).images[0]
     else:
         pipe = diffusers.StableDiffusionImg2ImgPipeline(**components)
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
         out = pipe(image=Image.open(init_image).convert("RGB"), strength=strength, **kwargs).images[0]
     return (out * 255).round().astype(np.int16)
 

@@ -367,3 +367,20 @@ def test_step_needs_set_timesteps_and_rng():
     e.set_timesteps(5)
     with pytest.raises(ValueError):
         e.step(FIXED, 3, FIXED, None)  # an index, not a timestep
+
+
+def test_sd_pipeline_fixups():
+    """StableDiffusion(Img2Img)Pipeline.__init__ forces steps_offset=1 and clip_sample=False."""
+    cfg = {**{k: v for k, v in SD15.items() if k != "clip_sample"}, "steps_offset": 0}
+    plain = create_scheduler("ddim", cfg)
+    assert plain.config["clip_sample"] is True and plain.config["steps_offset"] == 0
+    fixed = create_scheduler("ddim", cfg, sd_pipeline=True)
+    assert fixed.config["clip_sample"] is False and fixed.config["steps_offset"] == 1
+    theirs = diffusers.DDIMScheduler.from_config({**cfg, "clip_sample": False, "steps_offset": 1})
+    fixed.set_timesteps(10)
+    theirs.set_timesteps(10)
+    np.testing.assert_array_equal(fixed.timesteps, theirs.timesteps.numpy())
+    noise = TorchRNG(4).randn(SHAPE) * np.float32(3.0)  # large enough that clipping would matter
+    _run_loop(fixed, theirs, noise, noise.copy(), fixed.timesteps, theirs.timesteps, seed=4)
+    euler = create_scheduler(None, {**cfg, "_class_name": "EulerDiscreteScheduler"}, sd_pipeline=True)
+    assert euler.config["steps_offset"] == 1 and "clip_sample" not in euler.config

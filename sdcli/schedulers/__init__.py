@@ -32,6 +32,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "create_scheduler",
+    "apply_sd_pipeline_fixups",
     "scheduler_names",
     "name_for_diffusers_class",
 ]
@@ -50,11 +51,26 @@ def name_for_diffusers_class(class_name: str) -> str:
         raise ValueError(f"scheduler class {class_name!r} is not supported; supported: {supported}") from None
 
 
-def create_scheduler(name: str | None, model_config: Mapping[str, Any]) -> Scheduler:
+def apply_sd_pipeline_fixups(scheduler: Scheduler) -> Scheduler:
+    """What diffusers' StableDiffusionPipeline / StableDiffusionImg2ImgPipeline do to the scheduler they
+    are given (in ``__init__``, with a deprecation warning): ``steps_offset`` other than 1 becomes 1 and
+    ``clip_sample=True`` becomes False. Both are read at set_timesteps / step time, so changing the config
+    is enough. Returns the same scheduler."""
+    if scheduler.config.get("steps_offset", 1) != 1:
+        scheduler.config["steps_offset"] = 1
+    if scheduler.config.get("clip_sample", False) is True:
+        scheduler.config["clip_sample"] = False
+    return scheduler
+
+
+def create_scheduler(name: str | None, model_config: Mapping[str, Any], sd_pipeline: bool = False) -> Scheduler:
     """A scheduler configured from a model's scheduler config (dict from scheduler_config.json).
 
     ``name`` is one of ``scheduler_names()`` (a diffusers class name such as ``"EulerDiscreteScheduler"``
-    is accepted too), or None for the class named by the config's ``_class_name``.
+    is accepted too), or None for the class named by the config's ``_class_name``. The result is what
+    ``XScheduler.from_config(model_config)`` gives; with ``sd_pipeline=True`` it is what a diffusers
+    Stable Diffusion (img2img) pipeline actually runs with (see ``apply_sd_pipeline_fixups``): e.g. DDIM
+    made from the SD 1.5 config has clip_sample=True by default, which that pipeline turns off.
     """
     if name is None:
         class_name = model_config.get("_class_name")
@@ -67,4 +83,5 @@ def create_scheduler(name: str | None, model_config: Mapping[str, Any]) -> Sched
         key = _BY_DIFFUSERS_CLASS[name]
     else:
         raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[key].from_config(model_config)
+    scheduler = SCHEDULERS[key].from_config(model_config)
+    return apply_sd_pipeline_fixups(scheduler) if sd_pipeline else scheduler

@@ -1,0 +1,61 @@
+"""Folders sdcli writes work in openvino-genai, with the same pixels for the same noise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
+from sdcli.rng import TorchRNG
+
+ov_genai = pytest.importorskip("openvino_genai", reason="openvino-genai is in the dev extras")
+
+
+def test_openvino_genai_runs_our_folder_with_the_same_pixels(tiny_eps):
+    import openvino as ov
+
+    class SameNoise(ov_genai.Generator):
+        """Hands genai the draws sdcli makes, so the two pipelines can be compared."""
+
+        def __init__(self, seed):
+            ov_genai.Generator.__init__(self)
+            self.rng = TorchRNG(seed)
+
+        def next(self):
+            raise NotImplementedError
+
+        def randn_tensor(self, shape):
+            return ov.Tensor(self.rng.randn(tuple(shape)))
+
+    pipe = ov_genai.Text2ImagePipeline(str(tiny_eps.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
+    theirs = pipe.generate("a red fox", negative_prompt="rain", width=64, height=64, num_inference_steps=5,
+                           guidance_scale=7.5, generator=SameNoise(5)).data[0].astype(np.int16)
+    engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32")
+    ours = engine.generate(GenerationConfig(prompt="a red fox", negative_prompt="rain", steps=5, seed=5,
+                                            width=64, height=64, scheduler="pndm")).image.astype(np.int16)
+    assert theirs.std() > 10
+    assert np.abs(theirs - ours).max() <= 2
+
+
+OPTIMUM_TINY = Path(__file__).parent / "data" / "optimum-tiny"
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "euler"])
+def test_folder_exported_by_optimum_cli_matches_diffusers(tiny_eps, scheduler, tmp_path, parity_log):
+    """tests/data/optimum-tiny was written by `optimum-cli export openvino` (optimum-intel
+    2.2.0) from the same random weights as the tiny_eps fixture (seed 0).  Its UNet
+    broadcasts the int64 timestep before converting it; the engine still feeds Euler's
+    fractional timesteps exactly."""
+    from test_parity import diffusers_pixels, sdcli_pixels
+
+    class Optimum:
+        ov_dir = OPTIMUM_TINY
+
+    theirs = diffusers_pixels(tiny_eps, scheduler, 64, 64)
+    ours = sdcli_pixels(Optimum, scheduler, tmp_path, 64, 64)
+    diff = np.abs(ours - theirs)
+    parity_log.append({"model": "optimum-cli", "scheduler": scheduler, "mode": "txt2img", "size": "64x64",
+                       "max": int(diff.max()), "mean": float(diff.mean())})
+    assert theirs.std() > 10
+    assert diff.max() <= 2
