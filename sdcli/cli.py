@@ -5,6 +5,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,17 @@ app = typer.Typer(
 )
 
 STATE = {"debug": False}
+_IMPORTED_AT = time.perf_counter()
+
+
+def process_age() -> float:
+    """Seconds since this process started (interpreter start-up included where /proc tells)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED_AT
 SAMPLER_NAMES = {"pndm": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a"}
 
 
@@ -98,6 +110,7 @@ def _quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     for name in ("transformers", "diffusers", "nncf", "torch"):
@@ -238,17 +251,28 @@ def generate(
         engine.release_text_encoder()
         from .progress import StepProgress
 
+        from .image_io import save_png
+
         for i, path in enumerate(paths):
             config = GenerationConfig(**{**base.__dict__, "seed": (seed + i) % 2**64})
+            step_seconds: list[float] = []
+            first_step_at: list[float] = []
             with StepProgress(f"image {i + 1}/{len(paths)}" if len(paths) > 1 else "generating", enabled=not (quiet or as_json)) as bar:
-                result = engine.generate(config, on_step=bar.update, context=context)
-            from .image_io import save_png
 
+                def on_step(info, bar=bar):
+                    if not first_step_at:
+                        first_step_at.append(process_age() - info.seconds)
+                    step_seconds.append(round(info.seconds, 4))
+                    bar.update(info)
+
+                result = engine.generate(config, on_step=on_step, context=context)
             save_png(path, result.image, a1111_parameters(config, result, engine.folder.name, image is not None))
             if as_json:
+                timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}
+                timings.update(before_first_step=round(first_step_at[0], 4) if first_step_at else None,
+                               process=round(process_age(), 4), steps=step_seconds)
                 print(json.dumps({"path": str(path), "seed": result.seed, "width": result.width, "height": result.height,
-                                  "steps": steps, "scheduler": result.scheduler,
-                                  "timings": {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}}), flush=True)
+                                  "steps": steps, "scheduler": result.scheduler, "timings": timings}), flush=True)
             elif not quiet:
                 print(path, flush=True)
     except typer.Exit:
@@ -262,3 +286,77 @@ def generate(
 
 def main() -> None:
     app()
+
+
+# --- info ---------------------------------------------------------------------------
+
+@app.command()
+def info(
+    target: Optional[Path] = typer.Argument(None, help="A converted model folder to describe."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """OpenVINO version, devices and CPU capabilities; with a folder, its components."""
+    try:
+        from .info import describe_model, describe_runtime
+
+        data = {"runtime": describe_runtime()}
+        if target is not None:
+            data["model"] = describe_model(target)
+        if as_json:
+            print(json.dumps(data, indent=1))
+            return
+        rt = data["runtime"]
+        print(f"sdcli {__version__}, OpenVINO {rt['openvino']}")
+        for dev in rt["devices"]:
+            print(f"  {dev['name']}: {dev['full_name']}  capabilities: {', '.join(dev['capabilities'])}")
+        if "model" in data:
+            m = data["model"]
+            print(f"model {m['path']} ({m['total_mb']:.1f} MB{', ' + m['weight_format'] if m.get('weight_format') else ''})")
+            for c in m["components"]:
+                print(f"  {c['name']:<13} {c['size_mb']:>9.1f} MB  weights {c['weights']}")
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        fail(exc)
+
+
+# --- bench --------------------------------------------------------------------------
+
+@app.command()
+def bench(
+    steps: str = typer.Option("4,20", "--steps", help="Comma-separated step counts."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Interleaved rounds of every peer and step count."),
+    peers: str = typer.Option("sdcli,genai,diffusers", "--peers", help="Which of sdcli, genai, diffusers to run."),
+    size: int = typer.Option(512, "--size", callback=_positive_multiple_of_8, help="Image width and height."),
+    precision: str = typer.Option("auto", "--precision", help="auto, f32, bf16 (diffusers: bf16 autocast for auto)."),
+    weight_format: str = typer.Option("fp16", "--weight-format", help="Weight format of the converted folder."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random model is built and kept [default: ~/.cache/sdcli/bench]."),
+    output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where bench.json and bench.md go."),
+    sdcli_arg: list[str] = typer.Option([], "--sdcli-arg", help="Extra argument for `sdcli generate` (repeatable)."),
+    arch: str = typer.Option("sd15", "--arch", help="sd15 (the real cost) or tiny (a quick check of the benchmark itself)."),
+):
+    """Benchmark sdcli against openvino-genai and diffusers on an SD 1.5-size random model."""
+    try:
+        from .bench import PEERS, run_bench
+        from .model import default_cache_dir
+
+        step_list = [int(s) for s in steps.split(",") if s.strip()]
+        peer_list = [p.strip() for p in peers.split(",") if p.strip()]
+        bad = [p for p in peer_list if p not in PEERS]
+        if bad or not peer_list:
+            raise UsageError(f"--peers takes {', '.join(PEERS)}; got {peers!r}")
+        if not step_list or min(step_list) < 1:
+            raise UsageError("--steps needs positive step counts, e.g. 4,20")
+        if arch not in ("sd15", "tiny"):
+            raise UsageError(f"--arch takes sd15 or tiny, got {arch!r}")
+        work = workdir or default_cache_dir().parent / "bench"
+        rows = run_bench(work, output_dir, step_list, rounds, peer_list, size, precision, weight_format,
+                         list(sdcli_arg), log=lambda s: print(s, file=sys.stderr, flush=True), arch=arch)
+        print((output_dir / "bench.md").read_text())
+        _ = rows
+    except ValueError as exc:
+        fail(UsageError(f"--steps: {exc}"))
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        fail(exc)

@@ -199,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed)
     print(args.output)
 

@@ -1,0 +1,108 @@
+"""One benchmark run of a peer, in its own process: `python -m sdcli.bench_runners PEER ...`.
+
+Prints one JSON line of timings (seconds) on stdout.  The driver (sdcli/bench.py) measures
+the process's wall time and peak RSS from outside.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+STARTED = time.perf_counter()
+
+
+def run_genai(args) -> dict:
+    import openvino_genai as ov_genai
+
+    config = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
+    pipe = ov_genai.Text2ImagePipeline(args.model, args.device, **config)
+    sched_file = str(Path(args.model) / "scheduler" / "scheduler_config.json")
+    pipe.set_scheduler(ov_genai.Scheduler.from_config(sched_file, ov_genai.Scheduler.Type.EULER_DISCRETE))
+    load = time.perf_counter() - STARTED
+    steps: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_step(step, num_steps, latent):
+        now = time.perf_counter()
+        steps.append(now - last[0])
+        last[0] = now
+        return False
+
+    t0 = time.perf_counter()
+    last[0] = t0
+    image = pipe.generate(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance_scale, rng_seed=args.seed, callback=on_step)
+    generate = time.perf_counter() - t0
+    out = {"load_compile": load, "generate": generate, "steps": steps}
+    metrics = pipe.get_performance_metrics() if hasattr(pipe, "get_performance_metrics") else None
+    if metrics is not None:
+        for name, key in [("get_text_encoder_infer_duration", "text_encoder"), ("get_unet_infer_duration", "unet"),
+                          ("get_vae_decoder_infer_duration", "vae_decode"), ("get_load_time", "load_ms")]:
+            fn = getattr(metrics, name, None)
+            if fn is not None:
+                try:
+                    value = fn()
+                    out[key] = value.mean / 1000 if hasattr(value, "mean") else float(value) / 1000
+                except Exception:  # a metric this genai version does not fill
+                    pass
+    if "vae_decode" not in out and steps:
+        out["vae_decode"] = max(0.0, generate - sum(steps))
+    _ = image
+    return out
+
+
+def run_diffusers(args) -> dict:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    torch.set_grad_enabled(False)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    load = time.perf_counter() - STARTED
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        pipe.encode_prompt(args.prompt, "cpu", 1, True)
+    text = time.perf_counter() - t0
+    steps: list[float] = []
+    last = [0.0]
+
+    def on_step(pipe_, i, t, kwargs):
+        now = time.perf_counter()
+        steps.append(now - last[0])
+        last[0] = now
+        return kwargs
+
+    t0 = time.perf_counter()
+    last[0] = t0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        pipe(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
+             guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
+             callback_on_step_end=on_step, output_type="np")
+    generate = time.perf_counter() - t0
+    steps[0] -= text  # the first interval includes the pipeline's own prompt encoding
+    return {"load_compile": load, "text_encoder": text, "generate": generate, "steps": steps,
+            "vae_decode": max(0.0, generate - sum(steps) - text)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("peer", choices=["genai", "diffusers"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="CPU")
+    args = parser.parse_args()
+    result = run_genai(args) if args.peer == "genai" else run_diffusers(args)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

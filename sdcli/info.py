@@ -1,0 +1,60 @@
+"""What `sdcli info` reports: the runtime, and a converted model's components."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from .errors import UsageError
+
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+
+
+def describe_runtime() -> dict:
+    import openvino as ov
+
+    core = ov.Core()
+    devices = []
+    for name in core.available_devices:
+        entry = {"name": name, "full_name": "", "capabilities": []}
+        try:
+            entry["full_name"] = core.get_property(name, "FULL_DEVICE_NAME")
+            entry["capabilities"] = list(core.get_property(name, "OPTIMIZATION_CAPABILITIES"))
+        except RuntimeError:
+            pass
+        devices.append(entry)
+    return {"openvino": ov.__version__.split("-")[0], "devices": devices}
+
+
+def _weight_types(xml: Path) -> str:
+    """The element types of the IR's weight constants, largest share first (e.g. "f16 98%, f32 2%")."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    sizes: Counter = Counter()
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant":
+            shape = op.get_output_shape(0)
+            n = 1
+            for d in shape:
+                n *= d
+            sizes[op.get_output_element_type(0).get_type_name()] += n * op.get_output_element_type(0).bitwidth // 8
+    total = sum(sizes.values()) or 1
+    return ", ".join(f"{t} {100 * v / total:.0f}%" for t, v in sizes.most_common() if v / total >= 0.01)
+
+
+def describe_model(root: Path) -> dict:
+    root = Path(root)
+    if not (root / "model_index.json").is_file():
+        raise UsageError(f"{root} is not a converted model folder (no model_index.json)")
+    components = []
+    for name in COMPONENTS:
+        xml = root / name / "openvino_model.xml"
+        if not xml.is_file():
+            continue
+        size = sum(f.stat().st_size for f in (root / name).glob("openvino_model.*"))
+        components.append({"name": name, "size_mb": size / 1e6, "weights": _weight_types(xml)})
+    meta = root / "sdcli.json"
+    weight_format = json.loads(meta.read_text()).get("weight_format") if meta.is_file() else None
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    return {"path": str(root), "total_mb": total / 1e6, "weight_format": weight_format, "components": components}
