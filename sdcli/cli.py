@@ -209,7 +209,7 @@ def generate(
 ):
     """Make images from a prompt (and optionally an init image)."""
     try:
-        from .model import PRECISIONS
+        from .runtime import PRECISIONS
 
         if precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -265,7 +265,8 @@ def generate(
                     step_seconds.append(round(info.seconds, 4))
                     bar.update(info)
 
-                result = engine.generate(config, on_step=on_step, context=context)
+                # the UNet is not needed again after the last image: free it before decoding
+                result = engine.generate(config, on_step=on_step, context=context, release_unet=i == len(paths) - 1)
             save_png(path, result.image, a1111_parameters(config, result, engine.folder.name, image is not None))
             if as_json:
                 timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}

@@ -5,7 +5,6 @@ compiles it, and runs it on numpy arrays.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .runtime import Runtime
 
 REQUIRED = ("text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler")
-PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 
 def _read_json(path: Path) -> dict:
@@ -67,6 +66,7 @@ class ModelFolder:
 
         positive_int(self.unet_config, "in_channels", "unet", 4)
         positive_int(self.unet_config, "sample_size", "unet", 64)
+        positive_int(self.unet_config, "cross_attention_dim", "unet", 768)
         blocks = self.vae_config.get("block_out_channels", [128, 256, 512, 512])
         if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8:
             raise UsageError("vae_decoder/config.json: block_out_channels must be a list of 1 to 8 numbers")
@@ -102,72 +102,11 @@ class ModelFolder:
         return self.root / component / "openvino_model.xml"
 
 
-@contextlib.contextmanager
-def silenced_stderr():
-    """Send file descriptor 2 (C/C++ libraries' stderr) to /dev/null for a while."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def default_cache_dir() -> Path:
     if os.environ.get("SDCLI_CACHE_DIR"):
         return Path(os.environ["SDCLI_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "sdcli" / "openvino"
-
-
-class Runtime:
-    """The OpenVINO core, device and precision shared by all components."""
-
-    def __init__(self, device: str = "CPU", precision: str = "auto", cache_dir: Path | None = None):
-        import openvino as ov
-
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
-        self.core = ov.Core()
-        self.device = device
-        self.precision = precision
-        self.cache_dir = cache_dir
-        if device.split(":")[0].split(".")[0] not in {d.split(".")[0] for d in self.core.available_devices} and not any(
-            device.startswith(p) for p in ("AUTO", "HETERO", "MULTI")
-        ):
-            raise UsageError(f"OpenVINO device {device!r} is not available here (have: {', '.join(self.core.available_devices)})")
-
-    def read(self, path: Path, component: str):
-        try:
-            # On a broken IR, OpenVINO tries its other frontends, whose C++ logging would
-            # spill parse errors onto stderr; our own one-line error says it better.
-            with silenced_stderr():
-                return self.core.read_model(str(path))
-        except RuntimeError:
-            raise UsageError(f"{component}: {path} is not a readable OpenVINO IR (truncated or corrupt?)") from None
-
-    def compile(self, model, component: str):
-        config = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = self.precision
-        if self.cache_dir is not None:
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                config["CACHE_DIR"] = str(self.cache_dir)
-            except OSError:
-                pass  # no cache is slower, not wrong
-        try:
-            return self.core.compile_model(model, self.device, config)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0][:300]
-            raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {first}") from None
 
 
 # Ops that only move or broadcast their first input, whatever its element type.
@@ -211,9 +150,7 @@ def _float_timestep(model) -> bool:
 
 class TextEncoder:
     def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int):
-        model = runtime.read(folder.ir("text_encoder"), "text_encoder")
-        model.reshape({model.inputs[0].get_any_name(): [1, seq_len]})
-        self.compiled = runtime.compile(model, "text_encoder")
+        self.compiled, self._mapping = runtime.load("text_encoder", folder.ir("text_encoder"), {"input_ids": [1, seq_len]})
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
@@ -223,19 +160,17 @@ class TextEncoder:
 
 class UNet:
     def __init__(self, runtime: Runtime, folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int):
-        model = runtime.read(folder.ir("unet"), "unet")
-        self.float_timestep = _float_timestep(model)
-        dim = model.input("encoder_hidden_states").get_partial_shape()[2]
-        h, w = latent_hw
+        cfg = folder.unet_config
         shapes = {
-            "sample": [batch, folder.unet_config.get("in_channels", 4), h, w],
-            "timestep": [batch] if model.input("timestep").get_partial_shape().rank.get_length() == 1 else [],
-            "encoder_hidden_states": [batch, seq_len, dim.get_length() if dim.is_static else -1],
+            "sample": [batch, cfg.get("in_channels", 4), *latent_hw],
+            "timestep": [batch],
+            "encoder_hidden_states": [batch, seq_len, cfg.get("cross_attention_dim", 768)],
         }
-        model.reshape(shapes)
-        self.batch = batch
-        self.compiled = runtime.compile(model, "unet")
+        self.compiled, self._mapping = runtime.load("unet", folder.ir("unet"), shapes, prepare=_float_timestep)
         self.request = self.compiled.create_infer_request()
+        import openvino as ov
+
+        self.float_timestep = self.compiled.input("timestep").get_element_type() == ov.Type.f32
         self._timestep_dtype = np.float32 if self.float_timestep else np.int64
         self._timestep_shape = shapes["timestep"]
 
@@ -247,9 +182,8 @@ class UNet:
 
 class VaeDecoder:
     def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int]):
-        model = runtime.read(folder.ir("vae_decoder"), "vae_decoder")
-        model.reshape({model.inputs[0].get_any_name(): [1, folder.latent_channels, *latent_hw]})
-        self.compiled = runtime.compile(model, "vae_decoder")
+        shapes = {"latent_sample": [1, folder.latent_channels, *latent_hw]}
+        self.compiled, self._mapping = runtime.load("vae_decoder", folder.ir("vae_decoder"), shapes)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, latents: np.ndarray) -> np.ndarray:
@@ -261,9 +195,7 @@ class VaeEncoder:
     def __init__(self, runtime: Runtime, folder: ModelFolder, image_hw: tuple[int, int]):
         if not folder.has_vae_encoder:
             raise UsageError(f"model folder {folder.root} has no vae_encoder/, which --init-image needs")
-        model = runtime.read(folder.ir("vae_encoder"), "vae_encoder")
-        model.reshape({model.inputs[0].get_any_name(): [1, 3, *image_hw]})
-        self.compiled = runtime.compile(model, "vae_encoder")
+        self.compiled, self._mapping = runtime.load("vae_encoder", folder.ir("vae_encoder"), {"sample": [1, 3, *image_hw]})
         self.request = self.compiled.create_infer_request()
         self.latent_channels = folder.latent_channels
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from . import image_io
 from .errors import UsageError
-from .model import ModelFolder, Runtime, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
+from .model import ModelFolder, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
+from .runtime import Runtime
 from .rng import make_rng
 from .schedulers import create_scheduler, name_for_diffusers_class
 from .tokenizer import PromptTokenizer
@@ -113,6 +114,10 @@ class StableDiffusionEngine:
 
     def release_text_encoder(self) -> None:
         self._components.pop(("text_encoder",), None)
+
+    def release_unet(self) -> None:
+        for key in [k for k in self._components if k[0] == "unet"]:
+            del self._components[key]
 
     def make_scheduler(self, name: str | None):
         """The scheduler diffusers would run: the model's own as its pipeline loads it, or
@@ -219,6 +224,7 @@ class StableDiffusionEngine:
         config: GenerationConfig,
         on_step: Callable[[StepInfo], None] | None = None,
         context: np.ndarray | None = None,
+        release_unet: bool = False,
     ) -> Result:
         config.validate()
         timings: dict[str, float] = {}
@@ -246,6 +252,8 @@ class StableDiffusionEngine:
         timings["denoise"] = time.perf_counter() - t0
         timings["unet"] = self.unet_seconds
         timings["step_median"] = float(np.median(step_times)) if step_times else 0.0
+        if release_unet:
+            self.release_unet()
 
         t0 = time.perf_counter()
         image = self.decode(latents)

@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Compiled-model blobs go to a fresh folder per test session, not the user's cache.
+import tempfile as _tempfile
+
+os.environ["SDCLI_CACHE_DIR"] = _tempfile.mkdtemp(prefix="sdcli-test-cache-")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", module="torch")

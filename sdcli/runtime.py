@@ -1,0 +1,179 @@
+"""OpenVINO loading with one copy of the weights in memory, and a compiled-model cache.
+
+Peak memory is the product's main constraint on small machines.  Two things keep it low:
+
+* Files are mapped, not read: IR weights and cached blobs are mapped privately, and
+  while OpenVINO copies them into its own buffers a thread keeps dropping the mapped
+  pages.  They are clean file pages, so dropping is always safe (a page touched again is
+  read back from the page cache) and the process never holds the file and OpenVINO's
+  copy at once.
+* Compiled models are cached as exported blobs keyed by the IR files' identity (path,
+  size, mtime), the static shapes, device and precision — never by hashing the weights,
+  which OpenVINO's CACHE_DIR does for in-memory models and which touches every page.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .errors import UsageError
+from .fsutil import atomic_write_bytes
+
+PRECISIONS = ("auto", "f32", "bf16", "f16")
+CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)
+
+
+@contextlib.contextmanager
+def silenced_stderr():
+    """Send file descriptor 2 (C/C++ libraries' stderr) to /dev/null for a while."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class MappedFile:
+    """A file mapped copy-on-write (never written) and exposed as an ov.Tensor of bytes."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+        import openvino as ov
+
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
+        data = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
+        self.tensor = ov.Tensor(data, shared_memory=True)
+
+    def drop_pages(self) -> None:
+        if self._map is not None and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED)
+
+    @contextlib.contextmanager
+    def dropping_pages(self, period: float = 0.05):
+        """Drop the mapped pages every `period` seconds while the block runs."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(period):
+                self.drop_pages()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+            self.drop_pages()
+
+
+def _file_id(path: Path) -> list:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+class Runtime:
+    """The OpenVINO core, device, precision and blob cache shared by all components."""
+
+    def __init__(self, device: str = "CPU", precision: str = "auto", cache_dir: Path | None = None):
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        self.core = ov.Core()
+        self.device = device
+        self.precision = precision
+        self.cache_dir = cache_dir
+        available = {d.split(".")[0] for d in self.core.available_devices}
+        if device.split(":")[0].split(".")[0] not in available and not device.startswith(("AUTO", "HETERO", "MULTI")):
+            raise UsageError(f"OpenVINO device {device!r} is not available here (have: {', '.join(self.core.available_devices)})")
+
+    @property
+    def config(self) -> dict:
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.precision != "auto":
+            config["INFERENCE_PRECISION_HINT"] = self.precision
+        return config
+
+    def read(self, xml: Path, component: str):
+        """Read an IR whose weights stay mapped from the file (see MappedFile)."""
+        bin_path = xml.with_suffix(".bin")
+        try:
+            weights = MappedFile(bin_path)
+            # On a broken IR, OpenVINO tries its other frontends, whose C++ logging would
+            # spill parse errors onto stderr; our own one-line error says it better.
+            with silenced_stderr():
+                model = self.core.read_model(xml.read_bytes(), weights.tensor)
+        except (RuntimeError, OSError, ValueError):
+            raise UsageError(f"{component}: {xml} is not a readable OpenVINO IR (truncated or corrupt?)") from None
+        return model, weights
+
+    def _blob_path(self, component: str, xml: Path, shapes: dict) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        import openvino as ov
+
+        try:
+            device_name = self.core.get_property(self.device, "FULL_DEVICE_NAME")
+        except RuntimeError:
+            device_name = self.device
+        key = json.dumps([CACHE_FORMAT, ov.__version__, self.device, device_name, self.config, _file_id(xml),
+                          _file_id(xml.with_suffix(".bin")), {k: list(v) for k, v in shapes.items()}], sort_keys=True)
+        return self.cache_dir / f"{component}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.blob"
+
+    def load(self, component: str, xml: Path, shapes: dict, prepare: Callable | None = None):
+        """A compiled model of `xml` reshaped to `shapes` (input name -> shape), from the
+        blob cache when it has one; `prepare(model)` edits the graph before compiling.
+
+        Returns (compiled model, mapping): keep the mapping as long as the compiled model,
+        which may use weights straight from it."""
+        blob = self._blob_path(component, xml, shapes)
+        if blob is not None and blob.is_file():
+            try:
+                mapped = MappedFile(blob)
+                with mapped.dropping_pages():
+                    return self.core.import_model(mapped.tensor, self.device, self.config), mapped
+            except RuntimeError:
+                blob.unlink(missing_ok=True)  # stale or from another build of OpenVINO: compile afresh
+        model, weights = self.read(xml, component)
+        with weights.dropping_pages():
+            if prepare is not None:
+                prepare(model)
+            try:
+                model.reshape(shapes)
+            except RuntimeError as exc:
+                raise UsageError(f"{component}: cannot take shapes {shapes}: {str(exc).strip().splitlines()[0][:200]}") from None
+            try:
+                compiled = self.core.compile_model(model, self.device, self.config)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0][:300]
+                raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {first}") from None
+            del model
+        if blob is not None:
+            self._store(compiled, blob)
+        return compiled, weights
+
+    @staticmethod
+    def _store(compiled, blob: Path) -> None:
+        try:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            stream = compiled.export_model()
+            atomic_write_bytes(blob, stream.getbuffer())
+        except (OSError, RuntimeError):
+            pass  # no cache is slower, not wrong

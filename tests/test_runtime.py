@@ -1,0 +1,37 @@
+"""The compiled-model blob cache: reused across engines, rebuilt when stale or corrupt."""
+from __future__ import annotations
+
+import numpy as np
+
+from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
+
+
+def _image(model_dir, cache_dir):
+    engine = StableDiffusionEngine(model_dir, precision="f32", cache_dir=cache_dir)
+    config = GenerationConfig(prompt="a red fox", steps=3, seed=3, width=64, height=64, scheduler="euler")
+    return engine.generate(config).image
+
+
+def test_blob_cache_is_reused_and_survives_corruption(tiny_eps, tmp_path):
+    cache = tmp_path / "cache"
+    first = _image(tiny_eps.ov_dir, cache)
+    blobs = sorted(cache.glob("*.blob"))
+    assert [b.name.split("-")[0] for b in blobs] == ["text_encoder", "unet", "vae_decoder"]
+    stamps = {b: b.stat().st_mtime_ns for b in blobs}
+
+    second = _image(tiny_eps.ov_dir, cache)
+    assert np.array_equal(first, second)
+    assert {b: b.stat().st_mtime_ns for b in blobs} == stamps  # imported, not rewritten
+
+    unet_blob = next(b for b in blobs if b.name.startswith("unet"))
+    unet_blob.write_bytes(b"garbage")
+    third = _image(tiny_eps.ov_dir, cache)
+    assert np.array_equal(first, third)
+    assert unet_blob.stat().st_size > 1000  # compiled again and stored again
+
+
+def test_no_cache_dir_writes_nothing(tiny_eps, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
+    engine.generate(GenerationConfig(prompt="x", steps=1, seed=1, width=64, height=64))
+    assert list(tmp_path.iterdir()) == []
