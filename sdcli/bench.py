@@ -235,3 +235,25 @@ def run_bench(
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
     atomic_write_bytes(output_dir / "bench.md", markdown(rows, info, size, precision, arch).encode())
     return rows
+
+
+README_START = "<!-- bench:{name}:start -->"
+README_END = "<!-- bench:{name}:end -->"
+
+
+def update_readme(readme: Path, report_json: Path, name: str) -> None:
+    """Replace the README block between the bench markers called `name` with the table
+    rendered from `report_json` (what `sdcli bench` wrote)."""
+    report = json.loads(report_json.read_text())
+    table = markdown(report["summary"], report["machine"], report["size"], report["precision"], report.get("arch", "sd15"))
+    text = readme.read_text()
+    start, end = README_START.format(name=name), README_END.format(name=name)
+    if start not in text or end not in text:
+        from .errors import UsageError
+
+        raise UsageError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    from .fsutil import atomic_write_bytes
+
+    atomic_write_bytes(readme, (head + start + "\n" + table + end + tail).encode())

@@ -204,6 +204,7 @@ def generate(
     device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
     precision: str = typer.Option("auto", "--precision", help="auto (OpenVINO picks: bf16 where the CPU has it), f32, bf16, f16."),
     rng: str = typer.Option("torch", "--rng", help="torch: the same noise as diffusers for a seed; numpy: faster draws."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
 ):
@@ -230,7 +231,7 @@ def generate(
 
         from .pipeline import GenerationConfig, StableDiffusionEngine
 
-        engine = StableDiffusionEngine(model_dir, device=device, precision=precision)
+        engine = StableDiffusionEngine(model_dir, device=device, precision=precision, low_memory=low_memory)
         base = GenerationConfig(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -335,13 +336,25 @@ def bench(
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where bench.json and bench.md go."),
     sdcli_arg: list[str] = typer.Option([], "--sdcli-arg", help="Extra argument for `sdcli generate` (repeatable)."),
     arch: str = typer.Option("sd15", "--arch", help="sd15 (the real cost) or tiny (a quick check of the benchmark itself)."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's bench table (between <!-- bench:NAME:start/end --> markers)."),
+    readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
+    no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (with --readme)."),
 ):
     """Benchmark sdcli against openvino-genai and diffusers on an SD 1.5-size random model."""
     try:
-        from .bench import PEERS, run_bench
+        from .bench import PEERS, run_bench, update_readme
         from .model import default_cache_dir
 
-        step_list = [int(s) for s in steps.split(",") if s.strip()]
+        if no_run:
+            if readme is None:
+                raise UsageError("--no-run only makes sense with --readme")
+            update_readme(readme, output_dir / "bench.json", readme_block)
+            return
+
+        try:
+            step_list = [int(s) for s in steps.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--steps takes comma-separated numbers such as 4,20, got {steps!r}") from None
         peer_list = [p.strip() for p in peers.split(",") if p.strip()]
         bad = [p for p in peer_list if p not in PEERS]
         if bad or not peer_list:
@@ -354,9 +367,9 @@ def bench(
         rows = run_bench(work, output_dir, step_list, rounds, peer_list, size, precision, weight_format,
                          list(sdcli_arg), log=lambda s: print(s, file=sys.stderr, flush=True), arch=arch)
         print((output_dir / "bench.md").read_text())
+        if readme is not None:
+            update_readme(readme, output_dir / "bench.json", readme_block)
         _ = rows
-    except ValueError as exc:
-        fail(UsageError(f"--steps: {exc}"))
     except typer.Exit:
         raise
     except Exception as exc:

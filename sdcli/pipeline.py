@@ -81,8 +81,12 @@ class StableDiffusionEngine:
         device: str = "CPU",
         precision: str = "auto",
         cache_dir: Path | None | bool = True,
+        low_memory: bool = False,
     ):
+        """`low_memory` keeps only one large component in memory at a time (each is
+        loaded again when needed next: slower for several images, same result)."""
         self.folder = ModelFolder.open(model_dir)
+        self.low_memory = low_memory
         if cache_dir is True:
             cache_dir = default_cache_dir()
         self.runtime = Runtime(device, precision, cache_dir or None)
@@ -112,12 +116,15 @@ class StableDiffusionEngine:
     def vae_encoder(self, image_hw: tuple[int, int]) -> VaeEncoder:
         return self._get(("vae_encoder", image_hw), lambda: VaeEncoder(self.runtime, self.folder, image_hw))
 
+    def _release(self, component: str) -> None:
+        for key in [k for k in self._components if k[0] == component]:
+            del self._components[key]
+
     def release_text_encoder(self) -> None:
-        self._components.pop(("text_encoder",), None)
+        self._release("text_encoder")
 
     def release_unet(self) -> None:
-        for key in [k for k in self._components if k[0] == "unet"]:
-            del self._components[key]
+        self._release("unet")
 
     def make_scheduler(self, name: str | None):
         """The scheduler diffusers would run: the model's own as its pipeline loads it, or
@@ -184,6 +191,8 @@ class StableDiffusionEngine:
         scheduler.set_begin_index(t_start * scheduler.order)
         image = image_io.resize(config.init_image, width, height)
         mean, logvar = self.vae_encoder((height, width))(image_io.to_model_input(image))
+        if self.low_memory:
+            self._release("vae_encoder")
         if logvar is None:
             sample = mean
         else:
@@ -252,11 +261,13 @@ class StableDiffusionEngine:
         timings["denoise"] = time.perf_counter() - t0
         timings["unet"] = self.unet_seconds
         timings["step_median"] = float(np.median(step_times)) if step_times else 0.0
-        if release_unet:
+        if release_unet or self.low_memory:
             self.release_unet()
 
         t0 = time.perf_counter()
         image = self.decode(latents)
+        if self.low_memory:
+            self._release("vae_decoder")
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         return Result(image, config.seed, width, height, scheduler.name, timings)
