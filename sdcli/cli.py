@@ -246,6 +246,7 @@ def generate(
             rng=rng,
         )
         base.validate()
+        engine.preload(base)
         context, notes = engine.encode_prompt(prompt, negative_prompt, guidance_scale > 1.0)
         for note in notes:
             warn(note, quiet)

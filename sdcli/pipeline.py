@@ -6,6 +6,7 @@ Text-to-image and image-to-image differ only in how the latents are prepared.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -91,24 +92,49 @@ class StableDiffusionEngine:
             cache_dir = default_cache_dir()
         self.runtime = Runtime(device, precision, cache_dir or None)
         self.tokenizer = PromptTokenizer(self.folder.root / "tokenizer")
-        self._components: dict[tuple, object] = {}
+        self._components: dict[tuple, Future] = {}
+        # one loader thread: components load in the order asked for, off the main thread
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load")
         self.timings: dict[str, float] = {}
         self.unet_seconds = 0.0  # time inside UNet inference, to tell the Python loop's own cost
 
     # -- components, compiled on first use -------------------------------------------
-    def _get(self, key: tuple, build: Callable[[], object]):
+    def _start(self, key: tuple, build: Callable[[], object]) -> Future:
         if key not in self._components:
-            started = time.perf_counter()
-            self._components[key] = build()
-            self.timings[f"compile_{key[0]}"] = self.timings.get(f"compile_{key[0]}", 0.0) + time.perf_counter() - started
+            def timed():
+                started = time.perf_counter()
+                component = build()
+                name = f"compile_{key[0]}"
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+                return component
+
+            self._components[key] = self._loader.submit(timed)
         return self._components[key]
 
+    def _get(self, key: tuple, build: Callable[[], object]):
+        return self._start(key, build).result()
+
+    def _text_encoder_key(self):
+        return ("text_encoder",), lambda: TextEncoder(self.runtime, self.folder, self.tokenizer.max_length)
+
     def text_encoder(self) -> TextEncoder:
-        return self._get(("text_encoder",), lambda: TextEncoder(self.runtime, self.folder, self.tokenizer.max_length))
+        return self._get(*self._text_encoder_key())
+
+    def _unet_key(self, batch: int, latent_hw: tuple[int, int]):
+        seq = self.tokenizer.max_length
+        return ("unet", batch, tuple(latent_hw)), lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq)
 
     def unet(self, batch: int, latent_hw: tuple[int, int]) -> UNet:
-        seq = self.tokenizer.max_length
-        return self._get(("unet", batch, latent_hw), lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq))
+        return self._get(*self._unet_key(batch, latent_hw))
+
+    def preload(self, config: GenerationConfig) -> None:
+        """Start loading the UNet for `config` in the background, so that it overlaps with
+        prompt encoding (OpenVINO releases the GIL while it loads)."""
+        width, height = self.resolve_size(config)
+        f = self.folder.vae_scale_factor
+        batch = 2 if config.guidance_scale > 1.0 else 1
+        self._start(*self._text_encoder_key())
+        self._start(*self._unet_key(batch, (height // f, width // f)))
 
     def vae_decoder(self, latent_hw: tuple[int, int]) -> VaeDecoder:
         return self._get(("vae_decoder", latent_hw), lambda: VaeDecoder(self.runtime, self.folder, latent_hw))
@@ -207,7 +233,7 @@ class StableDiffusionEngine:
     def denoise(self, latents, timesteps, scheduler, context, guidance_scale, rng) -> Iterator[tuple[np.ndarray, StepInfo]]:
         """Yield the latents after every step."""
         guidance = context.shape[0] == 2
-        unet = self.unet(context.shape[0], latents.shape[2:])
+        unet = self.unet(context.shape[0], tuple(latents.shape[2:]))
         for i, t in enumerate(timesteps):
             started = time.perf_counter()
             x = scheduler.scale_model_input(latents, t).astype(np.float32)
@@ -250,7 +276,7 @@ class StableDiffusionEngine:
         latents, timesteps = self.prepare_latents(config, scheduler, rng, width, height)
         timings["prepare_latents"] = time.perf_counter() - t0
 
-        self.unet(context.shape[0], latents.shape[2:])  # compiled before the loop's clock starts
+        self.unet(context.shape[0], tuple(latents.shape[2:]))  # compiled before the loop's clock starts
         t0 = time.perf_counter()
         step_times = []
         self.unet_seconds = 0.0

@@ -65,7 +65,7 @@ class MappedFile:
             self._map.madvise(mmap.MADV_DONTNEED)
 
     @contextlib.contextmanager
-    def dropping_pages(self, period: float = 0.05):
+    def dropping_pages(self, period: float = 0.2):
         """Drop the mapped pages every `period` seconds while the block runs."""
         stop = threading.Event()
 
