@@ -54,9 +54,9 @@ def fail(exc: BaseException) -> None:
     raise typer.Exit(code)
 
 
-def warn(message: str, quiet: bool = False) -> None:
-    if not quiet:
-        print(f"sdcli: warning: {message}", file=sys.stderr)
+def warn(message: str) -> None:
+    """Warnings go to stderr even with --quiet: they say the result is not what was asked."""
+    print(f"sdcli: warning: {message}", file=sys.stderr)
 
 
 @app.callback()
@@ -204,6 +204,7 @@ def generate(
     device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
     precision: str = typer.Option("auto", "--precision", help="auto (OpenVINO picks: bf16 where the CPU has it), f32, bf16, f16."),
     rng: str = typer.Option("torch", "--rng", help="torch: the same noise as diffusers for a seed; numpy: faster draws."),
+    emphasis: bool = typer.Option(True, "--emphasis/--no-emphasis", help="A1111 prompt weights: (word), [word], (word:1.3); \\( for a literal bracket."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
@@ -244,12 +245,13 @@ def generate(
             init_image=image,
             strength=strength,
             rng=rng,
+            emphasis=emphasis,
         )
         base.validate()
         engine.preload(base)
-        context, notes = engine.encode_prompt(prompt, negative_prompt, guidance_scale > 1.0)
+        context, notes = engine.encode_prompt(prompt, negative_prompt, guidance_scale > 1.0, emphasis)
         for note in notes:
-            warn(note, quiet)
+            warn(note)
         engine.release_text_encoder()
         from .progress import StepProgress
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +102,8 @@ def load_components(kind: str, path: Path, opts: ConvertOptions):
     if kind == "single_file":
         from diffusers import StableDiffusionPipeline
 
+        # diffusers loads pickled checkpoints with torch.load(weights_only=True)
         kwargs = {"config": opts.config} if opts.config else {}
-        if path.suffix != ".safetensors":
-            kwargs["weights_only"] = True
         try:
             pipe = StableDiffusionPipeline.from_single_file(
                 str(path), torch_dtype=torch.float32, safety_checker=None, **kwargs
@@ -346,11 +343,3 @@ def convert(
 
 def _folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def default_models_dir() -> Path:
-    return Path(os.environ.get("SDCLI_MODELS", "models"))
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

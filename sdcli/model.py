@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,17 @@ class ModelFolder:
     @property
     def has_vae_encoder(self) -> bool:
         return (self.root / "vae_encoder" / "openvino_model.xml").is_file()
+
+    @property
+    def unet_sequence_length(self) -> int | None:
+        """The UNet's fixed text length (optimum-cli exports 77), or None when dynamic."""
+        with open(self.ir("unet"), "rb") as f:
+            head = f.read(1 << 20).decode("utf-8", "replace")
+        found = re.search(r'name="encoder_hidden_states" type="Parameter"[^>]*>\s*<data shape="([^"]*)"', head)
+        if not found:
+            return None
+        dims = found.group(1).split(",")
+        return int(dims[1]) if len(dims) == 3 and dims[1].strip().isdigit() else None
 
     @property
     def name(self) -> str:

@@ -19,6 +19,7 @@ from .model import ModelFolder, TextEncoder, UNet, VaeDecoder, VaeEncoder, defau
 from .runtime import Runtime
 from .rng import make_rng
 from .schedulers import create_scheduler, name_for_diffusers_class
+from .prompt import CHUNK, Chunk, chunk_prompt, parse_emphasis
 from .tokenizer import PromptTokenizer
 
 
@@ -37,6 +38,7 @@ class GenerationConfig:
     init_image: np.ndarray | None = None  # RGB uint8 [H, W, 3]
     strength: float = 0.8  # img2img: how much of the init image is repainted (1.0: all of it)
     rng: str = "torch"  # "torch": the same draws as diffusers with torch.Generator().manual_seed(seed)
+    emphasis: bool = True  # A1111's (word), [word], (word:1.3) syntax
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -93,6 +95,7 @@ class StableDiffusionEngine:
         self.runtime = Runtime(device, precision, cache_dir or None)
         self.tokenizer = PromptTokenizer(self.folder.root / "tokenizer")
         self._components: dict[tuple, Future] = {}
+        self._fixed_sequence: int | None = None  # the UNet's fixed text length; 0: any
         # one loader thread: components load in the order asked for, off the main thread
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load")
         self.timings: dict[str, float] = {}
@@ -115,26 +118,26 @@ class StableDiffusionEngine:
         return self._start(key, build).result()
 
     def _text_encoder_key(self):
-        return ("text_encoder",), lambda: TextEncoder(self.runtime, self.folder, self.tokenizer.max_length)
+        return ("text_encoder",), lambda: TextEncoder(self.runtime, self.folder, CHUNK + 2)
 
     def text_encoder(self) -> TextEncoder:
         return self._get(*self._text_encoder_key())
 
-    def _unet_key(self, batch: int, latent_hw: tuple[int, int]):
-        seq = self.tokenizer.max_length
-        return ("unet", batch, tuple(latent_hw)), lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq)
+    def _unet_key(self, batch: int, latent_hw: tuple[int, int], seq: int):
+        return ("unet", batch, tuple(latent_hw), seq), lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq)
 
-    def unet(self, batch: int, latent_hw: tuple[int, int]) -> UNet:
-        return self._get(*self._unet_key(batch, latent_hw))
+    def unet(self, batch: int, latent_hw: tuple[int, int], seq: int) -> UNet:
+        return self._get(*self._unet_key(batch, latent_hw, seq))
 
     def preload(self, config: GenerationConfig) -> None:
         """Start loading the UNet for `config` in the background, so that it overlaps with
         prompt encoding (OpenVINO releases the GIL while it loads)."""
         width, height = self.resolve_size(config)
         f = self.folder.vae_scale_factor
-        batch = 2 if config.guidance_scale > 1.0 else 1
+        guidance = config.guidance_scale > 1.0
+        chunked, _ = self.prompt_chunks(config.prompt, config.negative_prompt, guidance, config.emphasis)
         self._start(*self._text_encoder_key())
-        self._start(*self._unet_key(batch, (height // f, width // f)))
+        self._start(*self._unet_key(2 if guidance else 1, (height // f, width // f), len(chunked[0]) * (CHUNK + 2)))
 
     def vae_decoder(self, latent_hw: tuple[int, int]) -> VaeDecoder:
         return self._get(("vae_decoder", latent_hw), lambda: VaeDecoder(self.runtime, self.folder, latent_hw))
@@ -171,20 +174,59 @@ class StableDiffusionEngine:
             raise UsageError(f"scheduler: {exc}") from None
 
     # -- stage 1: prompt ---------------------------------------------------------------
-    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool) -> tuple[np.ndarray, list[str]]:
-        """Return the UNet context ([uncond, cond] when guidance is on) and any warnings."""
+    def _chunks(self, text: str, emphasis: bool) -> list[Chunk]:
+        pairs = parse_emphasis(text) if emphasis else [(text, 1.0)]
+        tokens: list[int] = []
+        weights: list[float] = []
+        for fragment, weight in pairs:
+            ids = self.tokenizer.ids(fragment)
+            tokens += ids
+            weights += [weight] * len(ids)
+        t = self.tokenizer
+        return chunk_prompt(tokens, weights, t.bos, t.eos, t.pad, t.comma)
+
+    def prompt_chunks(self, prompt: str, negative_prompt: str, guidance: bool, emphasis: bool = True):
+        """Token chunks of [negative, prompt] (just [prompt] without guidance), padded to
+        the same number of chunks, and warnings for anything truncated."""
+        labels = ["negative prompt", "prompt"] if guidance else ["prompt"]
+        texts = [negative_prompt, prompt] if guidance else [prompt]
+        chunked = [self._chunks(text, emphasis) for text in texts]
         warnings = []
+        if self._fixed_sequence is None:
+            self._fixed_sequence = self.folder.unet_sequence_length or 0
+        if self._fixed_sequence:
+            for label, chunks in zip(labels, chunked):
+                if len(chunks) > 1:
+                    warnings.append(f"the {label} is longer than {CHUNK} tokens and was truncated "
+                                    f"(this model's UNet takes {self._fixed_sequence} tokens)")
+            chunked = [chunks[:1] for chunks in chunked]
+        n = max(len(chunks) for chunks in chunked)
+        t = self.tokenizer
+        for chunks in chunked:
+            while len(chunks) < n:
+                chunks += chunk_prompt([], [], t.bos, t.eos, t.pad, t.comma)
+        return chunked, warnings
+
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool, emphasis: bool = True) -> tuple[np.ndarray, list[str]]:
+        """Return the UNet context ([uncond, cond] when guidance is on) and any warnings."""
+        chunked, warnings = self.prompt_chunks(prompt, negative_prompt, guidance, emphasis)
         encoder = self.text_encoder()
         started = time.perf_counter()
-        texts = [negative_prompt, prompt] if guidance else [prompt]
-        embeddings = []
-        for label, text in zip(["negative prompt", "prompt"][-len(texts):], texts):
-            ids, truncated = self.tokenizer(text)
-            if truncated:
-                warnings.append(f"the {label} is longer than {self.tokenizer.max_length - 2} tokens and was truncated")
-            embeddings.append(encoder(ids))
+        rows = []
+        for chunks in chunked:
+            parts = []
+            for chunk in chunks:
+                z = encoder(np.asarray([chunk.ids], dtype=np.int64))
+                weights = np.asarray(chunk.weights, dtype=np.float32)
+                if (weights != 1.0).any():
+                    # A1111: scale each token's embedding, then restore the chunk's mean
+                    mean = z.mean()
+                    z = z * weights[None, :, None]
+                    z = z * (mean / z.mean())
+                parts.append(z)
+            rows.append(np.concatenate(parts, axis=1))
         self.timings["encode_prompt"] = time.perf_counter() - started
-        return np.concatenate(embeddings, axis=0), warnings
+        return np.concatenate(rows, axis=0), warnings
 
     # -- stage 2: latents --------------------------------------------------------------
     def resolve_size(self, config: GenerationConfig) -> tuple[int, int]:
@@ -233,7 +275,7 @@ class StableDiffusionEngine:
     def denoise(self, latents, timesteps, scheduler, context, guidance_scale, rng) -> Iterator[tuple[np.ndarray, StepInfo]]:
         """Yield the latents after every step."""
         guidance = context.shape[0] == 2
-        unet = self.unet(context.shape[0], tuple(latents.shape[2:]))
+        unet = self.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])
         for i, t in enumerate(timesteps):
             started = time.perf_counter()
             x = scheduler.scale_model_input(latents, t).astype(np.float32)
@@ -268,7 +310,7 @@ class StableDiffusionEngine:
         guidance = config.guidance_scale > 1.0
         scheduler = self.make_scheduler(config.scheduler)
         if context is None:
-            context, _ = self.encode_prompt(config.prompt, config.negative_prompt, guidance)
+            context, _ = self.encode_prompt(config.prompt, config.negative_prompt, guidance, config.emphasis)
             timings["encode_prompt"] = self.timings["encode_prompt"]
 
         t0 = time.perf_counter()
@@ -276,7 +318,7 @@ class StableDiffusionEngine:
         latents, timesteps = self.prepare_latents(config, scheduler, rng, width, height)
         timings["prepare_latents"] = time.perf_counter() - t0
 
-        self.unet(context.shape[0], tuple(latents.shape[2:]))  # compiled before the loop's clock starts
+        self.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])  # compiled before the loop's clock starts
         t0 = time.perf_counter()
         step_times = []
         self.unet_seconds = 0.0

@@ -29,22 +29,22 @@ PRECISIONS = ("auto", "f32", "bf16", "f16")
 CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)
 
 
-@contextlib.contextmanager
-def silenced_stderr():
-    """Send file descriptor 2 (C/C++ libraries' stderr) to /dev/null for a while."""
+def is_ir_xml(data: bytes) -> bool:
+    """Whether `data` is well-formed XML whose root is an IR's <net>.
+
+    OpenVINO hands anything its IR reader rejects to its other frontends, whose C++
+    logging spills parse errors onto stderr; checking first keeps errors to our one line.
+    """
+    import xml.parsers.expat
+
+    root: list[str] = []
+    parser = xml.parsers.expat.ParserCreate()
+    parser.StartElementHandler = lambda name, attrs: root.append(name) if not root else None
     try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        parser.Parse(data, True)
+    except xml.parsers.expat.ExpatError:
+        return False
+    return root == ["net"]
 
 
 class MappedFile:
@@ -115,11 +115,11 @@ class Runtime:
         """Read an IR whose weights stay mapped from the file (see MappedFile)."""
         bin_path = xml.with_suffix(".bin")
         try:
+            data = xml.read_bytes()
+            if not is_ir_xml(data):
+                raise ValueError("not an IR")
             weights = MappedFile(bin_path)
-            # On a broken IR, OpenVINO tries its other frontends, whose C++ logging would
-            # spill parse errors onto stderr; our own one-line error says it better.
-            with silenced_stderr():
-                model = self.core.read_model(xml.read_bytes(), weights.tensor)
+            model = self.core.read_model(data, weights.tensor)
         except (RuntimeError, OSError, ValueError):
             raise UsageError(f"{component}: {xml} is not a readable OpenVINO IR (truncated or corrupt?)") from None
         return model, weights

@@ -60,10 +60,8 @@ def test_openvino_tokenizer_gives_the_same_ids(tiny_eps):
     ours = PromptTokenizer(tiny_eps.ov_dir / "tokenizer")
     compiled = ov.Core().compile_model(str(tiny_eps.ov_dir / "tokenizer" / "openvino_tokenizer.xml"), "CPU")
     for text in ["a photo of an astronaut riding a horse", "Hello, World!"]:
-        ids, _ = ours(text)
         theirs = compiled([text])["input_ids"][0]
-        n = len(theirs)
-        assert ids[0, :n].tolist() == theirs.tolist()
+        assert [ours.bos, *ours.ids(text), ours.eos] == theirs.tolist()
 
 
 def test_weight_formats_shrink_the_files(tiny_eps, tmp_path):
@@ -139,3 +137,16 @@ def test_convert_cli_bad_usage(tmp_path):
     assert r.returncode == 2 and "missing-folder" in r.stderr
     r = run_cli("convert", tmp_path, "--weight-format", "int4")
     assert r.returncode == 2 and "weight-format" in r.stderr
+
+
+def test_single_file_that_is_not_a_checkpoint_is_a_clear_error(tiny_eps, tmp_path):
+    """A .safetensors file with diffusers' key names is no original-format checkpoint."""
+    import shutil
+
+    src = tiny_eps.diffusers_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    ckpt = tmp_path / "not-a-checkpoint.safetensors"
+    shutil.copy(src, ckpt)
+    r = run_cli("convert", ckpt, "--output", tmp_path / "out", "--config", tiny_eps.diffusers_dir)
+    assert r.returncode == 2, r.stderr
+    assert "not-a-checkpoint.safetensors" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
