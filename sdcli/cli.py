@@ -14,12 +14,14 @@ import typer
 
 from . import __version__
 from .errors import SdcliError, UsageError
+from .schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
 
 app = typer.Typer(
     help="Stable Diffusion on an ordinary CPU, through OpenVINO.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]", which rich would eat as markup
 )
 
 STATE = {"debug": False}
@@ -34,7 +36,6 @@ def process_age() -> float:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.perf_counter() - _IMPORTED_AT
-SAMPLER_NAMES = {"pndm": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a"}
 
 
 def fail(exc: BaseException) -> None:
@@ -119,20 +120,10 @@ def _quiet_libraries() -> None:
 
 # --- generate -----------------------------------------------------------------------
 
-def find_model(model: Optional[str]) -> Path:
-    if model:
-        return Path(model)
-    if os.environ.get("SDCLI_MODEL"):
-        return Path(os.environ["SDCLI_MODEL"])
-    models = Path("models")
-    found = sorted(p.parent for p in models.glob("*/model_index.json")) if models.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        raise UsageError(f"several models under models/ ({', '.join(p.name for p in found)}): pick one with --model")
-    raise UsageError(
-        "no model: pass --model DIR or set SDCLI_MODEL (convert one first: sdcli convert stable-diffusion-v1-5/stable-diffusion-v1-5)"
-    )
+def find_model(model: Optional[str], quiet: bool = False) -> Path:
+    from .hub import resolve_model
+
+    return resolve_model(model, quiet)
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -143,24 +134,63 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
 
 
-def a1111_parameters(config, result, model_name: str, init_image: bool) -> str:
-    lines = [config.prompt]
-    if config.negative_prompt:
-        lines.append(f"Negative prompt: {config.negative_prompt}")
-    fields = [
-        f"Steps: {config.steps}",
-        f"Sampler: {SAMPLER_NAMES.get(result.scheduler, result.scheduler)}",
-        f"CFG scale: {config.guidance_scale:g}",
-        f"Seed: {result.seed}",
-        f"Size: {result.width}x{result.height}",
-        f"Model: {model_name}",
-    ]
-    if init_image:
-        fields.append(f"Denoising strength: {config.strength:g}")
-    fields.append(f"RNG: {config.rng}")
-    fields.append(f"Version: sdcli {__version__}")
-    lines.append(", ".join(fields))
-    return "\n".join(lines)
+def a1111_parameters(config, result, model_name: str, init_image: bool, precision: str | None = None) -> str:
+    """The PNG's `parameters` text: A1111's fields plus what sdcli needs to redo the image."""
+    from .params import format_parameters
+
+    fields = {
+        "Steps": config.steps,
+        "Sampler": A1111_NAMES.get(result.scheduler, result.scheduler),
+        "CFG scale": f"{config.guidance_scale:g}",
+        "Seed": result.seed,
+        "Size": f"{result.width}x{result.height}",
+        "Model": model_name,
+        "Denoising strength": f"{config.strength:g}" if init_image else None,
+        "RNG": config.rng,
+        "Precision": precision,
+        "Emphasis": None if config.emphasis else "off",
+        "Version": f"sdcli {__version__}",
+    }
+    return format_parameters(config.prompt, config.negative_prompt, fields)
+
+
+def settings_from_image(path: Path) -> dict:
+    """generate's options as stored in an sdcli/A1111 PNG's `parameters` chunk."""
+    from .image_io import read_png_text
+    from .params import parse_parameters
+
+    if not path.is_file():
+        raise UsageError(f"--from-image: {path} not found")
+    text = read_png_text(path).get("parameters")
+    if text is None:
+        raise UsageError(f"--from-image: {path} has no generation settings (no 'parameters' text chunk)")
+    prompt, negative, fields = parse_parameters(text)
+    out: dict = {"prompt": prompt, "negative_prompt": negative}
+    try:
+        if "Steps" in fields:
+            out["steps"] = int(fields["Steps"])
+        if "Sampler" in fields:
+            out["scheduler"] = resolve_scheduler_name(fields["Sampler"])
+        if "CFG scale" in fields:
+            out["guidance_scale"] = float(fields["CFG scale"])
+        if "Seed" in fields:
+            out["seed"] = int(fields["Seed"])
+        if "Size" in fields:
+            w, h = fields["Size"].lower().split("x")
+            out["width"], out["height"] = int(w), int(h)
+        if "Denoising strength" in fields:
+            out["strength"] = float(fields["Denoising strength"])
+        if "RNG" in fields:
+            out["rng"] = fields["RNG"]
+        if "Precision" in fields:
+            out["precision"] = fields["Precision"]
+        if "Emphasis" in fields:
+            out["emphasis"] = fields["Emphasis"] != "off"
+        if "Model" in fields:
+            out["model_name"] = fields["Model"]
+    except ValueError as exc:
+        raise UsageError(f"--from-image: {path} has unreadable settings: {exc}") from None
+    return out
 
 
 def check_output_dir(path: Path) -> None:
@@ -179,16 +209,25 @@ def _positive_multiple_of_8(value: Optional[int]) -> Optional[int]:
 
 
 def _scheduler_name(value: Optional[str]) -> Optional[str]:
-    from .schedulers import scheduler_names
+    if value is None:
+        return None
+    try:
+        return resolve_scheduler_name(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
-    if value is not None and value not in scheduler_names():
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(scheduler_names())}")
-    return value
+
+def _list_schedulers(value: bool) -> None:
+    if value:
+        for name in scheduler_names():
+            print(f"{name:<18} {A1111_NAMES[name]}")
+        raise typer.Exit(0)
 
 
 @app.command()
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="What to draw."),
+    ctx: typer.Context,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to draw (required unless --from-image)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
@@ -198,7 +237,8 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", callback=_scheduler_name, help="pndm, ddim, euler, euler_a [default: the model's]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", callback=_scheduler_name, help="A name from --list-schedulers, short (dpmpp_2m_karras) or A1111's (\"DPM++ 2M Karras\") [default: the model's]."),
+    list_schedulers: bool = typer.Option(False, "--list-schedulers", callback=_list_schedulers, is_eager=True, expose_value=False, help="Print the schedulers and exit."),
     num_images: int = typer.Option(1, "--num-images", min=1, max=10_000, help="Images to make; image i uses seed+i."),
     output: Path = typer.Option(Path("output.png"), "--output", "-o", help="PNG to write; several images get -1, -2, ... before .png."),
     device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
@@ -208,10 +248,35 @@ def generate(
     low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
+    from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
 ):
     """Make images from a prompt (and optionally an init image)."""
     try:
         from .runtime import PRECISIONS
+
+        if from_image is not None:
+            stored = settings_from_image(from_image)
+
+            def given(name: str) -> bool:
+                source = ctx.get_parameter_source(name)
+                return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+            prompt = prompt if given("prompt") else stored["prompt"]
+            negative_prompt = negative_prompt if given("negative_prompt") else stored["negative_prompt"]
+            steps = steps if given("steps") else stored.get("steps", steps)
+            scheduler = scheduler if given("scheduler") else stored.get("scheduler", scheduler)
+            guidance_scale = guidance_scale if given("guidance_scale") else stored.get("guidance_scale", guidance_scale)
+            seed = seed if given("seed") else stored.get("seed", seed)
+            width = width if given("width") else stored.get("width", width)
+            height = height if given("height") else stored.get("height", height)
+            strength = strength if given("strength") else stored.get("strength", strength)
+            rng = rng if given("rng") else stored.get("rng", rng)
+            precision = precision if given("precision") else stored.get("precision", precision)
+            emphasis = emphasis if given("emphasis") else stored.get("emphasis", emphasis)
+            if model is None and not os.environ.get("SDCLI_MODEL") and (Path("models") / stored.get("model_name", "")).is_dir():
+                model = str(Path("models") / stored["model_name"])
+        if prompt is None:
+            raise UsageError("--prompt is required (or --from-image with an image that stores one)")
 
         if precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -219,7 +284,7 @@ def generate(
             raise UsageError(f"--rng must be torch or numpy, got {rng!r}")
         paths = output_paths(output, num_images)
         check_output_dir(output)
-        model_dir = find_model(model)
+        model_dir = find_model(model, quiet or as_json)
         image = None
         if init_image is not None:
             from .image_io import read_rgb
@@ -271,7 +336,7 @@ def generate(
 
                 # the UNet is not needed again after the last image: free it before decoding
                 result = engine.generate(config, on_step=on_step, context=context, release_unet=i == len(paths) - 1)
-            save_png(path, result.image, a1111_parameters(config, result, engine.folder.name, image is not None))
+            save_png(path, result.image, a1111_parameters(config, result, engine.folder.name, image is not None, precision))
             if as_json:
                 timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}
                 timings.update(before_first_step=round(first_step_at[0], 4) if first_step_at else None,
@@ -300,9 +365,24 @@ def info(
     target: Optional[Path] = typer.Argument(None, help="A converted model folder to describe."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """OpenVINO version, devices and CPU capabilities; with a folder, its components."""
+    """OpenVINO version, devices and CPU capabilities; with a model folder, its components;
+    with a PNG, the settings it was made with."""
     try:
         from .info import describe_model, describe_runtime
+
+        if target is not None and target.is_file():
+            from .image_io import read_png_text
+            from .params import parse_parameters
+
+            text = read_png_text(target).get("parameters")
+            if text is None:
+                raise UsageError(f"{target} has no generation settings (no 'parameters' text chunk)")
+            if as_json:
+                prompt, negative, fields = parse_parameters(text)
+                print(json.dumps({"prompt": prompt, "negative_prompt": negative, **fields}, ensure_ascii=False, indent=1))
+            else:
+                print(text)
+            return
 
         data = {"runtime": describe_runtime()}
         if target is not None:
@@ -377,3 +457,47 @@ def bench(
         raise
     except Exception as exc:
         fail(exc)
+
+
+# --- batch --------------------------------------------------------------------------
+
+@app.command()
+def batch(
+    file: str = typer.Argument(..., help="Prompts: .txt (one a line), .jsonl or .csv (per-row settings); - reads standard input."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the images and manifest.jsonl (created if missing)."),
+    input_format: Optional[str] = typer.Option(None, "--format", help="txt, jsonl or csv [default: FILE's extension; txt for -]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="Default negative prompt."),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Default init image (image-to-image)."),
+    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, help="Image-to-image: how much to repaint, 0..1."),
+    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Base seed: a row without one uses seed+index [default: random, printed, kept in the folder for re-runs]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", callback=_scheduler_name, help="A name from --list-schedulers, short (dpmpp_2m_karras) or A1111's (\"DPM++ 2M Karras\") [default: the model's]."),
+    list_schedulers: bool = typer.Option(False, "--list-schedulers", callback=_list_schedulers, is_eager=True, expose_value=False, help="Print the schedulers and exit."),
+    device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto, f32, bf16, f16."),
+    rng: str = typer.Option("torch", "--rng", help="torch or numpy."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per finished image on stdout (as in the manifest)."),
+):
+    """Make one image per row of FILE into --output-dir; a re-run skips what is done (see sdcli/batch.py)."""
+    try:
+        from .batch import BatchOptions, run_batch
+
+        code = run_batch(BatchOptions(
+            file=file, output_dir=output_dir, input_format=input_format, model=model, negative_prompt=negative_prompt,
+            init_image=init_image, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
+            width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
+            quiet=quiet, as_json=as_json, debug=STATE["debug"],
+        ))
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        print("sdcli: interrupted; run the same command again to finish", file=sys.stderr)
+        raise typer.Exit(130)
+    except Exception as exc:
+        fail(exc)
+    raise typer.Exit(code)

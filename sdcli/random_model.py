@@ -44,6 +44,16 @@ TINY = {
     ),
 }
 
+# SD 2.x differs where it matters to an engine: linear projections in the transformer
+# blocks, per-block head counts, gelu in the text model, and "!" as the padding token
+# (not the end token), with v-prediction.
+TINY_SD2 = {
+    "unet": dict(TINY["unet"], attention_head_dim=(2, 4), use_linear_projection=True),
+    "vae": TINY["vae"],
+    "text": dict(TINY["text"], hidden_act="gelu"),
+    "pad_token": "!",
+}
+
 SD15 = {
     "unet": dict(
         block_out_channels=(320, 640, 1280, 1280),
@@ -141,11 +151,12 @@ def build_random_pipeline(
     vae = AutoencoderKL(**sizes["vae"])
     text_cfg = dict(sizes["text"], bos_token_id=0, eos_token_id=2, pad_token_id=1)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    if sizes is TINY:
+    if sizes is TINY or sizes is TINY_SD2:
         _spread_weights(unet, vae, text_encoder, seed=seed)
     tok_dir = out_dir / "_tokenizer_src"
     write_clip_tokenizer(tok_dir, text_cfg["vocab_size"])
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77,
+                              pad_token=sizes.get("pad_token", "<|endoftext|>"))
     sched_cfg = dict(scheduler_config or SD15_SCHEDULER, prediction_type=prediction_type)
     scheduler = PNDMScheduler(**sched_cfg)
     pipe = StableDiffusionPipeline(

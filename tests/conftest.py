@@ -40,13 +40,15 @@ class TinyModel:
         return self._pipe
 
 
-def _build(root: Path, prediction_type: str) -> TinyModel:
+def _build(root: Path, prediction_type: str, variant: str = "sd1") -> TinyModel:
     from sdcli.convert import ConvertOptions, convert
-    from sdcli.random_model import build_random_pipeline
+    from sdcli.random_model import TINY, TINY_SD2, build_random_pipeline
 
-    src = root / f"tiny-{prediction_type}"
-    out = root / f"tiny-{prediction_type}-ov"
-    build_random_pipeline(src, prediction_type=prediction_type, seed=0 if prediction_type == "epsilon" else 7)
+    name = f"tiny-{prediction_type}" + ("" if variant == "sd1" else f"-{variant}")
+    src = root / name
+    out = root / f"{name}-ov"
+    sizes = TINY if variant == "sd1" else TINY_SD2
+    build_random_pipeline(src, sizes, prediction_type=prediction_type, seed=0 if prediction_type == "epsilon" else 7)
     convert(str(src), out, ConvertOptions(weight_format="fp32"), log=lambda s: None)
     return TinyModel(src, out, prediction_type)
 
@@ -64,6 +66,15 @@ def tiny_eps(models_root) -> TinyModel:
 @pytest.fixture(scope="session")
 def tiny_vpred(models_root) -> TinyModel:
     return _build(models_root, "v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(models_root) -> TinyModel:
+    """SD 2.x's differences on a tiny scale: linear projections, per-block heads, gelu,
+    "!" padding, v-prediction."""
+    model = _build(models_root, "v_prediction", "sd2")
+    model.prediction_type = "sd2 v_pred"
+    return model
 
 
 @pytest.fixture(scope="session")

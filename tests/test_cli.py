@@ -212,3 +212,21 @@ def test_img2img_uses_init_image_size(tiny_eps, init_image_file, tmp_path):
     assert r.returncode == 0, r.stderr
     assert read_rgb(out).shape == (64, 96, 3)
     assert "Denoising strength: 0.5" in read_png_text(out)["parameters"]
+
+
+def test_hub_repo_from_the_huggingface_cache(tiny_eps, tmp_path):
+    """`--model owner/name` resolves through huggingface_hub's cache (offline here)."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-ov"
+    shutil.copytree(tiny_eps.ov_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    out = tmp_path / "hub.png"
+    r = sdcli("generate", "--model", "someone/tiny-ov", "--prompt", "x", "--steps", "1", "--seed", "1", "--width", "64",
+              "--height", "64", "--output", out, "--quiet", env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert out.is_file()
+    r = sdcli("generate", "--model", "someone/not-cached", "--prompt", "x", "--output", tmp_path / "o.png",
+              env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "cannot download someone/not-cached" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -11,12 +11,25 @@ from typer.testing import CliRunner
 from sdcli.cli import app
 from sdcli.image_io import read_rgb
 
+# our name -> (diffusers class, extra from_config arguments)
 SCHEDULERS = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
+    "pndm": ("PNDMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
 }
+
+
+def diffusers_scheduler(name, config):
+    import diffusers
+
+    cls, extra = SCHEDULERS[name]
+    return getattr(diffusers, cls).from_config(config, **extra)
 PROMPT = "a photo of an astronaut riding a horse"
 NEGATIVE = "blurry"
 STEPS = 10
@@ -34,11 +47,11 @@ def diffusers_pixels(model, scheduler, width, height, init_image=None, strength=
                   generator=generator, output_type="np")
     if init_image is None:
         pipe = diffusers.StableDiffusionPipeline(**components)
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+        pipe.scheduler = diffusers_scheduler(scheduler, pipe.scheduler.config)
         out = pipe(height=height, width=width, **kwargs).images[0]
     else:
         pipe = diffusers.StableDiffusionImg2ImgPipeline(**components)
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+        pipe.scheduler = diffusers_scheduler(scheduler, pipe.scheduler.config)
         out = pipe(image=Image.open(init_image).convert("RGB"), strength=strength, **kwargs).images[0]
     return (out * 255).round().astype(np.int16)
 
@@ -86,3 +99,14 @@ def test_img2img_matches_diffusers(request, model_name, scheduler, strength, ini
     ours = sdcli_pixels(model, scheduler, tmp_path, init_image=init_image_file, strength=strength)
     compare(ours, theirs, parity_log, model=model.prediction_type, scheduler=scheduler,
             mode=f"img2img {strength}", size="96x64")
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpmpp_2m"])
+def test_sd2_style_model_matches_diffusers(tiny_sd2, scheduler, init_image_file, tmp_path, parity_log):
+    theirs = diffusers_pixels(tiny_sd2, scheduler, 64, 64)
+    ours = sdcli_pixels(tiny_sd2, scheduler, tmp_path, 64, 64)
+    compare(ours, theirs, parity_log, model=tiny_sd2.prediction_type, scheduler=scheduler, mode="txt2img", size="64x64")
+    theirs = diffusers_pixels(tiny_sd2, scheduler, None, None, init_image_file, 0.6)
+    ours = sdcli_pixels(tiny_sd2, scheduler, tmp_path, init_image=init_image_file, strength=0.6)
+    compare(ours, theirs, parity_log, model=tiny_sd2.prediction_type, scheduler=scheduler, mode="img2img 0.6",
+            size="96x64")

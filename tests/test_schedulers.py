@@ -98,7 +98,7 @@ LOOSE_TIMESTEPS = {
 
 
 def _cases():
-    for name in SCHEDULERS:
+    for name in DIFFUSERS_CLASSES:  # the other schedulers: tests/test_schedulers_more.py
         variants = {**COMMON_VARIANTS, **EXTRA_VARIANTS.get(name, {})}
         for vname, extra in variants.items():
             for pred in PREDICTIONS[name]:
@@ -202,7 +202,7 @@ def test_txt2img_loop_matches_diffusers(name, vname, extra, pred, steps):
 
 IMG2IMG_CASES = [
     pytest.param(name, vname, extra, pred, id=f"{name}-{vname}-{pred}")
-    for name in SCHEDULERS
+    for name in DIFFUSERS_CLASSES
     for vname, extra, pred in [
         ("sd15", {}, "epsilon"),
         ("trailing", {"timestep_spacing": "trailing"}, "v_prediction"),
@@ -270,14 +270,14 @@ def _init_args(name: str, cfg) -> dict:
     return {k: cfg[k] for k in SCHEDULERS[name].defaults}
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 def test_defaults_are_diffusers_defaults(name):
     params = inspect.signature(DIFFUSERS_CLASSES[name].__init__).parameters
     ref = {k: p.default for k, p in params.items() if k != "self"}
     assert SCHEDULERS[name].defaults == ref
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -320,9 +320,9 @@ def test_sd15_spacing_defaults():
 
 
 def test_registry_and_factory():
-    assert scheduler_names() == ["pndm", "ddim", "euler", "euler_a"]
+    assert scheduler_names()[:4] == ["pndm", "ddim", "euler", "euler_a"]
     assert SCHEDULERS["euler_a"] is EulerAncestralDiscreteScheduler
-    for name, cls in SCHEDULERS.items():
+    for name, cls in ((n, SCHEDULERS[n]) for n in DIFFUSERS_CLASSES):
         assert cls.name == name
         assert cls.diffusers_class == DIFFUSERS_CLASSES[name].__name__
         assert cls.order == DIFFUSERS_CLASSES[name].order
@@ -330,11 +330,11 @@ def test_registry_and_factory():
     assert isinstance(create_scheduler("EulerDiscreteScheduler", SD15), EulerDiscreteScheduler)
     assert isinstance(create_scheduler("ddim", {"_class_name": "LMSDiscreteScheduler"}), DDIMScheduler)
     with pytest.raises(ValueError, match="supported"):
-        create_scheduler(None, {**SD15, "_class_name": "LMSDiscreteScheduler"})
+        create_scheduler(None, {**SD15, "_class_name": "DDPMScheduler"})
     with pytest.raises(ValueError):
         create_scheduler(None, {"beta_start": 0.1})
     with pytest.raises(ValueError, match="euler_a"):
-        create_scheduler("heun", SD15)
+        create_scheduler("no_such_sampler", SD15)
 
 
 @pytest.mark.parametrize(

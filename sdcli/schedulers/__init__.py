@@ -10,28 +10,70 @@ from typing import Any, Mapping
 
 from .base import Scheduler, SchedulerConfigError
 from .ddim import DDIMScheduler
+from .dpm_multistep import DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler
 from .euler import EulerDiscreteScheduler
 from .euler_ancestral import EulerAncestralDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .unipc import UniPCMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     "pndm": PNDMScheduler,
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,
     "euler_a": EulerAncestralDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "dpmpp_2m_karras": DPMSolverMultistepKarrasScheduler,
+    "unipc": UniPCMultistepScheduler,
 }
 
-_BY_DIFFUSERS_CLASS: dict[str, str] = {cls.diffusers_class: name for name, cls in SCHEDULERS.items()}
+# Our name -> the sampler's name in the AUTOMATIC1111 web UI (also accepted by create_scheduler).
+A1111_NAMES: dict[str, str] = {
+    "pndm": "PLMS",
+    "ddim": "DDIM",
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "lms": "LMS",
+    "heun": "Heun",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "unipc": "UniPC",
+}
+
+# diffusers class -> our name; a class with a Karras variant maps to the base name (the config's
+# use_karras_sigmas then decides), so the first name registered for a class wins.
+_BY_DIFFUSERS_CLASS: dict[str, str] = {}
+for _name, _cls in SCHEDULERS.items():
+    _BY_DIFFUSERS_CLASS.setdefault(_cls.diffusers_class, _name)
+
+_ALIASES: dict[str, str] = {}
+for _name in SCHEDULERS:
+    _ALIASES[_name.lower()] = _name
+for _name, _a1111 in A1111_NAMES.items():
+    _ALIASES.setdefault(_a1111.lower(), _name)
+for _cls_name, _name in _BY_DIFFUSERS_CLASS.items():
+    _ALIASES.setdefault(_cls_name.lower(), _name)
+del _name, _cls, _a1111, _cls_name
 
 __all__ = [
     "SCHEDULERS",
     "Scheduler",
     "SchedulerConfigError",
+    "A1111_NAMES",
     "PNDMScheduler",
     "DDIMScheduler",
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverMultistepKarrasScheduler",
+    "UniPCMultistepScheduler",
     "create_scheduler",
+    "resolve_scheduler_name",
     "apply_sd_pipeline_fixups",
     "scheduler_names",
     "name_for_diffusers_class",
@@ -39,7 +81,18 @@ __all__ = [
 
 
 def scheduler_names() -> list[str]:
+    """Our short scheduler names, classic samplers first."""
     return list(SCHEDULERS)
+
+
+def resolve_scheduler_name(name: str) -> str:
+    """Our short name for ``name``: one of ``scheduler_names()``, an A1111 sampler name (``"DPM++ 2M
+    Karras"``) or a diffusers class name, matched case-insensitively. ValueError if none matches."""
+    key = _ALIASES.get(str(name).strip().lower())
+    if key is None:
+        choices = ", ".join(f"{n} ({A1111_NAMES[n]})" for n in SCHEDULERS)
+        raise ValueError(f"unknown scheduler {name!r}; choose one of: {choices}")
+    return key
 
 
 def name_for_diffusers_class(class_name: str) -> str:
@@ -66,8 +119,8 @@ def apply_sd_pipeline_fixups(scheduler: Scheduler) -> Scheduler:
 def create_scheduler(name: str | None, model_config: Mapping[str, Any], sd_pipeline: bool = False) -> Scheduler:
     """A scheduler configured from a model's scheduler config (dict from scheduler_config.json).
 
-    ``name`` is one of ``scheduler_names()`` (a diffusers class name such as ``"EulerDiscreteScheduler"``
-    is accepted too), or None for the class named by the config's ``_class_name``. The result is what
+    ``name`` is one of ``scheduler_names()`` (an A1111 sampler name such as ``"DPM++ 2M Karras"`` or a
+    diffusers class name such as ``"EulerDiscreteScheduler"`` is accepted too, any case), or None for the class named by the config's ``_class_name``. The result is what
     ``XScheduler.from_config(model_config)`` gives; with ``sd_pipeline=True`` it is what a diffusers
     Stable Diffusion (img2img) pipeline actually runs with (see ``apply_sd_pipeline_fixups``): e.g. DDIM
     made from the SD 1.5 config has clip_sample=True by default, which that pipeline turns off.
@@ -77,11 +130,7 @@ def create_scheduler(name: str | None, model_config: Mapping[str, Any], sd_pipel
         if not class_name:
             raise ValueError("scheduler config has no _class_name; pass a scheduler name: " + ", ".join(SCHEDULERS))
         key = name_for_diffusers_class(str(class_name))
-    elif name in SCHEDULERS:
-        key = name
-    elif name in _BY_DIFFUSERS_CLASS:
-        key = _BY_DIFFUSERS_CLASS[name]
     else:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+        key = resolve_scheduler_name(name)
     scheduler = SCHEDULERS[key].from_config(model_config)
     return apply_sd_pipeline_fixups(scheduler) if sd_pipeline else scheduler

@@ -1,0 +1,748 @@
+"""`sdcli batch`: one image per row of a prompts file, into a folder, resumably.
+
+Input: `.txt` (one prompt a line; blank lines and `#` comments skipped), `.jsonl` (one JSON
+object a line, or a bare JSON string as the prompt) or `.csv` (a header naming the columns).
+JSONL and CSV rows may override any of ROW_FIELDS; a missing key, a JSON null or an empty
+CSV cell means "the command-line default".  Row `index` counts the data rows (blank lines
+and comments excluded, bad rows included), so fixing a bad row renumbers nothing; a row
+without a seed uses `base seed + index`.  Relative `init_image` paths in rows are read
+relative to FILE's folder (the current folder for standard input).
+
+Output: `DIR/{index:05d}-{slug}-{seed}.png`, or the row's `name`.  Names are checked, never
+trusted: a name that is a path (`/` or `\\`, absolute, `..`), starts with `.`, or holds NUL or
+control characters is REFUSED (the row fails with a message); any other character outside
+`A-Za-z0-9._+-` is SANITISED to `-` (accents folded: `Café` -> `Cafe`); `.png` is appended
+when missing.  Two rows with the same output name: the later one fails.
+
+Resuming: `DIR/manifest.jsonl` gets one JSON line per finished image, appended with
+flush+fsync only after the PNG has been written atomically (and its folder fsynced).  At
+start-up (under an exclusive lock on DIR) stray `.*.part` files are removed and the manifest
+is rewritten atomically if it has a cut-off or invalid line, a line whose image is gone, a
+duplicate, or a line whose settings differ from this run's row (that row is made again).
+A row is skipped when its file is in the manifest with the same settings (`key`) and on
+disk.  Without --seed the random base seed is kept in `DIR/.sdcli-batch.json`, so that a
+re-run of the same command finds the same names.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import time
+import traceback
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .errors import SdcliError, UsageError
+
+ROW_FIELDS = (
+    "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
+    "scheduler", "init_image", "strength", "name",
+)
+FORMATS = ("txt", "jsonl", "csv")
+MANIFEST = "manifest.jsonl"
+SEED_FILE = ".sdcli-batch.json"
+SLUG_CHARS = 40
+MAX_NAME_BYTES = 200
+SEED_MAX = 2**64 - 1
+
+
+class RowError(Exception):
+    """A problem with one row: reported with its line number, the row is skipped."""
+
+
+@dataclass
+class BatchOptions:
+    """The command line of `sdcli batch` (defaults for every row)."""
+
+    file: str
+    output_dir: Path
+    input_format: Optional[str] = None
+    model: Optional[str] = None
+    negative_prompt: str = ""
+    init_image: Optional[Path] = None
+    strength: float = 0.8
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    scheduler: Optional[str] = None
+    device: str = "CPU"
+    precision: str = "auto"
+    rng: str = "torch"
+    quiet: bool = False
+    as_json: bool = False
+    debug: bool = False
+
+
+@dataclass
+class Row:
+    line: int  # 1-based line of FILE where the row starts
+    index: int  # 0-based among the data rows
+    values: dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None  # set when the row could not even be parsed
+
+
+@dataclass
+class Job:
+    """A valid row with every setting resolved (size may still come from the init image)."""
+
+    line: int
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    width: Optional[int]
+    height: Optional[int]
+    scheduler: Optional[str]
+    init_image: Optional[Path]
+    strength: float
+    file: str  # the output's name inside DIR
+    key: str = ""  # fingerprint of the settings, to tell a finished row on a re-run
+
+
+# --- reading FILE ---------------------------------------------------------------------
+
+def detect_format(file: str, given: Optional[str]) -> str:
+    if given is not None:
+        fmt = given.lower().lstrip(".")
+        if fmt not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {given!r}")
+        return fmt
+    if file == "-":
+        return "txt"
+    suffix = Path(file).suffix.lower()
+    fmt = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(suffix)
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of {file} from its extension {suffix or '(none)'!r}: "
+            "use .txt, .jsonl or .csv, or pass --format txt|jsonl|csv"
+        )
+    return fmt
+
+
+def read_text(file: str) -> str:
+    try:
+        if file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            path = Path(file)
+            if not path.exists():
+                raise UsageError(f"prompts file not found: {file}")
+            if path.is_dir():
+                raise UsageError(f"{file} is a folder, not a prompts file")
+            data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{'standard input' if file == '-' else file} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    # split on \n only: str.splitlines() would also split on U+2028 and friends inside a prompt
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.rstrip("\r")
+
+
+def parse_txt(text: str) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in _lines(text):
+        prompt = line.strip()
+        if not prompt or prompt.startswith("#"):
+            continue
+        rows.append(Row(number, len(rows), {"prompt": prompt}))
+    return rows
+
+
+def parse_jsonl(text: str) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in _lines(text):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        row = Row(number, len(rows))
+        rows.append(row)
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            row.error = f"invalid JSON ({exc.msg} at column {exc.colno})"
+            continue
+        if isinstance(value, str):
+            value = {"prompt": value}
+        if not isinstance(value, dict):
+            row.error = f"expected a JSON object such as {{\"prompt\": \"...\"}}, got {type(value).__name__}"
+            continue
+        unknown = [k for k in value if k not in ROW_FIELDS]
+        if unknown:
+            row.error = f"unknown key {unknown[0]!r} (known: {', '.join(ROW_FIELDS)})"
+            continue
+        row.values = {k: v for k, v in value.items() if v is not None}
+    return rows
+
+
+def _column_name(cell: str) -> str:
+    return re.sub(r"[\s-]+", "_", cell.strip().lower())
+
+
+def parse_csv(text: str, source: str) -> list[Row]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: Optional[list[str]] = None
+    rows: list[Row] = []
+    last_line = 0
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if header is None:
+                raise UsageError(f"{source}: cannot read the CSV header: {exc}") from None
+            rows.append(Row(last_line + 1, len(rows), error=f"bad CSV: {exc}"))
+            if reader.line_num == last_line:  # no progress: give up on the rest
+                break
+            last_line = reader.line_num
+            continue
+        start, last_line = last_line + 1, reader.line_num
+        if not any(cell.strip() for cell in record):
+            continue
+        if header is None:
+            header = [_column_name(c) for c in record]
+            named = [c for c in header if c]
+            unknown = [c for c in named if c not in ROW_FIELDS]
+            if "prompt" not in named and not unknown:
+                raise UsageError(f"{source}:{start}: the CSV header must name a 'prompt' column")
+            if unknown:
+                raise UsageError(
+                    f"{source}:{start}: unknown CSV column {unknown[0]!r} in the header "
+                    f"(the first line must name the columns, from: {', '.join(ROW_FIELDS)})"
+                )
+            if "prompt" not in named:
+                raise UsageError(f"{source}:{start}: the CSV header must name a 'prompt' column")
+            dup = [c for c in set(named) if named.count(c) > 1]
+            if dup:
+                raise UsageError(f"{source}:{start}: column {dup[0]!r} appears twice in the CSV header")
+            continue
+        row = Row(start, len(rows))
+        rows.append(row)
+        extra = [c for c in record[len(header):] if c.strip()]
+        if extra:
+            row.error = f"{len(record)} cells but the header names {len(header)} columns"
+            continue
+        for name, cell in zip(header, record):
+            if name and cell.strip() != "":
+                row.values[name] = cell
+    if header is None:
+        raise UsageError(f"{source}: empty CSV file (the first line must name the columns, e.g. prompt,seed)")
+    return rows
+
+
+def parse_rows(text: str, fmt: str, source: str) -> list[Row]:
+    if fmt == "txt":
+        return parse_txt(text)
+    if fmt == "jsonl":
+        return parse_jsonl(text)
+    return parse_csv(text, source)
+
+
+# --- checking one row -----------------------------------------------------------------
+
+def _as_int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise RowError(f"{name} must be a whole number, got {json.dumps(value)}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise RowError(f"{name} must be a whole number, got {value!r}") from None
+    if not isinstance(value, int):
+        raise RowError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise RowError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _as_float(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool):
+        raise RowError(f"{name} must be a number, got {json.dumps(value)}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise RowError(f"{name} must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RowError(f"{name} must be a number, got {value!r}")
+    if not low <= value <= high:
+        bound = f"between {low:g} and {high:g}" if math.isfinite(high) else f"at least {low:g}"
+        raise RowError(f"{name} must be {bound}, got {value:g}")
+    return float(value)
+
+
+def _as_text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"{name} must be text, got {json.dumps(value)}")
+    return value
+
+
+def _as_size(value: Any, name: str) -> int:
+    number = _as_int(value, name, 1, 2**31)
+    if number % 8:
+        raise RowError(f"{name} must be a positive multiple of 8, got {number}")
+    return number
+
+
+def slugify(text: str, limit: int = SLUG_CHARS) -> str:
+    """`A Red Fox, at dawn!` -> `a-red-fox-at-dawn`: [a-z0-9-] only, at most `limit` characters."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text).strip("-")
+    if len(slug) > limit:
+        cut = slug[:limit]
+        # end on a whole word when that keeps most of it
+        slug = cut.rsplit("-", 1)[0] if "-" in cut[limit // 2:] and slug[limit] != "-" else cut
+        slug = slug.rstrip("-")
+    return slug or "image"
+
+
+def safe_file_name(raw: Any) -> str:
+    """A row's `name` as a plain file name inside DIR (see the module docstring); RowError if refused."""
+    name = _as_text(raw, "name").strip()
+    if not name:
+        raise RowError("name is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise RowError(f"name {name!r} contains NUL or control characters")
+    if "/" in name or "\\" in name:
+        raise RowError(f"name {name!r} is a path; it must be a plain file name (it is written inside the output folder)")
+    if name.startswith("."):
+        raise RowError(f"name {name!r} must not start with '.'")
+    out = []
+    for ch in name:
+        if re.fullmatch(r"[A-Za-z0-9._+-]", ch):
+            out.append(ch)
+            continue
+        folded = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode("ascii")
+        out.append(folded if re.fullmatch(r"[A-Za-z0-9._+-]+", folded or "-") and folded else "-")
+    clean = re.sub(r"-{2,}", "-", "".join(out))
+    if not clean.lower().endswith(".png"):
+        clean += ".png"
+    stem = clean[: -len(".png")].strip("-")
+    if not re.search(r"[A-Za-z0-9]", stem):
+        raise RowError(f"name {name!r} has no letters or digits to make a file name of")
+    clean = stem + clean[-len(".png"):]
+    if len(clean.encode()) > MAX_NAME_BYTES:
+        raise RowError(f"name is longer than {MAX_NAME_BYTES} characters")
+    if clean.startswith(".") or os.path.basename(clean) != clean or clean.lower() == MANIFEST:
+        raise RowError(f"name {name!r} cannot be used as a file name")
+    return clean
+
+
+def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, model_name: str) -> Job:
+    if row.error:
+        raise RowError(row.error)
+    v = row.values
+    prompt = _as_text(v.get("prompt", ""), "prompt")
+    if not prompt.strip():
+        raise RowError("empty prompt")
+    negative = _as_text(v["negative_prompt"], "negative_prompt") if "negative_prompt" in v else opts.negative_prompt
+    seed = _as_int(v["seed"], "seed", 0, SEED_MAX) if "seed" in v else (base_seed + row.index) % 2**64
+    steps = _as_int(v["steps"], "steps", 1, 1000) if "steps" in v else opts.steps
+    guidance = _as_float(v["guidance_scale"], "guidance_scale", 0.0, math.inf) if "guidance_scale" in v else opts.guidance_scale
+    width = _as_size(v["width"], "width") if "width" in v else opts.width
+    height = _as_size(v["height"], "height") if "height" in v else opts.height
+    strength = _as_float(v["strength"], "strength", 0.0, 1.0) if "strength" in v else opts.strength
+    scheduler = opts.scheduler
+    if "scheduler" in v:
+        from .schedulers import scheduler_names
+
+        scheduler = _as_text(v["scheduler"], "scheduler").strip()
+        if scheduler not in scheduler_names():
+            raise RowError(f"scheduler {scheduler!r} is not one of {', '.join(scheduler_names())}")
+    init_image = opts.init_image
+    if "init_image" in v:
+        text = _as_text(v["init_image"], "init_image")
+        if not text.strip() or "\0" in text:
+            raise RowError("init_image is empty or holds a NUL character")
+        init_image = init_root / Path(text).expanduser()
+    if init_image is not None and min(int(steps * strength), steps) < 1:
+        raise RowError(f"strength {strength:g} with steps {steps} leaves no step to run; raise either")
+    if "name" in v:
+        file = safe_file_name(v["name"])
+    else:
+        file = f"{row.index:05d}-{slugify(prompt)}-{seed}.png"
+    job = Job(row.line, row.index, prompt, negative, seed, steps, guidance, width, height, scheduler,
+              init_image, strength, file)
+    settings = {
+        "prompt": prompt, "negative_prompt": negative, "seed": seed, "steps": steps, "guidance_scale": guidance,
+        "width": width, "height": height, "scheduler": scheduler,
+        "init_image": str(init_image.resolve()) if init_image else None,
+        "strength": strength if init_image else None, "rng": opts.rng, "model": model_name,
+    }
+    job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return job
+
+
+# --- the output folder ----------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked_dir(folder: Path) -> Iterator[int]:
+    """An fd of `folder`, exclusively locked (one batch at a time writes into a folder)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except BlockingIOError:
+            raise UsageError(f"another sdcli batch is writing into {folder}; wait for it or pick another --output-dir") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def remove_partial_files(folder: Path) -> list[str]:
+    """Delete `.NAME.XXXX.part` temporaries left by an interrupted atomic write."""
+    removed = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(".part") and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed
+
+
+def load_manifest(folder: Path, planned: dict[str, str]) -> dict[str, dict]:
+    """The manifest's entries by file, repaired: see the module docstring.  `planned`: file -> key."""
+    from .fsutil import atomic_write_bytes
+
+    path = folder / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    dirty = bool(raw) and not raw.endswith(b"\n")
+    entries: "OrderedDict[str, tuple[dict, bytes]]" = OrderedDict()
+    for chunk in raw.split(b"\n"):
+        if not chunk.strip():
+            continue
+        try:
+            entry = json.loads(chunk)
+            file = entry["file"]
+            if not isinstance(file, str) or os.path.basename(file) != file or file.startswith("."):
+                raise ValueError(file)
+        except (ValueError, KeyError, TypeError):
+            dirty = True  # a line cut off by a kill, or not ours
+            continue
+        if file in entries:
+            dirty = True
+            del entries[file]
+        entries[file] = (entry, chunk.strip())
+    for file, (entry, _) in list(entries.items()):
+        stale = file in planned and entry.get("key") != planned[file]
+        if stale or not (folder / file).is_file():
+            dirty = True
+            del entries[file]
+    if dirty:
+        atomic_write_bytes(path, b"".join(chunk + b"\n" for _, chunk in entries.values()))
+    return {file: entry for file, (entry, _) in entries.items()}
+
+
+def append_manifest(folder: Path, line: str, dir_fd: int) -> None:
+    with open(folder / MANIFEST, "ab") as f:
+        f.write(line.encode("utf-8") + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with contextlib.suppress(OSError):
+        os.fsync(dir_fd)
+
+
+def resolve_base_seed(folder: Path, given: Optional[int]) -> tuple[int, bool]:
+    """(base seed, whether it was kept from an earlier run into `folder`)."""
+    from .fsutil import atomic_write_bytes
+
+    if given is not None:
+        return given, False
+    path = folder / SEED_FILE
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        seed = json.loads(path.read_text())["base_seed"]
+        if isinstance(seed, int) and 0 <= seed <= SEED_MAX:
+            return seed, True
+    seed = secrets.randbelow(2**32)
+    atomic_write_bytes(path, json.dumps({"base_seed": seed}).encode() + b"\n")
+    return seed, False
+
+
+# --- progress -------------------------------------------------------------------------
+
+def _step_progress_class():
+    from .progress import StepProgress
+
+    class RowSteps(StepProgress):
+        """StepProgress drawn as a second task of the batch's own progress display (rich allows
+        one live display at a time)."""
+
+        def __init__(self, shared, label: str, enabled: bool):
+            super().__init__(label, enabled)
+            self._shared = shared
+
+        def _start(self) -> None:
+            if self.enabled and self._progress is None and self._shared is not None:
+                self._progress = self._shared
+                self._task = self._shared.add_task(self.label, total=None, rate="")
+
+        def __exit__(self, *exc) -> None:
+            if self._progress is not None and self._task is not None:
+                self._progress.remove_task(self._task)
+
+    return RowSteps
+
+
+class Reporter:
+    """stderr messages, kept readable while the progress display is live."""
+
+    def __init__(self, source: str, quiet: bool, show_progress: bool, debug: bool):
+        self.source = source
+        self.quiet = quiet
+        self.debug = debug
+        self.show_progress = show_progress and sys.stderr is not None
+        self.progress = None
+        self.overall = None
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def row_error(self, line: int, message: str) -> None:
+        self.say(f"sdcli: error: {self.source}:{line}: {message}; row skipped")
+
+    def row_warning(self, line: int, message: str) -> None:
+        if not self.quiet:
+            self.say(f"sdcli: warning: {self.source}:{line}: {message}")
+
+    def start(self, total: int) -> None:
+        if not self.show_progress or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            redirect_stdout=False, redirect_stderr=False,  # stdout (paths, JSON) may be a file or a pipe
+        )
+        self.progress.start()
+        self.overall = self.progress.add_task("batch", total=total, rate="")
+
+    def output(self, text: str) -> None:
+        """A line for stdout; drawn above the bars when stdout is that same terminal."""
+        if self.progress is not None and sys.stdout is not None and sys.stdout.isatty():
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+    def advance(self, seconds_per_image: Optional[float]) -> None:
+        if self.progress is not None:
+            rate = f"{seconds_per_image:.1f} s/image" if seconds_per_image else ""
+            self.progress.update(self.overall, advance=1, rate=rate)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# --- the run --------------------------------------------------------------------------
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, (SdcliError, RowError)):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+class _Cache(OrderedDict):
+    """A small LRU: prompt contexts and decoded init images reused by later rows."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make: Callable[[], Any]):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+def run_batch(opts: BatchOptions) -> int:
+    """Run the batch; return the exit code (0, or 1 when a row failed).  UsageError for a bad
+    FILE or option (exit 2)."""
+    from .cli import a1111_parameters, find_model
+    from .runtime import PRECISIONS
+
+    fmt = detect_format(opts.file, opts.input_format)
+    source = "<stdin>" if opts.file == "-" else opts.file
+    rows = parse_rows(read_text(opts.file), fmt, source)
+    if opts.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    if opts.rng not in ("torch", "numpy"):
+        raise UsageError(f"--rng must be torch or numpy, got {opts.rng!r}")
+    model_dir = find_model(opts.model)
+    from .model import ModelFolder
+
+    model_name = ModelFolder.open(model_dir).name  # a broken model folder is a usage error, before any output
+    folder = Path(opts.output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        from .fsutil import check_writable_dir
+
+        check_writable_dir(folder)
+    except OSError as exc:
+        raise UsageError(f"cannot write into --output-dir {folder}: {exc.strerror or exc}") from None
+    if opts.init_image is not None:
+        from .image_io import read_rgb
+
+        read_rgb(opts.init_image)  # a bad global init image is a usage error, not one per row
+
+    report = Reporter(source, opts.quiet, not (opts.quiet or opts.as_json), opts.debug)
+    if not rows and not opts.quiet:
+        print(f"sdcli: warning: no prompts in {source}", file=sys.stderr)
+
+    with locked_dir(folder) as dir_fd:
+        base_seed, kept = resolve_base_seed(folder, opts.seed)
+        if opts.seed is None and not (opts.quiet or opts.as_json):
+            print(f"sdcli: seed {base_seed}" + (f" (kept from an earlier run into {folder})" if kept else ""),
+                  file=sys.stderr)
+        init_root = Path(".") if opts.file == "-" else Path(opts.file).parent
+
+        failed = 0
+        jobs: list[Job] = []
+        used: dict[str, int] = {}
+        for row in rows:
+            try:
+                job = make_job(row, opts, base_seed, init_root, model_name)
+                other = used.get(job.file.lower())
+                if other is not None:
+                    raise RowError(f"output name {job.file} is already used by line {other}")
+                used[job.file.lower()] = row.line
+                jobs.append(job)
+            except RowError as exc:
+                failed += 1
+                report.row_error(row.line, str(exc))
+
+        remove_partial_files(folder)
+        done_before = load_manifest(folder, {job.file: job.key for job in jobs})
+        todo = [j for j in jobs if not (j.file in done_before and (folder / j.file).is_file())]
+        skipped = len(jobs) - len(todo)
+        done = 0
+        if todo:
+            done, more_failed = _generate_all(todo, opts, folder, dir_fd, model_dir, base_seed, report, a1111_parameters)
+            failed += more_failed
+
+    if not opts.quiet or failed:
+        print(f"{done} done, {failed} failed, {skipped} skipped (already done)", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+def _generate_all(todo, opts, folder, dir_fd, model_dir, base_seed, report, a1111_parameters) -> tuple[int, int]:
+    from .image_io import read_rgb, save_png
+    from .pipeline import GenerationConfig, StableDiffusionEngine
+
+    engine = StableDiffusionEngine(model_dir, device=opts.device, precision=opts.precision)
+    RowSteps = _step_progress_class()
+    contexts = _Cache(16)
+    images = _Cache(4)
+    done = failed = 0
+    started = time.perf_counter()
+    report.start(len(todo))
+    try:
+        for k, job in enumerate(todo):
+            try:
+                compile_before = sum(v for n, v in engine.timings.items() if n.startswith("compile_"))
+                image = images.get_or(job.init_image, lambda: read_rgb(job.init_image)) if job.init_image else None
+                config = GenerationConfig(
+                    prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
+                    guidance_scale=job.guidance_scale, seed=job.seed, width=job.width, height=job.height,
+                    scheduler=job.scheduler, init_image=image, strength=job.strength, rng=opts.rng,
+                )
+                config.validate()
+                engine.preload(config)  # the UNet for a new size compiles while the prompt is encoded
+                guidance = job.guidance_scale > 1.0
+                t0 = time.perf_counter()
+                encoded_here = (job.prompt, job.negative_prompt, guidance) not in contexts
+                context, notes = contexts.get_or((job.prompt, job.negative_prompt, guidance),
+                                                 lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance))
+                encode_seconds = time.perf_counter() - t0
+                if encoded_here:
+                    for note in notes:
+                        report.row_warning(job.line, note)
+                label = f"{job.file[:32]} ({k + 1}/{len(todo)})"
+                with RowSteps(report.progress, label, enabled=report.progress is not None) as bar:
+                    result = engine.generate(config, on_step=bar.update, context=context,
+                                             release_unet=k == len(todo) - 1)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                if report.debug:
+                    report.say("".join(traceback.format_exception(exc)).rstrip())
+                failed += 1
+                report.row_error(job.line, _error_text(exc))
+                report.advance(None)
+                continue
+            # a failure to write into the output folder ends the batch: every row would fail alike
+            t0 = time.perf_counter()
+            save_png(folder / job.file, result.image,
+                     a1111_parameters(config, result, engine.folder.name, image is not None))
+            with contextlib.suppress(OSError):
+                os.fsync(dir_fd)  # the rename is durable before the manifest says so
+            save_seconds = time.perf_counter() - t0
+            compile_seconds = sum(v for n, v in engine.timings.items() if n.startswith("compile_")) - compile_before
+            timings = {name: round(value, 4) for name, value in result.timings.items()}
+            timings.update(encode_prompt=round(encode_seconds, 4) if encoded_here else 0.0,
+                           compile=round(compile_seconds, 4), save=round(save_seconds, 4))
+            entry = {
+                "line": job.line, "index": job.index, "file": job.file, "path": str(folder / job.file),
+                "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+                "seed": result.seed, "base_seed": base_seed, "steps": job.steps,
+                "guidance_scale": job.guidance_scale, "width": result.width, "height": result.height,
+                "scheduler": result.scheduler,
+                "init_image": str(job.init_image) if job.init_image else None,
+                "strength": job.strength if job.init_image else None,
+                "rng": opts.rng, "model": engine.folder.name, "device": opts.device, "precision": opts.precision,
+                "key": job.key, "timings": timings,
+            }
+            line = json.dumps(entry, ensure_ascii=False)
+            append_manifest(folder, line, dir_fd)
+            done += 1
+            if opts.as_json:
+                report.output(line)
+            elif not opts.quiet:
+                report.output(str(folder / job.file))
+            report.advance((time.perf_counter() - started) / (k + 1))
+    finally:
+        report.stop()
+    return done, failed
