@@ -22,6 +22,12 @@ duplicate, or a line whose settings differ from this run's row (that row is made
 A row is skipped when its file is in the manifest with the same settings (`key`) and on
 disk.  Without --seed the random base seed is kept in `DIR/.sdcli-batch.json`, so that a
 re-run of the same command finds the same names.
+
+Where rows run: `run_batch` does everything above and hands the rows still to do to a runner
+(`BatchRun.todo`): `run_here` (one engine in this process, row after row) or, with --ray,
+`batch_ray.run_on_ray` (one worker per node of a Ray cluster).  Both run a row with RowRunner
+and give it back through `BatchRun.row_done` / `row_failed`, which alone write images and
+the manifest: reading, naming, skipping and resuming are the same either way.
 """
 from __future__ import annotations
 
@@ -84,6 +90,9 @@ class BatchOptions:
     quiet: bool = False
     as_json: bool = False
     debug: bool = False
+    ray: Optional[str] = None  # run the rows on a Ray cluster: "auto", "local" or an address (batch_ray.py)
+    ray_cpus_per_actor: Optional[int] = None  # default: one worker per node, with all its CPUs
+    shared_output: bool = False  # Ray workers write into DIR themselves (DIR shared by every node)
 
 
 @dataclass
@@ -598,12 +607,174 @@ class _Cache(OrderedDict):
         return value
 
 
-def run_batch(opts: BatchOptions) -> int:
+@dataclass
+class RowOutput:
+    """What running one row gives back, wherever it ran: the PNG (with its `parameters` chunk) or
+    None when the worker wrote it into DIR itself (--shared-output), and the manifest's facts."""
+
+    seed: int
+    width: int
+    height: int
+    scheduler: str
+    model: str
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)  # prompt warnings (e.g. truncated to 77 tokens)
+    png: Optional[bytes] = None
+    worker: Optional[str] = None  # the Ray worker, "HOST:PID"; None when run here
+
+
+class RowRunner:
+    """A compiled engine plus small caches: runs one Job at a time.  Used by the loop here and,
+    one per worker, by `sdcli batch --ray` (sdcli/batch_ray.py)."""
+
+    def __init__(self, model_dir: Path, device: str, precision: str, rng: str, threads: Optional[int] = None):
+        from .pipeline import StableDiffusionEngine
+
+        self.engine = StableDiffusionEngine(model_dir, device=device, precision=precision)
+        if threads and device.upper() == "CPU":
+            with contextlib.suppress(Exception):  # a worker of N CPUs on a bigger node uses N threads
+                self.engine.runtime.core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
+        self.rng = rng
+        self.contexts = _Cache(16)
+        self.images = _Cache(4)
+
+    def run(self, job: Job, image: Any = None, on_step: Optional[Callable] = None,
+            release_unet: bool = False) -> RowOutput:
+        """Generate `job`; `image` is its decoded init image when the caller read it already."""
+        from .cli import a1111_parameters
+        from .image_io import encode_png, read_rgb
+        from .pipeline import GenerationConfig
+
+        engine = self.engine
+        compile_before = sum(v for n, v in engine.timings.items() if n.startswith("compile_"))
+        if image is None and job.init_image:
+            image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
+        config = GenerationConfig(
+            prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
+            guidance_scale=job.guidance_scale, seed=job.seed, width=job.width, height=job.height,
+            scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
+        )
+        config.validate()
+        engine.preload(config)  # the UNet for a new size compiles while the prompt is encoded
+        guidance = job.guidance_scale > 1.0
+        t0 = time.perf_counter()
+        key = (job.prompt, job.negative_prompt, guidance)
+        encoded_here = key not in self.contexts
+        context, notes = self.contexts.get_or(
+            key, lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance))
+        encode_seconds = time.perf_counter() - t0
+        result = engine.generate(config, on_step=on_step, context=context, release_unet=release_unet)
+        t0 = time.perf_counter()
+        png = encode_png(result.image, a1111_parameters(config, result, engine.folder.name, image is not None))
+        encode_png_seconds = time.perf_counter() - t0
+        compile_seconds = sum(v for n, v in engine.timings.items() if n.startswith("compile_")) - compile_before
+        timings = {name: round(value, 4) for name, value in result.timings.items()}
+        timings.update(encode_prompt=round(encode_seconds, 4) if encoded_here else 0.0,
+                       compile=round(compile_seconds, 4), save=encode_png_seconds)
+        return RowOutput(result.seed, result.width, result.height, result.scheduler, engine.folder.name,
+                         timings, list(notes) if encoded_here else [], png)
+
+
+@dataclass
+class BatchRun:
+    """The state every way of running rows shares: where finished rows go (PNG written atomically,
+    folder fsynced, then the manifest line), counting, stdout and progress.  A runner starts the
+    progress display (`report.start(len(todo))`) once it can run rows, then calls `row_done` or
+    `row_failed` once per row of `todo`; the rest is the same with or without Ray."""
+
+    opts: BatchOptions
+    folder: Path
+    dir_fd: int
+    model_dir: Path
+    model_name: str
+    base_seed: int
+    report: Reporter
+    todo: list[Job]
+    done: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.perf_counter)  # for the s/image rate
+
+    def _advance(self, ok: bool) -> None:
+        processed = self.done + self.failed
+        self.report.advance((time.perf_counter() - self.started) / processed if ok and processed else None)
+
+    def row_failed(self, job: Job, error: Any, details: Optional[str] = None) -> None:
+        """`error`: an exception or a message.  `details`: a traceback shown with --debug."""
+        if self.report.debug:
+            if isinstance(error, BaseException):
+                details = "".join(traceback.format_exception(error))
+            if details:
+                self.report.say(details.rstrip())
+        self.failed += 1
+        self.report.row_error(job.line, error if isinstance(error, str) else _error_text(error))
+        self._advance(False)
+
+    def row_done(self, job: Job, out: RowOutput, written_by_worker: bool = False,
+                 wait_for_file: float = 0.0) -> None:
+        """Record a finished row: write its PNG (OSError ends the batch: every row would fail alike),
+        or with `written_by_worker` check that the worker's file is there (waiting up to
+        `wait_for_file` seconds for a network file system to show it); then the manifest line."""
+        from .fsutil import atomic_write_bytes
+
+        for note in out.notes:
+            self.report.row_warning(job.line, note)
+        path = self.folder / job.file
+        t0 = time.perf_counter()
+        if written_by_worker:
+            deadline = time.monotonic() + wait_for_file
+            while not path.is_file():
+                if time.monotonic() >= deadline:
+                    where = f" {out.worker}" if out.worker else ""
+                    self.row_failed(job, f"the worker{where} wrote {job.file} but it is not in {self.folder} here "
+                                         "(is --output-dir the same shared folder, at the same path, on every node?)")
+                    return
+                time.sleep(0.2)
+        else:
+            atomic_write_bytes(path, out.png)
+        with contextlib.suppress(OSError):
+            os.fsync(self.dir_fd)  # the rename is durable before the manifest says so
+        timings = dict(out.timings)
+        timings["save"] = round(timings.get("save", 0.0) + time.perf_counter() - t0, 4)
+        opts = self.opts
+        entry = {
+            "line": job.line, "index": job.index, "file": job.file, "path": str(path),
+            "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+            "seed": out.seed, "base_seed": self.base_seed, "steps": job.steps,
+            "guidance_scale": job.guidance_scale, "width": out.width, "height": out.height,
+            "scheduler": out.scheduler,
+            "init_image": str(job.init_image) if job.init_image else None,
+            "strength": job.strength if job.init_image else None,
+            "rng": opts.rng, "model": out.model, "device": opts.device, "precision": opts.precision,
+            "key": job.key, "timings": timings,
+        }
+        if out.worker is not None:
+            entry["worker"] = out.worker
+        line = json.dumps(entry, ensure_ascii=False)
+        append_manifest(self.folder, line, self.dir_fd)
+        self.done += 1
+        if opts.as_json:
+            self.report.output(line)
+        elif not opts.quiet:
+            self.report.output(str(path))
+        self._advance(True)
+
+
+Runner = Callable[[BatchRun], None]
+
+
+def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
     """Run the batch; return the exit code (0, or 1 when a row failed).  UsageError for a bad
-    FILE or option (exit 2)."""
-    from .cli import a1111_parameters, find_model
+    FILE or option (exit 2).  `runner` runs `BatchRun.todo` (default: here, one row after the
+    other; with `opts.ray`, on a Ray cluster)."""
+    from .cli import find_model
     from .runtime import PRECISIONS
 
+    if opts.ray is not None:
+        from .batch_ray import require_ray
+
+        require_ray()  # before anything is read or written
+    elif opts.shared_output or opts.ray_cpus_per_actor is not None:
+        raise UsageError("--shared-output and --ray-cpus-per-actor only make sense with --ray ADDRESS")
     fmt = detect_format(opts.file, opts.input_format)
     source = "<stdin>" if opts.file == "-" else opts.file
     rows = parse_rows(read_text(opts.file), fmt, source)
@@ -660,89 +831,36 @@ def run_batch(opts: BatchOptions) -> int:
         skipped = len(jobs) - len(todo)
         done = 0
         if todo:
-            done, more_failed = _generate_all(todo, opts, folder, dir_fd, model_dir, base_seed, report, a1111_parameters)
-            failed += more_failed
+            if runner is None and opts.ray is not None:
+                from .batch_ray import run_on_ray as runner
+            run = BatchRun(opts, folder, dir_fd, model_dir, model_name, base_seed, report, todo)
+            try:  # the runner starts the progress display once it is ready to run rows
+                (runner or run_here)(run)
+            finally:
+                report.stop()
+            done = run.done
+            failed += run.failed
 
     if not opts.quiet or failed:
         print(f"{done} done, {failed} failed, {skipped} skipped (already done)", file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 
-def _generate_all(todo, opts, folder, dir_fd, model_dir, base_seed, report, a1111_parameters) -> tuple[int, int]:
-    from .image_io import read_rgb, save_png
-    from .pipeline import GenerationConfig, StableDiffusionEngine
-
-    engine = StableDiffusionEngine(model_dir, device=opts.device, precision=opts.precision)
+def run_here(run: BatchRun) -> None:
+    """The rows one after the other in this process, on one engine."""
+    opts, report, todo = run.opts, run.report, run.todo
+    runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng)
     RowSteps = _step_progress_class()
-    contexts = _Cache(16)
-    images = _Cache(4)
-    done = failed = 0
-    started = time.perf_counter()
     report.start(len(todo))
-    try:
-        for k, job in enumerate(todo):
-            try:
-                compile_before = sum(v for n, v in engine.timings.items() if n.startswith("compile_"))
-                image = images.get_or(job.init_image, lambda: read_rgb(job.init_image)) if job.init_image else None
-                config = GenerationConfig(
-                    prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
-                    guidance_scale=job.guidance_scale, seed=job.seed, width=job.width, height=job.height,
-                    scheduler=job.scheduler, init_image=image, strength=job.strength, rng=opts.rng,
-                )
-                config.validate()
-                engine.preload(config)  # the UNet for a new size compiles while the prompt is encoded
-                guidance = job.guidance_scale > 1.0
-                t0 = time.perf_counter()
-                encoded_here = (job.prompt, job.negative_prompt, guidance) not in contexts
-                context, notes = contexts.get_or((job.prompt, job.negative_prompt, guidance),
-                                                 lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance))
-                encode_seconds = time.perf_counter() - t0
-                if encoded_here:
-                    for note in notes:
-                        report.row_warning(job.line, note)
-                label = f"{job.file[:32]} ({k + 1}/{len(todo)})"
-                with RowSteps(report.progress, label, enabled=report.progress is not None) as bar:
-                    result = engine.generate(config, on_step=bar.update, context=context,
-                                             release_unet=k == len(todo) - 1)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                if report.debug:
-                    report.say("".join(traceback.format_exception(exc)).rstrip())
-                failed += 1
-                report.row_error(job.line, _error_text(exc))
-                report.advance(None)
-                continue
-            # a failure to write into the output folder ends the batch: every row would fail alike
-            t0 = time.perf_counter()
-            save_png(folder / job.file, result.image,
-                     a1111_parameters(config, result, engine.folder.name, image is not None))
-            with contextlib.suppress(OSError):
-                os.fsync(dir_fd)  # the rename is durable before the manifest says so
-            save_seconds = time.perf_counter() - t0
-            compile_seconds = sum(v for n, v in engine.timings.items() if n.startswith("compile_")) - compile_before
-            timings = {name: round(value, 4) for name, value in result.timings.items()}
-            timings.update(encode_prompt=round(encode_seconds, 4) if encoded_here else 0.0,
-                           compile=round(compile_seconds, 4), save=round(save_seconds, 4))
-            entry = {
-                "line": job.line, "index": job.index, "file": job.file, "path": str(folder / job.file),
-                "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-                "seed": result.seed, "base_seed": base_seed, "steps": job.steps,
-                "guidance_scale": job.guidance_scale, "width": result.width, "height": result.height,
-                "scheduler": result.scheduler,
-                "init_image": str(job.init_image) if job.init_image else None,
-                "strength": job.strength if job.init_image else None,
-                "rng": opts.rng, "model": engine.folder.name, "device": opts.device, "precision": opts.precision,
-                "key": job.key, "timings": timings,
-            }
-            line = json.dumps(entry, ensure_ascii=False)
-            append_manifest(folder, line, dir_fd)
-            done += 1
-            if opts.as_json:
-                report.output(line)
-            elif not opts.quiet:
-                report.output(str(folder / job.file))
-            report.advance((time.perf_counter() - started) / (k + 1))
-    finally:
-        report.stop()
-    return done, failed
+    run.started = time.perf_counter()
+    for k, job in enumerate(todo):
+        try:
+            label = f"{job.file[:32]} ({k + 1}/{len(todo)})"
+            with RowSteps(report.progress, label, enabled=report.progress is not None) as bar:
+                out = runner.run(job, on_step=bar.update, release_unet=k == len(todo) - 1)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            run.row_failed(job, exc)
+            continue
+        run.row_done(job, out)

@@ -146,6 +146,7 @@ def a1111_parameters(config, result, model_name: str, init_image: bool, precisio
         "Size": f"{result.width}x{result.height}",
         "Model": model_name,
         "Denoising strength": f"{config.strength:g}" if init_image else None,
+        "Mask blur": config.mask_blur if getattr(config, "mask", None) is not None else None,
         "RNG": config.rng,
         "Precision": precision,
         "Emphasis": None if config.emphasis else "off",
@@ -232,6 +233,8 @@ def generate(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, help="Image-to-image: how much to repaint, 0..1."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),
+    mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
@@ -290,6 +293,13 @@ def generate(
             from .image_io import read_rgb
 
             image = read_rgb(init_image)
+        mask_array = None
+        if mask is not None:
+            if init_image is None:
+                raise UsageError("--mask needs --init-image (the image to inpaint)")
+            from .image_io import read_mask
+
+            mask_array = read_mask(mask)
         if seed is None:
             seed = secrets.randbelow(2**32)
             if not (quiet or as_json):
@@ -309,6 +319,8 @@ def generate(
             scheduler=scheduler,
             init_image=image,
             strength=strength,
+            mask=mask_array,
+            mask_blur=mask_blur,
             rng=rng,
             emphasis=emphasis,
         )
@@ -493,6 +505,9 @@ def batch(
     rng: str = typer.Option("torch", "--rng", help="torch or numpy."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per finished image on stdout (as in the manifest)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Spread the rows over a Ray cluster: auto (the running one), local (start one here), HOST:6379 or ray://HOST:10001. The model folder must be at the same path on every node (needs sdcli[ray])."),
+    ray_cpus_per_actor: Optional[int] = typer.Option(None, "--ray-cpus-per-actor", min=1, metavar="N", help="With --ray: one worker per N CPUs [default: one per node, with all its CPUs]."),
+    shared_output: bool = typer.Option(False, "--shared-output", help="With --ray: workers write the images into --output-dir themselves (a folder shared by every node, at the same path)."),
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done (see sdcli/batch.py)."""
     try:
@@ -503,6 +518,7 @@ def batch(
             init_image=init_image, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
             width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
             quiet=quiet, as_json=as_json, debug=STATE["debug"],
+            ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
         ))
     except typer.Exit:
         raise

@@ -25,6 +25,66 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1])
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """An inpainting mask file as float32 [H, W] in [0, 1] (1: repaint, 0: keep).
+
+    Any format cv2 reads.  An image with an alpha channel that has any transparent pixel
+    is masked by its alpha (opaque: repaint), as A1111 does; otherwise by its luminance
+    (0.299 R + 0.587 G + 0.114 B, as PIL's convert("L") in diffusers).  16-bit files keep
+    their precision.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"mask not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    if not data.size:
+        raise UsageError(f"cannot read the mask {path}: the file is empty")
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.size == 0:
+        raise UsageError(f"cannot read the mask {path} as an image")
+    scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+    if raw.ndim == 3 and raw.shape[2] == 4 and (raw[:, :, 3] < scale).any():
+        mask = raw[:, :, 3].astype(np.float32) / np.float32(scale)
+    elif raw.ndim == 2:
+        mask = raw.astype(np.float32) / np.float32(scale)
+    else:
+        # decoded again so that EXIF orientation applies, as it does to the init image
+        gray = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        if gray is None:
+            raise UsageError(f"cannot read the mask {path} as an image")
+        gray_scale = float(np.iinfo(gray.dtype).max) if np.issubdtype(gray.dtype, np.integer) else 1.0
+        mask = gray.astype(np.float32) / np.float32(gray_scale)
+    return np.clip(mask, 0.0, 1.0)
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A float mask [H, W] resized to the image: area averaging when it shrinks both ways,
+    else bilinear (no ringing; at the 0.5 threshold the edge lands where Lanczos puts it)."""
+    import cv2
+
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.shape[1] == width and mask.shape[0] == height:
+        return mask
+    shrinking = width < mask.shape[1] and height < mask.shape[0]
+    resized = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def blur_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """A1111's mask blur: a Gaussian of sigma `pixels` along x, then along y, each with a
+    kernel of 2 * int(2.5 * pixels + 0.5) + 1 taps (cv2.GaussianBlur, reflected border)."""
+    import cv2
+
+    mask = np.asarray(mask, dtype=np.float32)
+    if pixels <= 0:
+        return mask
+    k = 2 * int(2.5 * pixels + 0.5) + 1
+    mask = cv2.GaussianBlur(mask, (k, 1), pixels)
+    return cv2.GaussianBlur(mask, (1, k), pixels)
+
+
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     import cv2
 

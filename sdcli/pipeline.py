@@ -1,7 +1,8 @@
 """The Stable Diffusion engine: four stages — encode prompt, prepare latents, denoise,
 decode — on OpenVINO-compiled components, with the scheduler loop in numpy.
 
-Text-to-image and image-to-image differ only in how the latents are prepared.
+Text-to-image and image-to-image differ only in how the latents are prepared; inpainting
+(see inpaint.py) also feeds the mask to the UNet or puts the kept region back after each step.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class GenerationConfig:
     strength: float = 0.8  # img2img: how much of the init image is repainted (1.0: all of it)
     rng: str = "torch"  # "torch": the same draws as diffusers with torch.Generator().manual_seed(seed)
     emphasis: bool = True  # A1111's (word), [word], (word:1.3) syntax
+    mask: np.ndarray | None = None  # inpainting: float [H, W] in [0, 1] (1 repaint, 0 keep), any size
+    mask_blur: int = 4  # inpainting: Gaussian sigma in pixels; 0: diffusers' result exactly (no overlay)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -51,6 +54,10 @@ class GenerationConfig:
                 raise UsageError(f"--{name} must be a positive multiple of 8, got {value}")
         if self.rng not in ("torch", "numpy"):
             raise UsageError("--rng must be torch or numpy")
+        if self.mask is not None and self.init_image is None:
+            raise UsageError("--mask needs --init-image (the image to inpaint)")
+        if self.mask_blur < 0:
+            raise UsageError("--mask-blur must be 0 or more")
 
 
 @dataclass
@@ -248,7 +255,20 @@ class StableDiffusionEngine:
             latents = rng.randn(shape) * np.float32(scheduler.init_noise_sigma)
             return latents.astype(np.float32), list(scheduler.timesteps)
 
-        # image-to-image: diffusers' StableDiffusionImg2ImgPipeline.get_timesteps
+        timesteps = self._strength_timesteps(config, scheduler)
+        image = image_io.resize(config.init_image, width, height)
+        mean, logvar = self.vae_encoder((height, width))(image_io.to_model_input(image))
+        if self.low_memory:
+            self._release("vae_encoder")
+        init_latents = self._latent_sample(mean, logvar, rng)
+        noise = rng.randn(shape)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[0])
+        return latents.astype(np.float32), timesteps
+
+    @staticmethod
+    def _strength_timesteps(config: GenerationConfig, scheduler) -> list:
+        """The timesteps left to run at `config.strength` (diffusers' img2img get_timesteps);
+        sets the scheduler's begin index."""
         init_steps = min(int(config.steps * config.strength), config.steps)
         t_start = max(config.steps - init_steps, 0)
         timesteps = list(scheduler.timesteps[t_start * scheduler.order :])
@@ -257,28 +277,88 @@ class StableDiffusionEngine:
                 f"--strength {config.strength} with --steps {config.steps} leaves no step to run; raise either"
             )
         scheduler.set_begin_index(t_start * scheduler.order)
-        image = image_io.resize(config.init_image, width, height)
-        mean, logvar = self.vae_encoder((height, width))(image_io.to_model_input(image))
-        if self.low_memory:
-            self._release("vae_encoder")
+        return timesteps
+
+    def _latent_sample(self, mean: np.ndarray, logvar: np.ndarray | None, rng) -> np.ndarray:
+        """The VAE encoder's latents, scaled: a sample of its distribution (one draw from
+        `rng`, as diffusers' latent_dist.sample(generator)), or its output as it is."""
         if logvar is None:
             sample = mean
         else:
             std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
             sample = mean + std * rng.randn(mean.shape)
-        init_latents = (np.float32(self.folder.scaling_factor) * sample).astype(np.float32)
+        return (np.float32(self.folder.scaling_factor) * sample).astype(np.float32)
+
+    def prepare_inpaint(self, config: GenerationConfig, scheduler, rng, width: int, height: int):
+        """Inpainting's stage 2: return (latents, timesteps to run, Inpainting).
+
+        The random draws come in diffusers' StableDiffusionInpaintPipeline order: the init
+        image's latent sample (unless a 9-channel UNet starts from pure noise at strength 1),
+        the noise, then the masked image's latent sample (drawn for 4-channel UNets too,
+        which do not use it)."""
+        from .inpaint import Inpainting, prepare_mask
+
+        nine = int(self.folder.unet_config.get("in_channels", 4)) == 9
+        if not nine and int(self.folder.unet_config.get("in_channels", 4)) != self.folder.latent_channels:
+            raise UsageError(
+                f"--mask: this model's UNet takes {self.folder.unet_config.get('in_channels')} input channels; "
+                "inpainting needs 4 (an ordinary model) or 9 (an inpainting model)"
+            )
+        f = self.folder.vae_scale_factor
+        shape = (1, self.folder.latent_channels, height // f, width // f)
+        scheduler.set_timesteps(config.steps)
+        timesteps = self._strength_timesteps(config, scheduler)
+        strength_max = config.strength == 1.0
+        image = image_io.resize(config.init_image, width, height)
+        pixels = image_io.to_model_input(image)
+        soft, binary = prepare_mask(config.mask, width, height, config.mask_blur)
+        encoder = self.vae_encoder((height, width))
+
+        sampled = []  # whether the encoder gives a distribution to sample from
+
+        def encode(x):
+            mean, logvar = encoder(x)
+            sampled.append(logvar is not None)
+            return self._latent_sample(mean, logvar, rng)
+
+        image_latents = None
+        if not nine or not strength_max:
+            image_latents = encode(pixels)
         noise = rng.randn(shape)
-        latents = scheduler.add_noise(init_latents, noise, timesteps[0])
-        return latents.astype(np.float32), timesteps
+        if strength_max:
+            latents = noise * np.float32(scheduler.init_noise_sigma)
+        else:
+            latents = scheduler.add_noise(image_latents, noise, timesteps[0])
+        masked_latents = None
+        if nine:
+            masked_latents = encode((pixels * (binary < 0.5)[None, None]).astype(np.float32))
+        elif sampled[0]:
+            rng.randn(image_latents.shape)  # diffusers draws the unused masked-image sample too
+        if self.low_memory:
+            self._release("vae_encoder")
+        state = Inpainting(
+            nine_channel=nine,
+            mask_latent=np.ascontiguousarray(binary[::f, ::f])[None, None].astype(np.float32),
+            masked_image_latents=masked_latents,
+            image_latents=None if nine else image_latents,
+            noise=noise,
+            original=image,
+            soft_mask=soft,
+            overlay=config.mask_blur > 0,
+        )
+        return latents.astype(np.float32), timesteps, state
 
     # -- stage 3: denoise --------------------------------------------------------------
-    def denoise(self, latents, timesteps, scheduler, context, guidance_scale, rng) -> Iterator[tuple[np.ndarray, StepInfo]]:
-        """Yield the latents after every step."""
+    def denoise(self, latents, timesteps, scheduler, context, guidance_scale, rng,
+                inpaint=None) -> Iterator[tuple[np.ndarray, StepInfo]]:
+        """Yield the latents after every step (`inpaint`: the Inpainting of prepare_inpaint)."""
         guidance = context.shape[0] == 2
         unet = self.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])
         for i, t in enumerate(timesteps):
             started = time.perf_counter()
             x = scheduler.scale_model_input(latents, t).astype(np.float32)
+            if inpaint is not None:
+                x = inpaint.unet_input(x)
             if guidance:
                 x = np.concatenate([x, x], axis=0)
             t_unet = time.perf_counter()
@@ -288,6 +368,8 @@ class StableDiffusionEngine:
                 uncond, cond = out[0:1], out[1:2]
                 out = uncond + np.float32(guidance_scale) * (cond - uncond)
             latents = scheduler.step(out, t, latents, rng).astype(np.float32)
+            if inpaint is not None:
+                latents = inpaint.after_step(latents, i, timesteps, scheduler)
             yield latents, StepInfo(i, len(timesteps), float(t), time.perf_counter() - started)
 
     # -- stage 4: decode ---------------------------------------------------------------
@@ -315,14 +397,20 @@ class StableDiffusionEngine:
 
         t0 = time.perf_counter()
         rng = make_rng(config.rng, config.seed)
-        latents, timesteps = self.prepare_latents(config, scheduler, rng, width, height)
+        inpaint = None
+        if config.mask is not None:
+            latents, timesteps, inpaint = self.prepare_inpaint(config, scheduler, rng, width, height)
+        else:
+            if int(self.folder.unet_config.get("in_channels", 4)) == 9:
+                raise UsageError("this is an inpainting model (its UNet takes 9 channels): pass --init-image and --mask")
+            latents, timesteps = self.prepare_latents(config, scheduler, rng, width, height)
         timings["prepare_latents"] = time.perf_counter() - t0
 
         self.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])  # compiled before the loop's clock starts
         t0 = time.perf_counter()
         step_times = []
         self.unet_seconds = 0.0
-        for latents, info in self.denoise(latents, timesteps, scheduler, context, config.guidance_scale, rng):
+        for latents, info in self.denoise(latents, timesteps, scheduler, context, config.guidance_scale, rng, inpaint):
             step_times.append(info.seconds)
             if on_step:
                 on_step(info)
@@ -334,6 +422,8 @@ class StableDiffusionEngine:
 
         t0 = time.perf_counter()
         image = self.decode(latents)
+        if inpaint is not None:
+            image = inpaint.finish(image)
         if self.low_memory:
             self._release("vae_decoder")
         timings["decode"] = time.perf_counter() - t0

@@ -54,6 +54,14 @@ TINY_SD2 = {
     "pad_token": "!",
 }
 
+# A dedicated inpainting UNet (as stable-diffusion-inpainting): 9 input channels, the
+# latents plus the latent-size mask (1) plus the masked image's latents (4).
+TINY_INPAINT = {
+    "unet": dict(TINY["unet"], in_channels=9),
+    "vae": TINY["vae"],
+    "text": TINY["text"],
+}
+
 SD15 = {
     "unet": dict(
         block_out_channels=(320, 640, 1280, 1280),
@@ -139,19 +147,26 @@ def build_random_pipeline(
     seed: int = 0,
     scheduler_config: dict | None = None,
     torch_dtype=None,
+    in_channels: int | None = None,
 ):
-    """Build a random-weight StableDiffusionPipeline, save it as a diffusers folder and return it."""
+    """Build a random-weight StableDiffusionPipeline, save it as a diffusers folder and return it.
+
+    `in_channels` overrides the UNet's (9: an inpainting UNet, saved as a
+    StableDiffusionInpaintPipeline as stable-diffusion-inpainting is)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+                           UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)
+    tiny = any(sizes is s for s in (TINY, TINY_SD2, TINY_INPAINT))
+    unet_cfg = dict(sizes["unet"]) if in_channels is None else dict(sizes["unet"], in_channels=in_channels)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**sizes["unet"])
+    unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**sizes["vae"])
     text_cfg = dict(sizes["text"], bos_token_id=0, eos_token_id=2, pad_token_id=1)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
-    if sizes is TINY or sizes is TINY_SD2:
+    if tiny:
         _spread_weights(unet, vae, text_encoder, seed=seed)
     tok_dir = out_dir / "_tokenizer_src"
     write_clip_tokenizer(tok_dir, text_cfg["vocab_size"])
@@ -159,7 +174,8 @@ def build_random_pipeline(
                               pad_token=sizes.get("pad_token", "<|endoftext|>"))
     sched_cfg = dict(scheduler_config or SD15_SCHEDULER, prediction_type=prediction_type)
     scheduler = PNDMScheduler(**sched_cfg)
-    pipe = StableDiffusionPipeline(
+    pipeline_class = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
+    pipe = pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -209,13 +225,16 @@ def main(argv: list[str] | None = None) -> None:
     size.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture (about 4 GB in fp32)")
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--in-channels", type=int, default=None,
+                        help="the UNet's input channels (9: an inpainting UNet) [default: 4]")
     args = parser.parse_args(argv)
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed)
+    build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed,
+                          in_channels=args.in_channels)
     print(args.output)
 
 

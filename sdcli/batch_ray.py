@@ -1,0 +1,302 @@
+"""`sdcli batch FILE --output-dir DIR --ray ADDRESS`: the rows of a batch spread over a Ray cluster.
+
+Everything but "where a row runs" is sdcli/batch.py's: reading FILE, names, seeds, the lock on
+DIR, the manifest and skipping on a re-run.  This module only replaces `batch.run_here`:
+
+- ADDRESS: `auto` (the cluster `ray start` made on this machine, or $RAY_ADDRESS), `local`
+  (start a one-machine cluster in this process, for a quick try), `HOST:6379`, or
+  `ray://HOST:10001` (Ray Client).  When this process has already called `ray.init`, that
+  connection is used as is.  Ray is imported only here, and only with --ray.
+- Workers: one long-lived actor per node with all its CPUs, or with --ray-cpus-per-actor N as
+  many actors of N CPUs as fit on each node (pinned to it; OpenVINO then uses N threads).  Each
+  holds one compiled StableDiffusionEngine (batch.RowRunner) for the model folder, which must be
+  readable at the same path on every node; sdcli must be installed on every node.  A worker that
+  cannot open the model is reported and dropped.
+- A queue: each worker is given the next row when it hands back a result (and its first one
+  when its engine is ready), so fast and slow nodes both stay busy.  Init images are read here
+  and sent with the row: only the model needs to be on the nodes.
+- Results: the PNG bytes (with the `parameters` chunk, made by the worker) come back here and
+  are written atomically into DIR; with --shared-output the worker writes into DIR itself (DIR
+  must then be one shared folder at the same path on every node) and this process records the
+  manifest line once it sees the file.
+- A lost worker (node gone, process killed): the row it was running goes back to the front of
+  the queue for another worker, at most RETRIES times, then fails; a new worker is started on
+  that node while the node is alive (RESTARTS_PER_SLOT times).  When no worker is left the
+  cluster is planned again (REPLANS times), else the remaining rows fail.  The batch completes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .batch import BatchRun, RowRunner, _Cache, _error_text
+from .errors import SdcliError, UsageError
+
+RETRIES = 3  # a row whose worker is lost is tried again up to 3 times, then fails
+RESTARTS_PER_SLOT = 2  # new workers on a node whose worker was lost (while the node is alive)
+REPLANS = 2  # times the cluster is planned afresh when no worker is left
+SHARED_FILE_WAIT = 30.0  # seconds for a worker's file to show up here (network file systems)
+INSTALL_HINT = '--ray needs Ray, which is not installed: pip install "sdcli[ray]"'
+
+
+def require_ray() -> None:
+    """UsageError (exit 2) with the install command when Ray cannot be imported."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+
+
+class RowWorker:
+    """The actor: one engine for its whole life; never raises from `run` (row errors come back
+    as values, so that an exception always means the worker itself is gone)."""
+
+    def __init__(self, model_dir: str, device: str, precision: str, rng: str, threads: Optional[int],
+                 output_dir: Optional[str]):
+        import socket
+
+        self.node = socket.gethostname()
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.runner: Optional[RowRunner] = None
+        self.error: Optional[str] = None
+        try:
+            if self.output_dir is not None and not self.output_dir.is_dir():
+                raise UsageError(f"--shared-output: {output_dir} is not a folder here")
+            self.runner = RowRunner(Path(model_dir), device, precision, rng, threads)
+        except Exception as exc:  # reported by ready(); the driver drops this worker
+            self.error = _error_text(exc)
+
+    def ready(self) -> dict:
+        return {"node": self.node, "pid": os.getpid(), "error": self.error}
+
+    def run(self, job, image=None) -> tuple[str, Any, Optional[str]]:
+        """("ok", RowOutput, None) or ("error", message, traceback)."""
+        try:
+            out = self.runner.run(job, image=image)
+            out.worker = f"{self.node}:{os.getpid()}"
+            if self.output_dir is not None:
+                from .fsutil import atomic_write_bytes
+
+                t0 = time.perf_counter()
+                atomic_write_bytes(self.output_dir / job.file, out.png)
+                fd = os.open(self.output_dir, os.O_RDONLY)
+                try:
+                    with contextlib.suppress(OSError):
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                out.timings["save"] = out.timings.get("save", 0.0) + time.perf_counter() - t0
+                out.png = None
+            return "ok", out, None
+        except Exception as exc:
+            return "error", _error_text(exc), traceback.format_exc()
+
+
+@dataclass
+class _Slot:
+    """A place for one worker: a node and a CPU count; `actor` is its current worker."""
+
+    node_id: str
+    host: str
+    cpus: float
+    actor: Any = None
+    restarts: int = 0
+    pid: int = 0
+
+
+def connect(address: str, debug: bool) -> bool:
+    """ray.init for --ray ADDRESS; True when this call connected (so the caller disconnects)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict = {"log_to_driver": debug, "logging_level": logging.INFO if debug else logging.ERROR}
+    if address == "local":
+        kwargs.update(address="local", include_dashboard=False)
+    else:
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {text} "
+                         "(start one with `ray start --head`, or try --ray local)") from None
+    return True
+
+
+def plan_slots(cpus_per_actor: Optional[int]) -> list[_Slot]:
+    """One slot per alive node with CPUs (all of them), or as many of `cpus_per_actor` as fit."""
+    import ray
+
+    slots = []
+    for node in ray.nodes():
+        cpus = float(node.get("Resources", {}).get("CPU", 0.0))
+        if not node.get("Alive") or cpus <= 0:
+            continue
+        host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or node["NodeID"][:8]
+        if cpus_per_actor:
+            slots += [_Slot(node["NodeID"], host, float(cpus_per_actor)) for _ in range(int(cpus // cpus_per_actor))]
+        else:
+            slots.append(_Slot(node["NodeID"], host, cpus))
+    return slots
+
+
+def _node_alive(node_id: str) -> bool:
+    import ray
+
+    with contextlib.suppress(Exception):
+        return any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:160] if text else "") or type(exc).__name__
+
+
+def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
+    """batch.Runner: `run.todo` on the Ray cluster of `run.opts.ray` (see the module docstring).
+    `worker_class`: RowWorker or a subclass (the tests use one that crashes on purpose)."""
+    import ray
+    from ray.exceptions import RayError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    opts, report = run.opts, run.report
+    if opts.ray_cpus_per_actor is not None and opts.ray_cpus_per_actor < 1:
+        raise UsageError(f"--ray-cpus-per-actor must be at least 1, got {opts.ray_cpus_per_actor}")
+    chatty = not (opts.quiet or opts.as_json)
+
+    def warn(message: str) -> None:
+        if not opts.quiet:
+            report.say(f"sdcli: warning: {message}")
+
+    connected = connect(opts.ray, opts.debug)
+    remote = ray.remote(worker_class)
+    slots: list[_Slot] = []
+    inflight: dict[Any, tuple[_Slot, Any]] = {}  # ObjectRef -> (slot, job or None for ready())
+    model_dir = os.path.abspath(run.model_dir)
+    output_dir = os.path.abspath(run.folder) if opts.shared_output else None
+
+    def start(slot: _Slot) -> None:
+        slot.actor = remote.options(
+            num_cpus=slot.cpus, max_restarts=0, max_task_retries=0, max_concurrency=1,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
+        ).remote(model_dir, opts.device, opts.precision, opts.rng,
+                 int(slot.cpus) if opts.ray_cpus_per_actor else None, output_dir)
+        inflight[slot.actor.ready.remote()] = (slot, None)
+
+    def drop(slot: _Slot) -> None:
+        if slot.actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(slot.actor, no_restart=True)
+            slot.actor = None
+        for ref in [r for r, (s, _) in inflight.items() if s is slot]:
+            del inflight[ref]
+
+    def plan() -> None:
+        slots[:] = plan_slots(opts.ray_cpus_per_actor)
+        for slot in slots:
+            start(slot)
+
+    try:
+        plan()
+        if not slots:
+            need = f" of {opts.ray_cpus_per_actor} CPUs" if opts.ray_cpus_per_actor else ""
+            raise UsageError(f"the Ray cluster at {opts.ray!r} has no room for a worker{need} (no node with enough CPUs)")
+        if chatty:
+            nodes = len({s.node_id for s in slots})
+            sizes = sorted({f"{s.cpus:g}" for s in slots})
+            report.say(f"sdcli: Ray: {len(slots)} worker(s) of {'/'.join(sizes)} CPUs on {nodes} node(s)")
+        report.start(len(run.todo))
+        run.started = time.perf_counter()
+
+        pending = deque(run.todo)
+        losses: dict[str, int] = {}
+        images = _Cache(4)
+        ever_ready = False
+        last_error = "no worker started"
+        replans = 0
+
+        def hand_out(slot: _Slot) -> None:
+            while pending:
+                job = pending.popleft()
+                image = None
+                if job.init_image:
+                    from .image_io import read_rgb
+
+                    try:
+                        image = images.get_or(job.init_image, lambda: read_rgb(job.init_image))
+                    except Exception as exc:
+                        run.row_failed(job, exc)
+                        continue
+                inflight[slot.actor.run.remote(job, image)] = (slot, job)
+                return
+
+        def lost(slot: _Slot, job, exc: BaseException) -> None:
+            reason = _first_line(exc)
+            where = f"{slot.host}" + (f" (pid {slot.pid})" if slot.pid else "")
+            drop(slot)
+            if job is not None:
+                n = losses[job.file] = losses.get(job.file, 0) + 1
+                if n > RETRIES:
+                    run.row_failed(job, f"its Ray worker was lost {n} times (last on {where}: {reason})")
+                else:
+                    pending.appendleft(job)
+            what = f"; line {job.line} goes back to the queue" if job is not None and losses[job.file] <= RETRIES else ""
+            if slot.restarts < RESTARTS_PER_SLOT and _node_alive(slot.node_id):
+                slot.restarts += 1
+                warn(f"Ray worker on {where} was lost ({reason}){what}; starting another on that node")
+                start(slot)
+            else:
+                slots.remove(slot)
+                warn(f"Ray worker on {where} was lost ({reason}){what}; going on with {len(slots)} worker(s)")
+
+        while pending or any(job is not None for _, job in inflight.values()):
+            if not inflight:  # no worker left: every one was lost or could not start
+                if ever_ready and replans < REPLANS:
+                    replans += 1
+                    plan()
+                    if slots:
+                        warn(f"no Ray worker left; started {len(slots)} new one(s)")
+                        continue
+                if not ever_ready:
+                    raise SdcliError(f"no Ray worker could start: {last_error}")
+                while pending:
+                    run.row_failed(pending.popleft(), "no Ray worker left to run it")
+                break
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            slot, job = inflight.pop(ref)
+            try:
+                value = ray.get(ref)
+            except RayError as exc:  # the worker died (killed, out of memory, node gone), or RayTaskError:
+                lost(slot, job, exc)  # ready()/run() never raise for a row, so the worker itself is broken
+                continue
+            if job is None:  # ready()
+                slot.host, slot.pid = value["node"], value["pid"]
+                if value["error"]:
+                    last_error = f"on {slot.host}: {value['error']}"
+                    warn(f"Ray worker {last_error}; not used")
+                    drop(slot)
+                    slots.remove(slot)
+                    continue
+                ever_ready = True
+            else:
+                status, payload, details = value
+                if status == "ok":
+                    run.row_done(job, payload, written_by_worker=opts.shared_output, wait_for_file=SHARED_FILE_WAIT)
+                else:
+                    run.row_failed(job, f"{payload} (on {slot.host})", details)
+            hand_out(slot)
+    finally:
+        for slot in slots:
+            drop(slot)
+        if connected:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
