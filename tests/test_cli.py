@@ -230,3 +230,24 @@ def test_hub_repo_from_the_huggingface_cache(tiny_eps, tmp_path):
               env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and "cannot download someone/not-cached" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_full_disk_while_writing_is_a_clear_error_and_leaves_nothing(tiny_eps, tmp_path, monkeypatch):
+    """Fault injection: the disk fills up while the PNG is written."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    import sdcli.fsutil
+    from sdcli.cli import app
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sdcli.fsutil.os, "fsync", no_space)
+    out = tmp_path / "full.png"
+    result = CliRunner().invoke(app, [str(a) for a in base_args(tiny_eps, out)])
+    assert result.exit_code == 1
+    assert "No space left on device" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
