@@ -1,6 +1,7 @@
 """The `sdcli` command line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -55,6 +56,21 @@ def fail(exc: BaseException) -> None:
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def user_errors(interrupted: str = "interrupted"):
+    """Every command's body runs in this: an error becomes one line and an exit code
+    (see `fail`), Ctrl-C a short note and 130."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        print(f"sdcli: {interrupted}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        fail(exc)
+
+
 def warn(message: str) -> None:
     """Warnings go to stderr even with --quiet: they say the result is not what was asked."""
     print(f"sdcli: warning: {message}", file=sys.stderr)
@@ -86,7 +102,7 @@ def convert(
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout)."""
     from .convert import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
-    try:
+    with user_errors("interrupted; nothing was written"):
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
         target = output or Path("models") / default_output_name(source)
@@ -97,13 +113,6 @@ def convert(
         run_convert(source, target, opts, log=(lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr)))
         if not quiet:
             print(target)
-    except typer.Exit:
-        raise
-    except (Exception, KeyboardInterrupt) as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            print("sdcli: interrupted; nothing was written", file=sys.stderr)
-            raise typer.Exit(130)
-        fail(exc)
 
 
 def _quiet_libraries() -> None:
@@ -254,7 +263,7 @@ def generate(
     from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
 ):
     """Make images from a prompt (and optionally an init image)."""
-    try:
+    with user_errors("interrupted"):
         from .runtime import PRECISIONS
 
         if from_image is not None:
@@ -357,13 +366,6 @@ def generate(
                                   "steps": steps, "scheduler": result.scheduler, "timings": timings}), flush=True)
             elif not quiet:
                 print(path, flush=True)
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        print("sdcli: interrupted", file=sys.stderr)
-        raise typer.Exit(130)
-    except Exception as exc:
-        fail(exc)
 
 
 def _terminate(signum, frame) -> None:
@@ -390,7 +392,7 @@ def info(
 ):
     """OpenVINO version, devices and CPU capabilities; with a model folder, its components;
     with a PNG, the settings it was made with."""
-    try:
+    with user_errors("interrupted"):
         from .info import describe_model, describe_runtime
 
         if target is not None and target.is_file():
@@ -422,10 +424,6 @@ def info(
             print(f"model {m['path']} ({m['total_mb']:.1f} MB{', ' + m['weight_format'] if m.get('weight_format') else ''})")
             for c in m["components"]:
                 print(f"  {c['name']:<13} {c['size_mb']:>9.1f} MB  weights {c['weights']}")
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
 
 
 # --- bench --------------------------------------------------------------------------
@@ -447,7 +445,7 @@ def bench(
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (with --readme)."),
 ):
     """Benchmark sdcli against openvino-genai and diffusers on an SD 1.5-size random model."""
-    try:
+    with user_errors("interrupted"):
         from .bench import PEERS, run_bench, update_readme
         from .model import default_cache_dir
 
@@ -476,10 +474,6 @@ def bench(
         if readme is not None:
             update_readme(readme, output_dir / "bench.json", readme_block)
         _ = rows
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
 
 
 # --- batch --------------------------------------------------------------------------
@@ -510,7 +504,7 @@ def batch(
     shared_output: bool = typer.Option(False, "--shared-output", help="With --ray: workers write the images into --output-dir themselves (a folder shared by every node, at the same path)."),
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done (see sdcli/batch.py)."""
-    try:
+    with user_errors("interrupted; run the same command again to finish"):
         from .batch import BatchOptions, run_batch
 
         code = run_batch(BatchOptions(
@@ -520,11 +514,4 @@ def batch(
             quiet=quiet, as_json=as_json, debug=STATE["debug"],
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
         ))
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        print("sdcli: interrupted; run the same command again to finish", file=sys.stderr)
-        raise typer.Exit(130)
-    except Exception as exc:
-        fail(exc)
     raise typer.Exit(code)
