@@ -67,7 +67,7 @@ def test_plain_prompt_tokens_match_diffusers(tiny_eps):
         assert chunked[0][0].ids == ref and not warnings
 
 
-def _reference_embeddings(model, chunked) -> "torch.Tensor":
+def _reference_embeddings(model, chunked) -> list:
     """A1111's long-prompt embedding computed with the torch text encoder."""
     import torch
 
