@@ -3,8 +3,6 @@ EulerDiscreteScheduler. Also holds the sigma-space machinery shared with Euler a
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .base import (
@@ -17,6 +15,7 @@ from .base import (
     scalar_of,
     torch_linspace_f32,
 )
+from .sigma_utils import exponential_sigmas, karras_sigmas, sigma_to_t, train_sigmas
 
 
 def float_timesteps(config: dict, num_inference_steps: int) -> np.ndarray:
@@ -34,25 +33,11 @@ def float_timesteps(config: dict, num_inference_steps: int) -> np.ndarray:
     return np.arange(n_train, 0, -ratio).round().astype(np.float32) - F32(1.0)
 
 
-def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional training timesteps whose log-sigma (linearly interpolated) equals log(sigma)."""
-    sigmas = np.asarray(sigmas)
-    log_sigma = np.log(np.maximum(sigmas, 1e-10)).reshape(-1)
-    dists = log_sigma[None, :] - log_sigmas[:, None]
-    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high_idx = low_idx + 1
-    low = log_sigmas[low_idx]
-    high = log_sigmas[high_idx]
-    w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    return ((1 - w) * low_idx + w * high_idx).reshape(sigmas.shape)
-
-
 class SigmaScheduler(Scheduler):
     """Shared parts of the Euler-type schedulers: sigmas, step index / begin index, scaling, add_noise."""
 
     def _train_sigmas(self) -> np.ndarray:
-        ac = self.alphas_cumprod
-        return np.sqrt((F32(1.0) - ac) / ac)
+        return train_sigmas(self.alphas_cumprod)
 
     def _setup(self) -> None:
         if self.config["rescale_betas_zero_snr"]:
@@ -198,15 +183,11 @@ class EulerDiscreteScheduler(SigmaScheduler):
 
         if cfg["use_karras_sigmas"]:
             sigma_min, sigma_max = self._sigma_range(sigmas)
-            rho = 7.0
-            ramp = np.linspace(0, 1, n)
-            min_inv_rho = sigma_min ** (1 / rho)
-            max_inv_rho = sigma_max ** (1 / rho)
-            sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+            sigmas = karras_sigmas(sigma_min, sigma_max, n)
             timesteps = sigma_to_t(sigmas, log_sigmas)
         elif cfg["use_exponential_sigmas"]:
             sigma_min, sigma_max = self._sigma_range(sigmas)
-            sigmas = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+            sigmas = exponential_sigmas(sigma_min, sigma_max, n)
             timesteps = sigma_to_t(sigmas, log_sigmas)
 
         if cfg["final_sigmas_type"] == "sigma_min":

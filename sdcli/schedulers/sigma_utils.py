@@ -1,4 +1,4 @@
-"""Helpers shared by the schedulers added after the first four: sigma schedules (Karras, exponential,
+"""Sigma-space helpers shared by the schedulers: sigma schedules (Karras, exponential,
 log-linear), float32 scalar maths, and the base of the multistep solvers that work with
 ``alpha_t = 1 / sqrt(1 + sigma^2)`` and ``sigma_t = sigma * alpha_t`` (DPM-Solver++, UniPC)."""
 
@@ -9,7 +9,6 @@ import math
 import numpy as np
 
 from .base import F32, Scheduler, as_float32, check_spacing, scalar_of
-from .euler import sigma_to_t
 
 __all__ = [
     "karras_sigmas",
@@ -40,6 +39,19 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
     """``n`` sigmas from sigma_max down to sigma_min, uniform in log(sigma)."""
     return np.exp(np.linspace(math.log(float(sigma_max)), math.log(float(sigma_min)), n))
+
+
+def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional training timesteps whose log-sigma (linearly interpolated) equals log(sigma)."""
+    sigmas = np.asarray(sigmas)
+    log_sigma = np.log(np.maximum(sigmas, 1e-10)).reshape(-1)
+    dists = log_sigma[None, :] - log_sigmas[:, None]
+    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low = log_sigmas[low_idx]
+    high = log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).reshape(sigmas.shape)
 
 
 def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
