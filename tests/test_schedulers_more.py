@@ -365,12 +365,13 @@ def test_sd15_defaults_of_new_schedulers():
 
 def test_registry_names_and_aliases():
     assert scheduler_names() == [
-        "pndm", "ddim", "euler", "euler_a", "lms", "heun", "dpmpp_2m", "dpmpp_2m_karras", "unipc",
+        "pndm", "ddim", "euler", "euler_a", "lms", "heun", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm",
     ]
     assert set(A1111_NAMES) == set(SCHEDULERS)
     expected = {
         "pndm": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "lms": "LMS",
         "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "heun": "Heun", "unipc": "UniPC",
+        "lcm": "LCM",
     }
     assert A1111_NAMES == expected
     for name, a1111 in A1111_NAMES.items():

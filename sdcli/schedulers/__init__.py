@@ -14,6 +14,7 @@ from .dpm_multistep import DPMSolverMultistepKarrasScheduler, DPMSolverMultistep
 from .euler import EulerDiscreteScheduler
 from .euler_ancestral import EulerAncestralDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
@@ -28,6 +29,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "dpmpp_2m_karras": DPMSolverMultistepKarrasScheduler,
     "unipc": UniPCMultistepScheduler,
+    "lcm": LCMScheduler,
 }
 
 # Our name -> the sampler's name in the AUTOMATIC1111 web UI (also accepted by create_scheduler).
@@ -41,6 +43,7 @@ A1111_NAMES: dict[str, str] = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
     "unipc": "UniPC",
+    "lcm": "LCM",
 }
 
 # diffusers class -> our name; a class with a Karras variant maps to the base name (the config's
@@ -72,6 +75,7 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "DPMSolverMultistepKarrasScheduler",
     "UniPCMultistepScheduler",
+    "LCMScheduler",
     "create_scheduler",
     "resolve_scheduler_name",
     "apply_sd_pipeline_fixups",
