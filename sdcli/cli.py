@@ -159,6 +159,7 @@ def a1111_parameters(config, result, model_name: str, init_image: bool, precisio
         "RNG": config.rng,
         "Precision": precision,
         "Emphasis": None if config.emphasis else "off",
+        "DeepCache": config.deepcache if getattr(config, "deepcache", 1) > 1 else None,
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(config.prompt, config.negative_prompt, fields)
@@ -196,6 +197,8 @@ def settings_from_image(path: Path) -> dict:
             out["precision"] = fields["Precision"]
         if "Emphasis" in fields:
             out["emphasis"] = fields["Emphasis"] != "off"
+        if "DeepCache" in fields:
+            out["deepcache"] = int(fields["DeepCache"])
         if "Model" in fields:
             out["model_name"] = fields["Model"]
     except ValueError as exc:
@@ -258,6 +261,7 @@ def generate(
     rng: str = typer.Option("torch", "--rng", help="torch: the same noise as diffusers for a seed; numpy: faster draws."),
     emphasis: bool = typer.Option(True, "--emphasis/--no-emphasis", help="A1111 prompt weights: (word), [word], (word:1.3); \\( for a literal bracket."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
+    deepcache: int = typer.Option(1, "--deepcache", min=1, max=1000, help="DeepCache: the full UNet every N-th step, only its shallow branch in between (3: about 2x faster steps; 1: off)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
     from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
@@ -285,6 +289,7 @@ def generate(
             rng = rng if given("rng") else stored.get("rng", rng)
             precision = precision if given("precision") else stored.get("precision", precision)
             emphasis = emphasis if given("emphasis") else stored.get("emphasis", emphasis)
+            deepcache = deepcache if given("deepcache") else stored.get("deepcache", deepcache)
             if model is None and not os.environ.get("SDCLI_MODEL") and (Path("models") / stored.get("model_name", "")).is_dir():
                 model = str(Path("models") / stored["model_name"])
         if prompt is None:
@@ -332,6 +337,7 @@ def generate(
             mask_blur=mask_blur,
             rng=rng,
             emphasis=emphasis,
+            deepcache=deepcache,
         )
         base.validate()
         engine.preload(base)

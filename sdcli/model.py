@@ -171,14 +171,27 @@ class TextEncoder:
 
 
 class UNet:
-    def __init__(self, runtime: Runtime, folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int):
+    def __init__(self, runtime: Runtime, folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int,
+                 variant: str | None = None):
+        """`variant`: None for the UNet as it is, or one of deepcache.VARIANTS."""
         cfg = folder.unet_config
         shapes = {
             "sample": [batch, cfg.get("in_channels", 4), *latent_hw],
             "timestep": [batch],
             "encoder_hidden_states": [batch, seq_len, cfg.get("cross_attention_dim", 768)],
         }
-        self.compiled, self._mapping = runtime.load("unet", folder.ir("unet"), shapes, prepare=_float_timestep)
+        component, edit = "unet", None
+        if variant is not None:
+            from .deepcache import VARIANTS
+
+            component, edit = VARIANTS[variant]
+
+        def prepare(model):
+            _float_timestep(model)
+            if edit is not None:
+                edit(model, shapes)
+
+        self.compiled, self._mapping = runtime.load(component, folder.ir("unet"), shapes, prepare=prepare)
         self.request = self.compiled.create_infer_request()
         import openvino as ov
 
@@ -186,10 +199,14 @@ class UNet:
         self._timestep_dtype = np.float32 if self.float_timestep else np.int64
         self._timestep_shape = shapes["timestep"]
 
-    def __call__(self, sample: np.ndarray, timestep, context: np.ndarray) -> np.ndarray:
+    def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
         t = np.full(self._timestep_shape, timestep, dtype=np.float64).astype(self._timestep_dtype)
-        self.request.infer({"sample": sample, "timestep": t, "encoder_hidden_states": context})
+        self.request.infer({"sample": sample, "timestep": t, "encoder_hidden_states": context, **extra})
         return self.request.get_output_tensor(0).data.copy()
+
+    def output(self, index: int) -> np.ndarray:
+        """Output `index` of the last call."""
+        return self.request.get_output_tensor(index).data.copy()
 
 
 class VaeDecoder:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import image_io
 from .errors import UsageError
+from .deepcache import DeepCacheUNet
 from .model import ModelFolder, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
 from .runtime import Runtime
 from .rng import make_rng
@@ -42,6 +43,7 @@ class GenerationConfig:
     emphasis: bool = True  # A1111's (word), [word], (word:1.3) syntax
     mask: np.ndarray | None = None  # inpainting: float [H, W] in [0, 1] (1 repaint, 0 keep), any size
     mask_blur: int = 4  # inpainting: Gaussian sigma in pixels; 0: diffusers' result exactly (no overlay)
+    deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -58,6 +60,8 @@ class GenerationConfig:
             raise UsageError("--mask needs --init-image (the image to inpaint)")
         if self.mask_blur < 0:
             raise UsageError("--mask-blur must be 0 or more")
+        if self.deepcache < 1:
+            raise UsageError("--deepcache must be 1 (off) or more")
 
 
 @dataclass
@@ -130,11 +134,23 @@ class StableDiffusionEngine:
     def text_encoder(self) -> TextEncoder:
         return self._get(*self._text_encoder_key())
 
-    def _unet_key(self, batch: int, latent_hw: tuple[int, int], seq: int):
-        return ("unet", batch, tuple(latent_hw), seq), lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq)
+    def _unet_key(self, batch: int, latent_hw: tuple[int, int], seq: int, variant: str | None = None):
+        return (("unet", batch, tuple(latent_hw), seq, variant),
+                lambda: UNet(self.runtime, self.folder, batch, latent_hw, seq, variant))
 
-    def unet(self, batch: int, latent_hw: tuple[int, int], seq: int) -> UNet:
-        return self._get(*self._unet_key(batch, latent_hw, seq))
+    def unet(self, batch: int, latent_hw: tuple[int, int], seq: int, variant: str | None = None) -> UNet:
+        return self._get(*self._unet_key(batch, latent_hw, seq, variant))
+
+    @staticmethod
+    def _unet_variants(deepcache: int) -> tuple:
+        return ("full", "shallow") if deepcache > 1 else (None,)
+
+    def denoising_unet(self, batch: int, latent_hw: tuple[int, int], seq: int, deepcache: int = 1):
+        """What the loop calls: the UNet, or with `deepcache` > 1 DeepCache's pair (fresh state)."""
+        if deepcache <= 1:
+            return self.unet(batch, latent_hw, seq)
+        full, shallow = (self.unet(batch, latent_hw, seq, v) for v in self._unet_variants(deepcache))
+        return DeepCacheUNet(full, shallow, deepcache)
 
     def preload(self, config: GenerationConfig) -> None:
         """Start loading the UNet for `config` in the background, so that it overlaps with
@@ -144,7 +160,8 @@ class StableDiffusionEngine:
         guidance = config.guidance_scale > 1.0
         chunked, _ = self.prompt_chunks(config.prompt, config.negative_prompt, guidance, config.emphasis)
         self._start(*self._text_encoder_key())
-        self._start(*self._unet_key(2 if guidance else 1, (height // f, width // f), len(chunked[0]) * (CHUNK + 2)))
+        for variant in self._unet_variants(config.deepcache):
+            self._start(*self._unet_key(2 if guidance else 1, (height // f, width // f), len(chunked[0]) * (CHUNK + 2), variant))
 
     def vae_decoder(self, latent_hw: tuple[int, int]) -> VaeDecoder:
         return self._get(("vae_decoder", latent_hw), lambda: VaeDecoder(self.runtime, self.folder, latent_hw))
@@ -350,10 +367,10 @@ class StableDiffusionEngine:
 
     # -- stage 3: denoise --------------------------------------------------------------
     def denoise(self, latents, timesteps, scheduler, context, guidance_scale, rng,
-                inpaint=None) -> Iterator[tuple[np.ndarray, StepInfo]]:
+                inpaint=None, deepcache: int = 1) -> Iterator[tuple[np.ndarray, StepInfo]]:
         """Yield the latents after every step (`inpaint`: the Inpainting of prepare_inpaint)."""
         guidance = context.shape[0] == 2
-        unet = self.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])
+        unet = self.denoising_unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1], deepcache)
         for i, t in enumerate(timesteps):
             started = time.perf_counter()
             x = scheduler.scale_model_input(latents, t).astype(np.float32)
@@ -406,11 +423,13 @@ class StableDiffusionEngine:
             latents, timesteps = self.prepare_latents(config, scheduler, rng, width, height)
         timings["prepare_latents"] = time.perf_counter() - t0
 
-        self.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])  # compiled before the loop's clock starts
+        # compiled before the loop's clock starts
+        self.denoising_unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1], config.deepcache)
         t0 = time.perf_counter()
         step_times = []
         self.unet_seconds = 0.0
-        for latents, info in self.denoise(latents, timesteps, scheduler, context, config.guidance_scale, rng, inpaint):
+        for latents, info in self.denoise(latents, timesteps, scheduler, context, config.guidance_scale, rng, inpaint,
+                                          config.deepcache):
             step_times.append(info.seconds)
             if on_step:
                 on_step(info)
