@@ -91,26 +91,48 @@ def main_options(
 
 @app.command()
 def convert(
-    source: str = typer.Argument(..., help="Hub repo id, local diffusers folder, or single-file .safetensors checkpoint."),
+    source: Optional[str] = typer.Argument(None, help="Hub repo id, local diffusers folder, or single-file .safetensors checkpoint (none with --into)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [default: models/<source name>]."),
     weight_format: str = typer.Option("fp16", "--weight-format", help="fp16 (default, half the size of fp32), fp32, or int8 (NNCF weight compression)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled .ckpt checkpoints (they can run code when loaded)."),
     config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint."),
+    lora: Optional[str] = typer.Option(None, "--lora", help="Fuse this LoRA into the UNet (and the text encoder, where it has weights for it): a .safetensors file, a folder holding one, or a Hub repo such as latent-consistency/lcm-lora-sdv1-5 (needs peft)."),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", help="The LoRA's weight when fused."),
+    convert_scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Make this the model's own scheduler (scheduler_config.json), e.g. lcm for an LCM-LoRA; a name from `sdcli generate --list-schedulers` [default: the source's]."),
+    tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x)."),
+    into: Optional[Path] = typer.Option(None, "--into", help="With --tiny-vae and no SOURCE: add the tiny VAE to this converted model folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
-    """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout)."""
+    """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
+    --tiny-vae TAESD --into DIR, add a tiny VAE to a converted model."""
     from .convert import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
     with user_errors("interrupted; nothing was written"):
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+        log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+        if into is not None:
+            if source is not None or output is not None:
+                raise UsageError("--into adds a tiny VAE to a converted folder; give it without SOURCE and --output")
+            if tiny_vae is None:
+                raise UsageError("--into needs --tiny-vae (the tiny VAE to add)")
+            _quiet_libraries()
+            from .tiny_vae import add_tiny_vae
+
+            add_tiny_vae(into, tiny_vae, weight_format, force=force, log=log)
+            if not quiet:
+                print(into)
+            return
+        if source is None:
+            raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         target = output or Path("models") / default_output_name(source)
-        opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config)
+        opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config,
+                              tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler)
         _quiet_libraries()
         from .convert import convert as run_convert
 
-        run_convert(source, target, opts, log=(lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr)))
+        run_convert(source, target, opts, log=log)
         if not quiet:
             print(target)
 
@@ -159,7 +181,9 @@ def a1111_parameters(config, result, model_name: str, init_image: bool, precisio
         "RNG": config.rng,
         "Precision": precision,
         "Emphasis": None if config.emphasis else "off",
+        "Clip skip": config.clip_skip if getattr(config, "clip_skip", 1) > 1 else None,
         "DeepCache": config.deepcache if getattr(config, "deepcache", 1) > 1 else None,
+        "VAE": "tiny" if getattr(config, "vae", "full") == "tiny" else None,
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(config.prompt, config.negative_prompt, fields)
@@ -197,8 +221,12 @@ def settings_from_image(path: Path) -> dict:
             out["precision"] = fields["Precision"]
         if "Emphasis" in fields:
             out["emphasis"] = fields["Emphasis"] != "off"
+        if "Clip skip" in fields:
+            out["clip_skip"] = int(fields["Clip skip"])
         if "DeepCache" in fields:
             out["deepcache"] = int(fields["DeepCache"])
+        if fields.get("VAE") == "tiny":  # A1111 writes a VAE file's name here: only sdcli's value is read
+            out["vae"] = "tiny"
         if "Model" in fields:
             out["model_name"] = fields["Model"]
     except ValueError as exc:
@@ -213,6 +241,11 @@ def check_output_dir(path: Path) -> None:
         check_writable_dir(path.parent if str(path.parent) else Path("."))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc}") from None
+
+
+def _option_given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _positive_multiple_of_8(value: Optional[int]) -> Optional[int]:
@@ -247,8 +280,8 @@ def generate(
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, help="Image-to-image: how much to repaint, 0..1."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),
     mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
-    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off."),
+    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: 20; 4 for LCM models and the lcm scheduler]."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off [default: 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
@@ -261,7 +294,9 @@ def generate(
     rng: str = typer.Option("torch", "--rng", help="torch: the same noise as diffusers for a seed; numpy: faster draws."),
     emphasis: bool = typer.Option(True, "--emphasis/--no-emphasis", help="A1111 prompt weights: (word), [word], (word:1.3); \\( for a literal bracket."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
+    clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=24, help="A1111's Clip skip: the prompt from the text encoder's N-th layer from the end (2: the penultimate; diffusers' clip_skip=N-1)."),
     deepcache: int = typer.Option(1, "--deepcache", min=1, max=1000, help="DeepCache: the full UNet every N-th step, only its shallow branch in between (3: about 2x faster steps; 1: off)."),
+    vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
     from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
@@ -290,6 +325,8 @@ def generate(
             precision = precision if given("precision") else stored.get("precision", precision)
             emphasis = emphasis if given("emphasis") else stored.get("emphasis", emphasis)
             deepcache = deepcache if given("deepcache") else stored.get("deepcache", deepcache)
+            vae = vae if given("vae") else stored.get("vae", vae)
+            clip_skip = clip_skip if given("clip_skip") else stored.get("clip_skip", clip_skip)
             if model is None and not os.environ.get("SDCLI_MODEL") and (Path("models") / stored.get("model_name", "")).is_dir():
                 model = str(Path("models") / stored["model_name"])
         if prompt is None:
@@ -299,6 +336,8 @@ def generate(
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if rng not in ("torch", "numpy"):
             raise UsageError(f"--rng must be torch or numpy, got {rng!r}")
+        if vae not in ("full", "tiny"):
+            raise UsageError(f"--vae must be full or tiny, got {vae!r}")
         paths = output_paths(output, num_images)
         check_output_dir(output)
         model_dir = find_model(model, quiet or as_json)
@@ -319,9 +358,14 @@ def generate(
             if not (quiet or as_json):
                 print(f"sdcli: seed {seed}", file=sys.stderr)
 
+        from .lcm import lcm_defaults
         from .pipeline import GenerationConfig, StableDiffusionEngine
 
         engine = StableDiffusionEngine(model_dir, device=device, precision=precision, low_memory=low_memory)
+        few_step = lcm_defaults(engine.folder, scheduler)
+        if few_step and from_image is None:  # an LCM model's own defaults for what was not given
+            steps = steps if _option_given(ctx, "steps") else few_step[0]
+            guidance_scale = guidance_scale if _option_given(ctx, "guidance_scale") else few_step[1]
         base = GenerationConfig(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -338,10 +382,12 @@ def generate(
             rng=rng,
             emphasis=emphasis,
             deepcache=deepcache,
+            clip_skip=clip_skip,
+            vae=vae,
         )
         base.validate()
         engine.preload(base)
-        context, notes = engine.encode_prompt(prompt, negative_prompt, guidance_scale > 1.0, emphasis)
+        context, notes = engine.encode_prompt(prompt, negative_prompt, engine.classifier_free_guidance(guidance_scale), emphasis, clip_skip)
         for note in notes:
             warn(note)
         engine.release_text_encoder()
@@ -429,7 +475,7 @@ def info(
             m = data["model"]
             print(f"model {m['path']} ({m['total_mb']:.1f} MB{', ' + m['weight_format'] if m.get('weight_format') else ''})")
             for c in m["components"]:
-                print(f"  {c['name']:<13} {c['size_mb']:>9.1f} MB  weights {c['weights']}")
+                print(f"  {c['name']:<16} {c['size_mb']:>9.1f} MB  weights {c['weights']}")
 
 
 # --- bench --------------------------------------------------------------------------

@@ -9,12 +9,14 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UsageError
 from .runtime import Runtime
+from .tiny_vae import DECODER as TINY_DECODER, ENCODER as TINY_ENCODER
 
 REQUIRED = ("text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler")
 
@@ -29,6 +31,16 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UsageError(f"{path} is not a JSON object")
     return data
+
+
+@dataclass(frozen=True)
+class Vae:
+    """The autoencoder that decodes (and encodes, for img2img): its component folders,
+    and the factor between its latents and the UNet's (the UNet works on factor * latents)."""
+
+    decoder: str
+    encoder: str
+    scaling_factor: float
 
 
 @dataclass
@@ -96,15 +108,62 @@ class ModelFolder:
         return (self.root / "vae_encoder" / "openvino_model.xml").is_file()
 
     @property
+    def has_tiny_vae(self) -> bool:
+        return self.ir(TINY_DECODER).is_file()
+
+    def vae(self, kind: str = "full") -> Vae:
+        """"full": the model's own VAE; "tiny": the TAESD that `sdcli convert --tiny-vae` adds
+        (trained on unscaled latents: its config's scaling_factor is 1.0)."""
+        if kind == "full":
+            return Vae("vae_decoder", "vae_encoder", self.scaling_factor)
+        if kind != "tiny":
+            raise UsageError(f"--vae must be full or tiny, got {kind!r}")
+        if not self.has_tiny_vae:
+            raise UsageError(f"model folder {self.root} has no tiny VAE ({TINY_DECODER}/); add one with "
+                             f"`sdcli convert --tiny-vae madebyollin/taesd --into {self.root}`")
+        config = _read_json(self.root / TINY_DECODER / "config.json")
+        blocks = config.get("block_out_channels", [0] * 4)
+        if (config.get("latent_channels", 4) != self.latent_channels or not isinstance(blocks, list)
+                or 2 ** (len(blocks) - 1) != self.vae_scale_factor):
+            raise UsageError(f"{TINY_DECODER}/config.json: latent channels or size ratio differ from the model's VAE")
+        scale = config.get("scaling_factor", 1.0)
+        if not isinstance(scale, (int, float)) or not 0 < scale < 100:
+            raise UsageError(f"{TINY_DECODER}/config.json: scaling_factor must be a positive number, got {scale!r}")
+        return Vae(TINY_DECODER, TINY_ENCODER, float(scale))
+
+    @property
     def unet_sequence_length(self) -> int | None:
         """The UNet's fixed text length (optimum-cli exports 77), or None when dynamic."""
-        with open(self.ir("unet"), "rb") as f:
-            head = f.read(1 << 20).decode("utf-8", "replace")
-        found = re.search(r'name="encoder_hidden_states" type="Parameter"[^>]*>\s*<data shape="([^"]*)"', head)
-        if not found:
+        dims = _ir_input_shape(self.ir("unet"), "encoder_hidden_states")
+        if dims is None:
             return None
-        dims = found.group(1).split(",")
         return int(dims[1]) if len(dims) == 3 and dims[1].strip().isdigit() else None
+
+    @cached_property
+    def time_cond_proj_dim(self) -> int | None:
+        """A Latent Consistency Model's guidance-embedding size (its UNet takes `timestep_cond`,
+        as optimum-cli names it), or None for an ordinary UNet."""
+        dims = _ir_input_shape(self.ir("unet"), "timestep_cond")
+        configured = self.unet_config.get("time_cond_proj_dim")
+        if configured is not None and (not isinstance(configured, int) or isinstance(configured, bool)
+                                       or not 0 < configured < 100_000):
+            raise UsageError(f"unet/config.json: time_cond_proj_dim must be a positive integer, got {configured!r}")
+        if dims is None:
+            if configured:
+                raise UsageError("unet/config.json gives time_cond_proj_dim, but the UNet IR has no timestep_cond "
+                                 "input; convert the model again")
+            return None
+        if len(dims) == 2 and dims[1].strip().isdigit():
+            return int(dims[1])
+        if not configured:
+            raise UsageError("the UNet takes timestep_cond, but its size is neither in the IR nor in "
+                             "unet/config.json (time_cond_proj_dim)")
+        return configured
+
+    @property
+    def is_lcm(self) -> bool:
+        """A Latent Consistency Model's UNet (whatever model_index.json calls the pipeline)."""
+        return self.time_cond_proj_dim is not None
 
     @property
     def name(self) -> str:
@@ -112,6 +171,15 @@ class ModelFolder:
 
     def ir(self, component: str) -> Path:
         return self.root / component / "openvino_model.xml"
+
+
+def _ir_input_shape(xml: Path, name: str) -> list[str] | None:
+    """The declared shape of input `name` of an IR, as text per dimension ("?" when dynamic), or
+    None when it has no such input.  Parameters come first in the XML, so its head is enough."""
+    with open(xml, "rb") as f:
+        head = f.read(1 << 20).decode("utf-8", "replace")
+    found = re.search(rf'name="{re.escape(name)}" type="Parameter"[^>]*>\s*<data shape="([^"]*)"', head)
+    return found.group(1).split(",") if found else None
 
 
 def default_cache_dir() -> Path:
@@ -161,8 +229,13 @@ def _float_timestep(model) -> bool:
 
 
 class TextEncoder:
-    def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int):
-        self.compiled, self._mapping = runtime.load("text_encoder", folder.ir("text_encoder"), {"input_ids": [1, seq_len]})
+    def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1):
+        """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...)."""
+        from .clip_skip import skip_layers
+
+        component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
+        self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), {"input_ids": [1, seq_len]},
+                                                    prepare=lambda model: skip_layers(model, clip_skip))
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
@@ -180,6 +253,8 @@ class UNet:
             "timestep": [batch],
             "encoder_hidden_states": [batch, seq_len, cfg.get("cross_attention_dim", 768)],
         }
+        if folder.is_lcm:
+            shapes["timestep_cond"] = [batch, folder.time_cond_proj_dim]
         component, edit = "unet", None
         if variant is not None:
             from .deepcache import VARIANTS
@@ -210,9 +285,10 @@ class UNet:
 
 
 class VaeDecoder:
-    def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int]):
+    def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int],
+                 component: str = "vae_decoder"):
         shapes = {"latent_sample": [1, folder.latent_channels, *latent_hw]}
-        self.compiled, self._mapping = runtime.load("vae_decoder", folder.ir("vae_decoder"), shapes)
+        self.compiled, self._mapping = runtime.load(component, folder.ir(component), shapes)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, latents: np.ndarray) -> np.ndarray:
@@ -221,10 +297,11 @@ class VaeDecoder:
 
 
 class VaeEncoder:
-    def __init__(self, runtime: Runtime, folder: ModelFolder, image_hw: tuple[int, int]):
-        if not folder.has_vae_encoder:
-            raise UsageError(f"model folder {folder.root} has no vae_encoder/, which --init-image needs")
-        self.compiled, self._mapping = runtime.load("vae_encoder", folder.ir("vae_encoder"), {"sample": [1, 3, *image_hw]})
+    def __init__(self, runtime: Runtime, folder: ModelFolder, image_hw: tuple[int, int],
+                 component: str = "vae_encoder"):
+        if not folder.ir(component).is_file():
+            raise UsageError(f"model folder {folder.root} has no {component}/, which --init-image needs")
+        self.compiled, self._mapping = runtime.load(component, folder.ir(component), {"sample": [1, 3, *image_hw]})
         self.request = self.compiled.create_infer_request()
         self.latent_channels = folder.latent_channels
 

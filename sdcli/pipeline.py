@@ -16,11 +16,12 @@ import numpy as np
 
 from . import image_io
 from .errors import UsageError
+from .lcm import guidance_scale_embedding
 from .deepcache import DeepCacheUNet
 from .model import ModelFolder, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
 from .runtime import Runtime
 from .rng import make_rng
-from .schedulers import create_scheduler, name_for_diffusers_class
+from .schedulers import create_scheduler, name_for_diffusers_class, pipeline_switch_config
 from .prompt import CHUNK, Chunk, chunk_prompt, parse_emphasis
 from .tokenizer import PromptTokenizer
 
@@ -44,6 +45,8 @@ class GenerationConfig:
     mask: np.ndarray | None = None  # inpainting: float [H, W] in [0, 1] (1 repaint, 0 keep), any size
     mask_blur: int = 4  # inpainting: Gaussian sigma in pixels; 0: diffusers' result exactly (no overlay)
     deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
+    clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
+    vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -62,6 +65,10 @@ class GenerationConfig:
             raise UsageError("--mask-blur must be 0 or more")
         if self.deepcache < 1:
             raise UsageError("--deepcache must be 1 (off) or more")
+        if self.clip_skip < 1:
+            raise UsageError("--clip-skip must be 1 (off) or more")
+        if self.vae not in ("full", "tiny"):
+            raise UsageError(f"--vae must be full or tiny, got {self.vae!r}")
 
 
 @dataclass
@@ -128,11 +135,11 @@ class StableDiffusionEngine:
     def _get(self, key: tuple, build: Callable[[], object]):
         return self._start(key, build).result()
 
-    def _text_encoder_key(self):
-        return ("text_encoder",), lambda: TextEncoder(self.runtime, self.folder, CHUNK + 2)
+    def _text_encoder_key(self, clip_skip: int = 1):
+        return ("text_encoder", clip_skip), lambda: TextEncoder(self.runtime, self.folder, CHUNK + 2, clip_skip)
 
-    def text_encoder(self) -> TextEncoder:
-        return self._get(*self._text_encoder_key())
+    def text_encoder(self, clip_skip: int = 1) -> TextEncoder:
+        return self._get(*self._text_encoder_key(clip_skip))
 
     def _unet_key(self, batch: int, latent_hw: tuple[int, int], seq: int, variant: str | None = None):
         return (("unet", batch, tuple(latent_hw), seq, variant),
@@ -155,19 +162,22 @@ class StableDiffusionEngine:
     def preload(self, config: GenerationConfig) -> None:
         """Start loading the UNet for `config` in the background, so that it overlaps with
         prompt encoding (OpenVINO releases the GIL while it loads)."""
+        self.folder.vae(config.vae)  # a missing tiny VAE is reported before anything loads
         width, height = self.resolve_size(config)
         f = self.folder.vae_scale_factor
-        guidance = config.guidance_scale > 1.0
+        guidance = self.classifier_free_guidance(config.guidance_scale)
         chunked, _ = self.prompt_chunks(config.prompt, config.negative_prompt, guidance, config.emphasis)
-        self._start(*self._text_encoder_key())
+        self._start(*self._text_encoder_key(config.clip_skip))
         for variant in self._unet_variants(config.deepcache):
             self._start(*self._unet_key(2 if guidance else 1, (height // f, width // f), len(chunked[0]) * (CHUNK + 2), variant))
 
-    def vae_decoder(self, latent_hw: tuple[int, int]) -> VaeDecoder:
-        return self._get(("vae_decoder", latent_hw), lambda: VaeDecoder(self.runtime, self.folder, latent_hw))
+    def vae_decoder(self, latent_hw: tuple[int, int], vae: str = "full") -> VaeDecoder:
+        name = self.folder.vae(vae).decoder
+        return self._get((name, latent_hw), lambda: VaeDecoder(self.runtime, self.folder, latent_hw, name))
 
-    def vae_encoder(self, image_hw: tuple[int, int]) -> VaeEncoder:
-        return self._get(("vae_encoder", image_hw), lambda: VaeEncoder(self.runtime, self.folder, image_hw))
+    def vae_encoder(self, image_hw: tuple[int, int], vae: str = "full") -> VaeEncoder:
+        name = self.folder.vae(vae).encoder
+        return self._get((name, image_hw), lambda: VaeEncoder(self.runtime, self.folder, image_hw, name))
 
     def _release(self, component: str) -> None:
         for key in [k for k in self._components if k[0] == component]:
@@ -181,21 +191,28 @@ class StableDiffusionEngine:
 
     def make_scheduler(self, name: str | None):
         """The scheduler diffusers would run: the model's own as its pipeline loads it, or
-        `name` configured as `XScheduler.from_config(pipe.scheduler.config)` does."""
+        `name` configured as `XScheduler.from_config(pipe.scheduler.config)` does.
+
+        A Latent Consistency Model runs with lcm only, made from the model's config as it is
+        (diffusers' LCM pipelines make no load-time fix-ups)."""
         raw = self.folder.scheduler_config
         try:
+            if self.folder.is_lcm:
+                if name not in (None, "lcm"):
+                    raise UsageError(f"--scheduler {name}: this is a Latent Consistency Model (its UNet takes "
+                                     "timestep_cond), which runs with --scheduler lcm only")
+                return create_scheduler("lcm", raw)
             own = name_for_diffusers_class(str(raw.get("_class_name")))
             if name is None or name == own:
                 return create_scheduler(None, raw, sd_pipeline=True)
-            fixed = dict(raw)
-            # the pipeline's load-time fix-ups that land in pipe.scheduler.config as set values
-            if "steps_offset" in fixed and fixed["steps_offset"] != 1:
-                fixed["steps_offset"] = 1
-            if fixed.get("clip_sample") is True:
-                fixed["clip_sample"] = False
-            return create_scheduler(name, fixed)
+            return create_scheduler(name, pipeline_switch_config(raw))
         except ValueError as exc:
             raise UsageError(f"scheduler: {exc}") from None
+
+    def classifier_free_guidance(self, guidance_scale: float) -> bool:
+        """Whether the UNet runs on [negative, prompt] pairs: guidance above 1, unless the UNet is
+        an LCM's, which takes the guidance as an embedding instead (diffusers' rule too)."""
+        return guidance_scale > 1.0 and not self.folder.is_lcm
 
     # -- stage 1: prompt ---------------------------------------------------------------
     def _chunks(self, text: str, emphasis: bool) -> list[Chunk]:
@@ -216,6 +233,9 @@ class StableDiffusionEngine:
         texts = [negative_prompt, prompt] if guidance else [prompt]
         chunked = [self._chunks(text, emphasis) for text in texts]
         warnings = []
+        if self.folder.is_lcm and negative_prompt.strip():
+            warnings.append("a Latent Consistency Model takes no negative prompt (its guidance is built in); "
+                            "the negative prompt is ignored")
         if self._fixed_sequence is None:
             self._fixed_sequence = self.folder.unet_sequence_length or 0
         if self._fixed_sequence:
@@ -231,10 +251,11 @@ class StableDiffusionEngine:
                 chunks += chunk_prompt([], [], t.bos, t.eos, t.pad, t.comma)
         return chunked, warnings
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool, emphasis: bool = True) -> tuple[np.ndarray, list[str]]:
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool, emphasis: bool = True,
+                      clip_skip: int = 1) -> tuple[np.ndarray, list[str]]:
         """Return the UNet context ([uncond, cond] when guidance is on) and any warnings."""
         chunked, warnings = self.prompt_chunks(prompt, negative_prompt, guidance, emphasis)
-        encoder = self.text_encoder()
+        encoder = self.text_encoder(clip_skip)
         started = time.perf_counter()
         rows = []
         for chunks in chunked:
@@ -267,20 +288,33 @@ class StableDiffusionEngine:
         """Return (latents, timesteps to run)."""
         f = self.folder.vae_scale_factor
         shape = (1, self.folder.latent_channels, height // f, width // f)
-        scheduler.set_timesteps(config.steps)
+        self._set_timesteps(config, scheduler)
         if config.init_image is None:
             latents = rng.randn(shape) * np.float32(scheduler.init_noise_sigma)
             return latents.astype(np.float32), list(scheduler.timesteps)
 
-        timesteps = self._strength_timesteps(config, scheduler)
+        # an LCM's img2img runs the whole schedule _set_timesteps made from the strength
+        timesteps = list(scheduler.timesteps) if self.folder.is_lcm else self._strength_timesteps(config, scheduler)
         image = image_io.resize(config.init_image, width, height)
-        mean, logvar = self.vae_encoder((height, width))(image_io.to_model_input(image))
+        mean, logvar = self.vae_encoder((height, width), config.vae)(image_io.to_model_input(image))
         if self.low_memory:
-            self._release("vae_encoder")
-        init_latents = self._latent_sample(mean, logvar, rng)
+            self._release(self.folder.vae(config.vae).encoder)
+        init_latents = self._latent_sample(mean, logvar, rng, config.vae)
         noise = rng.randn(shape)
         latents = scheduler.add_noise(init_latents, noise, timesteps[0])
         return latents.astype(np.float32), timesteps
+
+    def _set_timesteps(self, config: GenerationConfig, scheduler) -> None:
+        """scheduler.set_timesteps(steps).  An LCM model's img2img takes its `steps` timesteps from
+        the first `strength` part of the LCM schedule (LatentConsistencyModelImg2ImgPipeline),
+        where Stable Diffusion's drops the first steps of the whole schedule."""
+        try:
+            if self.folder.is_lcm and config.init_image is not None and config.mask is None:
+                scheduler.set_timesteps(config.steps, strength=config.strength)
+            else:
+                scheduler.set_timesteps(config.steps)
+        except ValueError as exc:
+            raise UsageError(f"--steps {config.steps}: {exc}") from None
 
     @staticmethod
     def _strength_timesteps(config: GenerationConfig, scheduler) -> list:
@@ -296,15 +330,16 @@ class StableDiffusionEngine:
         scheduler.set_begin_index(t_start * scheduler.order)
         return timesteps
 
-    def _latent_sample(self, mean: np.ndarray, logvar: np.ndarray | None, rng) -> np.ndarray:
+    def _latent_sample(self, mean: np.ndarray, logvar: np.ndarray | None, rng, vae: str = "full") -> np.ndarray:
         """The VAE encoder's latents, scaled: a sample of its distribution (one draw from
-        `rng`, as diffusers' latent_dist.sample(generator)), or its output as it is."""
+        `rng`, as diffusers' latent_dist.sample(generator)), or its output as it is (no
+        draw: the tiny VAE's encoder, as diffusers' retrieve_latents with AutoencoderTiny)."""
         if logvar is None:
             sample = mean
         else:
             std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
             sample = mean + std * rng.randn(mean.shape)
-        return (np.float32(self.folder.scaling_factor) * sample).astype(np.float32)
+        return (np.float32(self.folder.vae(vae).scaling_factor) * sample).astype(np.float32)
 
     def prepare_inpaint(self, config: GenerationConfig, scheduler, rng, width: int, height: int):
         """Inpainting's stage 2: return (latents, timesteps to run, Inpainting).
@@ -323,20 +358,20 @@ class StableDiffusionEngine:
             )
         f = self.folder.vae_scale_factor
         shape = (1, self.folder.latent_channels, height // f, width // f)
-        scheduler.set_timesteps(config.steps)
+        self._set_timesteps(config, scheduler)
         timesteps = self._strength_timesteps(config, scheduler)
         strength_max = config.strength == 1.0
         image = image_io.resize(config.init_image, width, height)
         pixels = image_io.to_model_input(image)
         soft, binary = prepare_mask(config.mask, width, height, config.mask_blur)
-        encoder = self.vae_encoder((height, width))
+        encoder = self.vae_encoder((height, width), config.vae)
 
         sampled = []  # whether the encoder gives a distribution to sample from
 
         def encode(x):
             mean, logvar = encoder(x)
             sampled.append(logvar is not None)
-            return self._latent_sample(mean, logvar, rng)
+            return self._latent_sample(mean, logvar, rng, config.vae)
 
         image_latents = None
         if not nine or not strength_max:
@@ -352,7 +387,7 @@ class StableDiffusionEngine:
         elif sampled[0]:
             rng.randn(image_latents.shape)  # diffusers draws the unused masked-image sample too
         if self.low_memory:
-            self._release("vae_encoder")
+            self._release(self.folder.vae(config.vae).encoder)
         state = Inpainting(
             nine_channel=nine,
             mask_latent=np.ascontiguousarray(binary[::f, ::f])[None, None].astype(np.float32),
@@ -371,6 +406,9 @@ class StableDiffusionEngine:
         """Yield the latents after every step (`inpaint`: the Inpainting of prepare_inpaint)."""
         guidance = context.shape[0] == 2
         unet = self.denoising_unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1], deepcache)
+        extra = {}
+        if self.folder.is_lcm:
+            extra["timestep_cond"] = guidance_scale_embedding(guidance_scale - 1, self.folder.time_cond_proj_dim)
         for i, t in enumerate(timesteps):
             started = time.perf_counter()
             x = scheduler.scale_model_input(latents, t).astype(np.float32)
@@ -379,7 +417,7 @@ class StableDiffusionEngine:
             if guidance:
                 x = np.concatenate([x, x], axis=0)
             t_unet = time.perf_counter()
-            out = unet(x, t, context)
+            out = unet(x, t, context, **extra)
             self.unet_seconds += time.perf_counter() - t_unet
             if guidance:
                 uncond, cond = out[0:1], out[1:2]
@@ -390,9 +428,9 @@ class StableDiffusionEngine:
             yield latents, StepInfo(i, len(timesteps), float(t), time.perf_counter() - started)
 
     # -- stage 4: decode ---------------------------------------------------------------
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        decoder = self.vae_decoder(latents.shape[2:])
-        return image_io.to_pixels(decoder(latents / np.float32(self.folder.scaling_factor)))
+    def decode(self, latents: np.ndarray, vae: str = "full") -> np.ndarray:
+        decoder = self.vae_decoder(latents.shape[2:], vae)
+        return image_io.to_pixels(decoder(latents / np.float32(self.folder.vae(vae).scaling_factor)))
 
     # -- all four ----------------------------------------------------------------------
     def generate(
@@ -403,13 +441,15 @@ class StableDiffusionEngine:
         release_unet: bool = False,
     ) -> Result:
         config.validate()
+        self.folder.vae(config.vae)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         width, height = self.resolve_size(config)
-        guidance = config.guidance_scale > 1.0
+        guidance = self.classifier_free_guidance(config.guidance_scale)
         scheduler = self.make_scheduler(config.scheduler)
         if context is None:
-            context, _ = self.encode_prompt(config.prompt, config.negative_prompt, guidance, config.emphasis)
+            context, _ = self.encode_prompt(config.prompt, config.negative_prompt, guidance, config.emphasis,
+                                            config.clip_skip)
             timings["encode_prompt"] = self.timings["encode_prompt"]
 
         t0 = time.perf_counter()
@@ -440,11 +480,11 @@ class StableDiffusionEngine:
             self.release_unet()
 
         t0 = time.perf_counter()
-        image = self.decode(latents)
+        image = self.decode(latents, config.vae)
         if inpaint is not None:
             image = inpaint.finish(image)
         if self.low_memory:
-            self._release("vae_decoder")
+            self._release(self.folder.vae(config.vae).decoder)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         return Result(image, config.seed, width, height, scheduler.name, timings)
