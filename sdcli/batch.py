@@ -36,6 +36,7 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -281,41 +282,58 @@ class RowRunner:
     """A compiled engine plus small caches: runs one Job at a time.  Used by the loop here and,
     one per worker, by `sdcli batch --ray` (sdcli/batch_ray.py)."""
 
-    def __init__(self, model_dir: Path, device: str, precision: str, rng: str, threads: Optional[int] = None):
+    def __init__(self, model_dir: Path, device: str, precision: str, rng: str, threads: Optional[int] = None,
+                 streams: Optional[int] = None):
+        """`streams`: compile for throughput (see Runtime) so that several threads can run rows at once."""
         from .pipeline import StableDiffusionEngine
 
-        self.engine = StableDiffusionEngine(model_dir, device=device, precision=precision)
+        self.engine = StableDiffusionEngine(model_dir, device=device, precision=precision, streams=streams)
         if threads and device.upper() == "CPU":
             with contextlib.suppress(Exception):  # a worker of N CPUs on a bigger node uses N threads
                 self.engine.runtime.core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
         self.rng = rng
         self.contexts = _Cache(16)
         self.images = _Cache(4)
+        self._cache_lock = threading.Lock()
 
-    def run(self, job: Job, image: Any = None, on_step: Optional[Callable] = None,
-            release_unet: bool = False) -> RowOutput:
-        """Generate `job`; `image` is its decoded init image when the caller read it already."""
-        from .cli import a1111_parameters
-        from .image_io import encode_png, read_rgb
+    def config(self, job: Job, image: Any = None):
+        """The GenerationConfig of `job` (its init image read, or taken from the cache)."""
+        from .image_io import read_rgb
         from .pipeline import GenerationConfig
 
-        engine = self.engine
-        compile_before = sum(v for n, v in engine.timings.items() if n.startswith("compile_"))
         if image is None and job.init_image:
-            image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
+            with self._cache_lock:
+                image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
         config = GenerationConfig(
             prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
             guidance_scale=job.guidance_scale, seed=job.seed, width=job.width, height=job.height,
             scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
         )
         config.validate()
+        return config
+
+    def optimal_requests(self, job: Job) -> int:
+        """How many rows like `job` OpenVINO would run at once (compiles its UNet)."""
+        return self.engine.optimal_requests(self.config(job))
+
+    def run(self, job: Job, image: Any = None, on_step: Optional[Callable] = None,
+            release_unet: bool = False) -> RowOutput:
+        """Generate `job`; `image` is its decoded init image when the caller read it already."""
+        from .cli import a1111_parameters
+        from .image_io import encode_png
+
+        engine = self.engine
+        compile_before = sum(v for n, v in engine.timings.items() if n.startswith("compile_"))
+        config = self.config(job, image)
+        image = config.init_image
         engine.preload(config)  # the UNet for a new size compiles while the prompt is encoded
-        guidance = job.guidance_scale > 1.0
+        guidance = engine.classifier_free_guidance(job.guidance_scale)
         t0 = time.perf_counter()
         key = (job.prompt, job.negative_prompt, guidance)
-        encoded_here = key not in self.contexts
-        context, notes = self.contexts.get_or(
-            key, lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance))
+        with self._cache_lock:
+            encoded_here = key not in self.contexts
+            context, notes = self.contexts.get_or(
+                key, lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance))
         encode_seconds = time.perf_counter() - t0
         result = engine.generate(config, on_step=on_step, context=context, release_unet=release_unet)
         t0 = time.perf_counter()
@@ -501,7 +519,11 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
 
 
 def run_here(run: BatchRun) -> None:
-    """The rows one after the other in this process, on one engine."""
+    """The rows in this process, on one engine: one after the other (`--parallel 1`), or
+    several at once on a model compiled for throughput."""
+    if run.opts.parallel != 1 and len(run.todo) > 1:
+        run_concurrently(run)
+        return
     opts, report, todo = run.opts, run.report, run.todo
     runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng)
     RowSteps = _step_progress_class()
@@ -518,3 +540,62 @@ def run_here(run: BatchRun) -> None:
             run.row_failed(job, exc)
             continue
         run.row_done(job, out)
+
+
+class _Stopped(Exception):
+    """Raised in a worker thread at its next step once the batch is interrupted."""
+
+
+def run_concurrently(run: BatchRun) -> None:
+    """Several rows in flight at once, one per OpenVINO stream (`--parallel N`, or as many
+    as OpenVINO finds best for the first row's UNet with `auto`).  Workers only compute;
+    this thread writes every image and manifest line, so a finished row is recorded exactly
+    as in the sequential loop.  Ctrl-C/SIGTERM stop the workers at their next step."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    opts, report, todo = run.opts, run.report, run.todo
+    runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng, streams=opts.parallel or 0)
+    workers = opts.parallel
+    for job in todo[:8] if not workers else []:
+        try:
+            workers = runner.optimal_requests(job)
+            break
+        except Exception:  # noqa: BLE001 - a bad row is reported when its turn comes
+            continue
+    workers = max(1, min(workers, len(todo)))
+    RowSteps = _step_progress_class()
+    stop = threading.Event()
+    report.start(len(todo))
+    run.started = time.perf_counter()
+
+    def work(k: int, job: Job) -> RowOutput:
+        label = f"{job.file[:32]} ({k + 1}/{len(todo)})"
+        with RowSteps(report.progress, label, enabled=report.progress is not None) as bar:
+            def on_step(info):
+                if stop.is_set():
+                    raise _Stopped()
+                bar.update(info)
+
+            return runner.run(job, on_step=on_step)
+
+    queue = list(enumerate(todo))[::-1]
+    pending: list = []  # (future, job) in row order, not yet recorded
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdcli-row") as pool:
+        try:
+            while queue or pending:
+                while queue and sum(not f.done() for f, _ in pending) < workers:
+                    k, job = queue.pop()
+                    pending.append((pool.submit(work, k, job), job))
+                busy = [f for f, _ in pending if not f.done()]
+                if busy:
+                    wait(busy, return_when=FIRST_COMPLETED)
+                # recorded in row order, as the sequential loop does (stdout and manifest alike)
+                while pending and pending[0][0].done():
+                    future, job = pending.pop(0)
+                    if future.exception() is None:
+                        run.row_done(job, future.result())
+                    else:
+                        run.row_failed(job, future.exception())
+        except BaseException:
+            stop.set()  # the pool's exit waits for the workers, each within one step
+            raise

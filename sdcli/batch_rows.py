@@ -57,6 +57,7 @@ class BatchOptions:
     quiet: bool = False
     as_json: bool = False
     debug: bool = False
+    parallel: int = 0  # rows in flight at once: 0 as many as OpenVINO finds best (throughput), 1 one at a time
     ray: Optional[str] = None  # run the rows on a Ray cluster: "auto", "local" or an address (batch_ray.py)
     ray_cpus_per_actor: Optional[int] = None  # default: one worker per node, with all its CPUs
     shared_output: bool = False  # Ray workers write into DIR themselves (DIR shared by every node)

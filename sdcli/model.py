@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -228,7 +229,21 @@ def _float_timestep(model) -> bool:
     return True
 
 
-class TextEncoder:
+class _Compiled:
+    """A compiled component; each thread gets its own infer request, so that several rows
+    can run at once on a model compiled for throughput."""
+
+    compiled = None
+
+    @property
+    def request(self):
+        local = self.__dict__.setdefault("_local", threading.local())
+        if not hasattr(local, "request"):
+            local.request = self.compiled.create_infer_request()
+        return local.request
+
+
+class TextEncoder(_Compiled):
     def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1):
         """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...)."""
         from .clip_skip import skip_layers
@@ -236,14 +251,13 @@ class TextEncoder:
         component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
         self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), {"input_ids": [1, seq_len]},
                                                     prepare=lambda model: skip_layers(model, clip_skip))
-        self.request = self.compiled.create_infer_request()
 
     def __call__(self, input_ids: np.ndarray) -> np.ndarray:
         self.request.infer({0: input_ids})
         return self.request.get_output_tensor(0).data.copy()
 
 
-class UNet:
+class UNet(_Compiled):
     def __init__(self, runtime: Runtime, folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int,
                  variant: str | None = None):
         """`variant`: None for the UNet as it is, or one of deepcache.VARIANTS."""
@@ -267,7 +281,6 @@ class UNet:
                 edit(model, shapes)
 
         self.compiled, self._mapping = runtime.load(component, folder.ir("unet"), shapes, prepare=prepare)
-        self.request = self.compiled.create_infer_request()
         import openvino as ov
 
         self.float_timestep = self.compiled.input("timestep").get_element_type() == ov.Type.f32
@@ -284,25 +297,23 @@ class UNet:
         return self.request.get_output_tensor(index).data.copy()
 
 
-class VaeDecoder:
+class VaeDecoder(_Compiled):
     def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int],
                  component: str = "vae_decoder"):
         shapes = {"latent_sample": [1, folder.latent_channels, *latent_hw]}
         self.compiled, self._mapping = runtime.load(component, folder.ir(component), shapes)
-        self.request = self.compiled.create_infer_request()
 
     def __call__(self, latents: np.ndarray) -> np.ndarray:
         self.request.infer({0: latents})
         return self.request.get_output_tensor(0).data.copy()
 
 
-class VaeEncoder:
+class VaeEncoder(_Compiled):
     def __init__(self, runtime: Runtime, folder: ModelFolder, image_hw: tuple[int, int],
                  component: str = "vae_encoder"):
         if not folder.ir(component).is_file():
             raise UsageError(f"model folder {folder.root} has no {component}/, which --init-image needs")
         self.compiled, self._mapping = runtime.load(component, folder.ir(component), {"sample": [1, 3, *image_hw]})
-        self.request = self.compiled.create_infer_request()
         self.latent_channels = folder.latent_channels
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -6,6 +6,7 @@ Text-to-image and image-to-image differ only in how the latents are prepared; in
 """
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,24 +104,41 @@ class StableDiffusionEngine:
         precision: str = "auto",
         cache_dir: Path | None | bool = True,
         low_memory: bool = False,
+        streams: int | None = None,
     ):
         """`low_memory` keeps only one large component in memory at a time (each is
-        loaded again when needed next: slower for several images, same result)."""
+        loaded again when needed next: slower for several images, same result).
+        `streams` compiles for throughput (see Runtime): several threads may then call
+        generate() at once, each on its own infer requests."""
         self.folder = ModelFolder.open(model_dir)
         self.low_memory = low_memory
         if cache_dir is True:
             cache_dir = default_cache_dir()
-        self.runtime = Runtime(device, precision, cache_dir or None)
+        self.runtime = Runtime(device, precision, cache_dir or None, streams)
         self.tokenizer = PromptTokenizer(self.folder.root / "tokenizer")
         self._components: dict[tuple, Future] = {}
         self._fixed_sequence: int | None = None  # the UNet's fixed text length; 0: any
         # one loader thread: components load in the order asked for, off the main thread
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load")
         self.timings: dict[str, float] = {}
-        self.unet_seconds = 0.0  # time inside UNet inference, to tell the Python loop's own cost
+        self._lock = threading.Lock()
+        self._per_thread = threading.local()
+
+    @property
+    def unet_seconds(self) -> float:
+        """Time inside UNet inference in this thread's generate(), to tell the Python loop's own cost."""
+        return getattr(self._per_thread, "unet_seconds", 0.0)
+
+    @unet_seconds.setter
+    def unet_seconds(self, value: float) -> None:
+        self._per_thread.unet_seconds = value
 
     # -- components, compiled on first use -------------------------------------------
     def _start(self, key: tuple, build: Callable[[], object]) -> Future:
+        with self._lock:
+            return self._start_locked(key, build)
+
+    def _start_locked(self, key: tuple, build: Callable[[], object]) -> Future:
         if key not in self._components:
             def timed():
                 started = time.perf_counter()
@@ -159,17 +177,26 @@ class StableDiffusionEngine:
         full, shallow = (self.unet(batch, latent_hw, seq, v) for v in self._unet_variants(deepcache))
         return DeepCacheUNet(full, shallow, deepcache)
 
-    def preload(self, config: GenerationConfig) -> None:
+    def preload(self, config: GenerationConfig) -> list[Future]:
         """Start loading the UNet for `config` in the background, so that it overlaps with
-        prompt encoding (OpenVINO releases the GIL while it loads)."""
+        prompt encoding (OpenVINO releases the GIL while it loads); returns the UNet's futures."""
         self.folder.vae(config.vae)  # a missing tiny VAE is reported before anything loads
         width, height = self.resolve_size(config)
         f = self.folder.vae_scale_factor
         guidance = self.classifier_free_guidance(config.guidance_scale)
         chunked, _ = self.prompt_chunks(config.prompt, config.negative_prompt, guidance, config.emphasis)
         self._start(*self._text_encoder_key(config.clip_skip))
-        for variant in self._unet_variants(config.deepcache):
-            self._start(*self._unet_key(2 if guidance else 1, (height // f, width // f), len(chunked[0]) * (CHUNK + 2), variant))
+        return [self._start(*self._unet_key(2 if guidance else 1, (height // f, width // f), len(chunked[0]) * (CHUNK + 2), variant))
+                for variant in self._unet_variants(config.deepcache)]
+
+    def optimal_requests(self, config: GenerationConfig) -> int:
+        """How many requests OpenVINO would keep in flight on the UNet for `config` (1 when
+        compiled for latency); compiles it if needed."""
+        compiled = self.preload(config)[0].result().compiled
+        try:
+            return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except (RuntimeError, TypeError, ValueError):
+            return 1
 
     def vae_decoder(self, latent_hw: tuple[int, int], vae: str = "full") -> VaeDecoder:
         name = self.folder.vae(vae).decoder
@@ -180,8 +207,9 @@ class StableDiffusionEngine:
         return self._get((name, image_hw), lambda: VaeEncoder(self.runtime, self.folder, image_hw, name))
 
     def _release(self, component: str) -> None:
-        for key in [k for k in self._components if k[0] == component]:
-            del self._components[key]
+        with self._lock:
+            for key in [k for k in self._components if k[0] == component]:
+                del self._components[key]
 
     def release_text_encoder(self) -> None:
         self._release("text_encoder")

@@ -91,7 +91,11 @@ def _file_id(path: Path) -> list:
 class Runtime:
     """The OpenVINO core, device, precision and blob cache shared by all components."""
 
-    def __init__(self, device: str = "CPU", precision: str = "auto", cache_dir: Path | None = None):
+    def __init__(self, device: str = "CPU", precision: str = "auto", cache_dir: Path | None = None,
+                 streams: int | None = None):
+        """`streams`: None compiles for latency (one request at a time, all cores on it);
+        0 for throughput with OpenVINO's choice of streams; N for throughput with N streams
+        (several requests run at once, each on its share of the cores)."""
         import openvino as ov
 
         if precision not in PRECISIONS:
@@ -100,13 +104,16 @@ class Runtime:
         self.device = device
         self.precision = precision
         self.cache_dir = cache_dir
+        self.streams = streams
         available = {d.split(".")[0] for d in self.core.available_devices}
         if device.split(":")[0].split(".")[0] not in available and not device.startswith(("AUTO", "HETERO", "MULTI")):
             raise UsageError(f"OpenVINO device {device!r} is not available here (have: {', '.join(self.core.available_devices)})")
 
     @property
     def config(self) -> dict:
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        config = {"PERFORMANCE_HINT": "LATENCY" if self.streams is None else "THROUGHPUT"}
+        if self.streams:
+            config["NUM_STREAMS"] = str(self.streams)
         if self.precision != "auto":
             config["INFERENCE_PRECISION_HINT"] = self.precision
         return config

@@ -255,3 +255,36 @@ def test_one_batch_at_a_time_per_folder(tiny_eps, tmp_path):
         os.close(fd)
     assert r.returncode == 2 and "another sdcli batch" in r.stderr
     assert os.listdir(out) == []
+
+
+def test_parallel_rows_give_the_sequential_images(tiny_eps, tmp_path):
+    """--parallel 3 (throughput streams, rows in flight at once) writes the same PNGs as
+    --parallel 1, each row once, and a bad row among them is still reported by line."""
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"prompt number {i}"} for i in range(6)]
+    rows[3] = {"prompt": "bad row", "steps": -1}
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folders = {}
+    for parallel in ("1", "3"):
+        out = tmp_path / f"out{parallel}"
+        r = sdcli("batch", prompts, "--output-dir", out, *common(tiny_eps), "--seed", "5", "--precision", "f32",
+                  "--parallel", parallel, "--json")
+        assert r.returncode == 1, r.stderr
+        assert "p.jsonl:4:" in r.stderr and "5 done, 1 failed" in r.stderr
+        assert len(r.stdout.splitlines()) == 5
+        folders[parallel] = out
+    entries = manifest(folders["3"])
+    assert sorted(e["index"] for e in entries) == [0, 1, 2, 4, 5]
+    assert pngs(folders["1"]) == pngs(folders["3"])
+    for name in pngs(folders["1"]):
+        assert (folders["1"] / name).read_bytes() == (folders["3"] / name).read_bytes()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "65"])
+def test_bad_parallel_value_is_exit_2(tiny_eps, tmp_path, value):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    r = sdcli("batch", prompts, "--output-dir", tmp_path / "out", *common(tiny_eps), "--parallel", value)
+    assert r.returncode == 2
+    assert "--parallel" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
