@@ -37,6 +37,9 @@ class ConvertOptions:
     force: bool = False
     allow_pickle: bool = False
     config: str | None = None  # diffusers folder or repo giving the configs of a single-file checkpoint
+    lora: str | None = None  # LoRA file, folder or Hub repo fused into the UNet (and text encoder)
+    lora_scale: float = 1.0
+    scheduler: str | None = None  # write this scheduler (one of sdcli's names) into scheduler_config.json
 
 
 def require_convert_extra() -> None:
@@ -157,11 +160,12 @@ def _wrappers():
             super().__init__()
             self.model = model
 
-        def forward(self, sample, timestep, encoder_hidden_states):
+        def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
             # The graph converts the int64 timestep to float first thing, which lets the
             # engine swap the input for a float one (Euler's timesteps are fractional).
             t = timestep.to(torch.float32)
-            return self.model(sample, t, encoder_hidden_states, return_dict=False)[0]
+            # timestep_cond: an LCM UNet's guidance-scale embedding (optimum-cli's name for it)
+            return self.model(sample, t, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
 
     class VaeEncoder(torch.nn.Module):
         def __init__(self, vae):
@@ -241,6 +245,13 @@ def convert(
         raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
     if output.exists() and not opts.force:
         raise UsageError(f"{output} already exists (pass --force to replace it)")
+    if opts.scheduler:
+        from .schedulers import resolve_scheduler_name
+
+        try:
+            resolve_scheduler_name(opts.scheduler)
+        except ValueError as exc:
+            raise UsageError(f"--scheduler: {exc}") from None
     require_convert_extra()
     if opts.weight_format == "int8":
         try:
@@ -255,6 +266,11 @@ def convert(
     torch.set_grad_enabled(False)
     log(f"loading {source}")
     unet, vae, text_encoder, tokenizer, scheduler_config, index = load_components(kind, path, opts)
+    if opts.lora:
+        log(f"fusing LoRA {opts.lora} (scale {opts.lora_scale:g})")
+        fuse_lora(unet, vae, text_encoder, tokenizer, opts.lora, opts.lora_scale)
+    if opts.scheduler:
+        scheduler_config = replacement_scheduler_config(opts.scheduler, scheduler_config, unet.config)
     TextEncoder, UNet, VaeEncoder, VaeDecoder = _wrappers()
 
     with atomic_directory(output, replace=opts.force) as tmp:
@@ -290,16 +306,15 @@ def convert(
             "timestep": torch.tensor([1, 1], dtype=torch.int64),
             "encoder_hidden_states": torch.randn(2, seq, ucfg.cross_attention_dim or hidden),
         }
-        model = _to_ov(
-            UNet(unet),
-            example,
-            [
-                (PartialShape([-1, ucfg.in_channels, -1, -1]), Type.f32),
-                (PartialShape([-1]), Type.i64),
-                (PartialShape([-1, -1, ucfg.cross_attention_dim]), Type.f32),
-            ],
-            ["out_sample"],
-        )
+        inputs = [
+            (PartialShape([-1, ucfg.in_channels, -1, -1]), Type.f32),
+            (PartialShape([-1]), Type.i64),
+            (PartialShape([-1, -1, ucfg.cross_attention_dim]), Type.f32),
+        ]
+        if ucfg.get("time_cond_proj_dim"):  # a Latent Consistency Model
+            example["timestep_cond"] = torch.randn(2, ucfg.time_cond_proj_dim)
+            inputs.append((PartialShape([-1, ucfg.time_cond_proj_dim]), Type.f32))
+        model = _to_ov(UNet(unet), example, inputs, ["out_sample"])
         _save(model, tmp / "unet", opts.weight_format)
         _write_json(tmp / "unet" / "config.json", _model_config(unet))
         del model, unet
@@ -339,6 +354,52 @@ def convert(
         )
     log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
     return output
+
+
+def fuse_lora(unet, vae, text_encoder, tokenizer, lora: str, scale: float) -> None:
+    """Fuse a LoRA (a .safetensors file, a folder holding one, or a Hub repo such as
+    latent-consistency/lcm-lora-sdv1-5) into the UNet, and into the text encoder where it has
+    weights for it, in place: diffusers' load_lora_weights, fuse_lora(lora_scale), unload."""
+    try:
+        import peft  # noqa: F401  (diffusers' LoRA loading needs it)
+    except ImportError as exc:
+        raise UsageError('--lora needs peft: pip install "sdcli[convert]"') from exc
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    path = Path(lora).expanduser()
+    if path.is_file():
+        source, kwargs = str(path.parent), {"weight_name": path.name}
+    elif path.is_dir() or (lora.count("/") == 1 and not path.exists()):
+        source, kwargs = str(path) if path.is_dir() else lora, {}
+    else:
+        raise UsageError(f"--lora: not a LoRA file, folder or Hub repo id: {lora}")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    try:
+        pipe.load_lora_weights(source, **kwargs)
+    except Exception as exc:  # diffusers raises many kinds here; the first line says which
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--lora: cannot load {lora}: {first}") from exc
+    pipe.fuse_lora(lora_scale=scale)
+    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+
+
+def replacement_scheduler_config(name: str, config: dict, unet_config) -> dict:
+    """The scheduler_config.json that makes `name` the folder's own scheduler: what `sdcli
+    generate --scheduler NAME` (diffusers' XScheduler.from_config(pipe.scheduler.config))
+    runs on the original folder."""
+    from .schedulers import create_scheduler, pipeline_switch_config, resolve_scheduler_name
+
+    try:
+        key = resolve_scheduler_name(name)
+        lcm_unet = bool(unet_config.get("time_cond_proj_dim"))
+        if lcm_unet and key != "lcm":
+            raise UsageError(f"--scheduler {name}: this is a Latent Consistency Model, which runs with lcm only")
+        scheduler = create_scheduler(key, config if lcm_unet else pipeline_switch_config(config))
+    except ValueError as exc:
+        raise UsageError(f"--scheduler: {exc}") from None
+    return {"_class_name": scheduler.diffusers_class, **scheduler.config}
 
 
 def _folder_size(folder: Path) -> int:

@@ -30,3 +30,13 @@ def guidance_scale_embedding(w: float, embedding_dim: int) -> np.ndarray:
     if embedding_dim % 2:
         emb = np.concatenate([emb, np.zeros(1, dtype=f32)])
     return emb[None, :]
+
+
+def lcm_defaults(folder, scheduler: str | None) -> tuple[int, float] | None:
+    """(steps, guidance scale) for a run that gives neither: an LCM model's (4, 8.5); an
+    LCM-LoRA's, i.e. an ordinary UNet with the lcm scheduler, (4, 1.0); None otherwise."""
+    if folder.is_lcm:
+        return LCM_STEPS, LCM_GUIDANCE
+    if scheduler == "lcm" or (scheduler is None and folder.scheduler_config.get("_class_name") == "LCMScheduler"):
+        return LCM_STEPS, LCM_LORA_GUIDANCE
+    return None

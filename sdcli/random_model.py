@@ -107,6 +107,22 @@ SD15_SCHEDULER = dict(
     steps_offset=1,
 )
 
+# A Latent Consistency Model as SimianLuo/LCM_Dreamshaper_v7: the UNet takes a guidance-scale
+# embedding of this size (`timestep_cond`), and the scheduler config is that repo's.
+LCM_TIME_COND_PROJ_DIM = 256
+LCM_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    original_inference_steps=50,
+    set_alpha_to_one=True,
+    steps_offset=1,
+    clip_sample=False,
+    timestep_scaling=10.0,
+    timestep_spacing="leading",
+)
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
@@ -148,19 +164,24 @@ def build_random_pipeline(
     scheduler_config: dict | None = None,
     torch_dtype=None,
     in_channels: int | None = None,
+    lcm: bool = False,
 ):
     """Build a random-weight StableDiffusionPipeline, save it as a diffusers folder and return it.
 
     `in_channels` overrides the UNet's (9: an inpainting UNet, saved as a
-    StableDiffusionInpaintPipeline as stable-diffusion-inpainting is)."""
+    StableDiffusionInpaintPipeline as stable-diffusion-inpainting is).  `lcm`: a Latent
+    Consistency Model (UNet with a guidance-scale embedding input, LCMScheduler), saved as a
+    LatentConsistencyModelPipeline."""
     import torch
-    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, PNDMScheduler,
+                           StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)
     tiny = any(sizes is s for s in (TINY, TINY_SD2, TINY_INPAINT))
     unet_cfg = dict(sizes["unet"]) if in_channels is None else dict(sizes["unet"], in_channels=in_channels)
+    if lcm:
+        unet_cfg["time_cond_proj_dim"] = LCM_TIME_COND_PROJ_DIM
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_cfg)
     vae = AutoencoderKL(**sizes["vae"])
@@ -172,9 +193,12 @@ def build_random_pipeline(
     write_clip_tokenizer(tok_dir, text_cfg["vocab_size"])
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77,
                               pad_token=sizes.get("pad_token", "<|endoftext|>"))
-    sched_cfg = dict(scheduler_config or SD15_SCHEDULER, prediction_type=prediction_type)
-    scheduler = PNDMScheduler(**sched_cfg)
+    default_scheduler = LCM_SCHEDULER if lcm else SD15_SCHEDULER
+    sched_cfg = dict(scheduler_config or default_scheduler, prediction_type=prediction_type)
+    scheduler = (LCMScheduler if lcm else PNDMScheduler)(**sched_cfg)
     pipeline_class = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
+    if lcm:
+        pipeline_class = LatentConsistencyModelPipeline
     pipe = pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
@@ -227,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-channels", type=int, default=None,
                         help="the UNet's input channels (9: an inpainting UNet) [default: 4]")
+    parser.add_argument("--lcm", action="store_true",
+                        help="a Latent Consistency Model (as SimianLuo/LCM_Dreamshaper_v7: time_cond_proj_dim 256, "
+                             "LCMScheduler)")
     args = parser.parse_args(argv)
     import os
 
@@ -234,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed,
-                          in_channels=args.in_channels)
+                          in_channels=args.in_channels, lcm=args.lcm)
     print(args.output)
 
 

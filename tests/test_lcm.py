@@ -148,3 +148,304 @@ def test_guidance_embedding_matches_diffusers(guidance, dim):
     # sin/cos of angles up to 1000 w: one float32 ulp of such an angle is up to 5e-4
     np.testing.assert_allclose(ours, ref, atol=1e-3)
     assert np.mean(ours == ref) > 0.85
+
+
+# ---------------------------------------------------------------------------------------------------
+# tiny random LCM models, converted; `sdcli generate --rng torch --precision f32` against diffusers
+# ---------------------------------------------------------------------------------------------------
+
+PROMPT = "a photo of an astronaut riding a horse"
+SEED = 1234
+
+
+class Converted:
+    def __init__(self, diffusers_dir, ov_dir):
+        self.diffusers_dir, self.ov_dir = diffusers_dir, ov_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_lcm(tmp_path_factory):
+    from sdcli.convert import ConvertOptions, convert
+    from sdcli.random_model import TINY, build_random_pipeline
+
+    root = tmp_path_factory.mktemp("lcm")
+    build_random_pipeline(root / "tiny-lcm", TINY, seed=3, lcm=True)
+    convert(str(root / "tiny-lcm"), root / "tiny-lcm-ov", ConvertOptions(weight_format="fp32"), log=lambda s: None)
+    return Converted(root / "tiny-lcm", root / "tiny-lcm-ov")
+
+
+def _lcm_pipe(model, img2img=False):
+    import diffusers
+    import torch
+
+    pipe = diffusers.LatentConsistencyModelPipeline.from_pretrained(model.diffusers_dir, torch_dtype=torch.float32)
+    if img2img:
+        pipe = diffusers.LatentConsistencyModelImg2ImgPipeline(**pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _np_pixels(images) -> np.ndarray:
+    return (images[0] * 255).round().astype(np.int16)
+
+
+def sdcli_pixels(ov_dir, tmp_path, *extra) -> np.ndarray:
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+    from sdcli.image_io import read_rgb
+
+    out = tmp_path / "out.png"
+    args = ["generate", "--model", str(ov_dir), "--prompt", PROMPT, "--seed", str(SEED), "--rng", "torch",
+            "--precision", "f32", "--output", str(out), "--quiet", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return read_rgb(out).astype(np.int16)
+
+
+def compare(ours, theirs, log, **row) -> None:
+    assert ours.shape == theirs.shape
+    diff = np.abs(ours - theirs)
+    log.append({**row, "max": int(diff.max()), "mean": float(diff.mean())})
+    assert theirs.std() > 10  # the images must have content for the comparison to mean anything
+    assert diff.max() <= 2, f"max pixel difference {diff.max()} > 2"
+
+
+def test_convert_exports_timestep_cond_as_optimum_cli_names_it(tiny_lcm):
+    import openvino as ov
+
+    from sdcli.model import ModelFolder
+
+    unet = ov.Core().read_model(tiny_lcm.ov_dir / "unet" / "openvino_model.xml")
+    names = [port.get_any_name() for port in unet.inputs]
+    assert names == ["sample", "timestep", "encoder_hidden_states", "timestep_cond"]
+    assert unet.input("timestep_cond").get_partial_shape()[1] == 256
+    folder = ModelFolder.open(tiny_lcm.ov_dir)
+    assert folder.is_lcm and folder.time_cond_proj_dim == 256
+    assert folder.scheduler_config["_class_name"] == "LCMScheduler"
+
+
+@pytest.mark.parametrize("width,height", [(64, 64), (96, 64)])
+def test_txt2img_matches_latent_consistency_pipeline(tiny_lcm, width, height, tmp_path, parity_log):
+    import torch
+
+    theirs = _np_pixels(_lcm_pipe(tiny_lcm)(
+        PROMPT, num_inference_steps=4, guidance_scale=8.0, width=width, height=height,
+        generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path, "--steps", "4", "--guidance-scale", "8",
+                        "--width", str(width), "--height", str(height))
+    compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode="txt2img", size=f"{width}x{height}")
+
+
+def test_lcm_defaults_are_the_lcm_pipelines(tiny_lcm, tmp_path, parity_log):
+    """No --steps / --guidance-scale / --scheduler: 4 steps at guidance 8.5 with the LCM scheduler."""
+    import torch
+
+    theirs = _np_pixels(_lcm_pipe(tiny_lcm)(PROMPT, generator=torch.Generator().manual_seed(SEED),
+                                            output_type="np").images)
+    ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path)
+    compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode="txt2img default", size="64x64")
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
+def test_img2img_matches_latent_consistency_img2img_pipeline(tiny_lcm, strength, init_image_file, tmp_path,
+                                                             parity_log):
+    import torch
+    from PIL import Image
+
+    theirs = _np_pixels(_lcm_pipe(tiny_lcm, img2img=True)(
+        PROMPT, image=Image.open(init_image_file).convert("RGB"), strength=strength, num_inference_steps=4,
+        guidance_scale=8.0, generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path, "--steps", "4", "--guidance-scale", "8",
+                        "--init-image", str(init_image_file), "--strength", str(strength))
+    compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode=f"img2img {strength}", size="96x64")
+
+
+def test_guidance_changes_the_image_and_negative_prompt_is_ignored_with_a_warning(tiny_lcm, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+    from sdcli.image_io import read_rgb
+
+    base = ["generate", "--model", str(tiny_lcm.ov_dir), "--prompt", PROMPT, "--seed", "5", "--precision", "f32"]
+    runs = {}
+    for name, extra in {"g8": ["-g", "8"], "g2": ["-g", "2"], "neg": ["-g", "8", "-n", "blurry"]}.items():
+        result = CliRunner().invoke(app, [*base, *extra, "--output", str(tmp_path / f"{name}.png")])
+        assert result.exit_code == 0, result.output
+        runs[name] = (read_rgb(tmp_path / f"{name}.png").astype(np.int16), result.output)
+    assert np.abs(runs["g8"][0] - runs["g2"][0]).max() > 10  # the embedding reaches the UNet
+    assert np.array_equal(runs["g8"][0], runs["neg"][0])
+    assert "no negative prompt" in runs["neg"][1] and "no negative prompt" not in runs["g8"][1]
+
+
+def test_other_schedulers_and_impossible_schedules_are_usage_errors(tiny_lcm, tmp_path, init_image_file):
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+
+    base = ["generate", "--model", str(tiny_lcm.ov_dir), "--prompt", PROMPT, "--output", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(app, [*base, "--scheduler", "euler"])
+    assert result.exit_code == 2 and "lcm only" in result.output
+    result = CliRunner().invoke(app, [*base, "--steps", "60"])
+    assert result.exit_code == 2 and "original_inference_steps" in result.output
+    result = CliRunner().invoke(app, [*base, "--init-image", str(init_image_file), "--strength", "0.05"])
+    assert result.exit_code == 2 and "strength" in result.output
+
+
+def test_openvino_genai_lcm_pipeline_runs_our_folder_with_the_same_pixels(tiny_lcm, parity_log):
+    ov_genai = pytest.importorskip("openvino_genai")
+    import openvino as ov
+
+    from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
+
+    class SameNoise(ov_genai.Generator):
+        def __init__(self, seed):
+            ov_genai.Generator.__init__(self)
+            self.rng = TorchRNG(seed)
+
+        def next(self):
+            raise NotImplementedError
+
+        def randn_tensor(self, shape):
+            return ov.Tensor(self.rng.randn(tuple(shape)))
+
+    pipe = ov_genai.Text2ImagePipeline(str(tiny_lcm.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
+    theirs = pipe.generate(PROMPT, width=64, height=64, num_inference_steps=4, guidance_scale=8.0,
+                           generator=SameNoise(SEED)).data[0].astype(np.int16)
+    engine = StableDiffusionEngine(tiny_lcm.ov_dir, precision="f32")
+    ours = engine.generate(GenerationConfig(prompt=PROMPT, steps=4, guidance_scale=8.0, seed=SEED,
+                                            width=64, height=64)).image.astype(np.int16)
+    compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode="genai txt2img", size="64x64")
+
+
+# ---------------------------------------------------------------------------------------------------
+# LCM-LoRA: a LoRA fused into an ordinary model at convert time, run with the lcm scheduler
+# ---------------------------------------------------------------------------------------------------
+
+LORA_SCALE = 0.7
+
+
+def make_random_lora(diffusers_dir, out_dir) -> None:
+    """A random LoRA on the tiny model's UNet (attention, feed-forward, resnet convolutions and
+    time projections, as LCM-LoRA's) and text encoder, saved as diffusers saves LoRAs."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(diffusers_dir, torch_dtype=torch.float32)
+    torch.manual_seed(0)
+    pipe.unet.add_adapter(LoraConfig(
+        r=4, lora_alpha=4, init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                        "conv1", "conv2", "time_emb_proj"]))
+    pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    StableDiffusionPipeline.save_lora_weights(
+        out_dir,
+        unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(tiny_eps, tmp_path_factory):
+    """tiny_eps with a random LoRA fused in, converted with --scheduler lcm."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+
+    root = tmp_path_factory.mktemp("lora")
+    make_random_lora(tiny_eps.diffusers_dir, root / "lora")
+    out = root / "tiny-lora-ov"
+    result = CliRunner().invoke(app, ["convert", str(tiny_eps.diffusers_dir), "--output", str(out), "--weight-format",
+                                      "fp32", "--lora", str(root / "lora" / "pytorch_lora_weights.safetensors"),
+                                      "--lora-scale", str(LORA_SCALE), "--scheduler", "lcm", "--quiet"])
+    assert result.exit_code == 0, result.output
+    model = Converted(tiny_eps.diffusers_dir, out)
+    model.lora_dir = root / "lora"
+    return model
+
+
+def _fused_pipe(model, img2img=False):
+    import diffusers
+    import torch
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(model.diffusers_dir, torch_dtype=torch.float32)
+    pipe.load_lora_weights(model.lora_dir)
+    pipe.fuse_lora(lora_scale=LORA_SCALE)
+    pipe.scheduler = diffusers.LCMScheduler.from_config(pipe.scheduler.config)
+    if img2img:
+        pipe = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_lora_convert_writes_lcm_scheduler_and_fused_weights(tiny_lora, tiny_eps):
+    import json
+
+    config = json.loads((tiny_lora.ov_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "LCMScheduler" and config["original_inference_steps"] == 50
+    assert config["beta_schedule"] == "scaled_linear" and config["steps_offset"] == 1
+    # the fused weights differ from the plain model's in both the UNet and the text encoder
+    for component in ("unet", "text_encoder"):
+        fused = (tiny_lora.ov_dir / component / "openvino_model.bin").read_bytes()
+        plain = (tiny_eps.ov_dir / component / "openvino_model.bin").read_bytes()
+        assert len(fused) == len(plain) and fused != plain
+
+
+@pytest.mark.parametrize("guidance,negative", [(1.0, ""), (2.0, "blurry")])
+def test_lcm_lora_txt2img_matches_diffusers_with_the_lora_fused(tiny_lora, guidance, negative, tmp_path,
+                                                               parity_log):
+    """Guidance 1 (the default with the lcm scheduler): one batch-1 UNet call per step; guidance 2:
+    an ordinary UNet still runs the classifier-free guidance batch, as in diffusers."""
+    import torch
+
+    theirs = _np_pixels(_fused_pipe(tiny_lora)(
+        PROMPT, negative_prompt=negative or None, num_inference_steps=4, guidance_scale=guidance,
+        width=64, height=64, generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    extra = ["--negative-prompt", negative] if negative else []
+    if guidance != 1.0:
+        extra += ["--guidance-scale", str(guidance)]
+    # 4 steps: the default with the lcm scheduler
+    ours = sdcli_pixels(tiny_lora.ov_dir, tmp_path, "--width", "64", "--height", "64", *extra)
+    compare(ours, theirs, parity_log, model="lcm-lora", scheduler="lcm", mode=f"txt2img g{guidance:g}",
+            size="64x64")
+
+
+def test_lcm_lora_img2img_matches_diffusers_with_the_lora_fused(tiny_lora, init_image_file, tmp_path, parity_log):
+    import torch
+    from PIL import Image
+
+    theirs = _np_pixels(_fused_pipe(tiny_lora, img2img=True)(
+        PROMPT, image=Image.open(init_image_file).convert("RGB"), strength=0.6, num_inference_steps=6,
+        guidance_scale=1.0, generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    ours = sdcli_pixels(tiny_lora.ov_dir, tmp_path, "--steps", "6", "--init-image", str(init_image_file),
+                        "--strength", "0.6")
+    compare(ours, theirs, parity_log, model="lcm-lora", scheduler="lcm", mode="img2img 0.6", size="96x64")
+
+
+def test_lcm_scheduler_at_generate_time_on_the_plain_lora_folder(tiny_lora, tiny_eps, tmp_path):
+    """`generate --scheduler lcm` on a folder converted with --lora but without --scheduler lcm
+    gives the same image as the folder whose own scheduler is lcm."""
+    from sdcli.convert import ConvertOptions, convert
+
+    plain = tmp_path / "lora-pndm-ov"
+    convert(str(tiny_eps.diffusers_dir), plain,
+            ConvertOptions(weight_format="fp32", lora=str(tiny_lora.lora_dir), lora_scale=LORA_SCALE),
+            log=lambda s: None)
+    ours = sdcli_pixels(plain, tmp_path, "--scheduler", "lcm", "-W", "64", "-H", "64")
+    assert np.array_equal(ours, sdcli_pixels(tiny_lora.ov_dir, tmp_path, "-W", "64", "-H", "64"))
+
+
+def test_lora_errors(tiny_eps, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+
+    base = ["convert", str(tiny_eps.diffusers_dir), "--output", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, [*base, "--lora", str(tmp_path / "missing.safetensors")])
+    assert result.exit_code == 2 and "--lora" in result.output
+    result = CliRunner().invoke(app, [*base, "--scheduler", "nope"])
+    assert result.exit_code == 2 and "unknown scheduler" in result.output
+    assert not (tmp_path / "x").exists()

@@ -79,6 +79,7 @@ __all__ = [
     "create_scheduler",
     "resolve_scheduler_name",
     "apply_sd_pipeline_fixups",
+    "pipeline_switch_config",
     "scheduler_names",
     "name_for_diffusers_class",
 ]
@@ -106,6 +107,18 @@ def name_for_diffusers_class(class_name: str) -> str:
     except KeyError:
         supported = ", ".join(f"{cls} ({name})" for cls, name in _BY_DIFFUSERS_CLASS.items())
         raise ValueError(f"scheduler class {class_name!r} is not supported; supported: {supported}") from None
+
+
+def pipeline_switch_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config another scheduler is built from when a diffusers Stable Diffusion pipeline switches
+    to it (``XScheduler.from_config(pipe.scheduler.config)``): the model's, with the fix-ups the
+    pipeline made at load time (see ``apply_sd_pipeline_fixups``) as set values."""
+    fixed = dict(model_config)
+    if "steps_offset" in fixed and fixed["steps_offset"] != 1:
+        fixed["steps_offset"] = 1
+    if fixed.get("clip_sample") is True:
+        fixed["clip_sample"] = False
+    return fixed
 
 
 def apply_sd_pipeline_fixups(scheduler: Scheduler) -> Scheduler:
