@@ -40,6 +40,7 @@ class ConvertOptions:
     lora: str | None = None  # LoRA file, folder or Hub repo fused into the UNet (and text encoder)
     lora_scale: float = 1.0
     scheduler: str | None = None  # write this scheduler (one of sdcli's names) into scheduler_config.json
+    tiny_vae: str | None = None  # AutoencoderTiny folder or repo to add as vae_decoder_tiny/, vae_encoder_tiny/
 
 
 def require_convert_extra() -> None:
@@ -264,8 +265,16 @@ def convert(
     from openvino import PartialShape, Type
 
     torch.set_grad_enabled(False)
+    taesd = None
+    if opts.tiny_vae:
+        from .tiny_vae import check_matches, export_tiny_vae, load_tiny_vae
+
+        log(f"loading {opts.tiny_vae}")
+        taesd = load_tiny_vae(opts.tiny_vae)
     log(f"loading {source}")
     unet, vae, text_encoder, tokenizer, scheduler_config, index = load_components(kind, path, opts)
+    if taesd is not None:
+        check_matches(taesd.config, vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1))
     if opts.lora:
         log(f"fusing LoRA {opts.lora} (scale {opts.lora_scale:g})")
         fuse_lora(unet, vae, text_encoder, tokenizer, opts.lora, opts.lora_scale)
@@ -344,13 +353,17 @@ def convert(
         _write_json(tmp / "vae_decoder" / "config.json", _model_config(vae))
         del model, vae
         gc.collect()
+        if taesd is not None:
+            log("[5/6] vae_encoder_tiny, vae_decoder_tiny")
+            export_tiny_vae(taesd, tmp, opts.weight_format)
 
         step(6, "model_index.json")
         index = {k: v for k, v in index.items() if not (isinstance(v, list) and v[0] is None)}
         _write_json(tmp / "model_index.json", index)
         _write_json(
             tmp / "sdcli.json",
-            {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(time.perf_counter() - started, 1)},
+            {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(time.perf_counter() - started, 1),
+             **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {})},
         )
     log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
     return output

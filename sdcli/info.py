@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
-COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "vae_encoder_tiny", "vae_decoder_tiny")
 
 
 def describe_runtime() -> dict:

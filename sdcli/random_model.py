@@ -236,6 +236,58 @@ def _spread_weights(*modules, seed: int = 0) -> None:
                     p.copy_(0.05 * torch.randn(p.shape, generator=g))
 
 
+# The tiny autoencoder (TAESD) for the tiny models: 4 latent channels and one 2x step,
+# as TINY's VAE.  TAESD's channel counts must be equal within the encoder and the decoder.
+TINY_TAESD = dict(
+    encoder_block_out_channels=(16, 16),
+    decoder_block_out_channels=(16, 16),
+    num_encoder_blocks=(1, 2),
+    num_decoder_blocks=(2, 1),
+    latent_channels=4,
+)
+# madebyollin/taesd (SD 1.x/2.x) is AutoencoderTiny's default architecture.
+TAESD: dict = {}
+
+
+def build_random_taesd(out_dir: str | Path, sizes: dict = TINY_TAESD, seed: int = 0):
+    """Build a random-weight diffusers AutoencoderTiny, save it to `out_dir` and return it."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    taesd = AutoencoderTiny(**sizes)
+    if sizes is TINY_TAESD:
+        _spread_weights(taesd, seed=seed)
+        _normalise_taesd_outputs(taesd, seed)
+    taesd.save_pretrained(out_dir)
+    return taesd
+
+
+def _normalise_taesd_outputs(taesd, seed: int) -> None:
+    """Rescale the last convolutions of random weights so that decoded pixels spread over
+    [-1, 1] without clipping much and encoded latents have unit spread, as trained ones do
+    (otherwise most pixels clip and parity tests compare little)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 2)
+    factor = 2 ** (len(taesd.config.encoder_block_out_channels) - 1)
+    with torch.no_grad():
+        latents = torch.randn(2, taesd.config.latent_channels, 16, 16, generator=g)
+        pixels = taesd.decode(latents).sample
+        last = taesd.decoder.layers[-1]
+        last.bias -= pixels.mean(dim=(0, 2, 3)) / 2  # the decoder outputs 2 * layers(x) - 1
+        spread = pixels.std(dim=(0, 2, 3)) / 0.6
+        last.weight /= spread[:, None, None, None]
+        last.bias /= spread
+        images = torch.rand(2, 3, 16 * factor, 16 * factor, generator=g) * 2 - 1
+        encoded = taesd.encode(images).latents
+        last = taesd.encoder.layers[-1]
+        last.bias -= encoded.mean(dim=(0, 2, 3))
+        spread = encoded.std(dim=(0, 2, 3))
+        last.weight /= spread[:, None, None, None]
+        last.bias /= spread
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -247,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="a tiny model for tests (default)")
     size.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture (about 4 GB in fp32)")
+    size.add_argument("--taesd", action="store_true",
+                      help="not a pipeline: a tiny autoencoder (AutoencoderTiny) of madebyollin/taesd's architecture, "
+                           "for `sdcli convert --tiny-vae`")
+    size.add_argument("--tiny-taesd", action="store_true", help="not a pipeline: the tests' tiny AutoencoderTiny")
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-channels", type=int, default=None,
@@ -260,8 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed,
-                          in_channels=args.in_channels, lcm=args.lcm)
+    if args.taesd or args.tiny_taesd:
+        build_random_taesd(args.output, TAESD if args.taesd else TINY_TAESD, args.seed)
+    else:
+        build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed,
+                              in_channels=args.in_channels, lcm=args.lcm)
     print(args.output)
 
 
