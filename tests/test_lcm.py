@@ -261,6 +261,30 @@ def test_img2img_matches_latent_consistency_img2img_pipeline(tiny_lcm, strength,
     compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode=f"img2img {strength}", size="96x64")
 
 
+@pytest.mark.parametrize("strength", [0.75, 1.0])
+def test_inpainting_with_an_lcm_unet_matches_the_sd_inpaint_pipeline(tiny_lcm, strength, init_image_file, tmp_path,
+                                                                    parity_log):
+    """diffusers has no LCM inpainting pipeline: StableDiffusionInpaintPipeline runs an LCM UNet
+    with the guidance embedding and no classifier-free guidance batch, and so does sdcli."""
+    import cv2
+    import diffusers
+    import torch
+    from PIL import Image
+
+    mask = np.zeros((64, 96), np.uint8)
+    mask[10:50, 20:70] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    pipe = diffusers.StableDiffusionInpaintPipeline(**_lcm_pipe(tiny_lcm).components)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = _np_pixels(pipe(
+        PROMPT, image=Image.open(init_image_file).convert("RGB"), mask_image=Image.open(tmp_path / "mask.png"),
+        strength=strength, num_inference_steps=4, guidance_scale=8.0, height=64, width=96,
+        generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path, "--guidance-scale", "8", "--init-image", str(init_image_file),
+                        "--mask", str(tmp_path / "mask.png"), "--mask-blur", "0", "--strength", str(strength))
+    compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode=f"inpaint {strength}", size="96x64")
+
+
 def test_guidance_changes_the_image_and_negative_prompt_is_ignored_with_a_warning(tiny_lcm, tmp_path):
     from typer.testing import CliRunner
 
