@@ -21,6 +21,9 @@ SCHEDULERS = {
     "heun": ("HeunDiscreteScheduler", {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    # the Brownian tree's seed (SEED below): diffusers takes it from the config, sdcli from --seed
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {"noise_sampler_seed": 1234}),
+    "dpmpp_sde_karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True, "noise_sampler_seed": 1234}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
 

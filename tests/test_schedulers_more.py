@@ -365,13 +365,14 @@ def test_sd15_defaults_of_new_schedulers():
 
 def test_registry_names_and_aliases():
     assert scheduler_names() == [
-        "pndm", "ddim", "euler", "euler_a", "lms", "heun", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm",
+        "pndm", "ddim", "euler", "euler_a", "lms", "heun", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde",
+        "dpmpp_sde_karras", "unipc", "lcm",
     ]
     assert set(A1111_NAMES) == set(SCHEDULERS)
     expected = {
         "pndm": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "lms": "LMS",
         "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras", "heun": "Heun", "unipc": "UniPC",
-        "lcm": "LCM",
+        "lcm": "LCM", "dpmpp_sde": "DPM++ SDE", "dpmpp_sde_karras": "DPM++ SDE Karras",
     }
     assert A1111_NAMES == expected
     for name, a1111 in A1111_NAMES.items():
@@ -386,15 +387,16 @@ def test_registry_names_and_aliases():
     for name, a1111 in A1111_NAMES.items():
         assert name in str(err.value) and a1111 in str(err.value)
     with pytest.raises(ValueError, match="dpmpp_2m_karras"):
-        create_scheduler("DPM++ SDE Karras", SD15)  # not implemented (torchsde Brownian tree noise)
+        create_scheduler("DPM++ 2S a Karras", SD15)  # not implemented
 
     # a model's own scheduler class: Karras variants map to the base name, its config decides
     assert name_for_diffusers_class("LMSDiscreteScheduler") == "lms"
     assert name_for_diffusers_class("HeunDiscreteScheduler") == "heun"
     assert name_for_diffusers_class("DPMSolverMultistepScheduler") == "dpmpp_2m"
     assert name_for_diffusers_class("UniPCMultistepScheduler") == "unipc"
+    assert name_for_diffusers_class("DPMSolverSDEScheduler") == "dpmpp_sde"
     with pytest.raises(ValueError):
-        name_for_diffusers_class("DPMSolverSDEScheduler")
+        name_for_diffusers_class("KDPM2DiscreteScheduler")
     own = create_scheduler(None, {**SD15, "_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True})
     assert type(own) is DPMSolverMultistepScheduler and own.config["use_karras_sigmas"] is True
     assert isinstance(create_scheduler(None, {**SD15, "_class_name": "LMSDiscreteScheduler"}), LMSDiscreteScheduler)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from .base import Scheduler, SchedulerConfigError
 from .ddim import DDIMScheduler
 from .dpm_multistep import DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler
+from .dpmpp_sde import DPMSolverSDEKarrasScheduler, DPMSolverSDEScheduler
 from .euler import EulerDiscreteScheduler
 from .euler_ancestral import EulerAncestralDiscreteScheduler
 from .heun import HeunDiscreteScheduler
@@ -28,6 +29,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "heun": HeunDiscreteScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
     "dpmpp_2m_karras": DPMSolverMultistepKarrasScheduler,
+    "dpmpp_sde": DPMSolverSDEScheduler,
+    "dpmpp_sde_karras": DPMSolverSDEKarrasScheduler,
     "unipc": UniPCMultistepScheduler,
     "lcm": LCMScheduler,
 }
@@ -42,6 +45,8 @@ A1111_NAMES: dict[str, str] = {
     "heun": "Heun",
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_sde_karras": "DPM++ SDE Karras",
     "unipc": "UniPC",
     "lcm": "LCM",
 }
@@ -74,6 +79,8 @@ __all__ = [
     "HeunDiscreteScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverMultistepKarrasScheduler",
+    "DPMSolverSDEScheduler",
+    "DPMSolverSDEKarrasScheduler",
     "UniPCMultistepScheduler",
     "LCMScheduler",
     "create_scheduler",
