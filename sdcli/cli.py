@@ -93,7 +93,10 @@ def main_options(
 def convert(
     source: Optional[str] = typer.Argument(None, help="Hub repo id, local diffusers folder, or single-file .safetensors checkpoint (none with --into)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [default: models/<source name>]."),
-    weight_format: str = typer.Option("fp16", "--weight-format", help="fp16 (default, half the size of fp32), fp32, or int8 (NNCF weight compression)."),
+    weight_format: Optional[str] = typer.Option(None, "--weight-format", help="fp16 (default, half the size of fp32), fp32, or int8 (NNCF weight compression; the default with --quantize)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="hybrid: NNCF hybrid quantization of the UNet (int8 weights for its linear layers, int8 weights and activations elsewhere), calibrated on a short generation; the other components int8 weight-only."),
+    calibration_prompts: Optional[Path] = typer.Option(None, "--calibration-prompts", help="With --quantize: a text file, one prompt a line [default: 8 built-in prompts]."),
+    calibration_samples: int = typer.Option(32, "--calibration-samples", min=4, max=2000, help="With --quantize: UNet calls to measure (more: slower conversion, ranges closer to real use)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled .ckpt checkpoints (they can run code when loaded)."),
     config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint."),
@@ -109,6 +112,7 @@ def convert(
     from .convert import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
     with user_errors("interrupted; nothing was written"):
+        weight_format = weight_format or ("int8" if quantize else "fp16")
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
         log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
@@ -127,8 +131,19 @@ def convert(
         if source is None:
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         target = output or Path("models") / default_output_name(source)
+        prompts = None
+        if calibration_prompts is not None:
+            if quantize is None:
+                raise UsageError("--calibration-prompts only makes sense with --quantize hybrid")
+            from .batch_rows import read_text
+
+            prompts = [line.strip() for line in read_text(str(calibration_prompts)).splitlines()
+                       if line.strip() and not line.lstrip().startswith("#")]
+            if not prompts:
+                raise UsageError(f"--calibration-prompts: no prompts in {calibration_prompts}")
         opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config,
-                              tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler)
+                              tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler,
+                              quantize=quantize, calibration_prompts=prompts, calibration_samples=calibration_samples)
         _quiet_libraries()
         from .convert import convert as run_convert
 

@@ -41,6 +41,9 @@ class ConvertOptions:
     lora_scale: float = 1.0
     scheduler: str | None = None  # write this scheduler (one of sdcli's names) into scheduler_config.json
     tiny_vae: str | None = None  # AutoencoderTiny folder or repo to add as vae_decoder_tiny/, vae_encoder_tiny/
+    quantize: str | None = None  # "hybrid": NNCF hybrid quantization of the UNet (the rest int8 weight-only)
+    calibration_prompts: list[str] | None = None  # for --quantize hybrid [default: quantize.DEFAULT_PROMPTS]
+    calibration_samples: int = 32  # UNet calls measured for --quantize hybrid
 
 
 def require_convert_extra() -> None:
@@ -254,6 +257,10 @@ def convert(
         except ValueError as exc:
             raise UsageError(f"--scheduler: {exc}") from None
     require_convert_extra()
+    if opts.quantize not in (None, "hybrid"):
+        raise UsageError(f"--quantize takes hybrid, got {opts.quantize!r}")
+    if opts.quantize and opts.weight_format != "int8":
+        raise UsageError("--quantize hybrid compresses the other components to int8: pass --weight-format int8 or leave it out")
     if opts.weight_format == "int8":
         try:
             import nncf  # noqa: F401
@@ -324,7 +331,7 @@ def convert(
             example["timestep_cond"] = torch.randn(2, ucfg.time_cond_proj_dim)
             inputs.append((PartialShape([-1, ucfg.time_cond_proj_dim]), Type.f32))
         model = _to_ov(UNet(unet), example, inputs, ["out_sample"])
-        _save(model, tmp / "unet", opts.weight_format)
+        _save(model, tmp / "unet", "fp16" if opts.quantize else opts.weight_format)  # quantized at the end
         _write_json(tmp / "unet" / "config.json", _model_config(unet))
         del model, unet
         gc.collect()
@@ -363,8 +370,14 @@ def convert(
         _write_json(
             tmp / "sdcli.json",
             {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(time.perf_counter() - started, 1),
-             **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {})},
+             **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {}),
+             **({"quantize": opts.quantize} if opts.quantize else {})},
         )
+        if opts.quantize == "hybrid":
+            from .quantize import hybrid_quantize_unet
+
+            log("[6/6] unet: hybrid quantization")
+            hybrid_quantize_unet(tmp, opts.calibration_prompts, opts.calibration_samples, log)
     log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
     return output
 

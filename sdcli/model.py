@@ -258,6 +258,8 @@ class TextEncoder(_Compiled):
 
 
 class UNet(_Compiled):
+    recorder = None  # called with each call's inputs (calibration for --quantize hybrid)
+
     def __init__(self, runtime: Runtime, folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int,
                  variant: str | None = None):
         """`variant`: None for the UNet as it is, or one of deepcache.VARIANTS."""
@@ -289,7 +291,10 @@ class UNet(_Compiled):
 
     def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
         t = np.full(self._timestep_shape, timestep, dtype=np.float64).astype(self._timestep_dtype)
-        self.request.infer({"sample": sample, "timestep": t, "encoder_hidden_states": context, **extra})
+        inputs = {"sample": sample, "timestep": t, "encoder_hidden_states": context, **extra}
+        if self.recorder is not None:
+            self.recorder(inputs)
+        self.request.infer(inputs)
         return self.request.get_output_tensor(0).data.copy()
 
     def output(self, index: int) -> np.ndarray:
