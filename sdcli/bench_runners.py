@@ -19,7 +19,8 @@ def run_genai(args) -> dict:
     config = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
     pipe = ov_genai.Text2ImagePipeline(args.model, args.device, **config)
     sched_file = str(Path(args.model) / "scheduler" / "scheduler_config.json")
-    pipe.set_scheduler(ov_genai.Scheduler.from_config(sched_file, ov_genai.Scheduler.Type.EULER_DISCRETE))
+    if not args.own_scheduler:
+        pipe.set_scheduler(ov_genai.Scheduler.from_config(sched_file, ov_genai.Scheduler.Type.EULER_DISCRETE))
     load = time.perf_counter() - STARTED
     steps: list[float] = []
     last = [time.perf_counter()]
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="CPU")
+    parser.add_argument("--own-scheduler", action="store_true", help="genai: keep the folder's scheduler (else Euler)")
     args = parser.parse_args()
     result = run_genai(args) if args.peer == "genai" else run_diffusers(args)
     print(json.dumps(result), flush=True)

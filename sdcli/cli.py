@@ -543,6 +543,34 @@ def bench(
         _ = rows
 
 
+@app.command("bench-features")
+def bench_features(
+    cases: str = typer.Option(",".join(("deepcache", "tiny_vae", "combo", "lcm", "quantize", "throughput")), "--cases", help="Comma-separated: deepcache, tiny_vae, combo, lcm, quantize, throughput."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Interleaved measured rounds (after one warm-up run of each configuration)."),
+    size: int = typer.Option(512, "--size", callback=_positive_multiple_of_8, help="Image width and height."),
+    arch: str = typer.Option("sd15", "--arch", help="sd15 (the real cost) or tiny (a quick check of the benchmark itself)."),
+    batch_images: int = typer.Option(4, "--batch-images", min=2, max=8, help="throughput: prompts in the batch."),
+    batch_steps: int = typer.Option(8, "--batch-steps", min=1, help="throughput: steps per image."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random models are built and kept [default: ~/.cache/sdcli/bench]."),
+    output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where features.json and features.md go."),
+):
+    """Benchmark the opt-in speed-ups (DeepCache, tiny VAE, LCM, quantization, batch throughput)."""
+    with user_errors("interrupted"):
+        from .bench_features import CASES, run_features
+        from .model import default_cache_dir
+
+        chosen = [c.strip() for c in cases.split(",") if c.strip()]
+        bad = [c for c in chosen if c not in CASES]
+        if bad or not chosen:
+            raise UsageError(f"--cases takes {', '.join(CASES)}; got {cases!r}")
+        if arch not in ("sd15", "tiny"):
+            raise UsageError(f"--arch takes sd15 or tiny, got {arch!r}")
+        work = workdir or default_cache_dir().parent / "bench"
+        run_features(work, output_dir, chosen, rounds, size, arch, batch_images, batch_steps,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+        print((output_dir / "features.md").read_text())
+
+
 # --- batch --------------------------------------------------------------------------
 
 def _parallel(value: str) -> int:
