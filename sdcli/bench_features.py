@@ -158,7 +158,20 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
     models = Models(workdir, arch, log)
     report: dict = {"machine": machine_info(), "arch": arch, "size": size, "rounds": rounds, "prompt": PROMPT,
                     "cases": {}, "targets": []}
+    earlier = _earlier_report(output_dir / "features.json", report)
     targets = report["targets"]
+
+    def save() -> None:
+        """After every case, so a run cut short keeps what it measured; cases measured by an
+        earlier run on the same machine, size and architecture are kept."""
+        from .fsutil import atomic_write_bytes
+
+        merged = dict(report, cases={**earlier.get("cases", {}), **report["cases"]},
+                      targets=[t for t in earlier.get("targets", []) if t["what"] not in {x["what"] for x in targets}]
+                      + targets)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(output_dir / "features.json", json.dumps(merged, indent=1).encode())
+        atomic_write_bytes(output_dir / "features.md", markdown(merged).encode())
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if {"deepcache", "tiny_vae", "combo"} & set(cases):
@@ -192,6 +205,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
                 speed = _ratio(rows["genai 20"].get("wall_s"), rows["tiny-vae+deepcache3 20"].get("wall_s"))
                 targets.append(_target("--vae tiny --deepcache 3, 20 steps: genai wall / sdcli wall", speed, ">= 2.5",
                                        speed is not None and speed >= 2.5))
+            save()
         if "lcm" in cases:
             lcm = models.lcm()
             rows = _measure({
@@ -206,6 +220,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
             tiny_wall = rows["lcm 4 tiny-vae"].get("wall_s")
             targets.append(_target("LCM 4 steps with --vae tiny: wall seconds", tiny_wall, "<= 15 (2-core machine)",
                                    tiny_wall is not None and tiny_wall <= 15))
+            save()
         if "quantize" in cases:
             folders = {"fp16": models.fp16, "int8": models.converted("--weight-format", "int8"),
                        "hybrid": models.converted("--quantize", "hybrid")}
@@ -218,6 +233,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
             for name in ("int8", "hybrid"):
                 speed = _ratio(rows["fp16 6"].get("step_median_s"), rows[f"{name} 6"].get("step_median_s"))
                 targets.append(_target(f"{name}: step time, fp16 / {name}", speed, "(report)", None))
+            save()
         if "throughput" in cases:
             prompts = tmp / "prompts.txt"
             prompts.write_text("\n".join(BATCH_PROMPTS[:batch_images]) + "\n")
@@ -233,13 +249,18 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
                           rows["batch --parallel 1"].get("images_per_hour"))
             targets.append(_target(f"batch of {batch_images} x {batch_steps} steps: images/hour, auto / sequential",
                                    gain, "(report; the default is the faster)", None))
-
-    from .fsutil import atomic_write_bytes
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(output_dir / "features.json", json.dumps(report, indent=1).encode())
-    atomic_write_bytes(output_dir / "features.md", markdown(report).encode())
+            save()
     return report
+
+
+def _earlier_report(path: Path, report: dict) -> dict:
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(earlier.get(k) == report[k] for k in ("arch", "size")) and \
+        earlier.get("machine", {}).get("cpu") == report["machine"]["cpu"]
+    return earlier if same else {}
 
 
 def markdown(report: dict) -> str:
