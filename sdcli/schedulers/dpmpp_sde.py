@@ -15,7 +15,7 @@ import numpy as np
 from .base import F32, SchedulerConfigError, as_float32, check_prediction_type, check_spacing
 from .brownian import BrownianTreeNoiseSampler, numpy_randn, torch_randn
 from .euler import SigmaScheduler
-from .sigma_utils import exp32, expm1_32, exponential_sigmas, karras_sigmas, log32, sigma_to_t, train_sigmas
+from .sigma_utils import exp32, expm1_32, log32, sigma_schedule, sigma_to_t, train_sigmas
 
 
 def _timesteps_f64(config: dict, n: int) -> np.ndarray:
@@ -88,15 +88,7 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         self.num_inference_steps = n
         cfg = self.config
         timesteps = _timesteps_f64(cfg, n)
-        train = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(train)
-        sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
-        if cfg["use_karras_sigmas"]:
-            sigmas = karras_sigmas(sigmas[-1], sigmas[0], n)
-            timesteps = sigma_to_t(sigmas, log_sigmas)
-        elif cfg["use_exponential_sigmas"]:
-            sigmas = exponential_sigmas(sigmas[-1], sigmas[0], n)
-            timesteps = sigma_to_t(sigmas, log_sigmas)
+        sigmas, timesteps, log_sigmas = sigma_schedule(cfg, timesteps, self.alphas_cumprod)
         midpoint_timesteps = sigma_to_t(_midpoint_sigmas(sigmas), log_sigmas)
 
         sigmas = np.concatenate([sigmas, [0.0]]).astype(F32)

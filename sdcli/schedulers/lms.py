@@ -10,7 +10,7 @@ from numpy.polynomial import Polynomial
 
 from .base import F32, SchedulerConfigError, as_float32, check_prediction_type, check_spacing
 from .euler import SigmaScheduler, float_timesteps
-from .sigma_utils import exponential_sigmas, karras_sigmas, sigma_to_t, train_sigmas
+from .sigma_utils import sigma_schedule, train_sigmas
 
 
 def lms_coefficient(sigmas: np.ndarray, order: int, t: int, current_order: int) -> float:
@@ -70,15 +70,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         self.num_inference_steps = n
         cfg = self.config
         timesteps = float_timesteps(cfg, n)
-        train = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(train)
-        sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
-        if cfg["use_karras_sigmas"]:
-            sigmas = karras_sigmas(sigmas[-1], sigmas[0], n)
-            timesteps = sigma_to_t(sigmas, log_sigmas)
-        elif cfg["use_exponential_sigmas"]:
-            sigmas = exponential_sigmas(sigmas[-1], sigmas[0], n)
-            timesteps = sigma_to_t(sigmas, log_sigmas)
+        sigmas, timesteps, _ = sigma_schedule(cfg, timesteps, self.alphas_cumprod)
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(F32)
         self.timesteps = np.asarray(timesteps).astype(F32)
         self._step_index = None

@@ -54,6 +54,23 @@ def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     return ((1 - w) * low_idx + w * high_idx).reshape(sigmas.shape)
 
 
+def sigma_schedule(config, timesteps: np.ndarray, alphas_cumprod: np.ndarray):
+    """The sigmas at `timesteps` (interpolated in the training sigmas), or the config's
+    Karras / exponential spacing between the same ends with the timesteps that match them.
+    Returns (sigmas, timesteps, log of the training sigmas)."""
+    train = train_sigmas(alphas_cumprod)
+    log_sigmas = np.log(train)
+    sigmas = np.interp(timesteps, np.arange(0, len(train)), train)
+    n = len(sigmas)
+    if config["use_karras_sigmas"]:
+        sigmas = karras_sigmas(sigmas[-1], sigmas[0], n)
+        timesteps = sigma_to_t(sigmas, log_sigmas)
+    elif config["use_exponential_sigmas"]:
+        sigmas = exponential_sigmas(sigmas[-1], sigmas[0], n)
+        timesteps = sigma_to_t(sigmas, log_sigmas)
+    return sigmas, timesteps, log_sigmas
+
+
 def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
     """float32 ``sqrt((1 - a) / a)`` for every training timestep (ascending in t)."""
     ac = as_float32(alphas_cumprod)
