@@ -246,6 +246,11 @@ def update_readme(readme: Path, report_json: Path, name: str) -> None:
     rendered from `report_json` (what `sdcli bench` wrote)."""
     report = json.loads(report_json.read_text())
     table = markdown(report["summary"], report["machine"], report["size"], report["precision"], report.get("arch", "sd15"))
+    replace_block(readme, name, table)
+
+
+def replace_block(readme: Path, name: str, table: str) -> None:
+    """Put `table` between the README's <!-- bench:NAME:start/end --> markers."""
     text = readme.read_text()
     start, end = README_START.format(name=name), README_END.format(name=name)
     if start not in text or end not in text:

@@ -281,3 +281,10 @@ def markdown(report: dict) -> str:
             met = "" if t["met"] is None else ("yes" if t["met"] else "no")
             out.append(f"| {t['what']} | {t['value']} | {t['target']} | {met} |")
     return "\n".join(out) + "\n"
+
+
+def update_readme(readme: Path, report_json: Path, name: str) -> None:
+    """Render `report_json` (what bench-features wrote) into the README block `name`."""
+    from .bench import replace_block
+
+    replace_block(readme, name, markdown(json.loads(report_json.read_text())))
