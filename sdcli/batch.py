@@ -310,6 +310,9 @@ class RowRunner:
             scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
         )
         config.validate()
+        from .memory import check_fits
+
+        check_fits(self.engine, config, images=2)  # a row too large for memory fails before it compiles
         return config
 
     def optimal_requests(self, job: Job) -> int:
@@ -457,7 +460,21 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
     model_dir = find_model(opts.model)
     from .model import ModelFolder
 
-    model_name = ModelFolder.open(model_dir).name  # a broken model folder is a usage error, before any output
+    model = ModelFolder.open(model_dir)  # a broken model folder is a usage error, before any output;
+    model_name = model.name
+    from .tokenizer import PromptTokenizer
+
+    PromptTokenizer(model.root / "tokenizer")  # so is a broken tokenizer,
+    if opts.init_image is not None:
+        from .image_io import read_rgb
+
+        read_rgb(opts.init_image)  # a bad global init image,
+    if opts.width or opts.height:
+        from .memory import require
+
+        size = model.default_size  # and a size too large for this machine's memory (rows: each row)
+        require(model, opts.width or size, opts.height or size, device=opts.device, precision=opts.precision,
+                guidance=opts.guidance_scale > 1.0, init_image=opts.init_image is not None, images=2)
     folder = Path(opts.output_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -466,10 +483,6 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
         check_writable_dir(folder)
     except OSError as exc:
         raise UsageError(f"cannot write into --output-dir {folder}: {exc.strerror or exc}") from None
-    if opts.init_image is not None:
-        from .image_io import read_rgb
-
-        read_rgb(opts.init_image)  # a bad global init image is a usage error, not one per row
 
     report = Reporter(source, opts.quiet, not (opts.quiet or opts.as_json), opts.debug)
     if not rows and not opts.quiet:

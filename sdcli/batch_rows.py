@@ -29,6 +29,7 @@ MANIFEST = "manifest.jsonl"  # a row may not take this name
 SLUG_CHARS = 40
 MAX_NAME_BYTES = 200
 SEED_MAX = 2**64 - 1
+GUIDANCE_MAX = 100.0  # ComfyUI's limit; far beyond it float32 guidance overflows to NaN pixels
 
 class RowError(Exception):
     """A problem with one row: reported with its line number, the row is skipped."""
@@ -273,7 +274,11 @@ def _as_float(value: Any, name: str, low: float, high: float) -> float:
 
 def _as_text(value: Any, name: str) -> str:
     if not isinstance(value, str):
-        raise RowError(f"{name} must be text, got {json.dumps(value)}")
+        raise RowError(f"{name} must be text, got {json.dumps(value)[:60]}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud800" gives
+        raise RowError(f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
     return value
 
 
@@ -336,9 +341,15 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     if not prompt.strip():
         raise RowError("empty prompt")
     negative = _as_text(v["negative_prompt"], "negative_prompt") if "negative_prompt" in v else opts.negative_prompt
+    from .prompt import MAX_WEIGHT, weight_out_of_range
+
+    for name, text in (("prompt", prompt), ("negative_prompt", negative)):
+        weight = weight_out_of_range(text)
+        if weight is not None:
+            raise RowError(f"{name}: an emphasis weight of {weight:.6g} is beyond +-{MAX_WEIGHT:g} (nested brackets multiply)")
     seed = _as_int(v["seed"], "seed", 0, SEED_MAX) if "seed" in v else (base_seed + row.index) % 2**64
     steps = _as_int(v["steps"], "steps", 1, 1000) if "steps" in v else opts.steps
-    guidance = _as_float(v["guidance_scale"], "guidance_scale", 0.0, math.inf) if "guidance_scale" in v else opts.guidance_scale
+    guidance = _as_float(v["guidance_scale"], "guidance_scale", 0.0, GUIDANCE_MAX) if "guidance_scale" in v else opts.guidance_scale
     width = _as_size(v["width"], "width") if "width" in v else opts.width
     height = _as_size(v["height"], "height") if "height" in v else opts.height
     strength = _as_float(v["strength"], "strength", 0.0, 1.0) if "strength" in v else opts.strength

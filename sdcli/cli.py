@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import sys
@@ -14,6 +15,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .batch_rows import GUIDANCE_MAX
 from .errors import SdcliError, UsageError
 from .schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
 
@@ -87,6 +89,21 @@ def main_options(
         raise typer.Exit(0)
 
 
+def _finite(value: Optional[float]) -> Optional[float]:
+    if value is not None and not math.isfinite(value):  # click's FloatRange lets nan through
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def _check_creatable(folder: Path, flag: str) -> None:
+    """`folder` can be made: the nearest part of its path that exists is a writable folder."""
+    parent = folder.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot create {folder}: {parent} is not a writable folder")
+
+
 # --- convert ------------------------------------------------------------------------
 
 @app.command()
@@ -101,7 +118,7 @@ def convert(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled .ckpt checkpoints (they can run code when loaded)."),
     config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint."),
     lora: Optional[str] = typer.Option(None, "--lora", help="Fuse this LoRA into the UNet (and the text encoder, where it has weights for it): a .safetensors file, a folder holding one, or a Hub repo such as latent-consistency/lcm-lora-sdv1-5 (needs peft)."),
-    lora_scale: float = typer.Option(1.0, "--lora-scale", help="The LoRA's weight when fused."),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", callback=_finite, help="The LoRA's weight when fused."),
     convert_scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Make this the model's own scheduler (scheduler_config.json), e.g. lcm for an LCM-LoRA; a name from `sdcli generate --list-schedulers` [default: the source's]."),
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x)."),
     into: Optional[Path] = typer.Option(None, "--into", help="With --tiny-vae and no SOURCE: add the tiny VAE to this converted model folder."),
@@ -112,7 +129,7 @@ def convert(
     from .convert import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
     with user_errors("interrupted; nothing was written"):
-        weight_format = weight_format or ("int8" if quantize else "fp16")
+        weight_format = weight_format if weight_format is not None else ("int8" if quantize else "fp16")
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
         log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
@@ -130,7 +147,15 @@ def convert(
             return
         if source is None:
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
+        if not source.strip():
+            raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
         target = output or Path("models") / default_output_name(source)
+        _check_creatable(target, "--output")
+        if config is not None:
+            from .hub import looks_like_repo_id
+
+            if not Path(config).expanduser().is_dir() and not looks_like_repo_id(config):
+                raise UsageError(f"--config: {config} is neither a diffusers folder nor a Hub repo id")
         prompts = None
         if calibration_prompts is not None:
             if quantize is None:
@@ -175,9 +200,11 @@ def find_model(model: Optional[str], quiet: bool = False) -> Path:
 def output_paths(output: Path, count: int) -> list[Path]:
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output must be a .png file, got {output}")
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
+    paths = [output] if count == 1 else [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"--output: {path} is a folder; give a .png file name")
+    return paths
 
 
 def a1111_parameters(config, result, model_name: str, init_image: bool, precision: str | None = None) -> str:
@@ -258,6 +285,19 @@ def check_output_dir(path: Path) -> None:
         raise UsageError(f"cannot write {path}: {exc}") from None
 
 
+def _recheck_stored(ctx: typer.Context, values: dict) -> dict:
+    """Settings read from a --from-image PNG go through the same types, ranges and checks as
+    the flags they stand for."""
+    params = {p.name: p for p in ctx.command.params}
+    checked = {}
+    for name, value in values.items():
+        try:
+            checked[name] = None if value is None else params[name].process_value(ctx, value)
+        except typer.BadParameter as exc:
+            raise UsageError(f"--from-image: the stored {params[name].opts[0]} is not valid: {exc.format_message()}") from None
+    return checked
+
+
 def _option_given(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
@@ -292,11 +332,11 @@ def generate(
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
-    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, help="Image-to-image: how much to repaint, 0..1."),
+    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=_finite, help="Image-to-image: how much to repaint, 0..1."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),
     mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: 20; 4 for LCM models and the lcm scheduler]."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off [default: 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=_finite, help="Classifier-free guidance; 1 or less turns it off [default: 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
@@ -342,10 +382,25 @@ def generate(
             deepcache = deepcache if given("deepcache") else stored.get("deepcache", deepcache)
             vae = vae if given("vae") else stored.get("vae", vae)
             clip_skip = clip_skip if given("clip_skip") else stored.get("clip_skip", clip_skip)
+            checked = _recheck_stored(ctx, dict(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
+                                                seed=seed, width=width, height=height, strength=strength,
+                                                deepcache=deepcache, clip_skip=clip_skip))
+            steps, scheduler, guidance_scale, seed, width, height, strength, deepcache, clip_skip = checked.values()
             if model is None and not os.environ.get("SDCLI_MODEL") and (Path("models") / stored.get("model_name", "")).is_dir():
                 model = str(Path("models") / stored["model_name"])
         if prompt is None:
             raise UsageError("--prompt is required (or --from-image with an image that stores one)")
+        for flag, text in (("--prompt", prompt), ("--negative-prompt", negative_prompt)):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 in argv arrive as lone surrogates
+                raise UsageError(f"{flag} is not valid UTF-8 text (check the terminal's or the script's encoding)") from None
+            from .prompt import MAX_WEIGHT, weight_out_of_range
+
+            weight = weight_out_of_range(text) if emphasis else None
+            if weight is not None:
+                raise UsageError(f"{flag}: an emphasis weight of {weight:.6g} is beyond +-{MAX_WEIGHT:g} (nested brackets "
+                                 "multiply; write \\( for a literal bracket, or pass --no-emphasis)")
 
         if precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -401,6 +456,9 @@ def generate(
             vae=vae,
         )
         base.validate()
+        from .memory import check_fits
+
+        check_fits(engine, base, images=num_images)  # a size too large is refused before anything loads
         engine.preload(base)
         context, notes = engine.encode_prompt(prompt, negative_prompt, engine.classifier_free_guidance(guidance_scale), emphasis, clip_skip)
         for note in notes:
@@ -594,9 +652,9 @@ def batch(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="Default negative prompt."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Default init image (image-to-image)."),
-    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, help="Image-to-image: how much to repaint, 0..1."),
+    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=_finite, help="Image-to-image: how much to repaint, 0..1."),
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, help="Classifier-free guidance; 1 or less turns it off."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=_finite, help="Classifier-free guidance; 1 or less turns it off."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Base seed: a row without one uses seed+index [default: random, printed, kept in the folder for re-runs]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=_positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),

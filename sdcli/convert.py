@@ -132,17 +132,29 @@ def load_components(kind: str, path: Path, opts: ConvertOptions):
         }
         return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), index
 
-    index = json.loads((path / "model_index.json").read_text())
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (path / sub).is_dir():
             raise UsageError(f"{path} has no {sub}/ folder")
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=torch.float32)
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-    sched_file = path / "scheduler" / "scheduler_config.json"
-    scheduler_config = json.loads(sched_file.read_text())
+    from .config_checks import check_diffusers_folder
+
+    # configs, tokenizer and weight files checked before torch builds anything from them
+    index, scheduler_config = check_diffusers_folder(path, opts.allow_pickle)
+    unet = _load("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32))
+    vae = _load("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32))
+    text_encoder = _load("text_encoder", lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                                               torch_dtype=torch.float32))
+    tokenizer = _load("tokenizer", lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"))
     return unet, vae, text_encoder, tokenizer, scheduler_config, index
+
+
+def _load(component: str, load: Callable):
+    """`load()`, with any failure of diffusers, transformers or safetensors (a cut-off or
+    corrupt file) as one line naming the component."""
+    try:
+        return load()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise UsageError(f"{component}: cannot load it: {type(exc).__name__}: {first}") from None
 
 
 # --- torch wrappers that fix the names and signatures optimum-intel uses ---------------

@@ -11,15 +11,92 @@ from .errors import UsageError
 from .fsutil import atomic_write_bytes
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3]; EXIF rotation applied; alpha dropped."""
+# Pillow's decompression-bomb limit (about 13,400 x 13,400): larger files are refused from
+# their header, before any pixel is decoded.
+MAX_PIXELS = 178_956_970
+MAX_FILE_BYTES = 1 << 31
+
+
+def _cv2():
     import cv2
 
+    # OpenCV logs warnings about broken files on stderr; the error we raise says it in one line
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    return cv2
+
+
+def _header(path: Path) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) from the file's header, read by Pillow without
+    decoding pixels; None when Pillow does not know the file (cv2 may still read it)."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # sdcli applies its own limit, and names the size
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # a broken EXIF block: cv2 decides, as it does for the pixels
+                orientation = 1
+            return width, height, orientation
+    except Exception:  # Pillow raises many kinds for files it cannot identify
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _read_image_file(path: Path, what: str) -> tuple[np.ndarray, int]:
+    """The bytes of an image file whose header was checked, and its EXIF orientation."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"the {what} {path} is a folder, not an image file")
     if not path.is_file():
-        raise UsageError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        raise UsageError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise UsageError(f"cannot read the {what} {path}: the file is empty")
+    if size > MAX_FILE_BYTES:
+        raise UsageError(f"the {what} {path} is {size / 1e9:.1f} GB; sdcli reads image files of up to {MAX_FILE_BYTES / 1e9:.1f} GB")
+    header = _header(path)
+    orientation = 1
+    if header is not None:
+        width, height, orientation = header
+        if width * height > MAX_PIXELS:
+            raise UsageError(f"the {what} {path} is {width}x{height} pixels; sdcli reads images of up to "
+                             f"{MAX_PIXELS:,} pixels (about 13400x13400): scale it down first")
+    return np.fromfile(path, dtype=np.uint8), orientation
+
+
+def _decode(data: np.ndarray, flags: int) -> np.ndarray | None:
+    cv2 = _cv2()
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error:  # e.g. a format cv2 reads whose header claims more pixels than it allows
+        return None
+    return image if image is not None and image.size else None
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an [H, W, ...] array as Pillow's exif_transpose
+    and cv2.imread do (for decoders that ignore it, e.g. cv2.IMREAD_UNCHANGED)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](array)) if orientation in ops else array
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3]; EXIF rotation applied; alpha dropped; 16-bit
+    files scaled to 8 bits.  UsageError for a missing, empty, unreadable or huge file."""
+    data, _ = _read_image_file(path, "image")
+    image = _decode(data, _cv2().IMREAD_COLOR)
     if image is None:
         raise UsageError(f"cannot read {path} as an image")
     return np.ascontiguousarray(image[:, :, ::-1])
@@ -31,27 +108,20 @@ def read_mask(path: Path) -> np.ndarray:
     Any format cv2 reads.  An image with an alpha channel that has any transparent pixel
     is masked by its alpha (opaque: repaint), as A1111 does; otherwise by its luminance
     (0.299 R + 0.587 G + 0.114 B, as PIL's convert("L") in diffusers).  16-bit files keep
-    their precision.
+    their precision; EXIF orientation applies, as it does to the init image.
     """
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"mask not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    if not data.size:
-        raise UsageError(f"cannot read the mask {path}: the file is empty")
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.size == 0:
+    cv2 = _cv2()
+    data, orientation = _read_image_file(path, "mask")
+    raw = _decode(data, cv2.IMREAD_UNCHANGED)
+    if raw is None:
         raise UsageError(f"cannot read the mask {path} as an image")
     scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
     if raw.ndim == 3 and raw.shape[2] == 4 and (raw[:, :, 3] < scale).any():
-        mask = raw[:, :, 3].astype(np.float32) / np.float32(scale)
-    elif raw.ndim == 2:
-        mask = raw.astype(np.float32) / np.float32(scale)
+        # IMREAD_UNCHANGED ignores the EXIF orientation: applied here
+        mask = orient(raw[:, :, 3], orientation).astype(np.float32) / np.float32(scale)
     else:
-        # decoded again so that EXIF orientation applies, as it does to the init image
-        gray = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+        # decoded again as gray, which applies the EXIF orientation
+        gray = _decode(data, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
         if gray is None:
             raise UsageError(f"cannot read the mask {path} as an image")
         gray_scale = float(np.iinfo(gray.dtype).max) if np.issubdtype(gray.dtype, np.integer) else 1.0

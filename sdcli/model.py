@@ -23,15 +23,9 @@ REQUIRED = ("text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler")
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"model folder is incomplete: {path.parent.name}/{path.name} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a JSON object")
-    return data
+    from .config_checks import read_json
+
+    return read_json(path)  # size-capped; any parse failure (depth, digits) is a UsageError
 
 
 @dataclass(frozen=True)
@@ -73,20 +67,11 @@ class ModelFolder:
         return folder
 
     def _validate(self) -> None:
-        def positive_int(cfg: dict, key: str, where: str, default=None) -> None:
-            value = cfg.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 100_000:
-                raise UsageError(f"{where}/config.json: {key} must be a positive integer, got {value!r}")
+        """Types and ranges of every config value sdcli reads, the IR versions, and the
+        components against each other (see config_checks.py)."""
+        from .config_checks import check_folder
 
-        positive_int(self.unet_config, "in_channels", "unet", 4)
-        positive_int(self.unet_config, "sample_size", "unet", 64)
-        positive_int(self.unet_config, "cross_attention_dim", "unet", 768)
-        blocks = self.vae_config.get("block_out_channels", [128, 256, 512, 512])
-        if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8:
-            raise UsageError("vae_decoder/config.json: block_out_channels must be a list of 1 to 8 numbers")
-        scale = self.vae_config.get("scaling_factor", 0.18215)
-        if not isinstance(scale, (int, float)) or not 0 < scale < 100:
-            raise UsageError(f"vae_decoder/config.json: scaling_factor must be a positive number, got {scale!r}")
+        check_folder(self.root, self.unet_config, self.vae_config, self.scheduler_config)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -75,6 +75,18 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
     return merged or [("", 1.0)]
 
 
+MAX_WEIGHT = 1000.0  # far beyond any useful weight; near float32's range the embeddings overflow to NaN
+
+
+def weight_out_of_range(text: str) -> float | None:
+    """The first emphasis weight in `text` beyond +-MAX_WEIGHT (nested brackets multiply:
+    a hundred `(` give 1.1^100), or None."""
+    for _, weight in parse_emphasis(text):
+        if not abs(weight) <= MAX_WEIGHT:
+            return weight
+    return None
+
+
 def has_emphasis(pairs: list[tuple[str, float]]) -> bool:
     return any(w != 1.0 for _, w in pairs)
 

@@ -29,6 +29,13 @@ PRECISIONS = ("auto", "f32", "bf16", "f16")
 CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)
 
 
+def openvino_reason(exc: BaseException, limit: int = 300) -> str:
+    """The line of an OpenVINO error that says what is wrong: its last one (the lines before
+    it name C++ source files and checks)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else type(exc).__name__
+
+
 def is_ir_xml(data: bytes) -> bool:
     """Whether `data` is well-formed XML whose root is an IR's <net>.
 
@@ -127,8 +134,10 @@ class Runtime:
                 raise ValueError("not an IR")
             weights = MappedFile(bin_path)
             model = self.core.read_model(data, weights.tensor)
-        except (RuntimeError, OSError, ValueError):
-            raise UsageError(f"{component}: {xml} is not a readable OpenVINO IR (truncated or corrupt?)") from None
+        except (RuntimeError, OSError, ValueError) as exc:
+            why = f": {openvino_reason(exc)}" if isinstance(exc, RuntimeError) else ""
+            raise UsageError(f"{component}: {xml} is not a readable OpenVINO IR{why} (truncated, corrupt, "
+                             "or made by a newer OpenVINO?)") from None
         return model, weights
 
     def _blob_path(self, component: str, xml: Path, shapes: dict) -> Path | None:
@@ -165,12 +174,11 @@ class Runtime:
             try:
                 model.reshape(shapes)
             except RuntimeError as exc:
-                raise UsageError(f"{component}: cannot take shapes {shapes}: {str(exc).strip().splitlines()[0][:200]}") from None
+                raise UsageError(f"{component}: cannot take shapes {shapes}: {openvino_reason(exc)}") from None
             try:
                 compiled = self.core.compile_model(model, self.device, self.config)
             except RuntimeError as exc:
-                first = str(exc).strip().splitlines()[0][:300]
-                raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {first}") from None
+                raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {openvino_reason(exc)}") from None
             del model
         if blob is not None:
             self._store(compiled, blob)

@@ -6,39 +6,57 @@ merges.txt.  Both give the ids diffusers gets.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .config_checks import read_json
+from .errors import UsageError
 
 
 class PromptTokenizer:
     def __init__(self, folder: Path):
         folder = Path(folder)
-        cfg_file = folder / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        cfg = read_json(folder / "tokenizer_config.json", required=False) or {}
         model_max = cfg.get("model_max_length", 77)
         self.max_length = int(model_max if isinstance(model_max, int) and model_max < 10_000 else 77)
 
         def token(name: str, default: str) -> str:
             value = cfg.get(name, default)
-            return value["content"] if isinstance(value, dict) else value
+            value = value.get("content") if isinstance(value, dict) else value
+            if not isinstance(value, str):
+                raise UsageError(f"tokenizer/tokenizer_config.json: {name} must be a token (a string), got {value!r:.60}")
+            return value
 
         if (folder / "tokenizer.json").is_file():
             from tokenizers import Tokenizer
 
-            self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            try:
+                self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            except Exception as exc:  # tokenizers raises a bare Exception for a broken file
+                raise UsageError(f"tokenizer/tokenizer.json cannot be read: {str(exc).splitlines()[0][:200]}") from None
             self._tok.no_truncation()
             self._tok.no_padding()
             to_id = self._tok.token_to_id
             self._hf = None
         else:
+            if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+                raise UsageError(f"{folder} has neither tokenizer.json nor vocab.json and merges.txt: the tokenizer is missing")
             from transformers import CLIPTokenizer
 
-            self._hf = CLIPTokenizer.from_pretrained(str(folder))
+            try:
+                self._hf = CLIPTokenizer.from_pretrained(str(folder))
+            except Exception as exc:  # a broken vocab.json or merges.txt, in many kinds
+                raise UsageError(f"{folder} is not a readable CLIP tokenizer: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
             self._tok = None
             to_id = self._hf.convert_tokens_to_ids
-        self.bos = to_id(token("bos_token", "<|startoftext|>"))
-        self.eos = to_id(token("eos_token", "<|endoftext|>"))
-        self.pad = to_id(token("pad_token", "<|endoftext|>"))
+        special = {}
+        for name, default in (("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"), ("pad_token", "<|endoftext|>")):
+            text = token(name, default)
+            special[name] = to_id(text)
+            if not isinstance(special[name], int) or (self._hf is not None and special[name] == self._hf.unk_token_id
+                                                      and text != self._hf.unk_token):
+                raise UsageError(f"tokenizer: {name} {text!r:.60} is not in the vocabulary")
+        self.bos, self.eos, self.pad = special["bos_token"], special["eos_token"], special["pad_token"]
         ids = self.ids(",")
         self.comma = ids[0] if len(ids) == 1 else None
 

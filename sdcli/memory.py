@@ -1,0 +1,191 @@
+"""Will a request fit in this machine's memory?  An estimate of the peak resident memory
+of `sdcli generate`, from the model's IR and configs and the image size, checked before
+anything is compiled so that a size too large is refused with a number instead of being
+killed half-way.
+
+The estimate (bytes):
+
+    peak = BASE + max(stages)
+    weights(c)   = parameters of c's IR x E          E: bytes of the compute precision
+                                                     (bf16/f16: 2, f32: 4; OpenVINO's CPU
+                                                     plugin expands int8 weights to it)
+    unet_act     = UNET_K x batch x E x sum_l C_l x latent pixels / 4^l
+    vae_act(v)   = VAE_K x E x sum_l V_l x image pixels / 4^l
+    stages       = load:    text_encoder + unet weights (the UNet compiles while the
+                            text encoder still runs)
+                   denoise: unet weights + unet_act
+                   encode:  unet weights + vae_encoder weights + vae_act  (init image)
+                   decode:  vae_decoder weights + vae_act (+ unet weights when more
+                            images follow, or with nothing freed)
+
+C_l: the UNet's block_out_channels (level l runs at 1/2^l of the latent size); V_l: the
+VAE's block_out_channels (level 0 at the image size).  --low-memory keeps one component
+at a time, so its stages hold one component's weights each.  The constants were fitted
+to whole-process peak RSS measurements (see the README's "Bad input and safety").
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+MB = 1_000_000
+GB = 1_000_000_000
+
+BASE = 160 * MB  # python, numpy, OpenVINO and the tokenizer, before any model is loaded
+UNET_K = 12  # UNet activations alive at once, in units of sum_l C_l x latent pixels / 4^l
+VAE_K = 16  # VAE activations alive at once, in units of sum_l V_l x image pixels / 4^l
+PIXEL_BYTES = 200  # per image pixel whatever the channels: the decoded image and its copies
+
+SKIP_ENV = "SDCLI_SKIP_MEMORY_CHECK"
+
+_CONST = re.compile(rb'type="Const"[^>]*>\s*<data\b([^>]*)>')
+_SHAPE = re.compile(rb'shape="([^"]*)"')
+
+
+def ir_parameters(xml: Path) -> int:
+    """The number of weights (elements of all constants) in an OpenVINO IR."""
+    total = 0
+    for match in _CONST.finditer(Path(xml).read_bytes()):
+        shape = _SHAPE.search(match.group(1))
+        count = 1
+        for dim in (shape.group(1).split(b",") if shape and shape.group(1).strip() else []):
+            count *= int(dim)
+        total += count
+    return total
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still take: MemAvailable plus free swap, lowered to what
+    a cgroup (container) limit leaves; None when the system does not say."""
+    info: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                info[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    if "MemAvailable" in info:
+        free = info["MemAvailable"] + info.get("SwapFree", 0)
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    limit = _cgroup_room()
+    return min(free, limit) if limit is not None else free
+
+
+def _cgroup_room() -> int | None:
+    try:
+        line = next(l for l in Path("/proc/self/cgroup").read_text().splitlines() if l.startswith("0::"))
+        folder = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+        maximum = (folder / "memory.max").read_text().strip()
+        if maximum == "max":
+            return None
+        return max(int(maximum) - int((folder / "memory.current").read_text()), 0)
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (part of the estimate's BASE is already taken)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _levels(channels, pixels: int) -> int:
+    return sum(int(c) * pixels // 4**level for level, c in enumerate(channels))
+
+
+@dataclass
+class MemoryEstimate:
+    peak: int  # bytes
+    stage: str  # the stage that peaks
+    stages: dict[str, int]
+
+
+def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: int = 2,
+             init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full") -> MemoryEstimate:
+    """The peak resident memory of generating `images` images of width x height with
+    `folder` (a ModelFolder), see the module docstring."""
+    f = folder.vae_scale_factor
+    parts = folder.vae(vae)
+    components = {"text_encoder": "text_encoder", "unet": "unet", "decoder": parts.decoder}
+    if init_image:
+        components["encoder"] = parts.encoder
+    weights = {key: ir_parameters(folder.ir(name)) * element_bytes for key, name in components.items()}
+    vae_config = folder.vae_config
+    if vae != "full":
+        from .config_checks import read_json
+
+        vae_config = read_json(folder.root / parts.decoder / "config.json")
+    vae_channels = vae_config.get("decoder_block_out_channels") or vae_config.get("block_out_channels", [128])
+    latent_pixels = (height // f) * (width // f)
+    unet_act = UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels)
+    vae_act = VAE_K * element_bytes * _levels(vae_channels, width * height) + PIXEL_BYTES * width * height
+    unet = 0 if low_memory else weights["unet"]
+    stages = {
+        "loading": weights["unet"] + (0 if low_memory else weights["text_encoder"]),
+        "denoising": weights["unet"] + unet_act,
+        "decoding": weights["decoder"] + vae_act + (unet if images > 1 else 0),
+    }
+    if init_image:
+        stages["encoding the init image"] = unet + weights["encoder"] + vae_act
+    stage = max(stages, key=stages.get)
+    return MemoryEstimate(BASE + stages[stage], stage, stages)
+
+
+def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=None) -> int:
+    """Bytes per value at the precision OpenVINO will compute in (`auto`: the device's default)."""
+    if precision == "auto":
+        try:
+            if core is None:
+                import openvino as ov
+
+                core = ov.Core()
+            precision = str(core.get_property(device, "INFERENCE_PRECISION_HINT"))
+        except RuntimeError:
+            precision = "f32"
+    return 4 if precision in ("f32", "float32") else 2
+
+
+def require(folder, width: int, height: int, *, device: str = "CPU", precision: str = "auto", core=None,
+            guidance: bool = True, init_image: bool = False, images: int = 1, low_memory: bool = False,
+            vae: str = "full") -> MemoryEstimate | None:
+    """Raise UsageError when `width` x `height` would need more memory than is available.
+    CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
+    is free.  Returns the estimate (None when skipped)."""
+    if os.environ.get(SKIP_ENV) or not device.upper().startswith("CPU"):
+        return None
+    have = available_bytes()
+    if have is None:
+        return None
+    est = estimate(folder, width, height, batch=2 if guidance else 1,
+                   element_bytes=compute_element_bytes(device, precision, core), init_image=init_image,
+                   images=images, low_memory=low_memory, vae=vae)
+    have += resident_bytes()
+    if est.peak > have:
+        hint = "" if low_memory or est.stage == "denoising" else ", or --low-memory"
+        raise UsageError(
+            f"{width}x{height} would need about {est.peak / GB:.1f} GB of memory ({est.stage}), and "
+            f"{have / GB:.1f} GB is available: use a smaller size{hint} (or set {SKIP_ENV}=1 to try anyway)"
+        )
+    return est
+
+
+def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
+    """`require` for one GenerationConfig on a StableDiffusionEngine, before anything loads."""
+    width, height = engine.resolve_size(config)
+    runtime = engine.runtime
+    return require(engine.folder, width, height, device=runtime.device, precision=runtime.precision,
+                   core=runtime.core, guidance=engine.classifier_free_guidance(config.guidance_scale),
+                   init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
+                   vae=getattr(config, "vae", "full"))
