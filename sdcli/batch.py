@@ -32,6 +32,7 @@ the manifest: reading, naming, skipping and resuming are the same either way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -283,8 +284,9 @@ class RowRunner:
     one per worker, by `sdcli batch --ray` (sdcli/batch_ray.py)."""
 
     def __init__(self, model_dir: Path, device: str, precision: str, rng: str, threads: Optional[int] = None,
-                 streams: Optional[int] = None):
-        """`streams`: compile for throughput (see Runtime) so that several threads can run rows at once."""
+                 streams: Optional[int] = None, generation: Optional[dict] = None):
+        """`streams`: compile for throughput (see Runtime) so that several threads can run rows at once.
+        `generation`: GenerationConfig fields every row shares (vae, deepcache, clip_skip)."""
         from .pipeline import StableDiffusionEngine
 
         self.engine = StableDiffusionEngine(model_dir, device=device, precision=precision, streams=streams)
@@ -292,6 +294,7 @@ class RowRunner:
             with contextlib.suppress(Exception):  # a worker of N CPUs on a bigger node uses N threads
                 self.engine.runtime.core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
         self.rng = rng
+        self.generation = dict(generation or {})
         self.contexts = _Cache(16)
         self.images = _Cache(4)
         self._cache_lock = threading.Lock()
@@ -307,7 +310,7 @@ class RowRunner:
         config = GenerationConfig(
             prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
             guidance_scale=job.guidance_scale, seed=job.seed, width=job.width, height=job.height,
-            scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
+            scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng, **self.generation,
         )
         config.validate()
         from .memory import check_fits
@@ -336,7 +339,8 @@ class RowRunner:
         with self._cache_lock:
             encoded_here = key not in self.contexts
             context, notes = self.contexts.get_or(
-                key, lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance))
+                key, lambda: engine.encode_prompt(job.prompt, job.negative_prompt, guidance,
+                                                  clip_skip=config.clip_skip))
         encode_seconds = time.perf_counter() - t0
         result = engine.generate(config, on_step=on_step, context=context, release_unet=release_unet)
         t0 = time.perf_counter()
@@ -462,6 +466,13 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
 
     model = ModelFolder.open(model_dir)  # a broken model folder is a usage error, before any output;
     model_name = model.name
+    from .lcm import lcm_defaults
+
+    few_step = lcm_defaults(model, opts.scheduler)
+    if few_step:  # an LCM model's steps and guidance where the command line gives none
+        defaults = dict(zip(("steps", "guidance_scale"), few_step))
+        opts = dataclasses.replace(opts, **{k: v for k, v in defaults.items() if k in opts.unset})
+    model.vae(opts.vae)  # an unknown --vae or a missing tiny VAE is a usage error, not one per row
     from .tokenizer import PromptTokenizer
 
     PromptTokenizer(model.root / "tokenizer")  # so is a broken tokenizer,
@@ -538,7 +549,7 @@ def run_here(run: BatchRun) -> None:
         run_concurrently(run)
         return
     opts, report, todo = run.opts, run.report, run.todo
-    runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng)
+    runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng, generation=generation_options(opts))
     RowSteps = _step_progress_class()
     report.start(len(todo))
     run.started = time.perf_counter()
@@ -555,6 +566,10 @@ def run_here(run: BatchRun) -> None:
         run.row_done(job, out)
 
 
+def generation_options(opts: BatchOptions) -> dict:
+    return {"vae": opts.vae, "deepcache": opts.deepcache, "clip_skip": opts.clip_skip}
+
+
 class _Stopped(Exception):
     """Raised in a worker thread at its next step once the batch is interrupted."""
 
@@ -567,7 +582,8 @@ def run_concurrently(run: BatchRun) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     opts, report, todo = run.opts, run.report, run.todo
-    runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng, streams=opts.parallel or 0)
+    runner = RowRunner(run.model_dir, opts.device, opts.precision, opts.rng, streams=opts.parallel or 0,
+                       generation=generation_options(opts))
     workers = opts.parallel
     for job in todo[:8] if not workers else []:
         try:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .batch import BatchRun, RowRunner, _Cache, _error_text
+from .batch import BatchRun, RowRunner, _Cache, _error_text, generation_options
 from .errors import SdcliError, UsageError
 
 RETRIES = 3  # a row whose worker is lost is tried again up to 3 times, then fails
@@ -59,7 +59,7 @@ class RowWorker:
     as values, so that an exception always means the worker itself is gone)."""
 
     def __init__(self, model_dir: str, device: str, precision: str, rng: str, threads: Optional[int],
-                 output_dir: Optional[str]):
+                 output_dir: Optional[str], generation: Optional[dict] = None):
         import socket
 
         self.node = socket.gethostname()
@@ -69,7 +69,7 @@ class RowWorker:
         try:
             if self.output_dir is not None and not self.output_dir.is_dir():
                 raise UsageError(f"--shared-output: {output_dir} is not a folder here")
-            self.runner = RowRunner(Path(model_dir), device, precision, rng, threads)
+            self.runner = RowRunner(Path(model_dir), device, precision, rng, threads, generation=generation)
         except Exception as exc:  # reported by ready(); the driver drops this worker
             self.error = _error_text(exc)
 
@@ -189,7 +189,7 @@ def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
             num_cpus=slot.cpus, max_restarts=0, max_task_retries=0, max_concurrency=1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
         ).remote(model_dir, opts.device, opts.precision, opts.rng,
-                 int(slot.cpus) if opts.ray_cpus_per_actor else None, output_dir)
+                 int(slot.cpus) if opts.ray_cpus_per_actor else None, output_dir, generation_options(opts))
         inflight[slot.actor.ready.remote()] = (slot, None)
 
     def drop(slot: _Slot) -> None:

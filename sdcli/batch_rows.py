@@ -58,6 +58,10 @@ class BatchOptions:
     quiet: bool = False
     as_json: bool = False
     debug: bool = False
+    unset: tuple = ()  # of "steps", "guidance_scale": not given, so an LCM model's own defaults apply
+    vae: str = "full"  # generate's --vae, --deepcache and --clip-skip, for every row
+    deepcache: int = 1
+    clip_skip: int = 1
     parallel: int = 0  # rows in flight at once: 0 as many as OpenVINO finds best (throughput), 1 one at a time
     ray: Optional[str] = None  # run the rows on a Ray cluster: "auto", "local" or an address (batch_ray.py)
     ray_cpus_per_actor: Optional[int] = None  # default: one worker per node, with all its CPUs

@@ -611,11 +611,20 @@ def bench_features(
     batch_steps: int = typer.Option(8, "--batch-steps", min=1, help="throughput: steps per image."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random models are built and kept [default: ~/.cache/sdcli/bench]."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where features.json and features.md go."),
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's block (between <!-- bench:NAME:start/end --> markers)."),
+    readme_block: str = typer.Option("features-local", "--readme-block", help="NAME of the README block to rewrite."),
+    no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/features.json (with --readme)."),
 ):
     """Benchmark the opt-in speed-ups (DeepCache, tiny VAE, LCM, quantization, batch throughput)."""
     with user_errors("interrupted"):
-        from .bench_features import CASES, run_features
+        from .bench_features import CASES, run_features, update_readme
         from .model import default_cache_dir
+
+        if no_run:
+            if readme is None:
+                raise UsageError("--no-run only makes sense with --readme")
+            update_readme(readme, output_dir / "features.json", readme_block)
+            return
 
         chosen = [c.strip() for c in cases.split(",") if c.strip()]
         bad = [c for c in chosen if c not in CASES]
@@ -627,6 +636,8 @@ def bench_features(
         run_features(work, output_dir, chosen, rounds, size, arch, batch_images, batch_steps,
                      log=lambda s: print(s, file=sys.stderr, flush=True))
         print((output_dir / "features.md").read_text())
+        if readme is not None:
+            update_readme(readme, output_dir / "features.json", readme_block)
 
 
 # --- batch --------------------------------------------------------------------------
@@ -646,6 +657,7 @@ def _parallel(value: str) -> int:
 
 @app.command()
 def batch(
+    ctx: typer.Context,
     file: str = typer.Argument(..., help="Prompts: .txt (one a line), .jsonl or .csv (per-row settings); - reads standard input."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the images and manifest.jsonl (created if missing)."),
     input_format: Optional[str] = typer.Option(None, "--format", help="txt, jsonl or csv [default: FILE's extension; txt for -]."),
@@ -663,6 +675,9 @@ def batch(
     device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
     precision: str = typer.Option("auto", "--precision", help="auto, f32, bf16, f16."),
     rng: str = typer.Option("torch", "--rng", help="torch or numpy."),
+    vae: str = typer.Option("full", "--vae", help="full or tiny (the tiny VAE `convert --tiny-vae` added), for every row."),
+    deepcache: int = typer.Option(1, "--deepcache", min=1, max=1000, help="DeepCache for every row (see generate)."),
+    clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=24, help="Clip skip for every row (see generate)."),
     parallel: str = typer.Option("auto", "--parallel", metavar="N|auto", help="Rows in flight at once on this machine: auto (OpenVINO's throughput streams: more images per hour), or N; 1: one at a time (each image sooner)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per finished image on stdout (as in the manifest)."),
@@ -679,6 +694,8 @@ def batch(
             init_image=init_image, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
             width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
             quiet=quiet, as_json=as_json, debug=STATE["debug"], parallel=_parallel(parallel),
+            vae=vae, deepcache=deepcache, clip_skip=clip_skip,
+            unset=tuple(name for name in ("steps", "guidance_scale") if not _option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
         ))
     raise typer.Exit(code)

@@ -288,3 +288,24 @@ def test_bad_parallel_value_is_exit_2(tiny_eps, tmp_path, value):
     assert r.returncode == 2
     assert "--parallel" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_wide_generation_options_give_generate_s_image(tiny_eps, tmp_path):
+    """--deepcache, --clip-skip (and --vae) apply to every row: a row's PNG is the one
+    `sdcli generate` makes with the same flags."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\n")
+    flags = ["--deepcache", "2", "--clip-skip", "2", "--precision", "f32", "--steps", "4", "--scheduler", "euler"]
+    out = tmp_path / "out"
+    r = sdcli("batch", prompts, "--output-dir", out, "--model", tiny_eps.ov_dir, "--width", "64", "--height", "64",
+              "--seed", "9", *flags)
+    assert r.returncode == 0, r.stderr
+    single = tmp_path / "single.png"
+    r = sdcli("generate", "--model", tiny_eps.ov_dir, "--prompt", "a red fox", "--width", "64", "--height", "64",
+              "--seed", "9", *flags, "--output", single, "--quiet")
+    assert r.returncode == 0, r.stderr
+    (row,) = pngs(out)
+    assert (read_rgb(out / row) == read_rgb(single)).all()
+    assert "Clip skip: 2, DeepCache: 2" in read_png_text(out / row)["parameters"]
+    r = sdcli("batch", prompts, "--output-dir", tmp_path / "out2", "--model", tiny_eps.ov_dir, "--vae", "tiny")
+    assert r.returncode == 2 and "tiny" in r.stderr

@@ -473,3 +473,26 @@ def test_lora_errors(tiny_eps, tmp_path):
     result = CliRunner().invoke(app, [*base, "--scheduler", "nope"])
     assert result.exit_code == 2 and "unknown scheduler" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_batch_uses_the_lcm_defaults_where_the_command_line_gives_none(tiny_lcm, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "steps": 3}\n')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", str(prompts), "--output-dir", str(out), "--model", str(tiny_lcm.ov_dir),
+                                      "--width", "64", "--height", "64", "--seed", "1", "--quiet", "--parallel", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["steps"], r["guidance_scale"]) for r in rows] == [(4, 8.5), (3, 8.5)]
+    result = CliRunner().invoke(app, ["batch", str(prompts), "--output-dir", str(tmp_path / "o2"), "--model",
+                                      str(tiny_lcm.ov_dir), "--width", "64", "--height", "64", "--steps", "2",
+                                      "--guidance-scale", "6", "--quiet", "--parallel", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "o2" / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["steps"], r["guidance_scale"]) for r in rows] == [(2, 6.0), (3, 6.0)]
