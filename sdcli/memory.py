@@ -5,23 +5,25 @@ killed half-way.
 
 The estimate (bytes):
 
-    peak = BASE + max(stages)
-    weights(c)   = parameters of c's IR x E          E: bytes of the compute precision
-                                                     (bf16/f16: 2, f32: 4; OpenVINO's CPU
-                                                     plugin expands int8 weights to it)
-    unet_act     = UNET_K x batch x E x sum_l C_l x latent pixels / 4^l
-    vae_act(v)   = VAE_K x E x sum_l V_l x image pixels / 4^l
-    stages       = load:    text_encoder + unet weights (the UNet compiles while the
-                            text encoder still runs)
-                   denoise: unet weights + unet_act
-                   encode:  unet weights + vae_encoder weights + vae_act  (init image)
-                   decode:  vae_decoder weights + vae_act (+ unet weights when more
-                            images follow, or with nothing freed)
+    peak       = BASE + max(stages)
+    weights(c) = 1.06 x parameters of c's IR x E    E: bytes of the compute precision
+                 + COMPONENT                        (bf16/f16: 2, f32: 4; OpenVINO's CPU
+                                                    plugin expands int8 weights to it)
+    unet_act   = UNET_K x batch x E x sum_l C_l x latent pixels / 4^l
+    vae_act    = (VAE_K x E x sum_l V_l / 4^l + PIXEL_BYTES) x image pixels
+    stages     = prompt:    text_encoder weights
+                 denoising: unet weights + unet_act
+                 encoding:  unet + vae_encoder weights + vae_act  (init image)
+                 decoding:  vae_decoder weights + vae_act (+ unet weights when more
+                            images follow)
 
 C_l: the UNet's block_out_channels (level l runs at 1/2^l of the latent size); V_l: the
-VAE's block_out_channels (level 0 at the image size).  --low-memory keeps one component
-at a time, so its stages hold one component's weights each.  The constants were fitted
-to whole-process peak RSS measurements (see the README's "Bad input and safety").
+VAE's (level 0 at the image size); batch 2 with classifier-free guidance.  --low-memory
+holds one component's weights at a time.  The constants were fitted to whole-process
+peak RSS of a random-weight SD 1.5 UNet and VAE (scripts/calibrate_memory.py; README,
+"Bad input and safety").  It is the peak of a run whose compiled model is cached: the
+first run at a new size also compiles and caches it, for a moment about 1.7 GB more
+with SD 1.5 (the exported blob).
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ from .errors import UsageError
 MB = 1_000_000
 GB = 1_000_000_000
 
-BASE = 160 * MB  # python, numpy, OpenVINO and the tokenizer, before any model is loaded
-UNET_K = 12  # UNet activations alive at once, in units of sum_l C_l x latent pixels / 4^l
-VAE_K = 16  # VAE activations alive at once, in units of sum_l V_l x image pixels / 4^l
+BASE = 100 * MB  # python, numpy, OpenVINO and the tokenizer, before any model is loaded
+WEIGHT_FACTOR = 1.06  # OpenVINO's copy of the weights, and what it keeps beside them
+COMPONENT = 64 * MB  # each compiled model's own buffers, whatever its size
+UNET_K = 12.5  # UNet activations, in units of batch x sum_l C_l x latent pixels / 4^l values
+VAE_K = 3.0  # VAE activations, in units of sum_l V_l x image pixels / 4^l values
 PIXEL_BYTES = 200  # per image pixel whatever the channels: the decoded image and its copies
 
 SKIP_ENV = "SDCLI_SKIP_MEMORY_CHECK"
@@ -121,7 +125,8 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     components = {"text_encoder": "text_encoder", "unet": "unet", "decoder": parts.decoder}
     if init_image:
         components["encoder"] = parts.encoder
-    weights = {key: ir_parameters(folder.ir(name)) * element_bytes for key, name in components.items()}
+    weights = {key: int(WEIGHT_FACTOR * ir_parameters(folder.ir(name)) * element_bytes) + COMPONENT
+               for key, name in components.items()}
     vae_config = folder.vae_config
     if vae != "full":
         from .config_checks import read_json
@@ -129,11 +134,11 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
         vae_config = read_json(folder.root / parts.decoder / "config.json")
     vae_channels = vae_config.get("decoder_block_out_channels") or vae_config.get("block_out_channels", [128])
     latent_pixels = (height // f) * (width // f)
-    unet_act = UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels)
-    vae_act = VAE_K * element_bytes * _levels(vae_channels, width * height) + PIXEL_BYTES * width * height
+    unet_act = int(UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels))
+    vae_act = int(VAE_K * element_bytes * _levels(vae_channels, width * height)) + PIXEL_BYTES * width * height
     unet = 0 if low_memory else weights["unet"]
     stages = {
-        "loading": weights["unet"] + (0 if low_memory else weights["text_encoder"]),
+        "encoding the prompt": weights["text_encoder"],  # freed before the UNet finishes loading
         "denoising": weights["unet"] + unet_act,
         "decoding": weights["decoder"] + vae_act + (unet if images > 1 else 0),
     }
