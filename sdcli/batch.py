@@ -485,7 +485,7 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
 
         size = model.default_size  # and a size too large for this machine's memory (rows: each row)
         require(model, opts.width or size, opts.height or size, device=opts.device, precision=opts.precision,
-                guidance=opts.guidance_scale > 1.0, init_image=opts.init_image is not None, images=2)
+                guidance=opts.guidance_scale > 1.0, init_image=opts.init_image is not None, images=2, vae=opts.vae)
     folder = Path(opts.output_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -117,9 +117,11 @@ class MemoryEstimate:
 
 
 def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: int = 2,
-             init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full") -> MemoryEstimate:
+             init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full",
+             requests: int = 1) -> MemoryEstimate:
     """The peak resident memory of generating `images` images of width x height with
-    `folder` (a ModelFolder), see the module docstring."""
+    `folder` (a ModelFolder), see the module docstring; `requests` images in flight at once
+    (batch --parallel) each hold their own activations."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
     components = {"text_encoder": "text_encoder", "unet": "unet", "decoder": parts.decoder}
@@ -134,8 +136,8 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
         vae_config = read_json(folder.root / parts.decoder / "config.json")
     vae_channels = vae_config.get("decoder_block_out_channels") or vae_config.get("block_out_channels", [128])
     latent_pixels = (height // f) * (width // f)
-    unet_act = int(UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels))
-    vae_act = int(VAE_K * element_bytes * _levels(vae_channels, width * height)) + PIXEL_BYTES * width * height
+    unet_act = requests * int(UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels))
+    vae_act = requests * int(VAE_K * element_bytes * _levels(vae_channels, width * height)) + PIXEL_BYTES * width * height
     unet = 0 if low_memory else weights["unet"]
     stages = {
         "encoding the prompt": weights["text_encoder"],  # freed before the UNet finishes loading
@@ -164,7 +166,7 @@ def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=Non
 
 def require(folder, width: int, height: int, *, device: str = "CPU", precision: str = "auto", core=None,
             guidance: bool = True, init_image: bool = False, images: int = 1, low_memory: bool = False,
-            vae: str = "full") -> MemoryEstimate | None:
+            vae: str = "full", requests: int = 1) -> MemoryEstimate | None:
     """Raise UsageError when `width` x `height` would need more memory than is available.
     CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
     is free.  Returns the estimate (None when skipped)."""
@@ -175,7 +177,7 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
         return None
     est = estimate(folder, width, height, batch=2 if guidance else 1,
                    element_bytes=compute_element_bytes(device, precision, core), init_image=init_image,
-                   images=images, low_memory=low_memory, vae=vae)
+                   images=images, low_memory=low_memory, vae=vae, requests=requests)
     have += resident_bytes()
     if est.peak > have:
         hint = "" if low_memory or est.stage == "denoising" else ", or --low-memory"
@@ -193,4 +195,4 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
     return require(engine.folder, width, height, device=runtime.device, precision=runtime.precision,
                    core=runtime.core, guidance=engine.classifier_free_guidance(config.guidance_scale),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
-                   vae=getattr(config, "vae", "full"))
+                   vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1))
