@@ -129,10 +129,11 @@ def _summary(name: str, runs: list[dict], steps: int) -> dict:
     return row
 
 
-def _measure(configs: dict[str, tuple[list[str], int]], rounds: int, tmp: Path, log) -> dict[str, dict]:
-    """Warm every sdcli configuration once, then `rounds` interleaved rounds."""
+def _measure(configs: dict[str, tuple[list[str], int]], rounds: int, tmp: Path, log, warm_up: bool = True) -> dict[str, dict]:
+    """Warm every sdcli configuration once (unless the cache is known to be warm), then
+    `rounds` interleaved rounds."""
     for name, (cmd, _) in configs.items():
-        if "bench_runners" not in " ".join(cmd):
+        if warm_up and "bench_runners" not in " ".join(cmd):
             log(f"warm-up {name}")
             _run(cmd, tmp)
     runs: dict[str, list[dict]] = {name: [] for name in configs}
@@ -154,7 +155,7 @@ def _ratio(a, b):
 
 
 def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int, size: int, arch: str,
-                 batch_images: int, batch_steps: int, log: Callable[[str], None]) -> dict:
+                 batch_images: int, batch_steps: int, log: Callable[[str], None], warm_up: bool = True) -> dict:
     models = Models(workdir, arch, log)
     report: dict = {"machine": machine_info(), "arch": arch, "size": size, "rounds": rounds, "prompt": PROMPT,
                     "cases": {}, "targets": []}
@@ -188,7 +189,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
                 configs["tiny-vae+deepcache3 20"] = (
                     _generate(fp16, 20, size, ["--scheduler", "euler", "--vae", "tiny", "--deepcache", "3"]), 20)
                 configs["genai 20"] = (_genai(fp16, 20, size, own_scheduler=False), 20)
-            rows = _measure(configs, rounds, tmp, log)
+            rows = _measure(configs, rounds, tmp, log, warm_up)
             report["cases"]["sd15"] = rows
             if "deepcache" in cases:
                 plain, dc = rows["plain 6"], rows["deepcache3 6"]
@@ -212,7 +213,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
                 "lcm 4": (_generate(lcm, 4, size, []), 4),
                 "lcm 4 tiny-vae": (_generate(lcm, 4, size, ["--vae", "tiny"]), 4),
                 "genai lcm 4": (_genai(lcm, 4, size, own_scheduler=True), 4),
-            }, rounds, tmp, log)
+            }, rounds, tmp, log, warm_up)
             report["cases"]["lcm"] = rows
             ratio = _ratio(rows["lcm 4"].get("wall_s"), rows["genai lcm 4"].get("wall_s"))
             targets.append(_target("LCM 4 steps: sdcli wall / genai wall (same folder, full VAE)", ratio, "<= 1.00",
@@ -225,7 +226,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
             folders = {"fp16": models.fp16, "int8": models.converted("--weight-format", "int8"),
                        "hybrid": models.converted("--quantize", "hybrid")}
             rows = _measure({f"{name} 6": (_generate(folder, 6, size, ["--scheduler", "euler"]), 6)
-                             for name, folder in folders.items()}, rounds, tmp, log)
+                             for name, folder in folders.items()}, rounds, tmp, log, warm_up)
             for name, folder in folders.items():
                 rows[f"{name} 6"]["unet_mb"] = round(sum(p.stat().st_size for p in (folder / "unet").iterdir()) / 1e6, 1)
                 rows[f"{name} 6"]["folder_mb"] = round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1)
@@ -239,7 +240,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
             prompts.write_text("\n".join(BATCH_PROMPTS[:batch_images]) + "\n")
             rows = _measure({
                 f"batch --parallel {p}": (_batch(models.fp16, batch_steps, size, p, prompts), batch_steps)
-                for p in ("1", "auto")}, rounds, tmp, log)
+                for p in ("1", "auto")}, rounds, tmp, log, warm_up)
             for row in rows.values():
                 if row.get("wall_s"):
                     row["images_per_hour"] = round(batch_images * 3600 / row["wall_s"], 1)

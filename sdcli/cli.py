@@ -614,6 +614,7 @@ def bench_features(
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's block (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("features-local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/features.json (with --readme)."),
+    warm_up: bool = typer.Option(True, "--warm-up/--no-warm-up", help="Run each configuration once unmeasured first (--no-warm-up: the compiled-model cache is known to be warm)."),
 ):
     """Benchmark the opt-in speed-ups (DeepCache, tiny VAE, LCM, quantization, batch throughput)."""
     with user_errors("interrupted"):
@@ -634,7 +635,7 @@ def bench_features(
             raise UsageError(f"--arch takes sd15 or tiny, got {arch!r}")
         work = workdir or default_cache_dir().parent / "bench"
         run_features(work, output_dir, chosen, rounds, size, arch, batch_images, batch_steps,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
+                     log=lambda s: print(s, file=sys.stderr, flush=True), warm_up=warm_up)
         print((output_dir / "features.md").read_text())
         if readme is not None:
             update_readme(readme, output_dir / "features.json", readme_block)
