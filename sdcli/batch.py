@@ -545,7 +545,7 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
 def run_here(run: BatchRun) -> None:
     """The rows in this process, on one engine: one after the other (`--parallel 1`), or
     several at once on a model compiled for throughput."""
-    if run.opts.parallel != 1 and len(run.todo) > 1:
+    if concurrent_rows_pay(run.opts.parallel) and len(run.todo) > 1:
         run_concurrently(run)
         return
     opts, report, todo = run.opts, run.report, run.todo
@@ -568,6 +568,18 @@ def run_here(run: BatchRun) -> None:
 
 def generation_options(opts: BatchOptions) -> dict:
     return {"vae": opts.vae, "deepcache": opts.deepcache, "clip_skip": opts.clip_skip}
+
+
+# Measured (bench-results/features.json, xeon16/features.json): rows in flight at once gave
+# -8% images/hour on 2 cores and +16% on 16; `auto` takes them from this many cores up.
+AUTO_PARALLEL_MIN_CORES = 8
+
+
+def concurrent_rows_pay(parallel: int) -> bool:
+    """--parallel N > 1 always; auto (0) on machines with enough cores."""
+    if parallel == 0:
+        return (os.cpu_count() or 1) >= AUTO_PARALLEL_MIN_CORES
+    return parallel > 1
 
 
 class _Stopped(Exception):
