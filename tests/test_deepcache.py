@@ -164,3 +164,16 @@ def test_a_graph_without_the_skip_layout_is_refused():
     model = ov.Model([ops.result(ops.relu(sample))], [sample])
     with pytest.raises(UsageError, match="deepcache"):
         add_feature_output(model, {})
+
+
+def test_deepcache_on_an_optimum_cli_folder_matches_the_reference(tiny_eps, tmp_path, parity_log):
+    """The folder optimum-cli wrote (tests/data/optimum-tiny, tiny_eps's weights): its UNet
+    graph is cut the same way and gives the reference DeepCache's pixels."""
+    from pathlib import Path
+
+    class Optimum:
+        ov_dir = Path(__file__).parent / "data" / "optimum-tiny"
+
+    theirs = diffusers_pixels(tiny_eps, "ddim", 3)
+    ours = read_rgb(sdcli_pixels(Optimum, "ddim", tmp_path, 3)).astype(np.int16)
+    compare(ours, theirs, parity_log, model="optimum-cli", scheduler="ddim", mode="deepcache 3", size="64x64")
