@@ -118,8 +118,8 @@ def _summary(name: str, runs: list[dict], steps: int) -> dict:
     row["wall_s"] = med([r["wall_s"] for r in ok])
     row["peak_rss_mb"] = med([r["peak_rss_mb"] for r in ok])
     timings = [r.get("timings", {}) for r in ok]
-    if any("unet" in t for t in timings):  # sdcli generate
-        row["unet_per_step_s"] = med([t["unet"] / max(1, len(t.get("steps") or [1])) for t in timings if "unet" in t])
+    if any("denoise" in t for t in timings):  # sdcli generate (genai reports its own "unet" metric)
+        row["unet_per_step_s"] = med([t["unet"] / max(1, len(t.get("steps") or [1])) for t in timings if "denoise" in t])
         row["decode_s"] = med([t.get("decode") for t in timings])
         per_step = [t.get("steps") or [] for t in timings]
         row["step_median_s"] = med([statistics.median(s) for s in per_step if s])
