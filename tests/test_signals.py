@@ -54,3 +54,30 @@ def test_convert_interrupted_by_sigterm_leaves_nothing(tiny_eps, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, "".join(seen) + err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig,code,parallel", [(signal.SIGINT, 130, "1"), (signal.SIGTERM, 143, "2")])
+def test_batch_stops_cleanly_and_a_rerun_finishes(tiny_eps, tmp_path, sig, code, parallel):
+    """One at a time and with rows in flight at once: the signal stops the batch with every
+    recorded row a whole PNG and nothing partial; the same command then does the rest."""
+    import json
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(30)))
+    out = tmp_path / "out"
+    args = ["batch", prompts, "--output-dir", out, "--model", tiny_eps.ov_dir, "--steps", "30", "--seed", "1",
+            "--width", "64", "--height", "64", "--quiet", "--parallel", parallel]
+    proc = _start(args, tmp_path)
+    assert _wait_for("*.png", out), proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert not [p for p in out.iterdir() if p.name.endswith(".part") or p.name.startswith(".")]
+    recorded = [json.loads(line)["file"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert 1 <= len(recorded) < 30
+    assert sorted(recorded) == sorted(p.name for p in out.glob("*.png"))
+    proc = _start(args, tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 30
