@@ -12,13 +12,13 @@ from sdcli.rng import TorchRNG
 ov_genai = pytest.importorskip("openvino_genai", reason="openvino-genai is in the dev extras")
 
 
-def test_openvino_genai_runs_our_folder_with_the_same_pixels(tiny_eps):
+def same_noise(seed: int):
+    """A genai Generator handing out the draws sdcli makes (`--rng torch`), so the two
+    pipelines can be compared."""
     import openvino as ov
 
     class SameNoise(ov_genai.Generator):
-        """Hands genai the draws sdcli makes, so the two pipelines can be compared."""
-
-        def __init__(self, seed):
+        def __init__(self):
             ov_genai.Generator.__init__(self)
             self.rng = TorchRNG(seed)
 
@@ -28,9 +28,14 @@ def test_openvino_genai_runs_our_folder_with_the_same_pixels(tiny_eps):
         def randn_tensor(self, shape):
             return ov.Tensor(self.rng.randn(tuple(shape)))
 
+    return SameNoise()
+
+
+def test_openvino_genai_runs_our_folder_with_the_same_pixels(tiny_eps):
+
     pipe = ov_genai.Text2ImagePipeline(str(tiny_eps.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
     theirs = pipe.generate("a red fox", negative_prompt="rain", width=64, height=64, num_inference_steps=5,
-                           guidance_scale=7.5, generator=SameNoise(5)).data[0].astype(np.int16)
+                           guidance_scale=7.5, generator=same_noise(5)).data[0].astype(np.int16)
     engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32")
     ours = engine.generate(GenerationConfig(prompt="a red fox", negative_prompt="rain", steps=5, seed=5,
                                             width=64, height=64, scheduler="pndm")).image.astype(np.int16)

@@ -318,24 +318,13 @@ def test_other_schedulers_and_impossible_schedules_are_usage_errors(tiny_lcm, tm
 
 def test_openvino_genai_lcm_pipeline_runs_our_folder_with_the_same_pixels(tiny_lcm, parity_log):
     ov_genai = pytest.importorskip("openvino_genai")
-    import openvino as ov
 
     from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
-
-    class SameNoise(ov_genai.Generator):
-        def __init__(self, seed):
-            ov_genai.Generator.__init__(self)
-            self.rng = TorchRNG(seed)
-
-        def next(self):
-            raise NotImplementedError
-
-        def randn_tensor(self, shape):
-            return ov.Tensor(self.rng.randn(tuple(shape)))
+    from tests.test_interop import same_noise
 
     pipe = ov_genai.Text2ImagePipeline(str(tiny_lcm.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
     theirs = pipe.generate(PROMPT, width=64, height=64, num_inference_steps=4, guidance_scale=8.0,
-                           generator=SameNoise(SEED)).data[0].astype(np.int16)
+                           generator=same_noise(SEED)).data[0].astype(np.int16)
     engine = StableDiffusionEngine(tiny_lcm.ov_dir, precision="f32")
     ours = engine.generate(GenerationConfig(prompt=PROMPT, steps=4, guidance_scale=8.0, seed=SEED,
                                             width=64, height=64)).image.astype(np.int16)
