@@ -267,6 +267,8 @@ def settings_from_image(path: Path) -> dict:
             out["clip_skip"] = int(fields["Clip skip"])
         if "DeepCache" in fields:
             out["deepcache"] = int(fields["DeepCache"])
+        if "Mask blur" in fields:
+            out["mask_blur"] = int(fields["Mask blur"])
         if fields.get("VAE") == "tiny":  # A1111 writes a VAE file's name here: only sdcli's value is read
             out["vae"] = "tiny"
         if "Model" in fields:
@@ -382,10 +384,12 @@ def generate(
             deepcache = deepcache if given("deepcache") else stored.get("deepcache", deepcache)
             vae = vae if given("vae") else stored.get("vae", vae)
             clip_skip = clip_skip if given("clip_skip") else stored.get("clip_skip", clip_skip)
+            mask_blur = mask_blur if given("mask_blur") else stored.get("mask_blur", mask_blur)
             checked = _recheck_stored(ctx, dict(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                                 seed=seed, width=width, height=height, strength=strength,
-                                                deepcache=deepcache, clip_skip=clip_skip))
-            steps, scheduler, guidance_scale, seed, width, height, strength, deepcache, clip_skip = checked.values()
+                                                deepcache=deepcache, clip_skip=clip_skip, mask_blur=mask_blur))
+            steps, scheduler, guidance_scale, seed, width, height, strength, deepcache, clip_skip, mask_blur = \
+                checked.values()
             if model is None and not os.environ.get("SDCLI_MODEL") and (Path("models") / stored.get("model_name", "")).is_dir():
                 model = str(Path("models") / stored["model_name"])
         if prompt is None:

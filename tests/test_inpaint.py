@@ -242,3 +242,19 @@ def test_bad_masks_exit_2_with_one_line(tiny_inpaint, inpaint_files, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sdcli: error:") and expected in lines[0], r.stderr
         assert not (tmp_path / "o.png").exists()
+
+
+def test_from_image_reads_the_mask_blur(tiny_eps, inpaint_files, tmp_path):
+    """An inpainting PNG stores Mask blur; --from-image with the image and mask passed again
+    makes it byte for byte without repeating --mask-blur."""
+    init, mask = inpaint_files[(64, 64)]
+    first = tmp_path / "first.png"
+    sdcli_inpaint(tiny_eps.ov_dir, "euler", init, mask, 0.7, first, blur=5)
+    again = tmp_path / "again.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_eps.ov_dir), "--from-image", str(first),
+                                      "--init-image", str(init), "--mask", str(mask), "--output", str(again), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == first.read_bytes()
+    blur0 = tmp_path / "blur0.png"
+    sdcli_inpaint(tiny_eps.ov_dir, "euler", init, mask, 0.7, blur0, blur=0)
+    assert blur0.read_bytes() != first.read_bytes()  # the blur matters, so the match above means something
