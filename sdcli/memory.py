@@ -126,13 +126,14 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     parts = folder.vae(vae)
     components = {"text_encoder": "text_encoder", "unet": "unet", "decoder": parts.decoder}
     if init_image:
-        if not folder.ir(parts.encoder).is_file():
-            from .errors import UsageError
-
-            raise UsageError(f"model folder {folder.root} has no {parts.encoder}/, which --init-image needs")
         components["encoder"] = parts.encoder
-    weights = {key: int(WEIGHT_FACTOR * ir_parameters(folder.ir(name)) * element_bytes) + COMPONENT
-               for key, name in components.items()}
+    try:
+        weights = {key: int(WEIGHT_FACTOR * ir_parameters(folder.ir(name)) * element_bytes) + COMPONENT
+                   for key, name in components.items()}
+    except FileNotFoundError as exc:
+        from .errors import UsageError
+
+        raise UsageError(f"model folder {folder.root} lacks {exc.filename}, which this run needs") from None
     vae_config = folder.vae_config
     if vae != "full":
         from .config_checks import read_json

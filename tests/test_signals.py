@@ -10,8 +10,11 @@ import pytest
 
 
 def _start(args, cwd):
+    # as from a terminal: a shell's background job (e.g. a CI runner started with `&`) has
+    # SIGINT ignored, and a child would inherit that
     return subprocess.Popen([sys.executable, "-m", "sdcli", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path_glob, folder, timeout=120):
