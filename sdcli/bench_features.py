@@ -16,6 +16,7 @@ Writes features.json and features.md (a table per case plus each target and whet
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,7 @@ class Models:
     def _once(self, path: Path, build: Callable[[Path], None]) -> Path:
         if not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
             tmp = path.with_name("." + path.name + ".part")
-            subprocess.run(["rm", "-rf", str(tmp)], check=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             build(tmp)
             tmp.replace(path)
         return path

@@ -88,14 +88,12 @@ class DeepCacheUNet:
         self.shallow = shallow
         self.interval = interval
         self.calls = 0
-        self.full_calls = 0
         self._feature: np.ndarray | None = None
 
     def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
         if self.calls % self.interval == 0:
             out = self.full(sample, timestep, context, **extra)
             self._feature = self.full.output(1)
-            self.full_calls += 1
         else:
             out = self.shallow(sample, timestep, context, **{FEATURE: self._feature}, **extra)
         self.calls += 1

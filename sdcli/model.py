@@ -5,7 +5,6 @@ compiles it, and runs it on numpy arrays.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -220,12 +219,15 @@ class _Compiled:
 
     compiled = None
 
+    @cached_property
+    def _local(self) -> threading.local:
+        return threading.local()
+
     @property
     def request(self):
-        local = self.__dict__.setdefault("_local", threading.local())
-        if not hasattr(local, "request"):
-            local.request = self.compiled.create_infer_request()
-        return local.request
+        if not hasattr(self._local, "request"):
+            self._local.request = self.compiled.create_infer_request()
+        return self._local.request
 
 
 class TextEncoder(_Compiled):

@@ -10,6 +10,7 @@ import pytest
 from sdcli.lcm import guidance_scale_embedding
 from sdcli.rng import TorchRNG
 from sdcli.schedulers import LCMScheduler, create_scheduler
+from tests.test_parity import compare
 
 # LCM_Dreamshaper_v7's scheduler_config.json
 LCM_CONFIG = {
@@ -203,12 +204,6 @@ def sdcli_pixels(ov_dir, tmp_path, *extra) -> np.ndarray:
     return read_rgb(out).astype(np.int16)
 
 
-def compare(ours, theirs, log, **row) -> None:
-    assert ours.shape == theirs.shape
-    diff = np.abs(ours - theirs)
-    log.append({**row, "max": int(diff.max()), "mean": float(diff.mean())})
-    assert theirs.std() > 10  # the images must have content for the comparison to mean anything
-    assert diff.max() <= 2, f"max pixel difference {diff.max()} > 2"
 
 
 def test_convert_exports_timestep_cond_as_optimum_cli_names_it(tiny_lcm):
