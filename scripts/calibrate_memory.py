@@ -23,8 +23,8 @@ from pathlib import Path
 def child(model: str, component: str, size: int, precision: str, cache: str, run: str) -> None:
     import numpy as np
 
-    from sdcli.memory import BASE, compute_element_bytes, estimate
-    from sdcli.pipeline import StableDiffusionEngine
+    from sdcli.engine.memory import BASE, compute_element_bytes, estimate
+    from sdcli.engine.engine import StableDiffusionEngine
 
     engine = StableDiffusionEngine(model, precision=precision, cache_dir=Path(cache))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,3 +1,3 @@
-from .cli import main
+from sdcli.cli.app import main
 
 main()

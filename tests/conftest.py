@@ -41,8 +41,8 @@ class TinyModel:
 
 
 def _build(root: Path, prediction_type: str, variant: str = "sd1") -> TinyModel:
-    from sdcli.convert import ConvertOptions, convert
-    from sdcli.random_model import TINY, TINY_SD2, build_random_pipeline
+    from sdcli.convert.export import ConvertOptions, convert
+    from sdcli.convert.random_model import TINY, TINY_SD2, build_random_pipeline
 
     name = f"tiny-{prediction_type}" + ("" if variant == "sd1" else f"-{variant}")
     src = root / name
@@ -80,7 +80,7 @@ def tiny_sd2(models_root) -> TinyModel:
 @pytest.fixture(scope="session")
 def init_image_file(tmp_path_factory) -> Path:
     """A smooth, deterministic 64x96 RGB picture (H=64, W=96) saved as PNG."""
-    from sdcli.image_io import save_png
+    from sdcli.imaging.image_io import save_png
 
     h, w = 64, 96
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)

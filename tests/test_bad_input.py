@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
+from sdcli.cli.app import app
 
 # --- running and checking ---------------------------------------------------------------
 
@@ -56,7 +56,7 @@ def assert_done(result, image: Path) -> None:
     assert uncaught(result) is None, f"uncaught {uncaught(result)!r}\n{result.output}"
     assert result.exit_code == 0, result.stderr
     assert "error" not in result.stderr.lower()
-    from sdcli.image_io import read_rgb
+    from sdcli.imaging.image_io import read_rgb
 
     assert read_rgb(image).ndim == 3
 
@@ -113,7 +113,7 @@ def images(tmp_path_factory) -> Path:
     jpeg = (d / "rotated.jpg").read_bytes()
     (d / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
     (d / "folder.png").mkdir()
-    from sdcli.image_io import save_png
+    from sdcli.imaging.image_io import save_png
 
     def stored(name: str, fields: str) -> None:
         save_png(d / name, rgb, f"a fox\nNegative prompt: rain\n{fields}")
@@ -338,7 +338,7 @@ def test_one_pixel_init_image_needs_a_size(tiny_eps, images, tmp_path):
 
 def test_exif_rotation_is_honoured(tiny_eps, images, tmp_path):
     """The JPEG is stored 80x48 with EXIF orientation 6: the image it shows is 48 wide, 80 high."""
-    from sdcli.image_io import read_mask, read_rgb
+    from sdcli.imaging.image_io import read_mask, read_rgb
 
     assert read_rgb(images / "rotated.jpg").shape == (80, 48, 3)
     assert read_mask(images / "rotated-mask.jpg").shape == (80, 48)
@@ -355,7 +355,7 @@ def test_alpha_masks_follow_exif_orientation_as_cv2_does(tmp_path, orientation):
     import cv2
     from PIL import Image
 
-    from sdcli.image_io import orient
+    from sdcli.imaging.image_io import orient
 
     rgba = (np.random.default_rng(orientation).random((6, 10, 4)) * 255).astype(np.uint8)
     exif = Image.Exif()
@@ -391,10 +391,10 @@ def test_long_prompt_on_a_fixed_length_unet_warns_and_works(tmp_path):
 # --- memory -----------------------------------------------------------------------------
 
 def test_a_machine_without_enough_memory_refuses_before_loading(tiny_eps, tmp_path, monkeypatch):
-    import sdcli.memory
+    import sdcli.engine.memory
 
-    monkeypatch.setattr(sdcli.memory, "available_bytes", lambda: 1_000_000)
-    monkeypatch.setattr(sdcli.memory, "resident_bytes", lambda: 0)
+    monkeypatch.setattr(sdcli.engine.memory, "available_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(sdcli.engine.memory, "resident_bytes", lambda: 0)
     result = invoke(*generate_args(tiny_eps, tmp_path))
     assert_refused(result, 2, "would need about")
     assert "GB is available" in result.stderr
@@ -410,7 +410,7 @@ def sd15_folder():
     """SD 1.5's configs and weight counts, without its 2 GB of files."""
     from types import SimpleNamespace
 
-    from sdcli.random_model import SD15
+    from sdcli.convert.random_model import SD15
 
     return SimpleNamespace(
         vae_scale_factor=8, root=Path("."), ir=lambda name: name,
@@ -425,27 +425,27 @@ def sd15_folder():
 def test_memory_estimate_matches_sd15_measurements(monkeypatch, size, element_bytes, measured_gb):
     """Whole-process peak RSS of a warm 512x512 SD 1.5 generate on the 2-core EPYC (README,
     Performance): the estimate lands within 15%."""
-    import sdcli.memory
+    import sdcli.engine.memory
 
-    monkeypatch.setattr(sdcli.memory, "ir_parameters", lambda name: SD15_PARAMETERS[name])
-    est = sdcli.memory.estimate(sd15_folder(), size, size, element_bytes=element_bytes)
+    monkeypatch.setattr(sdcli.engine.memory, "ir_parameters", lambda name: SD15_PARAMETERS[name])
+    est = sdcli.engine.memory.estimate(sd15_folder(), size, size, element_bytes=element_bytes)
     assert est.stage == "denoising"
     assert est.peak / 1e9 == pytest.approx(measured_gb, rel=0.15)
 
 
 def test_memory_estimate_refuses_only_what_cannot_fit(monkeypatch):
-    import sdcli.memory
+    import sdcli.engine.memory
 
-    monkeypatch.setattr(sdcli.memory, "ir_parameters", lambda name: SD15_PARAMETERS[name])
-    monkeypatch.setattr(sdcli.memory, "resident_bytes", lambda: 0)
-    monkeypatch.setattr(sdcli.memory, "available_bytes", lambda: 8_000_000_000)  # an 8 GB laptop, mostly free
+    monkeypatch.setattr(sdcli.engine.memory, "ir_parameters", lambda name: SD15_PARAMETERS[name])
+    monkeypatch.setattr(sdcli.engine.memory, "resident_bytes", lambda: 0)
+    monkeypatch.setattr(sdcli.engine.memory, "available_bytes", lambda: 8_000_000_000)  # an 8 GB laptop, mostly free
     folder = sd15_folder()
-    assert sdcli.memory.require(folder, 1024, 1024, precision="bf16").peak < 4e9
-    assert sdcli.memory.require(folder, 1024, 1024, precision="f32", images=4, init_image=True).peak < 8e9
+    assert sdcli.engine.memory.require(folder, 1024, 1024, precision="bf16").peak < 4e9
+    assert sdcli.engine.memory.require(folder, 1024, 1024, precision="f32", images=4, init_image=True).peak < 8e9
     with pytest.raises(Exception, match=r"4096x4096 would need about [0-9.]+ GB of memory \(decoding\)"):
-        sdcli.memory.require(folder, 4096, 4096, precision="bf16")
-    low = sdcli.memory.estimate(folder, 2048, 2048, images=3, low_memory=True)
-    assert low.peak < sdcli.memory.estimate(folder, 2048, 2048, images=3).peak
+        sdcli.engine.memory.require(folder, 4096, 4096, precision="bf16")
+    low = sdcli.engine.memory.estimate(folder, 2048, 2048, images=3, low_memory=True)
+    assert low.peak < sdcli.engine.memory.estimate(folder, 2048, 2048, images=3).peak
 
 
 # --- model folders ----------------------------------------------------------------------
@@ -455,8 +455,8 @@ def other_model(tmp_path_factory):
     """A tiny model that does not fit tiny_eps: 8 latent channels, 48-wide text embeddings."""
     from conftest import TinyModel
 
-    from sdcli.convert import ConvertOptions, convert
-    from sdcli.random_model import TINY, build_random_pipeline
+    from sdcli.convert.export import ConvertOptions, convert
+    from sdcli.convert.random_model import TINY, build_random_pipeline
 
     root = tmp_path_factory.mktemp("other-model")
     sizes = {"unet": dict(TINY["unet"], in_channels=8, out_channels=8, cross_attention_dim=48),

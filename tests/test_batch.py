@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdcli.image_io import read_png_text, read_rgb
+from sdcli.imaging.image_io import read_png_text, read_rgb
 
 ENTRY = [sys.executable, "-m", "sdcli"]
 

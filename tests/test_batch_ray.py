@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdcli.batch import BatchOptions, run_batch
-from sdcli.image_io import read_png_text, read_rgb
+from sdcli.batch.run import BatchOptions, run_batch
+from sdcli.imaging.image_io import read_png_text, read_rgb
 
-from sdcli.batch_ray import RowWorker, run_on_ray  # imports Ray only when run
+from sdcli.batch.ray_runner import RowWorker, run_on_ray  # imports Ray only when run
 
 ENTRY = [sys.executable, "-m", "sdcli"]
 CRASH_DIR_VAR = "SDCLI_TEST_CRASH_DIR"
@@ -169,7 +169,7 @@ def test_row_that_always_kills_its_worker_fails_after_retries(ray_cluster, tiny_
 
 
 def test_no_worker_can_open_the_model(ray_cluster, tiny_eps, tmp_path, capsys):
-    from sdcli.errors import SdcliError
+    from sdcli.util.errors import SdcliError
 
     (tmp_path / "p.txt").write_text("x\n")
     with pytest.raises(SdcliError, match="no Ray worker could start: on .*model folder not found"):
@@ -180,7 +180,7 @@ def test_no_worker_can_open_the_model(ray_cluster, tiny_eps, tmp_path, capsys):
 
 def test_without_ray_installed_one_line_and_exit_2(tiny_eps, tmp_path):
     (tmp_path / "p.txt").write_text("x\n")
-    code = ("import sys; sys.modules['ray'] = None; from sdcli.cli import main; "  # `import ray` raises ImportError
+    code = ("import sys; sys.modules['ray'] = None; from sdcli.cli.app import main; "  # `import ray` raises ImportError
             "sys.argv = ['sdcli', *sys.argv[1:]]; main()")
     r = subprocess.run([sys.executable, "-c", code, "batch", str(tmp_path / "p.txt"), "-o", str(tmp_path / "out"),
                         "--model", str(tiny_eps.ov_dir), "--ray", "auto"], capture_output=True, text=True, timeout=120)

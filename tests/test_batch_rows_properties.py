@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdcli.batch_rows import (
+from sdcli.batch.rows import (
     MAX_NAME_BYTES,
     ROW_FIELDS,
     BatchOptions,
@@ -24,7 +24,7 @@ from sdcli.batch_rows import (
     read_text,
     safe_file_name,
 )
-from sdcli.errors import UsageError
+from sdcli.util.errors import UsageError
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -169,7 +169,7 @@ def test_names_never_leave_the_output_folder(tmp_path_factory, name):
 @SETTINGS
 @given(prompt=text.filter(lambda s: s.strip()), seed=st.integers(0, 2**64 - 1), index=st.integers(0, 99_999))
 def test_generated_names_are_plain(tmp_path_factory, prompt, seed, index):
-    from sdcli.batch_rows import Row
+    from sdcli.batch.rows import Row
 
     folder = tmp_path_factory.mktemp("slugs")
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdcli.image_io import read_png_text, read_rgb
+from sdcli.imaging.image_io import read_png_text, read_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_json_output_and_random_seed(tiny_eps, tmp_path):
 def test_generate_never_imports_torch_or_diffusers(tiny_eps, tmp_path):
     code = (
         "import sys\n"
-        "from sdcli.cli import app\n"
+        "from sdcli.cli.app import app\n"
         f"args = {[str(a) for a in base_args(tiny_eps, tmp_path / 'x.png')]!r}\n"
         "try:\n    app(args)\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "bad = [m for m in ('torch', 'diffusers') if m in sys.modules]\n"
@@ -238,13 +238,13 @@ def test_full_disk_while_writing_is_a_clear_error_and_leaves_nothing(tiny_eps, t
 
     from typer.testing import CliRunner
 
-    import sdcli.fsutil
-    from sdcli.cli import app
+    import sdcli.util.fsutil
+    from sdcli.cli.app import app
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sdcli.fsutil.os, "fsync", no_space)
+    monkeypatch.setattr(sdcli.util.fsutil.os, "fsync", no_space)
     out = tmp_path / "full.png"
     result = CliRunner().invoke(app, [str(a) for a in base_args(tiny_eps, out)])
     assert result.exit_code == 1

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from sdcli.cli import app
+from sdcli.cli.app import app
 from sdcli.schedulers import A1111_NAMES, scheduler_names
 
 EXAMPLES = 50
@@ -61,7 +61,7 @@ arguments = st.tuples(
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    from sdcli.image_io import save_png
+    from sdcli.imaging.image_io import save_png
 
     d = tmp_path_factory.mktemp("fuzz-files")
     y, x = np.mgrid[0:40, 0:56]

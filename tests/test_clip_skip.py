@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
-from sdcli.image_io import read_rgb
+from sdcli.cli.app import app
+from sdcli.imaging.image_io import read_rgb
 from tests.test_parity import NEGATIVE, PROMPT, SEED, compare
 
 STEPS = 6

@@ -9,8 +9,8 @@ import sys
 import openvino as ov
 import pytest
 
-from sdcli.convert import ConvertOptions, convert
-from sdcli.errors import UsageError
+from sdcli.convert.export import ConvertOptions, convert
+from sdcli.util.errors import UsageError
 
 
 def io_of(path):
@@ -54,7 +54,7 @@ def test_layout_and_tensor_names_match_optimum(tiny_eps):
 def test_openvino_tokenizer_gives_the_same_ids(tiny_eps):
     import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations)
 
-    from sdcli.tokenizer import PromptTokenizer
+    from sdcli.model.tokenizer import PromptTokenizer
 
     ours = PromptTokenizer(tiny_eps.ov_dir / "tokenizer")
     compiled = ov.Core().compile_model(str(tiny_eps.ov_dir / "tokenizer" / "openvino_tokenizer.xml"), "CPU")
@@ -94,7 +94,7 @@ def test_existing_output_needs_force(tiny_eps, tmp_path):
 
 
 def test_interrupted_convert_leaves_nothing(tiny_eps, tmp_path, monkeypatch):
-    import sdcli.convert as conv
+    import sdcli.convert.export as conv
 
     real_save = conv._save
 

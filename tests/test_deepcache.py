@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
-from sdcli.image_io import read_rgb
+from sdcli.cli.app import app
+from sdcli.imaging.image_io import read_rgb
 from tests.test_parity import NEGATIVE, PROMPT, SEED, compare, diffusers_scheduler
 
 STEPS = 9
@@ -93,8 +93,8 @@ def sdcli_pixels(model, scheduler, tmp_path, deepcache, init_image=None, strengt
 
 
 def _unet_parts(model, batch=2, hw=(8, 8), seq=77):
-    from sdcli.model import ModelFolder, UNet
-    from sdcli.runtime import Runtime
+    from sdcli.model.folder import ModelFolder, UNet
+    from sdcli.runtime.core import Runtime
 
     runtime = Runtime("CPU", "f32", None)
     folder = ModelFolder.open(model.ov_dir)
@@ -156,8 +156,8 @@ def test_a_graph_without_the_skip_layout_is_refused():
     import openvino as ov
     from openvino import opset13 as ops
 
-    from sdcli.deepcache import add_feature_output
-    from sdcli.errors import UsageError
+    from sdcli.runtime.deepcache import add_feature_output
+    from sdcli.util.errors import UsageError
 
     sample = ops.parameter([1, 4, 8, 8], ov.Type.f32, name="sample")
     sample.output(0).get_tensor().set_names({"sample"})

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sdcli.rng import NumpyRNG, TorchRNG
+from sdcli.util.rng import NumpyRNG, TorchRNG
 from sdcli.schedulers import (
     A1111_NAMES,
     SCHEDULERS,
@@ -394,7 +394,7 @@ def test_names():
 def test_cli_lists_it():
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
+    from sdcli.cli.app import app
 
     result = CliRunner().invoke(app, ["generate", "--list-schedulers"])
     assert result.exit_code == 0

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
-from sdcli.image_io import blur_mask, read_mask, read_png_text, read_rgb, save_png
+from sdcli.cli.app import app
+from sdcli.imaging.image_io import blur_mask, read_mask, read_png_text, read_rgb, save_png
 
 PROMPT = "a photo of an astronaut riding a horse"
 NEGATIVE = "blurry"
@@ -45,8 +45,8 @@ class InpaintModel:
 @pytest.fixture(scope="session")
 def tiny_inpaint(tmp_path_factory) -> InpaintModel:
     """A tiny random-weight dedicated inpainting model (9-channel UNet), converted."""
-    from sdcli.convert import ConvertOptions, convert
-    from sdcli.random_model import TINY_INPAINT, build_random_pipeline
+    from sdcli.convert.export import ConvertOptions, convert
+    from sdcli.convert.random_model import TINY_INPAINT, build_random_pipeline
 
     root = tmp_path_factory.mktemp("inpaint-models")
     src, out = root / "tiny-inpaint", root / "tiny-inpaint-ov"

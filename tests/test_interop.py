@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
-from sdcli.rng import TorchRNG
+from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
+from sdcli.util.rng import TorchRNG
 
 ov_genai = pytest.importorskip("openvino_genai", reason="openvino-genai is in the dev extras")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdcli.lcm import guidance_scale_embedding
-from sdcli.rng import TorchRNG
+from sdcli.engine.lcm import guidance_scale_embedding
+from sdcli.util.rng import TorchRNG
 from sdcli.schedulers import LCMScheduler, create_scheduler
 from tests.test_parity import compare
 
@@ -166,8 +166,8 @@ class Converted:
 
 @pytest.fixture(scope="module")
 def tiny_lcm(tmp_path_factory):
-    from sdcli.convert import ConvertOptions, convert
-    from sdcli.random_model import TINY, build_random_pipeline
+    from sdcli.convert.export import ConvertOptions, convert
+    from sdcli.convert.random_model import TINY, build_random_pipeline
 
     root = tmp_path_factory.mktemp("lcm")
     build_random_pipeline(root / "tiny-lcm", TINY, seed=3, lcm=True)
@@ -193,8 +193,8 @@ def _np_pixels(images) -> np.ndarray:
 def sdcli_pixels(ov_dir, tmp_path, *extra) -> np.ndarray:
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
-    from sdcli.image_io import read_rgb
+    from sdcli.cli.app import app
+    from sdcli.imaging.image_io import read_rgb
 
     out = tmp_path / "out.png"
     args = ["generate", "--model", str(ov_dir), "--prompt", PROMPT, "--seed", str(SEED), "--rng", "torch",
@@ -209,7 +209,7 @@ def sdcli_pixels(ov_dir, tmp_path, *extra) -> np.ndarray:
 def test_convert_exports_timestep_cond_as_optimum_cli_names_it(tiny_lcm):
     import openvino as ov
 
-    from sdcli.model import ModelFolder
+    from sdcli.model.folder import ModelFolder
 
     unet = ov.Core().read_model(tiny_lcm.ov_dir / "unet" / "openvino_model.xml")
     names = [port.get_any_name() for port in unet.inputs]
@@ -283,8 +283,8 @@ def test_inpainting_with_an_lcm_unet_matches_the_sd_inpaint_pipeline(tiny_lcm, s
 def test_guidance_changes_the_image_and_negative_prompt_is_ignored_with_a_warning(tiny_lcm, tmp_path):
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
-    from sdcli.image_io import read_rgb
+    from sdcli.cli.app import app
+    from sdcli.imaging.image_io import read_rgb
 
     base = ["generate", "--model", str(tiny_lcm.ov_dir), "--prompt", PROMPT, "--seed", "5", "--precision", "f32"]
     runs = {}
@@ -300,7 +300,7 @@ def test_guidance_changes_the_image_and_negative_prompt_is_ignored_with_a_warnin
 def test_other_schedulers_and_impossible_schedules_are_usage_errors(tiny_lcm, tmp_path, init_image_file):
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
+    from sdcli.cli.app import app
 
     base = ["generate", "--model", str(tiny_lcm.ov_dir), "--prompt", PROMPT, "--output", str(tmp_path / "x.png")]
     result = CliRunner().invoke(app, [*base, "--scheduler", "euler"])
@@ -314,7 +314,7 @@ def test_other_schedulers_and_impossible_schedules_are_usage_errors(tiny_lcm, tm
 def test_openvino_genai_lcm_pipeline_runs_our_folder_with_the_same_pixels(tiny_lcm, parity_log):
     ov_genai = pytest.importorskip("openvino_genai")
 
-    from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
+    from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
     from tests.test_interop import same_noise
 
     pipe = ov_genai.Text2ImagePipeline(str(tiny_lcm.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
@@ -361,7 +361,7 @@ def tiny_lora(tiny_eps, tmp_path_factory):
     """tiny_eps with a random LoRA fused in, converted with --scheduler lcm."""
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
+    from sdcli.cli.app import app
 
     root = tmp_path_factory.mktemp("lora")
     make_random_lora(tiny_eps.diffusers_dir, root / "lora")
@@ -436,7 +436,7 @@ def test_lcm_lora_img2img_matches_diffusers_with_the_lora_fused(tiny_lora, init_
 def test_lcm_scheduler_at_generate_time_on_the_plain_lora_folder(tiny_lora, tiny_eps, tmp_path):
     """`generate --scheduler lcm` on a folder converted with --lora but without --scheduler lcm
     gives the same image as the folder whose own scheduler is lcm."""
-    from sdcli.convert import ConvertOptions, convert
+    from sdcli.convert.export import ConvertOptions, convert
 
     plain = tmp_path / "lora-pndm-ov"
     convert(str(tiny_eps.diffusers_dir), plain,
@@ -449,7 +449,7 @@ def test_lcm_scheduler_at_generate_time_on_the_plain_lora_folder(tiny_lora, tiny
 def test_lora_errors(tiny_eps, tmp_path):
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
+    from sdcli.cli.app import app
 
     base = ["convert", str(tiny_eps.diffusers_dir), "--output", str(tmp_path / "x")]
     result = CliRunner().invoke(app, [*base, "--lora", str(tmp_path / "missing.safetensors")])
@@ -464,7 +464,7 @@ def test_batch_uses_the_lcm_defaults_where_the_command_line_gives_none(tiny_lcm,
 
     from typer.testing import CliRunner
 
-    from sdcli.cli import app
+    from sdcli.cli.app import app
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "steps": 3}\n')

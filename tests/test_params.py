@@ -8,8 +8,8 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdcli.image_io import read_png_text
-from sdcli.params import format_parameters, parse_parameters
+from sdcli.imaging.image_io import read_png_text
+from sdcli.imaging.params import format_parameters, parse_parameters
 
 text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=60)
 
@@ -59,7 +59,7 @@ def test_from_image_redoes_the_image_byte_for_byte_and_takes_overrides(tiny_eps,
 
 
 def test_from_image_without_settings_is_a_clear_error(tmp_path):
-    from sdcli.image_io import save_png
+    from sdcli.imaging.image_io import save_png
     import numpy as np
 
     bare = tmp_path / "bare.png"

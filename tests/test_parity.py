@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
-from sdcli.image_io import read_rgb
+from sdcli.cli.app import app
+from sdcli.imaging.image_io import read_rgb
 
 # our name -> (diffusers class, extra from_config arguments)
 SCHEDULERS = {

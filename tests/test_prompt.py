@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdcli.prompt import CHUNK, chunk_prompt, parse_emphasis
+from sdcli.engine.prompt_syntax import CHUNK, chunk_prompt, parse_emphasis
 
 OPTIMUM_TINY = Path(__file__).parent / "data" / "optimum-tiny"
 
@@ -57,7 +57,7 @@ def test_chunks_are_77_tokens_and_break_at_commas():
 
 
 def test_plain_prompt_tokens_match_diffusers(tiny_eps):
-    from sdcli.pipeline import StableDiffusionEngine
+    from sdcli.engine.engine import StableDiffusionEngine
 
     engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
     tokenizer = tiny_eps.pipe().tokenizer
@@ -91,8 +91,8 @@ def test_long_weighted_prompt_matches_diffusers_with_the_same_embeddings(tiny_ep
     """Chunked (154-token) and weighted embeddings fed to diffusers give sdcli's pixels."""
     import torch
 
-    from sdcli.image_io import read_rgb
-    from sdcli.pipeline import StableDiffusionEngine
+    from sdcli.imaging.image_io import read_rgb
+    from sdcli.engine.engine import StableDiffusionEngine
 
     prompt = "a (red:1.4) fox, " + ", ".join(["in a [dark] wood"] * 12)
     negative = "blurry"
@@ -124,7 +124,7 @@ def test_long_weighted_prompt_matches_diffusers_with_the_same_embeddings(tiny_ep
 
 
 def test_emphasis_changes_the_image_and_can_be_turned_off(tiny_eps, tmp_path):
-    from sdcli.image_io import read_rgb
+    from sdcli.imaging.image_io import read_rgb
 
     def run(prompt, *extra):
         out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"

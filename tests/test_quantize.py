@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
-from sdcli.image_io import read_rgb
+from sdcli.cli.app import app
+from sdcli.imaging.image_io import read_rgb
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _op_types(xml):
 def test_unet_is_hybrid_and_the_rest_weight_only(hybrid_folder, tiny_eps):
     import openvino as ov
 
-    from sdcli.quantize import matmuls_with_weights
+    from sdcli.convert.quantize import matmuls_with_weights
 
     unet = ov.Core().read_model(hybrid_folder / "unet" / "openvino_model.xml")
     types = [op.get_type_name() for op in unet.get_ops()]

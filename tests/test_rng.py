@@ -1,4 +1,4 @@
-"""sdcli.rng.TorchRNG must reproduce torch.randn with a seeded CPU generator (without importing torch)."""
+"""sdcli.util.rng.TorchRNG must reproduce torch.randn with a seeded CPU generator (without importing torch)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from sdcli.rng import NumpyRNG, TorchRNG, fma_f32, make_rng
+from sdcli.util.rng import NumpyRNG, TorchRNG, fma_f32, make_rng
 
 torch = pytest.importorskip("torch")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdcli.pipeline import GenerationConfig, StableDiffusionEngine
+from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
 
 
 def _image(model_dir, cache_dir):

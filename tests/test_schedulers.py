@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
-from sdcli.rng import TorchRNG
+from sdcli.util.rng import TorchRNG
 from sdcli.schedulers import (
     SCHEDULERS,
     DDIMScheduler,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdcli.image_io import read_png_text
+from sdcli.imaging.image_io import read_png_text
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "batch-prompts.sh"
 

@@ -39,7 +39,7 @@ def test_generate_stops_cleanly_between_images(tiny_eps, tmp_path, sig, code):
     made = sorted(tmp_path.glob("img-*.png"))
     assert 1 <= len(made) < 400
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
-    from sdcli.image_io import read_rgb
+    from sdcli.imaging.image_io import read_rgb
 
     for image in made:  # every file left is a whole image
         assert read_rgb(image).shape == (64, 64, 3)

@@ -12,8 +12,8 @@ import openvino as ov
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.cli import app
-from sdcli.image_io import read_png_text, read_rgb
+from sdcli.cli.app import app
+from sdcli.imaging.image_io import read_png_text, read_rgb
 
 PROMPT = "a photo of an astronaut riding a horse"
 NEGATIVE = "blurry"
@@ -37,7 +37,7 @@ def one_line_error(result, code: int = 2) -> str:
 
 @pytest.fixture(scope="module")
 def taesd_dir(tmp_path_factory) -> Path:
-    from sdcli.random_model import build_random_taesd
+    from sdcli.convert.random_model import build_random_taesd
 
     folder = tmp_path_factory.mktemp("taesd") / "tiny-taesd"
     build_random_taesd(folder, seed=11)
@@ -86,8 +86,8 @@ def test_converted_halves_match_autoencoder_tiny(with_tiny, taesd):
     """The same input through OpenVINO (f32) and through diffusers' AutoencoderTiny."""
     import torch
 
-    from sdcli.model import ModelFolder, VaeDecoder, VaeEncoder
-    from sdcli.runtime import Runtime
+    from sdcli.model.folder import ModelFolder, VaeDecoder, VaeEncoder
+    from sdcli.runtime.core import Runtime
 
     folder = ModelFolder.open(with_tiny)
     runtime = Runtime("CPU", "f32", None)
@@ -219,7 +219,7 @@ def test_into_adds_it_to_a_converted_folder(tiny_eps, taesd_dir, with_tiny, tmp_
 
 
 def test_random_full_size_taesd_has_taesds_architecture(tmp_path):
-    from sdcli.random_model import main
+    from sdcli.convert.random_model import main
 
     main([str(tmp_path / "taesd"), "--taesd"])
     config = json.loads((tmp_path / "taesd" / "config.json").read_text())
@@ -269,7 +269,7 @@ def test_tiny_vae_source_that_is_not_an_autoencoder_tiny(tiny_eps, what, tmp_pat
 
 
 def test_tiny_vae_of_another_latent_space(tiny_eps, tmp_path):
-    from sdcli.random_model import TINY_TAESD, build_random_taesd
+    from sdcli.convert.random_model import TINY_TAESD, build_random_taesd
 
     wide = tmp_path / "taesd-8ch"
     build_random_taesd(wide, dict(TINY_TAESD, latent_channels=8))

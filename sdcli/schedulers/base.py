@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..rng import fma_f32
+from sdcli.util.rng import fma_f32
 
 F32 = np.float32
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..rng import NumpyRNG, TorchRNG
+from sdcli.util.rng import NumpyRNG, TorchRNG
 
 F32 = np.float32
 

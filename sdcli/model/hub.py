@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 # Used when no model is given and none is found locally.  Converted by optimum-cli from
 # stable-diffusion-v1-5 with int8 weights; CreativeML OpenRAIL-M licence (use, share and

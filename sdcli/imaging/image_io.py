@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .fsutil import atomic_write_bytes
+from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import atomic_write_bytes
 
 
 # Pillow's decompression-bomb limit (about 13,400 x 13,400): larger files are refused from

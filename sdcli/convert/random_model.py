@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m sdcli.random_model",
+        prog="python -m sdcli.convert.random_model",
         description="Build a random-weight Stable Diffusion pipeline as a diffusers folder (no download).",
     )
     parser.add_argument("output", help="folder to write")

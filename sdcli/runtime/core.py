@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
-from .fsutil import atomic_write_bytes
+from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import atomic_write_bytes
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)

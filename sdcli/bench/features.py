@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .bench import PROMPT, ensure_models, machine_info, run_measured
+from sdcli.bench.peers import PROMPT, ensure_models, machine_info, run_measured
 
 CASES = ("deepcache", "tiny_vae", "combo", "lcm", "quantize", "throughput")
 BATCH_PROMPTS = [f"{PROMPT}, variation {i}" for i in range(8)]
@@ -57,7 +57,7 @@ class Models:
     def taesd(self) -> Path:
         flag = "--taesd" if self.arch == "sd15" else "--tiny-taesd"
         return self._once(self.workdir / f"taesd-{self.arch}-random",
-                          lambda p: _sh([sys.executable, "-m", "sdcli.random_model", p, flag], self.log))
+                          lambda p: _sh([sys.executable, "-m", "sdcli.convert.random_model", p, flag], self.log))
 
     def with_tiny_vae(self) -> Path:
         if not (self.fp16 / "vae_decoder_tiny").is_dir():
@@ -66,7 +66,7 @@ class Models:
 
     def lcm(self) -> Path:
         src = self._once(self.workdir / f"{self.arch}-lcm-random",
-                         lambda p: _sh([sys.executable, "-m", "sdcli.random_model", p, f"--{self.arch}", "--lcm"], self.log))
+                         lambda p: _sh([sys.executable, "-m", "sdcli.convert.random_model", p, f"--{self.arch}", "--lcm"], self.log))
         return self._once(self.workdir / f"{self.arch}-lcm-random-ov-fp16",
                           lambda p: _sh(_sdcli("convert", src, "--output", p, "--tiny-vae", self.taesd(), "--quiet"), self.log))
 
@@ -82,7 +82,7 @@ def _generate(model: Path, steps: int, size: int, extra: list[str]) -> list[str]
 
 
 def _genai(model: Path, steps: int, size: int, own_scheduler: bool) -> list[str]:
-    return [sys.executable, "-m", "sdcli.bench_runners", "genai", "--model", str(model), "--prompt", PROMPT,
+    return [sys.executable, "-m", "sdcli.bench.runners", "genai", "--model", str(model), "--prompt", PROMPT,
             "--steps", str(steps), "--seed", "42", "--size", str(size)] + (["--own-scheduler"] if own_scheduler else [])
 
 
@@ -166,7 +166,7 @@ def run_features(workdir: Path, output_dir: Path, cases: list[str], rounds: int,
     def save() -> None:
         """After every case, so a run cut short keeps what it measured; cases measured by an
         earlier run on the same machine, size and architecture are kept."""
-        from .fsutil import atomic_write_bytes
+        from sdcli.util.fsutil import atomic_write_bytes
 
         merged = dict(report, cases={**earlier.get("cases", {}), **report["cases"]},
                       targets=[t for t in earlier.get("targets", []) if t["what"] not in {x["what"] for x in targets}]
@@ -287,6 +287,6 @@ def markdown(report: dict) -> str:
 
 def update_readme(readme: Path, report_json: Path, name: str) -> None:
     """Render `report_json` (what bench-features wrote) into the README block `name`."""
-    from .bench import replace_block
+    from sdcli.bench.peers import replace_block
 
     replace_block(readme, name, markdown(json.loads(report_json.read_text())))

@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "vae_encoder_tiny", "vae_decoder_tiny")
 

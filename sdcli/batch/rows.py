@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 ROW_FIELDS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -345,7 +345,7 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     if not prompt.strip():
         raise RowError("empty prompt")
     negative = _as_text(v["negative_prompt"], "negative_prompt") if "negative_prompt" in v else opts.negative_prompt
-    from .prompt import MAX_WEIGHT, weight_out_of_range
+    from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
 
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         weight = weight_out_of_range(text)
@@ -359,7 +359,7 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     strength = _as_float(v["strength"], "strength", 0.0, 1.0) if "strength" in v else opts.strength
     scheduler = opts.scheduler
     if "scheduler" in v:
-        from .schedulers import scheduler_names
+        from sdcli.schedulers import scheduler_names
 
         scheduler = _as_text(v["scheduler"], "scheduler").strip()
         if scheduler not in scheduler_names():

@@ -15,16 +15,16 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import image_io
-from .errors import UsageError
-from .lcm import guidance_scale_embedding
-from .deepcache import DeepCacheUNet
-from .model import ModelFolder, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
-from .runtime import Runtime
-from .rng import make_rng
-from .schedulers import create_scheduler, name_for_diffusers_class, pipeline_switch_config
-from .prompt import CHUNK, Chunk, chunk_prompt, parse_emphasis
-from .tokenizer import PromptTokenizer
+from sdcli.imaging import image_io
+from sdcli.util.errors import UsageError
+from sdcli.engine.lcm import guidance_scale_embedding
+from sdcli.runtime.deepcache import DeepCacheUNet
+from sdcli.model.folder import ModelFolder, TextEncoder, UNet, VaeDecoder, VaeEncoder, default_cache_dir
+from sdcli.runtime.core import Runtime
+from sdcli.util.rng import make_rng
+from sdcli.schedulers import create_scheduler, name_for_diffusers_class, pipeline_switch_config
+from sdcli.engine.prompt_syntax import CHUNK, Chunk, chunk_prompt, parse_emphasis
+from sdcli.model.tokenizer import PromptTokenizer
 
 
 @dataclass
@@ -376,7 +376,7 @@ class StableDiffusionEngine:
         image's latent sample (unless a 9-channel UNet starts from pure noise at strength 1),
         the noise, then the masked image's latent sample (drawn for 4-channel UNets too,
         which do not use it)."""
-        from .inpaint import Inpainting, prepare_mask
+        from sdcli.engine.inpaint import Inpainting, prepare_mask
 
         nine = int(self.folder.unet_config.get("in_channels", 4)) == 9
         if not nine and int(self.folder.unet_config.get("in_channels", 4)) != self.folder.latent_channels:

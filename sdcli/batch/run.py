@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .batch_rows import (
+from sdcli.batch.rows import (
     MANIFEST,
     SEED_MAX,
     BatchOptions,
@@ -56,7 +56,7 @@ from .batch_rows import (
     parse_rows,
     read_text,
 )
-from .errors import SdcliError, UsageError
+from sdcli.util.errors import SdcliError, UsageError
 
 SEED_FILE = ".sdcli-batch.json"
 
@@ -94,7 +94,7 @@ def remove_partial_files(folder: Path) -> list[str]:
 
 def load_manifest(folder: Path, planned: dict[str, str]) -> dict[str, dict]:
     """The manifest's entries by file, repaired: see the module docstring.  `planned`: file -> key."""
-    from .fsutil import atomic_write_bytes
+    from sdcli.util.fsutil import atomic_write_bytes
 
     path = folder / MANIFEST
     try:
@@ -139,7 +139,7 @@ def append_manifest(folder: Path, line: str, dir_fd: int) -> None:
 
 def resolve_base_seed(folder: Path, given: Optional[int]) -> tuple[int, bool]:
     """(base seed, whether it was kept from an earlier run into `folder`)."""
-    from .fsutil import atomic_write_bytes
+    from sdcli.util.fsutil import atomic_write_bytes
 
     if given is not None:
         return given, False
@@ -156,7 +156,7 @@ def resolve_base_seed(folder: Path, given: Optional[int]) -> tuple[int, bool]:
 # --- progress -------------------------------------------------------------------------
 
 def _step_progress_class():
-    from .progress import StepProgress
+    from sdcli.util.progress import StepProgress
 
     class RowSteps(StepProgress):
         """StepProgress drawn as a second task of the batch's own progress display (rich allows
@@ -287,7 +287,7 @@ class RowRunner:
                  streams: Optional[int] = None, generation: Optional[dict] = None):
         """`streams`: compile for throughput (see Runtime) so that several threads can run rows at once.
         `generation`: GenerationConfig fields every row shares (vae, deepcache, clip_skip)."""
-        from .pipeline import StableDiffusionEngine
+        from sdcli.engine.engine import StableDiffusionEngine
 
         self.engine = StableDiffusionEngine(model_dir, device=device, precision=precision, streams=streams)
         if threads and device.upper() == "CPU":
@@ -301,8 +301,8 @@ class RowRunner:
 
     def config(self, job: Job, image: Any = None):
         """The GenerationConfig of `job` (its init image read, or taken from the cache)."""
-        from .image_io import read_rgb
-        from .pipeline import GenerationConfig
+        from sdcli.imaging.image_io import read_rgb
+        from sdcli.engine.engine import GenerationConfig
 
         if image is None and job.init_image:
             with self._cache_lock:
@@ -313,7 +313,7 @@ class RowRunner:
             scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng, **self.generation,
         )
         config.validate()
-        from .memory import check_fits
+        from sdcli.engine.memory import check_fits
 
         check_fits(self.engine, config, images=2)  # a row too large for memory fails before it compiles
         return config
@@ -325,8 +325,8 @@ class RowRunner:
     def run(self, job: Job, image: Any = None, on_step: Optional[Callable] = None,
             release_unet: bool = False) -> RowOutput:
         """Generate `job`; `image` is its decoded init image when the caller read it already."""
-        from .cli import a1111_parameters
-        from .image_io import encode_png
+        from sdcli.cli.app import a1111_parameters
+        from sdcli.imaging.image_io import encode_png
 
         engine = self.engine
         compile_before = sum(v for n, v in engine.timings.items() if n.startswith("compile_"))
@@ -393,7 +393,7 @@ class BatchRun:
         """Record a finished row: write its PNG (OSError ends the batch: every row would fail alike),
         or with `written_by_worker` check that the worker's file is there (waiting up to
         `wait_for_file` seconds for a network file system to show it); then the manifest line."""
-        from .fsutil import atomic_write_bytes
+        from sdcli.util.fsutil import atomic_write_bytes
 
         for note in out.notes:
             self.report.row_warning(job.line, note)
@@ -445,11 +445,11 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
     """Run the batch; return the exit code (0, or 1 when a row failed).  UsageError for a bad
     FILE or option (exit 2).  `runner` runs `BatchRun.todo` (default: here, one row after the
     other; with `opts.ray`, on a Ray cluster)."""
-    from .cli import find_model
-    from .runtime import PRECISIONS
+    from sdcli.cli.app import find_model
+    from sdcli.runtime.core import PRECISIONS
 
     if opts.ray is not None:
-        from .batch_ray import require_ray
+        from sdcli.batch.ray_runner import require_ray
 
         require_ray()  # before anything is read or written
     elif opts.shared_output or opts.ray_cpus_per_actor is not None:
@@ -462,26 +462,26 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
     if opts.rng not in ("torch", "numpy"):
         raise UsageError(f"--rng must be torch or numpy, got {opts.rng!r}")
     model_dir = find_model(opts.model)
-    from .model import ModelFolder
+    from sdcli.model.folder import ModelFolder
 
     model = ModelFolder.open(model_dir)  # a broken model folder is a usage error, before any output;
     model_name = model.name
-    from .lcm import lcm_defaults
+    from sdcli.engine.lcm import lcm_defaults
 
     few_step = lcm_defaults(model, opts.scheduler)
     if few_step:  # an LCM model's steps and guidance where the command line gives none
         defaults = dict(zip(("steps", "guidance_scale"), few_step))
         opts = dataclasses.replace(opts, **{k: v for k, v in defaults.items() if k in opts.unset})
     model.vae(opts.vae)  # an unknown --vae or a missing tiny VAE is a usage error, not one per row
-    from .tokenizer import PromptTokenizer
+    from sdcli.model.tokenizer import PromptTokenizer
 
     PromptTokenizer(model.root / "tokenizer")  # so is a broken tokenizer,
     if opts.init_image is not None:
-        from .image_io import read_rgb
+        from sdcli.imaging.image_io import read_rgb
 
         read_rgb(opts.init_image)  # a bad global init image,
     if opts.width or opts.height:
-        from .memory import require
+        from sdcli.engine.memory import require
 
         size = model.default_size  # and a size too large for this machine's memory (rows: each row)
         require(model, opts.width or size, opts.height or size, device=opts.device, precision=opts.precision,
@@ -489,7 +489,7 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
     folder = Path(opts.output_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        from .fsutil import check_writable_dir
+        from sdcli.util.fsutil import check_writable_dir
 
         check_writable_dir(folder)
     except OSError as exc:
@@ -528,7 +528,7 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
         done = 0
         if todo:
             if runner is None and opts.ray is not None:
-                from .batch_ray import run_on_ray as runner
+                from sdcli.batch.ray_runner import run_on_ray as runner
             run = BatchRun(opts, folder, dir_fd, model_dir, model_name, base_seed, report, todo)
             try:  # the runner starts the progress display once it is ready to run rows
                 (runner or run_here)(run)

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .batch import BatchRun, RowRunner, _Cache, _error_text, generation_options
-from .errors import SdcliError, UsageError
+from sdcli.batch.run import BatchRun, RowRunner, _Cache, _error_text, generation_options
+from sdcli.util.errors import SdcliError, UsageError
 
 RETRIES = 3  # a row whose worker is lost is tried again up to 3 times, then fails
 RESTARTS_PER_SLOT = 2  # new workers on a node whose worker was lost (while the node is alive)
@@ -82,7 +82,7 @@ class RowWorker:
             out = self.runner.run(job, image=image)
             out.worker = f"{self.node}:{os.getpid()}"
             if self.output_dir is not None:
-                from .fsutil import atomic_write_bytes
+                from sdcli.util.fsutil import atomic_write_bytes
 
                 t0 = time.perf_counter()
                 atomic_write_bytes(self.output_dir / job.file, out.png)
@@ -229,7 +229,7 @@ def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
                 job = pending.popleft()
                 image = None
                 if job.init_image:
-                    from .image_io import read_rgb
+                    from sdcli.imaging.image_io import read_rgb
 
                     try:
                         image = images.get_or(job.init_image, lambda: read_rgb(job.init_image))

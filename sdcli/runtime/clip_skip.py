@@ -11,7 +11,7 @@ whose producer is an Add with more than one consumer (its layer norm and the nex
 """
 from __future__ import annotations
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 _THROUGH_LAYER_NORM = {"Add", "Multiply", "Convert"}
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 DECODER = "vae_decoder_tiny"
 ENCODER = "vae_encoder_tiny"
@@ -24,7 +24,7 @@ TAESD_FILES = ["config.json", "diffusion_pytorch_model*.safetensors"]
 
 
 def _source_folder(source: str) -> Path:
-    from .hub import looks_like_repo_id
+    from sdcli.model.hub import looks_like_repo_id
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -89,7 +89,7 @@ def export_tiny_vae(taesd, out_root: Path, weight_format: str) -> None:
 
 
 def _save_component(model, taesd, folder: Path, weight_format: str) -> None:
-    from .convert import _model_config, _save, _write_json
+    from sdcli.convert.export import _model_config, _save, _write_json
 
     _save(model, folder, weight_format)
     _write_json(folder / "config.json", _model_config(taesd))
@@ -99,7 +99,7 @@ def _to_openvino(taesd) -> dict:
     import torch
     from openvino import PartialShape, Type
 
-    from .convert import _to_ov
+    from sdcli.convert.export import _to_ov
 
     class Encoder(torch.nn.Module):
         def __init__(self, vae):
@@ -141,9 +141,9 @@ def add_tiny_vae(model_dir: Path, source: str, weight_format: str, force: bool =
 
     Each folder is written under a temporary name and renamed into place when complete;
     both are converted before either is written, so the two renames follow each other."""
-    from .convert import WEIGHT_FORMATS, require_convert_extra
-    from .fsutil import atomic_directory, atomic_write_bytes
-    from .model import ModelFolder
+    from sdcli.convert.export import WEIGHT_FORMATS, require_convert_extra
+    from sdcli.util.fsutil import atomic_directory, atomic_write_bytes
+    from sdcli.model.folder import ModelFolder
 
     if weight_format not in WEIGHT_FORMATS:
         raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")

@@ -14,10 +14,10 @@ from typing import Optional
 
 import typer
 
-from . import __version__
-from .batch_rows import GUIDANCE_MAX
-from .errors import SdcliError, UsageError
-from .schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
+from sdcli import __version__
+from sdcli.batch.rows import GUIDANCE_MAX
+from sdcli.util.errors import SdcliError, UsageError
+from sdcli.schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
 
 app = typer.Typer(
     help="Stable Diffusion on an ordinary CPU, through OpenVINO.",
@@ -126,7 +126,7 @@ def convert(
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
     --tiny-vae TAESD --into DIR, add a tiny VAE to a converted model."""
-    from .convert import WEIGHT_FORMATS, ConvertOptions, default_output_name
+    from sdcli.convert.export import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
     with user_errors("interrupted; nothing was written"):
         weight_format = weight_format if weight_format is not None else ("int8" if quantize else "fp16")
@@ -139,7 +139,7 @@ def convert(
             if tiny_vae is None:
                 raise UsageError("--into needs --tiny-vae (the tiny VAE to add)")
             _quiet_libraries()
-            from .tiny_vae import add_tiny_vae
+            from sdcli.convert.tiny_vae import add_tiny_vae
 
             add_tiny_vae(into, tiny_vae, weight_format, force=force, log=log)
             if not quiet:
@@ -152,7 +152,7 @@ def convert(
         target = output or Path("models") / default_output_name(source)
         _check_creatable(target, "--output")
         if config is not None:
-            from .hub import looks_like_repo_id
+            from sdcli.model.hub import looks_like_repo_id
 
             if not Path(config).expanduser().is_dir() and not looks_like_repo_id(config):
                 raise UsageError(f"--config: {config} is neither a diffusers folder nor a Hub repo id")
@@ -160,7 +160,7 @@ def convert(
         if calibration_prompts is not None:
             if quantize is None:
                 raise UsageError("--calibration-prompts only makes sense with --quantize hybrid")
-            from .batch_rows import read_text
+            from sdcli.batch.rows import read_text
 
             prompts = [line.strip() for line in read_text(str(calibration_prompts)).splitlines()
                        if line.strip() and not line.lstrip().startswith("#")]
@@ -170,7 +170,7 @@ def convert(
                               tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler,
                               quantize=quantize, calibration_prompts=prompts, calibration_samples=calibration_samples)
         _quiet_libraries()
-        from .convert import convert as run_convert
+        from sdcli.convert.export import convert as run_convert
 
         run_convert(source, target, opts, log=log)
         if not quiet:
@@ -192,7 +192,7 @@ def _quiet_libraries() -> None:
 # --- generate -----------------------------------------------------------------------
 
 def find_model(model: Optional[str], quiet: bool = False) -> Path:
-    from .hub import resolve_model
+    from sdcli.model.hub import resolve_model
 
     return resolve_model(model, quiet)
 
@@ -209,7 +209,7 @@ def output_paths(output: Path, count: int) -> list[Path]:
 
 def a1111_parameters(config, result, model_name: str, init_image: bool, precision: str | None = None) -> str:
     """The PNG's `parameters` text: A1111's fields plus what sdcli needs to redo the image."""
-    from .params import format_parameters
+    from sdcli.imaging.params import format_parameters
 
     fields = {
         "Steps": config.steps,
@@ -233,8 +233,8 @@ def a1111_parameters(config, result, model_name: str, init_image: bool, precisio
 
 def settings_from_image(path: Path) -> dict:
     """generate's options as stored in an sdcli/A1111 PNG's `parameters` chunk."""
-    from .image_io import read_png_text
-    from .params import parse_parameters
+    from sdcli.imaging.image_io import read_png_text
+    from sdcli.imaging.params import parse_parameters
 
     if not path.is_file():
         raise UsageError(f"--from-image: {path} not found")
@@ -279,7 +279,7 @@ def settings_from_image(path: Path) -> dict:
 
 
 def check_output_dir(path: Path) -> None:
-    from .fsutil import check_writable_dir
+    from sdcli.util.fsutil import check_writable_dir
 
     try:
         check_writable_dir(path.parent if str(path.parent) else Path("."))
@@ -360,7 +360,7 @@ def generate(
 ):
     """Make images from a prompt (and optionally an init image)."""
     with user_errors("interrupted"):
-        from .runtime import PRECISIONS
+        from sdcli.runtime.core import PRECISIONS
 
         if from_image is not None:
             stored = settings_from_image(from_image)
@@ -399,7 +399,7 @@ def generate(
                 text.encode("utf-8")
             except UnicodeEncodeError:  # bytes that are not UTF-8 in argv arrive as lone surrogates
                 raise UsageError(f"{flag} is not valid UTF-8 text (check the terminal's or the script's encoding)") from None
-            from .prompt import MAX_WEIGHT, weight_out_of_range
+            from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
 
             weight = weight_out_of_range(text) if emphasis else None
             if weight is not None:
@@ -417,14 +417,14 @@ def generate(
         model_dir = find_model(model, quiet or as_json)
         image = None
         if init_image is not None:
-            from .image_io import read_rgb
+            from sdcli.imaging.image_io import read_rgb
 
             image = read_rgb(init_image)
         mask_array = None
         if mask is not None:
             if init_image is None:
                 raise UsageError("--mask needs --init-image (the image to inpaint)")
-            from .image_io import read_mask
+            from sdcli.imaging.image_io import read_mask
 
             mask_array = read_mask(mask)
         if seed is None:
@@ -432,8 +432,8 @@ def generate(
             if not (quiet or as_json):
                 print(f"sdcli: seed {seed}", file=sys.stderr)
 
-        from .lcm import lcm_defaults
-        from .pipeline import GenerationConfig, StableDiffusionEngine
+        from sdcli.engine.lcm import lcm_defaults
+        from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
 
         engine = StableDiffusionEngine(model_dir, device=device, precision=precision, low_memory=low_memory)
         few_step = lcm_defaults(engine.folder, scheduler)
@@ -460,7 +460,7 @@ def generate(
             vae=vae,
         )
         base.validate()
-        from .memory import check_fits
+        from sdcli.engine.memory import check_fits
 
         check_fits(engine, base, images=num_images)  # a size too large is refused before anything loads
         engine.preload(base)
@@ -468,9 +468,9 @@ def generate(
         for note in notes:
             warn(note)
         engine.release_text_encoder()
-        from .progress import StepProgress
+        from sdcli.util.progress import StepProgress
 
-        from .image_io import save_png
+        from sdcli.imaging.image_io import save_png
 
         for i, path in enumerate(paths):
             config = GenerationConfig(**{**base.__dict__, "seed": (seed + i) % 2**64})
@@ -522,11 +522,11 @@ def info(
     """OpenVINO version, devices and CPU capabilities; with a model folder, its components;
     with a PNG, the settings it was made with."""
     with user_errors("interrupted"):
-        from .info import describe_model, describe_runtime
+        from sdcli.model.info import describe_model, describe_runtime
 
         if target is not None and target.is_file():
-            from .image_io import read_png_text
-            from .params import parse_parameters
+            from sdcli.imaging.image_io import read_png_text
+            from sdcli.imaging.params import parse_parameters
 
             text = read_png_text(target).get("parameters")
             if text is None:
@@ -575,8 +575,8 @@ def bench(
 ):
     """Benchmark sdcli against openvino-genai and diffusers on an SD 1.5-size random model."""
     with user_errors("interrupted"):
-        from .bench import PEERS, run_bench, update_readme
-        from .model import default_cache_dir
+        from sdcli.bench.peers import PEERS, run_bench, update_readme
+        from sdcli.model.folder import default_cache_dir
 
         if no_run:
             if readme is None:
@@ -622,8 +622,8 @@ def bench_features(
 ):
     """Benchmark the opt-in speed-ups (DeepCache, tiny VAE, LCM, quantization, batch throughput)."""
     with user_errors("interrupted"):
-        from .bench_features import CASES, run_features, update_readme
-        from .model import default_cache_dir
+        from sdcli.bench.features import CASES, run_features, update_readme
+        from sdcli.model.folder import default_cache_dir
 
         if no_run:
             if readme is None:
@@ -692,7 +692,7 @@ def batch(
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done (see sdcli/batch.py)."""
     with user_errors("interrupted; run the same command again to finish"):
-        from .batch import BatchOptions, run_batch
+        from sdcli.batch.run import BatchOptions, run_batch
 
         code = run_batch(BatchOptions(
             file=file, output_dir=output_dir, input_format=input_format, model=model, negative_prompt=negative_prompt,

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .runtime import Runtime
-from .tiny_vae import DECODER as TINY_DECODER, ENCODER as TINY_ENCODER
+from sdcli.util.errors import UsageError
+from sdcli.runtime.core import Runtime
+from sdcli.convert.tiny_vae import DECODER as TINY_DECODER, ENCODER as TINY_ENCODER
 
 REQUIRED = ("text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler")
 
 
 def _read_json(path: Path) -> dict:
-    from .config_checks import read_json
+    from sdcli.model.config_checks import read_json
 
     return read_json(path)  # size-capped; any parse failure (depth, digits) is a UsageError
 
@@ -68,7 +68,7 @@ class ModelFolder:
     def _validate(self) -> None:
         """Types and ranges of every config value sdcli reads, the IR versions, and the
         components against each other (see config_checks.py)."""
-        from .config_checks import check_folder
+        from sdcli.model.config_checks import check_folder
 
         check_folder(self.root, self.unet_config, self.vae_config, self.scheduler_config)
 
@@ -233,7 +233,7 @@ class _Compiled:
 class TextEncoder(_Compiled):
     def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1):
         """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...)."""
-        from .clip_skip import skip_layers
+        from sdcli.runtime.clip_skip import skip_layers
 
         component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
         self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), {"input_ids": [1, seq_len]},
@@ -260,7 +260,7 @@ class UNet(_Compiled):
             shapes["timestep_cond"] = [batch, folder.time_cond_proj_dim]
         component, edit = "unet", None
         if variant is not None:
-            from .deepcache import VARIANTS
+            from sdcli.runtime.deepcache import VARIANTS
 
             component, edit = VARIANTS[variant]
 

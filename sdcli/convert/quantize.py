@@ -46,8 +46,8 @@ def matmuls_with_weights(model) -> list[str]:
 
 def calibration_inputs(folder: Path, prompts: list[str], samples: int, log: Callable[[str], None]) -> list[dict]:
     """The UNet's inputs over a short generation per prompt on `folder` (f32, default size)."""
-    from .pipeline import GenerationConfig, StableDiffusionEngine
-    from .rng import make_rng
+    from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
+    from sdcli.util.rng import make_rng
 
     engine = StableDiffusionEngine(folder, precision="f32", cache_dir=False)
     steps = max(2, -(-samples // len(prompts)))

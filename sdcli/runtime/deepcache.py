@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 FEATURE = "deepcache_feature"
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import image_io
+from sdcli.imaging import image_io
 
 F32 = np.float32
 

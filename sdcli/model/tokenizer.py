@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config_checks import read_json
-from .errors import UsageError
+from sdcli.model.config_checks import read_json
+from sdcli.util.errors import UsageError
 
 
 class PromptTokenizer:

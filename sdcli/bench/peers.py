@@ -93,7 +93,7 @@ def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None],
     if not (src / "model_index.json").is_file():
         log(f"building a random-weight {arch} pipeline in {src} (once)")
         tmp = workdir / f".{arch}-random.part"
-        subprocess.run([sys.executable, "-m", "sdcli.random_model", str(tmp), f"--{arch}"], check=True,
+        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(tmp), f"--{arch}"], check=True,
                        stdout=subprocess.DEVNULL)
         os.replace(tmp, src)
     if not (ov_dir / "model_index.json").is_file():
@@ -111,7 +111,7 @@ def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, prec
                 "--width", str(size), "--height", str(size), "--precision", precision, "--json", "--quiet",
                 "--output", str(out_png), *extra]
     model = ov_dir if peer == "genai" else src
-    return [sys.executable, "-m", "sdcli.bench_runners", peer, "--model", str(model), *common, "--size", str(size),
+    return [sys.executable, "-m", "sdcli.bench.runners", peer, "--model", str(model), *common, "--size", str(size),
             "--precision", "bf16" if (peer == "diffusers" and precision == "auto") else precision]
 
 
@@ -230,7 +230,7 @@ def run_bench(
     report = {"machine": info, "arch": arch, "size": size, "precision": precision, "weight_format": weight_format,
               "prompt": PROMPT, "scheduler": "euler", "guidance_scale": 7.5, "sdcli_args": sdcli_args,
               "summary": rows, "runs": [r.__dict__ for r in runs]}
-    from .fsutil import atomic_write_bytes
+    from sdcli.util.fsutil import atomic_write_bytes
 
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
     atomic_write_bytes(output_dir / "bench.md", markdown(rows, info, size, precision, arch).encode())
@@ -254,11 +254,11 @@ def replace_block(readme: Path, name: str, table: str) -> None:
     text = readme.read_text()
     start, end = README_START.format(name=name), README_END.format(name=name)
     if start not in text or end not in text:
-        from .errors import UsageError
+        from sdcli.util.errors import UsageError
 
         raise UsageError(f"{readme} has no {start} ... {end} block")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    from .fsutil import atomic_write_bytes
+    from sdcli.util.fsutil import atomic_write_bytes
 
     atomic_write_bytes(readme, (head + start + "\n" + table + end + tail).encode())

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
-from .fsutil import atomic_directory
+from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import atomic_directory
 
 WEIGHT_FORMATS = ("fp32", "fp16", "int8")
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -135,7 +135,7 @@ def load_components(kind: str, path: Path, opts: ConvertOptions):
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (path / sub).is_dir():
             raise UsageError(f"{path} has no {sub}/ folder")
-    from .config_checks import check_diffusers_folder
+    from sdcli.model.config_checks import check_diffusers_folder
 
     # configs, tokenizer and weight files checked before torch builds anything from them
     index, scheduler_config = check_diffusers_folder(path, opts.allow_pickle)
@@ -262,7 +262,7 @@ def convert(
     if output.exists() and not opts.force:
         raise UsageError(f"{output} already exists (pass --force to replace it)")
     if opts.scheduler:
-        from .schedulers import resolve_scheduler_name
+        from sdcli.schedulers import resolve_scheduler_name
 
         try:
             resolve_scheduler_name(opts.scheduler)
@@ -286,7 +286,7 @@ def convert(
     torch.set_grad_enabled(False)
     taesd = None
     if opts.tiny_vae:
-        from .tiny_vae import check_matches, export_tiny_vae, load_tiny_vae
+        from sdcli.convert.tiny_vae import check_matches, export_tiny_vae, load_tiny_vae
 
         log(f"loading {opts.tiny_vae}")
         taesd = load_tiny_vae(opts.tiny_vae)
@@ -386,7 +386,7 @@ def convert(
              **({"quantize": opts.quantize} if opts.quantize else {})},
         )
         if opts.quantize == "hybrid":
-            from .quantize import hybrid_quantize_unet
+            from sdcli.convert.quantize import hybrid_quantize_unet
 
             log("[6/6] unet: hybrid quantization")
             hybrid_quantize_unet(tmp, opts.calibration_prompts, opts.calibration_samples, log)
@@ -427,7 +427,7 @@ def replacement_scheduler_config(name: str, config: dict, unet_config) -> dict:
     """The scheduler_config.json that makes `name` the folder's own scheduler: what `sdcli
     generate --scheduler NAME` (diffusers' XScheduler.from_config(pipe.scheduler.config))
     runs on the original folder."""
-    from .schedulers import create_scheduler, pipeline_switch_config, resolve_scheduler_name
+    from sdcli.schedulers import create_scheduler, pipeline_switch_config, resolve_scheduler_name
 
     try:
         key = resolve_scheduler_name(name)

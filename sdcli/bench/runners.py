@@ -1,4 +1,4 @@
-"""One benchmark run of a peer, in its own process: `python -m sdcli.bench_runners PEER ...`.
+"""One benchmark run of a peer, in its own process: `python -m sdcli.bench.runners PEER ...`.
 
 Prints one JSON line of timings (seconds) on stdout.  The driver (sdcli/bench.py) measures
 the process's wall time and peak RSS from outside.

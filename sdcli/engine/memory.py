@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 MB = 1_000_000
 GB = 1_000_000_000
@@ -131,12 +131,12 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
         weights = {key: int(WEIGHT_FACTOR * ir_parameters(folder.ir(name)) * element_bytes) + COMPONENT
                    for key, name in components.items()}
     except FileNotFoundError as exc:
-        from .errors import UsageError
+        from sdcli.util.errors import UsageError
 
         raise UsageError(f"model folder {folder.root} lacks {exc.filename}, which this run needs") from None
     vae_config = folder.vae_config
     if vae != "full":
-        from .config_checks import read_json
+        from sdcli.model.config_checks import read_json
 
         vae_config = read_json(folder.root / parts.decoder / "config.json")
     vae_channels = vae_config.get("decoder_block_out_channels") or vae_config.get("block_out_channels", [128])

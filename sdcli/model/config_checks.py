@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from sdcli.util.errors import UsageError
 
 MAX_CONFIG_BYTES = 4 << 20  # real configs are a few kB (trained_betas included)
 IR_VERSIONS = (10, 11)  # what OpenVINO's IR reader takes
@@ -132,7 +132,7 @@ def check_scheduler(cfg: dict, known_class: bool = True) -> None:
     c = Config(cfg, "scheduler/scheduler_config.json")
     class_name = c.text("_class_name", default=None)
     if class_name is not None and known_class:
-        from .schedulers import name_for_diffusers_class
+        from sdcli.schedulers import name_for_diffusers_class
 
         try:
             name_for_diffusers_class(class_name)
