@@ -1,3 +1,3 @@
-from sdcli.cli.app import main
+from sdcli.cli import main
 
 main()

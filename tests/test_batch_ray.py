@@ -98,7 +98,7 @@ def test_rows_on_two_workers_match_a_run_without_ray(ray_cluster, tiny_eps, init
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    code = run_batch(options(tiny_eps, prompts, tmp_path / "ray", precision="f32"))  # f32: thread counts agree
+    code = run_batch(options(tiny_eps, prompts, tmp_path / "ray", precision="f32"), runner=run_on_ray)  # f32: thread counts agree
     captured = capsys.readouterr()
     assert code == 1, captured.err  # the bad row, as without Ray
     assert "p.jsonl:5:" in captured.err and "width" in captured.err

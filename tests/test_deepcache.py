@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from sdcli.cli.app import app
 from sdcli.imaging.image_io import read_rgb
-from tests.test_parity import NEGATIVE, PROMPT, SEED, compare, diffusers_scheduler
+from tests.reference import compare, reference_arguments, reference_pipeline, sdcli_generate, to_pixels
 
 STEPS = 9
 
@@ -58,47 +58,33 @@ def reference_deepcache(unet, interval: int):
         del unet.forward  # back to the class's method
 
 
-def diffusers_pixels(model, scheduler, interval, init_image=None, strength=None):
-    import diffusers
-    import torch
-    from PIL import Image
+def _picture(init_image, strength) -> dict:
+    return dict(width=64, height=64) if init_image is None else dict(init_image=init_image, strength=strength)
 
-    components = dict(model.pipe().components)
-    kwargs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5,
-                  generator=torch.Generator("cpu").manual_seed(SEED), output_type="np")
-    if init_image is None:
-        pipe = diffusers.StableDiffusionPipeline(**components)
-        kwargs.update(width=64, height=64)
-    else:
-        pipe = diffusers.StableDiffusionImg2ImgPipeline(**components)
-        kwargs.update(image=Image.open(init_image).convert("RGB"), strength=strength)
-    pipe.scheduler = diffusers_scheduler(scheduler, pipe.scheduler.config)
+
+def diffusers_pixels(model, scheduler, interval, init_image=None, strength=None):
+    pipe = reference_pipeline(model.pipe().components, scheduler, img2img=init_image is not None)
     with reference_deepcache(pipe.unet, interval) as state:
-        out = pipe(**kwargs).images[0]
+        images = pipe(**reference_arguments(steps=STEPS, **_picture(init_image, strength))).images
     assert state["calls"] > interval  # the cache was really used
-    return (out * 255).round().astype(np.int16)
+    return to_pixels(images)
 
 
 def sdcli_pixels(model, scheduler, tmp_path, deepcache, init_image=None, strength=None, name="out.png"):
-    out = tmp_path / name
-    args = ["generate", "--model", str(model.ov_dir), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
-            "--steps", str(STEPS), "--seed", str(SEED), "--scheduler", scheduler, "--rng", "torch",
-            "--precision", "f32", "--output", str(out), "--quiet"]
-    if deepcache is not None:
-        args += ["--deepcache", str(deepcache)]
-    args += ["--init-image", str(init_image), "--strength", str(strength)] if init_image else ["--width", "64", "--height", "64"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return out
+    """The PNG `sdcli generate` writes, with --deepcache unless `deepcache` is None."""
+    extra = [] if deepcache is None else ["--deepcache", deepcache]
+    return sdcli_generate(model.ov_dir, tmp_path / name, *extra, steps=STEPS, scheduler=scheduler,
+                          **_picture(init_image, strength))
 
 
 def _unet_parts(model, batch=2, hw=(8, 8), seq=77):
-    from sdcli.model.folder import ModelFolder, UNet
+    from sdcli.model.folder import ModelFolder
+    from sdcli.runtime.components import UNet
     from sdcli.runtime.core import Runtime
 
     runtime = Runtime("CPU", "f32", None)
     folder = ModelFolder.open(model.ov_dir)
-    return [UNet(runtime, folder, batch, hw, seq, variant) for variant in (None, "full", "shallow")]
+    return [UNet(runtime, folder, UNet.input_shapes(folder, batch, hw, seq), variant) for variant in (None, "full", "shallow")]
 
 
 def test_shallow_branch_with_fresh_feature_is_the_whole_unet(tiny_eps):

@@ -314,14 +314,15 @@ def test_other_schedulers_and_impossible_schedules_are_usage_errors(tiny_lcm, tm
 def test_openvino_genai_lcm_pipeline_runs_our_folder_with_the_same_pixels(tiny_lcm, parity_log):
     ov_genai = pytest.importorskip("openvino_genai")
 
-    from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
     from tests.test_interop import same_noise
 
     pipe = ov_genai.Text2ImagePipeline(str(tiny_lcm.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
     theirs = pipe.generate(PROMPT, width=64, height=64, num_inference_steps=4, guidance_scale=8.0,
                            generator=same_noise(SEED)).data[0].astype(np.int16)
-    engine = StableDiffusionEngine(tiny_lcm.ov_dir, precision="f32")
-    ours = engine.generate(GenerationConfig(prompt=PROMPT, steps=4, guidance_scale=8.0, seed=SEED,
+    engine = Engine(tiny_lcm.ov_dir, precision="f32")
+    ours = engine.generate(GenerationRequest(prompt=PROMPT, steps=4, guidance_scale=8.0, seed=SEED,
                                             width=64, height=64)).image.astype(np.int16)
     compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode="genai txt2img", size="64x64")
 

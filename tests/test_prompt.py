@@ -57,12 +57,13 @@ def test_chunks_are_77_tokens_and_break_at_commas():
 
 
 def test_plain_prompt_tokens_match_diffusers(tiny_eps):
-    from sdcli.engine.engine import StableDiffusionEngine
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
 
-    engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
     tokenizer = tiny_eps.pipe().tokenizer
     for text in ["a photo of an astronaut riding a horse", "", "Hello, World!! ÜNÏ"]:
-        chunked, warnings = engine.prompt_chunks(text, "", guidance=False)
+        chunked, warnings = engine.family.prompt_chunks(GenerationRequest(prompt=text, negative_prompt=""), guidance=False)
         ref = tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
         assert chunked[0][0].ids == ref and not warnings
 
@@ -92,12 +93,13 @@ def test_long_weighted_prompt_matches_diffusers_with_the_same_embeddings(tiny_ep
     import torch
 
     from sdcli.imaging.image_io import read_rgb
-    from sdcli.engine.engine import StableDiffusionEngine
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
 
     prompt = "a (red:1.4) fox, " + ", ".join(["in a [dark] wood"] * 12)
     negative = "blurry"
-    engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
-    chunked, warnings = engine.prompt_chunks(prompt, negative, guidance=True)
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
+    chunked, warnings = engine.family.prompt_chunks(GenerationRequest(prompt=prompt, negative_prompt=negative), guidance=True)
     assert len(chunked[0]) == len(chunked[1]) >= 2 and not warnings
     neg, pos = _reference_embeddings(tiny_eps, chunked)
 

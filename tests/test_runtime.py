@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
+from sdcli.engine.engine import Engine
+from sdcli.engine.request import GenerationRequest
 
 
 def _image(model_dir, cache_dir):
-    engine = StableDiffusionEngine(model_dir, precision="f32", cache_dir=cache_dir)
-    config = GenerationConfig(prompt="a red fox", steps=3, seed=3, width=64, height=64, scheduler="euler")
+    engine = Engine(model_dir, precision="f32", cache_dir=cache_dir)
+    config = GenerationRequest(prompt="a red fox", steps=3, seed=3, width=64, height=64, scheduler="euler")
     return engine.generate(config).image
 
 
@@ -32,6 +33,6 @@ def test_blob_cache_is_reused_and_survives_corruption(tiny_eps, tmp_path):
 
 def test_no_cache_dir_writes_nothing(tiny_eps, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    engine = StableDiffusionEngine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
-    engine.generate(GenerationConfig(prompt="x", steps=1, seed=1, width=64, height=64))
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
+    engine.generate(GenerationRequest(prompt="x", steps=1, seed=1, width=64, height=64))
     assert list(tmp_path.iterdir()) == []

@@ -14,13 +14,11 @@ from typer.testing import CliRunner
 
 from sdcli.cli.app import app
 from sdcli.imaging.image_io import read_png_text, read_rgb
+from tests import reference
+from tests.reference import compare
 
-PROMPT = "a photo of an astronaut riding a horse"
-NEGATIVE = "blurry"
 STEPS = 8
 SEED = 2024
-SCHEDULERS = {"euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-              "pndm": "PNDMScheduler"}
 
 
 def run(*args):
@@ -86,7 +84,8 @@ def test_converted_halves_match_autoencoder_tiny(with_tiny, taesd):
     """The same input through OpenVINO (f32) and through diffusers' AutoencoderTiny."""
     import torch
 
-    from sdcli.model.folder import ModelFolder, VaeDecoder, VaeEncoder
+    from sdcli.model.folder import ModelFolder
+    from sdcli.runtime.components import VaeDecoder, VaeEncoder
     from sdcli.runtime.core import Runtime
 
     folder = ModelFolder.open(with_tiny)
@@ -112,42 +111,12 @@ def test_converted_halves_match_autoencoder_tiny(with_tiny, taesd):
 
 def diffusers_pixels(tiny_eps, taesd, scheduler, width=None, height=None, init_image=None, strength=None,
                      mask=None) -> np.ndarray:
-    import diffusers
-    import torch
-    from PIL import Image
-
-    components = {**tiny_eps.pipe().components, "vae": taesd}
-    kwargs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5,
-                  generator=torch.Generator("cpu").manual_seed(SEED), output_type="np")
-    if init_image is None:
-        pipe = diffusers.StableDiffusionPipeline(**components)
-        kwargs.update(width=width, height=height)
-    elif mask is None:
-        pipe = diffusers.StableDiffusionImg2ImgPipeline(**components)
-        kwargs.update(image=Image.open(init_image).convert("RGB"), strength=strength)
-    else:
-        pipe = diffusers.StableDiffusionInpaintPipeline(**components)
-        kwargs.update(image=Image.open(init_image).convert("RGB"), mask_image=Image.open(mask), strength=strength,
-                      width=width, height=height)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-    return (pipe(**kwargs).images[0] * 255).round().astype(np.int16)
+    return reference.diffusers_pixels({**tiny_eps.pipe().components, "vae": taesd}, scheduler, steps=STEPS, seed=SEED,
+                                      width=width, height=height, init_image=init_image, strength=strength, mask=mask)
 
 
 def sdcli_pixels(model_dir, scheduler, out, *extra) -> np.ndarray:
-    r = run("generate", "--model", model_dir, "--prompt", PROMPT, "--negative-prompt", NEGATIVE, "--steps", STEPS,
-            "--seed", SEED, "--scheduler", scheduler, "--rng", "torch", "--precision", "f32", "--vae", "tiny",
-            "--output", out, "--quiet", *extra)
-    assert r.exit_code == 0, r.output
-    return read_rgb(out).astype(np.int16)
-
-
-def check_parity(ours, theirs, log, **row) -> None:
-    assert ours.shape == theirs.shape
-    diff = np.abs(ours - theirs)
-    log.append({"model": "tiny vae", **row, "max": int(diff.max()), "mean": float(diff.mean())})
-    assert theirs.std() > 10  # the picture has content
-    assert diff.max() <= 2, f"max pixel difference {diff.max()} > 2"
+    return reference.sdcli_pixels(model_dir, out, "--vae", "tiny", *extra, steps=STEPS, seed=SEED, scheduler=scheduler)
 
 
 @pytest.mark.parametrize("scheduler,width,height", [("euler", 64, 64), ("ddim", 96, 64), ("euler_a", 64, 96),
@@ -155,7 +124,7 @@ def check_parity(ours, theirs, log, **row) -> None:
 def test_txt2img_matches_diffusers(with_tiny, tiny_eps, taesd, scheduler, width, height, tmp_path, parity_log):
     theirs = diffusers_pixels(tiny_eps, taesd, scheduler, width, height)
     ours = sdcli_pixels(with_tiny, scheduler, tmp_path / "out.png", "--width", width, "--height", height)
-    check_parity(ours, theirs, parity_log, scheduler=scheduler, mode="txt2img", size=f"{width}x{height}")
+    compare(ours, theirs, parity_log, model="tiny vae", scheduler=scheduler, mode="txt2img", size=f"{width}x{height}")
 
 
 @pytest.mark.parametrize("scheduler,strength", [("euler", 0.6), ("ddim", 0.6), ("euler_a", 0.5), ("ddim", 1.0)])
@@ -166,7 +135,7 @@ def test_img2img_matches_diffusers(with_tiny, tiny_eps, taesd, scheduler, streng
     theirs = diffusers_pixels(tiny_eps, taesd, scheduler, init_image=init_image_file, strength=strength)
     ours = sdcli_pixels(with_tiny, scheduler, tmp_path / "out.png", "--init-image", init_image_file,
                         "--strength", strength)
-    check_parity(ours, theirs, parity_log, scheduler=scheduler, mode=f"img2img {strength}", size="96x64")
+    compare(ours, theirs, parity_log, model="tiny vae", scheduler=scheduler, mode=f"img2img {strength}", size="96x64")
 
 
 def test_inpainting_matches_diffusers(with_tiny, tiny_eps, taesd, init_image_file, tmp_path, parity_log):
@@ -179,7 +148,7 @@ def test_inpainting_matches_diffusers(with_tiny, tiny_eps, taesd, init_image_fil
     theirs = diffusers_pixels(tiny_eps, taesd, "euler", 96, 64, init_image_file, 0.7, mask_path)
     ours = sdcli_pixels(with_tiny, "euler", tmp_path / "out.png", "--init-image", init_image_file, "--strength", 0.7,
                         "--mask", mask_path, "--mask-blur", 0)
-    check_parity(ours, theirs, parity_log, scheduler="euler", mode="inpaint 0.7", size="96x64")
+    compare(ours, theirs, parity_log, model="tiny vae", scheduler="euler", mode="inpaint 0.7", size="96x64")
 
 
 def test_png_records_the_tiny_vae_and_from_image_reuses_it(with_tiny, tmp_path):

@@ -1,7 +1,7 @@
 """`sdcli batch FILE --output-dir DIR --ray ADDRESS`: the rows of a batch spread over a Ray cluster.
 
-Everything but "where a row runs" is sdcli/batch.py's: reading FILE, names, seeds, the lock on
-DIR, the manifest and skipping on a re-run.  This module only replaces `batch.run_here`:
+Everything but "where a row runs" is sdcli/batch/run.py's: reading FILE, names, seeds, the lock on
+DIR, the manifest and skipping on a re-run.  This module only replaces `local.run_here`:
 
 - ADDRESS: `auto` (the cluster `ray start` made on this machine, or $RAY_ADDRESS), `local`
   (start a one-machine cluster in this process, for a quick try), `HOST:6379`, or
@@ -9,7 +9,7 @@ DIR, the manifest and skipping on a re-run.  This module only replaces `batch.ru
   connection is used as is.  Ray is imported only here, and only with --ray.
 - Workers: one long-lived actor per node with all its CPUs, or with --ray-cpus-per-actor N as
   many actors of N CPUs as fit on each node (pinned to it; OpenVINO then uses N threads).  Each
-  holds one compiled StableDiffusionEngine (batch.RowRunner) for the model folder, which must be
+  holds one compiled StableDiffusionEngine (row_runner.RowRunner) for the model folder, which must be
   readable at the same path on every node; sdcli must be installed on every node.  A worker that
   cannot open the model is reported and dropped.
 - A queue: each worker is given the next row when it hands back a result (and its first one
@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sdcli.batch.run import BatchRun, RowRunner, _Cache, _error_text, generation_options
-from sdcli.util.errors import SdcliError, UsageError
+from sdcli.batch.recording import BatchRun
+from sdcli.batch.row_runner import RowRunner, generation_options
+from sdcli.util.errors import SdcliError, UsageError, error_text
+from sdcli.util.lru import LRUCache
 
 RETRIES = 3  # a row whose worker is lost is tried again up to 3 times, then fails
 RESTARTS_PER_SLOT = 2  # new workers on a node whose worker was lost (while the node is alive)
@@ -71,7 +73,7 @@ class RowWorker:
                 raise UsageError(f"--shared-output: {output_dir} is not a folder here")
             self.runner = RowRunner(Path(model_dir), device, precision, rng, threads, generation=generation)
         except Exception as exc:  # reported by ready(); the driver drops this worker
-            self.error = _error_text(exc)
+            self.error = error_text(exc)
 
     def ready(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "error": self.error}
@@ -96,7 +98,7 @@ class RowWorker:
                 out.png = None
             return "ok", out, None
         except Exception as exc:
-            return "error", _error_text(exc), traceback.format_exc()
+            return "error", error_text(exc), traceback.format_exc()
 
 
 @dataclass
@@ -219,7 +221,7 @@ def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
 
         pending = deque(run.todo)
         losses: dict[str, int] = {}
-        images = _Cache(4)
+        images = LRUCache(4)
         ever_ready = False
         last_error = "no worker started"
         replans = 0

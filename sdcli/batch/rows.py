@@ -1,7 +1,7 @@
 """`sdcli batch` input: reading FILE (.txt, .jsonl, .csv or standard input) into rows, and
 checking one row into a Job: its settings, seed, safe output name and settings key.
 
-See sdcli/batch.py for how rows are run, written and resumed.
+See sdcli/batch/run.py for how rows are run, written and resumed.
 """
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from sdcli.util.errors import UsageError
+from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
+from sdcli.engine.request import GUIDANCE_MAX, SEED_MAX, STEPS_MAX
+from sdcli.schedulers import scheduler_names
+from sdcli.util.errors import SdcliError, UsageError
 
 ROW_FIELDS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -28,10 +31,8 @@ FORMATS = ("txt", "jsonl", "csv")
 MANIFEST = "manifest.jsonl"  # a row may not take this name
 SLUG_CHARS = 40
 MAX_NAME_BYTES = 200
-SEED_MAX = 2**64 - 1
-GUIDANCE_MAX = 100.0  # ComfyUI's limit; far beyond it float32 guidance overflows to NaN pixels
 
-class RowError(Exception):
+class RowError(SdcliError):
     """A problem with one row: reported with its line number, the row is skipped."""
 
 
@@ -345,22 +346,18 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     if not prompt.strip():
         raise RowError("empty prompt")
     negative = _as_text(v["negative_prompt"], "negative_prompt") if "negative_prompt" in v else opts.negative_prompt
-    from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
-
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         weight = weight_out_of_range(text)
         if weight is not None:
             raise RowError(f"{name}: an emphasis weight of {weight:.6g} is beyond +-{MAX_WEIGHT:g} (nested brackets multiply)")
     seed = _as_int(v["seed"], "seed", 0, SEED_MAX) if "seed" in v else (base_seed + row.index) % 2**64
-    steps = _as_int(v["steps"], "steps", 1, 1000) if "steps" in v else opts.steps
+    steps = _as_int(v["steps"], "steps", 1, STEPS_MAX) if "steps" in v else opts.steps
     guidance = _as_float(v["guidance_scale"], "guidance_scale", 0.0, GUIDANCE_MAX) if "guidance_scale" in v else opts.guidance_scale
     width = _as_size(v["width"], "width") if "width" in v else opts.width
     height = _as_size(v["height"], "height") if "height" in v else opts.height
     strength = _as_float(v["strength"], "strength", 0.0, 1.0) if "strength" in v else opts.strength
     scheduler = opts.scheduler
     if "scheduler" in v:
-        from sdcli.schedulers import scheduler_names
-
         scheduler = _as_text(v["scheduler"], "scheduler").strip()
         if scheduler not in scheduler_names():
             raise RowError(f"scheduler {scheduler!r} is not one of {', '.join(scheduler_names())}")

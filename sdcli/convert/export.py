@@ -1,160 +1,27 @@
 """`sdcli convert`: a diffusers model (Hub repo, local folder or single checkpoint) to
 OpenVINO IR, in the folder layout that `optimum-cli export openvino` writes.
 
-Needs the ``convert`` extra (torch, diffusers, nncf); nothing else in sdcli imports this
-module's heavy dependencies.
+Needs the ``convert`` extra (torch, diffusers, nncf); nothing outside this package imports
+its heavy dependencies.  Components are exported one at a time, each freed when written.
 """
 from __future__ import annotations
 
 import gc
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sdcli.convert.ir import WEIGHT_FORMATS, export_tokenizer, model_config, require_convert_extra, save_ir, \
+    to_openvino, write_json
+from sdcli.convert.lora import fuse_lora, replacement_scheduler_config
+from sdcli.convert.options import ConvertOptions
+from sdcli.convert.sources import default_output_name, load_components, resolve_source
 from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_directory
 
-WEIGHT_FORMATS = ("fp32", "fp16", "int8")
+__all__ = ["ConvertOptions", "WEIGHT_FORMATS", "convert", "default_output_name"]
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-DIFFUSERS_FILES = [
-    "model_index.json",
-    "scheduler/*",
-    "tokenizer/*",
-    "text_encoder/config.json",
-    "text_encoder/*.safetensors",
-    "unet/config.json",
-    "unet/*.safetensors",
-    "vae/config.json",
-    "vae/*.safetensors",
-]
-
-
-@dataclass
-class ConvertOptions:
-    weight_format: str = "fp16"
-    force: bool = False
-    allow_pickle: bool = False
-    config: str | None = None  # diffusers folder or repo giving the configs of a single-file checkpoint
-    lora: str | None = None  # LoRA file, folder or Hub repo fused into the UNet (and text encoder)
-    lora_scale: float = 1.0
-    scheduler: str | None = None  # write this scheduler (one of sdcli's names) into scheduler_config.json
-    tiny_vae: str | None = None  # AutoencoderTiny folder or repo to add as vae_decoder_tiny/, vae_encoder_tiny/
-    quantize: str | None = None  # "hybrid": NNCF hybrid quantization of the UNet (the rest int8 weight-only)
-    calibration_prompts: list[str] | None = None  # for --quantize hybrid [default: quantize.DEFAULT_PROMPTS]
-    calibration_samples: int = 32  # UNet calls measured for --quantize hybrid
-
-
-def require_convert_extra() -> None:
-    missing = []
-    for mod in ("torch", "diffusers"):
-        try:
-            __import__(mod)
-        except ImportError:
-            missing.append(mod)
-    if missing:
-        raise UsageError(
-            f"sdcli convert needs {' and '.join(missing)}: pip install \"sdcli[convert]\" "
-            "(on CPU-only machines: pip install torch --index-url https://download.pytorch.org/whl/cpu first)"
-        )
-
-
-def default_output_name(source: str) -> str:
-    path = Path(source)
-    if path.suffix in (".safetensors", ".ckpt"):
-        return path.stem
-    return path.name.rstrip("/") or "model"
-
-
-def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
-    """Return ("folder" | "single_file", local path); a Hub repo id is downloaded first."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise UsageError(f"{source} is not a diffusers folder (no model_index.json)")
-        return "folder", path
-    if path.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
-        if not path.is_file():
-            raise UsageError(f"checkpoint not found: {source}")
-        if path.suffix != ".safetensors" and not opts.allow_pickle:
-            raise UsageError(
-                f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; "
-                "convert a .safetensors file, or pass --allow-pickle if you trust it"
-            )
-        return "single_file", path
-    if source.count("/") == 1 and not path.exists():
-        return "folder", download_repo(source)
-    raise UsageError(f"not a model folder, checkpoint file or Hub repo id: {source}")
-
-
-def download_repo(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=DIFFUSERS_FILES))
-    except LocalEntryNotFoundError as exc:
-        raise UsageError(f"cannot download {repo_id} (offline, or no network): {exc}") from exc
-    except HfHubHTTPError as exc:
-        raise UsageError(f"cannot download {repo_id}: {str(exc).splitlines()[0]}") from exc
-
-
-def load_components(kind: str, path: Path, opts: ConvertOptions):
-    """Return (unet, vae, text_encoder, tokenizer, scheduler_config, model_index)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    if kind == "single_file":
-        from diffusers import StableDiffusionPipeline
-
-        # diffusers loads pickled checkpoints with torch.load(weights_only=True)
-        kwargs = {"config": opts.config} if opts.config else {}
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), torch_dtype=torch.float32, safety_checker=None, **kwargs
-            )
-        except Exception as exc:  # diffusers raises many kinds here; the first line says which
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UsageError(
-                f"cannot load {path.name} as a Stable Diffusion checkpoint: {first} "
-                "(offline? pass --config with a diffusers folder of the same architecture)"
-            ) from exc
-        index = {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": __import__("diffusers").__version__,
-            "scheduler": ["diffusers", type(pipe.scheduler).__name__],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-        return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), index
-
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if not (path / sub).is_dir():
-            raise UsageError(f"{path} has no {sub}/ folder")
-    from sdcli.model.config_checks import check_diffusers_folder
-
-    # configs, tokenizer and weight files checked before torch builds anything from them
-    index, scheduler_config = check_diffusers_folder(path, opts.allow_pickle)
-    unet = _load("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32))
-    vae = _load("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32))
-    text_encoder = _load("text_encoder", lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
-                                                                               torch_dtype=torch.float32))
-    tokenizer = _load("tokenizer", lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"))
-    return unet, vae, text_encoder, tokenizer, scheduler_config, index
-
-
-def _load(component: str, load: Callable):
-    """`load()`, with any failure of diffusers, transformers or safetensors (a cut-off or
-    corrupt file) as one line naming the component."""
-    try:
-        return load()
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise UsageError(f"{component}: cannot load it: {type(exc).__name__}: {first}") from None
+EXAMPLE_LATENT = 8  # the latent size of the example inputs the graphs are traced with
 
 
 # --- torch wrappers that fix the names and signatures optimum-intel uses ---------------
@@ -202,61 +69,8 @@ def _wrappers():
     return TextEncoder, UNet, VaeEncoder, VaeDecoder
 
 
-def _to_ov(module, example: dict, inputs: list, output_names: list[str]):
-    import openvino as ov
-    import torch
-
-    module.eval()
-    with torch.no_grad():
-        model = ov.convert_model(module, example_input=example, input=inputs)
-    for port, name in zip(model.inputs, example):
-        port.get_tensor().set_names({name})
-    for port, name in zip(model.outputs, output_names):
-        port.get_tensor().set_names({name})
-    return model
-
-
-def _save(model, folder: Path, weight_format: str) -> None:
-    import openvino as ov
-
-    if weight_format == "int8":
-        import nncf
-
-        model = nncf.compress_weights(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=(weight_format == "fp16"))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _model_config(model) -> dict:
-    config = dict(model.config)
-    config["_class_name"] = type(model).__name__
-    return config
-
-
-def export_tokenizer(tokenizer, folder: Path) -> None:
-    import openvino as ov
-
-    tokenizer.save_pretrained(folder)
-    try:
-        from openvino_tokenizers import convert_tokenizer
-    except ImportError:
-        return
-    ov_tok, ov_detok = convert_tokenizer(tokenizer, with_detokenizer=True)
-    ov.save_model(ov_tok, folder / "openvino_tokenizer.xml")
-    ov.save_model(ov_detok, folder / "openvino_detokenizer.xml")
-
-
-def convert(
-    source: str,
-    output: Path,
-    opts: ConvertOptions,
-    log: Callable[[str], None] = print,
-) -> Path:
+def check_options(opts: ConvertOptions, output: Path) -> None:
+    """UsageError for options that cannot work together or an extra that is missing."""
     if opts.weight_format not in WEIGHT_FORMATS:
         raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
     if output.exists() and not opts.force:
@@ -278,15 +92,18 @@ def convert(
             import nncf  # noqa: F401
         except ImportError as exc:
             raise UsageError('--weight-format int8 needs nncf: pip install "sdcli[convert]"') from exc
+
+
+def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str], None] = print) -> Path:
+    check_options(opts, output)
     kind, path = resolve_source(source, opts)
 
     import torch
-    from openvino import PartialShape, Type
 
     torch.set_grad_enabled(False)
     taesd = None
     if opts.tiny_vae:
-        from sdcli.convert.tiny_vae import check_matches, export_tiny_vae, load_tiny_vae
+        from sdcli.convert.tiny_vae import check_matches, load_tiny_vae
 
         log(f"loading {opts.tiny_vae}")
         taesd = load_tiny_vae(opts.tiny_vae)
@@ -299,92 +116,31 @@ def convert(
         fuse_lora(unet, vae, text_encoder, tokenizer, opts.lora, opts.lora_scale)
     if opts.scheduler:
         scheduler_config = replacement_scheduler_config(opts.scheduler, scheduler_config, unet.config)
-    TextEncoder, UNet, VaeEncoder, VaeDecoder = _wrappers()
 
     with atomic_directory(output, replace=opts.force) as tmp:
         started = time.perf_counter()
-
-        def step(i: int, name: str) -> None:
-            log(f"[{i}/6] {name}")
-
-        step(1, "tokenizer")
+        log("[1/6] tokenizer")
         export_tokenizer(tokenizer, tmp / "tokenizer")
-        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
-
-        step(2, "text_encoder")
-        seq = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
-        ids = torch.ones((1, seq), dtype=torch.int64)
-        model = _to_ov(
-            TextEncoder(text_encoder),
-            {"input_ids": ids},
-            [(PartialShape([-1, -1]), Type.i64)],
-            ["last_hidden_state", "pooler_output"],
-        )
-        _save(model, tmp / "text_encoder", opts.weight_format)
-        _write_json(tmp / "text_encoder" / "config.json", text_encoder.config.to_dict())
-        hidden = text_encoder.config.hidden_size
-        del model, text_encoder
+        write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
+        log("[2/6] text_encoder")
+        seq, hidden = export_text_encoder(text_encoder, tokenizer, tmp, opts.weight_format)
+        del text_encoder
         gc.collect()
-
-        step(3, "unet")
-        ucfg = unet.config
-        lat = 8
-        example = {
-            "sample": torch.randn(2, ucfg.in_channels, lat, lat),
-            "timestep": torch.tensor([1, 1], dtype=torch.int64),
-            "encoder_hidden_states": torch.randn(2, seq, ucfg.cross_attention_dim or hidden),
-        }
-        inputs = [
-            (PartialShape([-1, ucfg.in_channels, -1, -1]), Type.f32),
-            (PartialShape([-1]), Type.i64),
-            (PartialShape([-1, -1, ucfg.cross_attention_dim]), Type.f32),
-        ]
-        if ucfg.get("time_cond_proj_dim"):  # a Latent Consistency Model
-            example["timestep_cond"] = torch.randn(2, ucfg.time_cond_proj_dim)
-            inputs.append((PartialShape([-1, ucfg.time_cond_proj_dim]), Type.f32))
-        model = _to_ov(UNet(unet), example, inputs, ["out_sample"])
-        _save(model, tmp / "unet", "fp16" if opts.quantize else opts.weight_format)  # quantized at the end
-        _write_json(tmp / "unet" / "config.json", _model_config(unet))
-        del model, unet
+        log("[3/6] unet")
+        # a UNet to quantize is written in fp16 first and quantized at the end
+        export_unet(unet, seq, hidden, tmp, "fp16" if opts.quantize else opts.weight_format)
+        del unet
         gc.collect()
-
-        vcfg = vae.config
-        scale = 2 ** (len(vcfg.block_out_channels) - 1)
-        step(4, "vae_encoder")
-        model = _to_ov(
-            VaeEncoder(vae),
-            {"sample": torch.randn(1, vcfg.in_channels, lat * scale, lat * scale)},
-            [(PartialShape([-1, vcfg.in_channels, -1, -1]), Type.f32)],
-            ["latent_parameters"],
-        )
-        _save(model, tmp / "vae_encoder", opts.weight_format)
-        _write_json(tmp / "vae_encoder" / "config.json", _model_config(vae))
-        del model
-
-        step(5, "vae_decoder")
-        model = _to_ov(
-            VaeDecoder(vae),
-            {"latent_sample": torch.randn(1, vcfg.latent_channels, lat, lat)},
-            [(PartialShape([-1, vcfg.latent_channels, -1, -1]), Type.f32)],
-            ["sample"],
-        )
-        _save(model, tmp / "vae_decoder", opts.weight_format)
-        _write_json(tmp / "vae_decoder" / "config.json", _model_config(vae))
-        del model, vae
+        export_vae(vae, tmp, opts.weight_format, log)
+        del vae
         gc.collect()
         if taesd is not None:
+            from sdcli.convert.tiny_vae import export_tiny_vae
+
             log("[5/6] vae_encoder_tiny, vae_decoder_tiny")
             export_tiny_vae(taesd, tmp, opts.weight_format)
-
-        step(6, "model_index.json")
-        index = {k: v for k, v in index.items() if not (isinstance(v, list) and v[0] is None)}
-        _write_json(tmp / "model_index.json", index)
-        _write_json(
-            tmp / "sdcli.json",
-            {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(time.perf_counter() - started, 1),
-             **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {}),
-             **({"quantize": opts.quantize} if opts.quantize else {})},
-        )
+        log("[6/6] model_index.json")
+        write_metadata(tmp, index, source, opts, time.perf_counter() - started)
         if opts.quantize == "hybrid":
             from sdcli.convert.quantize import hybrid_quantize_unet
 
@@ -394,50 +150,89 @@ def convert(
     return output
 
 
-def fuse_lora(unet, vae, text_encoder, tokenizer, lora: str, scale: float) -> None:
-    """Fuse a LoRA (a .safetensors file, a folder holding one, or a Hub repo such as
-    latent-consistency/lcm-lora-sdv1-5) into the UNet, and into the text encoder where it has
-    weights for it, in place: diffusers' load_lora_weights, fuse_lora(lora_scale), unload."""
-    try:
-        import peft  # noqa: F401  (diffusers' LoRA loading needs it)
-    except ImportError as exc:
-        raise UsageError('--lora needs peft: pip install "sdcli[convert]"') from exc
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str) -> tuple[int, int]:
+    """Write text_encoder/; returns (its sequence length, its hidden size)."""
+    import torch
+    from openvino import PartialShape, Type
 
-    path = Path(lora).expanduser()
-    if path.is_file():
-        source, kwargs = str(path.parent), {"weight_name": path.name}
-    elif path.is_dir() or (lora.count("/") == 1 and not path.exists()):
-        source, kwargs = str(path) if path.is_dir() else lora, {}
-    else:
-        raise UsageError(f"--lora: not a LoRA file, folder or Hub repo id: {lora}")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    try:
-        pipe.load_lora_weights(source, **kwargs)
-    except Exception as exc:  # diffusers raises many kinds here; the first line says which
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--lora: cannot load {lora}: {first}") from exc
-    pipe.fuse_lora(lora_scale=scale)
-    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    TextEncoder = _wrappers()[0]
+    seq = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
+    model = to_openvino(
+        TextEncoder(text_encoder),
+        {"input_ids": torch.ones((1, seq), dtype=torch.int64)},
+        [(PartialShape([-1, -1]), Type.i64)],
+        ["last_hidden_state", "pooler_output"],
+    )
+    save_ir(model, out / "text_encoder", weight_format)
+    write_json(out / "text_encoder" / "config.json", text_encoder.config.to_dict())
+    return seq, text_encoder.config.hidden_size
 
 
-def replacement_scheduler_config(name: str, config: dict, unet_config) -> dict:
-    """The scheduler_config.json that makes `name` the folder's own scheduler: what `sdcli
-    generate --scheduler NAME` (diffusers' XScheduler.from_config(pipe.scheduler.config))
-    runs on the original folder."""
-    from sdcli.schedulers import create_scheduler, pipeline_switch_config, resolve_scheduler_name
+def export_unet(unet, seq: int, hidden: int, out: Path, weight_format: str) -> None:
+    import torch
+    from openvino import PartialShape, Type
 
-    try:
-        key = resolve_scheduler_name(name)
-        lcm_unet = bool(unet_config.get("time_cond_proj_dim"))
-        if lcm_unet and key != "lcm":
-            raise UsageError(f"--scheduler {name}: this is a Latent Consistency Model, which runs with lcm only")
-        scheduler = create_scheduler(key, config if lcm_unet else pipeline_switch_config(config))
-    except ValueError as exc:
-        raise UsageError(f"--scheduler: {exc}") from None
-    return {"_class_name": scheduler.diffusers_class, **scheduler.config}
+    UNet = _wrappers()[1]
+    ucfg = unet.config
+    lat = EXAMPLE_LATENT
+    example = {
+        "sample": torch.randn(2, ucfg.in_channels, lat, lat),
+        "timestep": torch.tensor([1, 1], dtype=torch.int64),
+        "encoder_hidden_states": torch.randn(2, seq, ucfg.cross_attention_dim or hidden),
+    }
+    inputs = [
+        (PartialShape([-1, ucfg.in_channels, -1, -1]), Type.f32),
+        (PartialShape([-1]), Type.i64),
+        (PartialShape([-1, -1, ucfg.cross_attention_dim]), Type.f32),
+    ]
+    if ucfg.get("time_cond_proj_dim"):  # a Latent Consistency Model
+        example["timestep_cond"] = torch.randn(2, ucfg.time_cond_proj_dim)
+        inputs.append((PartialShape([-1, ucfg.time_cond_proj_dim]), Type.f32))
+    model = to_openvino(UNet(unet), example, inputs, ["out_sample"])
+    save_ir(model, out / "unet", weight_format)
+    write_json(out / "unet" / "config.json", model_config(unet))
+
+
+def export_vae(vae, out: Path, weight_format: str, log: Callable[[str], None]) -> None:
+    """Write vae_encoder/ and vae_decoder/."""
+    import torch
+    from openvino import PartialShape, Type
+
+    _, _, VaeEncoder, VaeDecoder = _wrappers()
+    vcfg = vae.config
+    scale = 2 ** (len(vcfg.block_out_channels) - 1)
+    lat = EXAMPLE_LATENT
+    log("[4/6] vae_encoder")
+    model = to_openvino(
+        VaeEncoder(vae),
+        {"sample": torch.randn(1, vcfg.in_channels, lat * scale, lat * scale)},
+        [(PartialShape([-1, vcfg.in_channels, -1, -1]), Type.f32)],
+        ["latent_parameters"],
+    )
+    save_ir(model, out / "vae_encoder", weight_format)
+    write_json(out / "vae_encoder" / "config.json", model_config(vae))
+    del model
+    log("[5/6] vae_decoder")
+    model = to_openvino(
+        VaeDecoder(vae),
+        {"latent_sample": torch.randn(1, vcfg.latent_channels, lat, lat)},
+        [(PartialShape([-1, vcfg.latent_channels, -1, -1]), Type.f32)],
+        ["sample"],
+    )
+    save_ir(model, out / "vae_decoder", weight_format)
+    write_json(out / "vae_decoder" / "config.json", model_config(vae))
+
+
+def write_metadata(out: Path, index: dict, source: str, opts: ConvertOptions, seconds: float) -> None:
+    """model_index.json (as diffusers wrote it, less absent components) and sdcli.json."""
+    index = {k: v for k, v in index.items() if not (isinstance(v, list) and v[0] is None)}
+    write_json(out / "model_index.json", index)
+    write_json(
+        out / "sdcli.json",
+        {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(seconds, 1),
+         **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {}),
+         **({"quantize": opts.quantize} if opts.quantize else {})},
+    )
 
 
 def _folder_size(folder: Path) -> int:

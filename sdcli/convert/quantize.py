@@ -46,30 +46,18 @@ def matmuls_with_weights(model) -> list[str]:
 
 def calibration_inputs(folder: Path, prompts: list[str], samples: int, log: Callable[[str], None]) -> list[dict]:
     """The UNet's inputs over a short generation per prompt on `folder` (f32, default size)."""
-    from sdcli.engine.engine import GenerationConfig, StableDiffusionEngine
-    from sdcli.util.rng import make_rng
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
 
-    engine = StableDiffusionEngine(folder, precision="f32", cache_dir=False)
+    engine = Engine(folder, precision="f32", cache_dir=False)
     steps = max(2, -(-samples // len(prompts)))
     recorded: list[dict] = []
+    engine.unet_recorder = lambda inputs: recorded.append({k: np.array(v) for k, v in inputs.items()})
     for i, prompt in enumerate(prompts):
         if len(recorded) >= samples:
             break
         log(f"calibration {i + 1}/{len(prompts)}: {steps} steps")
-        config = GenerationConfig(prompt=prompt, steps=steps, seed=i, rng="numpy")
-        guidance = engine.classifier_free_guidance(config.guidance_scale)
-        context, _ = engine.encode_prompt(prompt, "", guidance)
-        scheduler = engine.make_scheduler(None)
-        width, height = engine.resolve_size(config)
-        rng = make_rng(config.rng, config.seed)
-        latents, timesteps = engine.prepare_latents(config, scheduler, rng, width, height)
-        unet = engine.unet(context.shape[0], tuple(latents.shape[2:]), context.shape[1])
-        unet.recorder = lambda inputs: recorded.append({k: np.array(v) for k, v in inputs.items()})
-        try:
-            for _ in engine.denoise(latents, timesteps, scheduler, context, config.guidance_scale, rng):
-                pass
-        finally:
-            unet.recorder = None
+        engine.generate(GenerationRequest(prompt=prompt, steps=steps, seed=i, rng="numpy"), decode=False)
     return recorded[:samples]
 
 

@@ -8,7 +8,7 @@ from them (diffusers' retrieve_latents returns `.latents` as they are).  TAESD m
 ranges inside its graph and its config's scaling_factor is 1.0, which is what the engine
 reads (see ModelFolder.vae).
 
-Needs the ``convert`` extra, as convert.py does.
+Needs the ``convert`` extra, as export.py does.
 """
 from __future__ import annotations
 
@@ -16,16 +16,18 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from sdcli.convert.ir import WEIGHT_FORMATS, model_config, require_convert_extra, save_ir, to_openvino, write_json
+from sdcli.model.folder import ModelFolder
+from sdcli.model.hub import looks_like_repo_id
+from sdcli.model.layout import TINY_DECODER, TINY_ENCODER
 from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import atomic_directory, atomic_write_bytes
 
-DECODER = "vae_decoder_tiny"
-ENCODER = "vae_encoder_tiny"
+DECODER, ENCODER = TINY_DECODER, TINY_ENCODER
 TAESD_FILES = ["config.json", "diffusion_pytorch_model*.safetensors"]
 
 
 def _source_folder(source: str) -> Path:
-    from sdcli.model.hub import looks_like_repo_id
-
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -89,17 +91,13 @@ def export_tiny_vae(taesd, out_root: Path, weight_format: str) -> None:
 
 
 def _save_component(model, taesd, folder: Path, weight_format: str) -> None:
-    from sdcli.convert.export import _model_config, _save, _write_json
-
-    _save(model, folder, weight_format)
-    _write_json(folder / "config.json", _model_config(taesd))
+    save_ir(model, folder, weight_format)
+    write_json(folder / "config.json", model_config(taesd))
 
 
 def _to_openvino(taesd) -> dict:
     import torch
     from openvino import PartialShape, Type
-
-    from sdcli.convert.export import _to_ov
 
     class Encoder(torch.nn.Module):
         def __init__(self, vae):
@@ -120,13 +118,13 @@ def _to_openvino(taesd) -> dict:
     cfg = taesd.config
     factor = 2 ** (len(cfg.encoder_block_out_channels) - 1)
     lat = 8
-    encoder = _to_ov(
+    encoder = to_openvino(
         Encoder(taesd),
         {"sample": torch.randn(1, cfg.in_channels, lat * factor, lat * factor)},
         [(PartialShape([-1, cfg.in_channels, -1, -1]), Type.f32)],
         ["latents"],
     )
-    decoder = _to_ov(
+    decoder = to_openvino(
         Decoder(taesd),
         {"latent_sample": torch.randn(1, cfg.latent_channels, lat, lat)},
         [(PartialShape([-1, cfg.latent_channels, -1, -1]), Type.f32)],
@@ -141,10 +139,6 @@ def add_tiny_vae(model_dir: Path, source: str, weight_format: str, force: bool =
 
     Each folder is written under a temporary name and renamed into place when complete;
     both are converted before either is written, so the two renames follow each other."""
-    from sdcli.convert.export import WEIGHT_FORMATS, require_convert_extra
-    from sdcli.util.fsutil import atomic_directory, atomic_write_bytes
-    from sdcli.model.folder import ModelFolder
-
     if weight_format not in WEIGHT_FORMATS:
         raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
     folder = ModelFolder.open(model_dir)

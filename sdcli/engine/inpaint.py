@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sdcli.engine.latents import Encode, latent_sample, latent_shape, strength_timesteps
 from sdcli.imaging import image_io
+from sdcli.util.errors import UsageError
 
 F32 = np.float32
 
@@ -67,3 +69,60 @@ class Inpainting:
         m = self.soft_mask[:, :, None]
         blended = image.astype(F32) * m + self.original.astype(F32) * (F32(1.0) - m)
         return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def prepare(folder, family, request, scheduler, rng, width: int, height: int, encode: Encode):
+    """Inpainting's stage 2: return (latents, timesteps to run, Inpainting).
+
+    The random draws come in diffusers' StableDiffusionInpaintPipeline order: the init
+    image's latent sample (unless a 9-channel UNet starts from pure noise at strength 1),
+    the noise, then the masked image's latent sample (drawn for 4-channel UNets too,
+    which do not use it)."""
+    in_channels = int(folder.unet_config.get("in_channels", 4))
+    nine = in_channels == 9
+    if not nine and in_channels != folder.latent_channels:
+        raise UsageError(
+            f"--mask: this model's UNet takes {folder.unet_config.get('in_channels')} input channels; "
+            "inpainting needs 4 (an ordinary model) or 9 (an inpainting model)"
+        )
+    f = folder.vae_scale_factor
+    shape = latent_shape(folder, width, height)
+    family.set_timesteps(request, scheduler)
+    timesteps = strength_timesteps(request, scheduler)
+    strength_max = request.strength == 1.0
+    image = image_io.resize(request.init_image, width, height)
+    pixels = image_io.to_model_input(image)
+    soft, binary = prepare_mask(request.mask, width, height, request.mask_blur)
+    scaling_factor = folder.vae(request.vae).scaling_factor
+
+    sampled = []  # whether the encoder gives a distribution to sample from
+
+    def encode_sample(x):
+        mean, logvar = encode(x)
+        sampled.append(logvar is not None)
+        return latent_sample(mean, logvar, rng, scaling_factor)
+
+    image_latents = None
+    if not nine or not strength_max:
+        image_latents = encode_sample(pixels)
+    noise = rng.randn(shape)
+    if strength_max:
+        latents = noise * np.float32(scheduler.init_noise_sigma)
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[0])
+    masked_latents = None
+    if nine:
+        masked_latents = encode_sample((pixels * (binary < 0.5)[None, None]).astype(np.float32))
+    elif sampled[0]:
+        rng.randn(image_latents.shape)  # diffusers draws the unused masked-image sample too
+    state = Inpainting(
+        nine_channel=nine,
+        mask_latent=np.ascontiguousarray(binary[::f, ::f])[None, None].astype(np.float32),
+        masked_image_latents=masked_latents,
+        image_latents=None if nine else image_latents,
+        noise=noise,
+        original=image,
+        soft_mask=soft,
+        overlay=request.mask_blur > 0,
+    )
+    return latents.astype(np.float32), timesteps, state

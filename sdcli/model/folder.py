@@ -1,25 +1,15 @@
-"""A converted model folder (sdcli's or optimum-cli's layout) and its OpenVINO components.
-
-One class per component: each reads its IR, fixes its shapes for the requested size,
-compiles it, and runs it on numpy arrays.
-"""
+"""A converted model folder (sdcli's or optimum-cli's layout): its files and configs,
+validated before anything is compiled."""
 from __future__ import annotations
 
-import os
 import re
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 
 from sdcli.util.errors import UsageError
-from sdcli.runtime.core import Runtime
-from sdcli.convert.tiny_vae import DECODER as TINY_DECODER, ENCODER as TINY_ENCODER
-
-REQUIRED = ("text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler")
-
+from sdcli.model.layout import REQUIRED, TINY_DECODER, TINY_ENCODER
 
 def _read_json(path: Path) -> dict:
     from sdcli.model.config_checks import read_json
@@ -119,7 +109,7 @@ class ModelFolder:
     @property
     def unet_sequence_length(self) -> int | None:
         """The UNet's fixed text length (optimum-cli exports 77), or None when dynamic."""
-        dims = _ir_input_shape(self.ir("unet"), "encoder_hidden_states")
+        dims = ir_input_shape(self.ir("unet"), "encoder_hidden_states")
         if dims is None:
             return None
         return int(dims[1]) if len(dims) == 3 and dims[1].strip().isdigit() else None
@@ -128,7 +118,7 @@ class ModelFolder:
     def time_cond_proj_dim(self) -> int | None:
         """A Latent Consistency Model's guidance-embedding size (its UNet takes `timestep_cond`,
         as optimum-cli names it), or None for an ordinary UNet."""
-        dims = _ir_input_shape(self.ir("unet"), "timestep_cond")
+        dims = ir_input_shape(self.ir("unet"), "timestep_cond")
         configured = self.unet_config.get("time_cond_proj_dim")
         if configured is not None and (not isinstance(configured, int) or isinstance(configured, bool)
                                        or not 0 < configured < 100_000):
@@ -158,160 +148,10 @@ class ModelFolder:
         return self.root / component / "openvino_model.xml"
 
 
-def _ir_input_shape(xml: Path, name: str) -> list[str] | None:
+def ir_input_shape(xml: Path, name: str) -> list[str] | None:
     """The declared shape of input `name` of an IR, as text per dimension ("?" when dynamic), or
     None when it has no such input.  Parameters come first in the XML, so its head is enough."""
     with open(xml, "rb") as f:
         head = f.read(1 << 20).decode("utf-8", "replace")
     found = re.search(rf'name="{re.escape(name)}" type="Parameter"[^>]*>\s*<data shape="([^"]*)"', head)
     return found.group(1).split(",") if found else None
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("SDCLI_CACHE_DIR"):
-        return Path(os.environ["SDCLI_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sdcli" / "openvino"
-
-
-# Ops that only move or broadcast their first input, whatever its element type.
-_SHAPE_ONLY = {"Broadcast", "Unsqueeze", "Squeeze", "Reshape", "Tile"}
-
-
-def _float_timestep(model) -> bool:
-    """Make the UNet's int64 `timestep` input float32 when the graph only reshapes it
-    before converting it to float (sdcli's export converts first; optimum-cli's expands
-    and unsqueezes first).  Euler-type schedulers step on fractional timesteps, which an
-    int64 input would truncate.  Returns whether the input is float now."""
-    import openvino as ov
-    from openvino import opset13 as ops
-
-    param = model.input("timestep").get_node()
-    if param.get_element_type() == ov.Type.f32:
-        return True
-    node = param
-    while True:
-        users = list(node.output(0).get_target_inputs())
-        if len(users) != 1:
-            return False
-        user = users[0]
-        node = user.get_node()
-        kind = node.get_type_name()
-        if kind == "Convert":
-            if node.get_output_element_type(0) != ov.Type.f32:
-                return False
-            break
-        if kind not in _SHAPE_ONLY or user.get_index() != 0:
-            return False
-    first_user = next(iter(param.output(0).get_target_inputs()))
-    new = ops.parameter(param.get_partial_shape(), ov.Type.f32, name="timestep")
-    param.output(0).get_tensor().set_names(set())
-    new.output(0).get_tensor().set_names({"timestep"})
-    first_user.replace_source_output(new.output(0))
-    model.replace_parameter(model.get_parameters().index(param), new)
-    model.validate_nodes_and_infer_types()
-    return True
-
-
-class _Compiled:
-    """A compiled component; each thread gets its own infer request, so that several rows
-    can run at once on a model compiled for throughput."""
-
-    compiled = None
-
-    @cached_property
-    def _local(self) -> threading.local:
-        return threading.local()
-
-    @property
-    def request(self):
-        if not hasattr(self._local, "request"):
-            self._local.request = self.compiled.create_infer_request()
-        return self._local.request
-
-
-class TextEncoder(_Compiled):
-    def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1):
-        """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...)."""
-        from sdcli.runtime.clip_skip import skip_layers
-
-        component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
-        self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), {"input_ids": [1, seq_len]},
-                                                    prepare=lambda model: skip_layers(model, clip_skip))
-
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
-        self.request.infer({0: input_ids})
-        return self.request.get_output_tensor(0).data.copy()
-
-
-class UNet(_Compiled):
-    recorder = None  # called with each call's inputs (calibration for --quantize hybrid)
-
-    def __init__(self, runtime: Runtime, folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int,
-                 variant: str | None = None):
-        """`variant`: None for the UNet as it is, or one of deepcache.VARIANTS."""
-        cfg = folder.unet_config
-        shapes = {
-            "sample": [batch, cfg.get("in_channels", 4), *latent_hw],
-            "timestep": [batch],
-            "encoder_hidden_states": [batch, seq_len, cfg.get("cross_attention_dim", 768)],
-        }
-        if folder.is_lcm:
-            shapes["timestep_cond"] = [batch, folder.time_cond_proj_dim]
-        component, edit = "unet", None
-        if variant is not None:
-            from sdcli.runtime.deepcache import VARIANTS
-
-            component, edit = VARIANTS[variant]
-
-        def prepare(model):
-            _float_timestep(model)
-            if edit is not None:
-                edit(model, shapes)
-
-        self.compiled, self._mapping = runtime.load(component, folder.ir("unet"), shapes, prepare=prepare)
-        import openvino as ov
-
-        self.float_timestep = self.compiled.input("timestep").get_element_type() == ov.Type.f32
-        self._timestep_dtype = np.float32 if self.float_timestep else np.int64
-        self._timestep_shape = shapes["timestep"]
-
-    def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
-        t = np.full(self._timestep_shape, timestep, dtype=np.float64).astype(self._timestep_dtype)
-        inputs = {"sample": sample, "timestep": t, "encoder_hidden_states": context, **extra}
-        if self.recorder is not None:
-            self.recorder(inputs)
-        self.request.infer(inputs)
-        return self.request.get_output_tensor(0).data.copy()
-
-    def output(self, index: int) -> np.ndarray:
-        """Output `index` of the last call."""
-        return self.request.get_output_tensor(index).data.copy()
-
-
-class VaeDecoder(_Compiled):
-    def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int],
-                 component: str = "vae_decoder"):
-        shapes = {"latent_sample": [1, folder.latent_channels, *latent_hw]}
-        self.compiled, self._mapping = runtime.load(component, folder.ir(component), shapes)
-
-    def __call__(self, latents: np.ndarray) -> np.ndarray:
-        self.request.infer({0: latents})
-        return self.request.get_output_tensor(0).data.copy()
-
-
-class VaeEncoder(_Compiled):
-    def __init__(self, runtime: Runtime, folder: ModelFolder, image_hw: tuple[int, int],
-                 component: str = "vae_encoder"):
-        if not folder.ir(component).is_file():
-            raise UsageError(f"model folder {folder.root} has no {component}/, which --init-image needs")
-        self.compiled, self._mapping = runtime.load(component, folder.ir(component), {"sample": [1, 3, *image_hw]})
-        self.latent_channels = folder.latent_channels
-
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Return (mean, log-variance); the variance is None for an encoder that outputs a sample."""
-        self.request.infer({0: image})
-        out = self.request.get_output_tensor(0).data.copy()
-        if out.shape[1] == 2 * self.latent_channels:
-            return out[:, : self.latent_channels], out[:, self.latent_channels :]
-        return out, None

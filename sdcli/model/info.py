@@ -1,29 +1,13 @@
-"""What `sdcli info` reports: the runtime, and a converted model's components."""
+"""What `sdcli info` reports about a converted model: its components, sizes and weight types."""
 from __future__ import annotations
 
 import json
 from collections import Counter
 from pathlib import Path
 
+from sdcli.model.layout import IR_COMPONENTS
 from sdcli.util.errors import UsageError
 
-COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "vae_encoder_tiny", "vae_decoder_tiny")
-
-
-def describe_runtime() -> dict:
-    import openvino as ov
-
-    core = ov.Core()
-    devices = []
-    for name in core.available_devices:
-        entry = {"name": name, "full_name": "", "capabilities": []}
-        try:
-            entry["full_name"] = core.get_property(name, "FULL_DEVICE_NAME")
-            entry["capabilities"] = list(core.get_property(name, "OPTIMIZATION_CAPABILITIES"))
-        except RuntimeError:
-            pass
-        devices.append(entry)
-    return {"openvino": ov.__version__.split("-")[0], "devices": devices}
 
 
 def _weight_types(xml: Path) -> str:
@@ -48,7 +32,7 @@ def describe_model(root: Path) -> dict:
     if not (root / "model_index.json").is_file():
         raise UsageError(f"{root} is not a converted model folder (no model_index.json)")
     components = []
-    for name in COMPONENTS:
+    for name in IR_COMPONENTS:
         xml = root / name / "openvino_model.xml"
         if not xml.is_file():
             continue

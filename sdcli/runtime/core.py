@@ -29,6 +29,11 @@ PRECISIONS = ("auto", "f32", "bf16", "f16")
 CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def openvino_reason(exc: BaseException, limit: int = 300) -> str:
     """The line of an OpenVINO error that says what is wrong: its last one (the lines before
     it name C++ source files and checks)."""
@@ -52,6 +57,13 @@ def is_ir_xml(data: bytes) -> bool:
     except xml.parsers.expat.ExpatError:
         return False
     return root == ["net"]
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("SDCLI_CACHE_DIR"):
+        return Path(os.environ["SDCLI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sdcli" / "openvino"
 
 
 class MappedFile:
@@ -105,8 +117,7 @@ class Runtime:
         (several requests run at once, each on its share of the cores)."""
         import openvino as ov
 
-        if precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         self.core = ov.Core()
         self.device = device
         self.precision = precision

@@ -11,3 +11,14 @@ class UsageError(SdcliError):
     """Something the user supplied is wrong: a flag, a file, a folder (exit code 2)."""
 
     exit_code = 2
+
+
+def error_text(exc: BaseException) -> str:
+    """One line saying what went wrong: our errors' own message, an OSError's reason and
+    file, else the exception's type and the first line of its message."""
+    if isinstance(exc, SdcliError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

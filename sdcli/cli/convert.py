@@ -1,0 +1,82 @@
+"""`sdcli convert`: a diffusers model to OpenVINO IR, or a tiny VAE into a converted folder."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sdcli.cli.app import app, check_creatable, finite, quiet_libraries, user_errors
+from sdcli.util.errors import UsageError
+
+
+@app.command()
+def convert(
+    source: Optional[str] = typer.Argument(None, help="Hub repo id, local diffusers folder, or single-file .safetensors checkpoint (none with --into)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [default: models/<source name>]."),
+    weight_format: Optional[str] = typer.Option(None, "--weight-format", help="fp16 (default, half the size of fp32), fp32, or int8 (NNCF weight compression; the default with --quantize)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="hybrid: NNCF hybrid quantization of the UNet (int8 weights for its linear layers, int8 weights and activations elsewhere), calibrated on a short generation; the other components int8 weight-only."),
+    calibration_prompts: Optional[Path] = typer.Option(None, "--calibration-prompts", help="With --quantize: a text file, one prompt a line [default: 8 built-in prompts]."),
+    calibration_samples: int = typer.Option(32, "--calibration-samples", min=4, max=2000, help="With --quantize: UNet calls to measure (more: slower conversion, ranges closer to real use)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled .ckpt checkpoints (they can run code when loaded)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint."),
+    lora: Optional[str] = typer.Option(None, "--lora", help="Fuse this LoRA into the UNet (and the text encoder, where it has weights for it): a .safetensors file, a folder holding one, or a Hub repo such as latent-consistency/lcm-lora-sdv1-5 (needs peft)."),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", callback=finite, help="The LoRA's weight when fused."),
+    convert_scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Make this the model's own scheduler (scheduler_config.json), e.g. lcm for an LCM-LoRA; a name from `sdcli generate --list-schedulers` [default: the source's]."),
+    tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x)."),
+    into: Optional[Path] = typer.Option(None, "--into", help="With --tiny-vae and no SOURCE: add the tiny VAE to this converted model folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+):
+    """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
+    --tiny-vae TAESD --into DIR, add a tiny VAE to a converted model."""
+    from sdcli.convert.export import WEIGHT_FORMATS, ConvertOptions, default_output_name
+
+    with user_errors("interrupted; nothing was written"):
+        weight_format = weight_format if weight_format is not None else ("int8" if quantize else "fp16")
+        if weight_format not in WEIGHT_FORMATS:
+            raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+        log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+        if into is not None:
+            if source is not None or output is not None:
+                raise UsageError("--into adds a tiny VAE to a converted folder; give it without SOURCE and --output")
+            if tiny_vae is None:
+                raise UsageError("--into needs --tiny-vae (the tiny VAE to add)")
+            quiet_libraries()
+            from sdcli.convert.tiny_vae import add_tiny_vae
+
+            add_tiny_vae(into, tiny_vae, weight_format, force=force, log=log)
+            if not quiet:
+                print(into)
+            return
+        if source is None:
+            raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
+        if not source.strip():
+            raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
+        target = output or Path("models") / default_output_name(source)
+        check_creatable(target, "--output")
+        if config is not None:
+            from sdcli.model.hub import looks_like_repo_id
+
+            if not Path(config).expanduser().is_dir() and not looks_like_repo_id(config):
+                raise UsageError(f"--config: {config} is neither a diffusers folder nor a Hub repo id")
+        prompts = None
+        if calibration_prompts is not None:
+            if quantize is None:
+                raise UsageError("--calibration-prompts only makes sense with --quantize hybrid")
+            from sdcli.batch.rows import read_text
+
+            prompts = [line.strip() for line in read_text(str(calibration_prompts)).splitlines()
+                       if line.strip() and not line.lstrip().startswith("#")]
+            if not prompts:
+                raise UsageError(f"--calibration-prompts: no prompts in {calibration_prompts}")
+        opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config,
+                              tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler,
+                              quantize=quantize, calibration_prompts=prompts, calibration_samples=calibration_samples)
+        quiet_libraries()
+        from sdcli.convert.export import convert as run_convert
+
+        run_convert(source, target, opts, log=log)
+        if not quiet:
+            print(target)

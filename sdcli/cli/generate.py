@@ -1,0 +1,190 @@
+"""`sdcli generate`: images from a prompt, an init image (image-to-image) and a mask
+(inpainting), or redone from a PNG's stored settings."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+import typer
+
+from sdcli.cli.app import (app, finite, list_schedulers, option_given, positive_multiple_of_8, process_age,
+                           scheduler_name, user_errors, warn)
+from sdcli.engine.request import GUIDANCE_MAX
+from sdcli.util.errors import UsageError
+
+# generate's options that a PNG's parameters can give (the flags given on the command line win)
+STORED = ("prompt", "negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength",
+          "rng", "precision", "emphasis", "deepcache", "vae", "clip_skip", "mask_blur")
+# ... of which these go through their flag's type, range and callback again
+RECHECKED = ("steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength", "deepcache", "clip_skip",
+             "mask_blur")
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to draw (required unless --from-image)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
+    strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),
+    mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
+    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: 20; 4 for LCM models and the lcm scheduler]."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off [default: 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
+    width: Optional[int] = typer.Option(None, "--width", "-W", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
+    height: Optional[int] = typer.Option(None, "--height", "-H", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", callback=scheduler_name, help="A name from --list-schedulers, short (dpmpp_2m_karras) or A1111's (\"DPM++ 2M Karras\") [default: the model's]."),
+    list_schedulers: bool = typer.Option(False, "--list-schedulers", callback=list_schedulers, is_eager=True, expose_value=False, help="Print the schedulers and exit."),
+    num_images: int = typer.Option(1, "--num-images", min=1, max=10_000, help="Images to make; image i uses seed+i."),
+    output: Path = typer.Option(Path("output.png"), "--output", "-o", help="PNG to write; several images get -1, -2, ... before .png."),
+    device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (OpenVINO picks: bf16 where the CPU has it), f32, bf16, f16."),
+    rng: str = typer.Option("torch", "--rng", help="torch: the same noise as diffusers for a seed; numpy: faster draws."),
+    emphasis: bool = typer.Option(True, "--emphasis/--no-emphasis", help="A1111 prompt weights: (word), [word], (word:1.3); \\( for a literal bracket."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
+    clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=24, help="A1111's Clip skip: the prompt from the text encoder's N-th layer from the end (2: the penultimate; diffusers' clip_skip=N-1)."),
+    deepcache: int = typer.Option(1, "--deepcache", min=1, max=1000, help="DeepCache: the full UNet every N-th step, only its shallow branch in between (3: about 2x faster steps; 1: off)."),
+    vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
+    from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
+):
+    """Make images from a prompt (and optionally an init image)."""
+    with user_errors("interrupted"):
+        options = SimpleNamespace(**ctx.params)
+        if from_image is not None:
+            from sdcli.engine.parameters import settings_from_image
+
+            apply_stored_settings(ctx, options, settings_from_image(from_image))
+        engine, request, paths = prepare(ctx, options)
+        write_images(engine, request, paths, options)
+
+
+def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: dict) -> None:
+    """--from-image: the PNG's settings for every option not given on the command line."""
+    for name in STORED:
+        if name in stored and not option_given(ctx, name):
+            setattr(options, name, stored[name])
+    checked = recheck_stored(ctx, {name: getattr(options, name) for name in RECHECKED})
+    for name, value in checked.items():
+        setattr(options, name, value)
+    model_name = stored.get("model_name")
+    if options.model is None and not os.environ.get("SDCLI_MODEL") and model_name and (Path("models") / model_name).is_dir():
+        options.model = str(Path("models") / model_name)
+
+
+def prepare(ctx: typer.Context, o: SimpleNamespace):
+    """The checked request, the engine that runs it and the files to write."""
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.runtime.core import check_precision
+
+    if o.prompt is None:
+        raise UsageError("--prompt is required (or --from-image with an image that stores one)")
+    request = GenerationRequest(
+        prompt=o.prompt, negative_prompt=o.negative_prompt, steps=o.steps, guidance_scale=o.guidance_scale,
+        seed=o.seed or 0, width=o.width, height=o.height, scheduler=o.scheduler, init_image=o.init_image,
+        strength=o.strength, mask=o.mask, mask_blur=o.mask_blur, rng=o.rng, emphasis=o.emphasis,
+        deepcache=o.deepcache, clip_skip=o.clip_skip, vae=o.vae,
+    )
+    request.validate()
+    check_precision(o.precision)
+    paths = output_paths(o.output, o.num_images)
+    check_output_dir(o.output)
+    model_dir = find_model(o.model, o.quiet or o.as_json)
+    request = request.with_images_read()
+    seed = o.seed
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+        if not (o.quiet or o.as_json):
+            print(f"sdcli: seed {seed}", file=sys.stderr)
+    # the text encoder is freed once the prompt is encoded: every image shares it
+    engine = Engine(model_dir, device=o.device, precision=o.precision, low_memory=o.low_memory,
+                    keep_text_encoder=False)
+    changes = {"seed": seed}
+    few_step = engine.family.few_step_defaults(o.scheduler)
+    if few_step and o.from_image is None:  # an LCM model's own defaults for what was not given
+        for name, value in zip(("steps", "guidance_scale"), few_step):
+            if not option_given(ctx, name):
+                changes[name] = value
+    request = request.replace(**changes)
+    request.validate()
+    engine.check_fits(request, images=o.num_images)  # a size too large is refused before anything loads
+    return engine, request, paths
+
+
+def write_images(engine, request, paths: list[Path], o: SimpleNamespace) -> None:
+    from sdcli.engine.parameters import parameters_text
+    from sdcli.imaging.image_io import save_png
+    from sdcli.util.progress import StepProgress
+
+    for i, path in enumerate(paths):
+        image_request = request.replace(seed=(request.seed + i) % 2**64)
+        step_seconds: list[float] = []
+        first_step_at: list[float] = []
+        label = f"image {i + 1}/{len(paths)}" if len(paths) > 1 else "generating"
+        with StepProgress(label, enabled=not (o.quiet or o.as_json)) as bar:
+
+            def on_step(info, bar=bar):
+                if not first_step_at:
+                    first_step_at.append(process_age() - info.seconds)
+                step_seconds.append(round(info.seconds, 4))
+                bar.update(info)
+
+            # the UNet is not needed again after the last image: free it before decoding
+            result = engine.generate(image_request, on_step, on_note=warn, release_unet=i == len(paths) - 1)
+        save_png(path, result.image, parameters_text(image_request, result, engine.folder.name, o.precision))
+        if o.as_json:
+            timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}
+            timings.update(before_first_step=round(first_step_at[0], 4) if first_step_at else None,
+                           process=round(process_age(), 4), steps=step_seconds)
+            print(json.dumps({"path": str(path), "seed": result.seed, "width": result.width, "height": result.height,
+                              "steps": image_request.steps, "scheduler": result.scheduler, "timings": timings}),
+                  flush=True)
+        elif not o.quiet:
+            print(path, flush=True)
+
+
+def find_model(model: Optional[str], quiet: bool = False) -> Path:
+    from sdcli.model.hub import resolve_model
+
+    return resolve_model(model, quiet)
+
+
+def output_paths(output: Path, count: int) -> list[Path]:
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"--output must be a .png file, got {output}")
+    paths = [output] if count == 1 else [output.with_name(f"{output.stem}-{i + 1}{output.suffix}") for i in range(count)]
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"--output: {path} is a folder; give a .png file name")
+    return paths
+
+
+def check_output_dir(path: Path) -> None:
+    from sdcli.util.fsutil import check_writable_dir
+
+    try:
+        check_writable_dir(path.parent if str(path.parent) else Path("."))
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc}") from None
+
+
+def recheck_stored(ctx: typer.Context, values: dict) -> dict:
+    """Settings read from a --from-image PNG go through the same types, ranges and checks as
+    the flags they stand for."""
+    params = {p.name: p for p in ctx.command.params}
+    checked = {}
+    for name, value in values.items():
+        try:
+            checked[name] = None if value is None else params[name].process_value(ctx, value)
+        except typer.BadParameter as exc:
+            raise UsageError(f"--from-image: the stored {params[name].opts[0]} is not valid: {exc.format_message()}") from None
+    return checked

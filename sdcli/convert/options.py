@@ -1,0 +1,19 @@
+"""The options of `sdcli convert`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ConvertOptions:
+    weight_format: str = "fp16"
+    force: bool = False
+    allow_pickle: bool = False
+    config: str | None = None  # diffusers folder or repo giving the configs of a single-file checkpoint
+    lora: str | None = None  # LoRA file, folder or Hub repo fused into the UNet (and text encoder)
+    lora_scale: float = 1.0
+    scheduler: str | None = None  # write this scheduler (one of sdcli's names) into scheduler_config.json
+    tiny_vae: str | None = None  # AutoencoderTiny folder or repo to add as vae_decoder_tiny/, vae_encoder_tiny/
+    quantize: str | None = None  # "hybrid": NNCF hybrid quantization of the UNet (the rest int8 weight-only)
+    calibration_prompts: list[str] | None = None  # for --quantize hybrid [default: quantize.DEFAULT_PROMPTS]
+    calibration_samples: int = 32  # UNet calls measured for --quantize hybrid

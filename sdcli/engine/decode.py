@@ -1,0 +1,13 @@
+"""Stage 4, decode: latents to RGB pixels through the VAE decoder (full or tiny)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from sdcli.imaging import image_io
+
+
+def decode(decoder: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, scaling_factor: float) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of `latents` (the UNet's, i.e. scaled by the VAE's scaling factor)."""
+    return image_io.to_pixels(decoder(latents / np.float32(scaling_factor)))

@@ -1,0 +1,102 @@
+"""The seam between the engine's one orchestration and what a model family does its own way.
+
+A family says which text encoders it has and how a prompt becomes a `Conditioning` — the
+hidden states the UNet attends to, an optional pooled embedding, and any extra UNet inputs
+by the names its IR declares (an LCM's `timestep_cond`; SDXL's `text_embeds`, `time_ids`) —
+and how its scheduler is made and stepped through for image-to-image.  The engine
+sequences the four stages the same way for every family.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sdcli.engine.loader import ComponentCache
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.model.folder import ModelFolder
+
+
+@dataclass
+class EncodedPrompt:
+    """What the text encoders gave for a prompt (cached by the engine across requests)."""
+
+    hidden_states: np.ndarray  # [rows, seq, dim]: [negative, prompt] with classifier-free guidance, else [prompt]
+    pooled: np.ndarray | None = None  # [rows, dim]
+    notes: list[str] = field(default_factory=list)  # warnings, e.g. a prompt truncated to 77 tokens
+
+
+@dataclass
+class Conditioning:
+    """Everything the UNet is conditioned on for one request."""
+
+    hidden_states: np.ndarray  # encoder_hidden_states, [rows, seq, dim]
+    pooled: np.ndarray | None = None
+    unet_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # extra UNet inputs, by IR input name
+
+    @property
+    def guidance_batch(self) -> bool:
+        """Whether the UNet runs on [negative, prompt] pairs (classifier-free guidance)."""
+        return self.hidden_states.shape[0] == 2
+
+    def unet_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(value.shape) for name, value in self.unet_inputs.items()}
+
+
+class ModelFamily:
+    """One family of models: the methods the engine calls, in the order it calls them."""
+
+    name = "?"
+
+    def __init__(self, folder: "ModelFolder"):
+        self.folder = folder
+
+    # -- before anything is compiled -------------------------------------------------
+    def few_step_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
+        """(steps, guidance scale) for a run that gives neither, where the model wants its own."""
+        return None
+
+    def classifier_free_guidance(self, guidance_scale: float) -> bool:
+        """Whether the UNet runs on [negative, prompt] pairs for this guidance scale."""
+        return guidance_scale > 1.0
+
+    def make_scheduler(self, name: str | None):
+        raise NotImplementedError
+
+    def text_length(self, request: "GenerationRequest", guidance: bool) -> int:
+        """The number of text tokens the UNet will attend to (its static shape)."""
+        raise NotImplementedError
+
+    def extra_unet_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the UNet inputs this family adds (see Conditioning.unet_inputs)."""
+        return {}
+
+    def start_text_encoders(self, components: "ComponentCache", request: "GenerationRequest") -> None:
+        """Start compiling the text encoders the request needs (in the background)."""
+        raise NotImplementedError
+
+    def release_text_encoders(self, components: "ComponentCache") -> None:
+        raise NotImplementedError
+
+    # -- stage 1 ----------------------------------------------------------------------
+    def prompt_key(self, request: "GenerationRequest", guidance: bool) -> tuple:
+        """What an EncodedPrompt depends on (the engine's cache key)."""
+        return (request.prompt, request.negative_prompt, guidance, request.emphasis, request.clip_skip)
+
+    def encode_prompt(self, components: "ComponentCache", request: "GenerationRequest", guidance: bool) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def conditioning(self, encoded: EncodedPrompt, request: "GenerationRequest") -> Conditioning:
+        return Conditioning(encoded.hidden_states, encoded.pooled)
+
+    # -- stage 2 ----------------------------------------------------------------------
+    def set_timesteps(self, request: "GenerationRequest", scheduler) -> None:
+        scheduler.set_timesteps(request.steps)
+
+    def img2img_timesteps(self, request: "GenerationRequest", scheduler) -> list:
+        """The timesteps an image-to-image run goes through (after set_timesteps)."""
+        from sdcli.engine.latents import strength_timesteps
+
+        return strength_timesteps(request, scheduler)

@@ -1,0 +1,115 @@
+"""Stable Diffusion 1.x and 2.x, and Latent Consistency Models of them.
+
+One CLIP text encoder; the UNet attends to its last hidden states (or an earlier layer's,
+with clip skip).  An LCM UNet (IR input `timestep_cond`, config `time_cond_proj_dim`) was
+distilled with the guidance baked in: it takes the guidance scale as an embedding, runs
+one batch-1 call per step (no negative prompt) and steps with the LCM scheduler.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
+from sdcli.engine.lcm import guidance_scale_embedding, lcm_defaults
+from sdcli.engine.prompt_encoder import TOKENS_PER_CHUNK, ClipPromptEncoder
+from sdcli.model.tokenizer import PromptTokenizer
+from sdcli.schedulers import create_scheduler, name_for_diffusers_class, pipeline_switch_config
+from sdcli.util.errors import UsageError
+
+
+class StableDiffusion(ModelFamily):
+    name = "stable-diffusion"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        self.tokenizer = PromptTokenizer(folder.root / "tokenizer")
+
+    @property
+    def is_lcm(self) -> bool:
+        return self.folder.is_lcm
+
+    @cached_property
+    def prompt_encoder(self) -> ClipPromptEncoder:
+        return ClipPromptEncoder(self.tokenizer, self.folder.unet_sequence_length or None)
+
+    def few_step_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
+        return lcm_defaults(self.folder, scheduler)
+
+    def classifier_free_guidance(self, guidance_scale: float) -> bool:
+        """Guidance above 1, unless the UNet is an LCM's, which takes the guidance as an
+        embedding instead (diffusers' rule too)."""
+        return guidance_scale > 1.0 and not self.is_lcm
+
+    def make_scheduler(self, name: str | None):
+        """The scheduler diffusers would run: the model's own as its pipeline loads it, or
+        `name` configured as `XScheduler.from_config(pipe.scheduler.config)` does.
+
+        A Latent Consistency Model runs with lcm only, made from the model's config as it is
+        (diffusers' LCM pipelines make no load-time fix-ups)."""
+        raw = self.folder.scheduler_config
+        try:
+            if self.is_lcm:
+                if name not in (None, "lcm"):
+                    raise UsageError(f"--scheduler {name}: this is a Latent Consistency Model (its UNet takes "
+                                     "timestep_cond), which runs with --scheduler lcm only")
+                return create_scheduler("lcm", raw)
+            own = name_for_diffusers_class(str(raw.get("_class_name")))
+            if name is None or name == own:
+                return create_scheduler(None, raw, sd_pipeline=True)
+            return create_scheduler(name, pipeline_switch_config(raw))
+        except ValueError as exc:
+            raise UsageError(f"scheduler: {exc}") from None
+
+    # -- the prompt -------------------------------------------------------------------
+    def prompt_chunks(self, request, guidance: bool):
+        """Token chunks of [negative, prompt] (just [prompt] without guidance), padded to the
+        same number of chunks, and warnings for anything truncated or ignored."""
+        labels = ["negative prompt", "prompt"] if guidance else ["prompt"]
+        texts = [request.negative_prompt, request.prompt] if guidance else [request.prompt]
+        chunked, warnings = self.prompt_encoder.prompt_chunks(texts, labels, request.emphasis)
+        if self.is_lcm and request.negative_prompt.strip():
+            warnings.insert(0, "a Latent Consistency Model takes no negative prompt (its guidance is built in); "
+                               "the negative prompt is ignored")
+        return chunked, warnings
+
+    def text_length(self, request, guidance: bool) -> int:
+        chunked, _ = self.prompt_chunks(request, guidance)
+        return len(chunked[0]) * TOKENS_PER_CHUNK
+
+    def start_text_encoders(self, components, request) -> None:
+        components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip)
+
+    def release_text_encoders(self, components) -> None:
+        components.release("text_encoder")
+
+    def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
+        chunked, warnings = self.prompt_chunks(request, guidance)
+        encoder = components.text_encoder(TOKENS_PER_CHUNK, request.clip_skip)
+        return EncodedPrompt(self.prompt_encoder.embed(chunked, encoder), notes=warnings)
+
+    def extra_unet_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        return {"timestep_cond": (batch, self.folder.time_cond_proj_dim)} if self.is_lcm else {}
+
+    def conditioning(self, encoded: EncodedPrompt, request) -> Conditioning:
+        extra = {}
+        if self.is_lcm:
+            extra["timestep_cond"] = guidance_scale_embedding(request.guidance_scale - 1, self.folder.time_cond_proj_dim)
+        return Conditioning(encoded.hidden_states, encoded.pooled, extra)
+
+    # -- the schedule -------------------------------------------------------------------
+    def set_timesteps(self, request, scheduler) -> None:
+        """scheduler.set_timesteps(steps).  An LCM model's img2img takes its `steps` timesteps from
+        the first `strength` part of the LCM schedule (LatentConsistencyModelImg2ImgPipeline),
+        where Stable Diffusion's drops the first steps of the whole schedule."""
+        try:
+            if self.is_lcm and request.init_image is not None and request.mask is None:
+                scheduler.set_timesteps(request.steps, strength=request.strength)
+            else:
+                scheduler.set_timesteps(request.steps)
+        except ValueError as exc:
+            raise UsageError(f"--steps {request.steps}: {exc}") from None
+
+    def img2img_timesteps(self, request, scheduler) -> list:
+        if self.is_lcm:  # the whole schedule set_timesteps made from the strength
+            return list(scheduler.timesteps)
+        return super().img2img_timesteps(request, scheduler)

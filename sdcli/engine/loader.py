@@ -1,0 +1,78 @@
+"""The engine's compiled components: compiled on first use, for each (size, batch) they are
+asked for, and kept, so that a batch of requests of one size compiles once.
+
+One loader thread compiles them in the order asked for, off the main thread: OpenVINO
+releases the GIL while it compiles, so the UNet compiles while the prompt is encoded.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from sdcli.model.folder import ModelFolder
+from sdcli.runtime.components import TextEncoder, UNet, VaeDecoder, VaeEncoder
+from sdcli.runtime.core import Runtime
+
+
+class ComponentCache:
+    def __init__(self, runtime: Runtime, folder: ModelFolder):
+        self.runtime = runtime
+        self.folder = folder
+        self.timings: dict[str, float] = {}  # compile_<component>: seconds spent compiling (or importing)
+        self._components: dict[tuple, Future] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load")
+        self._lock = threading.Lock()
+
+    def start(self, key: tuple, build: Callable[[], object]) -> Future:
+        """The future of component `key` (key[0] is its name), built with `build()` unless started before."""
+        with self._lock:
+            if key not in self._components:
+                def timed():
+                    started = time.perf_counter()
+                    component = build()
+                    name = f"compile_{key[0]}"
+                    self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+                    return component
+
+                self._components[key] = self._loader.submit(timed)
+            return self._components[key]
+
+    def get(self, key: tuple, build: Callable[[], object]):
+        return self.start(key, build).result()
+
+    def release(self, name: str) -> None:
+        """Drop every compiled variant of component `name` (each is compiled again when asked for)."""
+        with self._lock:
+            for key in [k for k in self._components if k[0] == name]:
+                del self._components[key]
+
+    def compile_seconds(self) -> float:
+        return sum(self.timings.values())
+
+    # -- the components ---------------------------------------------------------------
+    def _text_encoder(self, seq_len: int, clip_skip: int, name: str):
+        return (name, clip_skip), lambda: TextEncoder(self.runtime, self.folder, seq_len, clip_skip)
+
+    def start_text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder") -> Future:
+        return self.start(*self._text_encoder(seq_len, clip_skip, name))
+
+    def text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder") -> TextEncoder:
+        return self.get(*self._text_encoder(seq_len, clip_skip, name))
+
+    def _unet(self, shapes: dict[str, list[int]], variant: str | None):
+        key = ("unet", tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())), variant)
+        return key, lambda: UNet(self.runtime, self.folder, shapes, variant)
+
+    def start_unet(self, shapes: dict[str, list[int]], variant: str | None = None) -> Future:
+        return self.start(*self._unet(shapes, variant))
+
+    def unet(self, shapes: dict[str, list[int]], variant: str | None = None) -> UNet:
+        return self.get(*self._unet(shapes, variant))
+
+    def vae_decoder(self, latent_hw: tuple[int, int], name: str = "vae_decoder") -> VaeDecoder:
+        return self.get((name, tuple(latent_hw)), lambda: VaeDecoder(self.runtime, self.folder, latent_hw, name))
+
+    def vae_encoder(self, image_hw: tuple[int, int], name: str = "vae_encoder") -> VaeEncoder:
+        return self.get((name, tuple(image_hw)), lambda: VaeEncoder(self.runtime, self.folder, image_hw, name))

@@ -1,0 +1,110 @@
+"""The one request object: what to generate, validated once, whatever asked for it (the
+command line, a batch row, a Ray worker, the quantization's calibration, the server).
+
+Messages name generate's flags, which every front end shares.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
+from sdcli.util.errors import UsageError
+from sdcli.util.rng import RNG_KINDS
+
+VAES = ("full", "tiny")  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds
+GUIDANCE_MAX = 100.0  # ComfyUI's limit; far beyond it float32 guidance overflows to NaN pixels
+STEPS_MAX = 1000
+SEED_MAX = 2**64 - 1
+
+Image = np.ndarray | Path  # an array, or a file read by with_images_read()
+
+
+def check_rng(rng: str) -> None:
+    if rng not in RNG_KINDS:
+        raise UsageError(f"--rng must be {' or '.join(RNG_KINDS)}, got {rng!r}")
+
+
+def check_vae(vae: str) -> None:
+    if vae not in VAES:
+        raise UsageError(f"--vae must be {' or '.join(VAES)}, got {vae!r}")
+
+
+def check_prompt_text(flag: str, text: str, emphasis: bool) -> None:
+    """Text that can be encoded: valid Unicode, and emphasis weights within bounds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in argv arrive as lone surrogates
+        raise UsageError(f"{flag} is not valid UTF-8 text (check the terminal's or the script's encoding)") from None
+    weight = weight_out_of_range(text) if emphasis else None
+    if weight is not None:
+        raise UsageError(f"{flag}: an emphasis weight of {weight:.6g} is beyond +-{MAX_WEIGHT:g} (nested brackets "
+                         "multiply; write \\( for a literal bracket, or pass --no-emphasis)")
+
+
+@dataclass
+class GenerationRequest:
+    """One image to make.  Defaults are those of `sdcli generate`."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance_scale: float = 7.5
+    seed: int = 0
+    width: int | None = None  # None: the model's default size (or the init image's)
+    height: int | None = None
+    scheduler: str | None = None  # None: the model's own scheduler
+    init_image: Image | None = None  # RGB uint8 [H, W, 3], or its file
+    strength: float = 0.8  # img2img: how much of the init image is repainted (1.0: all of it)
+    rng: str = "torch"  # "torch": the same draws as diffusers with torch.Generator().manual_seed(seed)
+    emphasis: bool = True  # A1111's (word), [word], (word:1.3) syntax
+    mask: Image | None = None  # inpainting: float [H, W] in [0, 1] (1 repaint, 0 keep), any size, or its file
+    mask_blur: int = 4  # inpainting: Gaussian sigma in pixels; 0: diffusers' result exactly (no overlay)
+    deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
+    clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
+    vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
+
+    def validate(self) -> None:
+        """UsageError naming the flag for the first setting that cannot be run."""
+        check_prompt_text("--prompt", self.prompt, self.emphasis)
+        check_prompt_text("--negative-prompt", self.negative_prompt, self.emphasis)
+        check_rng(self.rng)
+        check_vae(self.vae)
+        if self.mask is not None and self.init_image is None:
+            raise UsageError("--mask needs --init-image (the image to inpaint)")
+        if not 1 <= self.steps <= STEPS_MAX:
+            raise UsageError(f"--steps must be between 1 and {STEPS_MAX}, got {self.steps}")
+        if not (math.isfinite(self.guidance_scale) and 0.0 <= self.guidance_scale <= GUIDANCE_MAX):
+            raise UsageError(f"--guidance-scale must be between 0 and {GUIDANCE_MAX:g}, got {self.guidance_scale}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise UsageError(f"--seed must be between 0 and {SEED_MAX}, got {self.seed}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise UsageError("--strength must be between 0 and 1")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise UsageError(f"--{name} must be a positive multiple of 8, got {value}")
+        if self.mask_blur < 0:
+            raise UsageError("--mask-blur must be 0 or more")
+        if self.deepcache < 1:
+            raise UsageError("--deepcache must be 1 (off) or more")
+        if self.clip_skip < 1:
+            raise UsageError("--clip-skip must be 1 (off) or more")
+
+    def with_images_read(self) -> "GenerationRequest":
+        """This request with its init image and mask as arrays (files are read and checked)."""
+        from sdcli.imaging.image_io import read_mask, read_rgb
+
+        changes = {}
+        if isinstance(self.init_image, (str, Path)):
+            changes["init_image"] = read_rgb(Path(self.init_image))
+        if isinstance(self.mask, (str, Path)):
+            changes["mask"] = read_mask(Path(self.mask))
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def replace(self, **changes) -> "GenerationRequest":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,10 @@
+"""The folder layout of a converted model (optimum-cli's, plus sdcli's extras): component
+folder names shared by the converter, the model reader and the engine."""
+
+# What every converted Stable Diffusion folder has
+REQUIRED = ("text_encoder", "unet", "vae_decoder", "tokenizer", "scheduler")
+# The tiny autoencoder (TAESD) that `sdcli convert --tiny-vae` adds beside the full VAE
+TINY_DECODER = "vae_decoder_tiny"
+TINY_ENCODER = "vae_encoder_tiny"
+# Components with an OpenVINO IR, in the order `sdcli info` lists them
+IR_COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", TINY_ENCODER, TINY_DECODER)

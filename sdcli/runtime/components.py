@@ -1,0 +1,133 @@
+"""One class per compiled model component: each reads its IR, fixes its shapes for the
+requested size, compiles it, and runs it on numpy arrays."""
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+import numpy as np
+
+from sdcli.model.config_checks import ir_header
+from sdcli.model.folder import ModelFolder
+from sdcli.runtime.core import Runtime
+from sdcli.runtime.timestep import float_timestep
+from sdcli.util.errors import UsageError
+
+
+class CompiledComponent:
+    """A compiled component; each thread gets its own infer request, so that several rows
+    can run at once on a model compiled for throughput."""
+
+    compiled = None
+
+    @cached_property
+    def _local(self) -> threading.local:
+        return threading.local()
+
+    @property
+    def request(self):
+        if not hasattr(self._local, "request"):
+            self._local.request = self.compiled.create_infer_request()
+        return self._local.request
+
+
+class TextEncoder(CompiledComponent):
+    def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1):
+        """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...)."""
+        from sdcli.runtime.clip_skip import skip_layers
+
+        component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
+        self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), {"input_ids": [1, seq_len]},
+                                                    prepare=lambda model: skip_layers(model, clip_skip))
+
+    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
+        self.request.infer({0: input_ids})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+class UNet(CompiledComponent):
+    """The denoising UNet.  It is fed whatever inputs its IR declares: `sample`, `timestep`
+    and `encoder_hidden_states`, plus any a model family adds (an LCM's `timestep_cond`;
+    SDXL's `text_embeds` and `time_ids`), each compiled at the static shape it is given."""
+
+    recorder = None  # called with each call's inputs (calibration for --quantize hybrid)
+
+    def __init__(self, runtime: Runtime, folder: ModelFolder, shapes: dict[str, list[int]],
+                 variant: str | None = None):
+        """`shapes`: input name -> static shape, for every input of the IR (see input_shapes).
+        `variant`: None for the UNet as it is, or one of deepcache.VARIANTS."""
+        declared = set(ir_header(folder.ir("unet"))[1])
+        missing = sorted(declared - set(shapes))
+        if missing:
+            raise UsageError(f"unet: its IR takes {', '.join(missing)}, which this model family does not provide")
+        component, edit = "unet", None
+        if variant is not None:
+            from sdcli.runtime.deepcache import VARIANTS
+
+            component, edit = VARIANTS[variant]
+
+        def prepare(model):
+            float_timestep(model)
+            if edit is not None:
+                edit(model, shapes)
+
+        self.compiled, self._mapping = runtime.load(component, folder.ir("unet"), shapes, prepare=prepare)
+        import openvino as ov
+
+        self.float_timestep = self.compiled.input("timestep").get_element_type() == ov.Type.f32
+        self._timestep_dtype = np.float32 if self.float_timestep else np.int64
+        self._timestep_shape = shapes["timestep"]
+
+    @staticmethod
+    def input_shapes(folder: ModelFolder, batch: int, latent_hw: tuple[int, int], seq_len: int,
+                     extra: dict[str, tuple[int, ...]] | None = None) -> dict[str, list[int]]:
+        """The static shapes of a call on `batch` latents of `latent_hw` with `seq_len` text
+        tokens; `extra`: the shapes of the inputs a model family adds."""
+        cfg = folder.unet_config
+        shapes = {
+            "sample": [batch, cfg.get("in_channels", 4), *latent_hw],
+            "timestep": [batch],
+            "encoder_hidden_states": [batch, seq_len, cfg.get("cross_attention_dim", 768)],
+        }
+        shapes.update({name: list(shape) for name, shape in (extra or {}).items()})
+        return shapes
+
+    def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
+        t = np.full(self._timestep_shape, timestep, dtype=np.float64).astype(self._timestep_dtype)
+        inputs = {"sample": sample, "timestep": t, "encoder_hidden_states": context, **extra}
+        if self.recorder is not None:
+            self.recorder(inputs)
+        self.request.infer(inputs)
+        return self.request.get_output_tensor(0).data.copy()
+
+    def output(self, index: int) -> np.ndarray:
+        """Output `index` of the last call."""
+        return self.request.get_output_tensor(index).data.copy()
+
+
+class VaeDecoder(CompiledComponent):
+    def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int],
+                 component: str = "vae_decoder"):
+        shapes = {"latent_sample": [1, folder.latent_channels, *latent_hw]}
+        self.compiled, self._mapping = runtime.load(component, folder.ir(component), shapes)
+
+    def __call__(self, latents: np.ndarray) -> np.ndarray:
+        self.request.infer({0: latents})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+class VaeEncoder(CompiledComponent):
+    def __init__(self, runtime: Runtime, folder: ModelFolder, image_hw: tuple[int, int],
+                 component: str = "vae_encoder"):
+        if not folder.ir(component).is_file():
+            raise UsageError(f"model folder {folder.root} has no {component}/, which --init-image needs")
+        self.compiled, self._mapping = runtime.load(component, folder.ir(component), {"sample": [1, 3, *image_hw]})
+        self.latent_channels = folder.latent_channels
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return (mean, log-variance); the variance is None for an encoder that outputs a sample."""
+        self.request.infer({0: image})
+        out = self.request.get_output_tensor(0).data.copy()
+        if out.shape[1] == 2 * self.latent_channels:
+            return out[:, : self.latent_channels], out[:, self.latent_channels :]
+        return out, None
