@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdcli.imaging.image_io import read_png_text, read_rgb
@@ -257,27 +258,36 @@ def test_one_batch_at_a_time_per_folder(tiny_eps, tmp_path):
     assert os.listdir(out) == []
 
 
-def test_parallel_rows_give_the_sequential_images(tiny_eps, tmp_path):
-    """--parallel 3 (throughput streams, rows in flight at once) writes the same PNGs as
-    --parallel 1, each row once, and a bad row among them is still reported by line."""
+def test_parallel_rows_give_the_sequential_images_within_1_of_255(tiny_eps, tmp_path):
+    """--parallel 3 (throughput streams, rows in flight at once) writes each row once, the
+    same PNG names as --parallel 1, and a bad row among them is still reported by line.
+
+    The pixels may differ by 1 of 255: each throughput stream runs on fewer threads than a
+    latency compile, and OpenVINO's CPU kernels split their f32 sums by thread count (the
+    tiny VAE decoder gives 7e-7 different values at 1 and 2 threads, measured).  A given
+    --parallel is itself deterministic: the same command gives the same bytes."""
     prompts = tmp_path / "p.jsonl"
     rows = [{"prompt": f"prompt number {i}"} for i in range(6)]
     rows[3] = {"prompt": "bad row", "steps": -1}
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     folders = {}
-    for parallel in ("1", "3"):
-        out = tmp_path / f"out{parallel}"
+    for parallel, run in (("1", 1), ("3", 1), ("3", 2)):
+        out = tmp_path / f"out{parallel}-{run}"
         r = sdcli("batch", prompts, "--output-dir", out, *common(tiny_eps), "--seed", "5", "--precision", "f32",
                   "--parallel", parallel, "--json")
         assert r.returncode == 1, r.stderr
         assert "p.jsonl:4:" in r.stderr and "5 done, 1 failed" in r.stderr
         assert len(r.stdout.splitlines()) == 5
-        folders[parallel] = out
-    entries = manifest(folders["3"])
+        folders[parallel, run] = out
+    entries = manifest(folders["3", 1])
     assert sorted(e["index"] for e in entries) == [0, 1, 2, 4, 5]
-    assert pngs(folders["1"]) == pngs(folders["3"])
-    for name in pngs(folders["1"]):
-        assert (folders["1"] / name).read_bytes() == (folders["3"] / name).read_bytes()
+    assert pngs(folders["1", 1]) == pngs(folders["3", 1]) == pngs(folders["3", 2])
+    from sdcli.imaging.image_io import read_rgb
+
+    for name in pngs(folders["1", 1]):
+        one, three = (read_rgb(folders[key] / name).astype(int) for key in (("1", 1), ("3", 1)))
+        assert one.std() > 10 and np.abs(one - three).max() <= 1, name
+        assert (folders["3", 1] / name).read_bytes() == (folders["3", 2] / name).read_bytes()
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "many", "65"])

@@ -251,3 +251,19 @@ def test_full_disk_while_writing_is_a_clear_error_and_leaves_nothing(tiny_eps, t
     assert "No space left on device" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_prints_and_exits_0():
+    from sdcli import __version__
+
+    for args in (["--version"], ["--version", "generate"]):
+        r = sdcli(*args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"sdcli {__version__}"
+
+
+def test_help_lists_every_command():
+    r = sdcli("--help")
+    assert r.returncode == 0
+    for command in ("convert", "generate", "info", "bench", "bench-features", "batch"):
+        assert f"  {command} " in r.stdout

@@ -167,138 +167,161 @@ def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
     """batch.Runner: `run.todo` on the Ray cluster of `run.opts.ray` (see the module docstring).
     `worker_class`: RowWorker or a subclass (the tests use one that crashes on purpose)."""
     import ray
-    from ray.exceptions import RayError
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    opts, report = run.opts, run.report
+    opts = run.opts
     if opts.ray_cpus_per_actor is not None and opts.ray_cpus_per_actor < 1:
         raise UsageError(f"--ray-cpus-per-actor must be at least 1, got {opts.ray_cpus_per_actor}")
-    chatty = not (opts.quiet or opts.as_json)
-
-    def warn(message: str) -> None:
-        if not opts.quiet:
-            report.say(f"sdcli: warning: {message}")
-
     connected = connect(opts.ray, opts.debug)
-    remote = ray.remote(worker_class)
-    slots: list[_Slot] = []
-    inflight: dict[Any, tuple[_Slot, Any]] = {}  # ObjectRef -> (slot, job or None for ready())
-    model_dir = os.path.abspath(run.model_dir)
-    output_dir = os.path.abspath(run.folder) if opts.shared_output else None
+    cluster = RayRun(run, ray.remote(worker_class))
+    try:
+        cluster.plan()
+        if not cluster.slots:
+            need = f" of {opts.ray_cpus_per_actor} CPUs" if opts.ray_cpus_per_actor else ""
+            raise UsageError(f"the Ray cluster at {opts.ray!r} has no room for a worker{need} (no node with enough CPUs)")
+        if not (opts.quiet or opts.as_json):
+            slots = cluster.slots
+            nodes = len({s.node_id for s in slots})
+            sizes = sorted({f"{s.cpus:g}" for s in slots})
+            run.report.say(f"sdcli: Ray: {len(slots)} worker(s) of {'/'.join(sizes)} CPUs on {nodes} node(s)")
+        run.report.start(len(run.todo))
+        run.started = time.perf_counter()
+        cluster.run_rows()
+    finally:
+        for slot in cluster.slots:
+            cluster.drop(slot)
+        if connected:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
 
-    def start(slot: _Slot) -> None:
-        slot.actor = remote.options(
+
+class RayRun:
+    """The rows of one batch on the workers of a Ray cluster: a queue, the calls in flight,
+    and what is done when a worker is lost (see the module docstring)."""
+
+    def __init__(self, run: BatchRun, remote):
+        opts = run.opts
+        self.run = run
+        self.remote = remote
+        self.slots: list[_Slot] = []
+        self.inflight: dict[Any, tuple[_Slot, Any]] = {}  # ObjectRef -> (slot, job or None for ready())
+        self.model_dir = os.path.abspath(run.model_dir)
+        self.output_dir = os.path.abspath(run.folder) if opts.shared_output else None
+        self.pending = deque(run.todo)
+        self.losses: dict[str, int] = {}
+        self.images = LRUCache(4)
+        self.ever_ready = False
+        self.last_error = "no worker started"
+        self.replans = 0
+
+    def warn(self, message: str) -> None:
+        if not self.run.opts.quiet:
+            self.run.report.say(f"sdcli: warning: {message}")
+
+    def start(self, slot: _Slot) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts = self.run.opts
+        slot.actor = self.remote.options(
             num_cpus=slot.cpus, max_restarts=0, max_task_retries=0, max_concurrency=1,
             scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
-        ).remote(model_dir, opts.device, opts.precision, opts.rng,
-                 int(slot.cpus) if opts.ray_cpus_per_actor else None, output_dir, generation_options(opts))
-        inflight[slot.actor.ready.remote()] = (slot, None)
+        ).remote(self.model_dir, opts.device, opts.precision, opts.rng,
+                 int(slot.cpus) if opts.ray_cpus_per_actor else None, self.output_dir, generation_options(opts))
+        self.inflight[slot.actor.ready.remote()] = (slot, None)
 
-    def drop(slot: _Slot) -> None:
+    def drop(self, slot: _Slot) -> None:
+        import ray
+
         if slot.actor is not None:
             with contextlib.suppress(Exception):
                 ray.kill(slot.actor, no_restart=True)
             slot.actor = None
-        for ref in [r for r, (s, _) in inflight.items() if s is slot]:
-            del inflight[ref]
+        for ref in [r for r, (s, _) in self.inflight.items() if s is slot]:
+            del self.inflight[ref]
 
-    def plan() -> None:
-        slots[:] = plan_slots(opts.ray_cpus_per_actor)
-        for slot in slots:
-            start(slot)
+    def plan(self) -> None:
+        self.slots[:] = plan_slots(self.run.opts.ray_cpus_per_actor)
+        for slot in self.slots:
+            self.start(slot)
 
-    try:
-        plan()
-        if not slots:
-            need = f" of {opts.ray_cpus_per_actor} CPUs" if opts.ray_cpus_per_actor else ""
-            raise UsageError(f"the Ray cluster at {opts.ray!r} has no room for a worker{need} (no node with enough CPUs)")
-        if chatty:
-            nodes = len({s.node_id for s in slots})
-            sizes = sorted({f"{s.cpus:g}" for s in slots})
-            report.say(f"sdcli: Ray: {len(slots)} worker(s) of {'/'.join(sizes)} CPUs on {nodes} node(s)")
-        report.start(len(run.todo))
-        run.started = time.perf_counter()
+    def hand_out(self, slot: _Slot) -> None:
+        """Give `slot`'s worker the next row (its init image read here)."""
+        while self.pending:
+            job = self.pending.popleft()
+            image = None
+            if job.init_image:
+                from sdcli.imaging.image_io import read_rgb
 
-        pending = deque(run.todo)
-        losses: dict[str, int] = {}
-        images = LRUCache(4)
-        ever_ready = False
-        last_error = "no worker started"
-        replans = 0
+                try:
+                    image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
+                except Exception as exc:
+                    self.run.row_failed(job, exc)
+                    continue
+            self.inflight[slot.actor.run.remote(job, image)] = (slot, job)
+            return
 
-        def hand_out(slot: _Slot) -> None:
-            while pending:
-                job = pending.popleft()
-                image = None
-                if job.init_image:
-                    from sdcli.imaging.image_io import read_rgb
-
-                    try:
-                        image = images.get_or(job.init_image, lambda: read_rgb(job.init_image))
-                    except Exception as exc:
-                        run.row_failed(job, exc)
-                        continue
-                inflight[slot.actor.run.remote(job, image)] = (slot, job)
-                return
-
-        def lost(slot: _Slot, job, exc: BaseException) -> None:
-            reason = _first_line(exc)
-            where = f"{slot.host}" + (f" (pid {slot.pid})" if slot.pid else "")
-            drop(slot)
-            if job is not None:
-                n = losses[job.file] = losses.get(job.file, 0) + 1
-                if n > RETRIES:
-                    run.row_failed(job, f"its Ray worker was lost {n} times (last on {where}: {reason})")
-                else:
-                    pending.appendleft(job)
-            what = f"; line {job.line} goes back to the queue" if job is not None and losses[job.file] <= RETRIES else ""
-            if slot.restarts < RESTARTS_PER_SLOT and _node_alive(slot.node_id):
-                slot.restarts += 1
-                warn(f"Ray worker on {where} was lost ({reason}){what}; starting another on that node")
-                start(slot)
+    def lost(self, slot: _Slot, job, exc: BaseException) -> None:
+        """`slot`'s worker is gone: its row goes back to the queue (RETRIES times), and a new
+        worker starts on the node while it is alive (RESTARTS_PER_SLOT times)."""
+        reason = _first_line(exc)
+        where = f"{slot.host}" + (f" (pid {slot.pid})" if slot.pid else "")
+        self.drop(slot)
+        if job is not None:
+            n = self.losses[job.file] = self.losses.get(job.file, 0) + 1
+            if n > RETRIES:
+                self.run.row_failed(job, f"its Ray worker was lost {n} times (last on {where}: {reason})")
             else:
-                slots.remove(slot)
-                warn(f"Ray worker on {where} was lost ({reason}){what}; going on with {len(slots)} worker(s)")
+                self.pending.appendleft(job)
+        what = f"; line {job.line} goes back to the queue" if job is not None and self.losses[job.file] <= RETRIES else ""
+        if slot.restarts < RESTARTS_PER_SLOT and _node_alive(slot.node_id):
+            slot.restarts += 1
+            self.warn(f"Ray worker on {where} was lost ({reason}){what}; starting another on that node")
+            self.start(slot)
+        else:
+            self.slots.remove(slot)
+            self.warn(f"Ray worker on {where} was lost ({reason}){what}; going on with {len(self.slots)} worker(s)")
 
-        while pending or any(job is not None for _, job in inflight.values()):
-            if not inflight:  # no worker left: every one was lost or could not start
-                if ever_ready and replans < REPLANS:
-                    replans += 1
-                    plan()
-                    if slots:
-                        warn(f"no Ray worker left; started {len(slots)} new one(s)")
-                        continue
-                if not ever_ready:
-                    raise SdcliError(f"no Ray worker could start: {last_error}")
-                while pending:
-                    run.row_failed(pending.popleft(), "no Ray worker left to run it")
+    def no_worker_left(self) -> bool:
+        """Plan the cluster again (REPLANS times); else fail the rows left.  True: go on."""
+        if self.ever_ready and self.replans < REPLANS:
+            self.replans += 1
+            self.plan()
+            if self.slots:
+                self.warn(f"no Ray worker left; started {len(self.slots)} new one(s)")
+                return True
+        if not self.ever_ready:
+            raise SdcliError(f"no Ray worker could start: {self.last_error}")
+        while self.pending:
+            self.run.row_failed(self.pending.popleft(), "no Ray worker left to run it")
+        return False
+
+    def run_rows(self) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        opts = self.run.opts
+        while self.pending or any(job is not None for _, job in self.inflight.values()):
+            if not self.inflight and not self.no_worker_left():  # every worker was lost or could not start
                 break
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
-            slot, job = inflight.pop(ref)
+            (ref,), _ = ray.wait(list(self.inflight), num_returns=1)
+            slot, job = self.inflight.pop(ref)
             try:
                 value = ray.get(ref)
             except RayError as exc:  # the worker died (killed, out of memory, node gone), or RayTaskError:
-                lost(slot, job, exc)  # ready()/run() never raise for a row, so the worker itself is broken
+                self.lost(slot, job, exc)  # ready()/run() never raise for a row, so the worker itself is broken
                 continue
             if job is None:  # ready()
                 slot.host, slot.pid = value["node"], value["pid"]
                 if value["error"]:
-                    last_error = f"on {slot.host}: {value['error']}"
-                    warn(f"Ray worker {last_error}; not used")
-                    drop(slot)
-                    slots.remove(slot)
+                    self.last_error = f"on {slot.host}: {value['error']}"
+                    self.warn(f"Ray worker {self.last_error}; not used")
+                    self.drop(slot)
+                    self.slots.remove(slot)
                     continue
-                ever_ready = True
+                self.ever_ready = True
             else:
                 status, payload, details = value
                 if status == "ok":
-                    run.row_done(job, payload, written_by_worker=opts.shared_output, wait_for_file=SHARED_FILE_WAIT)
+                    self.run.row_done(job, payload, written_by_worker=opts.shared_output, wait_for_file=SHARED_FILE_WAIT)
                 else:
-                    run.row_failed(job, f"{payload} (on {slot.host})", details)
-            hand_out(slot)
-    finally:
-        for slot in slots:
-            drop(slot)
-        if connected:
-            with contextlib.suppress(Exception):
-                ray.shutdown()
+                    self.run.row_failed(job, f"{payload} (on {slot.host})", details)
+            self.hand_out(slot)
