@@ -1,4 +1,4 @@
-"""Measure what sdcli/memory.py estimates: the peak RSS of one model component compiled
+"""Measure what sdcli/engine/memory.py estimates: the peak RSS of one model component compiled
 and run once at a size, in a fresh process each, against the estimate.
 
     python scripts/calibrate_memory.py MODEL_DIR 256,512,1024 [--precision auto|f32|bf16]
@@ -24,20 +24,21 @@ def child(model: str, component: str, size: int, precision: str, cache: str, run
     import numpy as np
 
     from sdcli.engine.memory import BASE, compute_element_bytes, estimate
-    from sdcli.engine.engine import StableDiffusionEngine
+    from sdcli.engine.engine import Engine
+    from sdcli.runtime.components import UNet
 
-    engine = StableDiffusionEngine(model, precision=precision, cache_dir=Path(cache))
+    engine = Engine(model, precision=precision, cache_dir=Path(cache))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     folder = engine.folder
     f = folder.vae_scale_factor
     latent = (size // f, size // f)
     if component == "unet":
         cross = folder.unet_config.get("cross_attention_dim", 768)
-        unet = engine.unet(2, latent, 77)
+        unet = engine.components.unet(UNet.input_shapes(folder, 2, latent, 77))
         sample = np.random.randn(2, folder.unet_config.get("in_channels", 4), *latent).astype(np.float32)
         unet(sample, 500, np.random.randn(2, 77, cross).astype(np.float32))
     else:
-        decoder = engine.vae_decoder(latent)
+        decoder = engine.components.vae_decoder(latent)
         decoder(np.random.randn(1, folder.latent_channels, *latent).astype(np.float32))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     est = estimate(folder, size, size, element_bytes=compute_element_bytes("CPU", precision, engine.runtime.core))

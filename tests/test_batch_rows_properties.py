@@ -1,4 +1,4 @@
-"""Property-based tests of the batch-file readers (sdcli/batch_rows.py): rows written to a
+"""Property-based tests of the batch-file readers (sdcli/batch/rows.py): rows written to a
 .txt, .jsonl or .csv file read back as they were; garbage never raises anything but
 UsageError (the whole file) or RowError (one row); output names never leave the folder."""
 from __future__ import annotations

@@ -9,7 +9,7 @@ DIR, the manifest and skipping on a re-run.  This module only replaces `local.ru
   connection is used as is.  Ray is imported only here, and only with --ray.
 - Workers: one long-lived actor per node with all its CPUs, or with --ray-cpus-per-actor N as
   many actors of N CPUs as fit on each node (pinned to it; OpenVINO then uses N threads).  Each
-  holds one compiled StableDiffusionEngine (row_runner.RowRunner) for the model folder, which must be
+  holds one compiled Engine (row_runner.RowRunner) for the model folder, which must be
   readable at the same path on every node; sdcli must be installed on every node.  A worker that
   cannot open the model is reported and dropped.
 - A queue: each worker is given the next row when it hands back a result (and its first one

@@ -194,7 +194,7 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
 
 
 def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
-    """`require` for one GenerationConfig on a StableDiffusionEngine, before anything loads."""
+    """`require` for one GenerationRequest on an Engine, before anything loads."""
     width, height = engine.resolve_size(config)
     runtime = engine.runtime
     return require(engine.folder, width, height, device=runtime.device, precision=runtime.precision,
