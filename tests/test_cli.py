@@ -267,3 +267,26 @@ def test_help_lists_every_command():
     assert r.returncode == 0
     for command in ("convert", "generate", "info", "bench", "bench-features", "batch"):
         assert f"  {command} " in r.stdout
+
+
+def test_a_bug_is_exit_70_with_one_line_and_the_traceback_only_with_debug(tiny_eps, tmp_path, monkeypatch):
+    """An unexpected exception (a bug) is told apart from a usage error (2) and a failed run (1)."""
+    from typer.testing import CliRunner
+
+    import sdcli.engine.engine
+    from sdcli.cli.app import app
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+
+    monkeypatch.setattr(sdcli.engine.engine.Engine, "generate", broken)
+    args = [str(a) for a in base_args(tiny_eps, tmp_path / "x.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 70
+    assert result.output.strip() == ("sdcli: internal error: TypeError: unsupported operand type(s) for +: "
+                                     "'NoneType' and 'int' (rerun with --debug for the traceback)")
+    result = CliRunner().invoke(app, ["--debug", *args])
+    assert result.exit_code == 70 and "Traceback" in result.output
+    assert result.output.strip().splitlines()[-1] == ("sdcli: internal error: TypeError: unsupported operand "
+                                                      "type(s) for +: 'NoneType' and 'int'")
+    assert not (tmp_path / "x.png").exists()

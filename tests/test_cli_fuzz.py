@@ -1,7 +1,8 @@
 """A fuzz run of `sdcli generate`'s argument space with the tiny model (issue 7): random
 combinations of its flags with good, boundary and garbage values, in-process.  Whatever
-comes in: no uncaught exception, exit code 0, 1 or 2, exit 1 only with a one-line
-message, no traceback, and exit 0 only with the image written."""
+comes in: no uncaught exception, exit code 0, 1 or 2 — never 70, which a bug (any
+unexpected exception) gives —, exit 1 only with a one-line message, no traceback, and exit
+0 only with the image written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -94,6 +95,7 @@ def test_generate_never_crashes(tiny_eps, files, tmp_path_factory, args):
     result = CliRunner().invoke(app, argv)
 
     assert result.exception is None or isinstance(result.exception, SystemExit), (argv, repr(result.exception))
+    assert "internal error" not in result.output, (argv, result.output)
     assert result.exit_code in (0, 1, 2), (argv, result.exit_code, result.output)
     event(f"exit {result.exit_code}")  # pytest --hypothesis-show-statistics shows the mix
     assert "Traceback" not in result.output, argv

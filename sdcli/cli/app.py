@@ -39,15 +39,23 @@ def process_age() -> float:
         return time.perf_counter() - _IMPORTED_AT
 
 
+INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: an unexpected exception, i.e. a bug in sdcli
+
+
 def fail(exc: BaseException) -> None:
-    """Print one line for `exc` and exit with its code (full traceback with --debug)."""
+    """Print one line for `exc` and exit with its code (full traceback with --debug): 2 for a
+    usage error, 1 for a valid run that failed (sdcli's own errors, the system's I/O and
+    memory errors), 70 for anything else, which is a bug."""
     if STATE["debug"]:
         traceback.print_exception(exc)
-    code = exc.exit_code if isinstance(exc, SdcliError) else 1
-    message = error_text(exc)
-    if not isinstance(exc, SdcliError) and not (isinstance(exc, OSError) and exc.strerror) and not STATE["debug"]:
-        message += " (run with --debug for details)"
-    print(f"sdcli: error: {message}", file=sys.stderr)
+    if isinstance(exc, SdcliError):
+        code, line = exc.exit_code, f"error: {error_text(exc)}"
+    elif isinstance(exc, (OSError, MemoryError)):
+        code, line = 1, f"error: {error_text(exc)}"
+    else:
+        hint = "" if STATE["debug"] else " (rerun with --debug for the traceback)"
+        code, line = INTERNAL_ERROR, f"internal error: {error_text(exc)}{hint}"
+    print(f"sdcli: {line}", file=sys.stderr)
     raise typer.Exit(code)
 
 
