@@ -44,6 +44,18 @@ TINY = {
     ),
 }
 
+# The no-network model a newcomer tries first (`python -m sdcli.convert.random_model DIR --tiny`):
+# TINY's UNet and text encoder with SD's VAE factor of 8 and default size of 512, so that an
+# image of any size costs seconds (the tests keep TINY, whose factor of 2 makes 64x64
+# images with more latent pixels to compare).
+QUICK = {
+    "unet": dict(TINY["unet"], sample_size=64, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),  # no attention at full latent size
+    "vae": dict(TINY["vae"], block_out_channels=(16, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512),
+    "text": TINY["text"],
+}
+
 # SD 2.x differs where it matters to an engine: linear projections in the transformer
 # blocks, per-block head counts, gelu in the text model, and "!" as the padding token
 # (not the end token), with v-prediction.
@@ -245,6 +257,9 @@ TINY_TAESD = dict(
     num_decoder_blocks=(2, 1),
     latent_channels=4,
 )
+# ... and one that fits QUICK (latents an eighth of the image size, as TAESD's)
+QUICK_TAESD = dict(TINY_TAESD, encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+                   num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
 # madebyollin/taesd (SD 1.x/2.x) is AutoencoderTiny's default architecture.
 TAESD: dict = {}
 
@@ -256,7 +271,7 @@ def build_random_taesd(out_dir: str | Path, sizes: dict = TINY_TAESD, seed: int 
 
     torch.manual_seed(seed)
     taesd = AutoencoderTiny(**sizes)
-    if sizes is TINY_TAESD:
+    if sizes is not TAESD:  # the small ones: spread their outputs as trained weights do
         _spread_weights(taesd, seed=seed)
         _normalise_taesd_outputs(taesd, seed)
     taesd.save_pretrained(out_dir)
@@ -297,12 +312,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("output", help="folder to write")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--tiny", action="store_true", help="a tiny model for tests (default)")
+    size.add_argument("--tiny", action="store_true",
+                      help="a tiny model (default): noise at any size in seconds, to try the tool without a download")
     size.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture (about 4 GB in fp32)")
     size.add_argument("--taesd", action="store_true",
                       help="not a pipeline: a tiny autoencoder (AutoencoderTiny) of madebyollin/taesd's architecture, "
                            "for `sdcli convert --tiny-vae`")
-    size.add_argument("--tiny-taesd", action="store_true", help="not a pipeline: the tests' tiny AutoencoderTiny")
+    size.add_argument("--tiny-taesd", action="store_true", help="not a pipeline: a tiny AutoencoderTiny that fits --tiny")
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-channels", type=int, default=None,
@@ -317,9 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     if args.taesd or args.tiny_taesd:
-        build_random_taesd(args.output, TAESD if args.taesd else TINY_TAESD, args.seed)
+        build_random_taesd(args.output, TAESD if args.taesd else QUICK_TAESD, args.seed)
     else:
-        build_random_pipeline(args.output, SD15 if args.sd15 else TINY, args.prediction_type, args.seed,
+        build_random_pipeline(args.output, SD15 if args.sd15 else QUICK, args.prediction_type, args.seed,
                               in_channels=args.in_channels, lcm=args.lcm)
     print(args.output)
 
