@@ -65,6 +65,7 @@ def generate(
             apply_stored_settings(ctx, options, settings_from_image(from_image))
         engine, request, paths = prepare(ctx, options)
         write_images(engine, request, paths, options)
+        engine.finish()
 
 
 def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: dict) -> None:

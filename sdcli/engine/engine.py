@@ -118,6 +118,11 @@ class Engine:
     def release_unet(self) -> None:
         self.components.release("unet")
 
+    def finish(self) -> None:
+        """Write the compiled-model cache blobs planned during the run (call it once the
+        images are saved: exporting holds a second copy of a model in memory)."""
+        self.runtime.store_pending()
+
     # -- the stages ------------------------------------------------------------------------
     def encode_prompt(self, request: GenerationRequest, guidance: bool) -> tuple[Conditioning, list[str], float | None]:
         """Stage 1: (conditioning, notes, seconds spent encoding or None when the prompt came

@@ -43,10 +43,13 @@ class ComponentCache:
         return self.start(key, build).result()
 
     def release(self, name: str) -> None:
-        """Drop every compiled variant of component `name` (each is compiled again when asked for)."""
+        """Drop every compiled variant of component `name` (each is compiled again when asked
+        for), writing first the cache blobs planned for them (see Runtime.store_pending)."""
         with self._lock:
-            for key in [k for k in self._components if k[0] == name]:
-                del self._components[key]
+            released = [self._components.pop(key) for key in [k for k in self._components if k[0] == name]]
+        for future in released:
+            if future.done() and future.exception() is None and getattr(future.result(), "compiled", None) is not None:
+                self.runtime.store_pending(future.result().compiled)
 
     def compile_seconds(self) -> float:
         return sum(self.timings.values())
