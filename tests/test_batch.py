@@ -59,7 +59,7 @@ def test_txt_names_seeds_and_rerun_skips(tiny_eps, tmp_path):
     assert entries[0]["timings"]["denoise"] > 0 and entries[0]["path"] == str(out / names[0])
     params = read_png_text(out / names[1])["parameters"]
     assert params.splitlines()[0] == "A Blue Bird, at dawn!"
-    assert "Steps: 2, Sampler: PLMS, CFG scale: 7.5, Seed: 11, Size: 64x64" in params
+    assert "Steps: 2, Sampler: PLMS, Schedule type: " in params and "CFG scale: 7.5, Seed: 11, Size: 64x64" in params
     assert "3 done, 0 failed, 0 skipped (already done)" in r.stderr
 
     before = {n: (out / n).stat().st_mtime_ns for n in names}
@@ -125,7 +125,7 @@ def test_jsonl_overrides_bad_rows_and_path_safety(tiny_eps, init_image_file, tmp
 
     fox = read_png_text(out / "custom.png")["parameters"].splitlines()
     assert fox[:2] == ["fox", "Negative prompt: rain"]
-    assert "Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 72x64" in fox[2]
+    assert "Steps: 3, Sampler: Euler a, Schedule type: " in fox[2] and "CFG scale: 5, Seed: 3, Size: 72x64" in fox[2]
     assert read_rgb(out / "custom.png").shape == (64, 72, 3)
     assert "Seed: 101, Size: 64x64" in read_png_text(out / files[0])["parameters"]
     i2i = read_png_text(out / files[1])["parameters"]

@@ -39,7 +39,8 @@ def test_generate_writes_png_with_a1111_parameters(tiny_eps, tmp_path):
     lines = params.splitlines()
     assert lines[0] == "a red fox"
     assert lines[1] == "Negative prompt: rain"
-    assert "Steps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 64x64" in lines[2]
+    assert lines[2].startswith("Steps: 3, Sampler: Euler a, Schedule type: ")
+    assert "CFG scale: 7.5, Seed: 5, Size: 64x64" in lines[2]
     assert not list(tmp_path.glob("*.part"))
 
 

@@ -154,7 +154,7 @@ def test_inpainting_matches_diffusers(with_tiny, tiny_eps, taesd, init_image_fil
 def test_png_records_the_tiny_vae_and_from_image_reuses_it(with_tiny, tmp_path):
     first = tmp_path / "first.png"
     sdcli_pixels(with_tiny, "euler", first, "--width", 64, "--height", 64)
-    assert "VAE: tiny" in read_png_text(first)["parameters"]
+    assert "VAE Decoder: TAESD" in read_png_text(first)["parameters"]  # A1111's name for it
     again = tmp_path / "again.png"
     r = run("generate", "--model", with_tiny, "--from-image", first, "--output", again, "--quiet")
     assert r.exit_code == 0, r.output

@@ -74,13 +74,13 @@ class RowRunner:
     def run(self, job: Job, image: Any = None, on_step: Optional[Callable] = None,
             release_unet: bool = False) -> RowOutput:
         """Generate `job`; `image` is its decoded init image when the caller read it already."""
-        from sdcli.engine.parameters import parameters_text
+        from sdcli.engine.parameters import image_parameters
         from sdcli.imaging.image_io import encode_png
 
         request = self.request(job, image)
         result = self.engine.generate(request, on_step, release_unet=release_unet)
         t0 = time.perf_counter()
-        png = encode_png(result.image, parameters_text(request, result, self.engine.folder.name))
+        png = encode_png(result.image, image_parameters(self.engine, request, result))
         timings = {name: round(value, 4) for name, value in result.timings.items()}
         timings.update(encode_prompt=timings.get("encode_prompt", 0.0), save=time.perf_counter() - t0)
         return RowOutput(result.seed, result.width, result.height, result.scheduler, self.engine.folder.name,

@@ -73,6 +73,13 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
     for name in STORED:
         if name in stored and not option_given(ctx, name):
             setattr(options, name, stored[name])
+    for needed, what in (("init_image", "an init image (image-to-image)"), ("mask", "a mask (inpainting)")):
+        if needed in stored.get("needs", ()) and getattr(options, needed) is None:
+            flag = "--" + needed.replace("_", "-")
+            raise UsageError(f"--from-image: {ctx.params['from_image']} was made from {what}, which a PNG does not "
+                             f"store: pass {flag} to redo it")
+    for note in stored.get("notes", ()):
+        warn(f"--from-image: {note}")
     checked = recheck_stored(ctx, {name: getattr(options, name) for name in RECHECKED})
     for name, value in checked.items():
         setattr(options, name, value)
@@ -122,7 +129,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
 
 
 def write_images(engine, request, paths: list[Path], o: SimpleNamespace) -> None:
-    from sdcli.engine.parameters import parameters_text
+    from sdcli.engine.parameters import image_parameters
     from sdcli.imaging.image_io import save_png
     from sdcli.util.progress import StepProgress
 
@@ -141,7 +148,7 @@ def write_images(engine, request, paths: list[Path], o: SimpleNamespace) -> None
 
             # the UNet is not needed again after the last image: free it before decoding
             result = engine.generate(image_request, on_step, on_note=warn, release_unet=i == len(paths) - 1)
-        save_png(path, result.image, parameters_text(image_request, result, engine.folder.name, o.precision))
+        save_png(path, result.image, image_parameters(engine, image_request, result, o.precision))
         if o.as_json:
             timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}
             timings.update(before_first_step=round(first_step_at[0], 4) if first_step_at else None,

@@ -1,78 +1,194 @@
 """A1111's PNG parameters both ways: the `parameters` text written with each image (A1111's
-fields plus what sdcli needs to redo it), and generate's settings read back from one."""
+fields, with the values A1111 1.9+ writes and reads, plus what sdcli needs to redo it), and
+generate's settings read back from one, sdcli's or A1111's.
+
+What A1111 reads differently from what sdcli meant is written A1111's way:
+- `Sampler` is A1111's sampler and `Schedule type` how its steps are spaced (1.9+); without a
+  schedule type A1111 takes the sampler's default, Karras for DPM++ 2M and DPM++ SDE.
+- `RNG: CPU` is torch's CPU generator, which `--rng torch` reproduces (A1111's default, and
+  what it assumes when there is no RNG field, is its GPU noise).
+- `Emphasis: None` is A1111's name for --no-emphasis (emphasis on, "Original", is not written).
+- `VAE Decoder: TAESD` (and `VAE Encoder: TAESD` with an init image) is --vae tiny.
+"""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sdcli import __version__
 from sdcli.imaging.image_io import read_png_text
 from sdcli.imaging.params import format_parameters, parse_parameters
-from sdcli.schedulers import A1111_NAMES, resolve_scheduler_name
+from sdcli.schedulers import resolve_scheduler_name
+from sdcli.schedulers.a1111 import A1111Unsupported, a1111_sampler, from_a1111, schedule_type
 from sdcli.util.errors import UsageError
 
+RNG_NAMES = {"torch": "CPU", "numpy": "numpy"}  # --rng -> the RNG field (A1111's name where it has one)
+RNG_FROM_FIELD = {"cpu": "torch", "torch": "torch", "numpy": "numpy"}
 
-def parameters_text(request, result, model_name: str, precision: str | None = None) -> str:
+# A1111 fields that change the picture in ways sdcli does not do: read, and said so
+NOT_REPRODUCED = {
+    "Hires upscale": "the hires fix", "Hires resize": "the hires fix", "Face restoration": "face restoration",
+    "Variation seed strength": "a variation seed", "Tiling": "tiling", "Seed resize from": "seed resizing",
+    "ENSD": "an eta noise seed delta", "Refiner": "a refiner model", "Hypernet": "a hypernetwork",
+    "Lora hashes": "LoRAs (fuse one with `sdcli convert --lora`)",
+}
+
+
+def image_parameters(engine, request, result, precision: str | None = None) -> str:
+    """parameters_text for an image `engine` made, with the schedule type of the scheduler it ran."""
+    config = engine.family.make_scheduler(result.scheduler).config
+    return parameters_text(request, result, engine.folder.name, precision, scheduler_config=config)
+
+
+def parameters_text(request, result, model_name: str, precision: str | None = None,
+                    scheduler_config: dict | None = None) -> str:
     """The PNG's `parameters` text for `request` and its `result`: A1111's fields plus what
-    sdcli needs to redo the image (`precision`: recorded when given)."""
+    sdcli needs to redo the image (`precision`: recorded when given; `scheduler_config`: the
+    config the scheduler ran with, which decides the schedule type)."""
+    tiny = request.vae == "tiny"
+    img2img = request.init_image is not None
     fields = {
         "Steps": request.steps,
-        "Sampler": A1111_NAMES.get(result.scheduler, result.scheduler),
+        "Sampler": a1111_sampler(result.scheduler),
+        "Schedule type": schedule_type(result.scheduler, scheduler_config),
         "CFG scale": f"{request.guidance_scale:g}",
         "Seed": result.seed,
         "Size": f"{result.width}x{result.height}",
         "Model": model_name,
-        "Denoising strength": f"{request.strength:g}" if request.init_image is not None else None,
+        "Denoising strength": f"{request.strength:g}" if img2img else None,
         "Mask blur": request.mask_blur if request.mask is not None else None,
-        "RNG": request.rng,
+        "RNG": RNG_NAMES.get(request.rng, request.rng),
         "Precision": precision,
-        "Emphasis": None if request.emphasis else "off",
+        "Emphasis": None if request.emphasis else "None",
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "DeepCache": request.deepcache if request.deepcache > 1 else None,
-        "VAE": "tiny" if request.vae == "tiny" else None,
+        "VAE Encoder": "TAESD" if tiny and img2img else None,
+        "VAE Decoder": "TAESD" if tiny else None,
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(request.prompt, request.negative_prompt, fields)
 
 
 def settings_from_image(path: Path) -> dict:
-    """generate's options as stored in an sdcli/A1111 PNG's `parameters` chunk."""
+    """generate's options as stored in an sdcli/A1111 PNG's `parameters` chunk, read as
+    A1111 1.9+ reads them.  Also `notes` (what cannot be redone exactly, for a warning) and
+    `needs` (`init_image`, `mask`: what the image was made from, which a PNG does not hold)."""
     if not path.is_file():
         raise UsageError(f"--from-image: {path} not found")
     text = read_png_text(path).get("parameters")
     if text is None:
         raise UsageError(f"--from-image: {path} has no generation settings (no 'parameters' text chunk)")
     prompt, negative, fields = parse_parameters(text)
-    out: dict = {"prompt": prompt, "negative_prompt": negative}
     try:
-        if "Steps" in fields:
-            out["steps"] = int(fields["Steps"])
-        if "Sampler" in fields:
-            out["scheduler"] = resolve_scheduler_name(fields["Sampler"])
-        if "CFG scale" in fields:
-            out["guidance_scale"] = float(fields["CFG scale"])
-        if "Seed" in fields:
-            out["seed"] = int(fields["Seed"])
-        if "Size" in fields:
-            w, h = fields["Size"].lower().split("x")
-            out["width"], out["height"] = int(w), int(h)
-        if "Denoising strength" in fields:
-            out["strength"] = float(fields["Denoising strength"])
-        if "RNG" in fields:
-            out["rng"] = fields["RNG"]
-        if "Precision" in fields:
-            out["precision"] = fields["Precision"]
-        if "Emphasis" in fields:
-            out["emphasis"] = fields["Emphasis"] != "off"
-        if "Clip skip" in fields:
-            out["clip_skip"] = int(fields["Clip skip"])
-        if "DeepCache" in fields:
-            out["deepcache"] = int(fields["DeepCache"])
-        if "Mask blur" in fields:
-            out["mask_blur"] = int(fields["Mask blur"])
-        if fields.get("VAE") == "tiny":  # A1111 writes a VAE file's name here: only sdcli's value is read
-            out["vae"] = "tiny"
-        if "Model" in fields:
-            out["model_name"] = fields["Model"]
+        return settings_from_fields(prompt, negative, fields)
     except ValueError as exc:
         raise UsageError(f"--from-image: {path} has unreadable settings: {exc}") from None
+
+
+def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> dict:
+    """settings_from_image's reading of parsed parameters (ValueError for a value that is not
+    a number where one is needed)."""
+    by_sdcli = fields.get("Version", "").startswith("sdcli")
+    notes: list[str] = []
+    out: dict = {"prompt": prompt, "negative_prompt": negative, "notes": notes, "needs": []}
+    numbers = {"Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
+               "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
+               "DeepCache": ("deepcache", int), "Mask blur": ("mask_blur", int)}
+    for field, (name, kind) in numbers.items():
+        if field in fields:
+            out[name] = kind(fields[field])
+    if "Size" in fields:
+        w, h = fields["Size"].lower().split("x")
+        out["width"], out["height"] = int(w), int(h)
+    if "Precision" in fields:
+        out["precision"] = fields["Precision"]
+    if "Model" in fields:
+        out["model_name"] = fields["Model"]
+    if "Sampler" in fields:
+        out["scheduler"] = _scheduler(fields, by_sdcli, notes)
+    _read_rng(fields, by_sdcli, out)
+    _read_emphasis(fields, out)
+    _read_vae(fields, out)
+    hires = any(key.startswith("Hires") for key in fields)
+    if "Denoising strength" in fields and not hires:
+        out["needs"].append("init_image")
+        if "Mask blur" in fields:
+            out["needs"].append("mask")
+    elif hires:
+        out.pop("strength", None)
+    for field, what in NOT_REPRODUCED.items():
+        if field in fields and what not in " ".join(notes):
+            notes.append(f"it was made with {what} ({field}), which sdcli does not do: the image will differ")
     return out
+
+
+def _before_schedule_types(version: str) -> bool:
+    """A1111 before 1.9, which had no schedule types: its "DPM++ 2M" was not Karras."""
+    match = re.match(r"v?(\d+)\.(\d+)", version.strip())
+    return bool(match) and (int(match[1]), int(match[2])) < (1, 9)
+
+
+def _scheduler(fields: dict[str, str], by_sdcli: bool, notes: list[str]) -> str:
+    """Our scheduler for the Sampler and Schedule type fields.  Without a schedule type, a PNG
+    from sdcli or from A1111 before 1.9 means the sampler as named (their DPM++ 2M was not
+    Karras); any other means A1111 1.9+'s Automatic."""
+    sampler, schedule = fields["Sampler"], fields.get("Schedule type")
+    as_named = schedule is None and (by_sdcli or _before_schedule_types(fields.get("Version", "")))
+    try:
+        return from_a1111(sampler, schedule, automatic_is_default=not as_named)
+    except A1111Unsupported as exc:
+        try:
+            fallback = resolve_scheduler_name(sampler)
+        except ValueError:
+            try:
+                fallback = from_a1111(sampler, None)
+            except A1111Unsupported:
+                raise ValueError(str(exc)) from None
+        notes.append(f"{exc}: using {a1111_sampler(fallback)} ({fallback}); the image will differ")
+        return fallback
+
+
+def _read_rng(fields: dict[str, str], by_sdcli: bool, out: dict) -> None:
+    value = fields.get("RNG")
+    if value is None:
+        if not by_sdcli:
+            out["notes"].append("no RNG field: A1111 made it with its GPU noise, which sdcli cannot reproduce "
+                                "(using torch's CPU noise, A1111's RNG: CPU); the image will differ")
+        return
+    rng = RNG_FROM_FIELD.get(value.strip().lower())
+    if rng is None:
+        out["notes"].append(f"RNG: {value} (A1111's {value} noise) cannot be reproduced by sdcli; using torch's "
+                            "CPU noise (A1111's RNG: CPU): the image will differ")
+        rng = "torch"
+    out["rng"] = rng
+
+
+def _read_emphasis(fields: dict[str, str], out: dict) -> None:
+    value = fields.get("Emphasis")
+    if value is None:
+        return
+    key = value.strip().lower()
+    if key in ("none", "off"):
+        out["emphasis"] = False
+    elif key == "original":
+        out["emphasis"] = True
+    else:
+        out["emphasis"] = True
+        out["notes"].append(f"Emphasis: {value} is not available in sdcli; using A1111's Original emphasis "
+                            "(weights applied, the mean restored): the image will differ")
+
+
+def _read_vae(fields: dict[str, str], out: dict) -> None:
+    decoder = fields.get("VAE Decoder", "").strip().lower()
+    encoder = fields.get("VAE Encoder", "").strip().lower()
+    if decoder == "taesd" or fields.get("VAE") == "tiny":  # "VAE: tiny": sdcli before it wrote A1111's field
+        out["vae"] = "tiny"
+        if encoder and encoder != "taesd" and "Denoising strength" in fields:
+            out["notes"].append("the init image was encoded with the full VAE and decoded with TAESD; sdcli's "
+                                "--vae tiny uses TAESD for both: the image will differ")
+    elif encoder == "taesd":
+        out["notes"].append("the init image was encoded with TAESD and decoded with the full VAE; sdcli uses one "
+                            "VAE for both (the full one): the image will differ")
+    elif fields.get("VAE") and fields.get("VAE") != "tiny":
+        out["notes"].append(f"it names the VAE {fields['VAE']!r}, which sdcli does not load (it uses the model's "
+                            "own): the image may differ")

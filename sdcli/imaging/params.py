@@ -4,8 +4,8 @@
     Negative prompt: what to avoid
     Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: sd15, ...
 
-The last line is `Key: value` pairs separated by commas; a value that holds a comma or a
-quote is written in double quotes with JSON escapes, as A1111 does.
+The last line is `Key: value` pairs separated by commas; a value that holds a comma, a colon,
+a newline or a quote is written in double quotes with JSON escapes, as A1111 does.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 
 def _quote(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False) if ("," in value or '"' in value or "\n" in value) else value
+    # A1111 quotes a value holding a comma, a colon or a newline; a quote needs it here too
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ',:"\n') else value
 
 
 def format_parameters(prompt: str, negative_prompt: str, fields: dict[str, object]) -> str:
