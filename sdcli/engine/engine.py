@@ -24,10 +24,12 @@ from sdcli.engine.denoise import StepInfo, denoise
 from sdcli.engine.families import Conditioning, family_for
 from sdcli.engine.latents import prepare_latents, resolve_size
 from sdcli.engine.loader import ComponentCache
+from sdcli.engine.networks import NetworkFolders, Networks
 from sdcli.engine.request import GenerationRequest
 from sdcli.model.folder import ModelFolder
 from sdcli.runtime.components import UNet
 from sdcli.runtime.core import Runtime, default_cache_dir
+from sdcli.runtime.lora import WeightPatch
 from sdcli.util.errors import UsageError
 from sdcli.util.lru import LRUCache
 from sdcli.util.rng import make_rng
@@ -44,6 +46,8 @@ class Result:
     scheduler: str
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # prompt warnings, when the prompt was encoded for this image
+    lora_hashes: list[tuple[str, str]] = field(default_factory=list)  # (name as in the prompt, A1111's short hash)
+    ti_hashes: list[tuple[str, str]] = field(default_factory=list)  # embeddings used: (name, short hash)
 
 
 class Engine:
@@ -51,12 +55,14 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, device: str = "CPU", precision: str = "auto",
                  cache_dir: Path | None | bool = True, low_memory: bool = False, streams: int | None = None,
-                 keep_text_encoder: bool = True):
+                 keep_text_encoder: bool = True, networks: NetworkFolders | None = None):
         """`low_memory` keeps only one large component in memory at a time (each is loaded
         again when needed next: slower for several images, same result).  `streams` compiles
         for throughput (see Runtime): several threads may then call generate() at once, each
         on its own infer requests.  `keep_text_encoder=False` frees the text encoder once a
-        prompt is encoded (for a run whose images all share one prompt)."""
+        prompt is encoded (for a run whose images all share one prompt).  `networks`: where
+        the prompts' LoRAs and embeddings are looked for (default: $SDCLI_LORA_DIR or
+        models/Lora, $SDCLI_EMBEDDINGS_DIR or models/embeddings)."""
         self.folder = ModelFolder.open(model_dir)
         self.family = family_for(self.folder)
         self.low_memory = low_memory
@@ -65,6 +71,7 @@ class Engine:
             cache_dir = default_cache_dir()
         self.runtime = Runtime(device, precision, cache_dir or None, streams)
         self.components = ComponentCache(self.runtime, self.folder)
+        self.networks = Networks(networks or NetworkFolders(), self.folder)
         self.timings = self.components.timings
         self.unet_recorder: Callable[[dict], None] | None = None  # sees every UNet call's inputs
         self._prompts = LRUCache(PROMPT_CACHE)
@@ -81,9 +88,10 @@ class Engine:
         """UsageError when `request` (followed by `images` - 1 more) would not fit in memory."""
         from sdcli.engine.memory import check_fits
 
-        return check_fits(self, request, images)
+        return check_fits(self, self.networks.activate(request), images)
 
     def _unet_shapes(self, request: GenerationRequest) -> dict[str, list[int]]:
+        request = self.networks.activate(request)
         width, height = self.resolve_size(request)
         f = self.folder.vae_scale_factor
         guidance = self.classifier_free_guidance(request.guidance_scale)
@@ -99,9 +107,11 @@ class Engine:
         """Start compiling the text encoder and the UNet for `request` in the background, so
         that the UNet compiles while the prompt is encoded; returns the UNet's futures."""
         self.folder.vae(request.vae)  # a missing tiny VAE is reported before anything loads
+        request = self.networks.activate(request)
         shapes = self._unet_shapes(request)
         self.family.start_text_encoders(self.components, request)
-        return [self.components.start_unet(shapes, variant) for variant in self._unet_variants(request.deepcache)]
+        patch = request.networks.patch("unet")
+        return [self.components.start_unet(shapes, variant, patch) for variant in self._unet_variants(request.deepcache)]
 
     def optimal_requests(self, request: GenerationRequest) -> int:
         """How many requests OpenVINO would keep in flight on the UNet for `request` (1 when
@@ -127,6 +137,7 @@ class Engine:
     def encode_prompt(self, request: GenerationRequest, guidance: bool) -> tuple[Conditioning, list[str], float | None]:
         """Stage 1: (conditioning, notes, seconds spent encoding or None when the prompt came
         from the cache).  Notes come with the first encoding of a prompt only."""
+        request = self.networks.activate(request)
         key = self.family.prompt_key(request, guidance)
         with self._prompts_lock:
             encoded = self._prompts.get(key)
@@ -138,7 +149,9 @@ class Engine:
                 self.timings["encode_prompt"] = seconds
                 self._prompts.put(key, encoded)
         notes = list(encoded.notes) if seconds is not None else []
-        return self.family.conditioning(encoded, request), notes, seconds
+        conditioning = self.family.conditioning(encoded, request)
+        conditioning.embeddings_used = encoded.embeddings_used
+        return conditioning, notes, seconds
 
     def prepare_latents(self, request: GenerationRequest, scheduler, rng, width: int, height: int):
         """Stage 2: (latents, timesteps to run, Inpainting or None)."""
@@ -157,11 +170,13 @@ class Engine:
             if self.low_memory:
                 self.components.release(vae.encoder)
 
-    def denoising_unet(self, conditioning: Conditioning, latent_hw: tuple[int, int], deepcache: int = 1):
-        """What the loop calls: the UNet, or with `deepcache` > 1 DeepCache's pair (fresh state)."""
+    def denoising_unet(self, conditioning: Conditioning, latent_hw: tuple[int, int], deepcache: int = 1,
+                       patch: WeightPatch | None = None):
+        """What the loop calls: the UNet (with the LoRAs of `patch` fused), or with `deepcache` > 1
+        DeepCache's pair (fresh state)."""
         rows, seq = conditioning.hidden_states.shape[:2]
         shapes = UNet.input_shapes(self.folder, rows, tuple(latent_hw), seq, conditioning.unet_input_shapes())
-        unets = [self.components.unet(shapes, variant) for variant in self._unet_variants(deepcache)]
+        unets = [self.components.unet(shapes, variant, patch) for variant in self._unet_variants(deepcache)]
         for unet in unets:
             unet.recorder = self.unet_recorder
         return unets[0] if deepcache <= 1 else DeepCacheUNet(*unets, deepcache)
@@ -184,6 +199,8 @@ class Engine:
         request = request.with_images_read()
         request.validate()
         self.folder.vae(request.vae)
+        request = self.networks.activate(request)  # the prompt's LoRAs and embeddings; its tags removed
+        active = request.networks
         started = time.perf_counter()
         compiled_before = self.components.compile_seconds()
         width, height = self.resolve_size(request)
@@ -193,6 +210,7 @@ class Engine:
         timings: dict[str, float] = {}
 
         conditioning, notes, encode_seconds = self.encode_prompt(request, guidance)  # 1. encode the prompt
+        notes = [*active.notes, *notes] if encode_seconds is not None else notes
         if encode_seconds is not None:
             timings["encode_prompt"] = encode_seconds
         for note in notes if on_note else ():
@@ -205,7 +223,7 @@ class Engine:
         latents, timesteps, inpaint = self.prepare_latents(request, scheduler, rng, width, height)
         timings["prepare_latents"] = time.perf_counter() - t0
 
-        unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache)  # 3. denoise
+        unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache, active.patch("unet"))  # 3. denoise
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
         step_times = []
@@ -229,4 +247,5 @@ class Engine:
             timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         timings["compile"] = self.components.compile_seconds() - compiled_before
-        return Result(image, request.seed, width, height, scheduler.name, timings, notes)
+        return Result(image, request.seed, width, height, scheduler.name, timings, notes, list(active.lora_hashes),
+                      [(name, active.embedding_hashes[name]) for name in conditioning.embeddings_used])

@@ -14,6 +14,7 @@ from typing import Callable
 from sdcli.model.folder import ModelFolder
 from sdcli.runtime.components import TextEncoder, UNet, VaeDecoder, VaeEncoder
 from sdcli.runtime.core import Runtime
+from sdcli.runtime.lora import WeightPatch
 
 
 class ComponentCache:
@@ -54,25 +55,40 @@ class ComponentCache:
     def compile_seconds(self) -> float:
         return sum(self.timings.values())
 
+    def _keep_one_patch(self, name: str, tag: str | None) -> None:
+        """Drop the compiled `name` components fused with other LoRAs than `tag` (each holds a
+        whole copy of the weights; a request in flight keeps its own until it ends)."""
+        with self._lock:
+            for key in [k for k in self._components if k[0] == name and k[-1] != tag]:
+                del self._components[key]
+
     # -- the components ---------------------------------------------------------------
-    def _text_encoder(self, seq_len: int, clip_skip: int, name: str):
-        return (name, clip_skip), lambda: TextEncoder(self.runtime, self.folder, seq_len, clip_skip)
+    def _text_encoder(self, seq_len: int, clip_skip: int, name: str, embeddings: bool, patch: WeightPatch | None):
+        tag = patch.tag if patch is not None else None
+        self._keep_one_patch(name, tag)
+        return (name, clip_skip, embeddings, tag), lambda: TextEncoder(self.runtime, self.folder, seq_len, clip_skip,
+                                                                     embeddings, patch)
 
-    def start_text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder") -> Future:
-        return self.start(*self._text_encoder(seq_len, clip_skip, name))
+    def start_text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder", embeddings: bool = False,
+                           patch: WeightPatch | None = None) -> Future:
+        return self.start(*self._text_encoder(seq_len, clip_skip, name, embeddings, patch))
 
-    def text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder") -> TextEncoder:
-        return self.get(*self._text_encoder(seq_len, clip_skip, name))
+    def text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder", embeddings: bool = False,
+                     patch: WeightPatch | None = None) -> TextEncoder:
+        return self.get(*self._text_encoder(seq_len, clip_skip, name, embeddings, patch))
 
-    def _unet(self, shapes: dict[str, list[int]], variant: str | None):
-        key = ("unet", tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())), variant)
-        return key, lambda: UNet(self.runtime, self.folder, shapes, variant)
+    def _unet(self, shapes: dict[str, list[int]], variant: str | None, patch: WeightPatch | None):
+        tag = patch.tag if patch is not None else None
+        self._keep_one_patch("unet", tag)
+        key = ("unet", tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())), variant, tag)
+        return key, lambda: UNet(self.runtime, self.folder, shapes, variant, patch)
 
-    def start_unet(self, shapes: dict[str, list[int]], variant: str | None = None) -> Future:
-        return self.start(*self._unet(shapes, variant))
+    def start_unet(self, shapes: dict[str, list[int]], variant: str | None = None,
+                   patch: WeightPatch | None = None) -> Future:
+        return self.start(*self._unet(shapes, variant, patch))
 
-    def unet(self, shapes: dict[str, list[int]], variant: str | None = None) -> UNet:
-        return self.get(*self._unet(shapes, variant))
+    def unet(self, shapes: dict[str, list[int]], variant: str | None = None, patch: WeightPatch | None = None) -> UNet:
+        return self.get(*self._unet(shapes, variant, patch))
 
     def vae_decoder(self, latent_hw: tuple[int, int], name: str = "vae_decoder") -> VaeDecoder:
         return self.get((name, tuple(latent_hw)), lambda: VaeDecoder(self.runtime, self.folder, latent_hw, name))

@@ -10,7 +10,7 @@ concatenated.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROUND = 1.1
 SQUARE = 1 / 1.1
@@ -95,12 +95,19 @@ def has_emphasis(pairs: list[tuple[str, float]]) -> bool:
 class Chunk:
     ids: list[int]  # start token, up to 75 ids, end token, padding: always CHUNK + 2 long
     weights: list[float]
+    # textual-inversion embeddings: (position in ids, vectors [n, width], name); their ids are placeholders
+    fixes: list[tuple] = field(default_factory=list)
 
 
-def chunk_prompt(tokens: list[int], weights: list[float], bos: int, eos: int, pad: int, comma: int | None) -> list[Chunk]:
-    """Split token ids into chunks of at most 75, each framed by start/end tokens and padded."""
+def chunk_prompt(tokens: list[int], weights: list[float], bos: int, eos: int, pad: int, comma: int | None,
+                 spans: list[tuple] = ()) -> list[Chunk]:
+    """Split token ids into chunks of at most 75, each framed by start/end tokens and padded.
+    `spans`: (start, length, vectors, name) of the embeddings in `tokens`, which are not split
+    across chunks (A1111 starts a new chunk before one that does not fit)."""
     chunks: list[Chunk] = []
     ids, ws = list(tokens), list(weights)
+    spans = sorted(spans, key=lambda span: span[0])
+    offset = 0
     while True:
         take = min(len(ids), CHUNK)
         if len(ids) > CHUNK and comma is not None:
@@ -108,9 +115,15 @@ def chunk_prompt(tokens: list[int], weights: list[float], bos: int, eos: int, pa
             commas = [i for i in range(CHUNK - COMMA_BACKTRACK, CHUNK) if ids[i] == comma]
             if commas:
                 take = commas[-1] + 1
+        for start, length, _, _ in spans:  # an embedding across the end goes to the next chunk
+            if start - offset < take < start - offset + length and start > offset:
+                take = start - offset
         body, body_w = ids[:take], ws[:take]
+        fixes = [(1 + start - offset, vectors, name) for start, length, vectors, name in spans
+                 if offset <= start < offset + take]
         ids, ws = ids[take:], ws[take:]
+        offset += take
         padding = CHUNK - len(body)
-        chunks.append(Chunk([bos, *body, eos] + [pad] * padding, [1.0, *body_w, 1.0] + [1.0] * padding))
+        chunks.append(Chunk([bos, *body, eos] + [pad] * padding, [1.0, *body_w, 1.0] + [1.0] * padding, fixes))
         if not ids:
             return chunks

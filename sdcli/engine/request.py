@@ -67,6 +67,9 @@ class GenerationRequest:
     deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
     clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
     vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
+    # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
+    # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.
+    networks: object | None = None
 
     def validate(self) -> None:
         """UsageError naming the flag for the first setting that cannot be run."""

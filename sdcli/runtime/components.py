@@ -7,9 +7,10 @@ from functools import cached_property
 
 import numpy as np
 
-from sdcli.model.config_checks import ir_header
+from sdcli.model.config_checks import ir_header, read_json
 from sdcli.model.folder import ModelFolder
 from sdcli.runtime.core import Runtime
+from sdcli.runtime.lora import WeightPatch
 from sdcli.runtime.timestep import float_timestep
 from sdcli.util.errors import UsageError
 
@@ -32,16 +33,45 @@ class CompiledComponent:
 
 
 class TextEncoder(CompiledComponent):
-    def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1):
-        """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...)."""
+    def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1,
+                 embeddings: bool = False, patch: WeightPatch | None = None):
+        """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...).
+        `embeddings`: take textual-inversion vectors as inputs (runtime/embeddings.py);
+        `patch`: LoRAs fused into the weights (runtime/lora.py)."""
         from sdcli.runtime.clip_skip import skip_layers
+        from sdcli.runtime.embeddings import EMBEDS, MASK, add_embedding_inputs
 
         component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
-        self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), {"input_ids": [1, seq_len]},
-                                                    prepare=lambda model: skip_layers(model, clip_skip))
+        shapes = {"input_ids": [1, seq_len]}
+        if embeddings:
+            component += "-ti"
+            width = int(read_json(folder.root / "text_encoder" / "config.json").get("hidden_size", 768))
+            shapes.update({EMBEDS: [1, seq_len, width], MASK: [1, seq_len, 1]})
+        if patch is not None:
+            component += f"-lora{patch.tag}"
 
-    def __call__(self, input_ids: np.ndarray) -> np.ndarray:
-        self.request.infer({0: input_ids})
+        def prepare(model):
+            skip_layers(model, clip_skip)
+            if embeddings:
+                add_embedding_inputs(model)
+            if patch is not None:
+                patch.apply(model, "text_encoder")
+
+        self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), shapes, prepare=prepare)
+        self.embeddings = embeddings
+
+    def __call__(self, input_ids: np.ndarray, embeds: np.ndarray | None = None,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+        """Hidden states of `input_ids`; with embeddings, `embeds` [1, tokens, width] where
+        `mask` [1, tokens, 1] is true."""
+        inputs = {"input_ids": input_ids}
+        if self.embeddings:
+            from sdcli.runtime.embeddings import EMBEDS, MASK
+
+            shape = (*input_ids.shape, self.compiled.input(EMBEDS).get_partial_shape()[2].get_length())
+            inputs[EMBEDS] = embeds if embeds is not None else np.zeros(shape, np.float32)
+            inputs[MASK] = mask if mask is not None else np.zeros((*input_ids.shape, 1), bool)
+        self.request.infer(inputs)
         return self.request.get_output_tensor(0).data.copy()
 
 
@@ -53,9 +83,10 @@ class UNet(CompiledComponent):
     recorder = None  # called with each call's inputs (calibration for --quantize hybrid)
 
     def __init__(self, runtime: Runtime, folder: ModelFolder, shapes: dict[str, list[int]],
-                 variant: str | None = None):
+                 variant: str | None = None, patch: WeightPatch | None = None):
         """`shapes`: input name -> static shape, for every input of the IR (see input_shapes).
-        `variant`: None for the UNet as it is, or one of deepcache.VARIANTS."""
+        `variant`: None for the UNet as it is, or one of deepcache.VARIANTS; `patch`: LoRAs
+        fused into the weights (runtime/lora.py)."""
         declared = set(ir_header(folder.ir("unet"))[1])
         missing = sorted(declared - set(shapes))
         if missing:
@@ -66,8 +97,13 @@ class UNet(CompiledComponent):
 
             component, edit = VARIANTS[variant]
 
+        if patch is not None:
+            component += f"-lora{patch.tag}"
+
         def prepare(model):
             float_timestep(model)
+            if patch is not None:
+                patch.apply(model, "unet")
             if edit is not None:
                 edit(model, shapes)
 

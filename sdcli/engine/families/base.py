@@ -26,6 +26,7 @@ class EncodedPrompt:
     hidden_states: np.ndarray  # [rows, seq, dim]: [negative, prompt] with classifier-free guidance, else [prompt]
     pooled: np.ndarray | None = None  # [rows, dim]
     notes: list[str] = field(default_factory=list)  # warnings, e.g. a prompt truncated to 77 tokens
+    embeddings_used: tuple[str, ...] = ()  # names of the textual-inversion embeddings put in (TI hashes)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Conditioning:
     hidden_states: np.ndarray  # encoder_hidden_states, [rows, seq, dim]
     pooled: np.ndarray | None = None
     unet_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # extra UNet inputs, by IR input name
+    embeddings_used: tuple[str, ...] = ()  # the EncodedPrompt's (the engine copies them)
 
     @property
     def guidance_batch(self) -> bool:
@@ -83,7 +85,17 @@ class ModelFamily:
     # -- stage 1 ----------------------------------------------------------------------
     def prompt_key(self, request: "GenerationRequest", guidance: bool) -> tuple:
         """What an EncodedPrompt depends on (the engine's cache key)."""
-        return (request.prompt, request.negative_prompt, guidance, request.emphasis, request.clip_skip)
+        networks = request.networks.text_key() if request.networks is not None else None
+        return (request.prompt, request.negative_prompt, guidance, request.emphasis, request.clip_skip, networks)
+
+    @staticmethod
+    def text_encoder_options(request: "GenerationRequest", name: str = "text_encoder") -> dict:
+        """ComponentCache.text_encoder's arguments for the prompt's networks: whether it takes
+        embeddings, and the LoRAs fused into text encoder `name`."""
+        networks = request.networks
+        if networks is None:
+            return {"embeddings": False, "patch": None}
+        return {"embeddings": bool(networks.embeddings), "patch": networks.patch(name)}
 
     def encode_prompt(self, components: "ComponentCache", request: "GenerationRequest", guidance: bool) -> EncodedPrompt:
         raise NotImplementedError

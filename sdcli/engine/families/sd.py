@@ -11,7 +11,7 @@ from functools import cached_property
 
 from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
 from sdcli.engine.lcm import guidance_scale_embedding, lcm_defaults
-from sdcli.engine.prompt_encoder import TOKENS_PER_CHUNK, ClipPromptEncoder
+from sdcli.engine.prompt_encoder import TOKENS_PER_CHUNK, ClipPromptEncoder, embeddings_used
 from sdcli.model.tokenizer import PromptTokenizer
 from sdcli.schedulers import create_scheduler, name_for_diffusers_class, pipeline_switch_config
 from sdcli.util.errors import UsageError
@@ -66,7 +66,9 @@ class StableDiffusion(ModelFamily):
         same number of chunks, and warnings for anything truncated or ignored."""
         labels = ["negative prompt", "prompt"] if guidance else ["prompt"]
         texts = [request.negative_prompt, request.prompt] if guidance else [request.prompt]
-        chunked, warnings = self.prompt_encoder.prompt_chunks(texts, labels, request.emphasis)
+        embeddings = request.networks.embeddings if request.networks is not None else ()
+        vocabulary = self.prompt_encoder.vocabulary(embeddings, 0, self.text_width) if embeddings else ()
+        chunked, warnings = self.prompt_encoder.prompt_chunks(texts, labels, request.emphasis, vocabulary)
         if self.is_lcm and request.negative_prompt.strip():
             warnings.insert(0, "a Latent Consistency Model takes no negative prompt (its guidance is built in); "
                                "the negative prompt is ignored")
@@ -76,16 +78,23 @@ class StableDiffusion(ModelFamily):
         chunked, _ = self.prompt_chunks(request, guidance)
         return len(chunked[0]) * TOKENS_PER_CHUNK
 
+    @cached_property
+    def text_width(self) -> int:
+        from sdcli.model.config_checks import read_json
+
+        return int(read_json(self.folder.root / "text_encoder" / "config.json").get("hidden_size", 768))
+
     def start_text_encoders(self, components, request) -> None:
-        components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip)
+        components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip, **self.text_encoder_options(request))
 
     def release_text_encoders(self, components) -> None:
         components.release("text_encoder")
 
     def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
         chunked, warnings = self.prompt_chunks(request, guidance)
-        encoder = components.text_encoder(TOKENS_PER_CHUNK, request.clip_skip)
-        return EncodedPrompt(self.prompt_encoder.embed(chunked, encoder), notes=warnings)
+        encoder = components.text_encoder(TOKENS_PER_CHUNK, request.clip_skip, **self.text_encoder_options(request))
+        return EncodedPrompt(self.prompt_encoder.embed(chunked, encoder), notes=warnings,
+                             embeddings_used=embeddings_used(chunked))
 
     def extra_unet_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         return {"timestep_cond": (batch, self.folder.time_cond_proj_dim)} if self.is_lcm else {}

@@ -1,0 +1,142 @@
+"""LoRAs for one model folder: a file's modules matched to the layers of the folder's IRs,
+and the weight patches (runtime/lora.py) that fuse them.
+
+A LoRA targets "the UNet" and "text encoder N" (`text_encoder`, `text_encoder_2`): a model
+family needs nothing of its own.  A module is matched to an IR weight by name (see
+model/lora_names.py) and checked by size before anything is computed; a file that matches
+nothing is an error, a partly matched one a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdcli.model.folder import ModelFolder
+from sdcli.model.lora_file import LoraModule, parse_lora
+from sdcli.model.lora_names import ir_weights, lora_layer_candidates
+from sdcli.model.tensor_files import read_tensors
+from sdcli.runtime.lora import WeightPatch
+from sdcli.util.errors import UsageError
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+SHOWN = 3  # unmatched keys named in a message
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file read and split into modules."""
+
+    path: Path
+    modules: list[LoraModule]
+    metadata: dict[str, str]
+    identity: tuple  # (path, size, mtime): what the compiled blobs are keyed by
+
+    @classmethod
+    def read(cls, path: Path, allow_pickle: bool) -> "LoraFile":
+        content, metadata = read_tensors(path, allow_pickle, "LoRA")
+        if isinstance(content, tuple):
+            content = content[0]
+        if not isinstance(content, dict):
+            raise UsageError(f"LoRA {path.name}: holds no table of tensors")
+        if "state_dict" in content and isinstance(content["state_dict"], dict):
+            content = content["state_dict"]
+        modules, stray = parse_lora(content)
+        if not modules:
+            first = ", ".join(list(content)[:SHOWN])
+            raise UsageError(f"LoRA {path.name}: no LoRA tensors in it (lora_down/lora_up, lora_A/lora_B, hada_*, "
+                             f"lokr_*; its first keys: {first or 'none'})")
+        st = path.stat()
+        return cls(path, modules, metadata, (str(path.resolve()), st.st_size, st.st_mtime_ns))
+
+
+@dataclass
+class LoraUse:
+    """One `<lora:...>` of a prompt: the file and its multipliers."""
+
+    name: str  # as the prompt names it
+    file: LoraFile
+    te: float = 1.0
+    unet: float = 1.0
+    dyn: int | None = None
+
+    def multiplier(self, component: str) -> float:
+        return self.unet if component == "unet" else self.te
+
+
+def _layer_tables(folder: ModelFolder) -> dict[str, dict[str, tuple[str, int]]]:
+    return {c: ir_weights(folder.ir(c)) for c in COMPONENTS if folder.ir(c).is_file()}
+
+
+def match_modules(lora: LoraFile, folder: ModelFolder) -> tuple[dict[str, list[tuple[LoraModule, str]]], list[str]]:
+    """({component: [(module, IR constant)]}, keys of the modules that match no layer).
+
+    UsageError when a matched layer's weight has another size than the module's ΔW (a LoRA
+    made for another base model)."""
+    tables = _layer_tables(folder)
+    matched: dict[str, list[tuple[LoraModule, str]]] = {}
+    unmatched = []
+    for module in lora.modules:
+        table = tables.get(module.component, {})
+        layer = next((table[n] for n in lora_layer_candidates(module.component, module.name, folder.unet_config)
+                      if n in table), None)
+        if layer is None or module.kind is None:
+            unmatched.append(module.key)
+            continue
+        constant, size = layer
+        wanted = module.delta_size()
+        if size and wanted != size:
+            raise UsageError(f"LoRA {lora.path.name} does not fit this model: {module.key} changes "
+                             f"{constant.removesuffix('.weight')}, whose weight has {size} values, by {wanted} "
+                             "(a LoRA for another base model?)")
+        matched.setdefault(module.component, []).append((module, constant))
+    return matched, unmatched
+
+
+def check_matches(lora: LoraFile, folder: ModelFolder) -> tuple[dict, str | None]:
+    """match_modules, with a UsageError for a file that matches nothing and a note for one
+    that matches in part."""
+    matched, unmatched = match_modules(lora, folder)
+    if not matched:
+        raise UsageError(f"LoRA {lora.path} matches nothing in this model (its first keys: "
+                         f"{', '.join(unmatched[:SHOWN])}): a LoRA for another kind of model, or a format sdcli "
+                         "does not read")
+    note = None
+    if unmatched:
+        note = (f"LoRA {lora.path.name}: {len(unmatched)} of {len(lora.modules)} layers match nothing in this model "
+                f"and are left out (first: {', '.join(unmatched[:SHOWN])})")
+    return matched, note
+
+
+def _delta_for(entries: list[tuple[LoraModule, LoraUse]], component: str):
+    def delta(shape: tuple[int, ...]) -> np.ndarray:
+        total = np.zeros(shape, np.float32)
+        for module, use in entries:
+            try:
+                total += np.float32(use.multiplier(component)) * module.delta(shape, use.dyn)
+            except ValueError as exc:
+                raise UsageError(f"LoRA {use.file.path.name}: {exc}") from None
+        return total
+
+    return delta
+
+
+def weight_patch(uses: list[LoraUse], matches: list[dict], component: str) -> WeightPatch | None:
+    """The patch fusing `uses` (each with its match_modules table) into `component`, or None
+    when none of them changes it (or all at multiplier 0)."""
+    by_constant: dict[str, list[tuple[LoraModule, LoraUse]]] = {}
+    identity = []
+    for use, matched in zip(uses, matches):
+        entries = matched.get(component, [])
+        if not entries or use.multiplier(component) == 0:
+            continue
+        identity.append([*use.file.identity, use.multiplier(component), use.dyn])
+        for module, constant in entries:
+            by_constant.setdefault(constant, []).append((module, use))
+    if not by_constant:
+        return None
+    tag = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+    return WeightPatch(tag, {constant: _delta_for(entries, component) for constant, entries in by_constant.items()})

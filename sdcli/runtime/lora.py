@@ -1,0 +1,116 @@
+"""Graph edit: LoRAs fused into a component's weights before it is compiled.
+
+For each layer a LoRA changes, the weight that its MatMul or Convolution reads is replaced
+by a float32 constant holding W + ΔW, where W is the weight as the IR computes it: the
+constant itself (fp32), widened (fp16), or dequantized (int8: `(q - zero point) * scale`,
+as nncf writes it).  The result is exact, for any layer type, at no cost per step; the
+price is a compile per set of LoRAs (the blob cache keeps it: see engine/networks.py).
+
+The weight is found by its constant's name (see model/lora_names.py), then followed
+through the ops that decompress it to the layer that reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from sdcli.util.errors import UsageError
+
+# Ops between a weight constant and the layer reading it (decompression, reshapes).
+_PASS_THROUGH = {"Convert", "Subtract", "Multiply", "Add", "Reshape", "Unsqueeze", "Squeeze", "Transpose"}
+_LAYERS = {"MatMul", "Convolution"}
+
+Delta = Callable[[tuple[int, ...]], np.ndarray]  # torch-layout weight shape -> ΔW (float32)
+
+
+def _consumer(constant):
+    """(layer, input port) that reads `constant` through decompression ops, or None."""
+    node, port = constant, None
+    for _ in range(8):
+        users = list(node.output(0).get_target_inputs())
+        if len(users) != 1:
+            return None
+        user = users[0]
+        node = user.get_node()
+        if node.get_type_name() in _LAYERS:
+            return (node, user.get_index()) if user.get_index() == 1 else None
+        if node.get_type_name() not in _PASS_THROUGH:
+            return None
+    return None
+
+
+def _numpy_type(element_type) -> np.dtype:
+    import openvino as ov
+
+    table = {ov.Type.f32: np.float32, ov.Type.f16: np.float16, ov.Type.f64: np.float64, ov.Type.i8: np.int8,
+             ov.Type.u8: np.uint8, ov.Type.i32: np.int32, ov.Type.i64: np.int64}
+    if element_type not in table:
+        raise ValueError(f"element type {element_type}")
+    return table[element_type]
+
+
+def _value(output) -> np.ndarray:
+    """The value of a constant subgraph (a weight and its decompression), computed in numpy."""
+    node = output.get_node()
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return np.asarray(node.data)
+    args = [_value(node.input_value(i)) for i in range(node.get_input_size())]
+    if kind == "Convert":
+        return args[0].astype(_numpy_type(node.get_output_element_type(0)))
+    if kind in ("Subtract", "Multiply", "Add"):
+        a, b = args
+        result = a - b if kind == "Subtract" else a * b if kind == "Multiply" else a + b
+        return result.astype(_numpy_type(node.get_output_element_type(0)))
+    if kind in ("Reshape", "Unsqueeze", "Squeeze"):
+        return args[0].reshape(tuple(node.get_output_shape(0)))
+    if kind == "Transpose":
+        return np.transpose(args[0], tuple(int(v) for v in args[1]))
+    raise ValueError(f"a {kind} op")
+
+
+def fuse_weight_deltas(model, deltas: dict[str, Delta], component: str) -> int:
+    """Graph edit: each weight constant named in `deltas` gets its ΔW added (see the module's
+    docstring).  Returns the number of layers changed."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    constants = {op.get_friendly_name(): op for op in model.get_ordered_ops()
+                 if op.get_type_name() == "Constant" and op.get_friendly_name() in deltas}
+    for name, delta in deltas.items():
+        constant = constants.get(name)
+        found = _consumer(constant) if constant is not None else None
+        if found is None:
+            raise UsageError(f"{component}: cannot apply a LoRA to {name}: no MatMul or Convolution reads it "
+                             "in this IR")
+        layer, port = found
+        source = layer.input_value(port)
+        try:
+            weight = _value(source).astype(np.float32)
+        except ValueError as exc:
+            raise UsageError(f"{component}: cannot apply a LoRA to {name}: its weight passes through {exc} "
+                             "(a quantization sdcli cannot fold; use an fp32, fp16 or int8-weight folder)") from None
+        transposed = layer.get_type_name() == "MatMul" and not layer.get_transpose_b()
+        torch_shape = weight.shape[::-1] if transposed else weight.shape
+        change = delta(tuple(torch_shape))
+        fused = weight + (change.T if transposed else change)
+        target = source.get_element_type()
+        new = ops.constant(fused.astype(_numpy_type(target) if target != ov.Type.f32 else np.float32))
+        new.set_friendly_name(f"{name}/lora")
+        layer.input(port).replace_source_output(new.output(0))
+    model.validate_nodes_and_infer_types()
+    return len(deltas)
+
+
+@dataclass(frozen=True)
+class WeightPatch:
+    """The LoRAs of one component: ΔW by IR constant name, and a tag naming the set (the LoRA
+    files and multipliers), which goes into the compiled blob's name."""
+
+    tag: str
+    deltas: dict[str, Delta] = field(compare=False, hash=False)
+
+    def apply(self, model, component: str) -> int:
+        return fuse_weight_deltas(model, self.deltas, component)
