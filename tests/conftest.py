@@ -1,15 +1,18 @@
-"""Tiny random-weight Stable Diffusion models, built and converted once per test session.
+"""Tiny random-weight Stable Diffusion models, built and converted once per test session
+(the builders: tests/models.py; diffusers as the reference: tests/reference.py).
 
-Nothing is downloaded: the models are made here with diffusers/transformers.
+Nothing is downloaded: the models are made with diffusers/transformers.
 """
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.models import TinyModel, build_tiny, smooth_picture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Compiled-model blobs go to a fresh folder per test session, not the user's cache.
@@ -23,36 +26,6 @@ warnings.filterwarnings("ignore", module="torch")
 PARITY: list[dict] = []
 
 
-class TinyModel:
-    def __init__(self, diffusers_dir: Path, ov_dir: Path, prediction_type: str):
-        self.diffusers_dir = diffusers_dir
-        self.ov_dir = ov_dir
-        self.prediction_type = prediction_type
-        self._pipe = None
-
-    def pipe(self):
-        if self._pipe is None:
-            import torch
-            from diffusers import StableDiffusionPipeline
-
-            self._pipe = StableDiffusionPipeline.from_pretrained(self.diffusers_dir, torch_dtype=torch.float32)
-            self._pipe.set_progress_bar_config(disable=True)
-        return self._pipe
-
-
-def _build(root: Path, prediction_type: str, variant: str = "sd1") -> TinyModel:
-    from sdcli.convert.export import ConvertOptions, convert
-    from sdcli.convert.random_model import TINY, TINY_SD2, build_random_pipeline
-
-    name = f"tiny-{prediction_type}" + ("" if variant == "sd1" else f"-{variant}")
-    src = root / name
-    out = root / f"{name}-ov"
-    sizes = TINY if variant == "sd1" else TINY_SD2
-    build_random_pipeline(src, sizes, prediction_type=prediction_type, seed=0 if prediction_type == "epsilon" else 7)
-    convert(str(src), out, ConvertOptions(weight_format="fp32"), log=lambda s: None)
-    return TinyModel(src, out, prediction_type)
-
-
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
@@ -60,19 +33,19 @@ def models_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_eps(models_root) -> TinyModel:
-    return _build(models_root, "epsilon")
+    return build_tiny(models_root, "epsilon")
 
 
 @pytest.fixture(scope="session")
 def tiny_vpred(models_root) -> TinyModel:
-    return _build(models_root, "v_prediction")
+    return build_tiny(models_root, "v_prediction")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd2(models_root) -> TinyModel:
     """SD 2.x's differences on a tiny scale: linear projections, per-block heads, gelu,
     "!" padding, v-prediction."""
-    model = _build(models_root, "v_prediction", "sd2")
+    model = build_tiny(models_root, "v_prediction", "sd2")
     model.prediction_type = "sd2 v_pred"
     return model
 
@@ -82,18 +55,8 @@ def init_image_file(tmp_path_factory) -> Path:
     """A smooth, deterministic 64x96 RGB picture (H=64, W=96) saved as PNG."""
     from sdcli.imaging.image_io import save_png
 
-    h, w = 64, 96
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack(
-        [
-            127 + 120 * np.sin(x / 9.0),
-            127 + 120 * np.cos(y / 7.0),
-            127 + 120 * np.sin((x + y) / 13.0),
-        ],
-        axis=-1,
-    ).round().astype(np.uint8)
     path = tmp_path_factory.mktemp("images") / "init.png"
-    save_png(path, img)
+    save_png(path, smooth_picture(96, 64))
     return path
 
 
@@ -103,6 +66,13 @@ def parity_log():
 
 
 def pytest_terminal_summary(terminalreporter):
+    # the largest differences from diffusers the scheduler tests measured on the way (their own
+    # tolerances are checked in the tests)
+    checks = sys.modules.get("tests.scheduler_checks")
+    if checks is not None and checks.FIGURES:
+        terminalreporter.section("scheduler tests: largest differences from diffusers")
+        for key, value in sorted(checks.FIGURES.items()):
+            terminalreporter.write_line(f"{key}: {value:.3g}")
     if not PARITY:
         return
     terminalreporter.section("parity with diffusers (max pixel difference of 255)")

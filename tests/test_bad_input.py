@@ -27,6 +27,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdcli.cli.app import app
+from tests.models import build_mismatched
 
 # --- running and checking ---------------------------------------------------------------
 
@@ -453,17 +454,7 @@ def test_memory_estimate_refuses_only_what_cannot_fit(monkeypatch):
 @pytest.fixture(scope="session")
 def other_model(tmp_path_factory):
     """A tiny model that does not fit tiny_eps: 8 latent channels, 48-wide text embeddings."""
-    from conftest import TinyModel
-
-    from sdcli.convert.export import ConvertOptions, convert
-    from sdcli.convert.random_model import TINY, build_random_pipeline
-
-    root = tmp_path_factory.mktemp("other-model")
-    sizes = {"unet": dict(TINY["unet"], in_channels=8, out_channels=8, cross_attention_dim=48),
-             "vae": dict(TINY["vae"], latent_channels=8), "text": dict(TINY["text"], hidden_size=48)}
-    build_random_pipeline(root / "other", sizes)
-    convert(str(root / "other"), root / "other-ov", ConvertOptions(weight_format="fp32"), log=lambda s: None)
-    return TinyModel(root / "other", root / "other-ov", "epsilon")
+    return build_mismatched(tmp_path_factory.mktemp("other-model"))
 
 
 def _json_set(path: Path, **values) -> None:

@@ -7,17 +7,14 @@ from typer.testing import CliRunner
 
 from sdcli.cli.app import app
 from sdcli.imaging.image_io import read_rgb
-from tests.test_parity import NEGATIVE, PROMPT, SEED, compare
+from tests.reference import NEGATIVE, PROMPT, compare, diffusers_pixels, generate_args
 
 STEPS = 6
 
 
 def run(model, tmp_path, *extra, name="out.png"):
     out = tmp_path / name
-    args = ["generate", "--model", str(model.ov_dir), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
-            "--steps", str(STEPS), "--seed", str(SEED), "--rng", "torch", "--precision", "f32",
-            "--width", "64", "--height", "64", "--output", str(out), "--quiet", *extra]
-    return CliRunner().invoke(app, args), out
+    return CliRunner().invoke(app, generate_args(model.ov_dir, out, *extra, steps=STEPS, width=64, height=64)), out
 
 
 @pytest.mark.parametrize("clip_skip", [2, 3])
@@ -36,10 +33,8 @@ def test_clip_skip_matches_diffusers(tiny_eps, clip_skip, tmp_path, parity_log):
             hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
             return final_norm(hidden)
 
-    theirs = pipe(prompt_embeds=embed(PROMPT), negative_prompt_embeds=embed(NEGATIVE), num_inference_steps=STEPS,
-                  guidance_scale=7.5, width=64, height=64, output_type="np",
-                  generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
-    theirs = (theirs * 255).round().astype(np.int16)
+    theirs = diffusers_pixels(pipe.components, None, steps=STEPS, prompt=None, negative=None, width=64, height=64,
+                              prompt_embeds=embed(PROMPT), negative_prompt_embeds=embed(NEGATIVE))
     result, out = run(tiny_eps, tmp_path, "--clip-skip", str(clip_skip))
     assert result.exit_code == 0, result.output
     ours = read_rgb(out).astype(np.int16)

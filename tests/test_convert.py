@@ -96,14 +96,14 @@ def test_existing_output_needs_force(tiny_eps, tmp_path):
 def test_interrupted_convert_leaves_nothing(tiny_eps, tmp_path, monkeypatch):
     import sdcli.convert.export as conv
 
-    real_save = conv._save
+    real_save = conv.save_ir
 
     def interrupt_at_unet(model, folder, fmt):
         if folder.name == "unet":
             raise KeyboardInterrupt
         real_save(model, folder, fmt)
 
-    monkeypatch.setattr(conv, "_save", interrupt_at_unet)
+    monkeypatch.setattr(conv, "save_ir", interrupt_at_unet)
     with pytest.raises(KeyboardInterrupt):
         convert(str(tiny_eps.diffusers_dir), tmp_path / "m", ConvertOptions(), log=lambda s: None)
     assert list(tmp_path.iterdir()) == []

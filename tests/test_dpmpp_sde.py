@@ -3,7 +3,6 @@ DPMSolverSDEScheduler (torch, float32) step by step."""
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import numpy as np
@@ -21,35 +20,24 @@ from sdcli.schedulers import (
 )
 from sdcli.schedulers import dpmpp_sde
 from sdcli.schedulers.brownian import BrownianInterval, BrownianTreeNoiseSampler, numpy_randn
+from tests.scheduler_checks import (
+    ATOL,
+    FIXED,
+    RTOL,
+    SD15,
+    SHAPE,
+    diffusers_defaults,
+    fake_model,
+    img2img_timesteps,
+    noised_init_latents,
+    record,
+    scheduler_pair,
+)
 
 torch = pytest.importorskip("torch")
 torchsde = pytest.importorskip("torchsde")
 diffusers = pytest.importorskip("diffusers")
 from diffusers.schedulers import scheduling_dpmsolver_sde as diffusers_sde  # noqa: E402
-
-RTOL = 1e-5
-ATOL = 1e-5
-
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
-
-FIXED = np.random.default_rng(1234).standard_normal((1, 4, 8, 8)).astype(np.float32)
-SHAPE = FIXED.shape
-FIGURES: dict[str, float] = {}
-
-
-def _record(key: str, value: float) -> None:
-    FIGURES[key] = max(FIGURES.get(key, 0.0), float(value))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -107,7 +95,7 @@ def test_brownian_interval_matches_torchsde(seed, shape, t0, t1):
             got = ours_tree(a, b)
             assert got.dtype == np.float32 and got.shape == tuple(shape)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f"{name}: [{a}, {b}]")
-            _record("tree max abs difference", np.max(np.abs(got - want), initial=0.0))
+            record("tree max abs difference", np.max(np.abs(got - want), initial=0.0))
 
 
 def test_brownian_interval_small_cache_recomputes_the_same_values():
@@ -138,7 +126,7 @@ def test_noise_sampler_matches_diffusers(seed):
         want = theirs(torch.tensor(a), torch.tensor(b)).numpy()
         np.testing.assert_allclose(ours(a, b), want, rtol=1e-6, atol=1e-6)
         # (the division by sqrt(|sigma_next - sigma|) may round differently: torch's float32 sqrt is MKL's)
-        _record("noise sampler max abs difference", np.max(np.abs(ours(a, b) - want)))
+        record("noise sampler max abs difference", np.max(np.abs(ours(a, b) - want)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,20 +134,13 @@ def test_noise_sampler_matches_diffusers(seed):
 # ---------------------------------------------------------------------------------------------------
 
 
-def fake_model(sample: np.ndarray, t) -> np.ndarray:
-    t = float(t)
-    return (np.float32(0.1) * sample + np.float32(np.sin(t / 100.0)) * FIXED).astype(np.float32)
-
-
 def _build(name: str, cfg: dict, seed: int):
     """Ours via create_scheduler; diffusers' from the loaded PNDM config, with the tree seed that sdcli
     takes from the rng (diffusers' own default is a random one)."""
-    ours = create_scheduler(name, cfg)
-    loaded = diffusers.PNDMScheduler.from_config(cfg)
     extra = {"noise_sampler_seed": seed}
     if name == "dpmpp_sde_karras":
         extra["use_karras_sigmas"] = True
-    return ours, diffusers.DPMSolverSDEScheduler.from_config(loaded.config, **extra)
+    return scheduler_pair(name, cfg, diffusers.DPMSolverSDEScheduler, **extra)
 
 
 def _torch_scalar(fn):
@@ -245,7 +226,7 @@ def test_txt2img_loop_matches_diffusers(torch_scalar_maths, name, vname, extra, 
     lat_ours = noise * np.float32(ours.init_noise_sigma)
     lat_theirs = (torch.from_numpy(noise) * theirs.init_noise_sigma).numpy()
     worst = _run_loop(ours, theirs, lat_ours, lat_theirs, ours.timesteps, theirs.timesteps, seed)
-    _record(f"{name} relative difference (torch log/exp)", worst)
+    record(f"{name} relative difference (torch log/exp)", worst)
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
@@ -255,24 +236,14 @@ def test_img2img_matches_diffusers(torch_scalar_maths, name, pred, strength):
     spans all the schedule's sigmas."""
     seed = 5
     ours, theirs = _build(name, {**SD15, "prediction_type": pred}, seed)
-    n = 20
-    ours.set_timesteps(n)
-    theirs.set_timesteps(n)
+    t_start, ts_ours, ts_theirs = img2img_timesteps(ours, theirs, strength)
     _compare_schedules(ours, theirs)
     _align(ours, theirs)
-    t_start = max(n - min(int(n * strength), n), 0)
-    ts_ours = ours.timesteps[t_start * ours.order :]
-    ts_theirs = theirs.timesteps[t_start * theirs.order :]
     ours.set_begin_index(t_start * ours.order)
     theirs.set_begin_index(t_start * theirs.order)
-    rng = TorchRNG(77)
-    init_latents = rng.randn(SHAPE) * np.float32(0.8)
-    noise = rng.randn(SHAPE)
-    lat_ours = ours.add_noise(init_latents, noise, ts_ours[:1])
-    lat_theirs = theirs.add_noise(torch.from_numpy(init_latents), torch.from_numpy(noise), ts_theirs[:1]).numpy()
-    np.testing.assert_allclose(lat_ours, lat_theirs, rtol=RTOL, atol=ATOL)
+    lat_ours, lat_theirs = noised_init_latents(ours, theirs, ts_ours[:1], ts_theirs[:1])
     worst = _run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed)
-    _record(f"{name} relative difference (torch log/exp)", worst)
+    record(f"{name} relative difference (torch log/exp)", worst)
 
 
 @pytest.mark.parametrize("steps", [10, 20, 30])
@@ -307,10 +278,10 @@ def test_loop_with_our_own_maths_stays_close(name, steps):
     assert q_ours.shape == q_theirs.shape == (2 * steps - 2, 2)
     # a float32 ulp of t = -log(sigma) is a few ulps of sigma at the log-midpoints
     np.testing.assert_allclose(q_ours, q_theirs, rtol=1e-6, atol=0)
-    _record("query points max ulps apart", np.max(np.abs(q_ours - q_theirs) / np.spacing(q_theirs)))
-    _record("query points on another 1e-6 grid point (fraction)",
+    record("query points max ulps apart", np.max(np.abs(q_ours - q_theirs) / np.spacing(q_theirs)))
+    record("query points on another 1e-6 grid point (fraction)",
             np.mean(np.round(q_ours.astype(np.float64), 6) != np.round(q_theirs.astype(np.float64), 6)))
-    _record(f"{name} relative difference (own log/exp)", worst)
+    record(f"{name} relative difference (own log/exp)", worst)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -360,8 +331,7 @@ def test_step_needs_set_timesteps():
 
 
 def test_defaults_and_config_like_diffusers():
-    params = inspect.signature(diffusers.DPMSolverSDEScheduler.__init__).parameters
-    assert DPMSolverSDEScheduler.defaults == {k: p.default for k, p in params.items() if k != "self"}
+    assert DPMSolverSDEScheduler.defaults == diffusers_defaults(diffusers.DPMSolverSDEScheduler)
     ref = diffusers.DPMSolverSDEScheduler.from_config(SD15)
     assert create_scheduler("dpmpp_sde", SD15).config == {k: ref.config[k] for k in DPMSolverSDEScheduler.defaults}
     karras = create_scheduler("dpmpp_sde_karras", {**SD15, "use_karras_sigmas": False})
@@ -399,9 +369,3 @@ def test_cli_lists_it():
     result = CliRunner().invoke(app, ["generate", "--list-schedulers"])
     assert result.exit_code == 0
     assert "dpmpp_sde_karras" in result.output and "DPM++ SDE Karras" in result.output
-
-
-def test_report_figures():
-    """Not a check: prints the measured differences (run with -s)."""
-    for key, value in sorted(FIGURES.items()):
-        print(f"{key}: {value:.3g}")

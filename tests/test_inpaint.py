@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,45 +13,17 @@ from typer.testing import CliRunner
 
 from sdcli.cli.app import app
 from sdcli.imaging.image_io import blur_mask, read_mask, read_png_text, read_rgb, save_png
+from tests.models import InpaintModel, build_tiny_inpaint, smooth_picture
+from tests.reference import compare, diffusers_pixels, sdcli_pixels
 
-PROMPT = "a photo of an astronaut riding a horse"
-NEGATIVE = "blurry"
 STEPS = 6
 SEED = 4321
-SCHEDULERS = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-}
-
-
-class InpaintModel:
-    def __init__(self, diffusers_dir: Path, ov_dir: Path, name: str):
-        self.diffusers_dir, self.ov_dir, self.name = diffusers_dir, ov_dir, name
-        self._components = None
-
-    def components(self) -> dict:
-        if self._components is None:
-            import torch
-            from diffusers import DiffusionPipeline
-
-            pipe = DiffusionPipeline.from_pretrained(self.diffusers_dir, torch_dtype=torch.float32)
-            self._components = dict(pipe.components)
-        return self._components
 
 
 @pytest.fixture(scope="session")
 def tiny_inpaint(tmp_path_factory) -> InpaintModel:
     """A tiny random-weight dedicated inpainting model (9-channel UNet), converted."""
-    from sdcli.convert.export import ConvertOptions, convert
-    from sdcli.convert.random_model import TINY_INPAINT, build_random_pipeline
-
-    root = tmp_path_factory.mktemp("inpaint-models")
-    src, out = root / "tiny-inpaint", root / "tiny-inpaint-ov"
-    build_random_pipeline(src, TINY_INPAINT, seed=3)
-    convert(str(src), out, ConvertOptions(weight_format="fp32"), log=lambda s: None)
-    return InpaintModel(src, out, "inpaint9")
+    return build_tiny_inpaint(tmp_path_factory.mktemp("inpaint-models"))
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +34,7 @@ def inpaint_files(tmp_path_factory) -> dict:
     files = {}
     for w, h in [(96, 64), (64, 64)]:
         y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = np.stack([127 + 120 * np.sin(x / 9.0), 127 + 120 * np.cos(y / 7.0),
-                        127 + 120 * np.sin((x + y) / 13.0)], axis=-1).round().astype(np.uint8)
+        img = smooth_picture(w, h)
         mask = np.zeros((h, w), np.uint8)
         mask[((x - 0.4 * w) / (0.23 * w)) ** 2 + ((y - 0.45 * h) / (0.3 * h)) ** 2 <= 1] = 255
         mask[3:14, w - 21 : w - 5] = 200  # above 0.5: repainted
@@ -79,35 +49,13 @@ def inpaint_files(tmp_path_factory) -> dict:
 
 
 def diffusers_inpaint(components, scheduler, init_path, mask_path, strength, width, height) -> np.ndarray:
-    import diffusers
-    import torch
-    from PIL import Image
-
-    pipe = diffusers.StableDiffusionInpaintPipeline(**components)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-    out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=Image.open(init_path), mask_image=Image.open(mask_path),
-               strength=strength, num_inference_steps=STEPS, guidance_scale=7.5, height=height, width=width,
-               generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images[0]
-    return (out * 255).round().astype(np.int16)
+    return diffusers_pixels(components, scheduler, steps=STEPS, seed=SEED, init_image=init_path, mask=mask_path,
+                            strength=strength, width=width, height=height)
 
 
 def sdcli_inpaint(model_dir, scheduler, init_path, mask_path, strength, out, blur=0, extra=()) -> np.ndarray:
-    args = ["generate", "--model", str(model_dir), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
-            "--steps", str(STEPS), "--seed", str(SEED), "--scheduler", scheduler, "--rng", "torch",
-            "--precision", "f32", "--init-image", str(init_path), "--mask", str(mask_path),
-            "--mask-blur", str(blur), "--strength", str(strength), "--output", str(out), "--quiet", *extra]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return read_rgb(out).astype(np.int16)
-
-
-def check_parity(ours, theirs, log, **row) -> None:
-    assert ours.shape == theirs.shape
-    diff = np.abs(ours - theirs)
-    log.append({**row, "max": int(diff.max()), "mean": float(diff.mean())})
-    assert theirs.std() > 10  # the picture has content
-    assert diff.max() <= 2, f"max pixel difference {diff.max()} > 2"
+    return sdcli_pixels(model_dir, out, *extra, steps=STEPS, seed=SEED, scheduler=scheduler, init_image=init_path,
+                        mask=mask_path, mask_blur=blur, strength=strength)
 
 
 WIDE, SQUARE = (96, 64), (64, 64)
@@ -121,8 +69,8 @@ def test_inpainting_unet_matches_diffusers(tiny_inpaint, inpaint_files, schedule
     init_path, mask_path = inpaint_files[size]
     theirs = diffusers_inpaint(tiny_inpaint.components(), scheduler, init_path, mask_path, strength, *size)
     ours = sdcli_inpaint(tiny_inpaint.ov_dir, scheduler, init_path, mask_path, strength, tmp_path / "out.png")
-    check_parity(ours, theirs, parity_log, model="inpaint 9ch", scheduler=scheduler, mode=f"inpaint {strength}",
-                 size=f"{size[0]}x{size[1]}")
+    compare(ours, theirs, parity_log, model="inpaint 9ch", scheduler=scheduler, mode=f"inpaint {strength}",
+            size=f"{size[0]}x{size[1]}")
 
 
 CASES_4 = [("pndm", 1.0, WIDE), ("ddim", 0.6, SQUARE), ("euler", 0.6, WIDE), ("euler_a", 1.0, WIDE),
@@ -134,8 +82,8 @@ def test_ordinary_unet_inpainting_matches_diffusers(tiny_eps, inpaint_files, sch
     init_path, mask_path = inpaint_files[size]
     theirs = diffusers_inpaint(dict(tiny_eps.pipe().components), scheduler, init_path, mask_path, strength, *size)
     ours = sdcli_inpaint(tiny_eps.ov_dir, scheduler, init_path, mask_path, strength, tmp_path / "out.png")
-    check_parity(ours, theirs, parity_log, model="inpaint 4ch", scheduler=scheduler, mode=f"inpaint {strength}",
-                 size=f"{size[0]}x{size[1]}")
+    compare(ours, theirs, parity_log, model="inpaint 4ch", scheduler=scheduler, mode=f"inpaint {strength}",
+            size=f"{size[0]}x{size[1]}")
 
 
 @pytest.mark.parametrize("model_name", ["tiny_eps", "tiny_inpaint"])

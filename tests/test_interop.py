@@ -8,29 +8,9 @@ import pytest
 
 from sdcli.engine.engine import Engine
 from sdcli.engine.request import GenerationRequest
-from sdcli.util.rng import TorchRNG
-from tests.reference import compare, diffusers_pixels, sdcli_pixels
+from tests.reference import compare, diffusers_pixels, same_noise, sdcli_pixels
 
 ov_genai = pytest.importorskip("openvino_genai", reason="openvino-genai is in the dev extras")
-
-
-def same_noise(seed: int):
-    """A genai Generator handing out the draws sdcli makes (`--rng torch`), so the two
-    pipelines can be compared."""
-    import openvino as ov
-
-    class SameNoise(ov_genai.Generator):
-        def __init__(self):
-            ov_genai.Generator.__init__(self)
-            self.rng = TorchRNG(seed)
-
-        def next(self):
-            raise NotImplementedError
-
-        def randn_tensor(self, shape):
-            return ov.Tensor(self.rng.randn(tuple(shape)))
-
-    return SameNoise()
 
 
 def test_openvino_genai_runs_our_folder_with_the_same_pixels(tiny_eps):

@@ -10,7 +10,10 @@ import pytest
 from sdcli.engine.lcm import guidance_scale_embedding
 from sdcli.util.rng import TorchRNG
 from sdcli.schedulers import LCMScheduler, create_scheduler
-from tests.test_parity import compare
+from tests import reference
+from tests.models import TinyModel, build_tiny_lcm
+from tests.reference import PROMPT, SEED, compare, diffusers_pixels, reference_arguments, same_noise, to_pixels
+from tests.scheduler_checks import diffusers_defaults
 
 # LCM_Dreamshaper_v7's scheduler_config.json
 LCM_CONFIG = {
@@ -42,12 +45,9 @@ def _diffusers_lcm(config):
 
 
 def test_defaults_are_diffusers_defaults():
-    import inspect
-
     import diffusers
 
-    params = inspect.signature(diffusers.LCMScheduler.__init__).parameters
-    assert LCMScheduler.defaults == {k: p.default for k, p in params.items() if k != "self"}
+    assert LCMScheduler.defaults == diffusers_defaults(diffusers.LCMScheduler)
     assert create_scheduler(None, LCM_CONFIG).config == {
         k: v for k, v in _diffusers_lcm(LCM_CONFIG).config.items() if k in LCMScheduler.defaults
     }
@@ -155,24 +155,10 @@ def test_guidance_embedding_matches_diffusers(guidance, dim):
 # tiny random LCM models, converted; `sdcli generate --rng torch --precision f32` against diffusers
 # ---------------------------------------------------------------------------------------------------
 
-PROMPT = "a photo of an astronaut riding a horse"
-SEED = 1234
-
-
-class Converted:
-    def __init__(self, diffusers_dir, ov_dir):
-        self.diffusers_dir, self.ov_dir = diffusers_dir, ov_dir
-
 
 @pytest.fixture(scope="module")
-def tiny_lcm(tmp_path_factory):
-    from sdcli.convert.export import ConvertOptions, convert
-    from sdcli.convert.random_model import TINY, build_random_pipeline
-
-    root = tmp_path_factory.mktemp("lcm")
-    build_random_pipeline(root / "tiny-lcm", TINY, seed=3, lcm=True)
-    convert(str(root / "tiny-lcm"), root / "tiny-lcm-ov", ConvertOptions(weight_format="fp32"), log=lambda s: None)
-    return Converted(root / "tiny-lcm", root / "tiny-lcm-ov")
+def tiny_lcm(tmp_path_factory) -> TinyModel:
+    return build_tiny_lcm(tmp_path_factory.mktemp("lcm"))
 
 
 def _lcm_pipe(model, img2img=False):
@@ -186,24 +172,9 @@ def _lcm_pipe(model, img2img=False):
     return pipe
 
 
-def _np_pixels(images) -> np.ndarray:
-    return (images[0] * 255).round().astype(np.int16)
-
-
 def sdcli_pixels(ov_dir, tmp_path, *extra) -> np.ndarray:
-    from typer.testing import CliRunner
-
-    from sdcli.cli.app import app
-    from sdcli.imaging.image_io import read_rgb
-
-    out = tmp_path / "out.png"
-    args = ["generate", "--model", str(ov_dir), "--prompt", PROMPT, "--seed", str(SEED), "--rng", "torch",
-            "--precision", "f32", "--output", str(out), "--quiet", *extra]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return read_rgb(out).astype(np.int16)
-
-
+    """No --negative-prompt, and --steps only where `extra` gives one: the LCM defaults."""
+    return reference.sdcli_pixels(ov_dir, tmp_path / "out.png", *extra, steps=None, negative=None)
 
 
 def test_convert_exports_timestep_cond_as_optimum_cli_names_it(tiny_lcm):
@@ -222,11 +193,8 @@ def test_convert_exports_timestep_cond_as_optimum_cli_names_it(tiny_lcm):
 
 @pytest.mark.parametrize("width,height", [(64, 64), (96, 64)])
 def test_txt2img_matches_latent_consistency_pipeline(tiny_lcm, width, height, tmp_path, parity_log):
-    import torch
-
-    theirs = _np_pixels(_lcm_pipe(tiny_lcm)(
-        PROMPT, num_inference_steps=4, guidance_scale=8.0, width=width, height=height,
-        generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    theirs = to_pixels(_lcm_pipe(tiny_lcm)(**reference_arguments(
+        steps=4, negative=None, guidance=8.0, width=width, height=height)).images)
     ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path, "--steps", "4", "--guidance-scale", "8",
                         "--width", str(width), "--height", str(height))
     compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode="txt2img", size=f"{width}x{height}")
@@ -234,10 +202,7 @@ def test_txt2img_matches_latent_consistency_pipeline(tiny_lcm, width, height, tm
 
 def test_lcm_defaults_are_the_lcm_pipelines(tiny_lcm, tmp_path, parity_log):
     """No --steps / --guidance-scale / --scheduler: 4 steps at guidance 8.5 with the LCM scheduler."""
-    import torch
-
-    theirs = _np_pixels(_lcm_pipe(tiny_lcm)(PROMPT, generator=torch.Generator().manual_seed(SEED),
-                                            output_type="np").images)
+    theirs = to_pixels(_lcm_pipe(tiny_lcm)(**reference_arguments(steps=None, negative=None, guidance=None)).images)
     ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path)
     compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode="txt2img default", size="64x64")
 
@@ -245,12 +210,8 @@ def test_lcm_defaults_are_the_lcm_pipelines(tiny_lcm, tmp_path, parity_log):
 @pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
 def test_img2img_matches_latent_consistency_img2img_pipeline(tiny_lcm, strength, init_image_file, tmp_path,
                                                              parity_log):
-    import torch
-    from PIL import Image
-
-    theirs = _np_pixels(_lcm_pipe(tiny_lcm, img2img=True)(
-        PROMPT, image=Image.open(init_image_file).convert("RGB"), strength=strength, num_inference_steps=4,
-        guidance_scale=8.0, generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    theirs = to_pixels(_lcm_pipe(tiny_lcm, img2img=True)(**reference_arguments(
+        steps=4, negative=None, guidance=8.0, init_image=init_image_file, strength=strength)).images)
     ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path, "--steps", "4", "--guidance-scale", "8",
                         "--init-image", str(init_image_file), "--strength", str(strength))
     compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode=f"img2img {strength}", size="96x64")
@@ -262,19 +223,14 @@ def test_inpainting_with_an_lcm_unet_matches_the_sd_inpaint_pipeline(tiny_lcm, s
     """diffusers has no LCM inpainting pipeline: StableDiffusionInpaintPipeline runs an LCM UNet
     with the guidance embedding and no classifier-free guidance batch, and so does sdcli."""
     import cv2
-    import diffusers
-    import torch
-    from PIL import Image
 
     mask = np.zeros((64, 96), np.uint8)
     mask[10:50, 20:70] = 255
     cv2.imwrite(str(tmp_path / "mask.png"), mask)
-    pipe = diffusers.StableDiffusionInpaintPipeline(**_lcm_pipe(tiny_lcm).components)
-    pipe.set_progress_bar_config(disable=True)
-    theirs = _np_pixels(pipe(
-        PROMPT, image=Image.open(init_image_file).convert("RGB"), mask_image=Image.open(tmp_path / "mask.png"),
-        strength=strength, num_inference_steps=4, guidance_scale=8.0, height=64, width=96,
-        generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    # the LCM components, scheduler included, in StableDiffusionInpaintPipeline
+    theirs = diffusers_pixels(_lcm_pipe(tiny_lcm).components, None, steps=4, negative=None, guidance=8.0,
+                              init_image=init_image_file, mask=tmp_path / "mask.png", strength=strength,
+                              width=96, height=64)
     ours = sdcli_pixels(tiny_lcm.ov_dir, tmp_path, "--guidance-scale", "8", "--init-image", str(init_image_file),
                         "--mask", str(tmp_path / "mask.png"), "--mask-blur", "0", "--strength", str(strength))
     compare(ours, theirs, parity_log, model="lcm", scheduler="lcm", mode=f"inpaint {strength}", size="96x64")
@@ -316,7 +272,6 @@ def test_openvino_genai_lcm_pipeline_runs_our_folder_with_the_same_pixels(tiny_l
 
     from sdcli.engine.engine import Engine
     from sdcli.engine.request import GenerationRequest
-    from tests.test_interop import same_noise
 
     pipe = ov_genai.Text2ImagePipeline(str(tiny_lcm.ov_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
     theirs = pipe.generate(PROMPT, width=64, height=64, num_inference_steps=4, guidance_scale=8.0,
@@ -371,7 +326,7 @@ def tiny_lora(tiny_eps, tmp_path_factory):
                                       "fp32", "--lora", str(root / "lora" / "pytorch_lora_weights.safetensors"),
                                       "--lora-scale", str(LORA_SCALE), "--scheduler", "lcm", "--quiet"])
     assert result.exit_code == 0, result.output
-    model = Converted(tiny_eps.diffusers_dir, out)
+    model = TinyModel(tiny_eps.diffusers_dir, out, tiny_eps.prediction_type)
     model.lora_dir = root / "lora"
     return model
 
@@ -408,11 +363,8 @@ def test_lcm_lora_txt2img_matches_diffusers_with_the_lora_fused(tiny_lora, guida
                                                                parity_log):
     """Guidance 1 (the default with the lcm scheduler): one batch-1 UNet call per step; guidance 2:
     an ordinary UNet still runs the classifier-free guidance batch, as in diffusers."""
-    import torch
-
-    theirs = _np_pixels(_fused_pipe(tiny_lora)(
-        PROMPT, negative_prompt=negative or None, num_inference_steps=4, guidance_scale=guidance,
-        width=64, height=64, generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    theirs = to_pixels(_fused_pipe(tiny_lora)(**reference_arguments(
+        steps=4, negative=negative or None, guidance=guidance, width=64, height=64)).images)
     extra = ["--negative-prompt", negative] if negative else []
     if guidance != 1.0:
         extra += ["--guidance-scale", str(guidance)]
@@ -423,12 +375,8 @@ def test_lcm_lora_txt2img_matches_diffusers_with_the_lora_fused(tiny_lora, guida
 
 
 def test_lcm_lora_img2img_matches_diffusers_with_the_lora_fused(tiny_lora, init_image_file, tmp_path, parity_log):
-    import torch
-    from PIL import Image
-
-    theirs = _np_pixels(_fused_pipe(tiny_lora, img2img=True)(
-        PROMPT, image=Image.open(init_image_file).convert("RGB"), strength=0.6, num_inference_steps=6,
-        guidance_scale=1.0, generator=torch.Generator().manual_seed(SEED), output_type="np").images)
+    theirs = to_pixels(_fused_pipe(tiny_lora, img2img=True)(**reference_arguments(
+        steps=6, negative=None, guidance=1.0, init_image=init_image_file, strength=0.6)).images)
     ours = sdcli_pixels(tiny_lora.ov_dir, tmp_path, "--steps", "6", "--init-image", str(init_image_file),
                         "--strength", "0.6")
     compare(ours, theirs, parity_log, model="lcm-lora", scheduler="lcm", mode="img2img 0.6", size="96x64")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sdcli.engine.prompt_syntax import CHUNK, chunk_prompt, parse_emphasis
+from tests.reference import compare, diffusers_pixels
 
 OPTIMUM_TINY = Path(__file__).parent / "data" / "optimum-tiny"
 
@@ -90,8 +91,6 @@ def _reference_embeddings(model, chunked) -> list:
 
 def test_long_weighted_prompt_matches_diffusers_with_the_same_embeddings(tiny_eps, tmp_path):
     """Chunked (154-token) and weighted embeddings fed to diffusers give sdcli's pixels."""
-    import torch
-
     from sdcli.imaging.image_io import read_rgb
     from sdcli.engine.engine import Engine
     from sdcli.engine.request import GenerationRequest
@@ -103,15 +102,8 @@ def test_long_weighted_prompt_matches_diffusers_with_the_same_embeddings(tiny_ep
     assert len(chunked[0]) == len(chunked[1]) >= 2 and not warnings
     neg, pos = _reference_embeddings(tiny_eps, chunked)
 
-    pipe = tiny_eps.pipe()
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(**pipe.components)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=6, height=64, width=64,
-                  generator=torch.Generator().manual_seed(3), output_type="np").images[0]
-    theirs = (theirs * 255).round().astype(np.int16)
+    theirs = diffusers_pixels(tiny_eps.pipe().components, "euler", steps=6, seed=3, prompt=None, negative=None,
+                              width=64, height=64, prompt_embeds=pos, negative_prompt_embeds=neg)
 
     out = tmp_path / "long.png"
     r = subprocess.run([sys.executable, "-m", "sdcli", "generate", "--model", str(tiny_eps.ov_dir), "--prompt", prompt,
@@ -120,9 +112,7 @@ def test_long_weighted_prompt_matches_diffusers_with_the_same_embeddings(tiny_ep
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "truncated" not in r.stderr
-    ours = read_rgb(out).astype(np.int16)
-    assert theirs.std() > 10
-    assert np.abs(ours - theirs).max() <= 2
+    compare(read_rgb(out).astype(np.int16), theirs, None)
 
 
 def test_emphasis_changes_the_image_and_can_be_turned_off(tiny_eps, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 
@@ -17,27 +15,26 @@ from sdcli.schedulers import (
     create_scheduler,
     scheduler_names,
 )
+from tests.scheduler_checks import (
+    ATOL,
+    CONFIG_IDS,
+    CONFIGS,
+    FIXED,
+    RTOL,
+    SD15,
+    SHAPE,
+    compare_schedules,
+    diffusers_defaults,
+    img2img_timesteps,
+    init_args,
+    noised_init_latents,
+    run_loop,
+    scheduler_pair,
+    sd15_config,
+)
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-
-RTOL = 1e-5
-ATOL = 1e-5
-
-# runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
 
 DIFFUSERS_CLASSES = {
     "pndm": diffusers.PNDMScheduler,
@@ -109,32 +106,10 @@ def _cases():
                 yield pytest.param(name, vname, extra, pred, id=f"{name}-{vname}-{pred}")
 
 
-def _config(extra: dict, pred: str) -> dict:
-    return {**SD15, **extra, "prediction_type": pred}
-
-
 def _build(name: str, cfg: dict):
     """Ours via create_scheduler; diffusers' the way a pipeline gets it (load the model's class, then
     switch with from_config of its config)."""
-    ours = create_scheduler(name, cfg)
-    loaded = diffusers.PNDMScheduler.from_config(cfg)
-    theirs = DIFFUSERS_CLASSES[name].from_config(loaded.config)
-    return ours, theirs
-
-
-FIXED = np.random.default_rng(1234).standard_normal((1, 4, 8, 8)).astype(np.float32)
-SHAPE = FIXED.shape
-
-
-def fake_model(sample: np.ndarray, t) -> np.ndarray:
-    t = float(t)
-    return (np.float32(0.1) * sample + np.float32(np.sin(t / 100.0)) * FIXED).astype(np.float32)
-
-
-def _diffusers_step(sched, out: np.ndarray, t, sample: np.ndarray, gen):
-    kwargs = {"generator": gen} if isinstance(sched, diffusers.EulerAncestralDiscreteScheduler) else {}
-    res = sched.step(torch.from_numpy(out), t, torch.from_numpy(sample), return_dict=False, **kwargs)
-    return res[0].numpy()
+    return scheduler_pair(name, cfg, DIFFUSERS_CLASSES[name])
 
 
 # Schedules whose largest sigma is in the thousands (zero-SNR rescaling: 4096; cosine betas: 2e4): the
@@ -144,57 +119,20 @@ def _diffusers_step(sched, out: np.ndarray, t, sample: np.ndarray, gen):
 ILL_CONDITIONED = {("euler", "zero_snr"), ("euler_a", "zero_snr"), ("euler", "cosine_betas"), ("euler_a", "cosine_betas")}
 
 
-def _run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed, scale_atol=False):
-    """Each side denoises its own latents; compare after every step. Returns the max abs difference."""
-    rng = TorchRNG(seed)
-    gen = torch.Generator("cpu").manual_seed(seed)
-    worst = float(np.max(np.abs(lat_ours - lat_theirs)))
-    scale = 0.0  # largest latent seen so far (error budget of the ill-conditioned schedules)
-    assert len(ts_ours) == len(ts_theirs)
-    for i, (t_o, t_t) in enumerate(zip(ts_ours, ts_theirs)):
-        scale = max(scale, float(np.max(np.abs(lat_ours))))
-        atol = max(ATOL, 1e-5 * scale) if scale_atol else ATOL
-        x_o = ours.scale_model_input(lat_ours, t_o)
-        x_t = theirs.scale_model_input(torch.from_numpy(lat_theirs), t_t).numpy()
-        np.testing.assert_allclose(x_o, x_t, rtol=RTOL, atol=atol, err_msg=f"scale_model_input, step {i}")
-        lat_ours = ours.step(fake_model(x_o, t_o), t_o, lat_ours, rng)
-        lat_theirs = _diffusers_step(theirs, fake_model(x_t, float(t_t)), t_t, lat_theirs, gen)
-        assert lat_ours.dtype == np.float32
-        assert np.all(np.isfinite(lat_ours))
-        np.testing.assert_allclose(lat_ours, lat_theirs, rtol=RTOL, atol=atol, err_msg=f"latents after step {i}")
-        worst = max(worst, float(np.max(np.abs(lat_ours - lat_theirs))))
-    return worst
-
-
-def _compare_schedules(ours, theirs, key=None):
-    ref_ts = theirs.timesteps.numpy()
-    assert ours.timesteps.dtype.kind == ref_ts.dtype.kind
-    if key in LOOSE_TIMESTEPS:
-        np.testing.assert_allclose(ours.timesteps, ref_ts, rtol=1e-6, atol=1e-6)
-    else:
-        np.testing.assert_array_equal(ours.timesteps, ref_ts)
-    np.testing.assert_allclose(ours.init_noise_sigma, float(theirs.init_noise_sigma), rtol=1e-6)
-    # zero-SNR rescaling goes through float32 sqrt and 1 - alphas_cumprod cancels digits: 1e-5 there
-    rtol = 1e-5 if ours.config.get("rescale_betas_zero_snr") else 1e-6
-    if hasattr(theirs, "sigmas"):
-        np.testing.assert_allclose(ours.sigmas, theirs.sigmas.numpy(), rtol=rtol, atol=1e-7)
-    np.testing.assert_allclose(ours.alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=rtol, atol=1e-6)
-
-
 @pytest.mark.parametrize("steps", [10, 20])
 @pytest.mark.parametrize("name,vname,extra,pred", list(_cases()))
 def test_txt2img_loop_matches_diffusers(name, vname, extra, pred, steps):
-    cfg = _config(extra, pred)
+    cfg = sd15_config(extra, pred)
     ours, theirs = _build(name, cfg)
     ours.set_timesteps(steps)
     theirs.set_timesteps(steps)
-    _compare_schedules(ours, theirs, (name, vname))
+    compare_schedules(ours, theirs, (name, vname) in LOOSE_TIMESTEPS, same_dtype=False)
 
     seed = 1000 + steps
     noise = TorchRNG(seed).randn(SHAPE)
     lat_ours = noise * ours.init_noise_sigma
     lat_theirs = (torch.from_numpy(noise) * theirs.init_noise_sigma).numpy()
-    _run_loop(
+    run_loop(
         ours, theirs, lat_ours, lat_theirs, ours.timesteps, theirs.timesteps, seed=seed + 1,
         scale_atol=(name, vname) in ILL_CONDITIONED,
     )
@@ -216,16 +154,9 @@ IMG2IMG_CASES = [
 @pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
 @pytest.mark.parametrize("name,vname,extra,pred", IMG2IMG_CASES)
 def test_img2img_matches_diffusers(name, vname, extra, pred, strength):
-    cfg = _config(extra, pred)
+    cfg = sd15_config(extra, pred)
     ours, theirs = _build(name, cfg)
-    n = 20
-    ours.set_timesteps(n)
-    theirs.set_timesteps(n)
-    # StableDiffusionImg2ImgPipeline.get_timesteps
-    init_timestep = min(int(n * strength), n)
-    t_start = max(n - init_timestep, 0)
-    ts_ours = ours.timesteps[t_start * ours.order :]
-    ts_theirs = theirs.timesteps[t_start * theirs.order :]
+    t_start, ts_ours, ts_theirs = img2img_timesteps(ours, theirs, strength)
     if (name, vname) in LOOSE_TIMESTEPS:
         np.testing.assert_allclose(ts_ours, ts_theirs.numpy(), rtol=1e-6)
     else:
@@ -233,22 +164,14 @@ def test_img2img_matches_diffusers(name, vname, extra, pred, strength):
     ours.set_begin_index(t_start * ours.order)
     if hasattr(theirs, "set_begin_index"):
         theirs.set_begin_index(t_start * theirs.order)
-
-    rng = TorchRNG(77)
-    init_latents = rng.randn(SHAPE) * np.float32(0.8)
-    noise = rng.randn(SHAPE)
-    lat_ours = ours.add_noise(init_latents, noise, ts_ours[0])
-    lat_theirs = theirs.add_noise(
-        torch.from_numpy(init_latents), torch.from_numpy(noise), ts_theirs[:1]
-    ).numpy()
-    np.testing.assert_allclose(lat_ours, lat_theirs, rtol=RTOL, atol=ATOL)
-    _run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed=5)
+    lat_ours, lat_theirs = noised_init_latents(ours, theirs, ts_ours[0], ts_theirs[:1])
+    run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed=5)
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_a"])
 def test_euler_add_noise_without_begin_index(name):
     """Without set_begin_index the Euler schedulers look the timestep up (second match if repeated)."""
-    ours, theirs = _build(name, _config({"timestep_spacing": "leading"}, "epsilon"))
+    ours, theirs = _build(name, sd15_config({"timestep_spacing": "leading"}, "epsilon"))
     ours.set_timesteps(15)
     theirs.set_timesteps(15)
     x0 = TorchRNG(1).randn(SHAPE)
@@ -257,7 +180,7 @@ def test_euler_add_noise_without_begin_index(name):
     got = ours.add_noise(x0, noise, t)
     ref = theirs.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), theirs.timesteps[6:7]).numpy()
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
-    _run_loop(ours, theirs, got, ref, ours.timesteps[6:], theirs.timesteps[6:], seed=3)
+    run_loop(ours, theirs, got, ref, ours.timesteps[6:], theirs.timesteps[6:], seed=3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,40 +188,23 @@ def test_euler_add_noise_without_begin_index(name):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _init_args(name: str, cfg) -> dict:
-    """The constructor arguments in a config (diffusers' .config also keeps unexpected keys around)."""
-    return {k: cfg[k] for k in SCHEDULERS[name].defaults}
-
-
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 def test_defaults_are_diffusers_defaults(name):
-    params = inspect.signature(DIFFUSERS_CLASSES[name].__init__).parameters
-    ref = {k: p.default for k, p in params.items() if k != "self"}
-    assert SCHEDULERS[name].defaults == ref
+    assert SCHEDULERS[name].defaults == diffusers_defaults(DIFFUSERS_CLASSES[name])
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        SD15,
-        {**SD15, "timestep_spacing": "trailing", "prediction_type": "v_prediction", "use_karras_sigmas": True},
-        {"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear", "interpolation_type": "linear",
-         "steps_offset": 1, "timestep_spacing": "leading", "sigma_min": None, "rescale_betas_zero_snr": False,
-         "thresholding": False, "clip_sample": False, "unknown_key": 3},
-    ],
-    ids=["sd15", "sd2like", "euler_json"],
-)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
 def test_from_config_carries_keys_like_diffusers(name, cfg):
     ours = create_scheduler(name, cfg)
     ref = DIFFUSERS_CLASSES[name].from_config(cfg)
-    assert ours.config == _init_args(name, ref.config)
+    assert ours.config == init_args(name, ref.config)
     # switching from an instantiated scheduler's config (with _use_default_values) gives the same
     via_loaded = DIFFUSERS_CLASSES[name].from_config(
         getattr(diffusers, cfg["_class_name"]).from_config(cfg).config
     )
     ours2 = SCHEDULERS[name].from_config(getattr(diffusers, cfg["_class_name"]).from_config(cfg).config)
-    assert ours2.config == _init_args(name, via_loaded.config)
+    assert ours2.config == init_args(name, via_loaded.config)
 
 
 def test_sd15_spacing_defaults():
@@ -381,6 +287,6 @@ def test_sd_pipeline_fixups():
     theirs.set_timesteps(10)
     np.testing.assert_array_equal(fixed.timesteps, theirs.timesteps.numpy())
     noise = TorchRNG(4).randn(SHAPE) * np.float32(3.0)  # large enough that clipping would matter
-    _run_loop(fixed, theirs, noise, noise.copy(), fixed.timesteps, theirs.timesteps, seed=4)
+    run_loop(fixed, theirs, noise, noise.copy(), fixed.timesteps, theirs.timesteps, seed=4)
     euler = create_scheduler(None, {**cfg, "_class_name": "EulerDiscreteScheduler"}, sd_pipeline=True)
     assert euler.config["steps_offset"] == 1 and "clip_sample" not in euler.config

@@ -3,8 +3,6 @@ scheduler name aliases (A1111 sampler names)."""
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 
@@ -23,27 +21,27 @@ from sdcli.schedulers import (
     scheduler_names,
 )
 from sdcli.schedulers.lms import lms_coefficient
+from tests.scheduler_checks import (
+    ATOL,
+    CONFIG_IDS,
+    CONFIGS,
+    FIXED,
+    RTOL,
+    SD15,
+    SHAPE,
+    compare_schedules,
+    diffusers_defaults,
+    img2img_timesteps,
+    init_args,
+    noised_init_latents,
+    record,
+    run_loop,
+    scheduler_pair,
+    sd15_config,
+)
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-
-RTOL = 1e-5
-ATOL = 1e-5
-
-# runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
 
 DIFFUSERS_CLASSES = {
     "lms": diffusers.LMSDiscreteScheduler,
@@ -111,7 +109,6 @@ EXTRA_VARIANTS = {
 LOOSE_TIMESTEPS = {("lms", "karras"), ("lms", "exponential"), ("heun", "karras"), ("heun", "karras_leading")}
 
 
-
 def _cases():
     for name in DIFFUSERS_CLASSES:
         for vname, extra in {**SPACINGS, **EXTRA_VARIANTS[name]}.items():
@@ -124,83 +121,29 @@ def _cases():
                 yield pytest.param(name, vname, extra, pred, id=f"{name}-{vname}-{pred}")
 
 
-def _config(extra: dict, pred: str) -> dict:
-    return {**SD15, **extra, "prediction_type": pred}
-
-
 def _build(name: str, cfg: dict):
     """Ours via create_scheduler; diffusers' the way a pipeline switches schedulers:
     ``XScheduler.from_config(pipe.scheduler.config)`` from the loaded PNDM."""
-    ours = create_scheduler(name, cfg)
-    loaded = diffusers.PNDMScheduler.from_config(cfg)
-    theirs = DIFFUSERS_CLASSES[name].from_config(loaded.config, **FORCED.get(name, {}))
-    return ours, theirs
-
-
-FIXED = np.random.default_rng(1234).standard_normal((1, 4, 8, 8)).astype(np.float32)
-SHAPE = FIXED.shape
-
-
-def fake_model(sample: np.ndarray, t) -> np.ndarray:
-    t = float(t)
-    return (np.float32(0.1) * sample + np.float32(np.sin(t / 100.0)) * FIXED).astype(np.float32)
-
-
-def _diffusers_step(sched, out: np.ndarray, t, sample: np.ndarray, gen):
-    kwargs = {}
-    if "generator" in inspect.signature(sched.step).parameters:
-        kwargs["generator"] = gen
-    res = sched.step(torch.from_numpy(out), t, torch.from_numpy(sample), return_dict=False, **kwargs)
-    return res[0].numpy()
-
-
-def _run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed):
-    """Each side denoises its own latents; compare after every step (1e-5 relative + 1e-5 absolute).
-    Returns the largest absolute difference. The sigmas themselves can differ by one float32 ulp: torch's
-    vectorised float32 sqrt is not correctly rounded (about 1 in 5 of the training sigmas), nor are its
-    log / exp, which the DPM / UniPC coefficients go through."""
-    rng = TorchRNG(seed)
-    gen = torch.Generator("cpu").manual_seed(seed)
-    worst = float(np.max(np.abs(lat_ours - lat_theirs)))
-    assert len(ts_ours) == len(ts_theirs)
-    for i, (t_o, t_t) in enumerate(zip(ts_ours, ts_theirs)):
-        x_o = ours.scale_model_input(lat_ours, t_o)
-        x_t = theirs.scale_model_input(torch.from_numpy(lat_theirs), t_t).numpy()
-        np.testing.assert_allclose(x_o, x_t, rtol=RTOL, atol=ATOL, err_msg=f"scale_model_input, step {i}")
-        lat_ours = ours.step(fake_model(x_o, t_o), t_o, lat_ours, rng)
-        lat_theirs = _diffusers_step(theirs, fake_model(x_t, float(t_t)), t_t, lat_theirs, gen)
-        assert lat_ours.dtype == np.float32
-        assert np.all(np.isfinite(lat_ours))
-        np.testing.assert_allclose(lat_ours, lat_theirs, rtol=RTOL, atol=ATOL, err_msg=f"latents after step {i}")
-        worst = max(worst, float(np.max(np.abs(lat_ours - lat_theirs))))
-    return worst
+    return scheduler_pair(name, cfg, DIFFUSERS_CLASSES[name], **FORCED.get(name, {}))
 
 
 def _compare_schedules(ours, theirs, key):
-    ref_ts = theirs.timesteps.numpy()
-    assert ours.timesteps.dtype == ref_ts.dtype
-    if key in LOOSE_TIMESTEPS:
-        np.testing.assert_allclose(ours.timesteps, ref_ts, rtol=1e-6, atol=1e-6)
-    else:
-        np.testing.assert_array_equal(ours.timesteps, ref_ts)
-    np.testing.assert_allclose(ours.init_noise_sigma, float(theirs.init_noise_sigma), rtol=1e-6)
-    rtol = 1e-5 if ours.config.get("rescale_betas_zero_snr") else 1e-6
-    np.testing.assert_allclose(ours.sigmas, theirs.sigmas.numpy(), rtol=rtol, atol=1e-7)
-    np.testing.assert_allclose(ours.alphas_cumprod, theirs.alphas_cumprod.numpy(), rtol=rtol, atol=1e-6)
+    compare_schedules(ours, theirs, key in LOOSE_TIMESTEPS)
     assert ours.order == theirs.order
 
 
-WORST: dict[str, float] = {}
-
-
 def _record(name: str, value: float) -> None:
-    WORST[name] = max(WORST.get(name, 0.0), value)
+    """The largest |ours - diffusers| latent difference of a loop (run_loop compares within 1e-5
+    relative + 1e-5 absolute: the sigmas themselves can differ by one float32 ulp, as torch's
+    vectorised float32 sqrt is not correctly rounded (about 1 in 5 of the training sigmas), nor are
+    its log / exp, which the DPM / UniPC coefficients go through)."""
+    record(f"largest latent difference {name}", value)
 
 
 @pytest.mark.parametrize("steps", [10, 16])
 @pytest.mark.parametrize("name,vname,extra,pred", list(_cases()))
 def test_txt2img_loop_matches_diffusers(name, vname, extra, pred, steps):
-    cfg = _config(extra, pred)
+    cfg = sd15_config(extra, pred)
     ours, theirs = _build(name, cfg)
     ours.set_timesteps(steps)
     theirs.set_timesteps(steps)
@@ -210,7 +153,7 @@ def test_txt2img_loop_matches_diffusers(name, vname, extra, pred, steps):
     noise = TorchRNG(seed).randn(SHAPE)
     lat_ours = noise * np.float32(ours.init_noise_sigma)
     lat_theirs = (torch.from_numpy(noise) * theirs.init_noise_sigma).numpy()
-    _record(name, _run_loop(ours, theirs, lat_ours, lat_theirs, ours.timesteps, theirs.timesteps, seed=seed + 1))
+    _record(name, run_loop(ours, theirs, lat_ours, lat_theirs, ours.timesteps, theirs.timesteps, seed=seed + 1))
 
 
 IMG2IMG_CASES = [
@@ -231,35 +174,23 @@ IMG2IMG_CASES = [
 @pytest.mark.parametrize("name,vname,extra,pred", IMG2IMG_CASES)
 def test_img2img_matches_diffusers(name, vname, extra, pred, strength):
     """StableDiffusionImg2ImgPipeline: get_timesteps, set_begin_index, add_noise at the first timestep."""
-    cfg = _config(extra, pred)
+    cfg = sd15_config(extra, pred)
     ours, theirs = _build(name, cfg)
-    n = 20
-    ours.set_timesteps(n)
-    theirs.set_timesteps(n)
-    init_timestep = min(int(n * strength), n)
-    t_start = max(n - init_timestep, 0)
-    ts_ours = ours.timesteps[t_start * ours.order :]
-    ts_theirs = theirs.timesteps[t_start * theirs.order :]
+    t_start, ts_ours, ts_theirs = img2img_timesteps(ours, theirs, strength)
     if (name, vname) in LOOSE_TIMESTEPS:
         np.testing.assert_allclose(ts_ours, ts_theirs.numpy(), rtol=1e-6)
     else:
         np.testing.assert_array_equal(ts_ours, ts_theirs.numpy())
     ours.set_begin_index(t_start * ours.order)
     theirs.set_begin_index(t_start * theirs.order)
-
-    rng = TorchRNG(77)
-    init_latents = rng.randn(SHAPE) * np.float32(0.8)
-    noise = rng.randn(SHAPE)
-    lat_ours = ours.add_noise(init_latents, noise, ts_ours[:1])
-    lat_theirs = theirs.add_noise(torch.from_numpy(init_latents), torch.from_numpy(noise), ts_theirs[:1]).numpy()
-    np.testing.assert_allclose(lat_ours, lat_theirs, rtol=RTOL, atol=ATOL)
-    _record(name, _run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed=5))
+    lat_ours, lat_theirs = noised_init_latents(ours, theirs, ts_ours[:1], ts_theirs[:1])
+    _record(name, run_loop(ours, theirs, lat_ours, lat_theirs, ts_ours, ts_theirs, seed=5))
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 def test_add_noise_without_begin_index(name):
     """Without set_begin_index the timestep is looked up in the schedule (second match if repeated)."""
-    ours, theirs = _build(name, _config({"timestep_spacing": "leading"}, "epsilon"))
+    ours, theirs = _build(name, sd15_config({"timestep_spacing": "leading"}, "epsilon"))
     ours.set_timesteps(15)
     theirs.set_timesteps(15)
     x0 = TorchRNG(1).randn(SHAPE)
@@ -312,38 +243,22 @@ def test_lms_coefficients_are_exact_integrals():
 # ---------------------------------------------------------------------------------------------------
 
 
-def _init_args(name: str, cfg) -> dict:
-    return {k: cfg[k] for k in SCHEDULERS[name].defaults}
-
-
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
 def test_defaults_are_diffusers_defaults(name):
-    params = inspect.signature(DIFFUSERS_CLASSES[name].__init__).parameters
-    ref = {k: p.default for k, p in params.items() if k != "self"}
-    assert SCHEDULERS[name].defaults == ref
+    assert SCHEDULERS[name].defaults == diffusers_defaults(DIFFUSERS_CLASSES[name])
     assert SCHEDULERS[name].order == DIFFUSERS_CLASSES[name].order
     assert SCHEDULERS[name].diffusers_class == DIFFUSERS_CLASSES[name].__name__
 
 
 @pytest.mark.parametrize("name", list(DIFFUSERS_CLASSES))
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        SD15,
-        {**SD15, "timestep_spacing": "trailing", "prediction_type": "v_prediction", "use_karras_sigmas": True},
-        {"_class_name": "EulerDiscreteScheduler", "beta_schedule": "scaled_linear", "interpolation_type": "linear",
-         "steps_offset": 1, "timestep_spacing": "leading", "sigma_min": None, "rescale_betas_zero_snr": False,
-         "thresholding": False, "clip_sample": False, "unknown_key": 3},
-    ],
-    ids=["sd15", "sd2like", "euler_json"],
-)
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CONFIG_IDS)
 def test_from_config_carries_keys_like_diffusers(name, cfg):
     ours = create_scheduler(name, cfg)
     ref = DIFFUSERS_CLASSES[name].from_config(cfg, **FORCED.get(name, {}))
-    assert ours.config == _init_args(name, ref.config)
+    assert ours.config == init_args(name, ref.config)
     loaded = getattr(diffusers, cfg["_class_name"]).from_config(cfg).config
     via_loaded = DIFFUSERS_CLASSES[name].from_config(loaded, **FORCED.get(name, {}))
-    assert SCHEDULERS[name].from_config(loaded).config == _init_args(name, via_loaded.config)
+    assert SCHEDULERS[name].from_config(loaded).config == init_args(name, via_loaded.config)
 
 
 def test_sd15_defaults_of_new_schedulers():
@@ -450,9 +365,3 @@ def test_step_needs_set_timesteps_and_rng():
     sde.set_timesteps(5)
     with pytest.raises(ValueError):
         sde.step(FIXED, sde.timesteps[0], FIXED, None)
-
-
-def test_report_worst_differences():
-    """Not a check: prints the largest |ours - diffusers| latent difference per scheduler (run with -s)."""
-    for name, value in sorted(WORST.items()):
-        print(f"largest latent difference {name}: {value:.3g}")
