@@ -1,17 +1,28 @@
-"""`sdcli bench`: sdcli against its peers on the same converted folder, offline.
+"""`sdcli bench`: sdcli against its peers on the same converted folder, offline, fairly.
 
 Builds (once, cached) a random-weight pipeline of the SD 1.5 architecture — a step costs
 what the real model's costs —, converts it with `sdcli convert`, then runs whole
-processes interleaved (A B C A B C ...) so all peers share the machine's state:
-`sdcli generate`, openvino-genai's Text2ImagePipeline and diffusers on PyTorch.  Each
-run's wall time and peak RSS are measured from outside the process; stage timings come
-from the process itself.  Writes bench.json and bench.md.
+processes: `sdcli generate`, openvino-genai's Text2ImagePipeline, optimum-intel's
+OVStableDiffusionPipeline (in its own virtualenv: --optimum-python) and diffusers on
+PyTorch, each with its best documented settings (see runners.py: static reshape, and
+OpenVINO's compiled-model cache where it has one).
+
+Two modes, reported apart:
+- cold: every run with empty caches (a fresh cache folder each time): what a user sees first;
+- warm: each peer's cache folder filled by two unmeasured runs first (sdcli writes its
+  blobs on the second run of a size), then measured.
+Rounds rotate the order of the peers (A B C, B C A, C A B, ...) so that none always runs
+first.  Step time means the same for every peer: the median interval between consecutive
+per-step callbacks, the first step left out.  Each run's wall time and peak RSS are
+measured from outside the process.  bench.json keeps every run (mode, round, position);
+bench.md and the README tables are rendered from it (medians).
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,15 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-PEERS = ("sdcli", "genai", "diffusers")
+PEERS = ("sdcli", "genai", "optimum", "diffusers")
+MODES = ("cold", "warm")
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+WARM_UP_RUNS = 2
 
 
 @dataclass
 class Run:
     peer: str
+    mode: str
     steps: int
     round: int
+    position: int  # 0-based place of this run in its round's order
     wall_s: float
     peak_rss_mb: float
     returncode: int
@@ -103,137 +118,207 @@ def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None],
     return src, ov_dir
 
 
+def machine_info() -> dict:
+    cpu = platform.processor()
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not cpu.strip(" x86_64"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    import openvino
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "openvino": openvino.__version__.split("-")[0],
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None], arch: str = "sd15") -> tuple[Path, Path]:
+    """The random SD 1.5-architecture (or tiny) diffusers folder and its conversion, built once."""
+    src = workdir / f"{arch}-random"
+    ov_dir = workdir / f"{arch}-random-ov-{weight_format}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (src / "model_index.json").is_file():
+        log(f"building a random-weight {arch} pipeline in {src} (once)")
+        tmp = workdir / f".{arch}-random.part"
+        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(tmp), f"--{arch}"], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.replace(tmp, src)
+    if not (ov_dir / "model_index.json").is_file():
+        log(f"converting it to {ov_dir} ({weight_format}, once)")
+        subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(ov_dir),
+                        "--weight-format", weight_format, "--quiet"], check=True)
+    return src, ov_dir
+
+
 def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, precision: str, out_png: Path,
-                 extra: list[str]) -> list[str]:
+                 extra: list[str], cache_dir: Path, optimum_python: str | None = None) -> tuple[list[str], dict]:
+    """The command line of one run of `peer`, and its environment."""
+    env = dict(os.environ)
     common = ["--prompt", PROMPT, "--steps", str(steps), "--seed", "42"]
     if peer == "sdcli":
+        env["SDCLI_CACHE_DIR"] = str(cache_dir)
         return [sys.executable, "-m", "sdcli", "generate", "--model", str(ov_dir), *common, "--scheduler", "euler",
                 "--width", str(size), "--height", str(size), "--precision", precision, "--json", "--quiet",
-                "--output", str(out_png), *extra]
-    model = ov_dir if peer == "genai" else src
-    return [sys.executable, "-m", "sdcli.bench.runners", peer, "--model", str(model), *common, "--size", str(size),
-            "--precision", "bf16" if (peer == "diffusers" and precision == "auto") else precision]
+                "--output", str(out_png), *extra], env
+    python = sys.executable
+    if peer == "optimum":
+        python = optimum_python or sys.executable
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    model = src if peer == "diffusers" else ov_dir
+    cmd = [python, "-m", "sdcli.bench.runners", peer, "--model", str(model), *common, "--size", str(size),
+           "--precision", "bf16" if (peer == "diffusers" and precision == "auto") else precision]
+    if peer != "diffusers":
+        cmd += ["--cache-dir", str(cache_dir)]
+    return cmd, env
 
 
-def summarize(runs: list[Run]) -> list[dict]:
-    rows = []
-    keys = sorted({(r.peer, r.steps) for r in runs}, key=lambda k: (k[1], PEERS.index(k[0])))
-    for peer, steps in keys:
-        ok = [r for r in runs if r.peer == peer and r.steps == steps and r.returncode == 0]
-        if not ok:
-            rows.append({"peer": peer, "steps": steps, "runs": 0,
-                         "error": next((r.error for r in runs if r.peer == peer and r.steps == steps), "")})
-            continue
-
-        def med(values):
-            values = [v for v in values if v is not None]
-            return round(statistics.median(values), 3) if values else None
-
-        rows.append({
-            "peer": peer,
-            "steps": steps,
-            "runs": len(ok),
-            "wall_s": med([r.wall_s for r in ok]),
-            "peak_rss_mb": med([r.peak_rss_mb for r in ok]),
-            "load_compile_s": med([r.timings.get("load_compile") for r in ok]),
-            "text_encoder_s": med([r.timings.get("text_encoder") for r in ok]),
-            "unet_step_s": med([r.timings.get("step_median") for r in ok]),
-            "vae_decode_s": med([r.timings.get("vae_decode") for r in ok]),
-            "loop_overhead_pct": med([r.timings.get("loop_overhead_pct") for r in ok]),
-            "before_first_step_pct": med([r.timings.get("before_first_step_pct") for r in ok]),
-        })
-    for row in rows:
-        if row.get("peer") == "sdcli" and row.get("runs"):
-            for other in rows:
-                if other["steps"] == row["steps"] and other["peer"] != "sdcli" and other.get("runs"):
-                    row[f"wall_vs_{other['peer']}"] = round(row["wall_s"] / other["wall_s"], 3)
-                    row[f"rss_vs_{other['peer']}"] = round(row["peak_rss_mb"] / other["peak_rss_mb"], 3)
-    return rows
+def step_time(steps: list[float]) -> float | None:
+    """The one definition of step time: the median interval between consecutive per-step
+    callbacks, the first step (which some peers' first interval stretches) left out."""
+    steps = [s for s in steps if s is not None]
+    if len(steps) > 1:
+        steps = steps[1:]
+    return statistics.median(steps) if steps else None
 
 
 def normalize(peer: str, raw: dict) -> dict:
     """Per-peer timings in common names."""
+    steps = raw.get("steps") or []
     if peer == "sdcli":
-        compile_s = sum(v for k, v in raw.items() if k.startswith("compile_"))
-        steps = raw.get("steps") or []
-        denoise = raw.get("denoise", 0.0)
-        unet = raw.get("unet", 0.0)
+        denoise, unet = raw.get("denoise", 0.0), raw.get("unet", 0.0)
         return {
-            "load_compile": compile_s + raw.get("load", 0.0),
+            "load_compile": sum(v for k, v in raw.items() if k.startswith("compile_")),
             "text_encoder": raw.get("encode_prompt"),
-            "step_median": raw.get("step_median"),
+            "step": step_time(steps),
             "vae_decode": raw.get("decode"),
             "loop_overhead_pct": 100 * (denoise - unet) / denoise if denoise else None,
             "before_first_step_pct": 100 * raw["before_first_step"] / raw["process"] if raw.get("process") else None,
             "raw": raw,
             "n_steps": len(steps),
         }
-    steps = raw.get("steps") or []
-    return {
-        "load_compile": raw.get("load_compile"),
-        "text_encoder": raw.get("text_encoder"),
-        "step_median": statistics.median(steps) if steps else None,
-        "vae_decode": raw.get("vae_decode"),
-        "raw": raw,
-    }
+    return {"load_compile": raw.get("load_compile"), "text_encoder": raw.get("text_encoder"),
+            "step": step_time(steps), "vae_decode": raw.get("vae_decode"), "raw": raw, "n_steps": len(steps)}
 
 
-def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str = "sd15") -> str:
+def _median(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarize(runs: list[Run]) -> list[dict]:
+    """Medians per (mode, steps, peer), with sdcli's ratios to each peer."""
+    rows = []
+    keys = sorted({(r.mode, r.steps, r.peer) for r in runs},
+                  key=lambda k: (MODES.index(k[0]), k[1], PEERS.index(k[2])))
+    for mode, steps, peer in keys:
+        mine = [r for r in runs if (r.mode, r.steps, r.peer) == (mode, steps, peer)]
+        ok = [r for r in mine if r.returncode == 0]
+        row = {"mode": mode, "steps": steps, "peer": peer, "runs": len(ok)}
+        if not ok:
+            rows.append({**row, "error": next((r.error for r in mine if r.error), "")})
+            continue
+        row.update(wall_s=_median([r.wall_s for r in ok]), peak_rss_mb=_median([r.peak_rss_mb for r in ok]),
+                   load_compile_s=_median([r.timings.get("load_compile") for r in ok]),
+                   text_encoder_s=_median([r.timings.get("text_encoder") for r in ok]),
+                   step_s=_median([r.timings.get("step") for r in ok]),
+                   vae_decode_s=_median([r.timings.get("vae_decode") for r in ok]),
+                   wall_range_s=[min(r.wall_s for r in ok), max(r.wall_s for r in ok)])
+        rows.append(row)
+    for row in rows:
+        if row["peer"] != "sdcli" or not row.get("runs"):
+            continue
+        for other in rows:
+            if (other["mode"], other["steps"]) == (row["mode"], row["steps"]) and other["peer"] != "sdcli" \
+                    and other.get("runs"):
+                row[f"wall_vs_{other['peer']}"] = round(row["wall_s"] / other["wall_s"], 3)
+                row[f"rss_vs_{other['peer']}"] = round(row["peak_rss_mb"] / other["peak_rss_mb"], 3)
+    return rows
+
+
+def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str = "sd15", rounds: int = 0) -> str:
     arch_name = "SD 1.5 architecture" if arch == "sd15" else "tiny model"
     head = (f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; OpenVINO {info['openvino']}; "
-            f"{info['date']}. {arch_name} (random weights), {size}x{size}, Euler, CFG 7.5, "
-            f"precision {precision}; whole processes, medians of the runs.\n\n")
-    cols = ["steps", "peer", "runs", "wall_s", "peak_rss_mb", "load_compile_s", "text_encoder_s", "unet_step_s",
-            "vae_decode_s", "wall_vs_genai", "rss_vs_genai", "wall_vs_diffusers"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            f"{info['date']}. {arch_name} (random weights), {size}x{size}, Euler, CFG 7.5, precision {precision}; "
+            f"whole processes, medians of {rounds or 'the'} rounds in rotated order (cold: empty caches every run; "
+            "warm: caches filled first). Step: median interval between per-step callbacks, the first left out.\n\n")
+    cols = ["mode", "steps", "peer", "runs", "wall_s", "peak_rss_mb", "load_compile_s", "text_encoder_s", "step_s",
+            "vae_decode_s", "wall_vs_genai", "rss_vs_genai", "wall_vs_optimum", "rss_vs_optimum"]
+    present = [c for c in cols if any(row.get(c) is not None for row in rows)]
+    lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for row in rows:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in cols) + " |")
+        lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in present) + " |")
     return head + "\n".join(lines) + "\n"
 
 
-def run_bench(
-    workdir: Path,
-    output_dir: Path,
-    steps_list: list[int],
-    rounds: int,
-    peers: list[str],
-    size: int,
-    precision: str,
-    weight_format: str,
-    sdcli_args: list[str],
-    log: Callable[[str], None],
-    arch: str = "sd15",
-) -> list[dict]:
+def _measure(peer: str, mode: str, cmd: list[str], env: dict) -> tuple[float, float, int, dict, str]:
+    wall, rss, rc, out, err = run_measured(cmd, env)
+    timings, error = {}, ""
+    if rc == 0:
+        try:
+            data = json.loads(out.strip().splitlines()[-1])
+            timings = normalize(peer, data["timings"] if peer == "sdcli" else data)
+        except (ValueError, IndexError, KeyError):
+            error = "no JSON from the run"
+    else:
+        error = (err.strip().splitlines() or ["?"])[-1][:300]
+    return wall, rss, rc, timings, error
+
+
+def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: int, peers: list[str], size: int,
+              precision: str, weight_format: str, sdcli_args: list[str], log: Callable[[str], None],
+              arch: str = "sd15", modes: tuple[str, ...] = MODES, optimum_python: str | None = None) -> list[dict]:
     src, ov_dir = ensure_models(workdir, weight_format, log, arch)
     info = machine_info()
     runs: list[Run] = []
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for rnd in range(rounds):
-            for steps in steps_list:
+        tmp = Path(tmp)
+        warm_caches = {peer: tmp / f"warm-{peer}" for peer in peers}
+        for mode in modes:
+            if mode == "warm":
                 for peer in peers:
-                    cmd = peer_command(peer, src, ov_dir, steps, size, precision, Path(tmp) / f"{peer}.png", sdcli_args)
-                    wall, rss, rc, out, err = run_measured(cmd)
-                    timings, error = {}, ""
-                    if rc == 0:
-                        try:
-                            data = json.loads(out.strip().splitlines()[-1])
-                            timings = normalize(peer, data["timings"] if peer == "sdcli" else data)
-                        except (ValueError, IndexError):
-                            error = "no JSON from the run"
-                    else:
-                        error = (err.strip().splitlines() or ["?"])[-1][:300]
-                    runs.append(Run(peer, steps, rnd, round(wall, 3), round(rss, 1), rc, timings, error))
-                    log(f"round {rnd + 1}/{rounds} {steps:>3} steps {peer:<9} {wall:8.1f} s  {rss:8.0f} MB"
-                        + (f"  FAILED: {error}" if rc else ""))
+                    for steps in steps_list[:1]:
+                        for _ in range(WARM_UP_RUNS):
+                            cmd, env = peer_command(peer, src, ov_dir, steps, size, precision, tmp / f"{peer}.png",
+                                                    sdcli_args, warm_caches[peer], optimum_python)
+                            log(f"warm-up {peer}")
+                            run_measured(cmd, env)
+            for rnd in range(rounds):
+                order = peers[rnd % len(peers):] + peers[:rnd % len(peers)]
+                for steps in steps_list:
+                    for position, peer in enumerate(order):
+                        cache = warm_caches[peer] if mode == "warm" else tmp / f"cold-{peer}-{rnd}-{steps}"
+                        cmd, env = peer_command(peer, src, ov_dir, steps, size, precision, tmp / f"{peer}.png",
+                                                sdcli_args, cache, optimum_python)
+                        wall, rss, rc, timings, error = _measure(peer, mode, cmd, env)
+                        if mode == "cold":
+                            shutil.rmtree(cache, ignore_errors=True)
+                        runs.append(Run(peer, mode, steps, rnd, position, round(wall, 3), round(rss, 1), rc, timings,
+                                        error))
+                        log(f"{mode} round {rnd + 1}/{rounds} {steps:>3} steps {peer:<9} {wall:8.1f} s  {rss:8.0f} MB"
+                            + (f"  FAILED: {error}" if rc else ""))
     rows = summarize(runs)
     report = {"machine": info, "arch": arch, "size": size, "precision": precision, "weight_format": weight_format,
               "prompt": PROMPT, "scheduler": "euler", "guidance_scale": 7.5, "sdcli_args": sdcli_args,
-              "summary": rows, "runs": [r.__dict__ for r in runs]}
+              "rounds": rounds, "modes": list(modes), "summary": rows, "runs": [r.__dict__ for r in runs]}
     from sdcli.util.fsutil import atomic_write_bytes
 
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
-    atomic_write_bytes(output_dir / "bench.md", markdown(rows, info, size, precision, arch).encode())
+    atomic_write_bytes(output_dir / "bench.md", markdown(rows, info, size, precision, arch, rounds).encode())
     return rows
 
 
@@ -245,7 +330,8 @@ def update_readme(readme: Path, report_json: Path, name: str) -> None:
     """Replace the README block between the bench markers called `name` with the table
     rendered from `report_json` (what `sdcli bench` wrote)."""
     report = json.loads(report_json.read_text())
-    table = markdown(report["summary"], report["machine"], report["size"], report["precision"], report.get("arch", "sd15"))
+    table = markdown(report["summary"], report["machine"], report["size"], report["precision"], report.get("arch", "sd15"),
+                     report.get("rounds", 0))
     replace_block(readme, name, table)
 
 

@@ -1,7 +1,13 @@
 """One benchmark run of a peer, in its own process: `python -m sdcli.bench.runners PEER ...`.
 
-Prints one JSON line of timings (seconds) on stdout.  The driver (sdcli/bench.py) measures
-the process's wall time and peak RSS from outside.
+Prints one JSON line of timings (seconds) on stdout, with `steps`: the intervals between
+consecutive per-step callbacks (the same definition for every peer; sdcli reports its own
+in `sdcli generate --json`).  The driver (sdcli/bench/peers.py) measures the process's
+wall time and peak RSS from outside.  Only the standard library is imported at the top, so
+that optimum-intel's runs can use a virtualenv of their own (its pins clash with ours).
+
+Each peer gets its best documented settings: a static reshape to the requested size
+before compiling, and with --cache-dir OpenVINO's compiled-model cache (CACHE_DIR).
 """
 from __future__ import annotations
 
@@ -13,14 +19,22 @@ from pathlib import Path
 STARTED = time.perf_counter()
 
 
+def _ov_config(args) -> dict:
+    config = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
+    if args.cache_dir:
+        config["CACHE_DIR"] = args.cache_dir
+    return config
+
+
 def run_genai(args) -> dict:
     import openvino_genai as ov_genai
 
-    config = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
-    pipe = ov_genai.Text2ImagePipeline(args.model, args.device, **config)
+    pipe = ov_genai.Text2ImagePipeline(args.model)  # read, not compiled yet
     sched_file = str(Path(args.model) / "scheduler" / "scheduler_config.json")
     if not args.own_scheduler:
         pipe.set_scheduler(ov_genai.Scheduler.from_config(sched_file, ov_genai.Scheduler.Type.EULER_DISCRETE))
+    pipe.reshape(1, args.size, args.size, args.guidance_scale)  # static shapes, as genai's docs advise
+    pipe.compile(args.device, **_ov_config(args))
     load = time.perf_counter() - STARTED
     steps: list[float] = []
     last = [time.perf_counter()]
@@ -52,6 +66,38 @@ def run_genai(args) -> dict:
         out["vae_decode"] = max(0.0, generate - sum(steps))
     _ = image
     return out
+
+
+def run_optimum(args) -> dict:
+    """optimum-intel's OVStableDiffusionPipeline (the engine FastSD CPU runs), reshaped to
+    static shapes and compiled as its documentation shows."""
+    import torch
+    from diffusers import EulerDiscreteScheduler
+    from optimum.intel import OVStableDiffusionPipeline
+
+    pipe = OVStableDiffusionPipeline.from_pretrained(args.model, compile=False, ov_config=_ov_config(args))
+    if not args.own_scheduler:
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=1)
+    pipe.compile()
+    load = time.perf_counter() - STARTED
+    steps: list[float] = []
+    last = [0.0]
+
+    def on_step(pipe_, i, t, kwargs):
+        now = time.perf_counter()
+        steps.append(now - last[0])
+        last[0] = now
+        return kwargs
+
+    t0 = time.perf_counter()
+    last[0] = t0
+    pipe(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
+         guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
+         callback_on_step_end=on_step, output_type="np")
+    generate = time.perf_counter() - t0
+    return {"load_compile": load, "generate": generate, "steps": steps,
+            "vae_decode": max(0.0, generate - sum(steps))}
 
 
 def run_diffusers(args) -> dict:
@@ -91,7 +137,7 @@ def run_diffusers(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("peer", choices=["genai", "diffusers"])
+    parser.add_argument("peer", choices=["genai", "optimum", "diffusers"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--steps", type=int, required=True)
@@ -100,9 +146,10 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--own-scheduler", action="store_true", help="genai: keep the folder's scheduler (else Euler)")
+    parser.add_argument("--own-scheduler", action="store_true", help="keep the folder's scheduler (else Euler)")
+    parser.add_argument("--cache-dir", default=None, help="OpenVINO's compiled-model cache (CACHE_DIR)")
     args = parser.parse_args()
-    result = run_genai(args) if args.peer == "genai" else run_diffusers(args)
+    result = {"genai": run_genai, "optimum": run_optimum, "diffusers": run_diffusers}[args.peer](args)
     print(json.dumps(result), flush=True)
 
 

@@ -14,8 +14,10 @@ from sdcli.util.errors import UsageError
 @app.command()
 def bench(
     steps: str = typer.Option("4,20", "--steps", help="Comma-separated step counts."),
-    rounds: int = typer.Option(2, "--rounds", min=1, help="Interleaved rounds of every peer and step count."),
-    peers: str = typer.Option("sdcli,genai,diffusers", "--peers", help="Which of sdcli, genai, diffusers to run."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds of every peer and step count, the peers' order rotated each round."),
+    peers: str = typer.Option("sdcli,genai,optimum", "--peers", help="Which of sdcli, genai, optimum (optimum-intel), diffusers to run."),
+    modes: str = typer.Option("cold,warm", "--modes", help="cold (empty caches every run), warm (caches filled first), or both."),
+    optimum_python: Optional[str] = typer.Option(None, "--optimum-python", help="The python of a virtualenv with optimum-intel (its pins clash with sdcli's) [default: this python, if it has optimum-intel]."),
     size: int = typer.Option(512, "--size", callback=positive_multiple_of_8, help="Image width and height."),
     precision: str = typer.Option("auto", "--precision", help="auto, f32, bf16 (diffusers: bf16 autocast for auto)."),
     weight_format: str = typer.Option("fp16", "--weight-format", help="Weight format of the converted folder."),
@@ -27,9 +29,9 @@ def bench(
     readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (with --readme)."),
 ):
-    """Benchmark sdcli against openvino-genai and diffusers on an SD 1.5-size random model."""
+    """Benchmark sdcli against openvino-genai, optimum-intel and diffusers on an SD 1.5-size random model."""
     with user_errors("interrupted"):
-        from sdcli.bench.peers import PEERS, run_bench, update_readme
+        from sdcli.bench.peers import MODES, PEERS, run_bench, update_readme
         from sdcli.runtime.core import default_cache_dir
 
         if no_run:
@@ -50,13 +52,22 @@ def bench(
             raise UsageError("--steps needs positive step counts, e.g. 4,20")
         if arch not in ("sd15", "tiny"):
             raise UsageError(f"--arch takes sd15 or tiny, got {arch!r}")
+        mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+        if not mode_list or any(m not in MODES for m in mode_list):
+            raise UsageError(f"--modes takes {', '.join(MODES)}; got {modes!r}")
+        if "optimum" in peer_list and optimum_python is None:
+            import importlib.util
+
+            if importlib.util.find_spec("optimum") is None:
+                raise UsageError("--peers optimum needs optimum-intel: pass --optimum-python with the python of a "
+                                 "virtualenv that has it (pip install \"optimum-intel[openvino,diffusers]\")")
         work = workdir or default_cache_dir().parent / "bench"
-        rows = run_bench(work, output_dir, step_list, rounds, peer_list, size, precision, weight_format,
-                         list(sdcli_arg), log=lambda s: print(s, file=sys.stderr, flush=True), arch=arch)
+        run_bench(work, output_dir, step_list, rounds, peer_list, size, precision, weight_format, list(sdcli_arg),
+                  log=lambda s: print(s, file=sys.stderr, flush=True), arch=arch, modes=mode_list,
+                  optimum_python=optimum_python)
         print((output_dir / "bench.md").read_text())
         if readme is not None:
             update_readme(readme, output_dir / "bench.json", readme_block)
-        _ = rows
 
 
 @app.command("bench-features")
