@@ -73,6 +73,9 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
     for name in STORED:
         if name in stored and not option_given(ctx, name):
             setattr(options, name, stored[name])
+    checked = recheck_stored(ctx, {name: getattr(options, name) for name in RECHECKED})
+    for name, value in checked.items():
+        setattr(options, name, value)
     for needed, what in (("init_image", "an init image (image-to-image)"), ("mask", "a mask (inpainting)")):
         if needed in stored.get("needs", ()) and getattr(options, needed) is None:
             flag = "--" + needed.replace("_", "-")
@@ -80,9 +83,6 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
                              f"store: pass {flag} to redo it")
     for note in stored.get("notes", ()):
         warn(f"--from-image: {note}")
-    checked = recheck_stored(ctx, {name: getattr(options, name) for name in RECHECKED})
-    for name, value in checked.items():
-        setattr(options, name, value)
     model_name = stored.get("model_name")
     if options.model is None and not os.environ.get("SDCLI_MODEL") and model_name and (Path("models") / model_name).is_dir():
         options.model = str(Path("models") / model_name)

@@ -151,7 +151,7 @@ def _scheduler(fields: dict[str, str], by_sdcli: bool, notes: list[str]) -> str:
 def _read_rng(fields: dict[str, str], by_sdcli: bool, out: dict) -> None:
     value = fields.get("RNG")
     if value is None:
-        if not by_sdcli:
+        if not by_sdcli and fields.get("Version"):  # A1111 (which writes its version) without RNG: its GPU noise
             out["notes"].append("no RNG field: A1111 made it with its GPU noise, which sdcli cannot reproduce "
                                 "(using torch's CPU noise, A1111's RNG: CPU); the image will differ")
         return
