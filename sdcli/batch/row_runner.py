@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from sdcli.batch.rows import BatchOptions, Job
 from sdcli.engine.engine import Engine
+from sdcli.engine.networks import NetworkFolders
 from sdcli.engine.request import GenerationRequest
 from sdcli.util.lru import LRUCache
 
@@ -33,21 +34,27 @@ class RowOutput:
 
 
 def generation_options(opts: BatchOptions) -> dict:
-    """The GenerationRequest fields the command line sets for every row."""
-    return {"vae": opts.vae, "deepcache": opts.deepcache, "clip_skip": opts.clip_skip}
+    """The GenerationRequest fields the command line sets for every row, and under "networks" the
+    engine's LoRA and embedding folders (NetworkFolders' fields)."""
+    return {"vae": opts.vae, "deepcache": opts.deepcache, "clip_skip": opts.clip_skip,
+            "networks": (opts.lora_dir, opts.embeddings_dir, opts.allow_pickle)}
 
 
 class RowRunner:
     def __init__(self, model_dir: Path, device: str, precision: str, rng: str, threads: Optional[int] = None,
                  streams: Optional[int] = None, generation: Optional[dict] = None):
         """`streams`: compile for throughput (see Runtime) so that several threads can run rows at once.
-        `generation`: GenerationRequest fields every row shares (vae, deepcache, clip_skip)."""
-        self.engine = Engine(model_dir, device=device, precision=precision, streams=streams)
+        `generation`: GenerationRequest fields every row shares (vae, deepcache, clip_skip), and
+        "networks": where the rows' LoRAs and embeddings are (see generation_options)."""
+        generation = dict(generation or {})
+        folders = generation.pop("networks", None)
+        self.engine = Engine(model_dir, device=device, precision=precision, streams=streams,
+                             networks=NetworkFolders(*folders) if folders else None)
         if threads and device.upper() == "CPU":
             with contextlib.suppress(Exception):  # a worker of N CPUs on a bigger node uses N threads
                 self.engine.runtime.core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
         self.rng = rng
-        self.generation = dict(generation or {})
+        self.generation = generation
         self.images = LRUCache(4)
         self._cache_lock = threading.Lock()
 

@@ -67,6 +67,9 @@ class BatchOptions:
     ray: Optional[str] = None  # run the rows on a Ray cluster: "auto", "local" or an address (batch_ray.py)
     ray_cpus_per_actor: Optional[int] = None  # default: one worker per node, with all its CPUs
     shared_output: bool = False  # Ray workers write into DIR themselves (DIR shared by every node)
+    lora_dir: Optional[Path] = None  # generate's --lora-dir, --embeddings-dir, --allow-pickle (rows name LoRAs
+    embeddings_dir: Optional[Path] = None  # in their prompts; on Ray the folders must be at the same path on
+    allow_pickle: bool = False  # every node)
 
 
 @dataclass

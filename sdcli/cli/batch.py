@@ -54,6 +54,9 @@ def batch(
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Spread the rows over a Ray cluster: auto (the running one), local (start one here), HOST:6379 or ray://HOST:10001. The model folder must be at the same path on every node (needs sdcli[ray])."),
     ray_cpus_per_actor: Optional[int] = typer.Option(None, "--ray-cpus-per-actor", min=1, metavar="N", help="With --ray: one worker per N CPUs [default: one per node, with all its CPUs]."),
     shared_output: bool = typer.Option(False, "--shared-output", help="With --ray: workers write the images into --output-dir themselves (a folder shared by every node, at the same path)."),
+    lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where a row's <lora:NAME:WEIGHT> finds NAME (see generate) [default: $SDCLI_LORA_DIR, else models/Lora]."),
+    embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings (see generate) [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done.
 
@@ -61,6 +64,9 @@ def batch(
     steps, guidance_scale, width, height, scheduler, init_image, strength and name."""
     with user_errors("interrupted; run the same command again to finish"):
         from sdcli.batch.run import BatchOptions, run_batch
+        from sdcli.engine.networks import NetworkFolders
+
+        NetworkFolders(lora_dir, embeddings_dir, allow_pickle).check()  # a folder named that does not exist
 
         runner = None
         if ray is not None:
@@ -76,5 +82,6 @@ def batch(
             vae=vae, deepcache=deepcache, clip_skip=clip_skip,
             unset=tuple(name for name in ("steps", "guidance_scale") if not option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
+            lora_dir=lora_dir, embeddings_dir=embeddings_dir, allow_pickle=allow_pickle,
         ), runner)
     raise typer.Exit(code)

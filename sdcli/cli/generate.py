@@ -55,6 +55,9 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
     from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
+    lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where <lora:NAME:WEIGHT> in the prompt finds NAME (subfolders included) [default: $SDCLI_LORA_DIR, else models/Lora]."),
+    embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of the prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin), which can run code: only files you trust."),
 ):
     """Make images from a prompt (and optionally an init image)."""
     with user_errors("interrupted"):
@@ -83,6 +86,7 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
                              f"store: pass {flag} to redo it")
     for note in stored.get("notes", ()):
         warn(f"--from-image: {note}")
+    options.stored_hashes = {kind: stored[kind] for kind in ("lora_hashes", "ti_hashes") if kind in stored}
     model_name = stored.get("model_name")
     if options.model is None and not os.environ.get("SDCLI_MODEL") and model_name and (Path("models") / model_name).is_dir():
         options.model = str(Path("models") / model_name)
@@ -91,6 +95,7 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
 def prepare(ctx: typer.Context, o: SimpleNamespace):
     """The checked request, the engine that runs it and the files to write."""
     from sdcli.engine.engine import Engine
+    from sdcli.engine.networks import NetworkFolders
     from sdcli.engine.request import GenerationRequest
     from sdcli.runtime.core import check_precision
 
@@ -104,18 +109,16 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     )
     request.validate()
     check_precision(o.precision)
+    networks = NetworkFolders(o.lora_dir, o.embeddings_dir, o.allow_pickle)
+    networks.check()  # a folder named that does not exist
     paths = output_paths(o.output, o.num_images)
     check_output_dir(o.output)
     model_dir = find_model(o.model, o.quiet or o.as_json)
     request = request.with_images_read()
-    seed = o.seed
-    if seed is None:
-        seed = secrets.randbelow(2**32)
-        if not (o.quiet or o.as_json):
-            print(f"sdcli: seed {seed}", file=sys.stderr)
+    seed = o.seed if o.seed is not None else secrets.randbelow(2**32)
     # the text encoder is freed once the prompt is encoded: every image shares it
     engine = Engine(model_dir, device=o.device, precision=o.precision, low_memory=o.low_memory,
-                    keep_text_encoder=False)
+                    keep_text_encoder=False, networks=networks)
     changes = {"seed": seed}
     few_step = engine.family.few_step_defaults(o.scheduler)
     if few_step and o.from_image is None:  # an LCM model's own defaults for what was not given
@@ -125,6 +128,8 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     request = request.replace(**changes)
     request.validate()
     engine.check_fits(request, images=o.num_images)  # a size too large is refused before anything loads
+    if o.seed is None and not (o.quiet or o.as_json):  # (and a LoRA not found: one line, no seed before it)
+        print(f"sdcli: seed {seed}", file=sys.stderr)
     return engine, request, paths
 
 
@@ -148,6 +153,8 @@ def write_images(engine, request, paths: list[Path], o: SimpleNamespace) -> None
 
             # the UNet is not needed again after the last image: free it before decoding
             result = engine.generate(image_request, on_step, on_note=warn, release_unet=i == len(paths) - 1)
+        if i == 0:
+            check_stored_hashes(getattr(o, "stored_hashes", {}), result)
         save_png(path, result.image, image_parameters(engine, image_request, result, o.precision))
         if o.as_json:
             timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}
@@ -158,6 +165,20 @@ def write_images(engine, request, paths: list[Path], o: SimpleNamespace) -> None
                   flush=True)
         elif not o.quiet:
             print(path, flush=True)
+
+
+def check_stored_hashes(stored: dict, result) -> None:
+    """--from-image: a warning for each LoRA or embedding whose file is not the one the image
+    was made with (its A1111 hash differs)."""
+    for kind, label, found in (("lora_hashes", "LoRA", result.lora_hashes), ("ti_hashes", "embedding", result.ti_hashes)):
+        now = dict(found)
+        for name, short in stored.get(kind, {}).items():
+            if name in now and now[name] != short:
+                warn(f"--from-image: {label} {name} is not the file the image was made with (hash {now[name]}, "
+                     f"the image's {short}): the image will differ")
+            elif name not in now and kind == "ti_hashes":
+                warn(f"--from-image: the image was made with the embedding {name} ({short}), not found in "
+                     "the embeddings folder or not in the prompt: the image will differ")
 
 
 def find_model(model: Optional[str], quiet: bool = False) -> Path:

@@ -46,8 +46,11 @@ class ComponentCache:
     def release(self, name: str) -> None:
         """Drop every compiled variant of component `name` (each is compiled again when asked
         for), writing first the cache blobs planned for them (see Runtime.store_pending)."""
+        self._drop(lambda key: key[0] == name)
+
+    def _drop(self, which: Callable[[tuple], bool]) -> None:
         with self._lock:
-            released = [self._components.pop(key) for key in [k for k in self._components if k[0] == name]]
+            released = [self._components.pop(key) for key in [k for k in self._components if which(k)]]
         for future in released:
             if future.done() and future.exception() is None and getattr(future.result(), "compiled", None) is not None:
                 self.runtime.store_pending(future.result().compiled)
@@ -58,9 +61,7 @@ class ComponentCache:
     def _keep_one_patch(self, name: str, tag: str | None) -> None:
         """Drop the compiled `name` components fused with other LoRAs than `tag` (each holds a
         whole copy of the weights; a request in flight keeps its own until it ends)."""
-        with self._lock:
-            for key in [k for k in self._components if k[0] == name and k[-1] != tag]:
-                del self._components[key]
+        self._drop(lambda key: key[0] == name and key[-1] != tag)
 
     # -- the components ---------------------------------------------------------------
     def _text_encoder(self, seq_len: int, clip_skip: int, name: str, embeddings: bool, patch: WeightPatch | None):

@@ -30,7 +30,6 @@ NOT_REPRODUCED = {
     "Hires upscale": "the hires fix", "Hires resize": "the hires fix", "Face restoration": "face restoration",
     "Variation seed strength": "a variation seed", "Tiling": "tiling", "Seed resize from": "seed resizing",
     "ENSD": "an eta noise seed delta", "Refiner": "a refiner model", "Hypernet": "a hypernetwork",
-    "Lora hashes": "LoRAs (fuse one with `sdcli convert --lora`)",
 }
 
 
@@ -64,9 +63,22 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "DeepCache": request.deepcache if request.deepcache > 1 else None,
         "VAE Encoder": "TAESD" if tiny and img2img else None,
         "VAE Decoder": "TAESD" if tiny else None,
+        "Lora hashes": format_hashes(getattr(result, "lora_hashes", ())),
+        "TI hashes": format_hashes(getattr(result, "ti_hashes", ())),
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(request.prompt, request.negative_prompt, fields)
+
+
+def format_hashes(pairs) -> str | None:
+    """A1111's `Lora hashes` / `TI hashes` value: "name: hash, name: hash" (None when empty)."""
+    return ", ".join(f"{name}: {short}" for name, short in pairs) or None
+
+
+def parse_hashes(value: str) -> dict[str, str]:
+    """{name: hash} of a `Lora hashes` / `TI hashes` value."""
+    pairs = (item.rsplit(":", 1) for item in value.split(",") if ":" in item)
+    return {name.strip(): short.strip() for name, short in pairs}
 
 
 def settings_from_image(path: Path) -> dict:
@@ -104,6 +116,9 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
         out["precision"] = fields["Precision"]
     if "Model" in fields:
         out["model_name"] = fields["Model"]
+    for field, name in (("Lora hashes", "lora_hashes"), ("TI hashes", "ti_hashes")):
+        if field in fields:  # checked against the files found when the image is redone
+            out[name] = parse_hashes(fields[field])
     if "Sampler" in fields:
         out["scheduler"] = _scheduler(fields, by_sdcli, notes)
     _read_rng(fields, by_sdcli, out)

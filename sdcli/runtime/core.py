@@ -35,6 +35,7 @@ from sdcli.util.fsutil import atomic_write_bytes
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)
+LORA_BLOBS_KEPT = 4  # blobs of a component with LoRAs fused in ("unet-lora<tag>"), the most recently used
 
 
 def check_precision(precision: str) -> None:
@@ -184,6 +185,8 @@ class Runtime:
         if blob is not None and blob.is_file():
             try:
                 mapped = MappedFile(blob)
+                with contextlib.suppress(OSError):
+                    os.utime(blob)  # most recently used (LoRA blobs are pruned by it)
                 with mapped.dropping_pages():
                     return self.core.import_model(mapped.tensor, self.device, self.config), mapped
             except RuntimeError:
@@ -233,5 +236,16 @@ class Runtime:
             stream = compiled.export_model()
             atomic_write_bytes(blob, stream.getbuffer())
             blob.with_name(blob.name + ".seen").unlink(missing_ok=True)
+            if "-lora" in blob.name:
+                Runtime._prune_lora_blobs(blob)
         except (OSError, RuntimeError):
             pass  # no cache is slower, not wrong
+
+    @staticmethod
+    def _prune_lora_blobs(blob: Path) -> None:
+        """Keep LORA_BLOBS_KEPT blobs of `blob`'s component with LoRAs (each is a whole copy of
+        its weights, and every set of LoRAs used twice makes one)."""
+        base = blob.name.split("-lora", 1)[0]
+        blobs = sorted(blob.parent.glob(f"{base}-lora*.blob"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in blobs[LORA_BLOBS_KEPT:]:
+            old.unlink(missing_ok=True)
