@@ -311,15 +311,32 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
                                         error))
                         log(f"{mode} round {rnd + 1}/{rounds} {steps:>3} steps {peer:<9} {wall:8.1f} s  {rss:8.0f} MB"
                             + (f"  FAILED: {error}" if rc else ""))
-    rows = summarize(runs)
     report = {"machine": info, "arch": arch, "size": size, "precision": precision, "weight_format": weight_format,
               "prompt": PROMPT, "scheduler": "euler", "guidance_scale": 7.5, "sdcli_args": sdcli_args,
-              "rounds": rounds, "modes": list(modes), "summary": rows, "runs": [r.__dict__ for r in runs]}
+              "rounds": rounds, "modes": list(modes)}
+    runs += earlier_runs(output_dir / "bench.json", report, modes)
+    rows = summarize(runs)
+    report.update(modes=sorted({r.mode for r in runs}, key=MODES.index), summary=rows, runs=[r.__dict__ for r in runs])
     from sdcli.util.fsutil import atomic_write_bytes
 
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
     atomic_write_bytes(output_dir / "bench.md", markdown(rows, info, size, precision, arch, rounds).encode())
     return rows
+
+
+def earlier_runs(path: Path, report: dict, modes: tuple[str, ...]) -> list[Run]:
+    """The runs of the other modes in an earlier bench.json of the same machine and settings
+    (cold and warm may be measured by separate invocations, e.g. within a time limit)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    same = all(old.get(k) == report[k] for k in ("arch", "size", "precision", "weight_format", "sdcli_args")) \
+        and old.get("machine", {}).get("cpu") == report["machine"]["cpu"] \
+        and old.get("machine", {}).get("cores") == report["machine"]["cores"]
+    if not same:
+        return []
+    return [Run(**r) for r in old.get("runs", []) if r.get("mode") in MODES and r.get("mode") not in modes]
 
 
 README_START = "<!-- bench:{name}:start -->"
