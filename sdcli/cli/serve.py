@@ -1,0 +1,71 @@
+"""`sdcli serve`: AUTOMATIC1111's HTTP API (/sdapi/v1) with the model kept compiled between
+requests (the `serve` extra: FastAPI and uvicorn, imported only here)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sdcli.cli.app import app, user_errors
+from sdcli.util.errors import SdcliError, UsageError
+
+
+def parse_auth(value: Optional[str]) -> list[tuple[str, str]]:
+    """USER:PASS[,USER:PASS] -> [(user, password)]."""
+    if value is None:
+        return []
+    pairs = []
+    for item in value.split(","):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise UsageError(f"--api-auth takes USER:PASS[,USER:PASS], got {item!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to start with: a converted folder or a Hub repo of one [default: $SDCLI_MODEL, else the first under --models-dir]."),
+    models_dir: Path = typer.Option(Path("models"), "--models-dir", help="Converted model folders a request may switch to, by their folder name (A1111's sd_model_checkpoint)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; think of --api-auth)."),
+    port: int = typer.Option(7860, "--port", min=0, max=65535, help="Port (A1111's 7860; 0: any free one, printed)."),
+    api_auth: Optional[str] = typer.Option(None, "--api-auth", help="USER:PASS[,USER:PASS]: HTTP Basic credentials asked on every route."),
+    queue_size: int = typer.Option(32, "--queue-size", min=0, max=10_000, help="Requests that may wait behind the running one; more are answered 503 at once."),
+    precision: str = typer.Option("auto", "--precision", help="As generate's: auto, f32, bf16, f16 (a request gives generate's pixels with the same one)."),
+):
+    """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...) with the
+    model kept warm between requests."""
+    with user_errors("interrupted"):
+        credentials = parse_auth(api_auth)
+        try:
+            import fastapi  # noqa: F401
+            import uvicorn  # noqa: F401
+        except ImportError:
+            raise UsageError('sdcli serve needs FastAPI and uvicorn: pip install "sdcli[serve]"') from None
+        from sdcli.model.folder import ModelFolder
+        from sdcli.runtime.core import check_precision
+        from sdcli.serve.server import listen, run
+
+        check_precision(precision)
+        path = None
+        given = model or os.environ.get("SDCLI_MODEL")
+        if given or not (models_dir.is_dir() and any(models_dir.glob("*/model_index.json"))):
+            from sdcli.model.hub import resolve_model
+
+            path = Path(resolve_model(given))
+            ModelFolder.open(path)  # a broken folder is reported now, not at the first request
+        try:
+            sock = listen(host, port)
+        except OSError as exc:
+            raise SdcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+
+        def ready(server) -> None:
+            print(f"sdcli: serving AUTOMATIC1111's API on http://{shown}:{bound[1]} (docs: /docs)",
+                  file=sys.stderr, flush=True)
+
+        run(sock, path, models_dir if models_dir.is_dir() else None, credentials, queue_size, precision, ready)
