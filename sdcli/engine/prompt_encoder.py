@@ -29,8 +29,12 @@ def embedding_inputs(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embeddings_used(chunked: list[list[Chunk]]) -> tuple[str, ...]:
-    """The names of the embeddings in `chunked`, each once, in order of appearance."""
-    return tuple(dict.fromkeys(name for chunks in chunked for chunk in chunks for _, _, name in chunk.fixes))
+    """The names of the embeddings in each text's chunks, once per text, as A1111 lists them in
+    `TI hashes`: the last text's (the prompt's) first."""
+    names: list[str] = []
+    for chunks in reversed(chunked):
+        names += dict.fromkeys(name for chunk in chunks for _, _, name in chunk.fixes)
+    return tuple(names)
 
 
 class ClipPromptEncoder:
