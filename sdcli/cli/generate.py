@@ -60,8 +60,9 @@ def generate(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin), which can run code: only files you trust."),
 ):
     """Make images from a prompt (and optionally an init image)."""
+    # the arguments as this function got them: click's ctx.params may hold Typer's paths as str
+    options = SimpleNamespace(**{name: value for name, value in locals().items() if name != "ctx"})
     with user_errors("interrupted"):
-        options = SimpleNamespace(**ctx.params)
         if from_image is not None:
             from sdcli.engine.parameters import settings_from_image
 
