@@ -298,3 +298,16 @@ def test_auth_on_every_route_and_body_limit(worker):
     assert client.get("/docs", auth=("bob", "pw:with:colons")).status_code == 200
     r = client.post("/sdapi/v1/png-info", json={"image": "A" * 10_000}, auth=("ann", "s3cret"))
     assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"
+
+
+def test_a_size_that_cannot_fit_is_refused_before_it_starts(client, worker, monkeypatch):
+    import sdcli.engine.memory as memory
+
+    monkeypatch.delenv("SDCLI_SKIP_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)  # 1 MB free
+    started = time.monotonic()
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 2048, "height": 2048})
+    assert r.status_code == 422 and "GB of memory" in r.json()["detail"], r.text
+    assert time.monotonic() - started < 10 and worker.state.job_count == 0
+    monkeypatch.undo()
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}).status_code == 200
