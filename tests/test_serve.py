@@ -169,12 +169,17 @@ def test_defaults_and_nulls_are_accepted(client):
                                    "enable_hr", "denoising_strength", "eta", "s_noise")}
     r = client.post("/sdapi/v1/txt2img", json={**nulls, "prompt": "x", **SMALL})
     assert r.status_code == 200, r.text
+    # what other clients send: Swagger's example body, SillyTavern's save_images
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "styles": [""], "save_images": True,
+                                               "refiner_checkpoint": "", "refiner_switch_at": 0, "comments": {},
+                                               "disable_extra_networks": False, "s_min_uncond": 0})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("field, value", [
     ("enable_hr", True), ("restore_faces", True), ("tiling", True), ("script_name", "X/Y/Z plot"),
     ("alwayson_scripts", {"ControlNet": {"args": []}}), ("subseed_strength", 0.3), ("styles", ["mine"]),
-    ("save_images", True), ("seed_resize_from_w", 512),
+    ("seed_resize_from_w", 512), ("refiner_checkpoint", "sdxl-refiner"),
 ])
 def test_fields_that_switch_on_what_sdcli_does_not_do_are_refused(client, field, value):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, field: value})

@@ -117,12 +117,12 @@ def refuse_unsupported(body) -> None:
         ("script_name", bool(given("script_name")), "no scripts are installed here"),
         ("alwayson_scripts", bool(given("alwayson_scripts")), "no scripts are installed here"),
         ("subseed_strength", (given("subseed_strength") or 0) > 0, "variation seeds are not supported"),
-        ("styles", bool(given("styles")), "there are no prompt styles here"),
-        ("save_images", given("save_images") is True, "the server keeps no images: they come back in the response"),
+        ("styles", any(str(style).strip() for style in given("styles") or ()), "there are no prompt styles here"),
         ("resize_mode", (given("resize_mode") or 0) != 0, "only 0 (just resize) is supported"),
         ("initial_noise_multiplier", given("initial_noise_multiplier") not in (None, 1, 1.0),
          "only 1 is supported"),
-        ("refiner_checkpoint", bool(given("refiner_checkpoint")), "refiner models are not supported"),
+        ("refiner_checkpoint", str(given("refiner_checkpoint") or "None").lower() != "none",
+         "refiner models are not supported"),
     ]
     for name, refused, why in checks:
         if refused:

@@ -20,7 +20,7 @@ class ProcessingRequest(BaseModel):
 
     prompt: Optional[str] = Field("", description="What to draw (A1111's prompt syntax: (word:1.2), [word]).")
     negative_prompt: Optional[str] = Field("", description="What to steer away from.")
-    styles: Optional[list[str]] = Field(None, description="Prompt styles: none exist here (a non-empty list is refused).")
+    styles: Optional[list[str]] = Field(None, description="Prompt styles: none exist here (a style name is refused; empty strings pass).")
     seed: Optional[int] = Field(-1, description="-1: a random seed; image i of the request uses seed + i.")
     subseed: Optional[int] = Field(-1, description="Variation seed: accepted, used only with subseed_strength, which must be 0.")
     subseed_strength: Optional[float] = Field(0, description="Variation strength: must be 0 (not supported).")
@@ -43,7 +43,7 @@ class ProcessingRequest(BaseModel):
     script_args: Optional[list[Any]] = Field(None, description="Accepted and unused.")
     alwayson_scripts: Optional[dict[str, Any]] = Field(None, description="Must be empty (no scripts here).")
     send_images: Optional[bool] = Field(True, description="false: the response has no images.")
-    save_images: Optional[bool] = Field(False, description="Must be false: the server keeps nothing; images come back in the response.")
+    save_images: Optional[bool] = Field(False, description="Accepted and unused: the server keeps no images; they come back in the response.")
 
 
 class Txt2ImgRequest(ProcessingRequest):
