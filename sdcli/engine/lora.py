@@ -90,7 +90,7 @@ def match_modules(lora: LoraFile, folder: ModelFolder) -> tuple[dict[str, list[t
         wanted = module.delta_size()
         if size and wanted != size:
             raise UsageError(f"LoRA {lora.path.name} does not fit this model: {module.key} changes "
-                             f"{constant.removesuffix('.weight')}, whose weight has {size} values, by {wanted} "
+                             f"{constant.removesuffix('_compressed').removesuffix('.weight')}, whose weight has {size} values, by {wanted} "
                              "(a LoRA for another base model?)")
         matched.setdefault(module.component, []).append((module, constant))
     return matched, unmatched

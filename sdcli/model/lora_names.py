@@ -16,7 +16,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-_IR_CONST = re.compile(rb'<layer\b[^>]*\bname="([^"]+)\.weight"[^>]*\btype="Const"[^>]*>\s*'
+# a weight constant: `<path>.weight`, or `<path>.weight_compressed` in an fp16 IR (a Convert named
+# `<path>.weight` widens it)
+_IR_CONST = re.compile(rb'<layer\b[^>]*\bname="([^"]+)\.weight(_compressed)?"[^>]*\btype="Const"[^>]*>\s*'
                        rb'<data\b[^>]*\bshape="([^"]*)"')
 _WRAPPERS = ("self.", "model.", "text_model.", "__module.")
 _LORA_PREFIXES = ("diffusion_model_", "transformer_text_model_", "text_model_")
@@ -42,22 +44,33 @@ def flat_ir_name(constant: str) -> str:
     return name.replace(".", "_")
 
 
+# a layer as traced from torch: `__module.<path>/aten::linear/MatMul` (found where the weight has lost its
+# name, as the convolutions of a hybrid-quantized UNet)
+_IR_LAYER = re.compile(rb'<layer\b[^>]*\bname="__module\.([^"/]+)/aten::(?:linear|_convolution)/'
+                       rb'(?:MatMul|Convolution)"[^>]*\btype="(?:MatMul|Convolution)"')
+
+
 @lru_cache(maxsize=8)
 def _ir_weights(xml: str, size: int, mtime: int) -> dict[str, tuple[str, int]]:
     found = {}
-    for match in _IR_CONST.finditer(Path(xml).read_bytes()):
-        constant = match.group(1).decode("utf-8", "replace")
-        dims = [d.strip() for d in match.group(2).decode("ascii", "replace").split(",") if d.strip()]
+    data = Path(xml).read_bytes()
+    for match in _IR_CONST.finditer(data):
+        module = match.group(1).decode("utf-8", "replace")
+        suffix = ".weight_compressed" if match.group(2) else ".weight"
+        dims = [d.strip() for d in match.group(3).decode("ascii", "replace").split(",") if d.strip()]
         numel = 1
         for d in dims:
             numel *= int(d) if d.isdigit() else 0
-        found.setdefault(flat_ir_name(constant), (constant + ".weight", numel))
+        found.setdefault(flat_ir_name(module), (module + suffix, numel))
+    for match in _IR_LAYER.finditer(data):
+        name = match.group(0).split(b'name="', 1)[1].split(b'"', 1)[0].decode("utf-8", "replace")
+        found.setdefault(flat_ir_name(match.group(1).decode("utf-8", "replace")), (name, 0))
     return found
 
 
 def ir_weights(xml: Path) -> dict[str, tuple[str, int]]:
     """{flat layer name: (IR constant name, number of values)} of the weights in an IR (read
-    from its XML)."""
+    from its XML); for a weight without its name, (the MatMul or Convolution's name, 0)."""
     st = xml.stat()
     return _ir_weights(str(xml.resolve()), st.st_size, st.st_mtime_ns)
 

@@ -58,12 +58,12 @@ def _value(output) -> np.ndarray:
     if kind == "Constant":
         return np.asarray(node.data)
     args = [_value(node.input_value(i)) for i in range(node.get_input_size())]
-    if kind == "Convert":
-        return args[0].astype(_numpy_type(node.get_output_element_type(0)))
+    if kind == "Convert":  # to float32 for any float type: OpenVINO's CPU plugin decompresses int8 weights
+        target = _numpy_type(node.get_output_element_type(0))  # in float32, not in the f16 the IR names
+        return args[0].astype(np.float32 if np.issubdtype(target, np.floating) else target)
     if kind in ("Subtract", "Multiply", "Add"):
-        a, b = args
-        result = a - b if kind == "Subtract" else a * b if kind == "Multiply" else a + b
-        return result.astype(_numpy_type(node.get_output_element_type(0)))
+        a, b = (arg.astype(np.float32) for arg in args)
+        return a - b if kind == "Subtract" else a * b if kind == "Multiply" else a + b
     if kind in ("Reshape", "Unsqueeze", "Squeeze"):
         return args[0].reshape(tuple(node.get_output_shape(0)))
     if kind == "Transpose":
@@ -72,16 +72,17 @@ def _value(output) -> np.ndarray:
 
 
 def fuse_weight_deltas(model, deltas: dict[str, Delta], component: str) -> int:
-    """Graph edit: each weight constant named in `deltas` gets its ΔW added (see the module's
-    docstring).  Returns the number of layers changed."""
+    """Graph edit: each weight constant named in `deltas` (or layer, for a weight without a
+    name) gets its ΔW added (see the module's docstring).  Returns the number of layers changed."""
     import openvino as ov
     from openvino import opset13 as ops
 
-    constants = {op.get_friendly_name(): op for op in model.get_ordered_ops()
-                 if op.get_type_name() == "Constant" and op.get_friendly_name() in deltas}
+    nodes = {op.get_friendly_name(): op for op in model.get_ordered_ops()
+             if op.get_type_name() in ("Constant", *_LAYERS) and op.get_friendly_name() in deltas}
     for name, delta in deltas.items():
-        constant = constants.get(name)
-        found = _consumer(constant) if constant is not None else None
+        node = nodes.get(name)  # the weight's constant, or the layer itself
+        found = (node, 1) if node is not None and node.get_type_name() in _LAYERS else \
+            _consumer(node) if node is not None else None
         if found is None:
             raise UsageError(f"{component}: cannot apply a LoRA to {name}: no MatMul or Convolution reads it "
                              "in this IR")

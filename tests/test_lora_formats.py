@@ -1,0 +1,222 @@
+"""LoRAs on fp16, int8 and hybrid-quantized folders; the pieces on their own: A1111's tag
+syntax, LDM block names, the weight fusion on compressed weights, the pickle reader."""
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.reference import PROMPT, compare, reference_arguments, sdcli_pixels, to_pixels
+from tests.lora_files import fresh_pipe, kohya_lora, save, set_file_alphas
+
+SIZE = dict(width=64, height=64)
+pytestmark = pytest.mark.filterwarnings("ignore:The following alpha_pattern keys did not match:RuntimeWarning")
+
+
+# --- A1111's syntax and names -------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt,clean,tags", [
+    ("a castle <lora:watercolor_v2:0.8>", "a castle ", [("watercolor_v2", 0.8, 0.8, None)]),
+    ("<lora:a>x<lora:b:-0.5>", "x", [("a", 1.0, 1.0, None), ("b", -0.5, -0.5, None)]),
+    ("x <lora:a:0.3:1.2>", "x ", [("a", 0.3, 1.2, None)]),
+    ("x <lora:a:unet=0.7>", "x ", [("a", 1.0, 0.7, None)]),
+    ("x <lora:a:te=0.2:unet=0.7:dyn=8>", "x ", [("a", 0.2, 0.7, 8)]),
+    ("x <lora:a:0.5:dyn=8>", "x ", [("a", 0.5, 0.5, 8)]),
+    ("x <lora:sub/a b:1>", "x ", [("sub/a b", 1.0, 1.0, None)]),
+    ("(x:1.2) <lyco:a:0.4>", "(x:1.2) ", [("a", 0.4, 0.4, None)]),
+])
+def test_tags_are_read_as_a1111_reads_them(prompt, clean, tags):
+    from sdcli.engine.networks import parse_tags
+
+    text, found, notes = parse_tags(prompt)
+    assert text == clean and not notes
+    assert [(t.name, t.te, t.unet, t.dyn) for t in found] == tags
+
+
+def test_other_tags_are_removed_with_a_note_and_bad_weights_are_usage_errors():
+    from sdcli.engine.networks import parse_tags
+    from sdcli.util.errors import UsageError
+
+    text, found, notes = parse_tags("x <hypernet:h:1>")
+    assert text == "x " and not found and "<hypernet:h:1>" in notes[0]
+    with pytest.raises(UsageError, match="must be a number"):
+        parse_tags("x <lora:a:strong>")
+
+
+SD15 = dict(down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, layers_per_block=2)
+SDXL = dict(down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], layers_per_block=2)
+
+
+@pytest.mark.parametrize("config,ldm,diffusers", [
+    # A1111's convert_diffusers_name_to_compvis, read the other way (SD 1.5)
+    (SD15, "input_blocks_1_1_transformer_blocks_0_attn1_to_q", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"),
+    (SD15, "input_blocks_2_0_in_layers_2", "down_blocks_0_resnets_1_conv1"),
+    (SD15, "input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
+    (SD15, "input_blocks_4_0_skip_connection", "down_blocks_1_resnets_0_conv_shortcut"),
+    (SD15, "input_blocks_11_0_emb_layers_1", "down_blocks_3_resnets_1_time_emb_proj"),
+    (SD15, "middle_block_1_proj_out", "mid_block_attentions_0_proj_out"),
+    (SD15, "middle_block_2_out_layers_3", "mid_block_resnets_1_conv2"),
+    (SD15, "output_blocks_2_1_conv", "up_blocks_0_upsamplers_0_conv"),
+    (SD15, "output_blocks_5_2_conv", "up_blocks_1_upsamplers_0_conv"),
+    (SD15, "output_blocks_11_1_transformer_blocks_0_ff_net_2", "up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2"),
+    (SD15, "time_embed_2", "time_embedding_linear_2"),
+    (SD15, "out_2", "conv_out"),
+    # kohya's SDXL LoRAs: no attention in the first down block and the last up block
+    (SDXL, "input_blocks_4_1_transformer_blocks_1_attn2_to_k", "down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k"),
+    (SDXL, "input_blocks_7_1_proj_in", "down_blocks_2_attentions_0_proj_in"),
+    (SDXL, "output_blocks_0_1_transformer_blocks_9_ff_net_0_proj", "up_blocks_0_attentions_0_transformer_blocks_9_ff_net_0_proj"),
+    (SDXL, "output_blocks_5_2_conv", "up_blocks_1_upsamplers_0_conv"),
+    (SDXL, "output_blocks_8_0_skip_connection", "up_blocks_2_resnets_2_conv_shortcut"),
+    (SDXL, "label_emb_0_0", "add_embedding_linear_1"),
+])
+def test_ldm_block_names(config, ldm, diffusers):
+    from sdcli.model.lora_names import ldm_to_diffusers
+
+    assert ldm_to_diffusers(ldm, config) == diffusers
+
+
+# --- the fusion on compressed weights, exactly ----------------------------------------------------
+
+def _linear_model(weight: np.ndarray, compress: str, tmp_path: Path):
+    """x [n, in] @ W^T as an IR, its weight fp16 or int8 (nncf) compressed, read back."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([weight.shape[1], weight.shape[1]], np.float32, name="x")
+    w = ops.constant(weight)
+    w.set_friendly_name("self.model.layer.weight")
+    model = ov.Model([ops.matmul(x, w, False, True)], [x])
+    if compress == "int8":
+        import nncf
+
+        model = nncf.compress_weights(model)
+    ov.save_model(model, tmp_path / f"{compress}.xml", compress_to_fp16=compress == "fp16")
+    return ov.Core().read_model(tmp_path / f"{compress}.xml")
+
+
+@pytest.mark.parametrize("compress", ["none", "fp16", "int8"])
+def test_fused_weight_is_the_decompressed_weight_plus_delta(compress, tmp_path):
+    """Fed the identity, the layer gives its weight: after the fusion, exactly the weight as
+    the IR decompressed it plus ΔW."""
+    import openvino as ov
+
+    from sdcli.model.lora_names import ir_weights
+    from sdcli.runtime.lora import fuse_weight_deltas
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((24, 16)).astype(np.float32)
+    delta = rng.standard_normal((24, 16)).astype(np.float32) * 0.1
+    core = ov.Core()
+    eye = np.eye(16, dtype=np.float32)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = core.compile_model(_linear_model(weight, compress, tmp_path), "CPU", config)({"x": eye})[0]
+    model = _linear_model(weight, compress, tmp_path)
+    name, size = ir_weights(tmp_path / f"{compress}.xml")["layer"]  # the constant as the IR names it
+    assert size == weight.size
+    assert fuse_weight_deltas(model, {name: lambda shape: delta}, "test") == 1
+    after = core.compile_model(model, "CPU", config)({"x": eye})[0]
+    assert np.abs(after - (before + delta.T)).max() < 1e-5
+    if compress != "none":
+        assert np.abs(before.T - weight).max() > 0  # the weight was compressed
+
+
+# --- whole folders ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compressed_folders(tiny_eps, tmp_path_factory):
+    """tiny_eps's folder with its UNet and text encoder saved fp16, and int8 (nncf, weights only)."""
+    import nncf
+    import openvino as ov
+
+    root = tmp_path_factory.mktemp("compressed")
+    folders = {}
+    for kind in ("fp16", "int8"):
+        folder = root / kind
+        shutil.copytree(tiny_eps.ov_dir, folder)
+        for component in ("unet", "text_encoder"):
+            xml = folder / component / "openvino_model.xml"
+            model = ov.Core().read_model(tiny_eps.ov_dir / component / "openvino_model.xml")
+            if kind == "int8":
+                model = nncf.compress_weights(model)
+            ov.save_model(model, xml, compress_to_fp16=kind == "fp16")
+        folders[kind] = folder
+    return folders
+
+
+def _lora_file(tiny_eps, tmp_path) -> Path:
+    return save(kohya_lora(tiny_eps.pipe(), {"linear", "conv1x1", "conv3x3", "time"}, seed=21),
+                tmp_path / "loras" / "style.safetensors")
+
+
+def test_fp16_folder_takes_the_lora_as_the_fp32_one(tiny_eps, compressed_folders, tmp_path):
+    """fp16 weights (a Convert widens each): the LoRA moves the picture as on the fp32 folder, up
+    to what fp16 weights change without a LoRA (diffusers on fp16-rounded parameters is no exact
+    reference: the IR rounds other constants too)."""
+    reference, with_lora, without = _quantized_case(compressed_folders["fp16"], tiny_eps, tmp_path)
+    plain = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "p.png", prompt=PROMPT, **SIZE)
+    assert np.abs(with_lora - reference).max() <= np.abs(without - plain).max() + 2
+    assert np.abs(with_lora - reference).mean() < 1
+
+
+def _quantized_case(folder, tiny_eps, tmp_path, weight: float = 0.8):
+    """(float + LoRA, quantized + LoRA, quantized) pictures."""
+    _lora_file(tiny_eps, tmp_path)
+    lora = f"{PROMPT} <lora:style:{weight}>"
+    reference = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "f.png", "--lora-dir", tmp_path / "loras", prompt=lora, **SIZE)
+    with_lora = sdcli_pixels(folder, tmp_path / "q.png", "--lora-dir", tmp_path / "loras", prompt=lora, **SIZE)
+    without = sdcli_pixels(folder, tmp_path / "n.png", prompt=PROMPT, **SIZE)
+    return reference, with_lora, without
+
+
+def test_int8_folder_takes_the_lora_on_its_dequantized_weights(tiny_eps, compressed_folders, tmp_path):
+    """int8 weights: the layers the LoRA changes get dequantized weights + ΔW (float32); the
+    picture is the float model's with the LoRA, up to the int8 rounding of the other weights."""
+    reference, with_lora, without = _quantized_case(compressed_folders["int8"], tiny_eps, tmp_path)
+    assert np.abs(with_lora - reference).mean() < 0.25 * np.abs(without - reference).mean()
+
+
+def test_hybrid_folder_takes_the_lora(tiny_eps, tmp_path):
+    """--quantize hybrid: the weights are int8 (dequantized + ΔW where the LoRA changes them; the
+    convolutions' weights have lost their names and are found by their layer's); the activation
+    quantizers stay as calibrated without the LoRA, so they clip what a strong LoRA changes: at
+    0.1 this random LoCon moves the float picture by 25 of 255 on average and the hybrid one
+    lands within hybrid's own error (8 of 255); at 0.8 it would not (46 of 255)."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red house\na blue boat\n")
+    folder = tmp_path / "hybrid"
+    result = CliRunner().invoke(app, ["convert", str(tiny_eps.diffusers_dir), "--output", str(folder), "--quantize",
+                                      "hybrid", "--calibration-prompts", str(prompts), "--calibration-samples", "4",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    reference, with_lora, without = _quantized_case(folder, tiny_eps, tmp_path, weight=0.1)
+    assert np.abs(with_lora - reference).mean() < 0.5 * np.abs(without - reference).mean()
+
+
+# --- the pickle reader ----------------------------------------------------------------------------
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_a_pickle_holding_code_is_refused_even_with_allow_pickle(tmp_path):
+    from sdcli.model.tensor_files import read_tensors
+    from sdcli.util.errors import UsageError
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"x": _Evil()}))
+    with pytest.raises(UsageError, match="builtins.print"):
+        read_tensors(path, True, "LoRA")
+    with pytest.raises(UsageError, match="--allow-pickle"):
+        read_tensors(path, False, "LoRA")
