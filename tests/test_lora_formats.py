@@ -220,3 +220,41 @@ def test_a_pickle_holding_code_is_refused_even_with_allow_pickle(tmp_path):
         read_tensors(path, True, "LoRA")
     with pytest.raises(UsageError, match="--allow-pickle"):
         read_tensors(path, False, "LoRA")
+
+
+# --- scripts/bench_lora.py and SDXL embeddings ----------------------------------------------------
+
+def test_bench_script_runs_on_the_tiny_model(tiny_eps, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino_genai")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_lora.py"
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(script), "--model", str(tiny_eps.ov_dir), "--make-lora", "2", "--size", "64",
+                        "--steps", "3", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "SDCLI_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    results = json.loads(out.read_text())
+    assert results["sdcli"]["lora"]["compile"] == 0.0 and results["sdcli"]["lora_first"]["compile"] > 0
+    assert results["genai"]["lora"]["step"] > 0
+    assert "sdcli (fused)" in r.stdout and "genai (branches)" in r.stdout
+
+
+def test_sdxl_embeddings_give_each_text_encoder_its_vectors(tmp_path):
+    """An SDXL embedding holds clip_l (text encoder 1) and clip_g (text encoder 2); a single
+    tensor serves any text encoder of its width."""
+    from sdcli.model.embedding_file import read_embedding
+    from sdcli.util.errors import UsageError
+    from tests.lora_files import save as save_tensors
+    import torch
+
+    save_tensors({"clip_l": torch.ones(2, 768), "clip_g": torch.zeros(2, 1280)}, tmp_path / "xl.safetensors")
+    xl = read_embedding(tmp_path / "xl.safetensors", False)
+    assert xl.for_encoder(0, 768).shape == (2, 768) and xl.for_encoder(1, 1280).shape == (2, 1280)
+    save_tensors({"emb_params": torch.ones(3, 768)}, tmp_path / "sd1.safetensors")
+    sd1 = read_embedding(tmp_path / "sd1.safetensors", False)
+    assert sd1.for_encoder(0, 768).shape == (3, 768)
+    with pytest.raises(UsageError, match="width 768"):
+        sd1.for_encoder(1, 1280)
