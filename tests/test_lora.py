@@ -405,10 +405,14 @@ def test_a_file_matching_nothing_is_an_error_and_a_partial_one_a_warning(tiny_ep
     partial = dict(sd)
     partial["lora_unet_no_such_layer.lora_down.weight"] = torch.zeros(4, 32)
     partial["lora_unet_no_such_layer.lora_up.weight"] = torch.zeros(32, 4)
+    dora = "lora_unet_down_blocks_0_attentions_0_proj_out"  # DoRA's magnitude vector: a kind sdcli does not read
+    partial[f"{dora}.dora_scale"] = torch.ones(1, 32)
+    partial["lora_unet_down_blocks_0_attentions_0_proj_in.oft_blocks"] = torch.zeros(4, 8, 8)  # OFT
     save(partial, tmp_path / "loras" / "partial.safetensors")
     result = generate_cli(tiny_eps, tmp_path, "a cat <lora:partial>", "--lora-dir", tmp_path / "loras")
     assert result.exit_code == 0, result.output
-    assert f"1 of {len(sd) // 3 + 1} layers match nothing in this model" in result.output
+    assert f"2 of {len(sd) // 3 + 2} layers match nothing in this model or are of a kind" in result.output
+    assert "1 tensors are not a LoRA's" in result.output and "oft_blocks" in result.output
     wrong = {k: torch.zeros(v.shape[0], 7) if k.endswith("down.weight") else v for k, v in sd.items()}
     save(wrong, tmp_path / "loras" / "wrong_size.safetensors")
     result = generate_cli(tiny_eps, tmp_path, "a cat <lora:wrong_size>", "--lora-dir", tmp_path / "loras")

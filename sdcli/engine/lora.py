@@ -34,6 +34,7 @@ class LoraFile:
     modules: list[LoraModule]
     metadata: dict[str, str]
     identity: tuple  # (path, size, mtime): what the compiled blobs are keyed by
+    stray: list[str]  # keys that are no LoRA tensor sdcli reads (OFT, norm, GLoRA, ...)
 
     @classmethod
     def read(cls, path: Path, allow_pickle: bool) -> "LoraFile":
@@ -50,7 +51,7 @@ class LoraFile:
             raise UsageError(f"LoRA {path.name}: no LoRA tensors in it (lora_down/lora_up, lora_A/lora_B, hada_*, "
                              f"lokr_*; its first keys: {first or 'none'})")
         st = path.stat()
-        return cls(path, modules, metadata, (str(path.resolve()), st.st_size, st.st_mtime_ns))
+        return cls(path, modules, metadata, (str(path.resolve()), st.st_size, st.st_mtime_ns), stray)
 
 
 @dataclass
@@ -102,13 +103,16 @@ def check_matches(lora: LoraFile, folder: ModelFolder) -> tuple[dict, str | None
     matched, unmatched = match_modules(lora, folder)
     if not matched:
         raise UsageError(f"LoRA {lora.path} matches nothing in this model (its first keys: "
-                         f"{', '.join(unmatched[:SHOWN])}): a LoRA for another kind of model, or a format sdcli "
-                         "does not read")
-    note = None
+                         f"{', '.join((unmatched + lora.stray)[:SHOWN])}): a LoRA for another kind of model, or a "
+                         "format sdcli does not read")
+    notes = []
     if unmatched:
-        note = (f"LoRA {lora.path.name}: {len(unmatched)} of {len(lora.modules)} layers match nothing in this model "
-                f"and are left out (first: {', '.join(unmatched[:SHOWN])})")
-    return matched, note
+        notes.append(f"{len(unmatched)} of {len(lora.modules)} layers match nothing in this model or are of a kind "
+                     f"sdcli does not read, and are left out (first: {', '.join(unmatched[:SHOWN])})")
+    if lora.stray:
+        notes.append(f"{len(lora.stray)} tensors are not a LoRA's, and are left out (first: "
+                     f"{', '.join(lora.stray[:SHOWN])})")
+    return matched, f"LoRA {lora.path.name}: {'; '.join(notes)}" if notes else None
 
 
 def _delta_for(entries: list[tuple[LoraModule, LoraUse]], component: str):

@@ -64,6 +64,8 @@ class LoraModule:
     @property
     def kind(self) -> str | None:
         t = self.tensors
+        if "dora_scale" in t:  # DoRA: a magnitude rescale of W + ΔW, not read
+            return None
         if "lora_up.weight" in t and "lora_down.weight" in t:
             return "lora"
         if all(k in t for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")):
