@@ -82,8 +82,12 @@ def _generate(model: Path, steps: int, size: int, extra: list[str]) -> list[str]
 
 
 def _genai(model: Path, steps: int, size: int, own_scheduler: bool) -> list[str]:
+    """genai as sdcli is measured here, warm: its compiled-model cache (kept beside the model
+    folder's name, under the bench work folder) and a static reshape (runners.py)."""
+    cache = Path(model).parent / f".genai-cache-{Path(model).name}"
     return [sys.executable, "-m", "sdcli.bench.runners", "genai", "--model", str(model), "--prompt", PROMPT,
-            "--steps", str(steps), "--seed", "42", "--size", str(size)] + (["--own-scheduler"] if own_scheduler else [])
+            "--steps", str(steps), "--seed", "42", "--size", str(size), "--cache-dir", str(cache)] \
+        + (["--own-scheduler"] if own_scheduler else [])
 
 
 def _batch(model: Path, steps: int, size: int, parallel: str, prompts: Path) -> list[str]:

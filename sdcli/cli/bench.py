@@ -73,7 +73,7 @@ def bench(
 @app.command("bench-features")
 def bench_features(
     cases: str = typer.Option(",".join(("deepcache", "tiny_vae", "combo", "lcm", "quantize", "throughput")), "--cases", help="Comma-separated: deepcache, tiny_vae, combo, lcm, quantize, throughput."),
-    rounds: int = typer.Option(2, "--rounds", min=1, help="Interleaved measured rounds (after one warm-up run of each configuration)."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved measured rounds (after one warm-up run of each configuration)."),
     size: int = typer.Option(512, "--size", callback=positive_multiple_of_8, help="Image width and height."),
     arch: str = typer.Option("sd15", "--arch", help="sd15 (the real cost) or tiny (a quick check of the benchmark itself)."),
     batch_images: int = typer.Option(4, "--batch-images", min=2, max=8, help="throughput: prompts in the batch."),
