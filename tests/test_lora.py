@@ -479,3 +479,32 @@ def test_batch_rows_take_loras_from_their_prompts(tiny_eps, tmp_path):
     assert "Lora hashes" not in read_png_text(second)["parameters"]
     single = ours(tiny_eps.ov_dir, tmp_path, f"{PROMPT} <lora:a:0.8>")
     assert np.array_equal(read_rgb(first).astype(np.int16), single)
+
+
+def test_loras_and_embeddings_never_import_torch_or_diffusers(tiny_eps, tmp_path):
+    """Reading a LoRA (a pickled one too) and an embedding needs numpy only."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.reference import generate_args
+
+    sd = kohya_lora(tiny_eps.pipe(), {"linear", "conv3x3"}, seed=20)
+    save(sd, tmp_path / "loras" / "a.safetensors")
+    torch.save(sd, tmp_path / "loras" / "b.pt")
+    embeddings(tmp_path)
+    args = generate_args(tiny_eps.ov_dir, tmp_path / "x.png", "--lora-dir", tmp_path / "loras", "--embeddings-dir",
+                         tmp_path / "embeddings", "--allow-pickle", prompt="mystyle <lora:a:0.5> <lora:b:0.3>",
+                         steps=2, **SIZE)
+    code = (
+        "import sys\n"
+        "from sdcli.cli.app import app\n"
+        f"args = {[str(a) for a in args]!r}\n"
+        "try:\n    app(args)\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "bad = [m for m in ('torch', 'diffusers', 'safetensors') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "x.png").is_file()
