@@ -508,3 +508,24 @@ def test_loras_and_embeddings_never_import_torch_or_diffusers(tiny_eps, tmp_path
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "x.png").is_file()
+
+
+def test_a_ray_worker_takes_the_folders_from_the_command_line(tiny_eps, tmp_path):
+    """What `batch --ray` hands each worker (generation_options) carries the LoRA folder: the
+    worker's row gives generate's picture."""
+    pytest.importorskip("ray")
+    from sdcli.batch.ray_runner import RowWorker
+    from sdcli.batch.row_runner import generation_options
+    from sdcli.batch.rows import BatchOptions, Job
+    from sdcli.imaging.image_io import read_rgb
+
+    save(kohya_lora(tiny_eps.pipe(), {"linear"}, seed=22), tmp_path / "loras" / "a.safetensors")
+    opts = BatchOptions(file="rows.txt", output_dir=tmp_path / "out", lora_dir=tmp_path / "loras")
+    worker = RowWorker(str(tiny_eps.ov_dir), "CPU", "f32", "torch", None, None, generation_options(opts))
+    assert worker.ready()["error"] is None
+    job = Job(1, 0, f"{PROMPT} <lora:a:0.8>", NEGATIVE, 1234, 10, 7.5, 64, 64, None, None, 0.8, "x.png")
+    status, out, _ = worker.run(job)
+    assert status == "ok", out
+    single = ours(tiny_eps.ov_dir, tmp_path, f"{PROMPT} <lora:a:0.8>")
+    (tmp_path / "row.png").write_bytes(out.png)
+    assert np.array_equal(read_rgb(tmp_path / "row.png").astype(np.int16), single)
