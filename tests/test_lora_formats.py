@@ -258,3 +258,16 @@ def test_sdxl_embeddings_give_each_text_encoder_its_vectors(tmp_path):
     assert sd1.for_encoder(0, 768).shape == (3, 768)
     with pytest.raises(UsageError, match="width 768"):
         sd1.for_encoder(1, 1280)
+
+
+def test_an_embedding_is_not_split_across_prompt_chunks():
+    """A1111 starts a new 75-token chunk before an embedding that does not fit in the current one."""
+    from sdcli.engine.prompt_syntax import chunk_prompt
+
+    vectors = np.ones((3, 8), np.float32)
+    tokens = [5] * 74 + [0] * 3 + [6] * 2
+    chunks = chunk_prompt(tokens, [1.0] * len(tokens), 1, 2, 3, None, [(74, 3, vectors, "e")])
+    assert len(chunks) == 2
+    assert chunks[0].ids[1:76] == [5] * 74 + [2] and not chunks[0].fixes
+    assert chunks[1].ids[:7] == [1, 0, 0, 0, 6, 6, 2]
+    assert [(position, name) for position, _, name in chunks[1].fixes] == [(1, "e")]

@@ -24,7 +24,7 @@ from sdcli.engine.denoise import StepInfo, denoise
 from sdcli.engine.families import Conditioning, family_for
 from sdcli.engine.latents import prepare_latents, resolve_size
 from sdcli.engine.loader import ComponentCache
-from sdcli.engine.networks import NetworkFolders, Networks
+from sdcli.engine.networks import NetworkFolders, Networks, hash_name
 from sdcli.engine.request import GenerationRequest
 from sdcli.model.folder import ModelFolder
 from sdcli.runtime.components import UNet
@@ -248,4 +248,4 @@ class Engine:
         timings["total"] = time.perf_counter() - started
         timings["compile"] = self.components.compile_seconds() - compiled_before
         return Result(image, request.seed, width, height, scheduler.name, timings, notes, list(active.lora_hashes),
-                      [(name, active.embedding_hashes[name]) for name in conditioning.embeddings_used])
+                      [(hash_name(name), active.embedding_hashes[name]) for name in conditioning.embeddings_used])
