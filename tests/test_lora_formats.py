@@ -271,3 +271,22 @@ def test_an_embedding_is_not_split_across_prompt_chunks():
     assert chunks[0].ids[1:76] == [5] * 74 + [2] and not chunks[0].fixes
     assert chunks[1].ids[:7] == [1, 0, 0, 0, 6, 6, 2]
     assert [(position, name) for position, _, name in chunks[1].fixes] == [(1, "e")]
+
+
+def test_lora_blobs_are_kept_to_the_most_recently_used(tmp_path):
+    import os
+
+    from sdcli.runtime.core import LORA_BLOBS_KEPT, Runtime
+
+    blobs = []
+    for i in range(LORA_BLOBS_KEPT + 2):
+        blob = tmp_path / f"unet-lora{i:012d}-key{i}.blob"
+        blob.write_bytes(b"x")
+        os.utime(blob, (1000 + i, 1000 + i))
+        blobs.append(blob)
+    plain = tmp_path / "unet-abcdef.blob"
+    plain.write_bytes(b"x")
+    os.utime(plain, (1, 1))
+    Runtime._prune_lora_blobs(blobs[-1])
+    assert [b.exists() for b in blobs] == [False, False] + [True] * LORA_BLOBS_KEPT
+    assert plain.exists()  # a UNet without LoRAs is never pruned

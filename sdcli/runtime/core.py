@@ -185,8 +185,9 @@ class Runtime:
         if blob is not None and blob.is_file():
             try:
                 mapped = MappedFile(blob)
-                with contextlib.suppress(OSError):
-                    os.utime(blob)  # most recently used (LoRA blobs are pruned by it)
+                if "-lora" in blob.name:  # most recently used: LoRA blobs are pruned by it
+                    with contextlib.suppress(OSError):
+                        os.utime(blob)
                 with mapped.dropping_pages():
                     return self.core.import_model(mapped.tensor, self.device, self.config), mapped
             except RuntimeError:
