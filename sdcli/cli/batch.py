@@ -31,7 +31,7 @@ def batch(
     file: str = typer.Argument(..., help="Prompts: .txt (one a line), .jsonl or .csv (per-row settings); - reads standard input."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the images and manifest.jsonl (created if missing)."),
     input_format: Optional[str] = typer.Option(None, "--format", help="txt, jsonl or csv [default: FILE's extension; txt for -]."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder, or a Hub repo of one (owner/name) [default: $SDCLI_MODEL, else the only one under models/, else OpenVINO/stable-diffusion-v1-5-int8-ov from the Hub]."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="Default negative prompt."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Default init image (image-to-image)."),
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),

@@ -30,7 +30,7 @@ def generate(
     ctx: typer.Context,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to draw (required unless --from-image)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder [default: $SDCLI_MODEL, else the only one under models/]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder, or a Hub repo of one (owner/name) [default: $SDCLI_MODEL, else the only one under models/, else OpenVINO/stable-diffusion-v1-5-int8-ov from the Hub]."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),

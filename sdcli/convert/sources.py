@@ -55,8 +55,10 @@ def download_repo(repo_id: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=DIFFUSERS_FILES))
-    except LocalEntryNotFoundError as exc:
-        raise UsageError(f"cannot download {repo_id} (offline, or no network): {exc}") from exc
+    except LocalEntryNotFoundError:
+        raise UsageError(f"cannot download {repo_id}: no network (or HF_HUB_OFFLINE is set) and it is not in the "
+                         "Hugging Face cache; to try sdcli without a download, build a random-weight model: "
+                         "python -m sdcli.convert.random_model DIR --tiny (README, Set-up)") from None
     except HfHubHTTPError as exc:
         raise UsageError(f"cannot download {repo_id}: {str(exc).splitlines()[0]}") from exc
 
