@@ -118,52 +118,6 @@ def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None],
     return src, ov_dir
 
 
-def machine_info() -> dict:
-    cpu = platform.processor()
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu.strip(" x86_64"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    import openvino
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx": "amx_bf16" in flags,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-        "openvino": openvino.__version__.split("-")[0],
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
-def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None], arch: str = "sd15") -> tuple[Path, Path]:
-    """The random SD 1.5-architecture (or tiny) diffusers folder and its conversion, built once."""
-    src = workdir / f"{arch}-random"
-    ov_dir = workdir / f"{arch}-random-ov-{weight_format}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not (src / "model_index.json").is_file():
-        log(f"building a random-weight {arch} pipeline in {src} (once)")
-        tmp = workdir / f".{arch}-random.part"
-        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(tmp), f"--{arch}"], check=True,
-                       stdout=subprocess.DEVNULL)
-        os.replace(tmp, src)
-    if not (ov_dir / "model_index.json").is_file():
-        log(f"converting it to {ov_dir} ({weight_format}, once)")
-        subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(ov_dir),
-                        "--weight-format", weight_format, "--quiet"], check=True)
-    return src, ov_dir
-
-
 def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, precision: str, out_png: Path,
                  extra: list[str], cache_dir: Path, optimum_python: str | None = None) -> tuple[list[str], dict]:
     """The command line of one run of `peer`, and its environment."""

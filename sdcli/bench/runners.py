@@ -19,6 +19,27 @@ from pathlib import Path
 STARTED = time.perf_counter()
 
 
+class StepClock:
+    """The intervals between consecutive per-step callbacks, the first from start()."""
+
+    def __init__(self):
+        self.steps: list[float] = []
+        self.last = 0.0
+
+    def start(self) -> float:
+        self.last = time.perf_counter()
+        return self.last
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.steps.append(now - self.last)
+        self.last = now
+
+    def diffusers_callback(self, pipe, i, t, kwargs):
+        self.tick()
+        return kwargs
+
+
 def _ov_config(args) -> dict:
     config = {} if args.precision == "auto" else {"INFERENCE_PRECISION_HINT": args.precision}
     if args.cache_dir:
@@ -36,20 +57,17 @@ def run_genai(args) -> dict:
     pipe.reshape(1, args.size, args.size, args.guidance_scale)  # static shapes, as genai's docs advise
     pipe.compile(args.device, **_ov_config(args))
     load = time.perf_counter() - STARTED
-    steps: list[float] = []
-    last = [time.perf_counter()]
+    clock = StepClock()
 
     def on_step(step, num_steps, latent):
-        now = time.perf_counter()
-        steps.append(now - last[0])
-        last[0] = now
+        clock.tick()
         return False
 
-    t0 = time.perf_counter()
-    last[0] = t0
+    t0 = clock.start()
     image = pipe.generate(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
                           guidance_scale=args.guidance_scale, rng_seed=args.seed, callback=on_step)
     generate = time.perf_counter() - t0
+    steps = clock.steps
     out = {"load_compile": load, "generate": generate, "steps": steps}
     metrics = pipe.get_performance_metrics() if hasattr(pipe, "get_performance_metrics") else None
     if metrics is not None:
@@ -81,21 +99,13 @@ def run_optimum(args) -> dict:
     pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=1)
     pipe.compile()
     load = time.perf_counter() - STARTED
-    steps: list[float] = []
-    last = [0.0]
-
-    def on_step(pipe_, i, t, kwargs):
-        now = time.perf_counter()
-        steps.append(now - last[0])
-        last[0] = now
-        return kwargs
-
-    t0 = time.perf_counter()
-    last[0] = t0
+    clock = StepClock()
+    t0 = clock.start()
     pipe(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
          guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
-         callback_on_step_end=on_step, output_type="np")
+         callback_on_step_end=clock.diffusers_callback, output_type="np")
     generate = time.perf_counter() - t0
+    steps = clock.steps
     return {"load_compile": load, "generate": generate, "steps": steps,
             "vae_decode": max(0.0, generate - sum(steps))}
 
@@ -114,22 +124,14 @@ def run_diffusers(args) -> dict:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         pipe.encode_prompt(args.prompt, "cpu", 1, True)
     text = time.perf_counter() - t0
-    steps: list[float] = []
-    last = [0.0]
-
-    def on_step(pipe_, i, t, kwargs):
-        now = time.perf_counter()
-        steps.append(now - last[0])
-        last[0] = now
-        return kwargs
-
-    t0 = time.perf_counter()
-    last[0] = t0
+    clock = StepClock()
+    t0 = clock.start()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         pipe(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
              guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
-             callback_on_step_end=on_step, output_type="np")
+             callback_on_step_end=clock.diffusers_callback, output_type="np")
     generate = time.perf_counter() - t0
+    steps = clock.steps
     steps[0] -= text  # the first interval includes the pipeline's own prompt encoding
     return {"load_compile": load, "text_encoder": text, "generate": generate, "steps": steps,
             "vae_decode": max(0.0, generate - sum(steps) - text)}
