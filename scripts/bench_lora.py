@@ -47,7 +47,7 @@ def make_linear_lora(model_dir: Path, rank: int, out: Path) -> Path:
     for component, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te_")):
         model = ov.Core().read_model(model_dir / component / "openvino_model.xml")
         for op in model.get_ordered_ops():
-            name = op.get_friendly_name()
+            name = op.get_friendly_name().removesuffix("_compressed")  # fp16 IRs: `<path>.weight_compressed`
             if op.get_type_name() != "Constant" or not name.endswith(".weight") or len(op.shape) != 2:
                 continue
             if not any(key in name for key in ("attn", "ff.net", "self_attn", "mlp")):

@@ -117,12 +117,16 @@ def check_matches(lora: LoraFile, folder: ModelFolder) -> tuple[dict, str | None
 
 def _delta_for(entries: list[tuple[LoraModule, LoraUse]], component: str):
     def delta(shape: tuple[int, ...]) -> np.ndarray:
-        total = np.zeros(shape, np.float32)
+        total = None
         for module, use in entries:
             try:
-                total += np.float32(use.multiplier(component)) * module.delta(shape, use.dyn)
+                change = module.delta(shape, use.dyn, use.multiplier(component))
             except ValueError as exc:
                 raise UsageError(f"LoRA {use.file.path.name}: {exc}") from None
+            if total is None:
+                total = change
+            else:
+                total = np.add(total, change, out=total if total.flags.writeable else None)
         return total
 
     return delta

@@ -172,8 +172,9 @@ class ActiveNetworks:
         return self.patches.get(component)
 
     def text_key(self) -> tuple:
-        """What an encoded prompt depends on besides the text: the text encoders' LoRAs and the embeddings."""
-        return (tuple((c, p.tag) for c, p in sorted(self.patches.items()) if c != "unet"),
+        """What an encoded prompt depends on besides the text: the text encoders' LoRAs and the
+        embeddings; and the LoRA files, whose notes come with an encoding."""
+        return (tuple((c, p.tag) for c, p in sorted(self.patches.items()) if c != "unet"), self.lora_hashes,
                 tuple((e.name, self.embedding_hashes.get(e.name)) for e in self.embeddings))
 
 

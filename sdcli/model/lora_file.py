@@ -114,60 +114,73 @@ class LoraModule:
             return float(alpha.reshape(-1)[0]) / dim
         return 1.0
 
-    def delta(self, shape: tuple[int, ...], dyn_dim: int | None = None) -> np.ndarray:
+    def delta(self, shape: tuple[int, ...], dyn_dim: int | None = None, factor: float = 1.0) -> np.ndarray:
         """ΔW for a layer whose weight has `shape` (torch's layout: [out, in] or [out, in, kh, kw]),
-        scaled by the module's alpha/rank or scale (not by the prompt's multiplier)."""
+        scaled by the module's alpha/rank or scale and by `factor` (the prompt's multiplier),
+        which are applied to the smallest factor of the product; float32, writable."""
         kind = self.kind
+        scale = np.float32(self._scale(self._rank(kind)) * factor)
         if kind == "lora":
-            delta, dim = self._lora(shape, dyn_dim)
+            delta = self._lora(shape, dyn_dim, scale)
         elif kind == "loha":
-            delta, dim = self._loha(shape)
+            delta = self._loha(shape, scale)
         elif kind == "lokr":
-            delta, dim = self._lokr(shape)
+            delta = self._lokr(shape, scale)
         elif kind == "full":
-            delta, dim = self._f32("diff"), None
+            delta = self._f32("diff") * scale
         else:
             raise ValueError(f"{self.key}: not a LoRA, LoHa or LoKr module")
         if delta.size != int(np.prod(shape)):
             raise ValueError(f"{self.key}: its ΔW has {delta.size} values, the layer's weight {list(shape)}")
-        return (delta.reshape(shape) * np.float32(self._scale(dim))).astype(np.float32)
+        return delta.reshape(shape)
 
-    def _lora(self, shape, dyn_dim):
+    def _rank(self, kind: str | None) -> int | None:
+        """The rank alpha is divided by (A1111's `dim`)."""
+        t = self.tensors
+        if kind == "lora":
+            return t["lora_down.weight"].shape[0]
+        if kind == "loha":
+            return t["hada_w1_b"].shape[0]
+        if kind == "lokr":  # the rank of a decomposed factor, w2's when both are; none when neither is
+            for key in ("lokr_w2_b", "lokr_w1_b"):
+                if key in t:
+                    return t[key].shape[0]
+        return None
+
+    def _lora(self, shape, dyn_dim, scale):
         up, down, mid = self._f32("lora_up.weight"), self._f32("lora_down.weight"), self._f32("lora_mid.weight")
-        dim = down.shape[0]
-        up2, down2 = up.reshape(up.shape[0], -1), down.reshape(dim, -1)
+        up2, down2 = up.reshape(up.shape[0], -1) * scale, down.reshape(down.shape[0], -1)
         if mid is not None:  # Tucker: up [out, r], mid [r, r', kh, kw], down [r', in]
-            return np.einsum("nmkl,in,mj->ijkl", mid, up2, down2), dim
+            return np.einsum("nmkl,in,mj->ijkl", mid, up2, down2)
         if dyn_dim is not None:
             up2, down2 = up2[:, :dyn_dim], down2[:dyn_dim]
-        return up2 @ down2, dim
+        return up2 @ down2
 
     @staticmethod
     def _tucker(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
         # t [r, r', kh, kw] with wb [r', in] and wa [r, out] -> [out, in, kh, kw]
         return np.einsum("ijkl,ir->rjkl", np.einsum("ijkl,jr->irkl", t, wb), wa)
 
-    def _loha(self, shape):
+    def _loha(self, shape, scale):
         w1a, w1b, w2a, w2b = (self._f32(k) for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"))
+        w1a = w1a * scale
         t1, t2 = self._f32("hada_t1"), self._f32("hada_t2")
         one = self._tucker(t1, w1a, w1b) if t1 is not None else w1a.reshape(w1a.shape[0], -1) @ w1b.reshape(w1b.shape[0], -1)
         two = self._tucker(t2, w2a, w2b) if t2 is not None else w2a.reshape(w2a.shape[0], -1) @ w2b.reshape(w2b.shape[0], -1)
-        return one.reshape(-1) * two.reshape(-1), w1b.shape[0]
+        return one.reshape(-1) * two.reshape(-1)
 
-    def _lokr(self, shape):
+    def _lokr(self, shape, scale):
         w1 = self._f32("lokr_w1")
-        dim = None
         if w1 is None:
-            w1b = self._f32("lokr_w1_b")
-            w1, dim = self._f32("lokr_w1_a") @ w1b, w1b.shape[0]
+            w1 = self._f32("lokr_w1_a") @ self._f32("lokr_w1_b")
+        w1 = w1 * scale  # the small factor
         w2 = self._f32("lokr_w2")
         if w2 is None:
             w2a, w2b, t2 = self._f32("lokr_w2_a"), self._f32("lokr_w2_b"), self._f32("lokr_t2")
             w2 = self._tucker(t2, w2a, w2b) if t2 is not None else w2a @ w2b.reshape(w2b.shape[0], -1)
-            dim = w2b.shape[0]
         if w2.ndim == 4:  # a convolution's full kernel
-            return np.kron(w1[:, :, None, None], w2), dim
-        return np.kron(w1, w2.reshape(w2.shape[0], -1)), dim  # kernel positions, if any, in the columns
+            return np.kron(w1[:, :, None, None], w2)
+        return np.kron(w1, w2.reshape(w2.shape[0], -1))  # kernel positions, if any, in the columns
 
 
 def _split_key(key: str) -> tuple[str, str] | None:

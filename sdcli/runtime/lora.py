@@ -22,7 +22,8 @@ from sdcli.util.errors import UsageError
 _PASS_THROUGH = {"Convert", "Subtract", "Multiply", "Add", "Reshape", "Unsqueeze", "Squeeze", "Transpose"}
 _LAYERS = {"MatMul", "Convolution"}
 
-Delta = Callable[[tuple[int, ...]], np.ndarray]  # torch-layout weight shape -> ΔW (float32)
+# torch-layout weight shape -> ΔW (float32), a new array each call: W is added into it
+Delta = Callable[[tuple[int, ...]], np.ndarray]
 
 
 def _consumer(constant):
@@ -58,12 +59,14 @@ def _value(output) -> np.ndarray:
     if kind == "Constant":
         return np.asarray(node.data)
     args = [_value(node.input_value(i)) for i in range(node.get_input_size())]
-    if kind == "Convert":  # to float32 for any float type: OpenVINO's CPU plugin decompresses int8 weights
-        target = _numpy_type(node.get_output_element_type(0))  # in float32, not in the f16 the IR names
-        return args[0].astype(np.float32 if np.issubdtype(target, np.floating) else target)
+    if kind == "Convert":  # float32 for any float type: OpenVINO's CPU plugin decompresses int8 weights in
+        target = _numpy_type(node.get_output_element_type(0))  # float32, not in the f16 the IR names
+        if np.issubdtype(target, np.floating):  # (a float source is widened where it is used, without a copy)
+            return args[0] if np.issubdtype(args[0].dtype, np.floating) else args[0].astype(np.float32)
+        return args[0].astype(target)
     if kind in ("Subtract", "Multiply", "Add"):
-        a, b = (arg.astype(np.float32) for arg in args)
-        return a - b if kind == "Subtract" else a * b if kind == "Multiply" else a + b
+        operation = {"Subtract": np.subtract, "Multiply": np.multiply, "Add": np.add}[kind]
+        return operation(args[0], args[1], dtype=np.float32)
     if kind in ("Reshape", "Unsqueeze", "Squeeze"):
         return args[0].reshape(tuple(node.get_output_shape(0)))
     if kind == "Transpose":
@@ -89,16 +92,19 @@ def fuse_weight_deltas(model, deltas: dict[str, Delta], component: str) -> int:
         layer, port = found
         source = layer.input_value(port)
         try:
-            weight = _value(source).astype(np.float32)
+            weight = _value(source)  # float16 or float32; widened exactly by the addition below
         except ValueError as exc:
             raise UsageError(f"{component}: cannot apply a LoRA to {name}: its weight passes through {exc} "
                              "(a quantization sdcli cannot fold; use an fp32, fp16 or int8-weight folder)") from None
         transposed = layer.get_type_name() == "MatMul" and not layer.get_transpose_b()
         torch_shape = weight.shape[::-1] if transposed else weight.shape
         change = delta(tuple(torch_shape))
-        fused = weight + (change.T if transposed else change)
+        change = change.T if transposed else change
+        owned = change.flags.writeable and change.flags.c_contiguous and change.dtype == np.float32
+        fused = np.add(change, weight, out=change if owned else None, dtype=np.float32)  # W + ΔW, in ΔW's memory
+        del change
         target = source.get_element_type()
-        new = ops.constant(fused.astype(_numpy_type(target) if target != ov.Type.f32 else np.float32))
+        new = ops.constant(fused if target == ov.Type.f32 else fused.astype(_numpy_type(target)))
         new.set_friendly_name(f"{name}/lora")
         layer.input(port).replace_source_output(new.output(0))
     model.validate_nodes_and_infer_types()
