@@ -291,3 +291,14 @@ def test_a_bug_is_exit_70_with_one_line_and_the_traceback_only_with_debug(tiny_e
     assert result.output.strip().splitlines()[-1] == ("sdcli: internal error: TypeError: unsupported operand "
                                                       "type(s) for +: 'NoneType' and 'int'")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
+def test_more_steps_than_leading_spacing_has_room_for_is_exit_2(tiny_eps, tmp_path, scheduler):
+    """Leading spacing with steps_offset 1 reaches timestep 1000 at 1000 steps (past the
+    training schedule; diffusers raises IndexError there): a usage error, not a bug (70)."""
+    out = tmp_path / "x.png"
+    args = [a if a != "3" else "1000" for a in base_args(tiny_eps, out)]
+    r = sdcli(*args, "--scheduler", scheduler)
+    assert r.returncode == 2, r.stderr
+    assert "at most 999 steps" in r.stderr and not out.exists()

@@ -115,7 +115,12 @@ def check_spacing(spacing: str) -> None:
 def leading_timesteps(num_train: int, num_inference_steps: int, steps_offset: int) -> np.ndarray:
     """Ascending int64 ``[0, r, 2r, ...] + steps_offset`` with ``r = num_train // num_inference_steps``."""
     ratio = num_train // num_inference_steps
-    return (np.arange(0, num_inference_steps) * ratio).round().astype(np.int64) + int(steps_offset)
+    timesteps = (np.arange(0, num_inference_steps) * ratio).round().astype(np.int64) + int(steps_offset)
+    if len(timesteps) and timesteps[-1] >= num_train:  # diffusers would index past its alphas here
+        most = (num_train - 1 - int(steps_offset)) // max(ratio, 1) + 1 if ratio > 1 else num_train - int(steps_offset)
+        raise ValueError(f"this scheduler's leading timestep spacing (steps_offset {steps_offset}) has room for "
+                         f"at most {most} steps of {num_train} training steps")
+    return timesteps
 
 
 def linspace_timesteps(num_train: int, num_inference_steps: int) -> np.ndarray:
