@@ -294,3 +294,50 @@ def test_lora_blobs_are_kept_to_the_most_recently_used(tmp_path):
     Runtime._prune_lora_blobs(blobs[-1])
     assert [b.exists() for b in blobs] == [False, False] + [True] * LORA_BLOBS_KEPT
     assert plain.exists()  # a UNet without LoRAs is never pruned
+
+
+# --- Tucker forms, checked as the convolutions they factor ----------------------------------------
+
+def test_tucker_forms_are_the_convolutions_they_factor():
+    """LyCORIS' Tucker (CP) forms: a 1x1 down, a kxk core, a 1x1 up applied one after the other
+    is one convolution by their ΔW (LoCon's lora_mid; LoHa's hada_t1/t2 each, and their product
+    taken elementwise; LoKr's lokr_t2)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sdcli.model.lora_file import LoraModule
+
+    g = torch.Generator().manual_seed(0)
+    out, inp, r, k = 6, 5, 3, 3
+    x = torch.randn(1, inp, 7, 7, generator=g)
+
+    def chain(down, core, up):  # down [r', in], core [r, r', k, k], up [out, r]
+        h = F.conv2d(x, down[:, :, None, None])
+        return F.conv2d(F.conv2d(h, core, padding=1), up[:, :, None, None])
+
+    def as_conv(delta):
+        return F.conv2d(x, torch.from_numpy(delta), padding=1)
+
+    up, mid, down = torch.randn(out, r, generator=g), torch.randn(r, r, k, k, generator=g), torch.randn(r, inp, generator=g)
+    module = LoraModule("unet", "m", "m", {"lora_up.weight": up[:, :, None, None].numpy(), "lora_mid.weight": mid.numpy(),
+                                          "lora_down.weight": down[:, :, None, None].numpy(), "alpha": np.array(1.5)})
+    delta = module.delta((out, inp, k, k), factor=0.7)
+    assert torch.allclose(as_conv(delta), chain(down, mid, up) * 0.7 * 1.5 / r, atol=1e-4)
+
+    t = {name: torch.randn(*shape, generator=g) for name, shape in (
+        ("hada_t1", (r, r, k, k)), ("hada_w1_a", (r, out)), ("hada_w1_b", (r, inp)),
+        ("hada_t2", (r, r, k, k)), ("hada_w2_a", (r, out)), ("hada_w2_b", (r, inp)))}
+    loha = LoraModule("unet", "m", "m", {n: v.numpy() for n, v in t.items()})
+
+    def kernel(down, core, up):  # the kernel of chain(down, core, up.T), read by probing it with unit inputs
+        probe = torch.zeros(inp, inp, 2 * k - 1, 2 * k - 1)
+        for c in range(inp):
+            probe[c, c, k - 1, k - 1] = 1
+        h = F.conv2d(probe, down[:, :, None, None])
+        response = F.conv2d(F.conv2d(h, core, padding=1), up.T[:, :, None, None])  # [in, out, 2k-1, 2k-1]
+        return response[:, :, 1:1 + k, 1:1 + k].flip(2, 3).transpose(0, 1)
+
+    one = kernel(t["hada_w1_b"], t["hada_t1"], t["hada_w1_a"])
+    assert torch.allclose(F.conv2d(x, one, padding=1), chain(t["hada_w1_b"], t["hada_t1"], t["hada_w1_a"].T), atol=1e-4)
+    expected = one * kernel(t["hada_w2_b"], t["hada_t2"], t["hada_w2_a"])  # LoHa: the kernels' elementwise product
+    assert np.allclose(loha.delta((out, inp, k, k)), expected.numpy(), atol=1e-4)
