@@ -209,12 +209,13 @@ class Networks:
         return LoraUse(tag.name, lora, tag.te, tag.unet, tag.dyn), matched, note, short
 
     def _embeddings(self, texts: list[str]) -> tuple[tuple[Embedding, ...], dict[str, str]]:
-        """The embeddings whose names appear in `texts` (the tokens decide where they are used)."""
-        lowered = " ".join(texts).lower()
+        """The embeddings whose names appear in `texts` as words (the tokens then decide where they
+        are used), read: a pickle whose name is only part of a word is not even opened."""
+        text = " ".join(texts)
         found, hashes = [], {}
-        candidates = _files(self.folders.embeddings_folder(), EMBEDDING_SUFFIXES) if lowered.strip() else {}
+        candidates = _files(self.folders.embeddings_folder(), EMBEDDING_SUFFIXES) if text.strip() else {}
         for name, path in candidates.items():
-            if "/" in name or name.lower() not in lowered:
+            if "/" in name or not re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE):
                 continue
             embedding, short = self._cached("embedding", path, lambda path=path: (
                 read_embedding(path, self.folders.allow_pickle), file_sha256(path)[:12]))
