@@ -20,21 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# Our scheduler -> A1111's sampler (1.9+ names, without a schedule-type suffix)
-SAMPLERS: dict[str, str] = {
-    "pndm": "PLMS",
-    "ddim": "DDIM",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "lms": "LMS",
-    "heun": "Heun",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M",
-    "dpmpp_sde": "DPM++ SDE",
-    "dpmpp_sde_karras": "DPM++ SDE",
-    "unipc": "UniPC",
-    "lcm": "LCM",
-}
+from sdcli.schedulers import A1111_NAMES
+
+# Our scheduler -> A1111's sampler (1.9+ names, without a schedule-type suffix: the Karras
+# variants are the same sampler with the "Karras" schedule type)
+SAMPLERS: dict[str, str] = {name: a1111.removesuffix(" Karras") for name, a1111 in A1111_NAMES.items()}
 
 # A1111's aliases of those samplers (its sd_samplers_* tables), and each sampler's default
 # schedule type ("Automatic" means this one), and A1111's option flags we report
