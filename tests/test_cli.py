@@ -302,3 +302,14 @@ def test_more_steps_than_leading_spacing_has_room_for_is_exit_2(tiny_eps, tmp_pa
     r = sdcli(*args, "--scheduler", scheduler)
     assert r.returncode == 2, r.stderr
     assert "at most 999 steps" in r.stderr and not out.exists()
+
+
+def test_several_images_on_a_first_run_do_not_crash(tiny_eps, tmp_path):
+    """With an empty compiled-model cache, --num-images 2 once crashed (SIGSEGV): the text
+    encoder, freed after the prompt, was compiled again for the second image and then freed
+    by the loader thread while the UNet ran."""
+    out = tmp_path / "many.png"
+    r = sdcli(*base_args(tiny_eps, out), "--num-images", "2", "--precision", "f32",
+              env={"SDCLI_CACHE_DIR": str(tmp_path / "empty-cache")})
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert (tmp_path / "many-1.png").is_file() and (tmp_path / "many-2.png").is_file()

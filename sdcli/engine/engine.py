@@ -109,7 +109,11 @@ class Engine:
         self.folder.vae(request.vae)  # a missing tiny VAE is reported before anything loads
         request = self.networks.activate(request)
         shapes = self._unet_shapes(request)
-        self.family.start_text_encoders(self.components, request)
+        guidance = self.classifier_free_guidance(request.guidance_scale)
+        with self._prompts_lock:
+            encoded = self.family.prompt_key(request, guidance) in self._prompts
+        if not encoded:  # an encoded prompt needs no text encoder (it may have been freed)
+            self.family.start_text_encoders(self.components, request)
         patch = request.networks.patch("unet")
         return [self.components.start_unet(shapes, variant, patch) for variant in self._unet_variants(request.deepcache)]
 

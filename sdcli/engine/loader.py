@@ -52,7 +52,9 @@ class ComponentCache:
         with self._lock:
             released = [self._components.pop(key) for key in [k for k in self._components if which(k)]]
         for future in released:
-            if future.done() and future.exception() is None and getattr(future.result(), "compiled", None) is not None:
+            # a component still compiling is waited for, so that it is freed here and not by the
+            # loader thread while another component runs (that crashed OpenVINO's CPU plugin)
+            if future.exception() is None and getattr(future.result(), "compiled", None) is not None:
                 self.runtime.store_pending(future.result().compiled)
 
     def compile_seconds(self) -> float:
