@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.models import TinyModel, build_tiny, smooth_picture
@@ -48,6 +49,30 @@ def tiny_sd2(models_root) -> TinyModel:
     model = build_tiny(models_root, "v_prediction", "sd2")
     model.prediction_type = "sd2 v_pred"
     return model
+
+
+@pytest.fixture(scope="session")
+def inpaint_files(tmp_path_factory) -> dict:
+    """Init images and masks, 96x64 and 64x64: a mask with an off-grid ellipse, a
+    rectangle and grey levels on both sides of 0.5."""
+    from sdcli.imaging.image_io import save_png
+
+    folder = tmp_path_factory.mktemp("inpaint-images")
+    files = {}
+    for w, h in [(96, 64), (64, 64)]:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        img = smooth_picture(w, h)
+        mask = np.zeros((h, w), np.uint8)
+        mask[((x - 0.4 * w) / (0.23 * w)) ** 2 + ((y - 0.45 * h) / (0.3 * h)) ** 2 <= 1] = 255
+        mask[3:14, w - 21 : w - 5] = 200  # above 0.5: repainted
+        mask[h - 12 : h - 3, 5:30] = 100  # below 0.5: kept
+        save_png(folder / f"init-{w}x{h}.png", img)
+        mask_path = folder / f"mask-{w}x{h}.png"
+        import cv2
+
+        cv2.imwrite(str(mask_path), mask)
+        files[(w, h)] = (folder / f"init-{w}x{h}.png", mask_path)
+    return files
 
 
 @pytest.fixture(scope="session")

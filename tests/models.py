@@ -111,3 +111,36 @@ def smooth_picture(width: int, height: int) -> np.ndarray:
         ],
         axis=-1,
     ).round().astype(np.uint8)
+
+
+class TinySDXL:
+    """A tiny random-weight SDXL pipeline (diffusers folder) and sdcli's conversion of it."""
+
+    def __init__(self, diffusers_dir: Path, ov_dir: Path, prediction_type: str = "epsilon"):
+        self.diffusers_dir = diffusers_dir
+        self.ov_dir = ov_dir
+        self.prediction_type = prediction_type
+        self._components = None
+
+    def components(self) -> dict:
+        """The pipeline's components (loaded once), for any of diffusers' SDXL pipelines."""
+        if self._components is None:
+            import torch
+            from diffusers import DiffusionPipeline
+
+            pipe = DiffusionPipeline.from_pretrained(self.diffusers_dir, torch_dtype=torch.float32)
+            self._components = dict(pipe.components)
+        return self._components
+
+
+def build_tiny_sdxl(root: Path, name: str = "tiny-sdxl", prediction_type: str = "epsilon", seed: int = 0,
+                    scheduler_config: dict | None = None, refiner: bool = False,
+                    in_channels: int | None = None) -> TinySDXL:
+    """A tiny SDXL base (or refiner, or 9-channel inpainting model) under root, converted at fp32."""
+    from sdcli.convert.random_model import TINY_SDXL, TINY_SDXL_REFINER, build_random_sdxl
+
+    src, out = root / name, root / f"{name}-ov"
+    build_random_sdxl(src, TINY_SDXL_REFINER if refiner else TINY_SDXL, prediction_type=prediction_type, seed=seed,
+                      scheduler_config=scheduler_config, in_channels=in_channels)
+    convert_fp32(src, out)
+    return TinySDXL(src, out, prediction_type)

@@ -45,17 +45,14 @@ def diffusers_scheduler(name, config):
 
 
 def reference_pipeline(components: dict, scheduler: str | None = None, *, img2img: bool = False,
-                       inpaint: bool = False):
-    """diffusers' StableDiffusion(Img2Img|Inpaint)Pipeline on `components`, with our scheduler
-    `scheduler` (None: the components' own)."""
+                       inpaint: bool = False, xl: bool = False, **config):
+    """diffusers' StableDiffusion(Img2Img|Inpaint)Pipeline on `components` (`xl`: the
+    StableDiffusionXL ones, made with `config` such as requires_aesthetics_score), with our
+    scheduler `scheduler` (None: the components' own)."""
     import diffusers
 
-    if inpaint:
-        pipe = diffusers.StableDiffusionInpaintPipeline(**components)
-    elif img2img:
-        pipe = diffusers.StableDiffusionImg2ImgPipeline(**components)
-    else:
-        pipe = diffusers.StableDiffusionPipeline(**components)
+    kind = "Inpaint" if inpaint else "Img2Img" if img2img else ""
+    pipe = getattr(diffusers, f"StableDiffusion{'XL' if xl else ''}{kind}Pipeline")(**components, **config)
     pipe.set_progress_bar_config(disable=True)
     if scheduler is not None:
         pipe.scheduler = diffusers_scheduler(scheduler, pipe.scheduler.config)
@@ -94,12 +91,14 @@ def to_pixels(images) -> np.ndarray:
     return (images[0] * 255).round().astype(np.int16)
 
 
-def diffusers_pixels(components: dict, scheduler: str | None, **arguments) -> np.ndarray:
+def diffusers_pixels(components: dict, scheduler: str | None, *, xl: bool = False, pipeline_config: dict | None = None,
+                     **arguments) -> np.ndarray:
     """The picture diffusers makes: txt2img, img2img with `init_image`, inpainting with `mask`
-    too (the arguments are reference_arguments')."""
+    too (the arguments are reference_arguments'); `xl`: with the SDXL pipelines, made with
+    `pipeline_config`."""
     inpaint = arguments.get("mask") is not None
     img2img = arguments.get("init_image") is not None
-    pipe = reference_pipeline(components, scheduler, img2img=img2img, inpaint=inpaint)
+    pipe = reference_pipeline(components, scheduler, img2img=img2img, inpaint=inpaint, xl=xl, **(pipeline_config or {}))
     return to_pixels(pipe(**reference_arguments(**arguments)).images)
 
 

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sdcli.cli.app import app
-from sdcli.imaging.image_io import blur_mask, read_mask, read_png_text, read_rgb, save_png
-from tests.models import InpaintModel, build_tiny_inpaint, smooth_picture
+from sdcli.imaging.image_io import blur_mask, read_mask, read_png_text, read_rgb
+from tests.models import InpaintModel, build_tiny_inpaint
 from tests.reference import compare, diffusers_pixels, sdcli_pixels
 
 STEPS = 6
@@ -24,28 +24,6 @@ SEED = 4321
 def tiny_inpaint(tmp_path_factory) -> InpaintModel:
     """A tiny random-weight dedicated inpainting model (9-channel UNet), converted."""
     return build_tiny_inpaint(tmp_path_factory.mktemp("inpaint-models"))
-
-
-@pytest.fixture(scope="session")
-def inpaint_files(tmp_path_factory) -> dict:
-    """Init images and masks, 96x64 and 64x64: a mask with an off-grid ellipse, a
-    rectangle and grey levels on both sides of 0.5."""
-    folder = tmp_path_factory.mktemp("inpaint-images")
-    files = {}
-    for w, h in [(96, 64), (64, 64)]:
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = smooth_picture(w, h)
-        mask = np.zeros((h, w), np.uint8)
-        mask[((x - 0.4 * w) / (0.23 * w)) ** 2 + ((y - 0.45 * h) / (0.3 * h)) ** 2 <= 1] = 255
-        mask[3:14, w - 21 : w - 5] = 200  # above 0.5: repainted
-        mask[h - 12 : h - 3, 5:30] = 100  # below 0.5: kept
-        save_png(folder / f"init-{w}x{h}.png", img)
-        mask_path = folder / f"mask-{w}x{h}.png"
-        import cv2
-
-        cv2.imwrite(str(mask_path), mask)
-        files[(w, h)] = (folder / f"init-{w}x{h}.png", mask_path)
-    return files
 
 
 def diffusers_inpaint(components, scheduler, init_path, mask_path, strength, width, height) -> np.ndarray:

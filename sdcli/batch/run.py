@@ -111,8 +111,8 @@ def check_options(opts: BatchOptions) -> tuple[BatchOptions, Path, str]:
     model_dir = resolve_model(opts.model)
     model = ModelFolder.open(model_dir)  # a broken model folder is a usage error, before any output;
     family = family_for(model)  # so is a broken tokenizer,
-    few_step = family.few_step_defaults(opts.scheduler)
-    if few_step:  # an LCM model's steps and guidance where the command line gives none
+    few_step = family.generation_defaults(opts.scheduler)
+    if few_step:  # the model's own steps and guidance (its folder's, an LCM's) where the command line gives none
         defaults = dict(zip(("steps", "guidance_scale"), few_step))
         opts = dataclasses.replace(opts, **{k: v for k, v in defaults.items() if k in opts.unset})
     model.vae(opts.vae)  # an unknown --vae or a missing tiny VAE,

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from sdcli.cli.app import app, check_creatable, finite, quiet_libraries, user_errors
+from sdcli.engine.request import GUIDANCE_MAX, STEPS_MAX
 from sdcli.util.errors import UsageError
 
 
@@ -25,28 +26,30 @@ def convert(
     lora: Optional[str] = typer.Option(None, "--lora", help="Fuse this LoRA into the UNet (and the text encoder, where it has weights for it): a .safetensors file, a folder holding one, or a Hub repo such as latent-consistency/lcm-lora-sdv1-5 (needs peft)."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", callback=finite, help="The LoRA's weight when fused."),
     convert_scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Make this the model's own scheduler (scheduler_config.json), e.g. lcm for an LCM-LoRA; a name from `sdcli generate --list-schedulers` [default: the source's]."),
+    timestep_spacing: Optional[str] = typer.Option(None, "--timestep-spacing", metavar="leading|trailing|linspace", help="How the model's scheduler spreads its steps (scheduler_config.json's timestep_spacing): trailing for SDXL-Turbo, Lightning, Hyper-SD [default: the source's]."),
+    default_steps: Optional[int] = typer.Option(None, "--default-steps", min=1, max=STEPS_MAX, help="The folder's own default for generate's --steps (kept in its sdcli.json), e.g. 1 for a Turbo model."),
+    default_guidance: Optional[float] = typer.Option(None, "--default-guidance", min=0.0, max=GUIDANCE_MAX, callback=finite, help="The folder's own default for generate's --guidance-scale (sdcli.json), e.g. 0 for a Turbo model."),
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x)."),
-    into: Optional[Path] = typer.Option(None, "--into", help="With --tiny-vae and no SOURCE: add the tiny VAE to this converted model folder."),
+    into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --scheduler, --timestep-spacing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
-    --tiny-vae TAESD --into DIR, add a tiny VAE to a converted model."""
+    --into DIR, add a tiny VAE to a converted model or set its generation defaults."""
+    from sdcli.convert.defaults import check_spacing
     from sdcli.convert.export import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
     with user_errors("interrupted; nothing was written"):
         weight_format = weight_format if weight_format is not None else ("int8" if quantize else "fp16")
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+        check_spacing(timestep_spacing)
         log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
         if into is not None:
             if source is not None or output is not None:
-                raise UsageError("--into adds a tiny VAE to a converted folder; give it without SOURCE and --output")
-            if tiny_vae is None:
-                raise UsageError("--into needs --tiny-vae (the tiny VAE to add)")
-            quiet_libraries()
-            from sdcli.convert.tiny_vae import add_tiny_vae
-
-            add_tiny_vae(into, tiny_vae, weight_format, force=force, log=log)
+                raise UsageError("--into changes a converted folder; give it without SOURCE and --output")
+            change_folder(into, tiny_vae, weight_format, force, log,
+                          dict(steps=default_steps, guidance=default_guidance, scheduler=convert_scheduler,
+                               spacing=timestep_spacing))
             if not quiet:
                 print(into)
             return
@@ -73,6 +76,8 @@ def convert(
                 raise UsageError(f"--calibration-prompts: no prompts in {calibration_prompts}")
         opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config,
                               tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler,
+                              timestep_spacing=timestep_spacing, default_steps=default_steps,
+                              default_guidance=default_guidance,
                               quantize=quantize, calibration_prompts=prompts, calibration_samples=calibration_samples)
         quiet_libraries()
         from sdcli.convert.export import convert as run_convert
@@ -80,3 +85,21 @@ def convert(
         run_convert(source, target, opts, log=log)
         if not quiet:
             print(target)
+
+
+def change_folder(into: Path, tiny_vae: Optional[str], weight_format: str, force: bool, log, settings: dict) -> None:
+    """--into DIR: add the tiny VAE and/or set the folder's defaults (`settings`: steps, guidance,
+    scheduler, spacing), every setting checked before anything is written."""
+    if tiny_vae is None and all(value is None for value in settings.values()):
+        raise UsageError("--into needs --tiny-vae (the tiny VAE to add) or a setting to change: --default-steps, "
+                         "--default-guidance, --scheduler, --timestep-spacing")
+    from sdcli.convert.defaults import plan_folder_defaults, write_planned
+
+    planned = plan_folder_defaults(into, **settings)
+    if tiny_vae is not None:
+        quiet_libraries()
+        from sdcli.convert.tiny_vae import add_tiny_vae
+
+        add_tiny_vae(into, tiny_vae, weight_format, force=force, log=log)
+        planned = plan_folder_defaults(into, **settings)  # over the sdcli.json that add_tiny_vae updated
+    write_planned(planned, log)

@@ -35,8 +35,8 @@ def generate(
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),
     mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
-    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: 20; 4 for LCM models and the lcm scheduler]."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off [default: 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
+    steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: the model folder's own (convert --default-steps), else 20; 4 for LCM models and the lcm scheduler]."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off [default: the model folder's own (convert --default-guidance), else 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
@@ -51,6 +51,11 @@ def generate(
     low_memory: bool = typer.Option(False, "--low-memory", help="Keep one model component in memory at a time (slower with --num-images > 1)."),
     clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=24, help="A1111's Clip skip: the prompt from the text encoder's N-th layer from the end (2: the penultimate; diffusers' clip_skip=N-1)."),
     deepcache: int = typer.Option(1, "--deepcache", min=1, max=1000, help="DeepCache: the full UNet every N-th step, only its shallow branch in between (3: about 2x faster steps; 1: off)."),
+    original_size: Optional[str] = typer.Option(None, "--original-size", callback=lambda v: pair(v, "x", "--original-size", 1), help="SDXL: the original size it is conditioned on, WxH [default: the image size]."),
+    crop_coords: Optional[str] = typer.Option(None, "--crop-coords", callback=lambda v: pair(v, ",", "--crop-coords", 0), help="SDXL: the crop's top-left corner it is conditioned on, X,Y [default: 0,0]."),
+    target_size: Optional[str] = typer.Option(None, "--target-size", callback=lambda v: pair(v, "x", "--target-size", 1), help="SDXL: the target size it is conditioned on, WxH [default: the image size]."),
+    aesthetic_score: float = typer.Option(6.0, "--aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the aesthetic score it is conditioned on."),
+    negative_aesthetic_score: float = typer.Option(2.5, "--negative-aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the negative rows' aesthetic score."),
     vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
@@ -70,6 +75,17 @@ def generate(
         engine, request, paths = prepare(ctx, options)
         write_images(engine, request, paths, options)
         engine.finish()
+
+
+def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:
+    """"WxH" or "X,Y" as two whole numbers (width first)."""
+    if value is None or isinstance(value, tuple):
+        return value
+    parts = str(value).lower().replace(" ", "").split(separator)
+    if len(parts) != 2 or not all(p.isdigit() and low <= int(p) <= 1_000_000 for p in parts):
+        shape = "WxH" if separator == "x" else "X,Y"
+        raise typer.BadParameter(f"must be {shape}, two whole numbers from {low}, got {value!r}", param_hint=flag)
+    return int(parts[0]), int(parts[1])
 
 
 def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: dict) -> None:
@@ -106,7 +122,9 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         prompt=o.prompt, negative_prompt=o.negative_prompt, steps=o.steps, guidance_scale=o.guidance_scale,
         seed=o.seed or 0, width=o.width, height=o.height, scheduler=o.scheduler, init_image=o.init_image,
         strength=o.strength, mask=o.mask, mask_blur=o.mask_blur, rng=o.rng, emphasis=o.emphasis,
-        deepcache=o.deepcache, clip_skip=o.clip_skip, vae=o.vae,
+        deepcache=o.deepcache, clip_skip=o.clip_skip, vae=o.vae, original_size=o.original_size,
+        crop_coords=o.crop_coords, target_size=o.target_size, aesthetic_score=o.aesthetic_score,
+        negative_aesthetic_score=o.negative_aesthetic_score,
     )
     request.validate()
     check_precision(o.precision)
@@ -121,8 +139,8 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     engine = Engine(model_dir, device=o.device, precision=o.precision, low_memory=o.low_memory,
                     keep_text_encoder=False, networks=networks)
     changes = {"seed": seed}
-    few_step = engine.family.few_step_defaults(o.scheduler)
-    if few_step and o.from_image is None:  # an LCM model's own defaults for what was not given
+    few_step = engine.family.generation_defaults(o.scheduler)
+    if few_step and o.from_image is None:  # the model's own defaults (its folder's, an LCM's) for what was not given
         for name, value in zip(("steps", "guidance_scale"), few_step):
             if not option_given(ctx, name):
                 changes[name] = value

@@ -52,3 +52,14 @@ def info(
             print(f"model {m['path']} ({m['total_mb']:.1f} MB{', ' + m['weight_format'] if m.get('weight_format') else ''})")
             for c in m["components"]:
                 print(f"  {c['name']:<16} {c['size_mb']:>9.1f} MB  weights {c['weights']}")
+            print(defaults_line(m))
+
+
+def defaults_line(model: dict) -> str:
+    """`generate`'s defaults for the model: its folder's steps and guidance (sdcli.json), and its scheduler."""
+    defaults, scheduler = model["defaults"], model["scheduler"]
+    own = [f"{defaults['steps']} steps" if "steps" in defaults else None,
+           f"guidance {defaults['guidance_scale']:g}" if "guidance_scale" in defaults else None]
+    text = ", ".join(item for item in own if item) or "none set in sdcli.json"
+    spacing = f", {scheduler['timestep_spacing']} spacing" if scheduler.get("timestep_spacing") else ""
+    return f"  defaults: {text}; scheduler {scheduler.get('class') or '?'}{spacing}"

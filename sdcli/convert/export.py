@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from sdcli.convert.defaults import defaults_metadata, model_scheduler_config
 from sdcli.convert.ir import WEIGHT_FORMATS, export_tokenizer, model_config, require_convert_extra, save_ir, \
     to_openvino, write_json
 from sdcli.convert.lora import fuse_lora, replacement_scheduler_config
@@ -30,25 +31,35 @@ def _wrappers():
     import torch
 
     class TextEncoder(torch.nn.Module):
-        def __init__(self, model):
+        """optimum-cli's outputs: SD's (last_hidden_state, pooler_output); SDXL's encoders add
+        every layer's hidden states (the UNet takes the penultimate), and the second one has
+        a projection: (text_embeds, last_hidden_state, hidden_states.0, ...)."""
+
+        def __init__(self, model, hidden_states: bool = False):
             super().__init__()
             self.model = model
+            self.hidden_states = hidden_states
 
         def forward(self, input_ids):
-            out = self.model(input_ids=input_ids, return_dict=True)
-            return out.last_hidden_state, out.pooler_output
+            out = self.model(input_ids=input_ids, output_hidden_states=self.hidden_states, return_dict=True)
+            first = (out.text_embeds, out.last_hidden_state) if hasattr(out, "text_embeds") else \
+                (out.last_hidden_state, out.pooler_output)
+            return (*first, *out.hidden_states) if self.hidden_states else first
 
     class UNet(torch.nn.Module):
         def __init__(self, model):
             super().__init__()
             self.model = model
 
-        def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, timestep_cond=None):
             # The graph converts the int64 timestep to float first thing, which lets the
             # engine swap the input for a float one (Euler's timesteps are fractional).
             t = timestep.to(torch.float32)
-            # timestep_cond: an LCM UNet's guidance-scale embedding (optimum-cli's name for it)
-            return self.model(sample, t, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+            # text_embeds, time_ids: SDXL's added conditioning; timestep_cond: an LCM UNet's
+            # guidance-scale embedding (optimum-cli's names, in its order)
+            added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None
+            return self.model(sample, t, encoder_hidden_states, timestep_cond=timestep_cond,
+                              added_cond_kwargs=added, return_dict=False)[0]
 
     class VaeEncoder(torch.nn.Module):
         def __init__(self, vae):
@@ -108,31 +119,37 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
         log(f"loading {opts.tiny_vae}")
         taesd = load_tiny_vae(opts.tiny_vae)
     log(f"loading {source}")
-    unet, vae, text_encoder, tokenizer, scheduler_config, index = load_components(kind, path, opts)
+    parts = load_components(kind, path, opts)
     if taesd is not None:
-        check_matches(taesd.config, vae.config.latent_channels, 2 ** (len(vae.config.block_out_channels) - 1))
+        vae_config = parts.vae.config
+        check_matches(taesd.config, vae_config.latent_channels, 2 ** (len(vae_config.block_out_channels) - 1))
     if opts.lora:
         log(f"fusing LoRA {opts.lora} (scale {opts.lora_scale:g})")
-        fuse_lora(unet, vae, text_encoder, tokenizer, opts.lora, opts.lora_scale)
-    if opts.scheduler:
-        scheduler_config = replacement_scheduler_config(opts.scheduler, scheduler_config, unet.config)
+        fuse_lora(parts, opts.lora, opts.lora_scale)
+    scheduler_config = parts.scheduler_config
+    if opts.scheduler or opts.timestep_spacing:
+        scheduler_config = model_scheduler_config(opts.scheduler, opts.timestep_spacing, scheduler_config,
+                                                  parts.unet.config)
 
     with atomic_directory(output, replace=opts.force) as tmp:
         started = time.perf_counter()
         log("[1/6] tokenizer")
-        export_tokenizer(tokenizer, tmp / "tokenizer")
+        for name, _, tokenizer in parts.text_encoders():
+            export_tokenizer(tokenizer, tmp / name.replace("text_encoder", "tokenizer"))
         write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
-        log("[2/6] text_encoder")
-        seq, hidden = export_text_encoder(text_encoder, tokenizer, tmp, opts.weight_format)
-        del text_encoder
+        seq, added = 77, added_conditioning(parts)
+        for name, text_encoder, tokenizer in parts.text_encoders():
+            log(f"[2/6] {name}")
+            seq = export_text_encoder(text_encoder, tokenizer, tmp, opts.weight_format, name, parts.is_sdxl)
+        parts.text_encoder = parts.text_encoder_2 = None
         gc.collect()
         log("[3/6] unet")
         # a UNet to quantize is written in fp16 first and quantized at the end
-        export_unet(unet, seq, hidden, tmp, "fp16" if opts.quantize else opts.weight_format)
-        del unet
+        export_unet(parts.unet, seq, tmp, "fp16" if opts.quantize else opts.weight_format, added)
+        parts.unet = None
         gc.collect()
-        export_vae(vae, tmp, opts.weight_format, log)
-        del vae
+        export_vae(parts.vae, tmp, opts.weight_format, log)
+        parts.vae = None
         gc.collect()
         if taesd is not None:
             from sdcli.convert.tiny_vae import export_tiny_vae
@@ -140,7 +157,7 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
             log("[5/6] vae_encoder_tiny, vae_decoder_tiny")
             export_tiny_vae(taesd, tmp, opts.weight_format)
         log("[6/6] model_index.json")
-        write_metadata(tmp, index, source, opts, time.perf_counter() - started)
+        write_metadata(tmp, parts.index, source, opts, time.perf_counter() - started)
         if opts.quantize == "hybrid":
             from sdcli.convert.quantize import hybrid_quantize_unet
 
@@ -150,25 +167,46 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
     return output
 
 
-def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str) -> tuple[int, int]:
-    """Write text_encoder/; returns (its sequence length, its hidden size)."""
+def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str, name: str = "text_encoder",
+                        hidden_states: bool = False) -> int:
+    """Write text encoder `name`/, with every layer's hidden states as outputs when
+    `hidden_states` (SDXL's); returns its sequence length."""
     import torch
     from openvino import PartialShape, Type
 
     TextEncoder = _wrappers()[0]
     seq = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
+    projection = hasattr(text_encoder, "text_projection")
+    outputs = ["text_embeds", "last_hidden_state"] if projection else ["last_hidden_state", "pooler_output"]
+    if hidden_states:
+        outputs += [f"hidden_states.{i}" for i in range(text_encoder.config.num_hidden_layers + 1)]
     model = to_openvino(
-        TextEncoder(text_encoder),
+        TextEncoder(text_encoder, hidden_states),
         {"input_ids": torch.ones((1, seq), dtype=torch.int64)},
         [(PartialShape([-1, -1]), Type.i64)],
-        ["last_hidden_state", "pooler_output"],
+        outputs,
     )
-    save_ir(model, out / "text_encoder", weight_format)
-    write_json(out / "text_encoder" / "config.json", text_encoder.config.to_dict())
-    return seq, text_encoder.config.hidden_size
+    save_ir(model, out / name, weight_format)
+    write_json(out / name / "config.json", text_encoder.config.to_dict())
+    return seq
 
 
-def export_unet(unet, seq: int, hidden: int, out: Path, weight_format: str) -> None:
+def added_conditioning(parts) -> dict[str, int]:
+    """SDXL's added UNet inputs and their widths: the second text encoder's pooled projection
+    (`text_embeds`) and the micro-conditioning `time_ids` (6 numbers; 5 for the refiner)."""
+    ucfg = parts.unet.config
+    if ucfg.get("addition_embed_type") != "text_time":
+        return {}
+    pooled = parts.text_encoder_2.config.projection_dim
+    width = ucfg.projection_class_embeddings_input_dim - pooled
+    if width <= 0 or width % ucfg.addition_time_embed_dim:
+        raise UsageError(f"unet/config.json: projection_class_embeddings_input_dim {ucfg.projection_class_embeddings_input_dim} "
+                         f"does not fit text_encoder_2's projection_dim {pooled}: files from different models?")
+    return {"text_embeds": pooled, "time_ids": width // ucfg.addition_time_embed_dim}
+
+
+def export_unet(unet, seq: int, out: Path, weight_format: str, added: dict[str, int]) -> None:
+    """Write unet/; `added`: the widths of SDXL's added inputs (see added_conditioning)."""
     import torch
     from openvino import PartialShape, Type
 
@@ -178,13 +216,16 @@ def export_unet(unet, seq: int, hidden: int, out: Path, weight_format: str) -> N
     example = {
         "sample": torch.randn(2, ucfg.in_channels, lat, lat),
         "timestep": torch.tensor([1, 1], dtype=torch.int64),
-        "encoder_hidden_states": torch.randn(2, seq, ucfg.cross_attention_dim or hidden),
+        "encoder_hidden_states": torch.randn(2, seq, ucfg.cross_attention_dim),
     }
     inputs = [
         (PartialShape([-1, ucfg.in_channels, -1, -1]), Type.f32),
         (PartialShape([-1]), Type.i64),
         (PartialShape([-1, -1, ucfg.cross_attention_dim]), Type.f32),
     ]
+    for name, width in added.items():
+        example[name] = torch.randn(2, width) if name == "text_embeds" else torch.full((2, width), 64.0)
+        inputs.append((PartialShape([-1, width]), Type.f32))
     if ucfg.get("time_cond_proj_dim"):  # a Latent Consistency Model
         example["timestep_cond"] = torch.randn(2, ucfg.time_cond_proj_dim)
         inputs.append((PartialShape([-1, ucfg.time_cond_proj_dim]), Type.f32))
@@ -209,6 +250,7 @@ def export_vae(vae, out: Path, weight_format: str, log: Callable[[str], None]) -
         [(PartialShape([-1, vcfg.in_channels, -1, -1]), Type.f32)],
         ["latent_parameters"],
     )
+    upcast_hint(model, vae)
     save_ir(model, out / "vae_encoder", weight_format)
     write_json(out / "vae_encoder" / "config.json", model_config(vae))
     del model
@@ -219,8 +261,17 @@ def export_vae(vae, out: Path, weight_format: str, log: Callable[[str], None]) -
         [(PartialShape([-1, vcfg.latent_channels, -1, -1]), Type.f32)],
         ["sample"],
     )
+    upcast_hint(model, vae)
     save_ir(model, out / "vae_decoder", weight_format)
     write_json(out / "vae_decoder" / "config.json", model_config(vae))
+
+
+def upcast_hint(model, vae) -> None:
+    """A VAE whose config says `force_upcast` (SDXL's) overflows float16: mark its IR as optimum-cli
+    does, so that OpenVINO scales its activations down where it computes in f16 (the engine
+    also compiles it at f32 where f16 would be used)."""
+    if vae.config.get("force_upcast"):
+        model.set_rt_info("128.0", ["runtime_options", "ACTIVATIONS_SCALE_FACTOR"])
 
 
 def write_metadata(out: Path, index: dict, source: str, opts: ConvertOptions, seconds: float) -> None:
@@ -231,7 +282,8 @@ def write_metadata(out: Path, index: dict, source: str, opts: ConvertOptions, se
         out / "sdcli.json",
         {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(seconds, 1),
          **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {}),
-         **({"quantize": opts.quantize} if opts.quantize else {})},
+         **({"quantize": opts.quantize} if opts.quantize else {}),
+         **defaults_metadata(opts.default_steps, opts.default_guidance)},
     )
 
 

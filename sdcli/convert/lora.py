@@ -8,15 +8,16 @@ from sdcli.schedulers import create_scheduler, pipeline_switch_config, resolve_s
 from sdcli.util.errors import UsageError
 
 
-def fuse_lora(unet, vae, text_encoder, tokenizer, lora: str, scale: float) -> None:
+def fuse_lora(parts, lora: str, scale: float) -> None:
     """Fuse a LoRA (a .safetensors file, a folder holding one, or a Hub repo such as
-    latent-consistency/lcm-lora-sdv1-5) into the UNet, and into the text encoder where it has
-    weights for it, in place: diffusers' load_lora_weights, fuse_lora(lora_scale), unload."""
+    latent-consistency/lcm-lora-sdv1-5 or ByteDance/SDXL-Lightning's) into the UNet, and into
+    the text encoders where it has weights for them, in place (`parts`: sources.Parts):
+    diffusers' load_lora_weights, fuse_lora(lora_scale), unload."""
     try:
         import peft  # noqa: F401  (diffusers' LoRA loading needs it)
     except ImportError as exc:
         raise UsageError('--lora needs peft: pip install "sdcli[convert]"') from exc
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(lora).expanduser()
     if path.is_file():
@@ -25,9 +26,13 @@ def fuse_lora(unet, vae, text_encoder, tokenizer, lora: str, scale: float) -> No
         source, kwargs = str(path) if path.is_dir() else lora, {}
     else:
         raise UsageError(f"--lora: not a LoRA file, folder or Hub repo id: {lora}")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDPMScheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    common = dict(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+                  scheduler=DDPMScheduler())
+    if parts.is_sdxl:
+        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2)
+    else:
+        pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     try:
         pipe.load_lora_weights(source, **kwargs)
     except Exception as exc:  # diffusers raises many kinds here; the first line says which

@@ -13,6 +13,9 @@ class ConvertOptions:
     lora: str | None = None  # LoRA file, folder or Hub repo fused into the UNet (and text encoder)
     lora_scale: float = 1.0
     scheduler: str | None = None  # write this scheduler (one of sdcli's names) into scheduler_config.json
+    timestep_spacing: str | None = None  # and/or this timestep_spacing (leading, trailing, linspace)
+    default_steps: int | None = None  # the folder's own generation defaults (sdcli.json "defaults")
+    default_guidance: float | None = None
     tiny_vae: str | None = None  # AutoencoderTiny folder or repo to add as vae_decoder_tiny/, vae_encoder_tiny/
     quantize: str | None = None  # "hybrid": NNCF hybrid quantization of the UNet (the rest int8 weight-only)
     calibration_prompts: list[str] | None = None  # for --quantize hybrid [default: quantize.DEFAULT_PROMPTS]

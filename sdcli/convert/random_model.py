@@ -136,6 +136,53 @@ LCM_SCHEDULER = dict(
 )
 
 
+# SDXL's shape in small: two text encoders (a CLIPTextModel and a CLIPTextModelWithProjection)
+# whose penultimate hidden states are concatenated (cross_attention_dim = 32 + 32), and a UNet
+# with SDXL's added conditioning ("text_time": the second encoder's projection, 32, and six
+# time ids of 8 Fourier features each: 32 + 6 * 8 = 80).  The VAE has SDXL's scaling factor.
+TINY_SDXL = {
+    "unet": dict(TINY["unet"], down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                 transformer_layers_per_block=(1, 2), use_linear_projection=True, cross_attention_dim=64,
+                 addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80),
+    "vae": dict(TINY["vae"], scaling_factor=0.13025, force_upcast=True),
+    "text": dict(TINY["text"], projection_dim=32),
+    "text_2": dict(TINY["text"], hidden_act="gelu", num_hidden_layers=3, projection_dim=32),
+    "pad_token_2": "!",
+}
+# The refiner's: the second text encoder only, and five time ids (sizes, crop, aesthetic score)
+TINY_SDXL_REFINER = dict(TINY_SDXL, unet=dict(TINY_SDXL["unet"], cross_attention_dim=32,
+                                              projection_class_embeddings_input_dim=72), text=None)
+
+SDXL = {
+    "unet": dict(
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        cross_attention_dim=2048,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    ),
+    "vae": dict(SD15["vae"], sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    "text": dict(SD15["text"]),
+    "text_2": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                   vocab_size=49408, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280),
+    "pad_token_2": "!",
+}
+
+# SDXL 1.0 base's scheduler configuration (Euler, leading spacing).
+SDXL_SCHEDULER = dict(SD15_SCHEDULER, timestep_spacing="leading", interpolation_type="linear",
+                      use_karras_sigmas=False, sample_max_value=1.0, clip_sample=False)
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -221,6 +268,63 @@ def build_random_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    pipe.save_pretrained(out_dir)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return pipe
+
+
+def build_random_sdxl(
+    out_dir: str | Path,
+    sizes: dict = TINY_SDXL,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    scheduler_config: dict | None = None,
+    torch_dtype=None,
+    in_channels: int | None = None,
+):
+    """Build a random-weight Stable Diffusion XL pipeline (base, refiner when `sizes` has no
+    first text encoder, inpainting with `in_channels` 9), save it as a diffusers folder and
+    return it.  `torch_dtype` (e.g. torch.float16) halves the memory of a full-size one."""
+    import torch
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
+                           StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    tiny = any(sizes is s for s in (TINY_SDXL, TINY_SDXL_REFINER))
+    refiner = sizes.get("text") is None
+    unet_cfg = dict(sizes["unet"]) if in_channels is None else dict(sizes["unet"], in_channels=in_channels)
+    torch.manual_seed(seed)
+    if torch_dtype is not None:
+        torch.set_default_dtype(torch_dtype)  # built in half precision, not built in full and cast
+    try:
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderKL(**sizes["vae"])
+        special = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
+        text_encoder = None if refiner else CLIPTextModel(CLIPTextConfig(**sizes["text"], **special))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**sizes["text_2"], **special))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    if tiny:
+        _spread_weights(*[m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None], seed=seed)
+    tok_dir = out_dir / "_tokenizer_src"
+    write_clip_tokenizer(tok_dir, sizes["text_2"]["vocab_size"])
+
+    def tokenizer(pad: str):
+        return CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77, pad_token=pad)
+
+    scheduler = EulerDiscreteScheduler.from_config(dict(scheduler_config or SDXL_SCHEDULER, prediction_type=prediction_type))
+    parts = dict(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                 tokenizer=None if refiner else tokenizer("<|endoftext|>"),
+                 tokenizer_2=tokenizer(sizes.get("pad_token_2", "!")), unet=unet, scheduler=scheduler)
+    if refiner:
+        pipe = StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    elif unet_cfg.get("in_channels") == 9:
+        pipe = StableDiffusionXLInpaintPipeline(**parts)
+    else:
+        pipe = StableDiffusionXLPipeline(**parts)
     pipe.save_pretrained(out_dir)
     for f in tok_dir.iterdir():
         f.unlink()

@@ -2,6 +2,7 @@
 with huggingface_hub) or a single-file checkpoint; the components loaded in float32."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,39 @@ DIFFUSERS_FILES = [
     "unet/*.safetensors",
     "vae/config.json",
     "vae/*.safetensors",
+    "tokenizer_2/*",
+    "text_encoder_2/config.json",
+    "text_encoder_2/*.safetensors",
 ]
+# Keys only an SDXL checkpoint (base or refiner, in Stability's single-file layout) has
+SDXL_KEY_PREFIX = "conditioner.embedders."
+
+
+@dataclass
+class Parts:
+    """The torch components of a pipeline that `sdcli convert` writes, loaded in float32.
+
+    SD 1.x/2.x has one text encoder; SDXL a second, with a projection (`text_encoder_2`), and
+    its refiner only that second one (`text_encoder` and `tokenizer` are None)."""
+
+    unet: object
+    vae: object
+    text_encoder: object | None
+    tokenizer: object | None
+    scheduler_config: dict
+    index: dict
+    text_encoder_2: object | None = None
+    tokenizer_2: object | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.unet.config.get("addition_embed_type") == "text_time"
+
+    def text_encoders(self) -> list[tuple[str, object, object]]:
+        """(folder name, text encoder, its tokenizer) of each text encoder present."""
+        named = [("text_encoder", self.text_encoder, self.tokenizer), ("text_encoder_2", self.text_encoder_2,
+                                                                          self.tokenizer_2)]
+        return [(name, encoder, tokenizer) for name, encoder, tokenizer in named if encoder is not None]
 
 
 def default_output_name(source: str) -> str:
@@ -63,51 +96,80 @@ def download_repo(repo_id: str) -> Path:
         raise UsageError(f"cannot download {repo_id}: {str(exc).splitlines()[0]}") from exc
 
 
-def load_components(kind: str, path: Path, opts: ConvertOptions):
-    """Return (unet, vae, text_encoder, tokenizer, scheduler_config, model_index)."""
+def load_components(kind: str, path: Path, opts: ConvertOptions) -> Parts:
+    if kind == "single_file":
+        return load_single_file(path, opts)
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    if kind == "single_file":
-        from diffusers import StableDiffusionPipeline
-
-        # diffusers loads pickled checkpoints with torch.load(weights_only=True)
-        kwargs = {"config": opts.config} if opts.config else {}
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), torch_dtype=torch.float32, safety_checker=None, **kwargs
-            )
-        except Exception as exc:  # diffusers raises many kinds here; the first line says which
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UsageError(
-                f"cannot load {path.name} as a Stable Diffusion checkpoint: {first} "
-                "(offline? pass --config with a diffusers folder of the same architecture)"
-            ) from exc
-        index = {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": __import__("diffusers").__version__,
-            "scheduler": ["diffusers", type(pipe.scheduler).__name__],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-        return pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config), index
-
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if not (path / sub).is_dir():
-            raise UsageError(f"{path} has no {sub}/ folder")
     from sdcli.model.config_checks import check_diffusers_folder
 
-    # configs, tokenizer and weight files checked before torch builds anything from them
-    index, scheduler_config = check_diffusers_folder(path, opts.allow_pickle)
-    unet = load_or_fail("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch.float32))
-    vae = load_or_fail("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32))
-    text_encoder = load_or_fail("text_encoder", lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
-                                                                               torch_dtype=torch.float32))
-    tokenizer = load_or_fail("tokenizer", lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"))
-    return unet, vae, text_encoder, tokenizer, scheduler_config, index
+    # configs, tokenizers and weight files checked before torch builds anything from them
+    index, scheduler_config, encoders = check_diffusers_folder(path, opts.allow_pickle)
+    f32 = {"torch_dtype": torch.float32}
+    unet = load_or_fail("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", **f32))
+    vae = load_or_fail("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **f32))
+    loaded: dict[str, object] = {}
+    for name in encoders:
+        model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+        loaded[name] = load_or_fail(name, lambda: model_class.from_pretrained(path, subfolder=name, **f32))
+        tokenizer = name.replace("text_encoder", "tokenizer")
+        loaded[tokenizer] = load_or_fail(tokenizer, lambda: CLIPTokenizer.from_pretrained(path, subfolder=tokenizer))
+    return Parts(unet, vae, loaded.get("text_encoder"), loaded.get("tokenizer"), scheduler_config, index,
+                 loaded.get("text_encoder_2"), loaded.get("tokenizer_2"))
+
+
+def single_file_kind(path: Path) -> str:
+    """"sdxl", "sdxl-refiner" or "sd" from a checkpoint's tensor names (a .safetensors header
+    is read without loading the weights; pickles are taken for SD 1.x/2.x)."""
+    if path.suffix != ".safetensors":
+        return "sd"
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # not a safetensors file: diffusers' loader says what is wrong
+        return "sd"
+    if not any(k.startswith(SDXL_KEY_PREFIX) for k in keys):
+        return "sd"
+    return "sdxl" if any(k.startswith(SDXL_KEY_PREFIX + "1.") for k in keys) else "sdxl-refiner"
+
+
+def load_single_file(path: Path, opts: ConvertOptions) -> Parts:
+    import torch
+    import diffusers
+
+    kind = single_file_kind(path)
+    pipeline_class = {"sd": diffusers.StableDiffusionPipeline, "sdxl": diffusers.StableDiffusionXLPipeline,
+                      "sdxl-refiner": diffusers.StableDiffusionXLImg2ImgPipeline}[kind]
+    # diffusers loads pickled checkpoints with torch.load(weights_only=True)
+    kwargs = {"config": opts.config} if opts.config else {}
+    if kind == "sd":
+        kwargs.update(safety_checker=None)
+    try:
+        pipe = pipeline_class.from_single_file(str(path), torch_dtype=torch.float32, **kwargs)
+    except Exception as exc:  # diffusers raises many kinds here; the first line says which
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        family = "Stable Diffusion XL" if kind != "sd" else "Stable Diffusion"
+        raise UsageError(
+            f"cannot load {path.name} as a {family} checkpoint: {first} "
+            "(offline? pass --config with a diffusers folder of the same architecture)"
+        ) from exc
+    parts = {name: getattr(pipe, name, None) for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    index = {"_class_name": pipeline_class.__name__, "_diffusers_version": diffusers.__version__,
+             "scheduler": ["diffusers", type(pipe.scheduler).__name__],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    for name, module in parts.items():
+        if module is not None:
+            index[name] = ["transformers", type(module).__name__]
+    if kind != "sd":
+        index["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", kind == "sdxl"))
+        if kind == "sdxl-refiner":
+            index["requires_aesthetics_score"] = bool(pipe.config.get("requires_aesthetics_score", True))
+    return Parts(pipe.unet, pipe.vae, parts["text_encoder"], parts["tokenizer"], dict(pipe.scheduler.config), index,
+                 parts["text_encoder_2"], parts["tokenizer_2"])
 
 
 def load_or_fail(component: str, load: Callable):

@@ -138,7 +138,8 @@ class Engine:
         self.runtime.store_pending()
 
     # -- the stages ------------------------------------------------------------------------
-    def encode_prompt(self, request: GenerationRequest, guidance: bool) -> tuple[Conditioning, list[str], float | None]:
+    def encode_prompt(self, request: GenerationRequest, guidance: bool,
+                      size: tuple[int, int] | None = None) -> tuple[Conditioning, list[str], float | None]:
         """Stage 1: (conditioning, notes, seconds spent encoding or None when the prompt came
         from the cache).  Notes come with the first encoding of a prompt only."""
         request = self.networks.activate(request)
@@ -153,7 +154,7 @@ class Engine:
                 self.timings["encode_prompt"] = seconds
                 self._prompts.put(key, encoded)
         notes = list(encoded.notes) if seconds is not None else []
-        conditioning = self.family.conditioning(encoded, request)
+        conditioning = self.family.conditioning(encoded, request, size or self.resolve_size(request))
         conditioning.embeddings_used = encoded.embeddings_used
         return conditioning, notes, seconds
 
@@ -213,7 +214,7 @@ class Engine:
         self.preload(request)
         timings: dict[str, float] = {}
 
-        conditioning, notes, encode_seconds = self.encode_prompt(request, guidance)  # 1. encode the prompt
+        conditioning, notes, encode_seconds = self.encode_prompt(request, guidance, (width, height))  # 1. encode
         notes = [*active.notes, *notes] if encode_seconds is not None else notes
         if encode_seconds is not None:
             timings["encode_prompt"] = encode_seconds

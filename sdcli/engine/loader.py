@@ -70,7 +70,7 @@ class ComponentCache:
         tag = patch.tag if patch is not None else None
         self._keep_one_patch(name, tag)
         return (name, clip_skip, embeddings, tag), lambda: TextEncoder(self.runtime, self.folder, seq_len, clip_skip,
-                                                                     embeddings, patch)
+                                                                     embeddings, patch, name)
 
     def start_text_encoder(self, seq_len: int, clip_skip: int = 1, name: str = "text_encoder", embeddings: bool = False,
                            patch: WeightPatch | None = None) -> Future:

@@ -124,7 +124,7 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     (batch --parallel) each hold their own activations."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
-    components = {"text_encoder": "text_encoder", "unet": "unet", "decoder": parts.decoder}
+    components = {**{name: name for name in folder.text_encoders}, "unet": "unet", "decoder": parts.decoder}
     if init_image:
         components["encoder"] = parts.encoder
     try:
@@ -145,7 +145,8 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     vae_act = requests * int(VAE_K * element_bytes * _levels(vae_channels, width * height)) + PIXEL_BYTES * width * height
     unet = 0 if low_memory else weights["unet"]
     stages = {
-        "encoding the prompt": weights["text_encoder"],  # freed before the UNet finishes loading
+        # freed before the UNet finishes loading (SDXL: both encoders)
+        "encoding the prompt": sum(weights[name] for name in folder.text_encoders),
         "denoising": weights["unet"] + unet_act,
         "decoding": weights["decoder"] + vae_act + (unet if images > 1 else 0),
     }

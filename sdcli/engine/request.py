@@ -20,6 +20,8 @@ VAES = ("full", "tiny")  # "tiny": the TAESD that `sdcli convert --tiny-vae` add
 GUIDANCE_MAX = 100.0  # ComfyUI's limit; far beyond it float32 guidance overflows to NaN pixels
 STEPS_MAX = 1000
 SEED_MAX = 2**64 - 1
+DEFAULT_STEPS = 20  # generate's --steps and --guidance-scale where neither the model nor a flag gives one
+DEFAULT_GUIDANCE = 7.5
 
 Image = np.ndarray | Path  # an array, or a file read by with_images_read()
 
@@ -52,8 +54,8 @@ class GenerationRequest:
 
     prompt: str = ""
     negative_prompt: str = ""
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
     seed: int = 0
     width: int | None = None  # None: the model's default size (or the init image's)
     height: int | None = None
@@ -67,6 +69,12 @@ class GenerationRequest:
     deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
     clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
     vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
+    # SDXL's micro-conditioning (diffusers' defaults: the image size, crop (0, 0); the refiner's scores)
+    original_size: tuple[int, int] | None = None  # (width, height)
+    crop_coords: tuple[int, int] | None = None  # (x, y) of the crop's top-left corner
+    target_size: tuple[int, int] | None = None  # (width, height)
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
     # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
     # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.
     networks: object | None = None
@@ -97,6 +105,17 @@ class GenerationRequest:
             raise UsageError("--deepcache must be 1 (off) or more")
         if self.clip_skip < 1:
             raise UsageError("--clip-skip must be 1 (off) or more")
+        self._validate_micro_conditioning()
+
+    def _validate_micro_conditioning(self) -> None:
+        for flag, pair, low in (("--original-size", self.original_size, 1), ("--crop-coords", self.crop_coords, 0),
+                                ("--target-size", self.target_size, 1)):
+            if pair is not None and (len(pair) != 2 or any(not low <= int(v) <= 1_000_000 for v in pair)):
+                raise UsageError(f"{flag} must be two whole numbers from {low} to 1000000, got {pair}")
+        for flag, score in (("--aesthetic-score", self.aesthetic_score),
+                            ("--negative-aesthetic-score", self.negative_aesthetic_score)):
+            if not (math.isfinite(score) and 0.0 <= score <= 10.0):
+                raise UsageError(f"{flag} must be between 0 and 10, got {score}")
 
     def with_images_read(self) -> "GenerationRequest":
         """This request with its init image and mask as arrays (files are read and checked)."""

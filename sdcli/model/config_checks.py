@@ -116,6 +116,9 @@ def check_unet(cfg: dict) -> None:
     c.integer("cross_attention_dim", 1, 16384, 768)
     c.integers("block_out_channels", 1, 16384, (1, 8), [320, 640, 1280, 1280])
     c.integer("time_cond_proj_dim", 1, 16384, None)
+    c.text("addition_embed_type", default=None)  # "text_time": SDXL's added conditioning
+    c.integer("addition_time_embed_dim", 1, 16384, None)
+    c.integer("projection_class_embeddings_input_dim", 1, 1 << 20, None)
 
 
 def check_vae(cfg: dict, where: str) -> None:
@@ -124,6 +127,7 @@ def check_vae(cfg: dict, where: str) -> None:
     c.integers("block_out_channels", 1, 16384, (1, 8), [128, 256, 512, 512])
     c.number("scaling_factor", 0.0, 100.0, 0.18215, low_open=True)
     c.number("shift_factor", -100.0, 100.0, None)
+    c.flag("force_upcast")
 
 
 def check_scheduler(cfg: dict, known_class: bool = True) -> None:
@@ -159,8 +163,8 @@ def check_scheduler(cfg: dict, known_class: bool = True) -> None:
         c.flag(key)
 
 
-def check_text_encoder(cfg: dict) -> int:
-    c = Config(cfg, "text_encoder/config.json")
+def check_text_encoder(cfg: dict, where: str = "text_encoder/config.json") -> int:
+    c = Config(cfg, where)
     c.integer("max_position_embeddings", 1, 100_000, 77)
     c.integer("vocab_size", 1, 10_000_000, 49408)
     return c.integer("hidden_size", 1, 16384, 768)
@@ -243,8 +247,12 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
     encoder_vae = read_json(root / "vae_encoder" / "config.json", required=False)
     if encoder_vae is not None:
         check_vae(encoder_vae, "vae_encoder/config.json")
-    text = read_json(root / "text_encoder" / "config.json", required=False)
-    hidden = check_text_encoder(text) if text is not None else None
+    sdxl = unet.get("addition_embed_type") == "text_time"
+    encoders = ("text_encoder", "text_encoder_2") if sdxl else ("text_encoder",)
+    configs = {name: read_json(root / name / "config.json", required=False) for name in encoders}
+    widths = [check_text_encoder(cfg, f"{name}/config.json") for name, cfg in configs.items() if cfg is not None]
+    # SDXL's UNet attends to both encoders' hidden states side by side
+    hidden = sum(widths) if widths and (not sdxl or all(configs.values()) or configs["text_encoder"] is None) else None
     index = read_json(root / "model_index.json", required=False)
     if index is not None:
         check_model_index(index)
@@ -260,7 +268,7 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
         ("unet", "encoder_hidden_states", 2, cross, "unet/config.json cross_attention_dim"),
         ("vae_decoder", "latent_sample", 1, latent, "vae_decoder/config.json latent_channels"),
     ]
-    if "text_encoder" in graphs:
+    if "text_encoder" in graphs and not sdxl:
         dims = ir_output_dims(root / "text_encoder" / "openvino_model.xml", "last_hidden_state") or []
         graphs["text_encoder"]["last_hidden_state"] = dims
         declared.append(("text_encoder", "last_hidden_state", 2, cross, "unet/config.json cross_attention_dim"))
@@ -272,24 +280,33 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
                              f"{source} says {expected}: files from different models?")
 
 
-def check_diffusers_folder(root: Path, allow_pickle: bool = False) -> tuple[dict, dict]:
+def check_diffusers_folder(root: Path, allow_pickle: bool = False) -> tuple[dict, dict, list[str]]:
     """A diffusers folder that `sdcli convert` reads: its configs (as above), a tokenizer and
-    weights in each component.  Returns (model_index, scheduler config)."""
+    weights in each component.  Returns (model_index, scheduler config, the text encoders'
+    folder names: text_encoder, and SDXL's text_encoder_2; an SDXL refiner has only the second)."""
     index = read_json(root / "model_index.json")
     check_model_index(index)
+    encoders = [name for name in ("text_encoder", "text_encoder_2")
+                if (root / name).is_dir() and isinstance(index.get(name, [None]), list) and index.get(name, [1])[0]]
+    for sub in ("unet", "vae", "scheduler", *encoders, *[e.replace("text_encoder", "tokenizer") for e in encoders]):
+        if not (root / sub).is_dir():
+            raise UsageError(f"{root} has no {sub}/ folder")
+    if not encoders:
+        raise UsageError(f"{root} has no text_encoder/ folder")
     unet = read_json(root / "unet" / "config.json")
     vae = read_json(root / "vae" / "config.json")
     scheduler = read_json(root / "scheduler" / "scheduler_config.json")
     check_unet(unet)
     check_vae(vae, "vae/config.json")
     check_scheduler(scheduler, known_class=False)
-    hidden = check_text_encoder(read_json(root / "text_encoder" / "config.json"))
+    hidden = sum(check_text_encoder(read_json(root / name / "config.json"), f"{name}/config.json") for name in encoders)
     check_components(unet, vae, hidden)
-    tokenizer = root / "tokenizer"
-    if not ((tokenizer / "tokenizer.json").is_file() or
-            ((tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file())):
-        raise UsageError(f"{tokenizer} has neither tokenizer.json nor vocab.json and merges.txt: the tokenizer is missing")
-    for component in ("unet", "vae", "text_encoder"):
+    for name in encoders:
+        tokenizer = root / name.replace("text_encoder", "tokenizer")
+        if not ((tokenizer / "tokenizer.json").is_file() or
+                ((tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file())):
+            raise UsageError(f"{tokenizer} has neither tokenizer.json nor vocab.json and merges.txt: the tokenizer is missing")
+    for component in ("unet", "vae", *encoders):
         files = [f.name for f in (root / component).iterdir() if f.is_file()]
         if any(f.endswith(".safetensors") for f in files):
             continue
@@ -298,4 +315,4 @@ def check_diffusers_folder(root: Path, allow_pickle: bool = False) -> tuple[dict
         if not allow_pickle:
             raise UsageError(f"{root / component} has only pickled .bin weights, which can run code when loaded; "
                              "pass --allow-pickle if you trust them")
-    return index, scheduler
+    return index, scheduler, encoders

@@ -6,10 +6,14 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from sdcli.util.errors import UsageError
-from sdcli.model.layout import REQUIRED, TINY_DECODER, TINY_ENCODER
+from sdcli.model.layout import REQUIRED, REQUIRED_SDXL, TINY_DECODER, TINY_ENCODER
+
+if TYPE_CHECKING:
+    from sdcli.model.defaults import GenerationDefaults
 
 def _read_json(path: Path) -> dict:
     from sdcli.model.config_checks import read_json
@@ -41,14 +45,20 @@ class ModelFolder:
         root = Path(root).expanduser()
         if not root.is_dir():
             raise UsageError(f"model folder not found: {root}")
-        for name in REQUIRED:
+        if not (root / "unet").is_dir():
+            raise UsageError(f"model folder {root} is incomplete: unet/ is missing")
+        unet = _read_json(root / "unet" / "config.json")
+        sdxl = unet.get("addition_embed_type") == "text_time"
+        required = list(REQUIRED_SDXL if sdxl else REQUIRED)
+        if sdxl and (root / "text_encoder").is_dir():  # SDXL base (the refiner has text_encoder_2 only)
+            required += ["text_encoder", "tokenizer"]
+        for name in required:
             if not (root / name).is_dir():
                 raise UsageError(f"model folder {root} is incomplete: {name}/ is missing")
-        for name in ("text_encoder", "unet", "vae_decoder"):
+        for name in [r for r in required if r.startswith(("text_encoder", "unet", "vae_decoder"))]:
             for suffix in (".xml", ".bin"):
                 if not (root / name / f"openvino_model{suffix}").is_file():
                     raise UsageError(f"model folder {root} is incomplete: {name}/openvino_model{suffix} is missing")
-        unet = _read_json(root / "unet" / "config.json")
         vae = _read_json(root / "vae_decoder" / "config.json")
         sched = _read_json(root / "scheduler" / "scheduler_config.json")
         folder = cls(root, unet, vae, sched)
@@ -61,6 +71,25 @@ class ModelFolder:
         from sdcli.model.config_checks import check_folder
 
         check_folder(self.root, self.unet_config, self.vae_config, self.scheduler_config)
+
+    @property
+    def is_sdxl(self) -> bool:
+        """A Stable Diffusion XL UNet (SDXL's added conditioning: text_embeds and time_ids)."""
+        return self.unet_config.get("addition_embed_type") == "text_time"
+
+    @property
+    def text_encoders(self) -> list[str]:
+        """The text encoders' folder names: SD's text_encoder; SDXL's text_encoder and
+        text_encoder_2 (its refiner's text_encoder_2 only)."""
+        names = ["text_encoder", "text_encoder_2"] if self.is_sdxl else ["text_encoder"]
+        return [name for name in names if self.ir(name).is_file()]
+
+    @cached_property
+    def model_index(self) -> dict:
+        """model_index.json ({} when the folder has none)."""
+        from sdcli.model.config_checks import read_json
+
+        return read_json(self.root / "model_index.json", required=False) or {}
 
     @property
     def vae_scale_factor(self) -> int:
@@ -134,6 +163,14 @@ class ModelFolder:
             raise UsageError("the UNet takes timestep_cond, but its size is neither in the IR nor in "
                              "unet/config.json (time_cond_proj_dim)")
         return configured
+
+    @cached_property
+    def generation_defaults(self) -> "GenerationDefaults":
+        """The steps and guidance scale the folder's sdcli.json gives (model/defaults.py);
+        UsageError for a value of the wrong type or out of range."""
+        from sdcli.model.defaults import read_defaults
+
+        return read_defaults(self.root)
 
     @property
     def is_lcm(self) -> bool:

@@ -41,4 +41,17 @@ def describe_model(root: Path) -> dict:
     meta = root / "sdcli.json"
     weight_format = json.loads(meta.read_text()).get("weight_format") if meta.is_file() else None
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-    return {"path": str(root), "total_mb": total / 1e6, "weight_format": weight_format, "components": components}
+    return {"path": str(root), "total_mb": total / 1e6, "weight_format": weight_format, "components": components,
+            **generation_defaults(root)}
+
+
+def generation_defaults(root: Path) -> dict:
+    """What `generate` runs the folder with when no flag says otherwise: "defaults", the steps and
+    guidance its sdcli.json sets (checked; {} when none), and "scheduler", its own scheduler and
+    timestep spacing (scheduler_config.json's)."""
+    from sdcli.model.config_checks import read_json
+    from sdcli.model.defaults import read_defaults
+
+    scheduler = read_json(root / "scheduler" / "scheduler_config.json", required=False) or {}
+    return {"defaults": read_defaults(root).as_dict(),
+            "scheduler": {"class": scheduler.get("_class_name"), "timestep_spacing": scheduler.get("timestep_spacing")}}

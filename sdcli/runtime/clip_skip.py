@@ -50,3 +50,26 @@ def skip_layers(model, clip_skip: int) -> None:
             raise UsageError(f"--clip-skip {clip_skip}: this text encoder does not have that many layers")
     norm.input(0).replace_source_output(stream)
     model.validate_nodes_and_infer_types()
+
+
+def keep_hidden_state(model, clip_skip: int, pooled: str | None) -> None:
+    """Graph edit for SDXL's text encoders, exported with every layer's hidden states as
+    optimum-cli does: keep only the output SDXL's pipeline reads (`hidden_states.{N-1}`, the
+    penultimate of N layers, without the final layer norm; `clip_skip` N goes N-1 layers
+    further back), then the pooled output `pooled` if given.  Layers nothing reads any more
+    are dropped from the compiled graph."""
+    results = {name: result for result in model.get_results() for name in result.output(0).get_names()}
+    layers = sorted(int(n.split(".")[1]) for n in results if n.startswith("hidden_states.") and n.split(".")[1].isdigit())
+    if not layers:
+        raise UsageError("this SDXL text encoder has no hidden_states outputs (an export without them?): "
+                         "convert the model again with sdcli convert or optimum-cli")
+    if pooled and pooled not in results:
+        raise UsageError(f"this SDXL text encoder has no {pooled} output: convert the model again")
+    index = layers[-1] - clip_skip
+    if index < 0:
+        raise UsageError(f"--clip-skip {clip_skip}: this text encoder does not have that many layers")
+    wanted = {id(results[f"hidden_states.{index}"]), *([id(results[pooled])] if pooled else [])}
+    for result in {id(r): r for r in results.values()}.values():
+        if id(result) not in wanted:
+            model.remove_result(result)
+    model.validate_nodes_and_infer_types()

@@ -34,31 +34,41 @@ class CompiledComponent:
 
 class TextEncoder(CompiledComponent):
     def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1,
-                 embeddings: bool = False, patch: WeightPatch | None = None):
-        """`clip_skip`: A1111's Clip skip (1: the last layer's output; 2: the one before, ...).
-        `embeddings`: take textual-inversion vectors as inputs (runtime/embeddings.py);
-        `patch`: LoRAs fused into the weights (runtime/lora.py)."""
-        from sdcli.runtime.clip_skip import skip_layers
+                 embeddings: bool = False, patch: WeightPatch | None = None, name: str = "text_encoder"):
+        """Text encoder `name` (SDXL's second is text_encoder_2).  `clip_skip`: A1111's Clip skip
+        (1: the layer the model's pipeline uses — the last for SD, the penultimate for SDXL;
+        2: the one before, ...).  `embeddings`: take textual-inversion vectors as inputs
+        (runtime/embeddings.py); `patch`: LoRAs fused into the weights (runtime/lora.py)."""
+        from sdcli.runtime.clip_skip import keep_hidden_state, skip_layers
         from sdcli.runtime.embeddings import EMBEDS, MASK, add_embedding_inputs
 
-        component = "text_encoder" if clip_skip <= 1 else f"text_encoder-clipskip{clip_skip}"
+        component = name if clip_skip <= 1 else f"{name}-clipskip{clip_skip}"
         shapes = {"input_ids": [1, seq_len]}
         if embeddings:
             component += "-ti"
-            width = int(read_json(folder.root / "text_encoder" / "config.json").get("hidden_size", 768))
+            width = int(read_json(folder.root / name / "config.json").get("hidden_size", 768))
             shapes.update({EMBEDS: [1, seq_len, width], MASK: [1, seq_len, 1]})
         if patch is not None:
             component += f"-lora{patch.tag}"
+        self.pooled_name = "text_embeds" if folder.is_sdxl and name == "text_encoder_2" else None
 
         def prepare(model):
-            skip_layers(model, clip_skip)
+            if folder.is_sdxl:  # outputs: the hidden states the UNet takes, then the pooled projection
+                keep_hidden_state(model, clip_skip, self.pooled_name)
+            else:
+                skip_layers(model, clip_skip)
             if embeddings:
                 add_embedding_inputs(model)
             if patch is not None:
-                patch.apply(model, "text_encoder")
+                patch.apply(model, name)
 
-        self.compiled, self._mapping = runtime.load(component, folder.ir("text_encoder"), shapes, prepare=prepare)
+        self.compiled, self._mapping = runtime.load(component, folder.ir(name), shapes, prepare=prepare)
         self.embeddings = embeddings
+        names = [output.get_names() for output in self.compiled.outputs]
+        # SDXL: the one hidden-states output kept (see keep_hidden_state), wherever it is
+        self._hidden = next((i for i, n in enumerate(names) if any(x.startswith("hidden_states.") for x in n)), 0) \
+            if folder.is_sdxl else 0
+        self._pooled = next((i for i, n in enumerate(names) if self.pooled_name in n), None)
 
     def __call__(self, input_ids: np.ndarray, embeds: np.ndarray | None = None,
                  mask: np.ndarray | None = None) -> np.ndarray:
@@ -72,7 +82,13 @@ class TextEncoder(CompiledComponent):
             inputs[EMBEDS] = embeds if embeds is not None else np.zeros(shape, np.float32)
             inputs[MASK] = mask if mask is not None else np.zeros((*input_ids.shape, 1), bool)
         self.request.infer(inputs)
-        return self.request.get_output_tensor(0).data.copy()
+        return self.request.get_output_tensor(self._hidden).data.copy()
+
+    def pooled(self) -> np.ndarray:
+        """The pooled projection (SDXL's text_encoder_2: `text_embeds`) of the last call."""
+        if self._pooled is None:
+            raise UsageError("this text encoder has no pooled projection output (text_embeds)")
+        return self.request.get_output_tensor(self._pooled).data.copy()
 
 
 class UNet(CompiledComponent):

@@ -187,7 +187,7 @@ class Plan:
         body = self.body
         scheduler = resolve_scheduler(engine, body.sampler_name or body.sampler_index, body.scheduler)
         steps, guidance = body.steps, body.cfg_scale
-        few_step = engine.family.few_step_defaults(scheduler)
+        few_step = engine.family.generation_defaults(scheduler)
         if few_step:
             steps = few_step[0] if steps is None else steps
             guidance = few_step[1] if guidance is None else guidance

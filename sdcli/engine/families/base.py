@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sdcli.engine.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 if TYPE_CHECKING:
     from sdcli.engine.loader import ComponentCache
     from sdcli.engine.request import GenerationRequest
@@ -56,8 +58,21 @@ class ModelFamily:
         self.folder = folder
 
     # -- before anything is compiled -------------------------------------------------
+    def generation_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
+        """(steps, guidance scale) for what a run does not give, where the model has its own: the
+        folder's (its sdcli.json "defaults", set at convert time) over the family's few-step
+        defaults (few_step_defaults); None where neither has any.  Flags given win over both."""
+        few_step = self.few_step_defaults(scheduler)
+        own = self.folder.generation_defaults
+        if not own:
+            return few_step
+        steps, guidance = few_step or (DEFAULT_STEPS, DEFAULT_GUIDANCE)
+        return (steps if own.steps is None else own.steps,
+                guidance if own.guidance_scale is None else own.guidance_scale)
+
     def few_step_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
-        """(steps, guidance scale) for a run that gives neither, where the model wants its own."""
+        """(steps, guidance scale) for a run that gives neither, where the family wants its own
+        (an LCM's); the front ends ask generation_defaults, which puts the folder's first."""
         return None
 
     def classifier_free_guidance(self, guidance_scale: float) -> bool:
@@ -100,7 +115,9 @@ class ModelFamily:
     def encode_prompt(self, components: "ComponentCache", request: "GenerationRequest", guidance: bool) -> EncodedPrompt:
         raise NotImplementedError
 
-    def conditioning(self, encoded: EncodedPrompt, request: "GenerationRequest") -> Conditioning:
+    def conditioning(self, encoded: EncodedPrompt, request: "GenerationRequest",
+                     size: tuple[int, int] | None = None) -> Conditioning:
+        """The UNet's conditioning for `request` at `size` (width, height of the image)."""
         return Conditioning(encoded.hidden_states, encoded.pooled)
 
     # -- stage 2 ----------------------------------------------------------------------

@@ -99,7 +99,7 @@ class StableDiffusion(ModelFamily):
     def extra_unet_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         return {"timestep_cond": (batch, self.folder.time_cond_proj_dim)} if self.is_lcm else {}
 
-    def conditioning(self, encoded: EncodedPrompt, request) -> Conditioning:
+    def conditioning(self, encoded: EncodedPrompt, request, size: tuple[int, int] | None = None) -> Conditioning:
         extra = {}
         if self.is_lcm:
             extra["timestep_cond"] = guidance_scale_embedding(request.guidance_scale - 1, self.folder.time_cond_proj_dim)

@@ -1,0 +1,188 @@
+"""Stable Diffusion XL: base, refiner, inpainting, and its few-step descendants (Turbo,
+Lightning, Hyper-SD, DMD2, LCM-SDXL), as diffusers' StableDiffusionXL*Pipelines run them.
+
+Two CLIP text encoders (the refiner has only the second): the UNet attends to their
+penultimate hidden states side by side, and takes two added inputs: the second encoder's
+pooled projection (`text_embeds`) and the micro-conditioning `time_ids` — original size,
+crop's top-left corner and target size (six numbers), or for the refiner original size,
+crop and an aesthetic score (five).  With `force_zeros_for_empty_prompt` (the base's
+model_index.json) an empty negative prompt is zeros, not the encoding of "".
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from sdcli.engine.families.base import Conditioning, EncodedPrompt
+from sdcli.engine.families.sd import StableDiffusion
+from sdcli.engine.lcm import guidance_scale_embedding
+from sdcli.engine.prompt_encoder import TOKENS_PER_CHUNK, ClipPromptEncoder, embeddings_used
+from sdcli.model.config_checks import read_json
+from sdcli.model.folder import ir_input_shape
+from sdcli.model.tokenizer import PromptTokenizer
+from sdcli.schedulers import create_scheduler, name_for_diffusers_class
+from sdcli.util.errors import UsageError
+
+AESTHETIC_SCORE = 6.0  # diffusers' defaults for a refiner's positive and negative rows
+NEGATIVE_AESTHETIC_SCORE = 2.5
+ENCODER_INDEX = {"text_encoder": 0, "text_encoder_2": 1}  # an SDXL embedding's clip_l, clip_g
+
+
+def _width(dims: list[str] | None, index: int) -> int | None:
+    return int(dims[index]) if dims and len(dims) > index and dims[index].strip().isdigit() else None
+
+
+class StableDiffusionXL(StableDiffusion):
+    name = "stable-diffusion-xl"
+
+    def __init__(self, folder):  # not StableDiffusion's: it reads one tokenizer/
+        self.folder = folder
+        self.encoders = folder.text_encoders
+        if "text_encoder_2" not in self.encoders:
+            raise UsageError(f"model folder {folder.root} is an SDXL model without text_encoder_2/openvino_model.xml")
+        self.tokenizers = {name: PromptTokenizer(folder.root / name.replace("text_encoder", "tokenizer"))
+                           for name in self.encoders}
+        self.tokenizer = self.tokenizers[self.encoders[0]]
+
+    @cached_property
+    def prompt_encoders(self) -> dict[str, ClipPromptEncoder]:
+        fixed = self.folder.unet_sequence_length or None
+        return {name: ClipPromptEncoder(tokenizer, fixed) for name, tokenizer in self.tokenizers.items()}
+
+    @cached_property
+    def prompt_encoder(self) -> ClipPromptEncoder:
+        return self.prompt_encoders[self.encoders[0]]
+
+    # -- what the folder says ---------------------------------------------------------------
+    @cached_property
+    def pooled_width(self) -> int:
+        width = _width(ir_input_shape(self.folder.ir("unet"), "text_embeds"), 1)
+        if width is None:
+            width = int(read_json(self.folder.root / "text_encoder_2" / "config.json").get("projection_dim", 1280))
+        return width
+
+    @cached_property
+    def time_ids_width(self) -> int:
+        width = _width(ir_input_shape(self.folder.ir("unet"), "time_ids"), 1)
+        if width is None:
+            cfg = self.folder.unet_config
+            width = (int(cfg.get("projection_class_embeddings_input_dim", 2816)) - self.pooled_width) // int(
+                cfg.get("addition_time_embed_dim", 256))
+        if width not in (5, 6):
+            raise UsageError(f"unet: time_ids of {width} numbers; SDXL's take 6 (the refiner's 5)")
+        return width
+
+    @property
+    def takes_aesthetic_score(self) -> bool:
+        """The refiner's micro-conditioning: an aesthetic score in place of the target size."""
+        return self.time_ids_width == 5
+
+    @property
+    def force_zeros_for_empty_prompt(self) -> bool:
+        return bool(self.folder.model_index.get("force_zeros_for_empty_prompt", True))
+
+    def make_scheduler(self, name: str | None):
+        """diffusers' SDXL pipelines make no load-time fix-ups: the model's own scheduler, or
+        `name` made as `XScheduler.from_config(pipe.scheduler.config)`."""
+        if self.is_lcm:
+            return super().make_scheduler(name)
+        raw = self.folder.scheduler_config
+        try:
+            own = name_for_diffusers_class(str(raw.get("_class_name")))
+            return create_scheduler(None if name in (None, own) else name, raw)
+        except ValueError as exc:
+            raise UsageError(f"scheduler: {exc}") from None
+
+    # -- the prompt -------------------------------------------------------------------------
+    def zero_negative(self, request, guidance: bool) -> bool:
+        """diffusers' force_zeros_for_empty_prompt (with no negative_prompt): the negative row is zeros."""
+        return guidance and self.force_zeros_for_empty_prompt and not request.negative_prompt.strip()
+
+    def prompt_chunks(self, request, guidance: bool, encoder: str | None = None):
+        """Token chunks of [negative, prompt] (just [prompt] without guidance) for text encoder
+        `encoder` (default: the first present), and warnings."""
+        encoder = encoder or self.encoders[0]
+        labels = ["negative prompt", "prompt"] if guidance else ["prompt"]
+        texts = [request.negative_prompt, request.prompt] if guidance else [request.prompt]
+        embeddings = request.networks.embeddings if request.networks is not None else ()
+        prompt_encoder = self.prompt_encoders[encoder]
+        vocabulary = prompt_encoder.vocabulary(embeddings, ENCODER_INDEX[encoder], self.encoder_width(encoder)) \
+            if embeddings else ()
+        chunked, warnings = prompt_encoder.prompt_chunks(texts, labels, request.emphasis, vocabulary)
+        if self.is_lcm and request.negative_prompt.strip():
+            warnings.insert(0, "a Latent Consistency Model takes no negative prompt (its guidance is built in); "
+                               "the negative prompt is ignored")
+        return chunked, warnings
+
+    def encoder_width(self, encoder: str) -> int:
+        return int(read_json(self.folder.root / encoder / "config.json").get("hidden_size", 768))
+
+    @property
+    def text_width(self) -> int:
+        return self.encoder_width(self.encoders[0])
+
+    def start_text_encoders(self, components, request) -> None:
+        for name in self.encoders:
+            components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip, name,
+                                          **self.text_encoder_options(request, name))
+
+    def release_text_encoders(self, components) -> None:
+        for name in self.encoders:
+            components.release(name)
+
+    def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
+        """Each encoder's hidden states, side by side; the pooled projection of the second
+        encoder from each text's first chunk (as A1111 takes it)."""
+        hidden, warnings, used, pooled = [], [], (), []
+        for name in self.encoders:
+            chunked, notes = self.prompt_chunks(request, guidance, name)
+            warnings, used = warnings or notes, used or embeddings_used(chunked)
+            encoder = components.text_encoder(TOKENS_PER_CHUNK, request.clip_skip, name,
+                                              **self.text_encoder_options(request, name))
+            pooled_per_call = []
+
+            def encode(ids, *ti, encoder=encoder, name=name, calls=pooled_per_call):
+                out = encoder(ids, *ti)
+                if name == "text_encoder_2":
+                    calls.append(encoder.pooled())
+                return out
+
+            hidden.append(self.prompt_encoders[name].embed(chunked, encode))
+            if pooled_per_call:  # embed() encodes each text's chunks in turn, all texts with as many
+                pooled = np.concatenate(pooled_per_call[::len(chunked[0])], axis=0)
+        states = np.concatenate(hidden, axis=-1)
+        if self.zero_negative(request, guidance):
+            states[0] = 0.0
+            pooled[0] = 0.0
+        return EncodedPrompt(states, pooled, notes=warnings, embeddings_used=used)
+
+    # -- the UNet's added inputs --------------------------------------------------------------
+    def extra_unet_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        shapes = {"text_embeds": (batch, self.pooled_width), "time_ids": (batch, self.time_ids_width)}
+        return {**shapes, **super().extra_unet_shapes(batch)}
+
+    def time_ids(self, request, size: tuple[int, int], guidance: bool) -> np.ndarray:
+        """[rows, 5 or 6]: (original height, width, crop top, left, target height, width), or the
+        refiner's (original height, width, crop top, left, aesthetic score); one row per UNet
+        batch row (the negative's first)."""
+        width, height = size
+        original = request.original_size or (width, height)
+        crop = request.crop_coords or (0, 0)
+        head = [original[1], original[0], crop[1], crop[0]]
+        if self.takes_aesthetic_score:
+            rows = [head + [request.aesthetic_score]]
+            if guidance:
+                rows.insert(0, head + [request.negative_aesthetic_score])
+        else:
+            target = request.target_size or (width, height)
+            rows = [head + [target[1], target[0]]] * (2 if guidance else 1)
+        return np.asarray(rows, dtype=np.float32)
+
+    def conditioning(self, encoded: EncodedPrompt, request, size: tuple[int, int] | None = None) -> Conditioning:
+        rows = encoded.hidden_states.shape[0]
+        extra = {"text_embeds": encoded.pooled.astype(np.float32),
+                 "time_ids": self.time_ids(request, size or (0, 0), rows == 2)}
+        if self.is_lcm:
+            extra["timestep_cond"] = guidance_scale_embedding(request.guidance_scale - 1, self.folder.time_cond_proj_dim)
+        return Conditioning(encoded.hidden_states, encoded.pooled, extra)

@@ -1,0 +1,65 @@
+"""A model folder's own generation defaults: the `"defaults"` object of its sdcli.json,
+set by `sdcli convert --default-steps N --default-guidance G` (or later with `--into`).
+
+    {"defaults": {"steps": 1, "guidance_scale": 0.0}}
+
+A distilled model (SDXL-Turbo, Lightning, Hyper-SD, an LCM) is made for a few steps at a low
+guidance; with these, `sdcli generate` needs no flags for it.  Each key is optional; flags
+given on the command line win.  The default scheduler (and its timestep spacing) is what
+scheduler/scheduler_config.json says, as for any folder.  model_index.json is left as
+optimum-cli writes it, so the folder stays interchangeable.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sdcli.model.config_checks import Config, read_json
+from sdcli.util.errors import UsageError
+
+METADATA = "sdcli.json"  # sdcli's own file in a converted folder (what convert wrote, and these defaults)
+KEY = "defaults"
+STEPS_MAX = 1000  # generate's --steps and --guidance-scale ranges (engine.request's)
+GUIDANCE_MAX = 100.0
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The folder's steps and guidance scale, each None where it gives none."""
+
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.steps is not None or self.guidance_scale is not None
+
+    def as_dict(self) -> dict:
+        """The keys that are set (what sdcli.json holds)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def check_defaults(value) -> GenerationDefaults:
+    """sdcli.json's "defaults" object, checked: UsageError naming the key for a wrong type,
+    range or an unknown key (a misspelt one would be ignored without a word)."""
+    where = f"{METADATA} {KEY}"
+    if not isinstance(value, dict):
+        raise UsageError(f'{METADATA}: "{KEY}" must be an object such as {{"steps": 4, "guidance_scale": 1.0}}, '
+                         f"got {json.dumps(value)[:60]}")
+    unknown = sorted(set(value) - {"steps", "guidance_scale"})
+    if unknown:
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} (steps and guidance_scale can be set)")
+    config = Config(value, where)
+    return GenerationDefaults(config.integer("steps", 1, STEPS_MAX, None),
+                              config.number("guidance_scale", 0.0, GUIDANCE_MAX, None))
+
+
+def read_metadata(root: Path) -> dict:
+    """The folder's sdcli.json ({} when it has none, e.g. a folder optimum-cli wrote)."""
+    return read_json(Path(root) / METADATA, required=False) or {}
+
+
+def read_defaults(root: Path) -> GenerationDefaults:
+    """The folder's defaults (none set when it has no sdcli.json or no "defaults" in it)."""
+    value = read_metadata(root).get(KEY)
+    return GenerationDefaults() if value is None else check_defaults(value)
