@@ -56,6 +56,8 @@ def generate(
     target_size: Optional[str] = typer.Option(None, "--target-size", callback=lambda v: pair(v, "x", "--target-size", 1), help="SDXL: the target size it is conditioned on, WxH [default: the image size]."),
     aesthetic_score: float = typer.Option(6.0, "--aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the aesthetic score it is conditioned on."),
     negative_aesthetic_score: float = typer.Option(2.5, "--negative-aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the negative rows' aesthetic score."),
+    refiner: Optional[Path] = typer.Option(None, "--refiner", help="SDXL: a refiner's converted folder, which takes over at --refiner-switch and decodes (diffusers' denoising_end/denoising_start)."),
+    refiner_switch: float = typer.Option(0.8, "--refiner-switch", min=0.0, max=1.0, callback=finite, help="SDXL with --refiner: the fraction of the schedule the base model runs (A1111's \"Refiner switch at\")."),
     vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
@@ -124,7 +126,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         strength=o.strength, mask=o.mask, mask_blur=o.mask_blur, rng=o.rng, emphasis=o.emphasis,
         deepcache=o.deepcache, clip_skip=o.clip_skip, vae=o.vae, original_size=o.original_size,
         crop_coords=o.crop_coords, target_size=o.target_size, aesthetic_score=o.aesthetic_score,
-        negative_aesthetic_score=o.negative_aesthetic_score,
+        negative_aesthetic_score=o.negative_aesthetic_score, refiner_switch=o.refiner_switch,
     )
     request.validate()
     check_precision(o.precision)
@@ -137,7 +139,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     seed = o.seed if o.seed is not None else secrets.randbelow(2**32)
     # the text encoder is freed once the prompt is encoded: every image shares it
     engine = Engine(model_dir, device=o.device, precision=o.precision, low_memory=o.low_memory,
-                    keep_text_encoder=False, networks=networks)
+                    keep_text_encoder=False, networks=networks, refiner=o.refiner)
     changes = {"seed": seed}
     few_step = engine.family.generation_defaults(o.scheduler)
     if few_step and o.from_image is None:  # the model's own defaults (its folder's, an LCM's) for what was not given

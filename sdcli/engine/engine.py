@@ -8,6 +8,7 @@ calibration all call `generate`.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future
@@ -22,6 +23,7 @@ from sdcli.engine.decode import decode
 from sdcli.engine.deepcache import DeepCacheUNet
 from sdcli.engine.denoise import StepInfo, denoise
 from sdcli.engine.families import Conditioning, family_for
+from sdcli.engine.handoff import check_refiner, from_switch, refiner_request, until_switch
 from sdcli.engine.latents import prepare_latents, resolve_size
 from sdcli.engine.loader import ComponentCache
 from sdcli.engine.networks import NetworkFolders, Networks, hash_name
@@ -55,14 +57,17 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, device: str = "CPU", precision: str = "auto",
                  cache_dir: Path | None | bool = True, low_memory: bool = False, streams: int | None = None,
-                 keep_text_encoder: bool = True, networks: NetworkFolders | None = None):
+                 keep_text_encoder: bool = True, networks: NetworkFolders | None = None,
+                 refiner: str | Path | None = None):
         """`low_memory` keeps only one large component in memory at a time (each is loaded
         again when needed next: slower for several images, same result).  `streams` compiles
         for throughput (see Runtime): several threads may then call generate() at once, each
         on its own infer requests.  `keep_text_encoder=False` frees the text encoder once a
         prompt is encoded (for a run whose images all share one prompt).  `networks`: where
         the prompts' LoRAs and embeddings are looked for (default: $SDCLI_LORA_DIR or
-        models/Lora, $SDCLI_EMBEDDINGS_DIR or models/embeddings)."""
+        models/Lora, $SDCLI_EMBEDDINGS_DIR or models/embeddings).  `refiner`: an SDXL refiner's
+        folder, which takes the latents over at each request's `refiner_switch` and decodes
+        them (engine/handoff.py)."""
         self.folder = ModelFolder.open(model_dir)
         self.family = family_for(self.folder)
         self.low_memory = low_memory
@@ -76,6 +81,10 @@ class Engine:
         self.unet_recorder: Callable[[dict], None] | None = None  # sees every UNet call's inputs
         self._prompts = LRUCache(PROMPT_CACHE)
         self._prompts_lock = threading.Lock()
+        self.refiner = None
+        if refiner is not None:
+            self.refiner = Engine(refiner, device, precision, cache_dir, low_memory, streams, keep_text_encoder)
+            check_refiner(self.folder, self.refiner.folder)
 
     # -- what a request needs ------------------------------------------------------------
     def resolve_size(self, request: GenerationRequest) -> tuple[int, int]:
@@ -115,6 +124,8 @@ class Engine:
         if not encoded:  # an encoded prompt needs no text encoder (it may have been freed)
             self.family.start_text_encoders(self.components, request)
         patch = request.networks.patch("unet")
+        if self.refiner is not None and not self.low_memory:
+            self.refiner.preload(refiner_request(request))
         return [self.components.start_unet(shapes, variant, patch) for variant in self._unet_variants(request.deepcache)]
 
     def optimal_requests(self, request: GenerationRequest) -> int:
@@ -131,11 +142,15 @@ class Engine:
 
     def release_unet(self) -> None:
         self.components.release("unet")
+        if self.refiner is not None:
+            self.refiner.release_unet()
 
     def finish(self) -> None:
         """Write the compiled-model cache blobs planned during the run (call it once the
         images are saved: exporting holds a second copy of a model in memory)."""
         self.runtime.store_pending()
+        if self.refiner is not None:
+            self.refiner.finish()
 
     # -- the stages ------------------------------------------------------------------------
     def encode_prompt(self, request: GenerationRequest, guidance: bool,
@@ -194,6 +209,28 @@ class Engine:
             self.components.release(vae.decoder)
         return image
 
+    def refine(self, latents: np.ndarray, request: GenerationRequest, rng, on_step, done: int, step_times: list,
+               clock: dict) -> np.ndarray:
+        """A refiner's part of a request: its own prompt encoding and UNet from the switch on,
+        continuing the base's latents and random draws (StepInfo numbers continue from `done`)."""
+        request = refiner_request(request)
+        guidance = self.classifier_free_guidance(request.guidance_scale)
+        f = self.folder.vae_scale_factor
+        conditioning, _, _ = self.encode_prompt(request, guidance, (latents.shape[3] * f, latents.shape[2] * f))
+        if not self.keep_text_encoder:
+            self.release_text_encoder()
+        scheduler = self.family.make_scheduler(request.scheduler)
+        self.family.set_timesteps(request, scheduler)
+        timesteps = from_switch(scheduler, request.refiner_switch)
+        unet = self.denoising_unet(conditioning, latents.shape[2:])
+        total = done + len(timesteps)
+        for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
+                                     None, clock):
+            step_times.append(info.seconds)
+            if on_step:
+                on_step(dataclasses.replace(info, index=info.index + done, total=total))
+        return latents
+
     # -- all four --------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, on_step: Callable[[StepInfo], None] | None = None, *,
                  on_note: Callable[[str], None] | None = None, release_unet: bool = False,
@@ -226,6 +263,8 @@ class Engine:
         t0 = time.perf_counter()  # 2. prepare the latents
         rng = make_rng(request.rng, request.seed)
         latents, timesteps, inpaint = self.prepare_latents(request, scheduler, rng, width, height)
+        if self.refiner is not None:
+            timesteps = until_switch(timesteps, scheduler, request.refiner_switch)
         timings["prepare_latents"] = time.perf_counter() - t0
 
         unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache, active.patch("unet"))  # 3. denoise
@@ -237,16 +276,20 @@ class Engine:
             step_times.append(info.seconds)
             if on_step:
                 on_step(info)
+        if release_unet or self.low_memory:
+            self.components.release("unet")
+        if self.refiner is not None:  # the refiner's part of the schedule
+            latents = self.refiner.refine(latents, request, rng, on_step, len(step_times), step_times, clock)
+            if release_unet or self.low_memory:
+                self.refiner.release_unet()
         timings["denoise"] = time.perf_counter() - t0
         timings["unet"] = clock["unet"]
         timings["step_median"] = float(np.median(step_times)) if step_times else 0.0
-        if release_unet or self.low_memory:
-            self.release_unet()
 
         image = None
         if decode:  # 4. decode
             t0 = time.perf_counter()
-            image = self.decode(latents, request.vae)
+            image = (self.refiner or self).decode(latents, request.vae)
             if inpaint is not None:
                 image = inpaint.finish(image)
             timings["decode"] = time.perf_counter() - t0

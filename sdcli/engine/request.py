@@ -75,6 +75,7 @@ class GenerationRequest:
     target_size: tuple[int, int] | None = None  # (width, height)
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+    refiner_switch: float = 0.8  # with a refiner (Engine(refiner=...)): the fraction of the schedule the base runs
     # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
     # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.
     networks: object | None = None
@@ -112,6 +113,8 @@ class GenerationRequest:
                                 ("--target-size", self.target_size, 1)):
             if pair is not None and (len(pair) != 2 or any(not low <= int(v) <= 1_000_000 for v in pair)):
                 raise UsageError(f"{flag} must be two whole numbers from {low} to 1000000, got {pair}")
+        if not (math.isfinite(self.refiner_switch) and 0.0 < self.refiner_switch < 1.0):
+            raise UsageError(f"--refiner-switch must be between 0 and 1 (exclusive), got {self.refiner_switch}")
         for flag, score in (("--aesthetic-score", self.aesthetic_score),
                             ("--negative-aesthetic-score", self.negative_aesthetic_score)):
             if not (math.isfinite(score) and 0.0 <= score <= 10.0):
