@@ -29,7 +29,7 @@ def convert(
     timestep_spacing: Optional[str] = typer.Option(None, "--timestep-spacing", metavar="leading|trailing|linspace", help="How the model's scheduler spreads its steps (scheduler_config.json's timestep_spacing): trailing for SDXL-Turbo, Lightning, Hyper-SD [default: the source's]."),
     default_steps: Optional[int] = typer.Option(None, "--default-steps", min=1, max=STEPS_MAX, help="The folder's own default for generate's --steps (kept in its sdcli.json), e.g. 1 for a Turbo model."),
     default_guidance: Optional[float] = typer.Option(None, "--default-guidance", min=0.0, max=GUIDANCE_MAX, callback=finite, help="The folder's own default for generate's --guidance-scale (sdcli.json), e.g. 0 for a Turbo model."),
-    tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x)."),
+    tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL)."),
     into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --scheduler, --timestep-spacing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):

@@ -366,6 +366,9 @@ QUICK_TAESD = dict(TINY_TAESD, encoder_block_out_channels=(16, 16, 16, 16), deco
                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
 # madebyollin/taesd (SD 1.x/2.x) is AutoencoderTiny's default architecture.
 TAESD: dict = {}
+# madebyollin/taesdxl is the same architecture trained on SDXL's latents (4 channels, an eighth of
+# the image size), so the tiny ones serve SDXL too: TINY_TAESD fits TINY_SDXL (whose VAE has TINY's).
+TAESDXL, TINY_TAESDXL = TAESD, TINY_TAESD
 
 
 def build_random_taesd(out_dir: str | Path, sizes: dict = TINY_TAESD, seed: int = 0):

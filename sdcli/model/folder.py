@@ -124,7 +124,8 @@ class ModelFolder:
             raise UsageError(f"--vae must be full or tiny, got {kind!r}")
         if not self.has_tiny_vae:
             raise UsageError(f"model folder {self.root} has no tiny VAE ({TINY_DECODER}/); add one with "
-                             f"`sdcli convert --tiny-vae madebyollin/taesd --into {self.root}`")
+                             f"`sdcli convert --tiny-vae madebyollin/{'taesdxl' if self.is_sdxl else 'taesd'} "
+                             f"--into {self.root}`")
         config = _read_json(self.root / TINY_DECODER / "config.json")
         blocks = config.get("block_out_channels", [0] * 4)
         if (config.get("latent_channels", 4) != self.latent_channels or not isinstance(blocks, list)
