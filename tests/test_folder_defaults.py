@@ -1,0 +1,241 @@
+"""A model folder's own generation defaults (`sdcli convert --default-steps N --default-guidance
+G --scheduler NAME --timestep-spacing S`, or `--into FOLDER`): generate, batch and info use
+them, flags given win, a broken defaults file is one line and exit 2.
+
+The tiny epsilon model is converted once here as a "Turbo-like" folder: Euler a with trailing
+spacing, 3 steps at guidance 3.5 (values unlike every built-in default, so that a default that
+is not the folder's shows).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sdcli.cli.app import app
+from sdcli.engine.parameters import settings_from_image
+from tests.reference import compare, diffusers_pixels, sdcli_pixels
+
+STEPS, GUIDANCE = 3, 3.5
+SIZE = dict(width=64, height=64)
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sdcli: error: "), result.stderr
+    return lines[0]
+
+
+def generate(model, out: Path, *extra) -> dict:
+    """`sdcli generate` with no steps/guidance/scheduler flags unless `extra` gives them: the
+    --json line, with the PNG's stored settings under "png"."""
+    result = run("generate", "--model", model, "--prompt", "a lighthouse", "--seed", "5", "--width", "64",
+                 "--height", "64", "--rng", "torch", "--precision", "f32", "--json", "--output", out, *extra)
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    line["png"] = settings_from_image(out)
+    return line
+
+
+@pytest.fixture(scope="module")
+def turbo_like(tiny_eps, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("defaults") / "turbo-like"
+    result = run("convert", tiny_eps.diffusers_dir, "--output", out, "--weight-format", "fp32", "--quiet",
+                 "--default-steps", STEPS, "--default-guidance", GUIDANCE, "--scheduler", "euler_a",
+                 "--timestep-spacing", "trailing")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_convert_writes_the_defaults_and_leaves_model_index_as_it_was(turbo_like, tiny_eps):
+    meta = json.loads((turbo_like / "sdcli.json").read_text())
+    assert meta["defaults"] == {"steps": STEPS, "guidance_scale": GUIDANCE}
+    config = json.loads((turbo_like / "scheduler" / "scheduler_config.json").read_text())
+    assert (config["_class_name"], config["timestep_spacing"]) == ("EulerAncestralDiscreteScheduler", "trailing")
+    assert (turbo_like / "model_index.json").read_bytes() == (tiny_eps.ov_dir / "model_index.json").read_bytes()
+
+
+def test_generate_without_flags_uses_the_folders_defaults(turbo_like, tmp_path):
+    made = generate(turbo_like, tmp_path / "a.png")
+    assert made["steps"] == STEPS and made["scheduler"] == "euler_a"
+    png = made["png"]
+    assert (png["steps"], png["guidance_scale"], png["scheduler"]) == (STEPS, GUIDANCE, "euler_a")
+
+
+def test_flags_win_over_the_folders_defaults(turbo_like, tmp_path):
+    png = generate(turbo_like, tmp_path / "a.png", "--steps", "2", "--guidance-scale", "5")["png"]
+    assert (png["steps"], png["guidance_scale"]) == (2, 5.0)
+    png = generate(turbo_like, tmp_path / "b.png", "--steps", "2")["png"]  # the other default stays the folder's
+    assert (png["steps"], png["guidance_scale"]) == (2, GUIDANCE)
+    png = generate(turbo_like, tmp_path / "c.png", "--scheduler", "ddim")["png"]  # another scheduler: same defaults
+    assert (png["steps"], png["guidance_scale"], png["scheduler"]) == (STEPS, GUIDANCE, "ddim")
+
+
+def test_the_defaults_make_the_image_the_explicit_flags_make(turbo_like, tiny_eps, tmp_path, parity_log):
+    """Same pixels as the flags spelled out, and as diffusers with Euler a, trailing spacing,
+    3 steps at guidance 3.5 (what an SDXL-Turbo-style folder asks for)."""
+    import diffusers
+
+    from sdcli.imaging.image_io import read_rgb
+
+    generate(turbo_like, tmp_path / "defaults.png")
+    generate(turbo_like, tmp_path / "flags.png", "--steps", STEPS, "--guidance-scale", GUIDANCE,
+             "--scheduler", "euler_a")
+    assert (read_rgb(tmp_path / "defaults.png") == read_rgb(tmp_path / "flags.png")).all()
+
+    components = dict(tiny_eps.pipe().components)
+    components["scheduler"] = diffusers.EulerAncestralDiscreteScheduler.from_config(
+        components["scheduler"].config, timestep_spacing="trailing")
+    theirs = diffusers_pixels(components, None, steps=STEPS, guidance=GUIDANCE, **SIZE)
+    ours = sdcli_pixels(turbo_like, tmp_path / "ours.png", steps=None, **SIZE)
+    compare(ours, theirs, parity_log, model="eps defaults", scheduler="euler_a", mode="trailing 3", size="64x64")
+
+
+def test_into_sets_the_defaults_on_a_converted_folder(tiny_eps, tmp_path):
+    """An existing folder (here without sdcli.json, as optimum-cli writes them) gets defaults
+    and a scheduler without converting again; a later --into keeps what it does not set."""
+    folder = tmp_path / "optimum-like"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    (folder / "sdcli.json").unlink()
+    index = (folder / "model_index.json").read_bytes()
+    result = run("convert", "--into", folder, "--default-steps", "2", "--scheduler", "euler",
+                 "--timestep-spacing", "trailing", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "sdcli.json").read_text()) == {"defaults": {"steps": 2}}
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert (config["_class_name"], config["timestep_spacing"]) == ("EulerDiscreteScheduler", "trailing")
+    assert (folder / "model_index.json").read_bytes() == index
+    result = run("convert", "--into", folder, "--default-guidance", "2.5", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "sdcli.json").read_text()) == {"defaults": {"steps": 2, "guidance_scale": 2.5}}
+    png = generate(folder, tmp_path / "a.png")["png"]
+    assert (png["steps"], png["guidance_scale"], png["scheduler"]) == (2, 2.5, "euler")
+    assert not [p for p in folder.rglob("*.part")]
+
+
+def test_the_folders_defaults_win_over_the_lcm_ones(tiny_eps, tmp_path):
+    """The lcm scheduler on an ordinary UNet (an LCM-LoRA folder) defaults to 4 steps at
+    guidance 1; the folder's steps replace the 4, its guidance-less defaults keep the 1."""
+    folder = tmp_path / "lcm-lora-like"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    assert run("convert", "--into", folder, "--scheduler", "lcm", "--quiet").exit_code == 0
+    png = generate(folder, tmp_path / "a.png")["png"]
+    assert (png["steps"], png["guidance_scale"]) == (4, 1.0)
+    assert run("convert", "--into", folder, "--default-steps", "2", "--quiet").exit_code == 0
+    png = generate(folder, tmp_path / "b.png")["png"]
+    assert (png["steps"], png["guidance_scale"], png["scheduler"]) == (2, 1.0, "lcm")
+
+
+def test_batch_uses_the_folders_defaults(turbo_like, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "steps": 2}\n')
+    out = tmp_path / "out"
+    result = run("batch", prompts, "--output-dir", out, "--model", turbo_like, "--width", "64", "--height", "64",
+                 "--seed", "1", "--quiet", "--parallel", "1")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["steps"], r["guidance_scale"]) for r in rows] == [(STEPS, GUIDANCE), (2, GUIDANCE)]
+
+
+def test_info_shows_the_defaults(turbo_like):
+    result = run("info", turbo_like)
+    assert result.exit_code == 0, result.output
+    assert "defaults: 3 steps, guidance 3.5; scheduler EulerAncestralDiscreteScheduler, trailing spacing" in result.stdout
+    model = json.loads(run("info", turbo_like, "--json").stdout)["model"]
+    assert model["defaults"] == {"steps": STEPS, "guidance_scale": GUIDANCE}
+    assert model["scheduler"] == {"class": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}
+
+
+BAD_DEFAULTS = [
+    ("steps-a-string", {"defaults": {"steps": "3"}}, "steps must be an integer from 1 to 1000"),
+    ("steps-0", {"defaults": {"steps": 0}}, "steps must be an integer from 1 to 1000"),
+    ("steps-a-float", {"defaults": {"steps": 2.5}}, "steps must be an integer"),
+    ("steps-true", {"defaults": {"steps": True}}, "steps must be an integer"),
+    ("guidance-negative", {"defaults": {"guidance_scale": -1}}, "guidance_scale must be a number at least 0"),
+    ("guidance-huge", {"defaults": {"guidance_scale": 1e9}}, "at most 100"),
+    ("guidance-text", {"defaults": {"guidance_scale": "high"}}, "guidance_scale must be a number"),
+    ("unknown-key", {"defaults": {"step": 3}}, "unknown key 'step'"),
+    ("not-an-object", {"defaults": [3, 1.0]}, '"defaults" must be an object'),
+]
+
+
+@pytest.mark.parametrize("content,needle", [c[1:] for c in BAD_DEFAULTS], ids=[c[0] for c in BAD_DEFAULTS])
+def test_a_bad_defaults_file_is_one_line_and_exit_2(tiny_eps, tmp_path, content, needle):
+    folder = tmp_path / "bad"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    (folder / "sdcli.json").write_text(json.dumps(content))
+    line = one_line_error(run("generate", "--model", folder, "--prompt", "x", "--output", tmp_path / "x.png"))
+    assert "sdcli.json" in line and needle in line, line
+    assert not (tmp_path / "x.png").exists()
+    assert needle in one_line_error(run("info", folder))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    assert needle in one_line_error(run("batch", prompts, "--output-dir", tmp_path / "out", "--model", folder))
+
+
+def test_a_sdcli_json_that_is_not_json_is_one_line(tiny_eps, tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    (folder / "sdcli.json").write_text("{oops")
+    line = one_line_error(run("generate", "--model", folder, "--prompt", "x", "--output", tmp_path / "x.png"))
+    assert "sdcli.json is not valid JSON" in line
+
+
+def test_bad_convert_flags_are_one_line_and_write_nothing(tiny_eps, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    line = one_line_error(run("convert", "--into", folder, "--timestep-spacing", "sideways"))
+    assert "--timestep-spacing must be one of" in line
+    assert "--into needs --tiny-vae" in one_line_error(run("convert", "--into", folder))
+    assert "unknown scheduler" in one_line_error(run("convert", "--into", folder, "--default-steps", "2",
+                                                     "--scheduler", "nope"))
+    assert "sdcli.json defaults: unknown key" in one_line_error(_with_bad_key(folder))
+    for flag, value in (("--default-steps", "0"), ("--default-guidance", "-1"), ("--default-guidance", "nan")):
+        result = run("convert", "--into", folder, flag, value)
+        assert result.exit_code == 2 and flag in result.output, result.output
+    (folder / "sdcli.json").write_bytes(before[folder / "sdcli.json"])
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    line = one_line_error(run("convert", tiny_eps.diffusers_dir, "--output", tmp_path / "new", "--timestep-spacing", "x"))
+    assert "--timestep-spacing" in line and not (tmp_path / "new").exists()
+
+
+def _with_bad_key(folder: Path):
+    """--into over an sdcli.json whose defaults hold a misspelt key: refused, the file kept."""
+    (folder / "sdcli.json").write_text(json.dumps({"defaults": {"stpes": 3}}))
+    result = run("convert", "--into", folder, "--default-steps", "2")
+    assert json.loads((folder / "sdcli.json").read_text()) == {"defaults": {"stpes": 3}}
+    return result
+
+
+def test_an_sdxl_turbo_style_folder_needs_no_flags(tmp_path_factory, tmp_path, parity_log):
+    """The issue's case: an SDXL folder converted with SDXL-Turbo's recipe (1 step, guidance 0,
+    Euler a with trailing spacing) as its defaults makes diffusers' Turbo picture with no flags."""
+    import diffusers
+
+    from sdcli.convert.random_model import TINY_SDXL, build_random_sdxl
+    from tests.models import TinySDXL
+
+    root = tmp_path_factory.mktemp("sdxl-defaults")
+    build_random_sdxl(root / "src", TINY_SDXL, seed=0)
+    result = run("convert", root / "src", "--output", root / "turbo", "--weight-format", "fp32", "--quiet",
+                 "--default-steps", "1", "--default-guidance", "0", "--scheduler", "euler_a",
+                 "--timestep-spacing", "trailing")
+    assert result.exit_code == 0, result.output
+    model = TinySDXL(root / "src", root / "turbo", "epsilon")
+    png = generate(model.ov_dir, tmp_path / "a.png")["png"]
+    assert (png["steps"], png["guidance_scale"], png["scheduler"]) == (1, 0.0, "euler_a")
+    components = dict(model.components())
+    components["scheduler"] = diffusers.EulerAncestralDiscreteScheduler.from_config(
+        components["scheduler"].config, timestep_spacing="trailing")
+    theirs = diffusers_pixels(components, None, xl=True, steps=1, guidance=0.0, **SIZE)
+    ours = sdcli_pixels(model.ov_dir, tmp_path / "ours.png", steps=None, **SIZE)
+    compare(ours, theirs, parity_log, model="sdxl defaults", scheduler="euler_a", mode="trailing 1", size="64x64")
