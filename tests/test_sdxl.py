@@ -165,3 +165,16 @@ def test_openvino_genai_runs_our_sdxl_folder_with_the_same_pixels(tiny_sdxl):
     ours = engine.generate(GenerationRequest(prompt="a red fox", negative_prompt="rain", steps=5, seed=5,
                                              width=64, height=64)).image.astype(np.int16)
     compare(ours, theirs, None)
+
+
+OPTIMUM_TINY_SDXL = Path(__file__).parent / "data" / "optimum-tiny-sdxl"
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m"])
+def test_folder_exported_by_optimum_cli_matches_diffusers(tiny_sdxl, scheduler, tmp_path, parity_log):
+    """tests/data/optimum-tiny-sdxl was written by `optimum-cli export openvino --task text-to-image
+    --weight-format fp32` (optimum-intel 2.2.0) from the tiny_sdxl fixture's weights (seed 0).
+    Its UNet takes 77 text tokens and its VAE carries ACTIVATIONS_SCALE_FACTOR."""
+    theirs = diffusers_pixels(tiny_sdxl.components(), scheduler, xl=True, width=64, height=64)
+    ours = sdcli_pixels(OPTIMUM_TINY_SDXL, tmp_path / "out.png", scheduler=scheduler, width=64, height=64)
+    compare(ours, theirs, parity_log, model="sdxl optimum-cli", scheduler=scheduler, mode="txt2img", size="64x64")

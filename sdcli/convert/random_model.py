@@ -272,6 +272,7 @@ def build_random_pipeline(
     for f in tok_dir.iterdir():
         f.unlink()
     tok_dir.rmdir()
+    _hub_key_names(out_dir / "text_encoder")
     return pipe
 
 
@@ -329,7 +330,20 @@ def build_random_sdxl(
     for f in tok_dir.iterdir():
         f.unlink()
     tok_dir.rmdir()
+    _hub_key_names(out_dir / "text_encoder")
     return pipe
+
+
+def _hub_key_names(folder: Path) -> None:
+    """Write a CLIPTextModel's weights under the names the Hub's checkpoints use
+    ("text_model.embeddings..."): transformers 5.23 saves them without the prefix, which
+    older versions (optimum-intel's pins) load as missing, silently re-initialised."""
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.glob("*.safetensors") if folder.is_dir() else ():
+        tensors = load_file(str(path))
+        if tensors and not any(k.startswith("text_model.") for k in tensors):
+            save_file({"text_model." + k: v for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
 def _spread_weights(*modules, seed: int = 0) -> None:
@@ -422,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     size.add_argument("--tiny", action="store_true",
                       help="a tiny model (default): noise at any size in seconds, to try the tool without a download")
     size.add_argument("--sd15", action="store_true", help="the SD 1.5 architecture (about 4 GB in fp32)")
+    size.add_argument("--sdxl", action="store_true",
+                      help="the SDXL 1.0 base architecture (UNet 2.6 B parameters), saved in fp16 (about 7 GB)")
+    size.add_argument("--tiny-sdxl", action="store_true", help="a tiny model of SDXL's shape (two text encoders)")
     size.add_argument("--taesd", action="store_true",
                       help="not a pipeline: a tiny autoencoder (AutoencoderTiny) of madebyollin/taesd's architecture, "
                            "for `sdcli convert --tiny-vae`")
@@ -441,6 +458,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     if args.taesd or args.tiny_taesd:
         build_random_taesd(args.output, TAESD if args.taesd else QUICK_TAESD, args.seed)
+    elif args.sdxl or args.tiny_sdxl:
+        import torch
+
+        build_random_sdxl(args.output, SDXL if args.sdxl else TINY_SDXL, args.prediction_type, args.seed,
+                          torch_dtype=torch.float16 if args.sdxl else None, in_channels=args.in_channels)
     else:
         build_random_pipeline(args.output, SD15 if args.sd15 else QUICK, args.prediction_type, args.seed,
                               in_channels=args.in_channels, lcm=args.lcm)

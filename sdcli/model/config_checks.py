@@ -179,7 +179,11 @@ def check_model_index(cfg: dict) -> None:
 
 
 _NET = re.compile(rb"<net\b[^>]*\bversion=\"([^\"]*)\"")
-_PARAMETER = re.compile(rb'<layer\b[^>]*\bname="([^"]*)"[^>]*\btype="Parameter"[^>]*>\s*<data\b[^>]*\bshape="([^"]*)"')
+# a Parameter layer: its name, its shape, and the tensor names of its output port (optimum-cli
+# names some layers "Parameter_123" and puts the input's name on the port only)
+_PARAMETER = re.compile(rb'<layer\b[^>]*\bname="([^"]*)"[^>]*\btype="Parameter"[^>]*>\s*<data\b[^>]*\bshape="([^"]*)"'
+                        rb'[^>]*>\s*(?:<rt_info>.*?</rt_info>\s*)?(?:<output>\s*<port\b[^>]*\bnames="([^"]*)")?',
+                        re.DOTALL)
 
 
 def ir_header(xml: Path) -> tuple[int | None, dict[str, list[str]]]:
@@ -188,8 +192,11 @@ def ir_header(xml: Path) -> tuple[int | None, dict[str, list[str]]]:
         head = f.read(1 << 20)
     found = _NET.search(head[:4096])
     version = int(found.group(1)) if found and found.group(1).isdigit() else None
-    inputs = {m.group(1).decode("utf-8", "replace"): [d.strip() for d in m.group(2).decode("ascii", "replace").split(",")]
-              for m in _PARAMETER.finditer(head)}
+    inputs = {}
+    for m in _PARAMETER.finditer(head):
+        dims = [d.strip() for d in m.group(2).decode("ascii", "replace").split(",")]
+        names = m.group(3).decode("utf-8", "replace").split(",") if m.group(3) else [m.group(1).decode("utf-8", "replace")]
+        inputs.update({name.strip(): dims for name in names if name.strip()})
     return version, inputs
 
 

@@ -2,7 +2,6 @@
 validated before anything is compiled."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -189,7 +188,6 @@ class ModelFolder:
 def ir_input_shape(xml: Path, name: str) -> list[str] | None:
     """The declared shape of input `name` of an IR, as text per dimension ("?" when dynamic), or
     None when it has no such input.  Parameters come first in the XML, so its head is enough."""
-    with open(xml, "rb") as f:
-        head = f.read(1 << 20).decode("utf-8", "replace")
-    found = re.search(rf'name="{re.escape(name)}" type="Parameter"[^>]*>\s*<data shape="([^"]*)"', head)
-    return found.group(1).split(",") if found else None
+    from sdcli.model.config_checks import ir_header
+
+    return ir_header(xml)[1].get(name)
