@@ -178,3 +178,23 @@ def test_folder_exported_by_optimum_cli_matches_diffusers(tiny_sdxl, scheduler, 
     theirs = diffusers_pixels(tiny_sdxl.components(), scheduler, xl=True, width=64, height=64)
     ours = sdcli_pixels(OPTIMUM_TINY_SDXL, tmp_path / "out.png", scheduler=scheduler, width=64, height=64)
     compare(ours, theirs, parity_log, model="sdxl optimum-cli", scheduler=scheduler, mode="txt2img", size="64x64")
+
+
+def test_vae_that_overflows_float16_is_compiled_at_f32(tiny_sdxl):
+    """SDXL's VAE config says force_upcast: with --precision f16 its decoder and encoder are
+    compiled at f32 (the UNet stays at f16); bf16 keeps float32's range and is left alone."""
+    from sdcli.model.folder import ModelFolder
+    from sdcli.runtime.components import UNet, VaeDecoder, vae_precision
+    from sdcli.runtime.core import Runtime, precision_name
+
+    folder = ModelFolder.open(tiny_sdxl.ov_dir)
+    half = Runtime("CPU", "f16", None)
+    assert vae_precision(half, folder, "vae_decoder") == "f32"
+    assert vae_precision(half, folder, "vae_encoder") == "f32"
+    assert vae_precision(Runtime("CPU", "bf16", None), folder, "vae_decoder") is None
+    decoder = VaeDecoder(half, folder, (8, 8))
+    assert precision_name(decoder.compiled.get_property("INFERENCE_PRECISION_HINT")) == "f32"
+    shapes = UNet.input_shapes(folder, 1, (8, 8), 77, {"text_embeds": (1, 32), "time_ids": (1, 6)})
+    unet = UNet(half, folder, shapes)
+    # the UNet keeps what f16 gives on this CPU (f16 where it has it; OpenVINO falls back otherwise)
+    assert precision_name(unet.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f16", "bf16", "f32")

@@ -164,7 +164,9 @@ def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=Non
                 import openvino as ov
 
                 core = ov.Core()
-            precision = str(core.get_property(device, "INFERENCE_PRECISION_HINT"))
+            from sdcli.runtime.core import precision_name
+
+            precision = precision_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
         except RuntimeError:
             precision = "f32"
     return 4 if precision in ("f32", "float32") else 2

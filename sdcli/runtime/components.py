@@ -157,11 +157,22 @@ class UNet(CompiledComponent):
         return self.request.get_output_tensor(index).data.copy()
 
 
+def vae_precision(runtime: Runtime, folder: ModelFolder, component: str) -> str | None:
+    """f32 for a VAE whose config says force_upcast (SDXL's, which overflows float16 into NaN
+    and black images, as diffusers upcasts it) where the run would compute in f16; bf16 has
+    float32's range and stays.  None: the runtime's precision."""
+    config = read_json(folder.root / component / "config.json", required=False) or {}
+    if config.get("force_upcast") and runtime.computes_in_f16():
+        return "f32"
+    return None
+
+
 class VaeDecoder(CompiledComponent):
     def __init__(self, runtime: Runtime, folder: ModelFolder, latent_hw: tuple[int, int],
                  component: str = "vae_decoder"):
         shapes = {"latent_sample": [1, folder.latent_channels, *latent_hw]}
-        self.compiled, self._mapping = runtime.load(component, folder.ir(component), shapes)
+        self.compiled, self._mapping = runtime.load(component, folder.ir(component), shapes,
+                                                    precision=vae_precision(runtime, folder, component))
 
     def __call__(self, latents: np.ndarray) -> np.ndarray:
         self.request.infer({0: latents})
@@ -173,7 +184,8 @@ class VaeEncoder(CompiledComponent):
                  component: str = "vae_encoder"):
         if not folder.ir(component).is_file():
             raise UsageError(f"model folder {folder.root} has no {component}/, which --init-image needs")
-        self.compiled, self._mapping = runtime.load(component, folder.ir(component), {"sample": [1, 3, *image_hw]})
+        self.compiled, self._mapping = runtime.load(component, folder.ir(component), {"sample": [1, 3, *image_hw]},
+                                                    precision=vae_precision(runtime, folder, component))
         self.latent_channels = folder.latent_channels
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

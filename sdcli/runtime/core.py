@@ -43,6 +43,12 @@ def check_precision(precision: str) -> None:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
+def precision_name(value) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT value (an ov.Type or a string) as "f32", "bf16", "f16"."""
+    name = value.to_string() if hasattr(value, "to_string") else str(value)
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
+
+
 def openvino_reason(exc: BaseException, limit: int = 300) -> str:
     """The line of an OpenVINO error that says what is wrong: its last one (the lines before
     it name C++ source files and checks)."""
@@ -140,12 +146,24 @@ class Runtime:
 
     @property
     def config(self) -> dict:
+        return self.config_for(self.precision)
+
+    def config_for(self, precision: str) -> dict:
         config = {"PERFORMANCE_HINT": "LATENCY" if self.streams is None else "THROUGHPUT"}
         if self.streams:
             config["NUM_STREAMS"] = str(self.streams)
-        if self.precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = self.precision
+        if precision != "auto":
+            config["INFERENCE_PRECISION_HINT"] = precision
         return config
+
+    def computes_in_f16(self) -> bool:
+        """Whether compiled models compute in float16 (asked for, or the device's default)."""
+        if self.precision != "auto":
+            return self.precision == "f16"
+        try:
+            return precision_name(self.core.get_property(self.device, "INFERENCE_PRECISION_HINT")) == "f16"
+        except RuntimeError:
+            return False
 
     def read(self, xml: Path, component: str):
         """Read an IR whose weights stay mapped from the file (see MappedFile)."""
@@ -162,7 +180,7 @@ class Runtime:
                              "or made by a newer OpenVINO?)") from None
         return model, weights
 
-    def _blob_path(self, component: str, xml: Path, shapes: dict) -> Path | None:
+    def _blob_path(self, component: str, xml: Path, shapes: dict, config: dict) -> Path | None:
         if self.cache_dir is None:
             return None
         import openvino as ov
@@ -171,17 +189,20 @@ class Runtime:
             device_name = self.core.get_property(self.device, "FULL_DEVICE_NAME")
         except RuntimeError:
             device_name = self.device
-        key = json.dumps([CACHE_FORMAT, ov.__version__, self.device, device_name, self.config, _file_id(xml),
+        key = json.dumps([CACHE_FORMAT, ov.__version__, self.device, device_name, config, _file_id(xml),
                           _file_id(xml.with_suffix(".bin")), {k: list(v) for k, v in shapes.items()}], sort_keys=True)
         return self.cache_dir / f"{component}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.blob"
 
-    def load(self, component: str, xml: Path, shapes: dict, prepare: Callable | None = None):
+    def load(self, component: str, xml: Path, shapes: dict, prepare: Callable | None = None,
+             precision: str | None = None):
         """A compiled model of `xml` reshaped to `shapes` (input name -> shape), from the
-        blob cache when it has one; `prepare(model)` edits the graph before compiling.
+        blob cache when it has one; `prepare(model)` edits the graph before compiling;
+        `precision` overrides the runtime's for this component.
 
         Returns (compiled model, mapping): keep the mapping as long as the compiled model,
         which may use weights straight from it."""
-        blob = self._blob_path(component, xml, shapes)
+        config = self.config_for(precision or self.precision)
+        blob = self._blob_path(component, xml, shapes, config)
         if blob is not None and blob.is_file():
             try:
                 mapped = MappedFile(blob)
@@ -189,7 +210,7 @@ class Runtime:
                     with contextlib.suppress(OSError):
                         os.utime(blob)
                 with mapped.dropping_pages():
-                    return self.core.import_model(mapped.tensor, self.device, self.config), mapped
+                    return self.core.import_model(mapped.tensor, self.device, config), mapped
             except RuntimeError:
                 blob.unlink(missing_ok=True)  # stale or from another build of OpenVINO: compile afresh
         model, weights = self.read(xml, component)
@@ -201,7 +222,7 @@ class Runtime:
             except RuntimeError as exc:
                 raise UsageError(f"{component}: cannot take shapes {shapes}: {openvino_reason(exc)}") from None
             try:
-                compiled = self.core.compile_model(model, self.device, self.config)
+                compiled = self.core.compile_model(model, self.device, config)
             except RuntimeError as exc:
                 raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {openvino_reason(exc)}") from None
             del model
