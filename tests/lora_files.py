@@ -17,12 +17,14 @@ def fresh_pipe(model):
 
 def layers(pipe, kinds: set[str]):
     """(component, module path, module) of the layers a LoRA of `kinds` changes: "linear"
-    (attention, feed-forward, text encoder), "conv1x1", "conv3x3", "time" (time_emb_proj)."""
+    (attention, feed-forward, text encoders: SDXL's two), "conv1x1", "conv3x3", "time" (time_emb_proj)."""
     import torch
 
-    for component, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+    encoders = [(name, model) for name in ("text_encoder", "text_encoder_2")
+                if (model := getattr(pipe, name, None)) is not None]
+    for component, model in (("unet", pipe.unet), *encoders):
         for path, module in model.named_modules():
-            if component == "text_encoder" and "layers" not in path:
+            if component != "unet" and "layers" not in path:
                 continue
             if isinstance(module, torch.nn.Linear):
                 kind = "time" if "time_emb" in path else "linear"

@@ -24,6 +24,10 @@ from tests.models import build_tiny_sdxl
 from tests.reference import compare
 
 SQUARE = dict(width=64, height=64)
+pytestmark = [  # diffusers/peft on kohya alphas (set by hand in diffusers_fused), on several adapters in one model
+    pytest.mark.filterwarnings("ignore:The following alpha_pattern keys did not match:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning"),
+]
 
 
 def run(*args):
@@ -141,3 +145,228 @@ def test_deepcache_img2img_matches_reference_deepcache(tiny_sdxl, init_image_fil
     ours = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "dc.png", "--deepcache", 2, scheduler="euler_a", steps=9,
                         init_image=init_image_file, strength=0.7)
     compare(ours, theirs, parity_log, model="sdxl eps", scheduler="euler_a", mode="dc 2 img2img .7", size="96x64")
+
+
+# --- run-time LoRAs: kohya's SDXL keys and diffusers/PEFT's --------------------------------------
+
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def fresh_sdxl(model):
+    """diffusers' StableDiffusionXLPipeline of its own (the LoRA tests change its weights)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(model.diffusers_dir, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def kohya_sdxl_lora(pipe, kinds: set[str], seed: int, rank: int = 4) -> tuple[dict, dict]:
+    """A kohya SDXL LoRA as kohya's sd-scripts write one: the UNet's layers under the LDM code's
+    names (`lora_unet_input_blocks_4_1_...`), the text encoders' under lora_te1_/lora_te2_, an
+    alpha per module; and {(component, module path): alpha}."""
+    import torch
+
+    from tests.lora_files import layers
+    from tests.test_lora import ldm_name
+
+    g = torch.Generator().manual_seed(seed)
+    sd, alphas = {}, {}
+    for component, path, module in layers(pipe, kinds):
+        name = ldm_name(path, dict(pipe.unet.config)) if component == "unet" else path
+        key = KOHYA_PREFIX[component] + name.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down = torch.randn(rank, module.in_features, generator=g)
+            up = torch.randn(module.out_features, rank, generator=g)
+        else:
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=g)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=g)
+        alpha = float(torch.randint(1, 2 * rank + 1, (1,), generator=g))
+        sd.update({f"{key}.lora_down.weight": down * 0.25, f"{key}.lora_up.weight": up * 0.25,
+                   f"{key}.alpha": torch.tensor(alpha)})
+        alphas[(component, path)] = alpha
+    return sd, alphas
+
+
+def diffusers_fused(model, loras: list[tuple[Path, object, dict | None]], pipe=None) -> object:
+    """diffusers' SDXL pipeline with the LoRA files loaded (load_lora_weights), each layer given
+    its file's alpha (`alphas`; None: diffusers' own reading, as for PEFT files), weighted
+    (set_adapters: one weight, or {"unet": u, "text_encoder": t, "text_encoder_2": t}) and fused
+    into the weights (fuse_lora)."""
+    pipe = pipe or fresh_sdxl(model)
+    names = []
+    for i, (path, _, alphas) in enumerate(loras):
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=f"a{i}")
+        for (component, module_path), alpha in (alphas or {}).items():
+            module = getattr(pipe, component).get_submodule(module_path)
+            assert f"a{i}" in module.lora_alpha, module_path  # diffusers read every layer of the file
+            module.lora_alpha[f"a{i}"] = alpha
+        names.append(f"a{i}")
+    pipe.set_adapters(names, adapter_weights=[weight for _, weight, _ in loras])
+    pipe.fuse_lora(components=["unet", "text_encoder", "text_encoder_2"], adapter_names=names)
+    pipe.unload_lora_weights()  # the fused weights stay
+    return pipe
+
+
+def pipe_pixels(pipe, **arguments) -> np.ndarray:
+    pipe.scheduler = reference.diffusers_scheduler("euler", pipe.scheduler.config)
+    return reference.to_pixels(pipe(**reference.reference_arguments(**{**SQUARE, **arguments})).images)
+
+
+def lora_pixels(model_dir, tmp_path, prompt: str, *extra, **options) -> np.ndarray:
+    return sdcli_pixels(model_dir, tmp_path / "lora.png", "--lora-dir", tmp_path / "loras", *extra, prompt=prompt,
+                        **{**SQUARE, **options})
+
+
+@pytest.mark.parametrize("kinds,weight,label", [
+    ({"linear"}, 0.8, "kohya linear"),
+    ({"linear", "conv1x1", "conv3x3", "time"}, 1.0, "kohya LoCon 3x3"),
+])
+def test_kohya_sdxl_lora_matches_diffusers(tiny_sdxl, kinds, weight, label, tmp_path, parity_log):
+    from tests.lora_files import save
+
+    sd, alphas = kohya_sdxl_lora(fresh_sdxl(tiny_sdxl), kinds, seed=1)
+    assert {k.split("_")[1] for k in sd} == {"unet", "te1", "te2"} and any("_input_blocks_" in k for k in sd)
+    path = save(sd, tmp_path / "loras" / "xl_style.safetensors")
+    theirs = pipe_pixels(diffusers_fused(tiny_sdxl, [(path, weight, alphas)]))
+    ours = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:xl_style:{weight:g}>")
+    plain = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", **SQUARE)
+    assert np.abs(ours - plain).max() > 20  # the LoRA changes the picture
+    compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode=label, size="64x64")
+
+
+def test_each_text_encoder_takes_its_own_part_of_the_lora(tiny_sdxl, tmp_path):
+    """lora_te1_ changes text encoder 1 only, lora_te2_ text encoder 2 only: each part alone
+    changes the picture, and the two parts together give the whole file's picture."""
+    from tests.lora_files import save
+
+    sd, _ = kohya_sdxl_lora(fresh_sdxl(tiny_sdxl), {"linear"}, seed=2)
+    for prefix in ("lora_te1_", "lora_te2_"):
+        save({k: v for k, v in sd.items() if k.startswith(prefix)}, tmp_path / "loras" / f"{prefix}only.safetensors")
+    save({k: v for k, v in sd.items() if k.startswith("lora_te")}, tmp_path / "loras" / "both.safetensors")
+    plain = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", **SQUARE)
+    one = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:lora_te1_only>")
+    two = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:lora_te2_only>")
+    both = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:lora_te1_only> <lora:lora_te2_only>")
+    assert np.abs(one - plain).max() > 5 and np.abs(two - plain).max() > 5 and np.abs(one - two).max() > 5
+    assert np.array_equal(both, lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:both>"))
+
+
+def peft_sdxl_lora(pipe, seed: int, rank: int = 4) -> dict:
+    """diffusers' own SDXL LoRA layers (PEFT's lora_A/lora_B), random, for save_lora_weights."""
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    g = torch.Generator().manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank / 2, target_modules=[
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "conv2"]))
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj", "v_proj", "fc1"]))
+    for model in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.data = torch.randn(param.shape, generator=g) * 0.3
+    return {"unet_lora_layers": get_peft_model_state_dict(pipe.unet),
+            "text_encoder_lora_layers": get_peft_model_state_dict(pipe.text_encoder),
+            "text_encoder_2_lora_layers": get_peft_model_state_dict(pipe.text_encoder_2)}
+
+
+def test_peft_sdxl_lora_matches_diffusers(tiny_sdxl, tmp_path, parity_log):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "loras", weight_name="xl_peft.safetensors",
+                                                **peft_sdxl_lora(fresh_sdxl(tiny_sdxl), seed=3))
+    path = tmp_path / "loras" / "xl_peft.safetensors"
+    with safe_open(str(path), "np") as f:
+        assert {k.split(".")[0] for k in f.keys()} == {"unet", "text_encoder", "text_encoder_2"}
+    theirs = pipe_pixels(diffusers_fused(tiny_sdxl, [(path, 0.6, None)]))
+    ours = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:xl_peft:0.6>")
+    compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode="PEFT", size="64x64")
+
+
+def test_two_loras_and_separate_text_encoder_weights(tiny_sdxl, tmp_path, parity_log):
+    """Two files at once, the second in A1111's <lora:NAME:TE:UNET> form (diffusers' {"unet": u,
+    "text_encoder": t, "text_encoder_2": t})."""
+    from tests.lora_files import save
+
+    pipe = fresh_sdxl(tiny_sdxl)
+    one, alphas_one = kohya_sdxl_lora(pipe, {"linear"}, seed=4)
+    two, alphas_two = kohya_sdxl_lora(pipe, {"conv3x3", "linear"}, seed=5)
+    a = save(one, tmp_path / "loras" / "one.safetensors")
+    b = save(two, tmp_path / "loras" / "sub" / "two.safetensors")
+    apart = {"unet": 1.2, "text_encoder": 0.4, "text_encoder_2": 0.4}
+    theirs = pipe_pixels(diffusers_fused(tiny_sdxl, [(a, 0.7, alphas_one), (b, apart, alphas_two)]))
+    ours = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"<lora:one:0.7>{reference.PROMPT} <lora:two:0.4:1.2>")
+    compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode="two, te 0.4 unet 1.2", size="64x64")
+
+
+# --- embeddings with clip_l and clip_g ---------------------------------------------------------
+
+EMBEDDING_PROMPT = "a photo of an astronaut, xlstyle, riding a horse"
+
+
+def sdxl_embeddings(tmp_path, seed: int = 9) -> dict[str, Path]:
+    """Two SDXL embeddings: 3 vectors for each text encoder (clip_l, clip_g), and 1."""
+    import torch
+
+    from tests.lora_files import save
+
+    g = torch.Generator().manual_seed(seed)
+    folder = tmp_path / "embeddings"
+    return {name: save({"clip_l": torch.randn(n, 32, generator=g), "clip_g": torch.randn(n, 32, generator=g)},
+                       folder / f"{name}.safetensors") for name, n in (("xlstyle", 3), ("badxl", 1))}
+
+
+def with_embeddings(pipe, files: dict[str, Path]):
+    """load_textual_inversion on both text encoders: clip_l into the first, clip_g into the second.
+
+    The pooled projection is taken at the end token, found by its id: SDXL's text encoder
+    configs have transformers' legacy eos_token_id 2, with which CLIP takes the largest token
+    id for the end token (transformers: "can't work correctly with extra new tokens added"),
+    and load_textual_inversion's added tokens have ids above it.  sdcli (as A1111) puts the
+    vectors in without new ids, so the pooled output stays at the end token."""
+    from safetensors.torch import load_file
+
+    for token, path in files.items():
+        tensors = load_file(str(path))
+        pipe.load_textual_inversion(tensors["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+    for model, tokenizer in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2.text_model, pipe.tokenizer_2)):
+        assert model.eos_token_id == 2  # the legacy rule
+        model.eos_token_id = tokenizer.eos_token_id
+    return pipe
+
+
+def test_sdxl_embeddings_match_diffusers(tiny_sdxl, tmp_path, parity_log):
+    from sdcli.imaging.image_io import read_png_text
+
+    files = sdxl_embeddings(tmp_path)
+    theirs = pipe_pixels(with_embeddings(fresh_sdxl(tiny_sdxl), files), prompt=EMBEDDING_PROMPT,
+                         negative="blurry badxl")
+    out = tmp_path / "ti.png"
+    ours = sdcli_pixels(tiny_sdxl.ov_dir, out, "--embeddings-dir", tmp_path / "embeddings", prompt=EMBEDDING_PROMPT,
+                        negative="blurry badxl", **SQUARE)
+    plain = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", prompt=EMBEDDING_PROMPT, negative="blurry badxl",
+                         **SQUARE)
+    assert np.abs(ours - plain).max() > 10  # the vectors are used
+    compare(ours, theirs, parity_log, model="sdxl embedding", scheduler="euler", mode="clip_l+g 3+1", size="64x64")
+    assert 'TI hashes: "xlstyle: ' in read_png_text(out)["parameters"]
+
+
+def test_sdxl_embedding_with_a_lora(tiny_sdxl, tmp_path, parity_log):
+    from tests.lora_files import save
+
+    files = sdxl_embeddings(tmp_path, seed=10)
+    sd, alphas = kohya_sdxl_lora(fresh_sdxl(tiny_sdxl), {"linear", "conv3x3"}, seed=11)
+    path = save(sd, tmp_path / "loras" / "mix.safetensors")
+    pipe = with_embeddings(diffusers_fused(tiny_sdxl, [(path, 0.7, alphas)]), {"xlstyle": files["xlstyle"]})
+    theirs = pipe_pixels(pipe, prompt=EMBEDDING_PROMPT)
+    ours = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{EMBEDDING_PROMPT} <lora:mix:0.7>", "--embeddings-dir",
+                       tmp_path / "embeddings")
+    compare(ours, theirs, parity_log, model="sdxl embedding", scheduler="euler", mode="+ LoRA", size="64x64")
+

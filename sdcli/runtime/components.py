@@ -53,14 +53,14 @@ class TextEncoder(CompiledComponent):
         self.pooled_name = "text_embeds" if folder.is_sdxl and name == "text_encoder_2" else None
 
         def prepare(model):
+            if patch is not None:  # first: the edits below leave the layers after the one read out of the graph
+                patch.apply(model, name)
             if folder.is_sdxl:  # outputs: the hidden states the UNet takes, then the pooled projection
                 keep_hidden_state(model, clip_skip, self.pooled_name)
             else:
                 skip_layers(model, clip_skip)
             if embeddings:
                 add_embedding_inputs(model)
-            if patch is not None:
-                patch.apply(model, name)
 
         self.compiled, self._mapping = runtime.load(component, folder.ir(name), shapes, prepare=prepare)
         self.embeddings = embeddings
