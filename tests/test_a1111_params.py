@@ -89,6 +89,8 @@ def fake(prompt: str, negative: str, **changes):
     request = SimpleNamespace(prompt=prompt, negative_prompt=negative, steps=20, guidance_scale=7.5, strength=0.8,
                               init_image=None, mask=None, mask_blur=4, rng="torch", emphasis=True, clip_skip=1,
                               deepcache=1, vae="full")
+    request.__dict__.update(original_size=None, crop_coords=None, target_size=None, aesthetic_score=6.0,
+                            negative_aesthetic_score=2.5)  # SDXL's micro-conditioning, diffusers' defaults
     result = SimpleNamespace(scheduler="euler_a", seed=42, width=512, height=768)
     for key, value in changes.items():
         setattr(result if key in ("scheduler", "seed", "width", "height") else request, key, value)
@@ -109,6 +111,8 @@ def test_a1111_reads_what_sdcli_writes(index):
         changes.update(emphasis=False)
     if index % 5 == 3:
         changes.update(vae="tiny")
+    if index % 7 == 4:
+        changes.update(original_size=(1024, 768), crop_coords=(8, 16), aesthetic_score=7.5)
     request, result = fake(prompt, negative, **changes)
     got = a1111_parse(parameters_text(request, result, "my-model", "auto"))
     assert got["Prompt"] == prompt.strip() and got["Negative prompt"] == negative.strip()
@@ -132,6 +136,10 @@ def test_a1111_reads_what_sdcli_writes(index):
     assert (mine["steps"], mine["seed"], mine["rng"], mine.get("emphasis", True)) == (
         request.steps, result.seed, "torch", request.emphasis)
     assert mine.get("vae", "full") == request.vae and mine["scheduler"] == "euler_a"
+    assert (mine.get("original_size"), mine.get("crop_coords"), mine.get("aesthetic_score", 6.0)) == (
+        request.original_size, request.crop_coords, request.aesthetic_score)
+    if request.crop_coords is not None:  # a value with a comma, quoted: A1111 reads it whole
+        assert got["Crop coords"] == "8,16" and (got["Original size-1"], got["Original size-2"]) == ("1024", "768")
 
 
 SPACINGS = {"leading": "DDIM", "linspace": "Uniform", "trailing": "SGM Uniform"}

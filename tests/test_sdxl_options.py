@@ -370,3 +370,171 @@ def test_sdxl_embedding_with_a_lora(tiny_sdxl, tmp_path, parity_log):
                        tmp_path / "embeddings")
     compare(ours, theirs, parity_log, model="sdxl embedding", scheduler="euler", mode="+ LoRA", size="64x64")
 
+
+# --- --clip-skip -------------------------------------------------------------------------------
+
+def test_clip_skip_2_matches_diffusers_clip_skip_1(tiny_sdxl, tmp_path, parity_log):
+    """sdcli's --clip-skip 2 goes one layer further back than SDXL's penultimate, on both
+    encoders, for the prompt and the negative prompt (A1111's way); diffusers' clip_skip=1 does
+    it for the prompt only, so its embeddings of both are made with encode_prompt and passed in."""
+    import torch
+
+    pipe = reference.reference_pipeline(tiny_sdxl.components(), "euler", xl=True)
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(reference.PROMPT, do_classifier_free_guidance=False, clip_skip=1)
+        negative, _, negative_pooled, _ = pipe.encode_prompt(reference.NEGATIVE, do_classifier_free_guidance=False,
+                                                             clip_skip=1)
+    theirs = reference.to_pixels(pipe(**reference.reference_arguments(
+        prompt=None, negative=None, prompt_embeds=embeds, negative_prompt_embeds=negative,
+        pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled, **SQUARE)).images)
+    ours = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "cs.png", "--clip-skip", 2, **SQUARE)
+    plain = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", **SQUARE)
+    assert np.abs(ours - plain).max() > 2  # the option changes the image
+    compare(ours, theirs, parity_log, model="sdxl eps", scheduler="euler", mode="clip skip 2", size="64x64")
+
+
+# --- --low-memory, --from-image, batch -----------------------------------------------------------
+
+def test_low_memory_gives_the_same_pixels(tiny_sdxl, init_image_file, tmp_path):
+    """One component at a time (both text encoders freed before the UNet, the VAE encoder before
+    denoising): the same image, txt2img and img2img."""
+    for picture in (SQUARE, dict(init_image=init_image_file, strength=0.6)):
+        plain = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", **picture)
+        low = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "low.png", "--low-memory", **picture)
+        assert np.array_equal(plain, low)
+
+
+def test_from_image_redoes_an_sdxl_png_byte_for_byte(tiny_sdxl, tmp_path):
+    """Micro-conditioning, clip skip, DeepCache, a LoRA and an embedding are all stored and redone."""
+    from sdcli.imaging.image_io import read_png_text
+    from tests.lora_files import save
+
+    sd, _ = kohya_sdxl_lora(fresh_sdxl(tiny_sdxl), {"linear"}, seed=12)
+    save(sd, tmp_path / "loras" / "redo.safetensors")
+    sdxl_embeddings(tmp_path, seed=13)
+    first = tmp_path / "first.png"
+    reference.sdcli_generate(tiny_sdxl.ov_dir, first, "--original-size", "128x96", "--crop-coords", "8,16",
+                             "--target-size", "64x48", "--clip-skip", 2, "--deepcache", 2, "--lora-dir",
+                             tmp_path / "loras", "--embeddings-dir", tmp_path / "embeddings", scheduler="dpmpp_2m",
+                             prompt=f"{EMBEDDING_PROMPT} <lora:redo:0.6>", steps=6, **SQUARE)
+    text = read_png_text(first)["parameters"]
+    for field in ("Original size: 128x96", 'Crop coords: "8,16"', "Target size: 64x48", "Clip skip: 2",
+                  "DeepCache: 2", "Lora hashes: ", "TI hashes: "):
+        assert field in text, field
+    again = tmp_path / "again.png"
+    r = run("generate", "--model", tiny_sdxl.ov_dir, "--from-image", first, "--lora-dir", tmp_path / "loras",
+            "--embeddings-dir", tmp_path / "embeddings", "--output", again, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert again.read_bytes() == first.read_bytes()
+    changed = tmp_path / "changed.png"
+    r = run("generate", "--model", tiny_sdxl.ov_dir, "--from-image", first, "--lora-dir", tmp_path / "loras",
+            "--embeddings-dir", tmp_path / "embeddings", "--crop-coords", "0,0", "--output", changed, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert np.abs(read_rgb(changed).astype(np.int16) - read_rgb(first).astype(np.int16)).max() > 2
+
+
+def test_refiner_scores_are_stored_and_read_back():
+    """The refiner's aesthetic scores, where not diffusers' defaults, go into the PNG's
+    parameters and come back."""
+    from sdcli.engine.parameters import parameters_text, settings_from_fields
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.imaging.params import parse_parameters
+
+    class Result:
+        scheduler, seed, width, height = "euler", 1, 64, 64
+
+    text = parameters_text(GenerationRequest(prompt="a fox", aesthetic_score=7.5, negative_aesthetic_score=1.0,
+                                             original_size=(1024, 768)), Result(), "m")
+    assert "Aesthetic score: 7.5, Negative aesthetic score: 1, " in text and "Original size: 1024x768" in text
+    settings = settings_from_fields(*parse_parameters(text))
+    assert (settings["aesthetic_score"], settings["negative_aesthetic_score"]) == (7.5, 1.0)
+    assert settings["original_size"] == (1024, 768) and "crop_coords" not in settings
+    assert "aesthetic" not in parameters_text(GenerationRequest(prompt="a fox"), Result(), "m").lower()
+
+
+@pytest.mark.parametrize("field,message", [("Original size: 0x-3", "--original-size must be two whole numbers"),
+                                           ("Crop coords: 8", "unreadable settings"),
+                                           ("Aesthetic score: 11", "--aesthetic-score must be between 0 and 10")])
+def test_stored_micro_conditioning_is_checked_as_its_flag(tiny_sdxl, field, message, tmp_path):
+    from sdcli.imaging.image_io import save_png
+
+    png = tmp_path / "bad.png"
+    text = f"a fox\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, {field}, Version: sdcli 0.1.0"
+    save_png(png, np.zeros((64, 64, 3), np.uint8), text)
+    r = run("generate", "--model", tiny_sdxl.ov_dir, "--from-image", png, "--output", tmp_path / "o.png")
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_batch_rows_on_an_sdxl_folder_give_generate_s_pictures(tiny_sdxl, tmp_path):
+    """`sdcli batch` with an SDXL folder: rows with their own negative prompt (or none: SDXL's
+    zeros), scheduler and size give the pictures `generate` makes of the same settings."""
+    import json
+
+    from sdcli.imaging.image_io import read_png_text
+
+    rows = [{"prompt": reference.PROMPT, "seed": 7},
+            {"prompt": "a red fox", "negative_prompt": "", "seed": 8, "scheduler": "euler_a", "width": 96}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    r = run("batch", tmp_path / "rows.jsonl", "--output-dir", out, "--model", tiny_sdxl.ov_dir, "--steps", 6,
+            "--width", 64, "--height", 64, "--rng", "torch", "--precision", "f32", "--negative-prompt",
+            reference.NEGATIVE, "--scheduler", "euler", "--quiet")
+    assert r.exit_code == 0, r.output
+    first, second = sorted(out.glob("*.png"))
+    assert read_png_text(second)["parameters"].startswith("a red fox\nSteps: 6, Sampler: Euler a")
+    single = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "one.png", seed=7, steps=6, **SQUARE)
+    assert np.array_equal(read_rgb(first).astype(np.int16), single)
+    single = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "two.png", scheduler="euler_a", prompt="a red fox",
+                          negative=None, seed=8, steps=6, width=96, height=64)
+    assert np.array_equal(read_rgb(second).astype(np.int16), single)
+
+
+# --- an int8 folder, info, the memory estimate ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sdxl_int8(tiny_sdxl, sdxl_root) -> Path:
+    out = sdxl_root / "tiny-sdxl-int8"
+    r = run("convert", tiny_sdxl.diffusers_dir, "--output", out, "--weight-format", "int8", "--quiet")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_int8_folder_runs_close_to_the_fp32_one(tiny_sdxl, sdxl_int8, tmp_path):
+    """NNCF's 8-bit weights in the UNet and both text encoders; the picture stays near the fp32
+    folder's (tiny random weights: measured max 18, mean 2.2 of 255)."""
+    import json
+
+    r = run("info", sdxl_int8, "--json")
+    assert r.exit_code == 0, r.output
+    weights = {c["name"]: c["weights"] for c in json.loads(r.stdout)["model"]["components"]}
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        assert weights[name].startswith("u8"), weights
+    int8 = sdcli_pixels(sdxl_int8, tmp_path / "int8.png", **SQUARE)
+    fp32 = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "fp32.png", **SQUARE)
+    diff = np.abs(int8 - fp32)
+    print(f"int8 against fp32 folder: max {diff.max()}, mean {diff.mean():.2f}")
+    assert 0 < diff.max() < 40 and diff.mean() < 5
+
+
+def test_info_shows_both_text_encoders(tiny_sdxl):
+    import json
+
+    text = run("info", tiny_sdxl.ov_dir)
+    assert text.exit_code == 0, text.output
+    listed = [line.split()[0] for line in text.stdout.splitlines() if line.startswith("  ") and " MB " in line]
+    assert listed[:3] == ["text_encoder", "text_encoder_2", "unet"]
+    data = json.loads(run("info", tiny_sdxl.ov_dir, "--json").stdout)["model"]
+    assert {"text_encoder", "text_encoder_2"} <= {c["name"] for c in data["components"]}
+
+
+def test_memory_estimate_counts_both_text_encoders(tiny_sdxl):
+    from sdcli.engine import memory
+    from sdcli.model.folder import ModelFolder
+
+    folder = ModelFolder.open(tiny_sdxl.ov_dir)
+    est = memory.estimate(folder, 1024, 1024, element_bytes=4)
+    each = [int(memory.WEIGHT_FACTOR * memory.ir_parameters(folder.ir(name)) * 4) + memory.COMPONENT
+            for name in ("text_encoder", "text_encoder_2")]
+    assert all(n > memory.COMPONENT for n in each)
+    assert est.stages["encoding the prompt"] == sum(each)

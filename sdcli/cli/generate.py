@@ -23,6 +23,8 @@ STORED = ("prompt", "negative_prompt", "steps", "scheduler", "guidance_scale", "
 # ... of which these go through their flag's type, range and callback again
 RECHECKED = ("steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength", "deepcache", "clip_skip",
              "mask_blur")
+# ... and SDXL's micro-conditioning (its ranges are checked by GenerationRequest.validate)
+STORED += ("original_size", "crop_coords", "target_size", "aesthetic_score", "negative_aesthetic_score")
 
 
 @app.command()

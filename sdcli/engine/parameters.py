@@ -61,6 +61,7 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Emphasis": None if request.emphasis else "None",
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "DeepCache": request.deepcache if request.deepcache > 1 else None,
+        **micro_conditioning_fields(request),
         "VAE Encoder": "TAESD" if tiny and img2img else None,
         "VAE Decoder": "TAESD" if tiny else None,
         "Lora hashes": format_hashes(getattr(result, "lora_hashes", ())),
@@ -68,6 +69,19 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(request.prompt, request.negative_prompt, fields)
+
+
+def micro_conditioning_fields(request) -> dict:
+    """SDXL's micro-conditioning where the run set it (sdcli's fields: A1111 has none), and the
+    refiner's aesthetic scores where they are not diffusers' defaults (6 and 2.5)."""
+    def pair(value, separator):
+        return None if value is None else f"{value[0]}{separator}{value[1]}"
+
+    return {"Original size": pair(request.original_size, "x"), "Crop coords": pair(request.crop_coords, ","),
+            "Target size": pair(request.target_size, "x"),
+            "Aesthetic score": f"{request.aesthetic_score:g}" if request.aesthetic_score != 6.0 else None,
+            "Negative aesthetic score": f"{request.negative_aesthetic_score:g}"
+            if request.negative_aesthetic_score != 2.5 else None}
 
 
 def format_hashes(pairs) -> str | None:
@@ -124,6 +138,7 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
     _read_rng(fields, by_sdcli, out)
     _read_emphasis(fields, out)
     _read_vae(fields, out)
+    _read_micro_conditioning(fields, out)
     hires = any(key.startswith("Hires") for key in fields)
     if "Denoising strength" in fields and not hires:
         out["needs"].append("init_image")
@@ -191,6 +206,19 @@ def _read_emphasis(fields: dict[str, str], out: dict) -> None:
         out["emphasis"] = True
         out["notes"].append(f"Emphasis: {value} is not available in sdcli; using A1111's Original emphasis "
                             "(weights applied, the mean restored): the image will differ")
+
+
+def _read_micro_conditioning(fields: dict[str, str], out: dict) -> None:
+    """micro_conditioning_fields read back (ValueError for a value that is not two whole numbers
+    or a number; the request checks their ranges as it checks the flags')."""
+    for field, name, separator in (("Original size", "original_size", "x"), ("Crop coords", "crop_coords", ","),
+                                   ("Target size", "target_size", "x")):
+        if field in fields:
+            first, second = fields[field].strip().lower().split(separator)
+            out[name] = (int(first), int(second))
+    for field, name in (("Aesthetic score", "aesthetic_score"), ("Negative aesthetic score", "negative_aesthetic_score")):
+        if field in fields:
+            out[name] = float(fields[field])
 
 
 def _read_vae(fields: dict[str, str], out: dict) -> None:
