@@ -100,8 +100,13 @@ def machine_info() -> dict:
     }
 
 
+ARCHS = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # random_model's flags: --sd15, --sdxl, ...
+ARCH_NAMES = {"sd15": "SD 1.5 architecture", "sdxl": "SDXL 1.0 architecture", "tiny": "tiny model",
+              "tiny-sdxl": "tiny SDXL-shaped model"}
+
+
 def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None], arch: str = "sd15") -> tuple[Path, Path]:
-    """The random SD 1.5-architecture (or tiny) diffusers folder and its conversion, built once."""
+    """The random-weight diffusers folder of `arch` (one of ARCHS) and its conversion, built once."""
     src = workdir / f"{arch}-random"
     ov_dir = workdir / f"{arch}-random-ov-{weight_format}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +209,7 @@ def summarize(runs: list[Run]) -> list[dict]:
 
 
 def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str = "sd15", rounds: int = 0) -> str:
-    arch_name = "SD 1.5 architecture" if arch == "sd15" else "tiny model"
+    arch_name = ARCH_NAMES.get(arch, arch)
     head = (f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; OpenVINO {info['openvino']}; "
             f"{info['date']}. {arch_name} (random weights), {size}x{size}, Euler, CFG 7.5, precision {precision}; "
             f"whole processes, medians of {rounds or 'the'} rounds in rotated order (cold: empty caches every run; "

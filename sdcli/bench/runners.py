@@ -87,13 +87,16 @@ def run_genai(args) -> dict:
 
 
 def run_optimum(args) -> dict:
-    """optimum-intel's OVStableDiffusionPipeline (the engine FastSD CPU runs), reshaped to
-    static shapes and compiled as its documentation shows."""
+    """optimum-intel's OVStableDiffusionPipeline (OVStableDiffusionXLPipeline for an SDXL
+    folder: the engines FastSD CPU runs), reshaped to static shapes and compiled as its
+    documentation shows."""
     import torch
     from diffusers import EulerDiscreteScheduler
-    from optimum.intel import OVStableDiffusionPipeline
+    from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
 
-    pipe = OVStableDiffusionPipeline.from_pretrained(args.model, compile=False, ov_config=_ov_config(args))
+    sdxl = (Path(args.model) / "text_encoder_2").is_dir()
+    pipeline_class = OVStableDiffusionXLPipeline if sdxl else OVStableDiffusionPipeline
+    pipe = pipeline_class.from_pretrained(args.model, compile=False, ov_config=_ov_config(args))
     if not args.own_scheduler:
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=1)

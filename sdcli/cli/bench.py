@@ -24,7 +24,7 @@ def bench(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random model is built and kept [default: ~/.cache/sdcli/bench]."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where bench.json and bench.md go."),
     sdcli_arg: list[str] = typer.Option([], "--sdcli-arg", help="Extra argument for `sdcli generate` (repeatable)."),
-    arch: str = typer.Option("sd15", "--arch", help="sd15 (the real cost) or tiny (a quick check of the benchmark itself)."),
+    arch: str = typer.Option("sd15", "--arch", help="sd15 or sdxl (the real cost, random weights), or tiny / tiny-sdxl (a quick check of the benchmark itself)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's bench table (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (with --readme)."),
@@ -50,8 +50,10 @@ def bench(
             raise UsageError(f"--peers takes {', '.join(PEERS)}; got {peers!r}")
         if not step_list or min(step_list) < 1:
             raise UsageError("--steps needs positive step counts, e.g. 4,20")
-        if arch not in ("sd15", "tiny"):
-            raise UsageError(f"--arch takes sd15 or tiny, got {arch!r}")
+        from sdcli.bench.peers import ARCHS
+
+        if arch not in ARCHS:
+            raise UsageError(f"--arch takes {', '.join(ARCHS)}, got {arch!r}")
         mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
         if not mode_list or any(m not in MODES for m in mode_list):
             raise UsageError(f"--modes takes {', '.join(MODES)}; got {modes!r}")
