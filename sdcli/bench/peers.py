@@ -124,15 +124,17 @@ def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None],
 
 
 def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, precision: str, out_png: Path,
-                 extra: list[str], cache_dir: Path, optimum_python: str | None = None) -> tuple[list[str], dict]:
-    """The command line of one run of `peer`, and its environment."""
+                 extra: list[str], cache_dir: Path, optimum_python: str | None = None, guidance: float = 7.5,
+                 tiny_vae: bool = False) -> tuple[list[str], dict]:
+    """The command line of one run of `peer`, and its environment (`tiny_vae`: decode with the
+    folder's TAESD, vae_decoder_tiny/)."""
     env = dict(os.environ)
-    common = ["--prompt", PROMPT, "--steps", str(steps), "--seed", "42"]
+    common = ["--prompt", PROMPT, "--steps", str(steps), "--seed", "42", "--guidance-scale", f"{guidance:g}"]
     if peer == "sdcli":
         env["SDCLI_CACHE_DIR"] = str(cache_dir)
         return [sys.executable, "-m", "sdcli", "generate", "--model", str(ov_dir), *common, "--scheduler", "euler",
                 "--width", str(size), "--height", str(size), "--precision", precision, "--json", "--quiet",
-                "--output", str(out_png), *extra], env
+                "--output", str(out_png), *(["--vae", "tiny"] if tiny_vae else []), *extra], env
     python = sys.executable
     if peer == "optimum":
         python = optimum_python or sys.executable
@@ -142,6 +144,8 @@ def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, prec
            "--precision", "bf16" if (peer == "diffusers" and precision == "auto") else precision]
     if peer != "diffusers":
         cmd += ["--cache-dir", str(cache_dir)]
+    if tiny_vae:
+        cmd.append("--tiny-vae")
     return cmd, env
 
 
@@ -208,10 +212,11 @@ def summarize(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str = "sd15", rounds: int = 0) -> str:
-    arch_name = ARCH_NAMES.get(arch, arch)
+def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str = "sd15", rounds: int = 0,
+             guidance: float = 7.5, tiny_vae: bool = False) -> str:
+    arch_name = ARCH_NAMES.get(arch, arch) + (", tiny VAE (TAESD) decoding" if tiny_vae else "")
     head = (f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; OpenVINO {info['openvino']}; "
-            f"{info['date']}. {arch_name} (random weights), {size}x{size}, Euler, CFG 7.5, precision {precision}; "
+            f"{info['date']}. {arch_name} (random weights), {size}x{size}, Euler, CFG {guidance:g}, precision {precision}; "
             f"whole processes, medians of {rounds or 'the'} rounds in rotated order (cold: empty caches every run; "
             "warm: caches filled first). Step: median interval between per-step callbacks, the first left out.\n\n")
     cols = ["mode", "steps", "peer", "runs", "wall_s", "peak_rss_mb", "load_compile_s", "text_encoder_s", "step_s",
@@ -239,7 +244,8 @@ def _measure(peer: str, mode: str, cmd: list[str], env: dict) -> tuple[float, fl
 
 def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: int, peers: list[str], size: int,
               precision: str, weight_format: str, sdcli_args: list[str], log: Callable[[str], None],
-              arch: str = "sd15", modes: tuple[str, ...] = MODES, optimum_python: str | None = None) -> list[dict]:
+              arch: str = "sd15", modes: tuple[str, ...] = MODES, optimum_python: str | None = None,
+              guidance: float = 7.5, tiny_vae: bool = False) -> list[dict]:
     src, ov_dir = ensure_models(workdir, weight_format, log, arch)
     info = machine_info()
     runs: list[Run] = []
@@ -253,7 +259,7 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
                     for steps in steps_list[:1]:
                         for _ in range(WARM_UP_RUNS):
                             cmd, env = peer_command(peer, src, ov_dir, steps, size, precision, tmp / f"{peer}.png",
-                                                    sdcli_args, warm_caches[peer], optimum_python)
+                                                    sdcli_args, warm_caches[peer], optimum_python, guidance, tiny_vae)
                             log(f"warm-up {peer}")
                             run_measured(cmd, env)
             for rnd in range(rounds):
@@ -262,7 +268,7 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
                     for position, peer in enumerate(order):
                         cache = warm_caches[peer] if mode == "warm" else tmp / f"cold-{peer}-{rnd}-{steps}"
                         cmd, env = peer_command(peer, src, ov_dir, steps, size, precision, tmp / f"{peer}.png",
-                                                sdcli_args, cache, optimum_python)
+                                                sdcli_args, cache, optimum_python, guidance, tiny_vae)
                         wall, rss, rc, timings, error = _measure(peer, mode, cmd, env)
                         if mode == "cold":
                             shutil.rmtree(cache, ignore_errors=True)
@@ -271,7 +277,8 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
                         log(f"{mode} round {rnd + 1}/{rounds} {steps:>3} steps {peer:<9} {wall:8.1f} s  {rss:8.0f} MB"
                             + (f"  FAILED: {error}" if rc else ""))
     report = {"machine": info, "arch": arch, "size": size, "precision": precision, "weight_format": weight_format,
-              "prompt": PROMPT, "scheduler": "euler", "guidance_scale": 7.5, "sdcli_args": sdcli_args,
+              "prompt": PROMPT, "scheduler": "euler", "guidance_scale": guidance, "tiny_vae": tiny_vae,
+              "sdcli_args": sdcli_args,
               "rounds": rounds, "modes": list(modes)}
     runs += earlier_runs(output_dir / "bench.json", report, modes)
     rows = summarize(runs)
@@ -279,7 +286,8 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
     from sdcli.util.fsutil import atomic_write_bytes
 
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
-    atomic_write_bytes(output_dir / "bench.md", markdown(rows, info, size, precision, arch, rounds).encode())
+    table = markdown(rows, info, size, precision, arch, rounds, guidance, tiny_vae)
+    atomic_write_bytes(output_dir / "bench.md", table.encode())
     return rows
 
 
@@ -290,7 +298,9 @@ def earlier_runs(path: Path, report: dict, modes: tuple[str, ...]) -> list[Run]:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    same = all(old.get(k) == report[k] for k in ("arch", "size", "precision", "weight_format", "sdcli_args")) \
+    same = all(old.get(k, d) == report.get(k, d) for k, d in (("arch", None), ("size", None), ("precision", None),
+                                                               ("weight_format", None), ("sdcli_args", None),
+                                                               ("guidance_scale", 7.5), ("tiny_vae", False))) \
         and old.get("machine", {}).get("cpu") == report["machine"]["cpu"] \
         and old.get("machine", {}).get("cores") == report["machine"]["cores"]
     if not same:
@@ -307,7 +317,7 @@ def update_readme(readme: Path, report_json: Path, name: str) -> None:
     rendered from `report_json` (what `sdcli bench` wrote)."""
     report = json.loads(report_json.read_text())
     table = markdown(report["summary"], report["machine"], report["size"], report["precision"], report.get("arch", "sd15"),
-                     report.get("rounds", 0))
+                     report.get("rounds", 0), report.get("guidance_scale", 7.5), report.get("tiny_vae", False))
     replace_block(readme, name, table)
 
 

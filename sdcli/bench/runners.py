@@ -97,9 +97,16 @@ def run_optimum(args) -> dict:
     sdxl = (Path(args.model) / "text_encoder_2").is_dir()
     pipeline_class = OVStableDiffusionXLPipeline if sdxl else OVStableDiffusionPipeline
     pipe = pipeline_class.from_pretrained(args.model, compile=False, ov_config=_ov_config(args))
+    if args.tiny_vae:  # FastSD CPU's way: the pipeline's VAE decoder model swapped for TAESD's (same cost as
+        import openvino as ov  # a proper wrapper: the latents' scaling differs, not the work)
+
+        pipe.vae_decoder.model = ov.Core().read_model(Path(args.model) / "vae_decoder_tiny" / "openvino_model.xml")
     if not args.own_scheduler:
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=1)
+    # optimum's reshape doubles the UNet's batch for guidance; without guidance (a Turbo-style run)
+    # the batch stays dynamic and the sizes static
+    pipe.reshape(batch_size=1 if args.guidance_scale > 1 else -1, height=args.size, width=args.size,
+                 num_images_per_prompt=1)
     pipe.compile()
     load = time.perf_counter() - STARTED
     clock = StepClock()
@@ -153,6 +160,7 @@ def main() -> None:
     parser.add_argument("--device", default="CPU")
     parser.add_argument("--own-scheduler", action="store_true", help="keep the folder's scheduler (else Euler)")
     parser.add_argument("--cache-dir", default=None, help="OpenVINO's compiled-model cache (CACHE_DIR)")
+    parser.add_argument("--tiny-vae", action="store_true", help="optimum: decode with the folder's vae_decoder_tiny/")
     args = parser.parse_args()
     result = {"genai": run_genai, "optimum": run_optimum, "diffusers": run_diffusers}[args.peer](args)
     print(json.dumps(result), flush=True)

@@ -24,6 +24,8 @@ def bench(
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random model is built and kept [default: ~/.cache/sdcli/bench]."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where bench.json and bench.md go."),
     sdcli_arg: list[str] = typer.Option([], "--sdcli-arg", help="Extra argument for `sdcli generate` (repeatable)."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", min=0.0, max=100.0, help="Every peer's guidance scale (0: a Turbo-style run without guidance)."),
+    tiny_vae: bool = typer.Option(False, "--tiny-vae", help="Decode with the folder's TAESD (vae_decoder_tiny/): sdcli --vae tiny; optimum-intel with its VAE decoder model swapped for it, as FastSD CPU does; genai has none."),
     arch: str = typer.Option("sd15", "--arch", help="sd15 or sdxl (the real cost, random weights), or tiny / tiny-sdxl (a quick check of the benchmark itself)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's bench table (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
@@ -57,6 +59,8 @@ def bench(
         mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
         if not mode_list or any(m not in MODES for m in mode_list):
             raise UsageError(f"--modes takes {', '.join(MODES)}; got {modes!r}")
+        if tiny_vae and ("genai" in peer_list or "diffusers" in peer_list):
+            raise UsageError("--tiny-vae: openvino-genai and the diffusers peer have no tiny VAE; run --peers sdcli,optimum")
         if "optimum" in peer_list and optimum_python is None:
             import importlib.util
 
@@ -66,7 +70,7 @@ def bench(
         work = workdir or default_cache_dir().parent / "bench"
         run_bench(work, output_dir, step_list, rounds, peer_list, size, precision, weight_format, list(sdcli_arg),
                   log=lambda s: print(s, file=sys.stderr, flush=True), arch=arch, modes=mode_list,
-                  optimum_python=optimum_python)
+                  optimum_python=optimum_python, guidance=guidance_scale, tiny_vae=tiny_vae)
         print((output_dir / "bench.md").read_text())
         if readme is not None:
             update_readme(readme, output_dir / "bench.json", readme_block)
