@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SDXL on the device machine (16-core Xeon), in calls that each fit its 10-minute limit, the
 # machine kept warm between them (/tmp/bench and /tmp/site persist while it is):
-#   setup1   carry .whl                      openvino
-#   setup2   carry .whl2 .whl-oi .whl3       diffusers, genai, optimum-intel; builds the random SDXL (fp16) and TAESD
-#   convert                                  sdcli convert --tiny-vae, its peak RSS
+#   setup1   carry .whl-slim .whl2 .whl3     openvino (its wheel less the GPU/NPU plugins and TF/Paddle/GGUF
+#                                            frontends, to fit the 64 MiB a call carries), diffusers, genai;
+#                                            builds the random SDXL (fp16) and TAESD
+#   convert  carry .whl-oi                   optimum-intel; sdcli convert --tiny-vae, its peak RSS
 #   bench                                    1024x1024, 4 steps, warm: sdcli vs openvino-genai
 #   turbo                                    512x512, 1 step, guidance 0, TAESD: sdcli vs optimum-intel
 set -uo pipefail
@@ -12,10 +13,11 @@ pip_install() { python3 -m pip install -q --no-index --no-deps --no-compile --no
 out=${OUT:-/tmp/out}
 lscpu | grep "Model name" | tee "$out/lscpu-$1.txt"
 case "$1" in
-  setup1) pip_install /tmp/site .whl/*.whl ;;
-  setup2) pip_install /tmp/site .whl2/*.whl .whl3/*.whl && pip_install /tmp/site-oi .whl-oi/*.whl
-          python3 -m sdcli.convert.random_model /tmp/bench/sdxl-random --sdxl && python3 -m sdcli.convert.random_model /tmp/bench/taesdxl --taesd ;;
-  convert) python3 scripts/peak_rss.py -- python3 -m sdcli convert /tmp/bench/sdxl-random --output /tmp/bench/sdxl-random-ov-fp16 \
+  setup1) pip_install /tmp/site .whl-slim/*.whl .whl2/*.whl .whl3/*.whl
+          python3 scripts/peak_rss.py -- python3 -m sdcli.convert.random_model /tmp/bench/sdxl-random --sdxl
+          python3 -m sdcli.convert.random_model /tmp/bench/taesdxl --taesd ;;
+  convert) pip_install /tmp/site-oi .whl-oi/*.whl
+           python3 scripts/peak_rss.py -- python3 -m sdcli convert /tmp/bench/sdxl-random --output /tmp/bench/sdxl-random-ov-fp16 \
                --tiny-vae /tmp/bench/taesdxl --quiet | tee "$out/convert.json" ;;
   bench) timeout 560 python3 -m sdcli bench --arch sdxl --workdir /tmp/bench --steps 4 --size 1024 --rounds 3 --modes warm \
              --peers sdcli,genai --output-dir "$out/sdxl1024" 2>&1 | tail -12 ;;
