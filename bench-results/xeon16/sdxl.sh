@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SDXL on the device machine (16-core Xeon), in calls that each fit its 10-minute limit, the
 # machine kept warm between them (/tmp/bench and /tmp/site persist while it is):
-#   setup1   carry .whl-slim .whl2 .whl3     openvino (its wheel less the GPU/NPU plugins and TF/Paddle/GGUF
+#   setup1   carry .whl-slim .whl2b          openvino (its wheel less the GPU/NPU plugins and TF/Paddle/GGUF
 #                                            frontends, to fit the 64 MiB a call carries), diffusers, genai;
 #                                            builds the random SDXL (fp16) and TAESD
 #   convert  carry .whl-oi                   optimum-intel; sdcli convert --tiny-vae, its peak RSS
@@ -13,7 +13,7 @@ pip_install() { python3 -m pip install -q --no-index --no-deps --no-compile --no
 out=${OUT:-/tmp/out}
 lscpu | grep "Model name" | tee "$out/lscpu-$1.txt"
 case "$1" in
-  setup1) pip_install /tmp/site .whl-slim/*.whl .whl2/*.whl .whl3/*.whl
+  setup1) pip_install /tmp/site .whl-slim/*.whl .whl2b/*.whl
           python3 scripts/peak_rss.py -- python3 -m sdcli.convert.random_model /tmp/bench/sdxl-random --sdxl
           python3 -m sdcli.convert.random_model /tmp/bench/taesdxl --taesd ;;
   convert) pip_install /tmp/site-oi .whl-oi/*.whl
