@@ -88,7 +88,7 @@ NEGATIVES = ["", "blurry", "low quality, jpeg artifacts", "bad: hands", "ugly\ns
 def fake(prompt: str, negative: str, **changes):
     request = SimpleNamespace(prompt=prompt, negative_prompt=negative, steps=20, guidance_scale=7.5, strength=0.8,
                               init_image=None, mask=None, mask_blur=4, rng="torch", emphasis=True, clip_skip=1,
-                              deepcache=1, vae="full")
+                              deepcache=1, vae="full", guidance_rescale=0.0)
     request.__dict__.update(original_size=None, crop_coords=None, target_size=None, aesthetic_score=6.0,
                             negative_aesthetic_score=2.5)  # SDXL's micro-conditioning, diffusers' defaults
     result = SimpleNamespace(scheduler="euler_a", seed=42, width=512, height=768)
@@ -113,6 +113,8 @@ def test_a1111_reads_what_sdcli_writes(index):
         changes.update(vae="tiny")
     if index % 7 == 4:
         changes.update(original_size=(1024, 768), crop_coords=(8, 16), aesthetic_score=7.5)
+    if index % 8 == 5:
+        changes.update(guidance_rescale=[0.7, 0.05, 1.0][index % 3])
     request, result = fake(prompt, negative, **changes)
     got = a1111_parse(parameters_text(request, result, "my-model", "auto"))
     assert got["Prompt"] == prompt.strip() and got["Negative prompt"] == negative.strip()
@@ -130,12 +132,15 @@ def test_a1111_reads_what_sdcli_writes(index):
         assert "Denoising strength" not in got
     if request.mask is not None:
         assert got["Mask blur"] == str(request.mask_blur)
+    # --guidance-rescale: the CFG-rescale extensions' field, absent at 0
+    assert float(got.get("CFG Rescale phi", 0)) == request.guidance_rescale
     # and sdcli reads it back the same
     mine = settings_from_fields(*parse_parameters(parameters_text(request, result, "my-model", "auto")))
     assert mine["prompt"] == prompt and mine["negative_prompt"] == negative and not mine["notes"]
     assert (mine["steps"], mine["seed"], mine["rng"], mine.get("emphasis", True)) == (
         request.steps, result.seed, "torch", request.emphasis)
     assert mine.get("vae", "full") == request.vae and mine["scheduler"] == "euler_a"
+    assert mine.get("guidance_rescale", 0.0) == request.guidance_rescale
     assert (mine.get("original_size"), mine.get("crop_coords"), mine.get("aesthetic_score", 6.0)) == (
         request.original_size, request.crop_coords, request.aesthetic_score)
     if request.crop_coords is not None:  # a value with a comma, quoted: A1111 reads it whole

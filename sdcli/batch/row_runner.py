@@ -67,8 +67,8 @@ class RowRunner:
                 image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
         request = GenerationRequest(
             prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
-            guidance_scale=job.guidance_scale, seed=job.seed, width=job.width, height=job.height,
-            scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng, **self.generation,
+            guidance_scale=job.guidance_scale, guidance_rescale=job.guidance_rescale, seed=job.seed, width=job.width,
+            height=job.height, scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng, **self.generation,
         )
         request.validate()
         self.engine.check_fits(request, images=2)  # a row too large for memory fails before it compiles

@@ -25,7 +25,7 @@ from sdcli.util.errors import SdcliError, UsageError
 
 ROW_FIELDS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-    "scheduler", "init_image", "strength", "name",
+    "scheduler", "init_image", "strength", "name", "guidance_rescale",
 )
 FORMATS = ("txt", "jsonl", "csv")
 MANIFEST = "manifest.jsonl"  # a row may not take this name
@@ -49,6 +49,7 @@ class BatchOptions:
     strength: float = 0.8
     steps: int = 20
     guidance_scale: float = 7.5
+    guidance_rescale: float = 0.0
     seed: Optional[int] = None
     width: Optional[int] = None
     height: Optional[int] = None
@@ -98,6 +99,7 @@ class Job:
     strength: float
     file: str  # the output's name inside DIR
     key: str = ""  # fingerprint of the settings, to tell a finished row on a re-run
+    guidance_rescale: float = 0.0  # generate's --guidance-rescale
 
 
 # --- reading FILE ---------------------------------------------------------------------
@@ -359,6 +361,8 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     width = _as_size(v["width"], "width") if "width" in v else opts.width
     height = _as_size(v["height"], "height") if "height" in v else opts.height
     strength = _as_float(v["strength"], "strength", 0.0, 1.0) if "strength" in v else opts.strength
+    rescale = _as_float(v["guidance_rescale"], "guidance_rescale", 0.0, 1.0) if "guidance_rescale" in v \
+        else opts.guidance_rescale
     scheduler = opts.scheduler
     if "scheduler" in v:
         scheduler = _as_text(v["scheduler"], "scheduler").strip()
@@ -377,12 +381,14 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     else:
         file = f"{row.index:05d}-{slugify(prompt)}-{seed}.png"
     job = Job(row.line, row.index, prompt, negative, seed, steps, guidance, width, height, scheduler,
-              init_image, strength, file)
+              init_image, strength, file, guidance_rescale=rescale)
     settings = {
         "prompt": prompt, "negative_prompt": negative, "seed": seed, "steps": steps, "guidance_scale": guidance,
         "width": width, "height": height, "scheduler": scheduler,
         "init_image": str(init_image.resolve()) if init_image else None,
         "strength": strength if init_image else None, "rng": opts.rng, "model": model_name,
     }
+    if rescale:  # (absent at 0: the keys of rows finished before there was a guidance_rescale stay the same)
+        settings["guidance_rescale"] = rescale
     job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return job

@@ -37,6 +37,7 @@ def batch(
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off."),
+    guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", min=0.0, max=1.0, callback=finite, metavar="PHI", help="diffusers' guidance_rescale for every row (see generate) [default: 0, off]."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Base seed: a row without one uses seed+index [default: random, printed, kept in the folder for re-runs]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
@@ -61,7 +62,7 @@ def batch(
     """Make one image per row of FILE into --output-dir; a re-run skips what is done.
 
     FILE: .txt, one prompt a line; .jsonl or .csv rows may also set negative_prompt, seed,
-    steps, guidance_scale, width, height, scheduler, init_image, strength and name."""
+    steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength and name."""
     with user_errors("interrupted; run the same command again to finish"):
         from sdcli.batch.run import BatchOptions, run_batch
         from sdcli.engine.networks import NetworkFolders
@@ -77,6 +78,7 @@ def batch(
         code = run_batch(BatchOptions(
             file=file, output_dir=output_dir, input_format=input_format, model=model, negative_prompt=negative_prompt,
             init_image=init_image, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
+            guidance_rescale=guidance_rescale,
             width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
             quiet=quiet, as_json=as_json, debug=STATE["debug"], parallel=_parallel(parallel),
             vae=vae, deepcache=deepcache, clip_skip=clip_skip,

@@ -19,10 +19,10 @@ from sdcli.util.errors import UsageError
 
 # generate's options that a PNG's parameters can give (the flags given on the command line win)
 STORED = ("prompt", "negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength",
-          "rng", "precision", "emphasis", "deepcache", "vae", "clip_skip", "mask_blur")
+          "rng", "precision", "emphasis", "deepcache", "vae", "clip_skip", "mask_blur", "guidance_rescale")
 # ... of which these go through their flag's type, range and callback again
 RECHECKED = ("steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength", "deepcache", "clip_skip",
-             "mask_blur")
+             "mask_blur", "guidance_rescale")
 # ... and SDXL's micro-conditioning (its ranges are checked by GenerationRequest.validate)
 STORED += ("original_size", "crop_coords", "target_size", "aesthetic_score", "negative_aesthetic_score")
 
@@ -39,6 +39,7 @@ def generate(
     mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: the model folder's own (convert --default-steps), else 20; 4 for LCM models and the lcm scheduler]."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off [default: the model folder's own (convert --default-guidance), else 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
+    guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", min=0.0, max=1.0, callback=finite, metavar="PHI", help="diffusers' guidance_rescale: the guided prediction pulled towards the prompt's standard deviation by PHI, 0..1 (0.7 in the paper; against the over-exposure of high guidance, and for zero-terminal-SNR models); with classifier-free guidance only [default: 0, off]."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
@@ -129,6 +130,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         deepcache=o.deepcache, clip_skip=o.clip_skip, vae=o.vae, original_size=o.original_size,
         crop_coords=o.crop_coords, target_size=o.target_size, aesthetic_score=o.aesthetic_score,
         negative_aesthetic_score=o.negative_aesthetic_score, refiner_switch=o.refiner_switch,
+        guidance_rescale=o.guidance_rescale,
     )
     request.validate()
     check_precision(o.precision)

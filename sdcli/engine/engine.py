@@ -225,7 +225,7 @@ class Engine:
         unet = self.denoising_unet(conditioning, latents.shape[2:])
         total = done + len(timesteps)
         for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
-                                     None, clock):
+                                     None, clock, request.guidance_rescale):
             step_times.append(info.seconds)
             if on_step:
                 on_step(dataclasses.replace(info, index=info.index + done, total=total))
@@ -272,7 +272,7 @@ class Engine:
         clock: dict[str, float] = {"unet": 0.0}
         step_times = []
         for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
-                                     inpaint, clock):
+                                     inpaint, clock, request.guidance_rescale):
             step_times.append(info.seconds)
             if on_step:
                 on_step(info)

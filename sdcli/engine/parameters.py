@@ -9,6 +9,7 @@ What A1111 reads differently from what sdcli meant is written A1111's way:
   what it assumes when there is no RNG field, is its GPU noise).
 - `Emphasis: None` is A1111's name for --no-emphasis (emphasis on, "Original", is not written).
 - `VAE Decoder: TAESD` (and `VAE Encoder: TAESD` with an init image) is --vae tiny.
+- `CFG Rescale phi` is --guidance-rescale (the name A1111's CFG-rescale extensions read).
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ from sdcli.util.errors import UsageError
 
 RNG_NAMES = {"torch": "CPU", "numpy": "numpy"}  # --rng -> the RNG field (A1111's name where it has one)
 RNG_FROM_FIELD = {"cpu": "torch", "torch": "torch", "numpy": "numpy"}
+# --guidance-rescale: A1111 has no field of its own; its CFG-rescale extensions write "CFG Rescale phi"
+# (sd-webui-neutral-prompt, and what sdcli writes), "CFG Rescale" and, earlier, "CFG Rescale φ" (read in
+# this order, the last one found wins).  They rescale the denoised image rather than the noise
+# prediction, so A1111 does not give sdcli's (diffusers') pixels for the same phi.
+CFG_RESCALE_FIELDS = ("CFG Rescale φ", "CFG Rescale", "CFG Rescale phi")
 
 # A1111 fields that change the picture in ways sdcli does not do: read, and said so
 NOT_REPRODUCED = {
@@ -51,6 +57,7 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Sampler": a1111_sampler(result.scheduler),
         "Schedule type": schedule_type(result.scheduler, scheduler_config),
         "CFG scale": f"{request.guidance_scale:g}",
+        "CFG Rescale phi": f"{request.guidance_rescale:g}" if request.guidance_rescale > 0 else None,
         "Seed": result.seed,
         "Size": f"{result.width}x{result.height}",
         "Model": model_name,
@@ -120,6 +127,7 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
     numbers = {"Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
                "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
                "DeepCache": ("deepcache", int), "Mask blur": ("mask_blur", int)}
+    numbers.update({field: ("guidance_rescale", float) for field in CFG_RESCALE_FIELDS})
     for field, (name, kind) in numbers.items():
         if field in fields:
             out[name] = kind(fields[field])

@@ -69,6 +69,7 @@ class GenerationRequest:
     deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
     clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
     vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
+    guidance_rescale: float = 0.0  # diffusers' guidance_rescale (phi, 0..1): after classifier-free guidance
     # SDXL's micro-conditioning (diffusers' defaults: the image size, crop (0, 0); the refiner's scores)
     original_size: tuple[int, int] | None = None  # (width, height)
     crop_coords: tuple[int, int] | None = None  # (x, y) of the crop's top-left corner
@@ -92,6 +93,8 @@ class GenerationRequest:
             raise UsageError(f"--steps must be between 1 and {STEPS_MAX}, got {self.steps}")
         if not (math.isfinite(self.guidance_scale) and 0.0 <= self.guidance_scale <= GUIDANCE_MAX):
             raise UsageError(f"--guidance-scale must be between 0 and {GUIDANCE_MAX:g}, got {self.guidance_scale}")
+        if not (math.isfinite(self.guidance_rescale) and 0.0 <= self.guidance_rescale <= 1.0):
+            raise UsageError(f"--guidance-rescale must be between 0 and 1, got {self.guidance_rescale}")
         if not 0 <= self.seed <= SEED_MAX:
             raise UsageError(f"--seed must be between 0 and {SEED_MAX}, got {self.seed}")
         if not 0.0 <= self.strength <= 1.0:

@@ -195,7 +195,7 @@ class Plan:
             prompt=body.prompt or "", negative_prompt=body.negative_prompt or "",
             steps=20 if steps is None else steps, guidance_scale=7.5 if guidance is None else guidance,
             width=body.width, height=body.height, scheduler=scheduler, emphasis=self.options.emphasis,
-            clip_skip=self.options.clip_skip, vae=self.options.vae)
+            clip_skip=self.options.clip_skip, vae=self.options.vae, guidance_rescale=body.guidance_rescale or 0.0)
         if self.kind == "img2img":
             base = base.replace(strength=0.75 if body.denoising_strength is None else body.denoising_strength,
                                 mask=self.mask, mask_blur=4 if body.mask_blur is None else body.mask_blur)
@@ -228,6 +228,7 @@ def plan(body, kind: str, options: Options) -> Plan:
     if body.steps is not None:
         _int_in("steps", body.steps, 1, STEPS_MAX)
     _finite("cfg_scale", body.cfg_scale, 0.0, GUIDANCE_MAX)
+    _finite("guidance_rescale", body.guidance_rescale, 0.0, 1.0)
     for name in ("width", "height"):
         value = getattr(body, name)
         if value is not None and (value <= 0 or value % 8 or value > MAX_SIDE):
