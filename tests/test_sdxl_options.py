@@ -538,3 +538,21 @@ def test_memory_estimate_counts_both_text_encoders(tiny_sdxl):
             for name in ("text_encoder", "text_encoder_2")]
     assert all(n > memory.COMPONENT for n in each)
     assert est.stages["encoding the prompt"] == sum(each)
+
+
+def test_lora_fused_at_convert_time_matches_diffusers(tiny_sdxl, sdxl_root, tmp_path, parity_log):
+    """`sdcli convert SDXL --lora FILE --lora-scale 0.6` (as for Lightning, Hyper-SD, DMD2 LoRAs):
+    diffusers' SDXL pipeline with the same file loaded and fused at 0.6."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from sdcli.convert.export import ConvertOptions, convert
+
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "loras", weight_name="xl_fused.safetensors",
+                                                **peft_sdxl_lora(fresh_sdxl(tiny_sdxl), seed=5))
+    path = tmp_path / "loras" / "xl_fused.safetensors"
+    folder = tmp_path / "fused-ov"
+    convert(str(tiny_sdxl.diffusers_dir), folder, ConvertOptions(weight_format="fp32", lora=str(path), lora_scale=0.6),
+            log=lambda s: None)
+    theirs = pipe_pixels(diffusers_fused(tiny_sdxl, [(path, 0.6, None)]))
+    ours = sdcli_pixels(folder, tmp_path / "out.png", **SQUARE)
+    compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode="fused at convert", size="64x64")
