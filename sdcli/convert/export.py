@@ -119,17 +119,18 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
         log(f"loading {opts.tiny_vae}")
         taesd = load_tiny_vae(opts.tiny_vae)
     log(f"loading {source}")
-    parts = load_components(kind, path, opts)
+    parts = load_components(kind, path, opts, lazy=not opts.lora)  # a LoRA is fused into all at once
     if taesd is not None:
-        vae_config = parts.vae.config
-        check_matches(taesd.config, vae_config.latent_channels, 2 ** (len(vae_config.block_out_channels) - 1))
+        vae_config = parts.vae_config
+        check_matches(taesd.config, vae_config.get("latent_channels", 4),
+                      2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1))
     if opts.lora:
         log(f"fusing LoRA {opts.lora} (scale {opts.lora_scale:g})")
         fuse_lora(parts, opts.lora, opts.lora_scale)
     scheduler_config = parts.scheduler_config
     if opts.scheduler or opts.timestep_spacing:
         scheduler_config = model_scheduler_config(opts.scheduler, opts.timestep_spacing, scheduler_config,
-                                                  parts.unet.config)
+                                                  parts.unet_config)
 
     with atomic_directory(output, replace=opts.force) as tmp:
         started = time.perf_counter()
@@ -145,10 +146,10 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
         gc.collect()
         log("[3/6] unet")
         # a UNet to quantize is written in fp16 first and quantized at the end
-        export_unet(parts.unet, seq, tmp, "fp16" if opts.quantize else opts.weight_format, added)
+        export_unet(parts.load("unet"), seq, tmp, "fp16" if opts.quantize else opts.weight_format, added)
         parts.unet = None
         gc.collect()
-        export_vae(parts.vae, tmp, opts.weight_format, log)
+        export_vae(parts.load("vae"), tmp, opts.weight_format, log)
         parts.vae = None
         gc.collect()
         if taesd is not None:
@@ -194,15 +195,15 @@ def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str, 
 def added_conditioning(parts) -> dict[str, int]:
     """SDXL's added UNet inputs and their widths: the second text encoder's pooled projection
     (`text_embeds`) and the micro-conditioning `time_ids` (6 numbers; 5 for the refiner)."""
-    ucfg = parts.unet.config
+    ucfg = parts.unet_config
     if ucfg.get("addition_embed_type") != "text_time":
         return {}
     pooled = parts.text_encoder_2.config.projection_dim
-    width = ucfg.projection_class_embeddings_input_dim - pooled
-    if width <= 0 or width % ucfg.addition_time_embed_dim:
-        raise UsageError(f"unet/config.json: projection_class_embeddings_input_dim {ucfg.projection_class_embeddings_input_dim} "
-                         f"does not fit text_encoder_2's projection_dim {pooled}: files from different models?")
-    return {"text_embeds": pooled, "time_ids": width // ucfg.addition_time_embed_dim}
+    total, per_id = ucfg.get("projection_class_embeddings_input_dim") or 0, ucfg.get("addition_time_embed_dim") or 1
+    if total - pooled <= 0 or (total - pooled) % per_id:
+        raise UsageError(f"unet/config.json: projection_class_embeddings_input_dim {total} does not fit "
+                         f"text_encoder_2's projection_dim {pooled}: files from different models?")
+    return {"text_embeds": pooled, "time_ids": (total - pooled) // per_id}
 
 
 def export_unet(unet, seq: int, out: Path, weight_format: str, added: dict[str, int]) -> None:

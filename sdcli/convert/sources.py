@@ -2,7 +2,7 @@
 with huggingface_hub) or a single-file checkpoint; the components loaded in float32."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -42,10 +42,28 @@ class Parts:
     index: dict
     text_encoder_2: object | None = None
     tokenizer_2: object | None = None
+    # a folder's UNet and VAE are loaded when first asked for (load()), after the text
+    # encoders are written and freed: the peak is the largest component, not all of them
+    loaders: dict[str, Callable[[], object]] = field(default_factory=dict)
+    configs: dict[str, dict] = field(default_factory=dict)  # the UNet's and VAE's, for a lazy folder
+
+    def load(self, name: str):
+        """Component `name` ("unet" or "vae"), loaded now if it was left for later."""
+        if getattr(self, name) is None and name in self.loaders:
+            setattr(self, name, self.loaders.pop(name)())
+        return getattr(self, name)
+
+    @property
+    def unet_config(self):
+        return self.unet.config if self.unet is not None else self.configs["unet"]
+
+    @property
+    def vae_config(self):
+        return self.vae.config if self.vae is not None else self.configs["vae"]
 
     @property
     def is_sdxl(self) -> bool:
-        return self.unet.config.get("addition_embed_type") == "text_time"
+        return self.unet_config.get("addition_embed_type") == "text_time"
 
     def text_encoders(self) -> list[tuple[str, object, object]]:
         """(folder name, text encoder, its tokenizer) of each text encoder present."""
@@ -96,7 +114,8 @@ def download_repo(repo_id: str) -> Path:
         raise UsageError(f"cannot download {repo_id}: {str(exc).splitlines()[0]}") from exc
 
 
-def load_components(kind: str, path: Path, opts: ConvertOptions) -> Parts:
+def load_components(kind: str, path: Path, opts: ConvertOptions, lazy: bool = False) -> Parts:
+    """The pipeline's components; `lazy` (a folder only): the UNet and VAE when Parts.load asks."""
     if kind == "single_file":
         return load_single_file(path, opts)
     import torch
@@ -108,16 +127,22 @@ def load_components(kind: str, path: Path, opts: ConvertOptions) -> Parts:
     # configs, tokenizers and weight files checked before torch builds anything from them
     index, scheduler_config, encoders = check_diffusers_folder(path, opts.allow_pickle)
     f32 = {"torch_dtype": torch.float32}
-    unet = load_or_fail("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", **f32))
-    vae = load_or_fail("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **f32))
+    loaders = {"unet": lambda: load_or_fail("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet",
+                                                                                               **f32)),
+               "vae": lambda: load_or_fail("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **f32))}
+    unet = None if lazy else loaders.pop("unet")()
+    vae = None if lazy else loaders.pop("vae")()
     loaded: dict[str, object] = {}
     for name in encoders:
         model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
         loaded[name] = load_or_fail(name, lambda: model_class.from_pretrained(path, subfolder=name, **f32))
         tokenizer = name.replace("text_encoder", "tokenizer")
         loaded[tokenizer] = load_or_fail(tokenizer, lambda: CLIPTokenizer.from_pretrained(path, subfolder=tokenizer))
+    from sdcli.model.config_checks import read_json
+
+    configs = {name: read_json(path / name / "config.json") for name in ("unet", "vae")}
     return Parts(unet, vae, loaded.get("text_encoder"), loaded.get("tokenizer"), scheduler_config, index,
-                 loaded.get("text_encoder_2"), loaded.get("tokenizer_2"))
+                 loaded.get("text_encoder_2"), loaded.get("tokenizer_2"), loaders, configs)
 
 
 def single_file_kind(path: Path) -> str:
