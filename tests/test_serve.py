@@ -316,3 +316,30 @@ def test_a_size_that_cannot_fit_is_refused_before_it_starts(client, worker, monk
     assert time.monotonic() - started < 10 and worker.state.job_count == 0
     monkeypatch.undo()
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}).status_code == 200
+
+
+def test_lora_and_embeddings_folders_given_to_serve(models_dir, tiny_eps, tmp_path):
+    """serve --lora-dir/--embeddings-dir: the lists name the files there and a prompt's <lora:...>
+    is found there (the request's infotext records its hash); a folder that is not there is one
+    line and exit 2 before anything listens."""
+    from sdcli.engine.networks import NetworkFolders
+    from tests.lora_files import fresh_pipe, kohya_lora, save
+
+    loras, embeddings = tmp_path / "loras", tmp_path / "embeddings"
+    loras.mkdir()
+    embeddings.mkdir()
+    save(kohya_lora(fresh_pipe(tiny_eps), {"linear"}, seed=1), loras / "served.safetensors")
+    worker = Worker(ModelRegistry(models_dir, models_dir / "tiny-a"), "tiny-a", queue_size=2,
+                    networks=NetworkFolders(loras, embeddings))
+    worker.start()
+    try:
+        client = TestClient(create_app(worker))
+        assert [entry["name"] for entry in client.get("/sdapi/v1/loras").json()] == ["served"]
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat <lora:served:0.7>", "seed": 4, **SMALL})
+        assert r.status_code == 200, r.text
+        assert "Lora hashes" in json.loads(r.json()["info"])["infotexts"][0]
+    finally:
+        worker.stop()
+        worker.join(30)
+    r = run("serve", "--model", models_dir / "tiny-a", "--lora-dir", tmp_path / "missing", "--port", "0")
+    assert r.returncode == 2 and "--lora-dir: folder not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -35,6 +35,9 @@ def serve(
     api_auth: Optional[str] = typer.Option(None, "--api-auth", help="USER:PASS[,USER:PASS]: HTTP Basic credentials asked on every route."),
     queue_size: int = typer.Option(32, "--queue-size", min=0, max=10_000, help="Requests that may wait behind the running one; more are answered 503 at once."),
     precision: str = typer.Option("auto", "--precision", help="As generate's: auto, f32, bf16, f16 (a request gives generate's pixels with the same one)."),
+    lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where <lora:NAME:WEIGHT> in a prompt finds NAME [default: $SDCLI_LORA_DIR, else models/Lora]."),
+    embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of a prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
 ):
     """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...) with the
     model kept warm between requests."""
@@ -50,6 +53,10 @@ def serve(
         from sdcli.serve.server import listen, run
 
         check_precision(precision)
+        from sdcli.engine.networks import NetworkFolders
+
+        networks = NetworkFolders(lora_dir, embeddings_dir, allow_pickle)
+        networks.check()  # a folder named that does not exist
         path = None
         given = model or os.environ.get("SDCLI_MODEL")
         if given or not (models_dir.is_dir() and any(models_dir.glob("*/model_index.json"))):
@@ -68,4 +75,5 @@ def serve(
             print(f"sdcli: serving AUTOMATIC1111's API on http://{shown}:{bound[1]} (docs: /docs)",
                   file=sys.stderr, flush=True)
 
-        run(sock, path, models_dir if models_dir.is_dir() else None, credentials, queue_size, precision, ready)
+        run(sock, path, models_dir if models_dir.is_dir() else None, credentials, queue_size, precision, ready,
+            networks)

@@ -256,13 +256,13 @@ def add_listing_routes(app: FastAPI, worker: Worker) -> None:
     async def loras():
         """The LoRA files `<lora:NAME:WEIGHT>` in a prompt can name."""
         return [{"name": name, "alias": name, "path": str(path), "metadata": {}}
-                for name, path in _network_files("lora")]
+                for name, path in _network_files("lora", getattr(worker, "networks", None))]
 
     @app.get("/sdapi/v1/embeddings", tags=["lists"])
     async def embeddings():
         """The textual-inversion embeddings a prompt can use by their file name."""
         found = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
-                        "vectors": None} for name, _ in _network_files("embeddings")}
+                        "vectors": None} for name, _ in _network_files("embeddings", getattr(worker, "networks", None))}
         return {"loaded": found, "skipped": {}}
 
 
@@ -270,10 +270,10 @@ async def _empty_list():
     return []
 
 
-def _network_files(kind: str) -> list[tuple[str, Path]]:
+def _network_files(kind: str, folders=None) -> list[tuple[str, Path]]:
     from sdcli.engine.networks import NetworkFolders
 
-    folders = NetworkFolders()
+    folders = folders or NetworkFolders()
     try:
         folder = folders.lora_folder() if kind == "lora" else folders.embeddings_folder()
     except UsageError:

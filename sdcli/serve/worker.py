@@ -130,15 +130,19 @@ class Worker:
     """The engine and the job queue (one thread)."""
 
     def __init__(self, registry: ModelRegistry, model: str | None, queue_size: int = 32,
-                 make_engine: Callable[[Path], object] | None = None, precision: str = "auto"):
+                 make_engine: Callable[[Path], object] | None = None, precision: str = "auto",
+                 networks=None):
+        """`networks`: where prompts' LoRAs and embeddings are found (an engine.networks.NetworkFolders;
+        None: the environment's, else A1111's folders)."""
         self.registry = registry
+        self.networks = networks
         self.selected = model  # the model requests use unless they override it (A1111's option)
         self.options = Options()
         self.precision = precision
         self.engine = None
         self.loaded: str | None = None
         self.state = State()
-        self._make_engine = make_engine or _default_engine(precision)
+        self._make_engine = make_engine or _default_engine(precision, networks)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sdcli-serve-worker", daemon=True)
@@ -359,12 +363,12 @@ class Worker:
         return Result(engine.decode(latents, request.vae), request.seed, width, height, scheduler)
 
 
-def _default_engine(precision: str):
+def _default_engine(precision: str, networks=None):
     def make(path: Path):
         from sdcli.engine.engine import Engine
 
         # generate's settings (OpenVINO's latency hint, no streams, the same precision), so
         # the same request gives the same pixels; the text encoder stays for the next prompt
-        return Engine(path, precision=precision)
+        return Engine(path, precision=precision, networks=networks)
 
     return make
