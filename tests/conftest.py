@@ -76,6 +76,15 @@ def inpaint_files(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(models_root):
+    """The tiny SDXL base (tests/models.build_tiny_sdxl, seed 0; tests/data/optimum-tiny-sdxl was
+    exported from the same weights)."""
+    from tests.models import build_tiny_sdxl
+
+    return build_tiny_sdxl(models_root)
+
+
+@pytest.fixture(scope="session")
 def init_image_file(tmp_path_factory) -> Path:
     """A smooth, deterministic 64x96 RGB picture (H=64, W=96) saved as PNG."""
     from sdcli.imaging.image_io import save_png

@@ -31,12 +31,12 @@ class TinyModel:
         return self._pipe
 
 
-class InpaintModel:
-    """A dedicated inpainting model (9-channel UNet): its components come from the folder's own
-    pipeline class."""
+class PipelineModel:
+    """A diffusers folder and sdcli's conversion of it, whose components come from the folder's
+    own pipeline class (loaded once), for any of diffusers' pipelines of that family."""
 
-    def __init__(self, diffusers_dir: Path, ov_dir: Path, name: str):
-        self.diffusers_dir, self.ov_dir, self.name = diffusers_dir, ov_dir, name
+    def __init__(self, diffusers_dir: Path, ov_dir: Path):
+        self.diffusers_dir, self.ov_dir = diffusers_dir, ov_dir
         self._components = None
 
     def components(self) -> dict:
@@ -47,6 +47,14 @@ class InpaintModel:
             pipe = DiffusionPipeline.from_pretrained(self.diffusers_dir, torch_dtype=torch.float32)
             self._components = dict(pipe.components)
         return self._components
+
+
+class InpaintModel(PipelineModel):
+    """A dedicated inpainting model (9-channel UNet)."""
+
+    def __init__(self, diffusers_dir: Path, ov_dir: Path, name: str):
+        super().__init__(diffusers_dir, ov_dir)
+        self.name = name
 
 
 def convert_fp32(src: Path, out: Path) -> Path:
@@ -113,24 +121,12 @@ def smooth_picture(width: int, height: int) -> np.ndarray:
     ).round().astype(np.uint8)
 
 
-class TinySDXL:
+class TinySDXL(PipelineModel):
     """A tiny random-weight SDXL pipeline (diffusers folder) and sdcli's conversion of it."""
 
     def __init__(self, diffusers_dir: Path, ov_dir: Path, prediction_type: str = "epsilon"):
-        self.diffusers_dir = diffusers_dir
-        self.ov_dir = ov_dir
+        super().__init__(diffusers_dir, ov_dir)
         self.prediction_type = prediction_type
-        self._components = None
-
-    def components(self) -> dict:
-        """The pipeline's components (loaded once), for any of diffusers' SDXL pipelines."""
-        if self._components is None:
-            import torch
-            from diffusers import DiffusionPipeline
-
-            pipe = DiffusionPipeline.from_pretrained(self.diffusers_dir, torch_dtype=torch.float32)
-            self._components = dict(pipe.components)
-        return self._components
 
 
 def build_tiny_sdxl(root: Path, name: str = "tiny-sdxl", prediction_type: str = "epsilon", seed: int = 0,

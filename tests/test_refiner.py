@@ -11,9 +11,9 @@ from tests.reference import NEGATIVE, PROMPT, SEED, compare, diffusers_scheduler
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_sdxl, tmp_path_factory):
     root = tmp_path_factory.mktemp("refiner-models")
-    return build_tiny_sdxl(root), build_tiny_sdxl(root, "tiny-sdxl-refiner", seed=4, refiner=True)
+    return tiny_sdxl, build_tiny_sdxl(root, "tiny-sdxl-refiner", seed=4, refiner=True)
 
 
 def diffusers_handoff(base, refiner, scheduler: str, steps: int, switch: float, width=64, height=64) -> np.ndarray:

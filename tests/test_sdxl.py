@@ -23,11 +23,6 @@ def sdxl_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl(sdxl_root):
-    return build_tiny_sdxl(sdxl_root)
-
-
-@pytest.fixture(scope="module")
 def tiny_sdxl_vpred(sdxl_root):
     """v-prediction trained with zero terminal SNR (trailing spacing), as the issue's NoobAI-style models."""
     config = dict(SDXL_SCHEDULER, rescale_betas_zero_snr=True, timestep_spacing="trailing")

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from sdcli.cli.app import app
 from sdcli.imaging.image_io import read_rgb
 from tests import reference
-from tests.models import build_tiny_sdxl
 from tests.reference import compare
 
 SQUARE = dict(width=64, height=64)
@@ -37,11 +36,6 @@ def run(*args):
 @pytest.fixture(scope="module")
 def sdxl_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sdxl-option-models")
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(sdxl_root):
-    return build_tiny_sdxl(sdxl_root)
 
 
 def diffusers_pixels(model, scheduler="euler", components=None, **arguments) -> np.ndarray:

@@ -268,12 +268,7 @@ def build_random_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir)
-    for f in tok_dir.iterdir():
-        f.unlink()
-    tok_dir.rmdir()
-    _hub_key_names(out_dir / "text_encoder")
-    return pipe
+    return _save(pipe, out_dir, tok_dir)
 
 
 def build_random_sdxl(
@@ -326,6 +321,11 @@ def build_random_sdxl(
         pipe = StableDiffusionXLInpaintPipeline(**parts)
     else:
         pipe = StableDiffusionXLPipeline(**parts)
+    return _save(pipe, out_dir, tok_dir)
+
+
+def _save(pipe, out_dir: Path, tok_dir: Path):
+    """Save `pipe` as a diffusers folder (the tokenizer's source files removed), as the Hub has them."""
     pipe.save_pretrained(out_dir)
     for f in tok_dir.iterdir():
         f.unlink()
