@@ -40,9 +40,11 @@ def layers(pipe, kinds: set[str]):
                 yield component, path, module
 
 
-def kohya_lora(pipe, kinds: set[str], seed: int, rank: int = 4, te: bool = True) -> dict:
-    """kohya's format: lora_unet_/lora_te_ + the path with '_', lora_down/lora_up, an alpha per
-    module (LoCon: the down matrix of a 3x3 convolution is 3x3, the up matrix 1x1)."""
+def kohya_lora(pipe, kinds: set[str], seed: int, rank: int = 4, te: bool = True, name=None,
+               alphas: dict | None = None) -> dict:
+    """kohya's format: lora_unet_/lora_te_ + the path with '_' (or `name(component, path)`),
+    lora_down/lora_up, an alpha per module, also put in `alphas` by (component, path) when given
+    (LoCon: the down matrix of a 3x3 convolution is 3x3, the up matrix 1x1)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -50,16 +52,19 @@ def kohya_lora(pipe, kinds: set[str], seed: int, rank: int = 4, te: bool = True)
     for component, path, module in layers(pipe, kinds):
         if component == "text_encoder" and not te:
             continue
-        key = ("lora_unet_" if component == "unet" else "lora_te_") + path.replace(".", "_")
+        key = name(component, path) if name else ("lora_unet_" if component == "unet" else "lora_te_") + path.replace(".", "_")
         if isinstance(module, torch.nn.Linear):
             down = torch.randn(rank, module.in_features, generator=g)
             up = torch.randn(module.out_features, rank, generator=g)
         else:
             down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=g)
             up = torch.randn(module.out_channels, rank, 1, 1, generator=g)
+        alpha = float(torch.randint(1, 2 * rank + 1, (1,), generator=g))
         sd[key + ".lora_down.weight"] = down * 0.25
         sd[key + ".lora_up.weight"] = up * 0.25
-        sd[key + ".alpha"] = torch.tensor(float(torch.randint(1, 2 * rank + 1, (1,), generator=g)))
+        sd[key + ".alpha"] = torch.tensor(alpha)
+        if alphas is not None:
+            alphas[(component, path)] = alpha
     return sd
 
 

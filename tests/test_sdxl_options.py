@@ -160,27 +160,15 @@ def kohya_sdxl_lora(pipe, kinds: set[str], seed: int, rank: int = 4) -> tuple[di
     """A kohya SDXL LoRA as kohya's sd-scripts write one: the UNet's layers under the LDM code's
     names (`lora_unet_input_blocks_4_1_...`), the text encoders' under lora_te1_/lora_te2_, an
     alpha per module; and {(component, module path): alpha}."""
-    import torch
-
-    from tests.lora_files import layers
+    from tests.lora_files import kohya_lora
     from tests.test_lora import ldm_name
 
-    g = torch.Generator().manual_seed(seed)
-    sd, alphas = {}, {}
-    for component, path, module in layers(pipe, kinds):
-        name = ldm_name(path, dict(pipe.unet.config)) if component == "unet" else path
-        key = KOHYA_PREFIX[component] + name.replace(".", "_")
-        if isinstance(module, torch.nn.Linear):
-            down = torch.randn(rank, module.in_features, generator=g)
-            up = torch.randn(module.out_features, rank, generator=g)
-        else:
-            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=g)
-            up = torch.randn(module.out_channels, rank, 1, 1, generator=g)
-        alpha = float(torch.randint(1, 2 * rank + 1, (1,), generator=g))
-        sd.update({f"{key}.lora_down.weight": down * 0.25, f"{key}.lora_up.weight": up * 0.25,
-                   f"{key}.alpha": torch.tensor(alpha)})
-        alphas[(component, path)] = alpha
-    return sd, alphas
+    def name(component: str, path: str) -> str:
+        return KOHYA_PREFIX[component] + (ldm_name(path, dict(pipe.unet.config)) if component == "unet"
+                                          else path).replace(".", "_")
+
+    alphas: dict = {}
+    return kohya_lora(pipe, kinds, seed, rank, name=name, alphas=alphas), alphas
 
 
 def diffusers_fused(model, loras: list[tuple[Path, object, dict | None]], pipe=None) -> object:
