@@ -124,6 +124,7 @@ def load_components(kind: str, path: Path, opts: ConvertOptions, lazy: bool = Fa
 
     from sdcli.model.config_checks import check_diffusers_folder
 
+    quiet_loading()
     # configs, tokenizers and weight files checked before torch builds anything from them
     index, scheduler_config, encoders = check_diffusers_folder(path, opts.allow_pickle)
     f32 = {"torch_dtype": torch.float32}
@@ -143,6 +144,16 @@ def load_components(kind: str, path: Path, opts: ConvertOptions, lazy: bool = Fa
     configs = {name: read_json(path / name / "config.json") for name in ("unet", "vae")}
     return Parts(unet, vae, loaded.get("text_encoder"), loaded.get("tokenizer"), scheduler_config, index,
                  loaded.get("text_encoder_2"), loaded.get("tokenizer_2"), loaders, configs)
+
+
+def quiet_loading() -> None:
+    """No progress bars from transformers and diffusers while components load (convert says
+    what it does itself, and --quiet means quiet); downloads keep huggingface_hub's."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
 
 
 def single_file_kind(path: Path) -> str:
@@ -167,6 +178,7 @@ def load_single_file(path: Path, opts: ConvertOptions) -> Parts:
     import diffusers
 
     kind = single_file_kind(path)
+    quiet_loading()
     pipeline_class = {"sd": diffusers.StableDiffusionPipeline, "sdxl": diffusers.StableDiffusionXLPipeline,
                       "sdxl-refiner": diffusers.StableDiffusionXLImg2ImgPipeline}[kind]
     # diffusers loads pickled checkpoints with torch.load(weights_only=True)

@@ -287,6 +287,21 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
                              f"{source} says {expected}: files from different models?")
 
 
+def check_safetensors(path: Path, component: str) -> None:
+    """A .safetensors file whose header covers the whole file (a cut-off or empty one fails
+    here, before any component is loaded: the components load one after another)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:  # the convert extra brings it; without it, loading says what is wrong
+        return
+    try:
+        with safe_open(str(path), framework="np"):
+            pass
+    except Exception as exc:  # SafetensorError and OSError alike
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"{component}: cannot load it: {path.name} is not a complete safetensors file ({first})") from None
+
+
 def check_diffusers_folder(root: Path, allow_pickle: bool = False) -> tuple[dict, dict, list[str]]:
     """A diffusers folder that `sdcli convert` reads: its configs (as above), a tokenizer and
     weights in each component.  Returns (model_index, scheduler config, the text encoders'
@@ -316,6 +331,8 @@ def check_diffusers_folder(root: Path, allow_pickle: bool = False) -> tuple[dict
     for component in ("unet", "vae", *encoders):
         files = [f.name for f in (root / component).iterdir() if f.is_file()]
         if any(f.endswith(".safetensors") for f in files):
+            for name in (f for f in files if f.endswith(".safetensors")):
+                check_safetensors(root / component / name, component)
             continue
         if not any(f.endswith(".bin") for f in files):
             raise UsageError(f"{root / component} has no weights (*.safetensors)")
