@@ -192,10 +192,11 @@ def factors(n: int) -> tuple[int, int]:
     return a, n // a
 
 
-def lycoris(pipe, kind: str, seed: int, rank: int = 4) -> tuple[dict, dict]:
+def lycoris(pipe, kind: str, seed: int, rank: int = 4, name=None) -> tuple[dict, dict]:
     """A LoHa or LoKr file's tensors, and ΔW (alpha/rank applied) per (component, module path),
     computed in torch from the LyCORIS definitions: LoHa (w1a @ w1b) * (w2a @ w2b); LoKr
-    kron(w1, w2) with a factor given as a product of two matrices where it is decomposed."""
+    kron(w1, w2) with a factor given as a product of two matrices where it is decomposed.
+    `name(component, path)`: a module's key (default: kohya's SD 1.x names)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -205,7 +206,8 @@ def lycoris(pipe, kind: str, seed: int, rank: int = 4) -> tuple[dict, dict]:
 
     sd, deltas = {}, {}
     for i, (component, path, module) in enumerate(layers(pipe, {"linear", "conv3x3"})):
-        key = ("lora_unet_" if component == "unet" else "lora_te_") + path.replace(".", "_")
+        key = name(component, path) if name else ("lora_unet_" if component == "unet" else "lora_te_") + \
+            path.replace(".", "_")
         w = module.weight
         out, cols = w.shape[0], w[0].numel()
         alpha = float(1 + i % (2 * rank))

@@ -538,3 +538,27 @@ def test_lora_fused_at_convert_time_matches_diffusers(tiny_sdxl, sdxl_root, tmp_
     theirs = pipe_pixels(diffusers_fused(tiny_sdxl, [(path, 0.6, None)]))
     ours = sdcli_pixels(folder, tmp_path / "out.png", **SQUARE)
     compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode="fused at convert", size="64x64")
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_lycoris_on_sdxl_matches_its_definition(tiny_sdxl, kind, tmp_path, parity_log):
+    """LyCORIS LoHa and LoKr on the UNet and both text encoders (lora_te1_/lora_te2_): diffusers
+    reads neither, so the reference adds the ΔW of the LyCORIS definitions (tests/test_lora.py)."""
+    import torch
+
+    from tests.lora_files import save
+    from tests.test_lora import lycoris
+
+    sd, deltas = lycoris(fresh_sdxl(tiny_sdxl), kind, seed=8,
+                         name=lambda component, path: KOHYA_PREFIX[component] + path.replace(".", "_"))
+    assert {component for component, _ in deltas} == {"unet", "text_encoder", "text_encoder_2"}
+    save(sd, tmp_path / "loras" / f"{kind}.safetensors")
+    pipe, weight = fresh_sdxl(tiny_sdxl), 0.6
+    with torch.no_grad():
+        for (component, path), delta in deltas.items():
+            getattr(pipe, component).get_submodule(path).weight += weight * delta
+    theirs = pipe_pixels(pipe)
+    ours = lora_pixels(tiny_sdxl.ov_dir, tmp_path, f"{reference.PROMPT} <lora:{kind}:{weight}>")
+    assert np.abs(ours - sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", **SQUARE)).max() > 20
+    compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode=f"{kind} (LyCORIS def.)",
+            size="64x64")
