@@ -531,3 +531,24 @@ def test_a_ray_worker_takes_the_folders_from_the_command_line(tiny_eps, tmp_path
     single = ours(tiny_eps.ov_dir, tmp_path, f"{PROMPT} <lora:a:0.8>")
     (tmp_path / "row.png").write_bytes(out.png)
     assert np.array_equal(read_rgb(tmp_path / "row.png").astype(np.int16), single)
+
+
+def test_memory_estimate_counts_the_float32_layers_a_lora_is_fused_into(tiny_eps, tmp_path):
+    from sdcli.engine import memory
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.networks import NetworkFolders
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.model.lora_names import ir_weights
+
+    save(kohya_lora(fresh_pipe(tiny_eps), {"linear"}, seed=2), tmp_path / "loras" / "m.safetensors")
+    engine = Engine(tiny_eps.ov_dir, precision="f32", networks=NetworkFolders(tmp_path / "loras"))
+    active = engine.networks.activate(GenerationRequest(prompt="a cat <lora:m:0.5>")).networks
+    fused = memory.fused_bytes(engine.folder, active)
+    counts = {name: n for name, n in ir_weights(engine.folder.ir("unet")).values()}
+    assert fused["unet"] == 4 * sum(counts[name] for name in active.patch("unet").deltas) > 0
+    assert fused["text_encoder"] > 0
+    plain = memory.estimate(engine.folder, 64, 64)
+    with_lora = memory.estimate(engine.folder, 64, 64, fused=fused)
+    assert with_lora.stages["denoising"] - plain.stages["denoising"] == fused["unet"]
+    assert with_lora.stages["encoding the prompt"] - plain.stages["encoding the prompt"] == fused["text_encoder"]
+    assert memory.fused_bytes(engine.folder, engine.networks.activate(GenerationRequest(prompt="a cat")).networks) == {}

@@ -118,10 +118,11 @@ class MemoryEstimate:
 
 def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: int = 2,
              init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full",
-             requests: int = 1) -> MemoryEstimate:
+             requests: int = 1, fused: dict[str, int] | None = None) -> MemoryEstimate:
     """The peak resident memory of generating `images` images of width x height with
     `folder` (a ModelFolder), see the module docstring; `requests` images in flight at once
-    (batch --parallel) each hold their own activations."""
+    (batch --parallel) each hold their own activations; `fused`: bytes of the float32 layers
+    LoRAs are fused into, by component (fused_bytes), held while that component compiles."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
     components = {**{name: name for name in folder.text_encoders}, "unet": "unet", "decoder": parts.decoder}
@@ -152,8 +153,25 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     }
     if init_image:
         stages["encoding the init image"] = unet + weights["encoder"] + vae_act
+    fused = fused or {}
+    stages["denoising"] += fused.get("unet", 0)
+    stages["encoding the prompt"] += sum(n for c, n in fused.items() if c != "unet")
     stage = max(stages, key=stages.get)
     return MemoryEstimate(BASE + stages[stage], stage, stages)
+
+
+def fused_bytes(folder, networks) -> dict[str, int]:
+    """{component: bytes} of the float32 weights a request's LoRAs are fused into (runtime/lora.py
+    builds W + ΔW in float32 for each layer a LoRA touches)."""
+    if networks is None or not getattr(networks, "patches", None):
+        return {}
+    from sdcli.model.lora_names import ir_weights
+
+    sizes = {}
+    for component, patch in networks.patches.items():
+        counts = {constant: count for constant, count in ir_weights(folder.ir(component)).values()}
+        sizes[component] = 4 * sum(counts.get(name, 0) for name in patch.deltas)
+    return sizes
 
 
 def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=None) -> int:
@@ -174,7 +192,7 @@ def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=Non
 
 def require(folder, width: int, height: int, *, device: str = "CPU", precision: str = "auto", core=None,
             guidance: bool = True, init_image: bool = False, images: int = 1, low_memory: bool = False,
-            vae: str = "full", requests: int = 1) -> MemoryEstimate | None:
+            vae: str = "full", requests: int = 1, fused: dict[str, int] | None = None) -> MemoryEstimate | None:
     """Raise UsageError when `width` x `height` would need more memory than is available.
     CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
     is free.  Returns the estimate (None when skipped)."""
@@ -185,7 +203,7 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
         return None
     est = estimate(folder, width, height, batch=2 if guidance else 1,
                    element_bytes=compute_element_bytes(device, precision, core), init_image=init_image,
-                   images=images, low_memory=low_memory, vae=vae, requests=requests)
+                   images=images, low_memory=low_memory, vae=vae, requests=requests, fused=fused)
     have += resident_bytes()
     if est.peak > have:
         hint = "" if low_memory or est.stage == "denoising" else ", or --low-memory"
@@ -203,4 +221,5 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
     return require(engine.folder, width, height, device=runtime.device, precision=runtime.precision,
                    core=runtime.core, guidance=engine.classifier_free_guidance(config.guidance_scale),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
-                   vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1))
+                   vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1),
+                   fused=fused_bytes(engine.folder, getattr(config, "networks", None)))
