@@ -135,20 +135,20 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
     with atomic_directory(output, replace=opts.force) as tmp:
         started = time.perf_counter()
         log("[1/6] tokenizer")
-        for name, _, tokenizer in parts.text_encoders():
+        for name, tokenizer in parts.text_encoders():
             export_tokenizer(tokenizer, tmp / name.replace("text_encoder", "tokenizer"))
         write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
-        seq, added = 77, added_conditioning(parts)
-        for name, text_encoder, tokenizer in parts.text_encoders():
-            log(f"[2/6] {name}")
-            seq = export_text_encoder(text_encoder, tokenizer, tmp, opts.weight_format, name, parts.is_sdxl)
-        parts.text_encoder = parts.text_encoder_2 = None
-        gc.collect()
-        log("[3/6] unet")
+        log("[2/6] unet")  # the largest first, into memory nothing else has used yet
         # a UNet to quantize is written in fp16 first and quantized at the end
-        export_unet(parts.load("unet"), seq, tmp, "fp16" if opts.quantize else opts.weight_format, added)
+        export_unet(parts.load("unet"), sequence_length(parts), tmp, "fp16" if opts.quantize else opts.weight_format,
+                    added_conditioning(parts))
         parts.unet = None
         gc.collect()
+        for name, tokenizer in parts.text_encoders():
+            log(f"[3/6] {name}")
+            export_text_encoder(parts.load(name), tokenizer, tmp, opts.weight_format, name, parts.is_sdxl)
+            setattr(parts, name, None)
+            gc.collect()
         export_vae(parts.load("vae"), tmp, opts.weight_format, log)
         parts.vae = None
         gc.collect()
@@ -166,6 +166,12 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
             hybrid_quantize_unet(tmp, opts.calibration_prompts, opts.calibration_samples, log)
     log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
     return output
+
+
+def sequence_length(parts) -> int:
+    """The text encoders' sequence length (their tokenizer's, 77 for CLIP)."""
+    tokenizer = parts.text_encoders()[0][1]
+    return tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
 
 
 def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str, name: str = "text_encoder",
@@ -198,7 +204,8 @@ def added_conditioning(parts) -> dict[str, int]:
     ucfg = parts.unet_config
     if ucfg.get("addition_embed_type") != "text_time":
         return {}
-    pooled = parts.text_encoder_2.config.projection_dim
+    config = parts.config_of("text_encoder_2")  # config.json, or the loaded model's config
+    pooled = config["projection_dim"] if isinstance(config, dict) else config.projection_dim
     total, per_id = ucfg.get("projection_class_embeddings_input_dim") or 0, ucfg.get("addition_time_embed_dim") or 1
     if total - pooled <= 0 or (total - pooled) % per_id:
         raise UsageError(f"unet/config.json: projection_class_embeddings_input_dim {total} does not fit "

@@ -42,34 +42,38 @@ class Parts:
     index: dict
     text_encoder_2: object | None = None
     tokenizer_2: object | None = None
-    # a folder's UNet and VAE are loaded when first asked for (load()), after the text
-    # encoders are written and freed: the peak is the largest component, not all of them
+    # a folder's components are loaded when first asked for (load()), each written and freed
+    # before the next loads: the peak is the largest component's, not all of them at once
     loaders: dict[str, Callable[[], object]] = field(default_factory=dict)
-    configs: dict[str, dict] = field(default_factory=dict)  # the UNet's and VAE's, for a lazy folder
+    configs: dict[str, dict] = field(default_factory=dict)  # each lazy component's config.json
 
     def load(self, name: str):
-        """Component `name` ("unet" or "vae"), loaded now if it was left for later."""
+        """Component `name` (unet, vae, text_encoder, text_encoder_2), loaded now if it was left for later."""
         if getattr(self, name) is None and name in self.loaders:
             setattr(self, name, self.loaders.pop(name)())
         return getattr(self, name)
 
     @property
     def unet_config(self):
-        return self.unet.config if self.unet is not None else self.configs["unet"]
+        return self.config_of("unet")
 
     @property
     def vae_config(self):
-        return self.vae.config if self.vae is not None else self.configs["vae"]
+        return self.config_of("vae")
 
     @property
     def is_sdxl(self) -> bool:
         return self.unet_config.get("addition_embed_type") == "text_time"
 
-    def text_encoders(self) -> list[tuple[str, object, object]]:
-        """(folder name, text encoder, its tokenizer) of each text encoder present."""
-        named = [("text_encoder", self.text_encoder, self.tokenizer), ("text_encoder_2", self.text_encoder_2,
-                                                                          self.tokenizer_2)]
-        return [(name, encoder, tokenizer) for name, encoder, tokenizer in named if encoder is not None]
+    def text_encoders(self) -> list[tuple[str, object]]:
+        """(folder name, tokenizer) of each text encoder present (Parts.load gives the encoder)."""
+        named = [("text_encoder", self.tokenizer), ("text_encoder_2", self.tokenizer_2)]
+        return [(name, tokenizer) for name, tokenizer in named
+                if getattr(self, name) is not None or name in self.loaders]
+
+    def config_of(self, name: str):
+        module = getattr(self, name)
+        return module.config if module is not None else self.configs[name]
 
 
 def default_output_name(source: str) -> str:
@@ -136,12 +140,15 @@ def load_components(kind: str, path: Path, opts: ConvertOptions, lazy: bool = Fa
     loaded: dict[str, object] = {}
     for name in encoders:
         model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        loaded[name] = load_or_fail(name, lambda: model_class.from_pretrained(path, subfolder=name, **f32))
+        loaders[name] = lambda name=name, model_class=model_class: load_or_fail(
+            name, lambda: model_class.from_pretrained(path, subfolder=name, **f32))
+        if not lazy:
+            loaded[name] = loaders.pop(name)()
         tokenizer = name.replace("text_encoder", "tokenizer")
         loaded[tokenizer] = load_or_fail(tokenizer, lambda: CLIPTokenizer.from_pretrained(path, subfolder=tokenizer))
     from sdcli.model.config_checks import read_json
 
-    configs = {name: read_json(path / name / "config.json") for name in ("unet", "vae")}
+    configs = {name: read_json(path / name / "config.json") for name in ("unet", "vae", *encoders)}
     return Parts(unet, vae, loaded.get("text_encoder"), loaded.get("tokenizer"), scheduler_config, index,
                  loaded.get("text_encoder_2"), loaded.get("tokenizer_2"), loaders, configs)
 
