@@ -261,3 +261,23 @@ def test_bacalhau_job_runs_sdcli_batch(tiny_eps, tmp_path):
     r = sdcli(*args, "--width", "64", "--height", "64")
     assert r.returncode == 0, r.stderr
     assert [p.name for p in (tmp_path / "outputs").glob("*.png")] == ["00000-a-lighthouse-1000.png"]
+
+
+def test_sdxl_rows_on_ray_workers_match_a_run_without_ray(ray_cluster, tiny_sdxl, tmp_path, capsys):
+    """An SDXL folder on Ray workers: the same PNGs (parameters, and pixels within 2 of 255 across
+    thread counts) as `sdcli batch` without Ray."""
+    rows = [{"prompt": "a red fox"}, {"prompt": "a blue bird", "seed": 3, "negative_prompt": "rain"}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = run_batch(options(tiny_sdxl, prompts, tmp_path / "ray", precision="f32"), runner=run_on_ray)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    ray_entries = assert_each_row_once(tmp_path / "ray", 2)
+    r = sdcli("batch", prompts, "-o", tmp_path / "here", *common(tiny_sdxl), "--seed", "10", "--quiet",
+              "--precision", "f32")
+    assert r.returncode == 0, r.stderr
+    assert comparable(ray_entries) == comparable(manifest(tmp_path / "here"))
+    for name in comparable(ray_entries):
+        assert read_png_text(tmp_path / "ray" / name) == read_png_text(tmp_path / "here" / name), name
+        ray_pixels, here_pixels = read_rgb(tmp_path / "ray" / name), read_rgb(tmp_path / "here" / name)
+        assert np.abs(ray_pixels.astype(int) - here_pixels).max() <= 2, name

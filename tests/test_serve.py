@@ -330,12 +330,19 @@ def test_lora_and_embeddings_folders_given_to_serve(models_dir, tiny_eps, tmp_pa
     loras.mkdir()
     embeddings.mkdir()
     save(kohya_lora(fresh_pipe(tiny_eps), {"linear"}, seed=1), loras / "served.safetensors")
+    from safetensors.numpy import save_file
+
+    save_file({"emb_params": np.ones((3, 32), np.float32)}, str(embeddings / "wide.safetensors"))
+    (embeddings / "broken.safetensors").write_bytes(b"not a safetensors file")
     worker = Worker(ModelRegistry(models_dir, models_dir / "tiny-a"), "tiny-a", queue_size=2,
                     networks=NetworkFolders(loras, embeddings))
     worker.start()
     try:
         client = TestClient(create_app(worker))
         assert [entry["name"] for entry in client.get("/sdapi/v1/loras").json()] == ["served"]
+        listed = client.get("/sdapi/v1/embeddings").json()
+        assert listed["loaded"]["wide"]["shape"] == 32 and listed["loaded"]["wide"]["vectors"] == 3
+        assert list(listed["skipped"]) == ["broken"]
         r = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat <lora:served:0.7>", "seed": 4, **SMALL})
         assert r.status_code == 200, r.text
         assert "Lora hashes" in json.loads(r.json()["info"])["infotexts"][0]

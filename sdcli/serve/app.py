@@ -260,14 +260,31 @@ def add_listing_routes(app: FastAPI, worker: Worker) -> None:
 
     @app.get("/sdapi/v1/embeddings", tags=["lists"])
     async def embeddings():
-        """The textual-inversion embeddings a prompt can use by their file name."""
-        found = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
-                        "vectors": None} for name, _ in _network_files("embeddings", getattr(worker, "networks", None))}
-        return {"loaded": found, "skipped": {}}
+        """The textual-inversion embeddings a prompt can use by their file name, with their vector
+        width (`shape`) and count as A1111 lists them; files that cannot be read are `skipped`."""
+        folders = getattr(worker, "networks", None)
+        loaded, skipped = {}, {}
+        for name, path in _network_files("embeddings", folders):
+            entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None}
+            try:
+                entry.update(embedding_shape(path, bool(folders and folders.allow_pickle)))
+                loaded[name] = entry
+            except UsageError:
+                skipped[name] = entry
+        return {"loaded": loaded, "skipped": skipped}
 
 
 async def _empty_list():
     return []
+
+
+def embedding_shape(path: Path, allow_pickle: bool) -> dict:
+    """{"shape": vector width, "vectors": count} of an embedding file (SDXL's: its clip_l part's
+    width and the count of its vectors); UsageError for a file that cannot be read."""
+    from sdcli.model.embedding_file import read_embedding
+
+    first = next(iter(read_embedding(path, allow_pickle).vectors.values()))
+    return {"shape": int(first.shape[-1]), "vectors": int(first.shape[0])}
 
 
 def _network_files(kind: str, folders=None) -> list[tuple[str, Path]]:
