@@ -562,3 +562,22 @@ def test_lycoris_on_sdxl_matches_its_definition(tiny_sdxl, kind, tmp_path, parit
     assert np.abs(ours - sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "plain.png", **SQUARE)).max() > 20
     compare(ours, theirs, parity_log, model="sdxl lora", scheduler="euler", mode=f"{kind} (LyCORIS def.)",
             size="64x64")
+
+
+def test_hybrid_quantized_sdxl_runs_close_to_the_fp32_folder(tiny_sdxl, sdxl_root, tmp_path):
+    """`convert --quantize hybrid` on SDXL: calibrated on the freshly converted SDXL folder (both
+    text encoders, text_embeds and time_ids in the calibration runs), the UNet's convolutions and
+    attention MatMuls quantized; the picture stays near the fp32 folder's."""
+    out = sdxl_root / "tiny-sdxl-hybrid"
+    r = run("convert", tiny_sdxl.diffusers_dir, "--output", out, "--weight-format", "int8", "--quantize", "hybrid",
+            "--calibration-samples", "8", "--quiet")
+    assert r.exit_code == 0, r.output
+    import openvino as ov
+
+    unet = ov.Core().read_model(out / "unet" / "openvino_model.xml")
+    assert any(op.get_type_name() == "FakeQuantize" for op in unet.get_ops())  # activations quantized too
+    hybrid = sdcli_pixels(out, tmp_path / "hybrid.png", **SQUARE)
+    fp32 = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "fp32.png", **SQUARE)
+    diff = np.abs(hybrid - fp32)
+    print(f"hybrid against fp32 folder: max {diff.max()}, mean {diff.mean():.2f}")
+    assert 0 < diff.max() < 120 and diff.mean() < 15
