@@ -193,3 +193,27 @@ def test_vae_that_overflows_float16_is_compiled_at_f32(tiny_sdxl):
     unet = UNet(half, folder, shapes)
     # the UNet keeps what f16 gives on this CPU (f16 where it has it; OpenVINO falls back otherwise)
     assert precision_name(unet.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f16", "bf16", "f32")
+
+
+def test_long_prompts_are_chunked_on_both_encoders(tiny_sdxl):
+    """A prompt longer than 75 tokens becomes 77-token chunks on each encoder, side by side, the
+    negative prompt padded to as many; the pooled embedding is the prompt's first chunk's (A1111's
+    rule), and emphasis weighs both encoders' tokens."""
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+
+    engine = Engine(tiny_sdxl.ov_dir, precision="f32", cache_dir=None)
+    long_prompt = GenerationRequest(prompt=" ".join(["red fox"] * 40), negative_prompt="rain", width=64, height=64)
+    chunks, _ = engine.family.prompt_chunks(long_prompt, True, "text_encoder_2")
+    assert len(chunks[1]) >= 2 and len(chunks[0]) == len(chunks[1])  # the negative padded to as many chunks
+    conditioning, _, _ = engine.encode_prompt(long_prompt, True)
+    assert conditioning.hidden_states.shape == (2, 77 * len(chunks[1]), 64)
+    encoder = engine.components.text_encoder(77, 1, "text_encoder_2")
+    encoder(np.asarray([chunks[1][0].ids], dtype=np.int64))
+    assert np.allclose(conditioning.unet_inputs["text_embeds"][1], encoder.pooled()[0], atol=1e-5)
+    short = long_prompt.replace(prompt="red fox")
+    weighted, _, _ = engine.encode_prompt(short.replace(prompt="(red:1.5) fox"), True)
+    plain, _, _ = engine.encode_prompt(short, True)
+    changed = np.abs(weighted.hidden_states[1] - plain.hidden_states[1]).max(axis=0)
+    assert changed[:32].max() > 1e-3 and changed[32:].max() > 1e-3  # both encoders' halves weighted
+    assert engine.generate(long_prompt.replace(steps=2, seed=1)).image.shape == (64, 64, 3)
