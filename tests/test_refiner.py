@@ -59,3 +59,21 @@ def test_refiner_errors_are_one_line(models, tmp_path):
         result = CliRunner().invoke(app, generate_args(base.ov_dir, tmp_path / "x.png", *extra, steps=4))
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_memory_estimate_counts_the_refiner_s_unet(models):
+    from sdcli.engine import memory
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+
+    base, refiner = models
+    alone = Engine(base.ov_dir, precision="f32")
+    both = Engine(base.ov_dir, precision="f32", refiner=refiner.ov_dir)
+    request = GenerationRequest(prompt="x", width=64, height=64)
+    extra = memory.refiner_unet_bytes(both)
+    assert extra > memory.COMPONENT and memory.refiner_unet_bytes(alone) == 0
+    folder_only = memory.estimate(both.folder, 64, 64)
+    with_refiner = memory.estimate(both.folder, 64, 64, fused=memory.fused_bytes(both.folder, None, extra))
+    assert with_refiner.stages["denoising"] - folder_only.stages["denoising"] == extra
+    assert both.check_fits(request) is None or both.check_fits(request).stages["denoising"] > \
+        alone.check_fits(request).stages["denoising"]

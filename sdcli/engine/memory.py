@@ -160,17 +160,28 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     return MemoryEstimate(BASE + stages[stage], stage, stages)
 
 
-def fused_bytes(folder, networks) -> dict[str, int]:
+def refiner_unet_bytes(engine) -> int:
+    """The weights of an SDXL refiner's UNet, loaded (preloaded) while the base model's runs."""
+    refiner = getattr(engine, "refiner", None)
+    if refiner is None:
+        return 0
+    element = compute_element_bytes(refiner.runtime.device, refiner.runtime.precision, refiner.runtime.core)
+    return int(WEIGHT_FACTOR * ir_parameters(refiner.folder.ir("unet")) * element) + COMPONENT
+
+
+def fused_bytes(folder, networks, more_unet: int = 0) -> dict[str, int]:
     """{component: bytes} of the float32 weights a request's LoRAs are fused into (runtime/lora.py
-    builds W + ΔW in float32 for each layer a LoRA touches)."""
+    builds W + ΔW in float32 for each layer a LoRA touches), plus `more_unet` bytes held beside
+    the UNet (a refiner's)."""
     if networks is None or not getattr(networks, "patches", None):
-        return {}
+        return {"unet": more_unet} if more_unet else {}
     from sdcli.model.lora_names import ir_weights
 
     sizes = {}
     for component, patch in networks.patches.items():
         counts = {constant: count for constant, count in ir_weights(folder.ir(component)).values()}
         sizes[component] = 4 * sum(counts.get(name, 0) for name in patch.deltas)
+    sizes["unet"] = sizes.get("unet", 0) + more_unet
     return sizes
 
 
@@ -222,4 +233,4 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
                    core=runtime.core, guidance=engine.classifier_free_guidance(config.guidance_scale),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
                    vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1),
-                   fused=fused_bytes(engine.folder, getattr(config, "networks", None)))
+                   fused=fused_bytes(engine.folder, getattr(config, "networks", None), refiner_unet_bytes(engine)))
