@@ -548,7 +548,7 @@ def test_memory_estimate_counts_the_float32_layers_a_lora_is_fused_into(tiny_eps
     assert fused["unet"] == 4 * sum(counts[name] for name in active.patch("unet").deltas) > 0
     assert fused["text_encoder"] > 0
     plain = memory.estimate(engine.folder, 64, 64)
-    with_lora = memory.estimate(engine.folder, 64, 64, fused=fused)
+    with_lora = memory.estimate(engine.folder, 64, 64, held=fused)
     assert with_lora.stages["denoising"] - plain.stages["denoising"] == fused["unet"]
     assert with_lora.stages["encoding the prompt"] - plain.stages["encoding the prompt"] == fused["text_encoder"]
     assert memory.fused_bytes(engine.folder, engine.networks.activate(GenerationRequest(prompt="a cat")).networks) == {}

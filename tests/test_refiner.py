@@ -73,7 +73,7 @@ def test_memory_estimate_counts_the_refiner_s_unet(models):
     extra = memory.refiner_unet_bytes(both)
     assert extra > memory.COMPONENT and memory.refiner_unet_bytes(alone) == 0
     folder_only = memory.estimate(both.folder, 64, 64)
-    with_refiner = memory.estimate(both.folder, 64, 64, fused=memory.fused_bytes(both.folder, None, extra))
+    with_refiner = memory.estimate(both.folder, 64, 64, held=memory.held_bytes(both, request))
     assert with_refiner.stages["denoising"] - folder_only.stages["denoising"] == extra
     assert both.check_fits(request) is None or both.check_fits(request).stages["denoising"] > \
         alone.check_fits(request).stages["denoising"]

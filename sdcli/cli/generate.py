@@ -14,7 +14,7 @@ import typer
 
 from sdcli.cli.app import (app, finite, list_schedulers, option_given, positive_multiple_of_8, process_age,
                            scheduler_name, user_errors, warn)
-from sdcli.engine.request import GUIDANCE_MAX
+from sdcli.engine.request import AESTHETIC_SCORE, GUIDANCE_MAX, NEGATIVE_AESTHETIC_SCORE
 from sdcli.util.errors import UsageError
 
 # generate's options that a PNG's parameters can give (the flags given on the command line win)
@@ -57,8 +57,8 @@ def generate(
     original_size: Optional[str] = typer.Option(None, "--original-size", callback=lambda v: pair(v, "x", "--original-size", 1), help="SDXL: the original size it is conditioned on, WxH [default: the image size]."),
     crop_coords: Optional[str] = typer.Option(None, "--crop-coords", callback=lambda v: pair(v, ",", "--crop-coords", 0), help="SDXL: the crop's top-left corner it is conditioned on, X,Y [default: 0,0]."),
     target_size: Optional[str] = typer.Option(None, "--target-size", callback=lambda v: pair(v, "x", "--target-size", 1), help="SDXL: the target size it is conditioned on, WxH [default: the image size]."),
-    aesthetic_score: float = typer.Option(6.0, "--aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the aesthetic score it is conditioned on."),
-    negative_aesthetic_score: float = typer.Option(2.5, "--negative-aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the negative rows' aesthetic score."),
+    aesthetic_score: float = typer.Option(AESTHETIC_SCORE, "--aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the aesthetic score it is conditioned on."),
+    negative_aesthetic_score: float = typer.Option(NEGATIVE_AESTHETIC_SCORE, "--negative-aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the negative rows' aesthetic score."),
     refiner: Optional[Path] = typer.Option(None, "--refiner", help="SDXL: a refiner's converted folder, which takes over at --refiner-switch and decodes (diffusers' denoising_end/denoising_start)."),
     refiner_switch: float = typer.Option(0.8, "--refiner-switch", min=0.0, max=1.0, callback=finite, help="SDXL with --refiner: the fraction of the schedule the base model runs (A1111's \"Refiner switch at\")."),
     vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail)."),

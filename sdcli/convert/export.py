@@ -140,7 +140,8 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
         write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
         log("[2/6] unet")  # the largest first, into memory nothing else has used yet
         # a UNet to quantize is written in fp16 first and quantized at the end
-        export_unet(parts.load("unet"), sequence_length(parts), tmp, "fp16" if opts.quantize else opts.weight_format,
+        seq = token_length(parts.text_encoders()[0][1])
+        export_unet(parts.load("unet"), seq, tmp, "fp16" if opts.quantize else opts.weight_format,
                     added_conditioning(parts))
         parts.unet = None
         gc.collect()
@@ -168,21 +169,21 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
     return output
 
 
-def sequence_length(parts) -> int:
-    """The text encoders' sequence length (their tokenizer's, 77 for CLIP)."""
-    tokenizer = parts.text_encoders()[0][1]
+def token_length(tokenizer) -> int:
+    """A text encoder's sequence length: its tokenizer's (77 for CLIP; a tokenizer that sets
+    none gives a huge model_max_length)."""
     return tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
 
 
 def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str, name: str = "text_encoder",
-                        hidden_states: bool = False) -> int:
+                        hidden_states: bool = False) -> None:
     """Write text encoder `name`/, with every layer's hidden states as outputs when
-    `hidden_states` (SDXL's); returns its sequence length."""
+    `hidden_states` (SDXL's)."""
     import torch
     from openvino import PartialShape, Type
 
     TextEncoder = _wrappers()[0]
-    seq = tokenizer.model_max_length if tokenizer.model_max_length < 10_000 else 77
+    seq = token_length(tokenizer)
     projection = hasattr(text_encoder, "text_projection")
     outputs = ["text_embeds", "last_hidden_state"] if projection else ["last_hidden_state", "pooler_output"]
     if hidden_states:
@@ -195,7 +196,6 @@ def export_text_encoder(text_encoder, tokenizer, out: Path, weight_format: str, 
     )
     save_ir(model, out / name, weight_format)
     write_json(out / name / "config.json", text_encoder.config.to_dict())
-    return seq
 
 
 def added_conditioning(parts) -> dict[str, int]:

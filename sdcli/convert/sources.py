@@ -119,38 +119,32 @@ def download_repo(repo_id: str) -> Path:
 
 
 def load_components(kind: str, path: Path, opts: ConvertOptions, lazy: bool = False) -> Parts:
-    """The pipeline's components; `lazy` (a folder only): the UNet and VAE when Parts.load asks."""
+    """The pipeline's components; `lazy` (a folder only): each model when Parts.load asks for it."""
     if kind == "single_file":
         return load_single_file(path, opts)
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdcli.model.config_checks import check_diffusers_folder
+    from sdcli.model.config_checks import check_diffusers_folder, read_json
 
     quiet_loading()
     # configs, tokenizers and weight files checked before torch builds anything from them
     index, scheduler_config, encoders = check_diffusers_folder(path, opts.allow_pickle)
-    f32 = {"torch_dtype": torch.float32}
-    loaders = {"unet": lambda: load_or_fail("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet",
-                                                                                               **f32)),
-               "vae": lambda: load_or_fail("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **f32))}
-    unet = None if lazy else loaders.pop("unet")()
-    vae = None if lazy else loaders.pop("vae")()
-    loaded: dict[str, object] = {}
-    for name in encoders:
-        model_class = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        loaders[name] = lambda name=name, model_class=model_class: load_or_fail(
-            name, lambda: model_class.from_pretrained(path, subfolder=name, **f32))
-        if not lazy:
-            loaded[name] = loaders.pop(name)()
-        tokenizer = name.replace("text_encoder", "tokenizer")
-        loaded[tokenizer] = load_or_fail(tokenizer, lambda: CLIPTokenizer.from_pretrained(path, subfolder=tokenizer))
-    from sdcli.model.config_checks import read_json
-
-    configs = {name: read_json(path / name / "config.json") for name in ("unet", "vae", *encoders)}
-    return Parts(unet, vae, loaded.get("text_encoder"), loaded.get("tokenizer"), scheduler_config, index,
-                 loaded.get("text_encoder_2"), loaded.get("tokenizer_2"), loaders, configs)
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+               "text_encoder_2": CLIPTextModelWithProjection}
+    names = ["unet", "vae", *encoders]
+    loaders = {name: lambda name=name: load_or_fail(name, lambda: classes[name].from_pretrained(
+        path, subfolder=name, torch_dtype=torch.float32)) for name in names}
+    tokenizers = {}
+    for name in (encoder.replace("text_encoder", "tokenizer") for encoder in encoders):
+        tokenizers[name] = load_or_fail(name, lambda: CLIPTokenizer.from_pretrained(path, subfolder=name))
+    configs = {name: read_json(path / name / "config.json") for name in names}
+    parts = Parts(None, None, None, tokenizers.get("tokenizer"), scheduler_config, index, None,
+                  tokenizers.get("tokenizer_2"), loaders, configs)
+    for name in names if not lazy else ():
+        parts.load(name)
+    return parts
 
 
 def quiet_loading() -> None:

@@ -52,6 +52,21 @@ class Result:
     ti_hashes: list[tuple[str, str]] = field(default_factory=list)  # embeddings used: (name, short hash)
 
 
+def run_steps(unet, latents: np.ndarray, timesteps: list, scheduler, conditioning: Conditioning,
+              request: GenerationRequest, rng, inpaint, clock: dict, on_step, step_times: list,
+              done: int = 0) -> np.ndarray:
+    """Stage 3's loop: the latents after the last of `timesteps`, each step's seconds appended
+    to `step_times` and reported to `on_step` (numbered on from `done`: a refiner's steps follow
+    the base's)."""
+    total = done + len(timesteps)
+    for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
+                                 inpaint, clock, request.guidance_rescale):
+        step_times.append(info.seconds)
+        if on_step:
+            on_step(dataclasses.replace(info, index=info.index + done, total=total) if done else info)
+    return latents
+
+
 class Engine:
     """Compiles a converted model for one device and generates images with it."""
 
@@ -223,13 +238,8 @@ class Engine:
         self.family.set_timesteps(request, scheduler)
         timesteps = from_switch(scheduler, request.refiner_switch)
         unet = self.denoising_unet(conditioning, latents.shape[2:])
-        total = done + len(timesteps)
-        for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
-                                     None, clock, request.guidance_rescale):
-            step_times.append(info.seconds)
-            if on_step:
-                on_step(dataclasses.replace(info, index=info.index + done, total=total))
-        return latents
+        return run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, None, clock, on_step,
+                         step_times, done)
 
     # -- all four --------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, on_step: Callable[[StepInfo], None] | None = None, *,
@@ -270,12 +280,9 @@ class Engine:
         unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache, active.patch("unet"))  # 3. denoise
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
-        step_times = []
-        for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
-                                     inpaint, clock, request.guidance_rescale):
-            step_times.append(info.seconds)
-            if on_step:
-                on_step(info)
+        step_times: list[float] = []
+        latents = run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, inpaint, clock, on_step,
+                            step_times)
         if release_unet or self.low_memory:
             self.components.release("unet")
         if self.refiner is not None:  # the refiner's part of the schedule

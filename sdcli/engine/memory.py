@@ -116,21 +116,25 @@ class MemoryEstimate:
     stages: dict[str, int]
 
 
+def component_bytes(xml: Path, element_bytes: int) -> int:
+    """A compiled component's memory: its weights at `element_bytes` per value, as OpenVINO holds them."""
+    return int(WEIGHT_FACTOR * ir_parameters(xml) * element_bytes) + COMPONENT
+
+
 def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: int = 2,
              init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full",
-             requests: int = 1, fused: dict[str, int] | None = None) -> MemoryEstimate:
+             requests: int = 1, held: dict[str, int] | None = None) -> MemoryEstimate:
     """The peak resident memory of generating `images` images of width x height with
     `folder` (a ModelFolder), see the module docstring; `requests` images in flight at once
-    (batch --parallel) each hold their own activations; `fused`: bytes of the float32 layers
-    LoRAs are fused into, by component (fused_bytes), held while that component compiles."""
+    (batch --parallel) each hold their own activations; `held`: bytes held beside a component
+    while its stage runs, by component (see held_bytes)."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
     components = {**{name: name for name in folder.text_encoders}, "unet": "unet", "decoder": parts.decoder}
     if init_image:
         components["encoder"] = parts.encoder
     try:
-        weights = {key: int(WEIGHT_FACTOR * ir_parameters(folder.ir(name)) * element_bytes) + COMPONENT
-                   for key, name in components.items()}
+        weights = {key: component_bytes(folder.ir(name), element_bytes) for key, name in components.items()}
     except FileNotFoundError as exc:
         from sdcli.util.errors import UsageError
 
@@ -153,9 +157,9 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     }
     if init_image:
         stages["encoding the init image"] = unet + weights["encoder"] + vae_act
-    fused = fused or {}
-    stages["denoising"] += fused.get("unet", 0)
-    stages["encoding the prompt"] += sum(n for c, n in fused.items() if c != "unet")
+    held = held or {}
+    stages["denoising"] += held.get("unet", 0)
+    stages["encoding the prompt"] += sum(n for c, n in held.items() if c != "unet")
     stage = max(stages, key=stages.get)
     return MemoryEstimate(BASE + stages[stage], stage, stages)
 
@@ -166,44 +170,47 @@ def refiner_unet_bytes(engine) -> int:
     if refiner is None:
         return 0
     element = compute_element_bytes(refiner.runtime.device, refiner.runtime.precision, refiner.runtime.core)
-    return int(WEIGHT_FACTOR * ir_parameters(refiner.folder.ir("unet")) * element) + COMPONENT
+    return component_bytes(refiner.folder.ir("unet"), element)
 
 
-def fused_bytes(folder, networks, more_unet: int = 0) -> dict[str, int]:
+def fused_bytes(folder, networks) -> dict[str, int]:
     """{component: bytes} of the float32 weights a request's LoRAs are fused into (runtime/lora.py
-    builds W + ΔW in float32 for each layer a LoRA touches), plus `more_unet` bytes held beside
-    the UNet (a refiner's)."""
+    builds W + ΔW in float32 for each layer a LoRA touches)."""
     if networks is None or not getattr(networks, "patches", None):
-        return {"unet": more_unet} if more_unet else {}
+        return {}
     from sdcli.model.lora_names import ir_weights
 
     sizes = {}
     for component, patch in networks.patches.items():
         counts = {constant: count for constant, count in ir_weights(folder.ir(component)).values()}
         sizes[component] = 4 * sum(counts.get(name, 0) for name in patch.deltas)
-    sizes["unet"] = sizes.get("unet", 0) + more_unet
     return sizes
+
+
+def held_bytes(engine, request) -> dict[str, int]:
+    """{component: bytes} held beside a component while its stage runs: the layers the request's
+    LoRAs are fused into, and beside the UNet a refiner's UNet."""
+    held = fused_bytes(engine.folder, getattr(request, "networks", None))
+    refiner = refiner_unet_bytes(engine)
+    if refiner:
+        held["unet"] = held.get("unet", 0) + refiner
+    return held
 
 
 def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=None) -> int:
     """Bytes per value at the precision OpenVINO will compute in (`auto`: the device's default)."""
-    if precision == "auto":
-        try:
-            if core is None:
-                import openvino as ov
+    from sdcli.runtime.core import effective_precision
 
-                core = ov.Core()
-            from sdcli.runtime.core import precision_name
+    if core is None and precision == "auto":
+        import openvino as ov
 
-            precision = precision_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
-        except RuntimeError:
-            precision = "f32"
-    return 4 if precision in ("f32", "float32") else 2
+        core = ov.Core()
+    return 4 if effective_precision(core, device, precision) in ("f32", "float32") else 2
 
 
 def require(folder, width: int, height: int, *, device: str = "CPU", precision: str = "auto", core=None,
             guidance: bool = True, init_image: bool = False, images: int = 1, low_memory: bool = False,
-            vae: str = "full", requests: int = 1, fused: dict[str, int] | None = None) -> MemoryEstimate | None:
+            vae: str = "full", requests: int = 1, held: dict[str, int] | None = None) -> MemoryEstimate | None:
     """Raise UsageError when `width` x `height` would need more memory than is available.
     CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
     is free.  Returns the estimate (None when skipped)."""
@@ -214,7 +221,7 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
         return None
     est = estimate(folder, width, height, batch=2 if guidance else 1,
                    element_bytes=compute_element_bytes(device, precision, core), init_image=init_image,
-                   images=images, low_memory=low_memory, vae=vae, requests=requests, fused=fused)
+                   images=images, low_memory=low_memory, vae=vae, requests=requests, held=held)
     have += resident_bytes()
     if est.peak > have:
         hint = "" if low_memory or est.stage == "denoising" else ", or --low-memory"
@@ -233,4 +240,4 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
                    core=runtime.core, guidance=engine.classifier_free_guidance(config.guidance_scale),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
                    vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1),
-                   fused=fused_bytes(engine.folder, getattr(config, "networks", None), refiner_unet_bytes(engine)))
+                   held=held_bytes(engine, config))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sdcli import __version__
 from sdcli.imaging.image_io import read_png_text
+from sdcli.engine.request import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
 from sdcli.imaging.params import format_parameters, parse_parameters
 from sdcli.schedulers import resolve_scheduler_name
 from sdcli.schedulers.a1111 import A1111Unsupported, a1111_sampler, from_a1111, schedule_type
@@ -86,9 +87,9 @@ def micro_conditioning_fields(request) -> dict:
 
     return {"Original size": pair(request.original_size, "x"), "Crop coords": pair(request.crop_coords, ","),
             "Target size": pair(request.target_size, "x"),
-            "Aesthetic score": f"{request.aesthetic_score:g}" if request.aesthetic_score != 6.0 else None,
+            "Aesthetic score": f"{request.aesthetic_score:g}" if request.aesthetic_score != AESTHETIC_SCORE else None,
             "Negative aesthetic score": f"{request.negative_aesthetic_score:g}"
-            if request.negative_aesthetic_score != 2.5 else None}
+            if request.negative_aesthetic_score != NEGATIVE_AESTHETIC_SCORE else None}
 
 
 def format_hashes(pairs) -> str | None:

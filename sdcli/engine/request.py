@@ -22,6 +22,8 @@ STEPS_MAX = 1000
 SEED_MAX = 2**64 - 1
 DEFAULT_STEPS = 20  # generate's --steps and --guidance-scale where neither the model nor a flag gives one
 DEFAULT_GUIDANCE = 7.5
+AESTHETIC_SCORE = 6.0  # an SDXL refiner's scores for the prompt's and the negative prompt's rows (diffusers')
+NEGATIVE_AESTHETIC_SCORE = 2.5
 
 Image = np.ndarray | Path  # an array, or a file read by with_images_read()
 
@@ -74,8 +76,8 @@ class GenerationRequest:
     original_size: tuple[int, int] | None = None  # (width, height)
     crop_coords: tuple[int, int] | None = None  # (x, y) of the crop's top-left corner
     target_size: tuple[int, int] | None = None  # (width, height)
-    aesthetic_score: float = 6.0
-    negative_aesthetic_score: float = 2.5
+    aesthetic_score: float = AESTHETIC_SCORE
+    negative_aesthetic_score: float = NEGATIVE_AESTHETIC_SCORE
     refiner_switch: float = 0.8  # with a refiner (Engine(refiner=...)): the fraction of the schedule the base runs
     # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
     # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.

@@ -256,10 +256,11 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
         check_vae(encoder_vae, "vae_encoder/config.json")
     sdxl = unet.get("addition_embed_type") == "text_time"
     encoders = ("text_encoder", "text_encoder_2") if sdxl else ("text_encoder",)
-    configs = {name: read_json(root / name / "config.json", required=False) for name in encoders}
+    configs = {name: read_json(root / name / "config.json", required=False) for name in encoders
+               if (root / name).is_dir()}
     widths = [check_text_encoder(cfg, f"{name}/config.json") for name, cfg in configs.items() if cfg is not None]
-    # SDXL's UNet attends to both encoders' hidden states side by side
-    hidden = sum(widths) if widths and (not sdxl or all(configs.values()) or configs["text_encoder"] is None) else None
+    # SDXL's UNet attends to both encoders' hidden states side by side (its refiner's: the second's)
+    hidden = sum(widths) if widths and len(widths) == len(configs) else None
     index = read_json(root / "model_index.json", required=False)
     if index is not None:
         check_model_index(index)
@@ -308,8 +309,9 @@ def check_diffusers_folder(root: Path, allow_pickle: bool = False) -> tuple[dict
     folder names: text_encoder, and SDXL's text_encoder_2; an SDXL refiner has only the second)."""
     index = read_json(root / "model_index.json")
     check_model_index(index)
+    # the text encoders present: a folder model_index.json does not list as [null, null]
     encoders = [name for name in ("text_encoder", "text_encoder_2")
-                if (root / name).is_dir() and isinstance(index.get(name, [None]), list) and index.get(name, [1])[0]]
+                if (root / name).is_dir() and index.get(name, [name]) != [None, None]]
     for sub in ("unet", "vae", "scheduler", *encoders, *[e.replace("text_encoder", "tokenizer") for e in encoders]):
         if not (root / sub).is_dir():
             raise UsageError(f"{root} has no {sub}/ folder")

@@ -49,6 +49,17 @@ def precision_name(value) -> str:
     return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name, name)
 
 
+def effective_precision(core, device: str, precision: str) -> str:
+    """The precision OpenVINO computes in: `precision`, or for "auto" the device's default
+    (f32 where the device does not say)."""
+    if precision != "auto":
+        return precision
+    try:
+        return precision_name(core.get_property(device, "INFERENCE_PRECISION_HINT"))
+    except RuntimeError:
+        return "f32"
+
+
 def openvino_reason(exc: BaseException, limit: int = 300) -> str:
     """The line of an OpenVINO error that says what is wrong: its last one (the lines before
     it name C++ source files and checks)."""
@@ -158,12 +169,7 @@ class Runtime:
 
     def computes_in_f16(self) -> bool:
         """Whether compiled models compute in float16 (asked for, or the device's default)."""
-        if self.precision != "auto":
-            return self.precision == "f16"
-        try:
-            return precision_name(self.core.get_property(self.device, "INFERENCE_PRECISION_HINT")) == "f16"
-        except RuntimeError:
-            return False
+        return effective_precision(self.core, self.device, self.precision) == "f16"
 
     def read(self, xml: Path, component: str):
         """Read an IR whose weights stay mapped from the file (see MappedFile)."""

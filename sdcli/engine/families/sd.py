@@ -17,20 +17,27 @@ from sdcli.schedulers import create_scheduler, name_for_diffusers_class, pipelin
 from sdcli.util.errors import UsageError
 
 
+ENCODER_INDEX = {"text_encoder": 0, "text_encoder_2": 1}  # which vectors of an SDXL embedding (clip_l, clip_g)
+
+
 class StableDiffusion(ModelFamily):
     name = "stable-diffusion"
+    pipeline_fixups = True  # diffusers' SD pipelines fix steps_offset and clip_sample when they load a scheduler
 
     def __init__(self, folder):
         super().__init__(folder)
-        self.tokenizer = PromptTokenizer(folder.root / "tokenizer")
+        self.encoders = folder.text_encoders  # text encoder folders, each with its tokenizer
+        self.tokenizers = {name: PromptTokenizer(folder.root / name.replace("text_encoder", "tokenizer"))
+                           for name in self.encoders}
 
     @property
     def is_lcm(self) -> bool:
         return self.folder.is_lcm
 
     @cached_property
-    def prompt_encoder(self) -> ClipPromptEncoder:
-        return ClipPromptEncoder(self.tokenizer, self.folder.unet_sequence_length or None)
+    def prompt_encoders(self) -> dict[str, ClipPromptEncoder]:
+        fixed = self.folder.unet_sequence_length or None
+        return {name: ClipPromptEncoder(tokenizer, fixed) for name, tokenizer in self.tokenizers.items()}
 
     def few_step_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
         return lcm_defaults(self.folder, scheduler)
@@ -55,20 +62,24 @@ class StableDiffusion(ModelFamily):
                 return create_scheduler("lcm", raw)
             own = name_for_diffusers_class(str(raw.get("_class_name")))
             if name is None or name == own:
-                return create_scheduler(None, raw, sd_pipeline=True)
-            return create_scheduler(name, pipeline_switch_config(raw))
+                return create_scheduler(None, raw, sd_pipeline=self.pipeline_fixups)
+            return create_scheduler(name, pipeline_switch_config(raw) if self.pipeline_fixups else raw)
         except ValueError as exc:
             raise UsageError(f"scheduler: {exc}") from None
 
     # -- the prompt -------------------------------------------------------------------
-    def prompt_chunks(self, request, guidance: bool):
-        """Token chunks of [negative, prompt] (just [prompt] without guidance), padded to the
-        same number of chunks, and warnings for anything truncated or ignored."""
+    def prompt_chunks(self, request, guidance: bool, encoder: str | None = None):
+        """Token chunks of [negative, prompt] (just [prompt] without guidance) for text encoder
+        `encoder` (default: the first), padded to the same number of chunks, and warnings for
+        anything truncated or ignored."""
+        encoder = encoder or self.encoders[0]
         labels = ["negative prompt", "prompt"] if guidance else ["prompt"]
         texts = [request.negative_prompt, request.prompt] if guidance else [request.prompt]
         embeddings = request.networks.embeddings if request.networks is not None else ()
-        vocabulary = self.prompt_encoder.vocabulary(embeddings, 0, self.text_width) if embeddings else ()
-        chunked, warnings = self.prompt_encoder.prompt_chunks(texts, labels, request.emphasis, vocabulary)
+        prompt_encoder = self.prompt_encoders[encoder]
+        vocabulary = prompt_encoder.vocabulary(embeddings, ENCODER_INDEX[encoder], self.encoder_widths[encoder]) \
+            if embeddings else ()
+        chunked, warnings = prompt_encoder.prompt_chunks(texts, labels, request.emphasis, vocabulary)
         if self.is_lcm and request.negative_prompt.strip():
             warnings.insert(0, "a Latent Consistency Model takes no negative prompt (its guidance is built in); "
                                "the negative prompt is ignored")
@@ -79,21 +90,26 @@ class StableDiffusion(ModelFamily):
         return len(chunked[0]) * TOKENS_PER_CHUNK
 
     @cached_property
-    def text_width(self) -> int:
+    def encoder_widths(self) -> dict[str, int]:
+        """Each text encoder's hidden size (its config.json)."""
         from sdcli.model.config_checks import read_json
 
-        return int(read_json(self.folder.root / "text_encoder" / "config.json").get("hidden_size", 768))
+        return {name: int(read_json(self.folder.root / name / "config.json").get("hidden_size", 768))
+                for name in self.encoders}
 
     def start_text_encoders(self, components, request) -> None:
-        components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip, **self.text_encoder_options(request))
+        for name in self.encoders:
+            components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip, name,
+                                          **self.text_encoder_options(request, name))
 
     def release_text_encoders(self, components) -> None:
-        components.release("text_encoder")
+        for name in self.encoders:
+            components.release(name)
 
     def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
         chunked, warnings = self.prompt_chunks(request, guidance)
         encoder = components.text_encoder(TOKENS_PER_CHUNK, request.clip_skip, **self.text_encoder_options(request))
-        return EncodedPrompt(self.prompt_encoder.embed(chunked, encoder), notes=warnings,
+        return EncodedPrompt(self.prompt_encoders["text_encoder"].embed(chunked, encoder), notes=warnings,
                              embeddings_used=embeddings_used(chunked))
 
     def extra_unet_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:

@@ -17,16 +17,10 @@ import numpy as np
 from sdcli.engine.families.base import Conditioning, EncodedPrompt
 from sdcli.engine.families.sd import StableDiffusion
 from sdcli.engine.lcm import guidance_scale_embedding
-from sdcli.engine.prompt_encoder import TOKENS_PER_CHUNK, ClipPromptEncoder, embeddings_used
+from sdcli.engine.prompt_encoder import TOKENS_PER_CHUNK, embeddings_used
 from sdcli.model.config_checks import read_json
 from sdcli.model.folder import ir_input_shape
-from sdcli.model.tokenizer import PromptTokenizer
-from sdcli.schedulers import create_scheduler, name_for_diffusers_class
 from sdcli.util.errors import UsageError
-
-AESTHETIC_SCORE = 6.0  # diffusers' defaults for a refiner's positive and negative rows
-NEGATIVE_AESTHETIC_SCORE = 2.5
-ENCODER_INDEX = {"text_encoder": 0, "text_encoder_2": 1}  # an SDXL embedding's clip_l, clip_g
 
 
 def _width(dims: list[str] | None, index: int) -> int | None:
@@ -35,24 +29,12 @@ def _width(dims: list[str] | None, index: int) -> int | None:
 
 class StableDiffusionXL(StableDiffusion):
     name = "stable-diffusion-xl"
+    pipeline_fixups = False  # diffusers' SDXL pipelines take the scheduler config as it is
 
-    def __init__(self, folder):  # not StableDiffusion's: it reads one tokenizer/
-        self.folder = folder
-        self.encoders = folder.text_encoders
+    def __init__(self, folder):
+        super().__init__(folder)
         if "text_encoder_2" not in self.encoders:
             raise UsageError(f"model folder {folder.root} is an SDXL model without text_encoder_2/openvino_model.xml")
-        self.tokenizers = {name: PromptTokenizer(folder.root / name.replace("text_encoder", "tokenizer"))
-                           for name in self.encoders}
-        self.tokenizer = self.tokenizers[self.encoders[0]]
-
-    @cached_property
-    def prompt_encoders(self) -> dict[str, ClipPromptEncoder]:
-        fixed = self.folder.unet_sequence_length or None
-        return {name: ClipPromptEncoder(tokenizer, fixed) for name, tokenizer in self.tokenizers.items()}
-
-    @cached_property
-    def prompt_encoder(self) -> ClipPromptEncoder:
-        return self.prompt_encoders[self.encoders[0]]
 
     # -- what the folder says ---------------------------------------------------------------
     @cached_property
@@ -82,54 +64,10 @@ class StableDiffusionXL(StableDiffusion):
     def force_zeros_for_empty_prompt(self) -> bool:
         return bool(self.folder.model_index.get("force_zeros_for_empty_prompt", True))
 
-    def make_scheduler(self, name: str | None):
-        """diffusers' SDXL pipelines make no load-time fix-ups: the model's own scheduler, or
-        `name` made as `XScheduler.from_config(pipe.scheduler.config)`."""
-        if self.is_lcm:
-            return super().make_scheduler(name)
-        raw = self.folder.scheduler_config
-        try:
-            own = name_for_diffusers_class(str(raw.get("_class_name")))
-            return create_scheduler(None if name in (None, own) else name, raw)
-        except ValueError as exc:
-            raise UsageError(f"scheduler: {exc}") from None
-
     # -- the prompt -------------------------------------------------------------------------
     def zero_negative(self, request, guidance: bool) -> bool:
         """diffusers' force_zeros_for_empty_prompt (with no negative_prompt): the negative row is zeros."""
         return guidance and self.force_zeros_for_empty_prompt and not request.negative_prompt.strip()
-
-    def prompt_chunks(self, request, guidance: bool, encoder: str | None = None):
-        """Token chunks of [negative, prompt] (just [prompt] without guidance) for text encoder
-        `encoder` (default: the first present), and warnings."""
-        encoder = encoder or self.encoders[0]
-        labels = ["negative prompt", "prompt"] if guidance else ["prompt"]
-        texts = [request.negative_prompt, request.prompt] if guidance else [request.prompt]
-        embeddings = request.networks.embeddings if request.networks is not None else ()
-        prompt_encoder = self.prompt_encoders[encoder]
-        vocabulary = prompt_encoder.vocabulary(embeddings, ENCODER_INDEX[encoder], self.encoder_width(encoder)) \
-            if embeddings else ()
-        chunked, warnings = prompt_encoder.prompt_chunks(texts, labels, request.emphasis, vocabulary)
-        if self.is_lcm and request.negative_prompt.strip():
-            warnings.insert(0, "a Latent Consistency Model takes no negative prompt (its guidance is built in); "
-                               "the negative prompt is ignored")
-        return chunked, warnings
-
-    def encoder_width(self, encoder: str) -> int:
-        return int(read_json(self.folder.root / encoder / "config.json").get("hidden_size", 768))
-
-    @property
-    def text_width(self) -> int:
-        return self.encoder_width(self.encoders[0])
-
-    def start_text_encoders(self, components, request) -> None:
-        for name in self.encoders:
-            components.start_text_encoder(TOKENS_PER_CHUNK, request.clip_skip, name,
-                                          **self.text_encoder_options(request, name))
-
-    def release_text_encoders(self, components) -> None:
-        for name in self.encoders:
-            components.release(name)
 
     def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
         """Each encoder's hidden states, side by side; the pooled projection of the second
@@ -182,7 +120,7 @@ class StableDiffusionXL(StableDiffusion):
     def conditioning(self, encoded: EncodedPrompt, request, size: tuple[int, int] | None = None) -> Conditioning:
         rows = encoded.hidden_states.shape[0]
         extra = {"text_embeds": encoded.pooled.astype(np.float32),
-                 "time_ids": self.time_ids(request, size or (0, 0), rows == 2)}
+                 "time_ids": self.time_ids(request, size, rows == 2)}
         if self.is_lcm:
             extra["timestep_cond"] = guidance_scale_embedding(request.guidance_scale - 1, self.folder.time_cond_proj_dim)
         return Conditioning(encoded.hidden_states, encoded.pooled, extra)
