@@ -100,26 +100,57 @@ def machine_info() -> dict:
     }
 
 
-ARCHS = ("sd15", "sdxl", "tiny", "tiny-sdxl")  # random_model's flags: --sd15, --sdxl, ...
-ARCH_NAMES = {"sd15": "SD 1.5 architecture", "sdxl": "SDXL 1.0 architecture", "tiny": "tiny model",
-              "tiny-sdxl": "tiny SDXL-shaped model"}
+ARCHS = ("sd15", "sdxl", "sd-turbo", "tiny", "tiny-sdxl", "tiny-sd-turbo")  # random_model's flags: --sd15, ...
+ARCH_NAMES = {"sd15": "SD 1.5 architecture", "sdxl": "SDXL 1.0 architecture",
+              "sd-turbo": "SD-Turbo architecture (SD 2.1-base)", "tiny": "tiny model",
+              "tiny-sdxl": "tiny SDXL-shaped model", "tiny-sd-turbo": "tiny SD-Turbo-shaped model"}
+# The random TAESD that fits each arch (random_model's flag; tiny-sdxl's VAE, TINY's, has none)
+TAESD_FLAGS = {"sd15": "--taesd", "sdxl": "--taesd", "sd-turbo": "--taesd", "tiny": "--tiny-taesd",
+               "tiny-sd-turbo": "--tiny-taesd"}
+# The folder defaults a model's converted folder carries, so that `sdcli generate --model DIR
+# --prompt X` needs no other flag: a Turbo model's one step without guidance, on its own
+# scheduler (Euler, trailing timesteps)
+FOLDER_DEFAULTS = {arch: ["--default-steps", "1", "--default-guidance", "0", "--scheduler", "euler",
+                          "--timestep-spacing", "trailing"] for arch in ("sd-turbo", "tiny-sd-turbo")}
 
 
-def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None], arch: str = "sd15") -> tuple[Path, Path]:
-    """The random-weight diffusers folder of `arch` (one of ARCHS) and its conversion, built once."""
+def _build_once(path: Path, cmd: list[str]) -> Path:
+    if not (path / "model_index.json").is_file() and not (path / "config.json").is_file():
+        tmp = path.with_name(f".{path.name}.part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([*cmd, str(tmp)], check=True, stdout=subprocess.DEVNULL)
+        os.replace(tmp, path)
+    return path
+
+
+def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None], arch: str = "sd15",
+                  tiny_vae: bool = False) -> tuple[Path, Path]:
+    """The random-weight diffusers folder of `arch` (one of ARCHS) and its conversion (with the
+    arch's FOLDER_DEFAULTS), built once; `tiny_vae`: the conversion has a random TAESD's
+    vae_decoder_tiny/ too (added to a folder converted before without it)."""
     src = workdir / f"{arch}-random"
     ov_dir = workdir / f"{arch}-random-ov-{weight_format}"
     workdir.mkdir(parents=True, exist_ok=True)
+    if tiny_vae and arch not in TAESD_FLAGS:
+        from sdcli.util.errors import UsageError
+
+        raise UsageError(f"--tiny-vae: no random tiny autoencoder fits --arch {arch}")
     if not (src / "model_index.json").is_file():
         log(f"building a random-weight {arch} pipeline in {src} (once)")
-        tmp = workdir / f".{arch}-random.part"
-        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(tmp), f"--{arch}"], check=True,
-                       stdout=subprocess.DEVNULL)
-        os.replace(tmp, src)
+    _build_once(src, [sys.executable, "-m", "sdcli.convert.random_model", f"--{arch}"])
+    taesd = None
+    if tiny_vae and not (ov_dir / "vae_decoder_tiny").is_dir():
+        taesd = _build_once(workdir / f"taesd-{arch}-random",
+                            [sys.executable, "-m", "sdcli.convert.random_model", TAESD_FLAGS[arch]])
     if not (ov_dir / "model_index.json").is_file():
         log(f"converting it to {ov_dir} ({weight_format}, once)")
         subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(ov_dir),
-                        "--weight-format", weight_format, "--quiet"], check=True)
+                        "--weight-format", weight_format, *FOLDER_DEFAULTS.get(arch, []),
+                        *(["--tiny-vae", str(taesd)] if taesd else []), "--quiet"], check=True)
+    elif taesd is not None:
+        log(f"adding the tiny VAE to {ov_dir} (once)")
+        subprocess.run([sys.executable, "-m", "sdcli", "convert", "--tiny-vae", str(taesd), "--into", str(ov_dir),
+                        "--quiet"], check=True)
     return src, ov_dir
 
 
@@ -172,9 +203,25 @@ def normalize(peer: str, raw: dict) -> dict:
             "before_first_step_pct": 100 * raw["before_first_step"] / raw["process"] if raw.get("process") else None,
             "raw": raw,
             "n_steps": len(steps),
+            "breakdown": raw.get("breakdown") or {},
         }
     return {"load_compile": raw.get("load_compile"), "text_encoder": raw.get("text_encoder"),
-            "step": step_time(steps), "vae_decode": raw.get("vae_decode"), "raw": raw, "n_steps": len(steps)}
+            "step": step_time(steps), "vae_decode": raw.get("vae_decode"), "raw": raw, "n_steps": len(steps),
+            "breakdown": raw.get("breakdown") or {}}
+
+
+def breakdown_medians(runs: list[Run]) -> dict:
+    """The median of each stage of the runs' breakdowns (sdcli.util.breakdown's stages, the
+    exit and the wall time), over the runs that have one."""
+    from sdcli.util.breakdown import STAGES
+
+    found = [r.timings.get("breakdown") for r in runs if r.timings.get("breakdown")]
+    out = {}
+    for key in (*STAGES, "exit", "wall", "total", "model_load_total"):
+        value = _median([b.get(key) for b in found])
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def _median(values):
@@ -200,6 +247,9 @@ def summarize(runs: list[Run]) -> list[dict]:
                    step_s=_median([r.timings.get("step") for r in ok]),
                    vae_decode_s=_median([r.timings.get("vae_decode") for r in ok]),
                    wall_range_s=[min(r.wall_s for r in ok), max(r.wall_s for r in ok)])
+        breakdown = breakdown_medians(ok)
+        if breakdown:
+            row["breakdown_s"] = breakdown
         rows.append(row)
     for row in rows:
         if row["peer"] != "sdcli" or not row.get("runs"):
@@ -225,16 +275,46 @@ def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str 
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for row in rows:
         lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in present) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + breakdown_table(rows)
+
+
+BREAKDOWN_COLUMNS = (("process_start", "process start"), ("imports", "imports"), ("model_load", "model load"),
+                     ("text_encoder", "text encoder"), ("unet", "UNet"), ("steps_other", "loop rest"),
+                     ("decode", "decode"), ("png_write", "PNG write"), ("other", "other"), ("exit", "exit"),
+                     ("wall", "wall"), ("model_load_total", "all loading"))
+
+
+def breakdown_table(rows: list[dict]) -> str:
+    """The per-stage medians (seconds) of the rows that have them (sdcli.util.breakdown), or "":
+    the stages from process start to exit add up to the wall time (medians each, so nearly)."""
+    rows = [row for row in rows if row.get("breakdown_s")]
+    if not rows:
+        return ""
+    present = [(k, name) for k, name in BREAKDOWN_COLUMNS if any(k in row["breakdown_s"] for row in rows)]
+    lines = ["", "Where each process's time goes (seconds, medians; the stages from process start to exit add up to "
+             "the wall time; model load is the main thread's wait for its models to load or compile, all loading "
+             "is all of it, partly hidden behind the text encoder; \"exit\" is the wall time measured outside after "
+             "the run's last report):", "",
+             "| mode | steps | peer | " + " | ".join(name for _, name in present) + " |",
+             "|" + "---|" * (3 + len(present))]
+    for row in rows:
+        b = row["breakdown_s"]
+        lines.append(f"| {row['mode']} | {row['steps']} | {row['peer']} | "
+                     + " | ".join("" if b.get(k) is None else str(b[k]) for k, _ in present) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _measure(peer: str, mode: str, cmd: list[str], env: dict) -> tuple[float, float, int, dict, str]:
+    from sdcli.util.breakdown import with_exit
+
     wall, rss, rc, out, err = run_measured(cmd, env)
     timings, error = {}, ""
     if rc == 0:
         try:
             data = json.loads(out.strip().splitlines()[-1])
             timings = normalize(peer, data["timings"] if peer == "sdcli" else data)
+            if timings.get("breakdown"):
+                timings["breakdown"] = with_exit(timings["breakdown"], wall)
         except (ValueError, IndexError, KeyError):
             error = "no JSON from the run"
     else:
@@ -246,7 +326,7 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
               precision: str, weight_format: str, sdcli_args: list[str], log: Callable[[str], None],
               arch: str = "sd15", modes: tuple[str, ...] = MODES, optimum_python: str | None = None,
               guidance: float = 7.5, tiny_vae: bool = False) -> list[dict]:
-    src, ov_dir = ensure_models(workdir, weight_format, log, arch)
+    src, ov_dir = ensure_models(workdir, weight_format, log, arch, tiny_vae)
     info = machine_info()
     runs: list[Run] = []
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+from sdcli.util.breakdown import age_at  # (standard library only)
+
 STARTED = time.perf_counter()
 
 
@@ -94,6 +96,7 @@ def run_optimum(args) -> dict:
     from diffusers import EulerDiscreteScheduler
     from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
 
+    imported = time.perf_counter()
     sdxl = (Path(args.model) / "text_encoder_2").is_dir()
     pipeline_class = OVStableDiffusionXLPipeline if sdxl else OVStableDiffusionPipeline
     pipe = pipeline_class.from_pretrained(args.model, compile=False, ov_config=_ov_config(args))
@@ -108,7 +111,11 @@ def run_optimum(args) -> dict:
     pipe.reshape(batch_size=1 if args.guidance_scale > 1 else -1, height=args.size, width=args.size,
                  num_images_per_prompt=1)
     pipe.compile()
-    load = time.perf_counter() - STARTED
+    compiled = time.perf_counter()
+    load = compiled - STARTED
+    parts = {"text_encoder": _timed(pipe.text_encoder), "unet": _timed(pipe.unet), "decode": _timed(pipe.vae_decoder)}
+    if sdxl and getattr(pipe, "text_encoder_2", None) is not None:
+        parts["text_encoder_2"] = _timed(pipe.text_encoder_2)
     clock = StepClock()
     t0 = clock.start()
     pipe(args.prompt, width=args.size, height=args.size, num_inference_steps=args.steps,
@@ -116,8 +123,43 @@ def run_optimum(args) -> dict:
          callback_on_step_end=clock.diffusers_callback, output_type="np")
     generate = time.perf_counter() - t0
     steps = clock.steps
-    return {"load_compile": load, "generate": generate, "steps": steps,
-            "vae_decode": max(0.0, generate - sum(steps))}
+    spent = {name: sum(times) for name, times in parts.items()}
+    text = spent.get("text_encoder", 0.0) + spent.pop("text_encoder_2", 0.0)
+    return {"load_compile": load, "generate": generate, "steps": steps, "text_encoder": text,
+            "vae_decode": spent["decode"],
+            "breakdown": peer_breakdown(age_at(STARTED), imported - STARTED, compiled - imported, text,
+                                        spent["unet"], spent["decode"], generate, age_at(time.perf_counter()))}
+
+
+def _timed(part) -> list[float]:
+    """The seconds of each call of an optimum-intel pipeline part (its __call__ runs its forward)."""
+    times: list[float] = []
+    forward = part.forward
+
+    def timed_forward(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - t0)
+
+    part.forward = timed_forward
+    return times
+
+
+def peer_breakdown(process_start: float | None, imports: float, model_load: float, text_encoder: float,
+                   unet: float, decode: float, call: float, total: float | None) -> dict:
+    """A peer's process in the stages of sdcli.util.breakdown: its start-up to this module,
+    the imports of its libraries, the load and compilation of its models, and its pipeline call
+    split into the calls of its models (the rest of the call, its scheduler and image
+    post-processing, is steps_other); `other` is what is left of the process's age."""
+    stages = {"process_start": process_start or 0.0, "imports": imports, "model_load": model_load,
+              "text_encoder": text_encoder, "unet": unet, "decode": decode,
+              "steps_other": max(0.0, call - text_encoder - unet - decode)}
+    if total is None:
+        total = sum(stages.values())
+    stages["other"] = total - sum(stages.values())
+    return {**{k: round(v, 4) for k, v in stages.items()}, "total": round(total, 4)}
 
 
 def run_diffusers(args) -> dict:

@@ -26,7 +26,7 @@ def bench(
     sdcli_arg: list[str] = typer.Option([], "--sdcli-arg", help="Extra argument for `sdcli generate` (repeatable)."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", min=0.0, max=100.0, help="Every peer's guidance scale (0: a Turbo-style run without guidance)."),
     tiny_vae: bool = typer.Option(False, "--tiny-vae", help="Decode with the folder's TAESD (vae_decoder_tiny/): sdcli --vae tiny; optimum-intel with its VAE decoder model swapped for it, as FastSD CPU does; genai has none."),
-    arch: str = typer.Option("sd15", "--arch", help="sd15 or sdxl (the real cost, random weights), or tiny / tiny-sdxl (a quick check of the benchmark itself)."),
+    arch: str = typer.Option("sd15", "--arch", help="sd15, sdxl or sd-turbo (the real cost, random weights; sd-turbo's folder carries its defaults: 1 step, no guidance, Euler with trailing timesteps), or tiny / tiny-sdxl / tiny-sd-turbo (a quick check of the benchmark itself)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's bench table (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (with --readme)."),
@@ -56,6 +56,10 @@ def bench(
 
         if arch not in ARCHS:
             raise UsageError(f"--arch takes {', '.join(ARCHS)}, got {arch!r}")
+        from sdcli.bench.peers import TAESD_FLAGS
+
+        if tiny_vae and arch not in TAESD_FLAGS:
+            raise UsageError(f"--tiny-vae: no random tiny autoencoder fits --arch {arch}; take {', '.join(TAESD_FLAGS)}")
         mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
         if not mode_list or any(m not in MODES for m in mode_list):
             raise UsageError(f"--modes takes {', '.join(MODES)}; got {modes!r}")

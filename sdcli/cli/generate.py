@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
@@ -121,6 +122,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     from sdcli.engine.request import GenerationRequest
     from sdcli.runtime.core import check_precision
 
+    o.imports_done = time.perf_counter()  # for --json's breakdown
     if o.prompt is None:
         raise UsageError("--prompt is required (or --from-image with an image that stores one)")
     request = GenerationRequest(
@@ -180,16 +182,33 @@ def write_images(engine, request, paths: list[Path], o: SimpleNamespace) -> None
             result = engine.generate(image_request, on_step, on_note=warn, release_unet=i == len(paths) - 1)
         if i == 0:
             check_stored_hashes(getattr(o, "stored_hashes", {}), result)
+        t0 = time.perf_counter()
         save_png(path, result.image, image_parameters(engine, image_request, result, o.precision))
+        png_write = time.perf_counter() - t0
         if o.as_json:
             timings = {k: round(v, 4) for k, v in {**engine.timings, **result.timings}.items()}
             timings.update(before_first_step=round(first_step_at[0], 4) if first_step_at else None,
                            process=round(process_age(), 4), steps=step_seconds)
+            if i == 0:  # the whole process's stages, up to this line (the first image's)
+                timings["breakdown"] = json_breakdown(engine, result, png_write, getattr(o, "imports_done", None))
             print(json.dumps({"path": str(path), "seed": result.seed, "width": result.width, "height": result.height,
                               "steps": image_request.steps, "scheduler": result.scheduler, "timings": timings}),
                   flush=True)
         elif not o.quiet:
             print(path, flush=True)
+
+
+def json_breakdown(engine, result, png_write: float, imports_done: float | None) -> dict:
+    """--json: where the process has spent its time so far (sdcli.util.breakdown)."""
+    import sdcli
+    from sdcli.util.breakdown import age_at, generate_breakdown
+
+    process_start = age_at(sdcli.IMPORTED_AT)
+    now = time.perf_counter()
+    imports = (imports_done or now) - sdcli.IMPORTED_AT
+    total = (process_start or 0.0) + now - sdcli.IMPORTED_AT
+    load_total = sum(v for k, v in engine.timings.items() if k.startswith("compile_"))
+    return generate_breakdown(result.timings, process_start, imports, png_write, total, load_total)
 
 
 def check_stored_hashes(stored: dict, result) -> None:

@@ -108,6 +108,44 @@ SD15 = {
     ),
 }
 
+# stabilityai/sd-turbo: the SD 2.1-base architecture (its unet/config.json: attention_head_dim
+# (5, 10, 20, 20), use_linear_projection, cross_attention_dim 1024; its text_encoder/config.json:
+# the OpenCLIP ViT-H text tower as diffusers ships it for SD 2.x, 23 layers of 1024, gelu, "!" as
+# the padding token), SD's VAE, and its scheduler_config.json: Euler with trailing timesteps.
+SD_TURBO_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    interpolation_type="linear",
+    sample_max_value=1.0,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    timestep_spacing="trailing",
+    timestep_type="discrete",
+    use_karras_sigmas=False,
+)
+SD_TURBO = {
+    "unet": dict(SD15["unet"], attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+                 cross_attention_dim=1024, sample_size=64),
+    "vae": SD15["vae"],
+    "text": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                 vocab_size=49408, max_position_embeddings=77, hidden_act="gelu", projection_dim=512),
+    "pad_token": "!",
+    "scheduler": ("EulerDiscreteScheduler", SD_TURBO_SCHEDULER),
+}
+# ... and its shape in small, for a quick check of the benchmark: QUICK's sizes (latents an eighth
+# of the image), SD 2.x's linear projections, gelu and padding token, the same scheduler.
+TINY_SD_TURBO = {
+    "unet": dict(QUICK["unet"], attention_head_dim=(2, 4), use_linear_projection=True),
+    "vae": QUICK["vae"],
+    "text": dict(QUICK["text"], hidden_act="gelu"),
+    "pad_token": "!",
+    "scheduler": ("EulerDiscreteScheduler", SD_TURBO_SCHEDULER),
+}
+
 # The SD 1.x scheduler configuration (PNDM with PLMS steps only).
 SD15_SCHEDULER = dict(
     beta_start=0.00085,
@@ -253,8 +291,14 @@ def build_random_pipeline(
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77,
                               pad_token=sizes.get("pad_token", "<|endoftext|>"))
     default_scheduler = LCM_SCHEDULER if lcm else SD15_SCHEDULER
+    scheduler_class = LCMScheduler if lcm else PNDMScheduler
+    if "scheduler" in sizes and not lcm:  # the model's own (sd-turbo's Euler)
+        import diffusers
+
+        class_name, default_scheduler = sizes["scheduler"]
+        scheduler_class = getattr(diffusers, class_name)
     sched_cfg = dict(scheduler_config or default_scheduler, prediction_type=prediction_type)
-    scheduler = (LCMScheduler if lcm else PNDMScheduler)(**sched_cfg)
+    scheduler = scheduler_class.from_config(sched_cfg)
     pipeline_class = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
     if lcm:
         pipeline_class = LatentConsistencyModelPipeline
@@ -424,7 +468,7 @@ def _normalise_taesd_outputs(taesd, seed: int) -> None:
         last.bias /= spread
 
 
-def main(argv: list[str] | None = None) -> None:
+def argument_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -439,6 +483,10 @@ def main(argv: list[str] | None = None) -> None:
     size.add_argument("--sdxl", action="store_true",
                       help="the SDXL 1.0 base architecture (UNet 2.6 B parameters), saved in fp16 (about 7 GB)")
     size.add_argument("--tiny-sdxl", action="store_true", help="a tiny model of SDXL's shape (two text encoders)")
+    size.add_argument("--sd-turbo", action="store_true",
+                      help="stabilityai/sd-turbo's architecture (SD 2.1-base, Euler with trailing timesteps; about 5 GB "
+                           "in fp32)")
+    size.add_argument("--tiny-sd-turbo", action="store_true", help="a tiny model of sd-turbo's shape")
     size.add_argument("--taesd", action="store_true",
                       help="not a pipeline: a tiny autoencoder (AutoencoderTiny) of madebyollin/taesd's architecture, "
                            "for `sdcli convert --tiny-vae`")
@@ -450,7 +498,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lcm", action="store_true",
                         help="a Latent Consistency Model (as SimianLuo/LCM_Dreamshaper_v7: time_cond_proj_dim 256, "
                              "LCMScheduler)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser().parse_args(argv)
     import os
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -464,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         build_random_sdxl(args.output, SDXL if args.sdxl else TINY_SDXL, args.prediction_type, args.seed,
                           torch_dtype=torch.float16 if args.sdxl else None, in_channels=args.in_channels)
     else:
-        build_random_pipeline(args.output, SD15 if args.sd15 else QUICK, args.prediction_type, args.seed,
+        sizes = SD15 if args.sd15 else SD_TURBO if args.sd_turbo else TINY_SD_TURBO if args.tiny_sd_turbo else QUICK
+        build_random_pipeline(args.output, sizes, args.prediction_type, args.seed,
                               in_channels=args.in_channels, lcm=args.lcm)
     print(args.output)
 

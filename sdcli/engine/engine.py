@@ -260,8 +260,10 @@ class Engine:
         scheduler = self.family.make_scheduler(request.scheduler)
         self.preload(request)
         timings: dict[str, float] = {}
+        waited_before = self.components.waited  # the time this call waits for components still loading
 
         conditioning, notes, encode_seconds = self.encode_prompt(request, guidance, (width, height))  # 1. encode
+        timings["load_wait_encode"] = self.components.waited - waited_before
         notes = [*active.notes, *notes] if encode_seconds is not None else notes
         if encode_seconds is not None:
             timings["encode_prompt"] = encode_seconds
@@ -296,11 +298,14 @@ class Engine:
         image = None
         if decode:  # 4. decode
             t0 = time.perf_counter()
+            waited = self.components.waited
             image = (self.refiner or self).decode(latents, request.vae)
+            timings["load_wait_decode"] = self.components.waited - waited
             if inpaint is not None:
                 image = inpaint.finish(image)
             timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         timings["compile"] = self.components.compile_seconds() - compiled_before
+        timings["load_wait"] = self.components.waited - waited_before
         return Result(image, request.seed, width, height, scheduler.name, timings, notes, list(active.lora_hashes),
                       [(hash_name(name), active.embedding_hashes[name]) for name in conditioning.embeddings_used])

@@ -22,6 +22,7 @@ class ComponentCache:
         self.runtime = runtime
         self.folder = folder
         self.timings: dict[str, float] = {}  # compile_<component>: seconds spent compiling (or importing)
+        self.waited = 0.0  # seconds callers of get() spent waiting for a component still loading
         self._components: dict[tuple, Future] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load")
         self._lock = threading.Lock()
@@ -41,7 +42,15 @@ class ComponentCache:
             return self._components[key]
 
     def get(self, key: tuple, build: Callable[[], object]):
-        return self.start(key, build).result()
+        future = self.start(key, build)
+        if future.done():
+            return future.result()
+        started = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            with self._lock:
+                self.waited += time.perf_counter() - started
 
     def release(self, name: str) -> None:
         """Drop every compiled variant of component `name` (each is compiled again when asked
