@@ -135,16 +135,19 @@ def _summary(name: str, runs: list[dict], steps: int) -> dict:
 
 
 def _measure(configs: dict[str, tuple[list[str], int]], rounds: int, tmp: Path, log, warm_up: bool = True) -> dict[str, dict]:
-    """Warm every sdcli configuration once (unless the cache is known to be warm), then
-    `rounds` interleaved rounds."""
+    """Run every configuration once unmeasured (sdcli's and genai's: both fill their
+    compiled-model caches; unless the caches are known to be warm), then `rounds`
+    interleaved rounds, the order rotated each round (every run records its round and position)."""
     for name, (cmd, _) in configs.items():
-        if warm_up and "bench_runners" not in " ".join(cmd):
+        if warm_up:
             log(f"warm-up {name}")
             _run(cmd, tmp)
     runs: dict[str, list[dict]] = {name: [] for name in configs}
+    names = list(configs)
     for rnd in range(rounds):
-        for name, (cmd, _) in configs.items():
-            row = _run(cmd, tmp)
+        order = names[rnd % len(names):] + names[:rnd % len(names)]
+        for position, name in enumerate(order):
+            row = dict(_run(configs[name][0], tmp), round=rnd, position=position)
             runs[name].append(row)
             log(f"round {rnd + 1}/{rounds} {name:<22} {row['wall_s']:8.1f} s {row['peak_rss_mb']:7.0f} MB"
                 + (f"  FAILED: {row.get('error')}" if row["rc"] else ""))
