@@ -196,6 +196,8 @@ def load_single_file(path: Path, opts: ConvertOptions) -> Parts:
             "(offline? pass --config with a diffusers folder of the same architecture)"
         ) from exc
     parts = {name: getattr(pipe, name, None) for name in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    check_all_weights_loaded(path, {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": parts["text_encoder"],
+                                    "text_encoder_2": parts["text_encoder_2"]})
     index = {"_class_name": pipeline_class.__name__, "_diffusers_version": diffusers.__version__,
              "scheduler": ["diffusers", type(pipe.scheduler).__name__],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
@@ -206,8 +208,25 @@ def load_single_file(path: Path, opts: ConvertOptions) -> Parts:
         index["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", kind == "sdxl"))
         if kind == "sdxl-refiner":
             index["requires_aesthetics_score"] = bool(pipe.config.get("requires_aesthetics_score", True))
+    # the configs stay when convert frees each component once written (it asks is_sdxl afterwards)
+    configs = {"unet": dict(pipe.unet.config), "vae": dict(pipe.vae.config)}
+    configs.update({name: parts[name].config.to_dict() for name in ("text_encoder", "text_encoder_2") if parts[name]})
     return Parts(pipe.unet, pipe.vae, parts["text_encoder"], parts["tokenizer"], dict(pipe.scheduler.config), index,
-                 parts["text_encoder_2"], parts["tokenizer_2"])
+                 parts["text_encoder_2"], parts["tokenizer_2"], configs=configs)
+
+
+def check_all_weights_loaded(path: Path, modules: dict) -> None:
+    """UsageError when diffusers left some of a component's weights unloaded (on the meta
+    device): the checkpoint lacks them where diffusers looked, and export would fail midway."""
+    for name, module in modules.items():
+        if module is None:
+            continue
+        tensors = [*module.parameters(), *module.buffers()]
+        empty = sum(t.is_meta for t in tensors)
+        if empty:
+            raise UsageError(f"cannot load {path.name}: diffusers found no weights in it for {empty} of the "
+                             f"{len(tensors)} tensors of its {name} (an incomplete checkpoint, or one whose "
+                             "architecture --config does not describe)")
 
 
 def load_or_fail(component: str, load: Callable):
