@@ -1,6 +1,8 @@
 """The compiled-model blob cache: reused across engines, rebuilt when stale or corrupt."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from sdcli.engine.engine import Engine
@@ -50,3 +52,67 @@ def test_no_cache_dir_writes_nothing(tiny_eps, tmp_path, monkeypatch):
     engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=None)
     engine.generate(GenerationRequest(prompt="x", steps=1, seed=1, width=64, height=64))
     assert list(tmp_path.iterdir()) == []
+
+
+def _engine_image(engine):
+    config = GenerationRequest(prompt="a red fox", steps=3, seed=3, width=64, height=64, scheduler="euler")
+    image = engine.generate(config).image
+    engine.finish()
+    return image
+
+
+def test_a_blob_removed_by_another_process_before_it_is_opened_is_compiled_instead(tiny_eps, tmp_path, monkeypatch):
+    """Processes sharing a cache: a blob seen by is_file() may be gone when opened (another one
+    dropped it as stale, or pruned it): the component is compiled, not a FileNotFoundError."""
+    import sdcli.runtime.core as core
+
+    cache = tmp_path / "cache"
+    first = _image(tiny_eps.ov_dir, cache)
+    _image(tiny_eps.ov_dir, cache)
+    assert len(list(cache.glob("*.blob"))) == 3
+    real = core.MappedFile
+
+    def removed_first(path):
+        if str(path).endswith(".blob"):
+            path.unlink()
+        return real(path)
+
+    monkeypatch.setattr(core, "MappedFile", removed_first)
+    assert np.array_equal(_image(tiny_eps.ov_dir, cache), first)
+    assert list(cache.glob("*.blob")) == []
+
+
+class _FailingImport:
+    """An ov.Core whose import_model fails, and when it imports the blob of `size` bytes,
+    only once another process has renamed a new blob over it."""
+
+    def __init__(self, core, size, replace):
+        self._core, self._size, self._replace = core, size, replace
+
+    def __getattr__(self, name):
+        return getattr(self._core, name)
+
+    def import_model(self, blob, *args, **kwargs):
+        if blob.get_size() == self._size:
+            self._replace()
+        raise RuntimeError("bad blob")
+
+
+def test_a_failed_import_does_not_remove_a_newer_blob_another_process_wrote(tiny_eps, tmp_path):
+    cache = tmp_path / "cache"
+    first = _image(tiny_eps.ov_dir, cache)
+    _image(tiny_eps.ov_dir, cache)
+    unet_blob = next(cache.glob("unet-*.blob"))
+    good = unet_blob.read_bytes()
+
+    def another_process_writes_it():
+        new = unet_blob.with_name(".new.part")
+        new.write_bytes(good)
+        os.replace(new, unet_blob)
+
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=cache)
+    assert [len(b.read_bytes()) for b in cache.glob("*.blob")].count(len(good)) == 1
+    engine.runtime.core = _FailingImport(engine.runtime.core, len(good), another_process_writes_it)
+    assert np.array_equal(_engine_image(engine), first)  # every component compiled afresh
+    assert unet_blob.read_bytes() == good  # the newer blob stays; the one that failed was another file
+    assert list(cache.glob("text_encoder-*.blob")) == []  # a blob that failed and was not replaced is dropped

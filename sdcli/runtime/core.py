@@ -100,7 +100,9 @@ class MappedFile:
         import openvino as ov
 
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
+            self.identity = (st.st_dev, st.st_ino)  # the file mapped, even if `path` is replaced since
             self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
         data = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         self.tensor = ov.Tensor(data, shared_memory=True)
@@ -126,6 +128,15 @@ class MappedFile:
             stop.set()
             thread.join()
             self.drop_pages()
+
+
+def _unlink_if_same(path: Path, mapped: MappedFile | None) -> None:
+    """Remove the blob at `path` if it is still the file `mapped` read: another process (a
+    server, a generate run sharing the cache) may have renamed a new blob there since."""
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        if mapped is not None and (st.st_dev, st.st_ino) == mapped.identity:
+            path.unlink()
 
 
 def _file_id(path: Path) -> list:
@@ -210,6 +221,7 @@ class Runtime:
         config = self.config_for(precision or self.precision)
         blob = self._blob_path(component, xml, shapes, config)
         if blob is not None and blob.is_file():
+            mapped = None
             try:
                 mapped = MappedFile(blob)
                 if "-lora" in blob.name:  # most recently used: LoRA blobs are pruned by it
@@ -217,8 +229,10 @@ class Runtime:
                         os.utime(blob)
                 with mapped.dropping_pages():
                     return self.core.import_model(mapped.tensor, self.device, config), mapped
-            except RuntimeError:
-                blob.unlink(missing_ok=True)  # stale or from another build of OpenVINO: compile afresh
+            except OSError:
+                pass  # removed by another process since is_file() (a stale blob, LoRA pruning): compile
+            except RuntimeError:  # stale or from another build of OpenVINO: compile afresh
+                _unlink_if_same(blob, mapped)
         model, weights = self.read(xml, component)
         with weights.dropping_pages():
             if prepare is not None:
