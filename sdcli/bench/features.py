@@ -294,6 +294,6 @@ def markdown(report: dict) -> str:
 
 def update_readme(readme: Path, report_json: Path, name: str) -> None:
     """Render `report_json` (what bench-features wrote) into the README block `name`."""
-    from sdcli.bench.peers import replace_block
+    from sdcli.bench.peers import render_report, replace_block
 
-    replace_block(readme, name, markdown(json.loads(report_json.read_text())))
+    replace_block(readme, name, render_report(report_json, markdown))

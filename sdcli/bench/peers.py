@@ -395,19 +395,35 @@ README_END = "<!-- bench:{name}:end -->"
 def update_readme(readme: Path, report_json: Path, name: str) -> None:
     """Replace the README block between the bench markers called `name` with the table
     rendered from `report_json` (what `sdcli bench` wrote)."""
-    report = json.loads(report_json.read_text())
-    table = markdown(report["summary"], report["machine"], report["size"], report["precision"], report.get("arch", "sd15"),
-                     report.get("rounds", 0), report.get("guidance_scale", 7.5), report.get("tiny_vae", False))
-    replace_block(readme, name, table)
+    def render(report: dict) -> str:
+        return markdown(report["summary"], report["machine"], report["size"], report["precision"],
+                        report.get("arch", "sd15"), report.get("rounds", 0), report.get("guidance_scale", 7.5),
+                        report.get("tiny_vae", False))
+
+    replace_block(readme, name, render_report(report_json, render))
+
+
+def render_report(report_json: Path, render: Callable[[dict], str]) -> str:
+    """`render` of the report in `report_json`; UsageError for a file that is not a report
+    that sdcli's benchmark wrote (--no-run reads any file it is pointed at)."""
+    from sdcli.util.errors import UsageError, error_text
+
+    try:
+        return render(json.loads(report_json.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UsageError(f"{report_json} is not a report of sdcli's benchmark ({error_text(exc)})") from None
 
 
 def replace_block(readme: Path, name: str, table: str) -> None:
     """Put `table` between the README's <!-- bench:NAME:start/end --> markers."""
-    text = readme.read_text()
+    from sdcli.util.errors import UsageError
+
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{readme} is not UTF-8 text") from None
     start, end = README_START.format(name=name), README_END.format(name=name)
     if start not in text or end not in text:
-        from sdcli.util.errors import UsageError
-
         raise UsageError(f"{readme} has no {start} ... {end} block")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)

@@ -55,6 +55,7 @@ def fail(exc: BaseException) -> None:
     else:
         hint = "" if STATE["debug"] else " (rerun with --debug for the traceback)"
         code, line = INTERNAL_ERROR, f"internal error: {error_text(exc)}{hint}"
+    line = line.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a name given in it holds
     print(f"sdcli: {line}", file=sys.stderr)
     raise typer.Exit(code)
 

@@ -68,6 +68,8 @@ def serve(
             sock = listen(host, port)
         except OSError as exc:
             raise SdcliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        except (TypeError, ValueError) as exc:  # a NUL, or a name the IDNA codec refuses
+            raise UsageError(f"--host {host!r} is not a host name or address: {exc}") from None
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
 
