@@ -179,6 +179,24 @@ def test_no_worker_can_open_the_model(ray_cluster, tiny_eps, tmp_path, capsys):
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 
 
+def test_workers_write_the_compiled_model_cache_as_a_batch_without_ray(ray_cluster, tiny_eps, tmp_path, capsys):
+    """A model and size compiled a second time (the first leaves a `.seen` mark in the cache) has
+    its blobs written when its engine finishes: Ray workers finish too before they are dropped.
+    Two batches of two rows on two workers, at 72x56 (a size no other test uses, so that its
+    blobs are this test's)."""
+    cache = Path(os.environ["SDCLI_CACHE_DIR"])  # the workers' too: they inherit this environment
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    before = set(cache.glob("*.blob"))
+    for run in ("first", "second"):
+        code = run_batch(options(tiny_eps, prompts, tmp_path / run, width=72, height=56), runner=run_on_ray)
+        assert code == 0, capsys.readouterr().err
+    written = {p.name.split("-")[0] for p in set(cache.glob("*.blob")) - before}
+    # the text encoder's shapes do not depend on the size: an earlier test may have made its blob
+    assert {"unet", "vae_decoder"} <= written <= {"text_encoder", "unet", "vae_decoder"}, written
+    assert "could not write" not in capsys.readouterr().err
+
+
 def test_without_ray_installed_one_line_and_exit_2(tiny_eps, tmp_path):
     (tmp_path / "p.txt").write_text("x\n")
     code = ("import sys; sys.modules['ray'] = None; from sdcli.cli.app import main; "  # `import ray` raises ImportError
