@@ -285,6 +285,7 @@ class Engine:
         step_times: list[float] = []
         latents = run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, inpaint, clock, on_step,
                             step_times)
+        del unet  # else this frame keeps a released UNet (and its weights) alive through decoding
         if release_unet or self.low_memory:
             self.components.release("unet")
         if self.refiner is not None:  # the refiner's part of the schedule
