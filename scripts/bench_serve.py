@@ -151,9 +151,12 @@ def measure_latency(model: Path, url: str, runs: int, size: int, tmp: Path) -> d
 WAYS = ("serve", "batch", "generate")
 
 
-def measure_queue(model: Path, url: str, runs: int, size: int, count: int, tmp: Path) -> dict:
+def measure_queue(model: Path, url: str, runs: int, size: int, count: int, tmp: Path,
+                  names: list[str] | None = None) -> dict:
     configs = {}
     for name, config in CONFIGS.items():
+        if names is not None and name not in names:
+            continue
         for warm in range(2):  # compiled, then exported: later loads import the blobs
             batch_seconds(model, config, [(PROMPT, 0)], tmp / f"warm-batch-{name}-{warm}".replace(" ", "_"), size)
             generate_seconds(model, config, 0, tmp / "warm.png", size)
@@ -233,6 +236,8 @@ def merged(old: dict, new: dict, mode: str) -> dict:
         out.setdefault("date", old.get("date"))
     if same and mode == "latency" and "queue" in old:
         out["queue"] = old["queue"]
+    if same and mode == "queue" and "queue" in old and "queue" in new:  # configurations measured by other calls
+        out["queue"] = dict(new["queue"], configs={**old["queue"].get("configs", {}), **new["queue"]["configs"]})
     if same and "model" in old:  # what the model was (written by hand); an old "note" may not hold now
         out["model"] = old["model"]
     return out
@@ -247,6 +252,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=SIZE, help="width and height (512; smaller for a quick check)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/serve.json"))
     parser.add_argument("--render", type=Path, help="only put the tables of --out into this file's block")
+    parser.add_argument("--config", action="append", choices=list(CONFIGS),
+                        help="queue: only this configuration (repeatable; the others' earlier figures in --out are kept)")
     parser.add_argument("--block", default="serve", help="NAME of the <!-- bench:NAME:start/end --> block")
     args = parser.parse_args()
     if args.render:
@@ -267,7 +274,8 @@ def main() -> None:
             if args.mode in ("both", "latency"):
                 results["configs"] = measure_latency(args.model, url, args.runs, args.size, Path(tmp))
             if args.mode in ("both", "queue"):
-                results["queue"] = measure_queue(args.model, url, args.runs, args.size, args.requests, Path(tmp))
+                results["queue"] = measure_queue(args.model, url, args.runs, args.size, args.requests, Path(tmp),
+                                                 args.config)
     finally:
         proc.terminate()
         proc.wait(60)
