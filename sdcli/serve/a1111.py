@@ -74,6 +74,10 @@ class Options:
             elif key == "samples_format" and str(value).lower() != "png":
                 raise FieldError(f"{where}.{key}", f"{value!r}: the images are PNGs")
             else:
+                try:  # kept and sent back by GET /options, which cannot send NaN or Infinity
+                    json.dumps(value, allow_nan=False)
+                except ValueError:
+                    raise FieldError(f"{where}.{key}", "NaN and Infinity are not JSON numbers") from None
                 out.other[key] = value
         return out
 
@@ -90,7 +94,7 @@ def _int_in(name: str, value: Any, low: int, high: int) -> int:
         raise FieldError(name, f"must be a whole number, got {value!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         raise FieldError(name, f"must be a whole number, got {value!r}") from None
     if number != float(value) or not low <= number <= high:
         raise FieldError(name, f"must be a whole number from {low} to {high}, got {value!r}")

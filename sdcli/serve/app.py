@@ -140,7 +140,7 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request, exc: RequestValidationError):
-        errors = json.loads(json.dumps(exc.errors(), default=str))
+        errors = json.loads(json.dumps(exc.errors(), default=str), parse_constant=str)  # NaN, Infinity: strings
         return error_response(422, "ValidationError", _validation_detail(exc), errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
