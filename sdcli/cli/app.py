@@ -162,5 +162,25 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    for name in ("transformers", "diffusers", "nncf", "torch"):
+    # not "nncf": a logger made before NNCF's import lacks its NNCFLogger methods, and the import
+    # resets its level anyway (sdcli.convert.ir quiets it once imported)
+    for name in ("transformers", "diffusers", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def library_output(quiet: bool):
+    """While converting: rich's shared console, which NNCF's progress bars draw on, goes to stderr
+    (stdout is for the command's result), or nowhere with --quiet."""
+    try:
+        from rich import get_console
+    except ImportError:  # no rich, no bars
+        yield
+        return
+    console = get_console()
+    before = console.quiet, console.stderr
+    console.quiet, console.stderr = quiet or console.quiet, True
+    try:
+        yield
+    finally:
+        console.quiet, console.stderr = before

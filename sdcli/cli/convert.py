@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sdcli.cli.app import app, check_creatable, finite, quiet_libraries, user_errors
+from sdcli.cli.app import app, check_creatable, finite, library_output, quiet_libraries, user_errors
 from sdcli.engine.request import GUIDANCE_MAX, STEPS_MAX
 from sdcli.util.errors import UsageError
 
@@ -38,7 +38,7 @@ def convert(
     from sdcli.convert.defaults import check_spacing
     from sdcli.convert.export import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
-    with user_errors("interrupted; nothing was written"):
+    with user_errors("interrupted; nothing was written"), library_output(quiet):  # NNCF's bars: stderr or none
         weight_format = weight_format if weight_format is not None else ("int8" if quantize else "fp16")
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")

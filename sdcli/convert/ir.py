@@ -42,8 +42,11 @@ def save_ir(model, folder: Path, weight_format: str) -> None:
     import openvino as ov
 
     if weight_format == "int8":
+        import logging
+
         import nncf
 
+        nncf.set_log_level(logging.ERROR)  # its statistics tables go to stdout
         model = nncf.compress_weights(model)
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=(weight_format == "fp16"))
