@@ -1,6 +1,6 @@
 """A model folder's own generation defaults (`sdcli convert --default-steps N --default-guidance
-G --scheduler NAME --timestep-spacing S`, or `--into FOLDER`): generate, batch and info use
-them, flags given win, a broken defaults file is one line and exit 2.
+G --default-vae full|tiny --scheduler NAME --timestep-spacing S`, or `--into FOLDER`): generate,
+batch, serve and info use them, flags given win, a broken defaults file is one line and exit 2.
 
 The tiny epsilon model is converted once here as a "Turbo-like" folder: Euler a with trailing
 spacing, 3 steps at guidance 3.5 (values unlike every built-in default, so that a default that
@@ -164,6 +164,8 @@ BAD_DEFAULTS = [
     ("guidance-text", {"defaults": {"guidance_scale": "high"}}, "guidance_scale must be a number"),
     ("unknown-key", {"defaults": {"step": 3}}, "unknown key 'step'"),
     ("not-an-object", {"defaults": [3, 1.0]}, '"defaults" must be an object'),
+    ("vae-unknown", {"defaults": {"vae": "medium"}}, "vae must be one of full, tiny"),
+    ("vae-a-number", {"defaults": {"vae": 1}}, "vae must be one of full, tiny"),
 ]
 
 
@@ -239,3 +241,194 @@ def test_an_sdxl_turbo_style_folder_needs_no_flags(tmp_path_factory, tmp_path, p
     theirs = diffusers_pixels(components, None, xl=True, steps=1, guidance=0.0, **SIZE)
     ours = sdcli_pixels(model.ov_dir, tmp_path / "ours.png", steps=None, **SIZE)
     compare(ours, theirs, parity_log, model="sdxl defaults", scheduler="euler_a", mode="trailing 1", size="64x64")
+
+
+# --- --default-vae -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def taesd_dir(tmp_path_factory) -> Path:
+    from sdcli.convert.random_model import build_random_taesd
+
+    folder = tmp_path_factory.mktemp("defaults-taesd") / "taesd"
+    build_random_taesd(folder, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def turbo_tiny(tiny_eps, taesd_dir, tmp_path_factory) -> Path:
+    """A Turbo-like folder converted with a tiny VAE that it decodes with by default."""
+    out = tmp_path_factory.mktemp("defaults-vae") / "turbo-tiny"
+    result = run("convert", tiny_eps.diffusers_dir, "--output", out, "--weight-format", "fp32", "--quiet",
+                 "--tiny-vae", taesd_dir, "--default-vae", "tiny", "--default-steps", 2, "--default-guidance", 0,
+                 "--scheduler", "euler", "--timestep-spacing", "trailing")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_default_vae_tiny_decodes_with_the_tiny_vae(turbo_tiny, tmp_path):
+    """No flags: the tiny VAE, the same PNG (pixels and parameters) as `--vae tiny` spelt out, and
+    --from-image redoes it byte for byte; `--vae full` wins, and its PNG redoes with the full VAE."""
+    from sdcli.imaging.image_io import read_rgb
+
+    assert json.loads((turbo_tiny / "sdcli.json").read_text())["defaults"] == \
+        {"steps": 2, "guidance_scale": 0.0, "vae": "tiny"}
+    made = generate(turbo_tiny, tmp_path / "default.png")
+    assert made["png"]["vae"] == "tiny" and made["png"]["steps"] == 2
+    generate(turbo_tiny, tmp_path / "tiny.png", "--vae", "tiny")
+    assert (tmp_path / "default.png").read_bytes() == (tmp_path / "tiny.png").read_bytes()
+    full = generate(turbo_tiny, tmp_path / "full.png", "--vae", "full")
+    assert "vae" not in full["png"]
+    assert (read_rgb(tmp_path / "full.png") != read_rgb(tmp_path / "default.png")).any()
+    for image in ("default", "full"):
+        result = run("generate", "--model", turbo_tiny, "--from-image", tmp_path / f"{image}.png",
+                     "--output", tmp_path / f"{image}-again.png", "--quiet")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"{image}-again.png").read_bytes() == (tmp_path / f"{image}.png").read_bytes(), image
+
+
+def test_into_sets_the_default_vae_with_or_after_the_tiny_vae(tiny_eps, taesd_dir, tmp_path):
+    """--into: tiny with the same command's --tiny-vae, or on a folder that has one; full sets it back."""
+    folder = tmp_path / "optimum-like"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    (folder / "sdcli.json").unlink()
+    result = run("convert", "--into", folder, "--tiny-vae", taesd_dir, "--default-vae", "tiny", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "sdcli.json").read_text())["defaults"] == {"vae": "tiny"}
+    png = generate(folder, tmp_path / "a.png")["png"]
+    assert (png["vae"], png["steps"], png["guidance_scale"]) == ("tiny", 20, 7.5)  # only the VAE is the folder's
+    assert run("convert", "--into", folder, "--default-vae", "full", "--default-steps", 3, "--quiet").exit_code == 0
+    assert json.loads((folder / "sdcli.json").read_text())["defaults"] == {"vae": "full", "steps": 3}
+    png = generate(folder, tmp_path / "b.png")["png"]
+    assert "vae" not in png and png["steps"] == 3
+    assert run("convert", "--into", folder, "--default-vae", "tiny", "--quiet").exit_code == 0  # it has one now
+    assert generate(folder, tmp_path / "c.png")["png"]["vae"] == "tiny"
+
+
+def test_bad_default_vae_is_one_line_and_writes_nothing(tiny_eps, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    line = one_line_error(run("convert", "--into", folder, "--default-vae", "medium"))
+    assert "--default-vae must be one of full, tiny, got 'medium'" in line
+    line = one_line_error(run("convert", "--into", folder, "--default-vae", "tiny", "--default-steps", "2"))
+    assert "--default-vae tiny" in line and "no tiny VAE" in line
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    for extra in (["--default-vae", "tiny"], ["--default-vae", "Tiny", "--tiny-vae", "x"]):
+        line = one_line_error(run("convert", tiny_eps.diffusers_dir, "--output", tmp_path / "new", *extra))
+        assert "--default-vae" in line and not (tmp_path / "new").exists(), line
+
+
+def test_a_default_tiny_vae_the_folder_lacks_is_one_line(tiny_eps, tmp_path):
+    """sdcli.json says tiny but vae_decoder_tiny/ is gone: generate and batch say so in one line,
+    and --vae full still runs."""
+    folder = tmp_path / "no-tiny"
+    shutil.copytree(tiny_eps.ov_dir, folder)
+    (folder / "sdcli.json").write_text(json.dumps({"defaults": {"vae": "tiny"}}))
+    line = one_line_error(run("generate", "--model", folder, "--prompt", "x", "--output", tmp_path / "x.png"))
+    assert "vae is tiny, but the folder has no tiny VAE" in line and "--vae full" in line
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    line = one_line_error(run("batch", prompts, "--output-dir", tmp_path / "out", "--model", folder))
+    assert "no tiny VAE" in line
+    assert "vae" not in generate(folder, tmp_path / "y.png", "--steps", "2", "--vae", "full")["png"]
+
+
+def test_batch_rows_use_the_default_vae(turbo_tiny, tmp_path):
+    """Rows (none can name a VAE) decode with the folder's; --vae full for the batch wins."""
+    from sdcli.imaging.image_io import read_rgb
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a lighthouse", "seed": 5}\n{"prompt": "a dog", "steps": 1}\n')
+    outputs = {}
+    for label, extra in (("default", []), ("full", ["--vae", "full"])):
+        out = outputs[label] = tmp_path / label
+        result = run("batch", prompts, "--output-dir", out, "--model", turbo_tiny, "--width", "64", "--height", "64",
+                     "--seed", "1", "--rng", "torch", "--precision", "f32", "--quiet", "--parallel", "1", *extra)
+        assert result.exit_code == 0, result.output
+    pngs = {label: sorted(out.glob("*.png")) for label, out in outputs.items()}
+    assert [settings_from_image(p).get("vae") for p in pngs["default"]] == ["tiny", "tiny"]
+    assert [settings_from_image(p).get("vae") for p in pngs["full"]] == [None, None]
+    generate(turbo_tiny, tmp_path / "tiny.png", "--vae", "tiny")  # row 1 is this image's settings
+    assert (read_rgb(pngs["default"][0]) == read_rgb(tmp_path / "tiny.png")).all()
+
+
+def test_serve_uses_the_default_vae_where_the_request_names_none(turbo_tiny, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from sdcli.serve.app import create_app
+    from sdcli.serve.worker import ModelRegistry, Worker
+
+    worker = Worker(ModelRegistry(turbo_tiny.parent, turbo_tiny), turbo_tiny.name, queue_size=4)
+    worker.start(warm_up=False)
+    try:
+        client = TestClient(create_app(worker))
+        body = {"prompt": "a lighthouse", "seed": 5, **SIZE}
+
+        def infotext(**extra) -> str:
+            r = client.post("/sdapi/v1/txt2img", json={**body, **extra})
+            assert r.status_code == 200, r.text
+            (tmp_path / "served.png").write_bytes(base64.b64decode(r.json()["images"][0]))
+            return json.loads(r.json()["info"])["infotexts"][0]
+
+        text = infotext()
+        assert "VAE Decoder: TAESD" in text and "Steps: 2," in text
+        result = run("generate", "--model", turbo_tiny, "--prompt", "a lighthouse", "--seed", "5", "--width", "64",
+                     "--height", "64", "--quiet", "--output", tmp_path / "cli.png")  # no flags: generate's PNG
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "cli.png").read_bytes() == (tmp_path / "served.png").read_bytes()
+        assert "VAE Decoder" not in infotext(override_settings={"sd_vae_decode_method": "Full"})
+        assert client.get("/sdapi/v1/options").json()["sd_vae_decode_method"] == "TAESD"  # the model's own
+        assert client.post("/sdapi/v1/options", json={"sd_vae_decode_method": "Full"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["sd_vae_decode_method"] == "Full"
+        assert "VAE Decoder" not in infotext()  # chosen for the server: it stays
+        assert "VAE Decoder: TAESD" in infotext(override_settings={"sd_vae_decode_method": "TAESD"})
+    finally:
+        worker.stop()
+        worker.join(30)
+
+
+def test_info_shows_the_default_vae(turbo_tiny):
+    result = run("info", turbo_tiny)
+    assert result.exit_code == 0, result.output
+    assert "defaults: 2 steps, guidance 0, tiny VAE; scheduler EulerDiscreteScheduler, trailing spacing" in result.stdout
+    assert json.loads(run("info", turbo_tiny, "--json").stdout)["model"]["defaults"] == \
+        {"steps": 2, "guidance_scale": 0.0, "vae": "tiny"}
+
+
+def test_the_bench_sets_the_default_vae_where_a_turbo_folder_gets_a_tiny_vae(tmp_path, monkeypatch):
+    """bench --arch sd-turbo --tiny-vae converts with --default-vae tiny (and adds it with the tiny
+    VAE to a folder converted before without one); sd15's folder gets none; sdcli's runs name
+    their VAE either way, so a folder's default changes no benchmark.  (The commands are
+    recorded, not run: the flags themselves are tested on real folders above.)"""
+    from sdcli.bench import peers
+
+    calls = []
+    monkeypatch.setattr(peers, "_build_once", lambda path, cmd: path)
+    monkeypatch.setattr(peers.subprocess, "run", lambda cmd, **kw: calls.append([str(c) for c in cmd]))
+
+    def default_vae(cmd):
+        return cmd[cmd.index("--default-vae") + 1] if "--default-vae" in cmd else None
+
+    for arch, wanted in (("sd-turbo", "tiny"), ("tiny-sd-turbo", "tiny"), ("sd15", None)):
+        calls.clear()
+        src, ov_dir = peers.ensure_models(tmp_path / arch, "fp16", lambda s: None, arch, tiny_vae=True)
+        (convert,) = calls
+        assert "--tiny-vae" in convert and "--output" in convert and default_vae(convert) == wanted, convert
+        ov_dir.mkdir()
+        (ov_dir / "model_index.json").write_text("{}")  # converted before, without the tiny VAE
+        calls.clear()
+        peers.ensure_models(tmp_path / arch, "fp16", lambda s: None, arch, tiny_vae=True)
+        (into,) = calls
+        assert "--into" in into and "--tiny-vae" in into and default_vae(into) == wanted, into
+        calls.clear()
+        peers.ensure_models(tmp_path / arch, "fp16", lambda s: None, arch, tiny_vae=False)
+        assert calls == []
+    for tiny, vae in ((True, "tiny"), (False, "full")):
+        cmd, _ = peers.peer_command("sdcli", src, ov_dir, 1, 64, "f32", tmp_path / "x.png", [], tmp_path / "cache",
+                                    tiny_vae=tiny)
+        assert cmd[cmd.index("--vae") + 1] == vae

@@ -60,7 +60,7 @@ class BatchOptions:
     quiet: bool = False
     as_json: bool = False
     debug: bool = False
-    unset: tuple = ()  # of "steps", "guidance_scale": not given, so an LCM model's own defaults apply
+    unset: tuple = ()  # of "steps", "guidance_scale", "vae": not given, so the model's own defaults apply
     vae: str = "full"  # generate's --vae, --deepcache and --clip-skip, for every row
     deepcache: int = 1
     clip_skip: int = 1

@@ -104,8 +104,9 @@ def run_batch(opts: BatchOptions, runner: Optional[Runner] = None) -> int:
 
 
 def check_options(opts: BatchOptions) -> tuple[BatchOptions, Path, str]:
-    """What every row shares, checked before any output: (options with an LCM model's
-    defaults, model folder, model name).  UsageError for the first problem."""
+    """What every row shares, checked before any output: (options with the model's own
+    defaults (its folder's steps, guidance and VAE, an LCM's), model folder, model name).
+    UsageError for the first problem."""
     check_precision(opts.precision)
     check_rng(opts.rng)
     model_dir = resolve_model(opts.model)
@@ -115,6 +116,8 @@ def check_options(opts: BatchOptions) -> tuple[BatchOptions, Path, str]:
     if few_step:  # the model's own steps and guidance (its folder's, an LCM's) where the command line gives none
         defaults = dict(zip(("steps", "guidance_scale"), few_step))
         opts = dataclasses.replace(opts, **{k: v for k, v in defaults.items() if k in opts.unset})
+    if "vae" in opts.unset:  # the folder's own VAE (convert --default-vae) where --vae is not given
+        opts = dataclasses.replace(opts, vae=model.default_vae)
     model.vae(opts.vae)  # an unknown --vae or a missing tiny VAE,
     if opts.init_image is not None:
         read_rgb(opts.init_image)  # a bad global init image,

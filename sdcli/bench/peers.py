@@ -112,6 +112,8 @@ TAESD_FLAGS = {"sd15": "--taesd", "sdxl": "--taesd", "sd-turbo": "--taesd", "tin
 # scheduler (Euler, trailing timesteps)
 FOLDER_DEFAULTS = {arch: ["--default-steps", "1", "--default-guidance", "0", "--scheduler", "euler",
                           "--timestep-spacing", "trailing"] for arch in ("sd-turbo", "tiny-sd-turbo")}
+# ... and, where the folder gets a tiny VAE, that it decodes with it (the fastest image with no flags)
+TINY_VAE_DEFAULTS = {arch: ["--default-vae", "tiny"] for arch in FOLDER_DEFAULTS}
 
 
 def _build_once(path: Path, cmd: list[str]) -> Path:
@@ -127,7 +129,8 @@ def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None],
                   tiny_vae: bool = False) -> tuple[Path, Path]:
     """The random-weight diffusers folder of `arch` (one of ARCHS) and its conversion (with the
     arch's FOLDER_DEFAULTS), built once; `tiny_vae`: the conversion has a random TAESD's
-    vae_decoder_tiny/ too (added to a folder converted before without it)."""
+    vae_decoder_tiny/ too (added to a folder converted before without it), and the arch's
+    TINY_VAE_DEFAULTS.  sdcli's runs name their VAE (peer_command), whatever the folder's default."""
     src = workdir / f"{arch}-random"
     ov_dir = workdir / f"{arch}-random-ov-{weight_format}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -146,11 +149,12 @@ def ensure_models(workdir: Path, weight_format: str, log: Callable[[str], None],
         log(f"converting it to {ov_dir} ({weight_format}, once)")
         subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(ov_dir),
                         "--weight-format", weight_format, *FOLDER_DEFAULTS.get(arch, []),
-                        *(["--tiny-vae", str(taesd)] if taesd else []), "--quiet"], check=True)
+                        *(["--tiny-vae", str(taesd), *TINY_VAE_DEFAULTS.get(arch, [])] if taesd else []), "--quiet"],
+                       check=True)
     elif taesd is not None:
         log(f"adding the tiny VAE to {ov_dir} (once)")
         subprocess.run([sys.executable, "-m", "sdcli", "convert", "--tiny-vae", str(taesd), "--into", str(ov_dir),
-                        "--quiet"], check=True)
+                        *TINY_VAE_DEFAULTS.get(arch, []), "--quiet"], check=True)
     return src, ov_dir
 
 
@@ -165,7 +169,7 @@ def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, prec
         env["SDCLI_CACHE_DIR"] = str(cache_dir)
         return [sys.executable, "-m", "sdcli", "generate", "--model", str(ov_dir), *common, "--scheduler", "euler",
                 "--width", str(size), "--height", str(size), "--precision", precision, "--json", "--quiet",
-                "--output", str(out_png), *(["--vae", "tiny"] if tiny_vae else []), *extra], env
+                "--output", str(out_png), "--vae", "tiny" if tiny_vae else "full", *extra], env
     python = sys.executable
     if peer == "optimum":
         python = optimum_python or sys.executable

@@ -46,7 +46,7 @@ def batch(
     device: str = typer.Option("CPU", "--device", help="OpenVINO device: CPU, GPU, NPU, AUTO, ..."),
     precision: str = typer.Option("auto", "--precision", help="auto, f32, bf16, f16."),
     rng: str = typer.Option("torch", "--rng", help="torch or numpy."),
-    vae: str = typer.Option("full", "--vae", help="full or tiny (the tiny VAE `convert --tiny-vae` added), for every row."),
+    vae: str = typer.Option("full", "--vae", help="full or tiny (the tiny VAE `convert --tiny-vae` added), for every row [default: the model folder's own (convert --default-vae), else full]."),
     deepcache: int = typer.Option(1, "--deepcache", min=1, max=1000, help="DeepCache for every row (see generate)."),
     clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=24, help="Clip skip for every row (see generate)."),
     parallel: str = typer.Option("auto", "--parallel", metavar="N|auto", help="Rows in flight at once, one per OpenVINO throughput stream: N, or auto (OpenVINO's count on machines of 8+ cores, where it measured +16% images/hour; one at a time below, where it measured -8%); 1: one at a time."),
@@ -82,7 +82,7 @@ def batch(
             width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
             quiet=quiet, as_json=as_json, debug=STATE["debug"], parallel=_parallel(parallel),
             vae=vae, deepcache=deepcache, clip_skip=clip_skip,
-            unset=tuple(name for name in ("steps", "guidance_scale") if not option_given(ctx, name)),
+            unset=tuple(name for name in ("steps", "guidance_scale", "vae") if not option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
             lora_dir=lora_dir, embeddings_dir=embeddings_dir, allow_pickle=allow_pickle,
         ), runner)

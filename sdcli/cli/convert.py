@@ -29,13 +29,15 @@ def convert(
     timestep_spacing: Optional[str] = typer.Option(None, "--timestep-spacing", metavar="leading|trailing|linspace", help="How the model's scheduler spreads its steps (scheduler_config.json's timestep_spacing): trailing for SDXL-Turbo, Lightning, Hyper-SD [default: the source's]."),
     default_steps: Optional[int] = typer.Option(None, "--default-steps", min=1, max=STEPS_MAX, help="The folder's own default for generate's --steps (kept in its sdcli.json), e.g. 1 for a Turbo model."),
     default_guidance: Optional[float] = typer.Option(None, "--default-guidance", min=0.0, max=GUIDANCE_MAX, callback=finite, help="The folder's own default for generate's --guidance-scale (sdcli.json), e.g. 0 for a Turbo model."),
+    default_vae: Optional[str] = typer.Option(None, "--default-vae", metavar="full|tiny", help="The folder's own default for generate's --vae (sdcli.json): tiny decodes with the tiny VAE (this command's --tiny-vae, or one the folder has), e.g. for a Turbo model."),
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL)."),
-    into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --scheduler, --timestep-spacing."),
+    into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --default-vae, --scheduler, --timestep-spacing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
     --into DIR, add a tiny VAE to a converted model or set its generation defaults."""
     from sdcli.convert.defaults import check_spacing
+    from sdcli.model.defaults import check_vae_flag
     from sdcli.convert.export import WEIGHT_FORMATS, ConvertOptions, default_output_name
 
     with user_errors("interrupted; nothing was written"), library_output(quiet):  # NNCF's bars: stderr or none
@@ -43,13 +45,14 @@ def convert(
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
         check_spacing(timestep_spacing)
+        check_vae_flag(default_vae)
         log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
         if into is not None:
             if source is not None or output is not None:
                 raise UsageError("--into changes a converted folder; give it without SOURCE and --output")
             change_folder(into, tiny_vae, weight_format, force, log,
                           dict(steps=default_steps, guidance=default_guidance, scheduler=convert_scheduler,
-                               spacing=timestep_spacing))
+                               spacing=timestep_spacing, vae=default_vae))
             if not quiet:
                 print(into)
             return
@@ -77,7 +80,7 @@ def convert(
         opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config,
                               tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler,
                               timestep_spacing=timestep_spacing, default_steps=default_steps,
-                              default_guidance=default_guidance,
+                              default_guidance=default_guidance, default_vae=default_vae,
                               quantize=quantize, calibration_prompts=prompts, calibration_samples=calibration_samples)
         quiet_libraries()
         from sdcli.convert.export import convert as run_convert
@@ -89,13 +92,13 @@ def convert(
 
 def change_folder(into: Path, tiny_vae: Optional[str], weight_format: str, force: bool, log, settings: dict) -> None:
     """--into DIR: add the tiny VAE and/or set the folder's defaults (`settings`: steps, guidance,
-    scheduler, spacing), every setting checked before anything is written."""
+    scheduler, spacing, vae), every setting checked before anything is written."""
     if tiny_vae is None and all(value is None for value in settings.values()):
         raise UsageError("--into needs --tiny-vae (the tiny VAE to add) or a setting to change: --default-steps, "
-                         "--default-guidance, --scheduler, --timestep-spacing")
+                         "--default-guidance, --default-vae, --scheduler, --timestep-spacing")
     from sdcli.convert.defaults import plan_folder_defaults, write_planned
 
-    planned = plan_folder_defaults(into, **settings)
+    planned = plan_folder_defaults(into, **settings, adding_tiny_vae=tiny_vae is not None)
     if tiny_vae is not None:
         quiet_libraries()
         from sdcli.convert.tiny_vae import add_tiny_vae

@@ -62,7 +62,7 @@ def generate(
     negative_aesthetic_score: float = typer.Option(NEGATIVE_AESTHETIC_SCORE, "--negative-aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the negative rows' aesthetic score."),
     refiner: Optional[Path] = typer.Option(None, "--refiner", help="SDXL: a refiner's converted folder, which takes over at --refiner-switch and decodes (diffusers' denoising_end/denoising_start)."),
     refiner_switch: float = typer.Option(0.8, "--refiner-switch", min=0.0, max=1.0, callback=finite, help="SDXL with --refiner: the fraction of the schedule the base model runs (A1111's \"Refiner switch at\")."),
-    vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail)."),
+    vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail) [default: the model folder's own (convert --default-vae), else full]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
     from_image: Optional[Path] = typer.Option(None, "--from-image", help="Redo the image whose settings this PNG stores; options given here override them."),
@@ -152,6 +152,8 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         for name, value in zip(("steps", "guidance_scale"), few_step):
             if not option_given(ctx, name):
                 changes[name] = value
+    if o.from_image is None and not option_given(ctx, "vae"):  # the folder's --default-vae (a PNG says its own)
+        changes["vae"] = engine.folder.default_vae
     request = request.replace(**changes)
     request.validate()
     engine.check_fits(request, images=o.num_images)  # a size too large is refused before anything loads

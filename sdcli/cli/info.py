@@ -56,10 +56,11 @@ def info(
 
 
 def defaults_line(model: dict) -> str:
-    """`generate`'s defaults for the model: its folder's steps and guidance (sdcli.json), and its scheduler."""
+    """`generate`'s defaults for the model: its folder's steps, guidance and VAE (sdcli.json), and its scheduler."""
     defaults, scheduler = model["defaults"], model["scheduler"]
     own = [f"{defaults['steps']} steps" if "steps" in defaults else None,
-           f"guidance {defaults['guidance_scale']:g}" if "guidance_scale" in defaults else None]
+           f"guidance {defaults['guidance_scale']:g}" if "guidance_scale" in defaults else None,
+           f"{defaults['vae']} VAE" if "vae" in defaults else None]
     text = ", ".join(item for item in own if item) or "none set in sdcli.json"
     spacing = f", {scheduler['timestep_spacing']} spacing" if scheduler.get("timestep_spacing") else ""
     return f"  defaults: {text}; scheduler {scheduler.get('class') or '?'}{spacing}"

@@ -1,5 +1,5 @@
 """A model folder's own generation defaults, set by `sdcli convert`: `--default-steps`,
-`--default-guidance` (kept in sdcli.json, see sdcli/model/defaults.py) and the scheduler
+`--default-guidance`, `--default-vae` (kept in sdcli.json, see sdcli/model/defaults.py) and the scheduler
 with its timestep spacing (`--scheduler`, `--timestep-spacing`: scheduler_config.json).
 
 At convert time they are written with the rest of the folder; `--into FOLDER` sets them on a
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.convert.lora import replacement_scheduler_config
-from sdcli.model.defaults import KEY, METADATA, GenerationDefaults, check_defaults, read_metadata
+from sdcli.model.defaults import KEY, METADATA, GenerationDefaults, check_defaults, check_vae_flag, read_metadata
 from sdcli.schedulers import create_scheduler
 from sdcli.schedulers.base import SPACINGS
 from sdcli.util.errors import UsageError
@@ -41,17 +41,28 @@ def model_scheduler_config(name: str | None, spacing: str | None, config: dict, 
     return new
 
 
-def new_defaults(steps: int | None, guidance: float | None, current: dict | None = None) -> dict:
-    """The "defaults" object with `steps` and `guidance` set over `current` (sdcli.json's),
+def new_defaults(steps: int | None, guidance: float | None, current: dict | None = None,
+                 vae: str | None = None) -> dict:
+    """The "defaults" object with `steps`, `guidance` and `vae` set over `current` (sdcli.json's),
     checked."""
+    check_vae_flag(vae)
     merged = dict(current) if isinstance(current, dict) else {}
-    merged.update(GenerationDefaults(steps, guidance).as_dict())
+    merged.update(GenerationDefaults(steps, guidance, vae).as_dict())
     return check_defaults(merged).as_dict()
 
 
-def defaults_metadata(steps: int | None, guidance: float | None) -> dict:
-    """What a new folder's sdcli.json gets for --default-steps / --default-guidance."""
-    defaults = new_defaults(steps, guidance)
+def check_default_vae(vae: str | None, has_tiny_vae: bool, folder: str) -> None:
+    """--default-vae: full or tiny, and tiny only where `folder` will have a tiny VAE (its own, or
+    the --tiny-vae of the same command)."""
+    check_vae_flag(vae)
+    if vae == "tiny" and not has_tiny_vae:
+        raise UsageError(f"--default-vae tiny: {folder} has no tiny VAE (vae_decoder_tiny/); add one with "
+                         "--tiny-vae TAESD (in the same command, or before)")
+
+
+def defaults_metadata(steps: int | None, guidance: float | None, vae: str | None = None) -> dict:
+    """What a new folder's sdcli.json gets for --default-steps / --default-guidance / --default-vae."""
+    defaults = new_defaults(steps, guidance, vae=vae)
     return {KEY: defaults} if defaults else {}
 
 
@@ -60,19 +71,22 @@ def _json_bytes(data: dict) -> bytes:
 
 
 def plan_folder_defaults(root: Path, steps: int | None = None, guidance: float | None = None,
-                         scheduler: str | None = None, spacing: str | None = None) -> list[tuple[Path, bytes]]:
+                         scheduler: str | None = None, spacing: str | None = None, vae: str | None = None,
+                         adding_tiny_vae: bool = False) -> list[tuple[Path, bytes]]:
     """The files to rewrite in the converted folder `root` for these settings, every value
-    checked before anything is written (UsageError); see write_planned."""
+    checked before anything is written (UsageError); see write_planned.  `adding_tiny_vae`: the
+    same command adds a tiny VAE (so `vae` "tiny" may be set on a folder without one yet)."""
     from sdcli.model.folder import ModelFolder
 
     folder = ModelFolder.open(root)
+    check_default_vae(vae, adding_tiny_vae or folder.has_tiny_vae, str(root))
     planned = []
     if scheduler is not None or spacing is not None:
         config = model_scheduler_config(scheduler, spacing, folder.scheduler_config, folder.unet_config)
         planned.append((folder.root / SCHEDULER_CONFIG, _json_bytes(config)))
-    if steps is not None or guidance is not None:
+    if steps is not None or guidance is not None or vae is not None:
         metadata = read_metadata(folder.root)
-        metadata[KEY] = new_defaults(steps, guidance, metadata.get(KEY))
+        metadata[KEY] = new_defaults(steps, guidance, metadata.get(KEY), vae)
         planned.append((folder.root / METADATA, _json_bytes(metadata)))
     return planned
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sdcli.convert.defaults import defaults_metadata, model_scheduler_config
+from sdcli.convert.defaults import check_default_vae, defaults_metadata, model_scheduler_config
 from sdcli.convert.ir import WEIGHT_FORMATS, export_tokenizer, model_config, require_convert_extra, save_ir, \
     to_openvino, write_json
 from sdcli.convert.lora import fuse_lora, replacement_scheduler_config
@@ -86,6 +86,7 @@ def check_options(opts: ConvertOptions, output: Path) -> None:
         raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}")
     if output.exists() and not opts.force:
         raise UsageError(f"{output} already exists (pass --force to replace it)")
+    check_default_vae(opts.default_vae, bool(opts.tiny_vae), "the converted folder")
     if opts.scheduler:
         from sdcli.schedulers import resolve_scheduler_name
 
@@ -291,7 +292,7 @@ def write_metadata(out: Path, index: dict, source: str, opts: ConvertOptions, se
         {"source": source, "weight_format": opts.weight_format, "converted_in_s": round(seconds, 1),
          **({"tiny_vae": opts.tiny_vae} if opts.tiny_vae else {}),
          **({"quantize": opts.quantize} if opts.quantize else {}),
-         **defaults_metadata(opts.default_steps, opts.default_guidance)},
+         **defaults_metadata(opts.default_steps, opts.default_guidance, opts.default_vae)},
     )
 
 

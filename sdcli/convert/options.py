@@ -16,6 +16,7 @@ class ConvertOptions:
     timestep_spacing: str | None = None  # and/or this timestep_spacing (leading, trailing, linspace)
     default_steps: int | None = None  # the folder's own generation defaults (sdcli.json "defaults")
     default_guidance: float | None = None
+    default_vae: str | None = None  # "full" or "tiny" (needs tiny_vae)
     tiny_vae: str | None = None  # AutoencoderTiny folder or repo to add as vae_decoder_tiny/, vae_encoder_tiny/
     quantize: str | None = None  # "hybrid": NNCF hybrid quantization of the UNet (the rest int8 weight-only)
     calibration_prompts: list[str] | None = None  # for --quantize hybrid [default: quantize.DEFAULT_PROMPTS]

@@ -1,10 +1,12 @@
 """A model folder's own generation defaults: the `"defaults"` object of its sdcli.json,
-set by `sdcli convert --default-steps N --default-guidance G` (or later with `--into`).
+set by `sdcli convert --default-steps N --default-guidance G --default-vae full|tiny` (or later
+with `--into`).
 
-    {"defaults": {"steps": 1, "guidance_scale": 0.0}}
+    {"defaults": {"steps": 1, "guidance_scale": 0.0, "vae": "tiny"}}
 
 A distilled model (SDXL-Turbo, Lightning, Hyper-SD, an LCM) is made for a few steps at a low
-guidance; with these, `sdcli generate` needs no flags for it.  Each key is optional; flags
+guidance; with these, `sdcli generate` needs no flags for it ("vae": "tiny" decodes with the
+TAESD that `convert --tiny-vae` added, the fastest image).  Each key is optional; flags
 given on the command line win.  The default scheduler (and its timestep spacing) is what
 scheduler/scheduler_config.json says, as for any folder.  model_index.json is left as
 optimum-cli writes it, so the folder stays interchangeable.
@@ -22,17 +24,20 @@ METADATA = "sdcli.json"  # sdcli's own file in a converted folder (what convert 
 KEY = "defaults"
 STEPS_MAX = 1000  # generate's --steps and --guidance-scale ranges (engine.request's)
 GUIDANCE_MAX = 100.0
+VAES = ("full", "tiny")  # generate's --vae
+KEYS = ("steps", "guidance_scale", "vae")
 
 
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """The folder's steps and guidance scale, each None where it gives none."""
+    """The folder's steps, guidance scale and VAE, each None where it gives none."""
 
     steps: int | None = None
     guidance_scale: float | None = None
+    vae: str | None = None  # "full" or "tiny" (vae_decoder_tiny/)
 
     def __bool__(self) -> bool:
-        return self.steps is not None or self.guidance_scale is not None
+        return self.steps is not None or self.guidance_scale is not None or self.vae is not None
 
     def as_dict(self) -> dict:
         """The keys that are set (what sdcli.json holds)."""
@@ -46,12 +51,19 @@ def check_defaults(value) -> GenerationDefaults:
     if not isinstance(value, dict):
         raise UsageError(f'{METADATA}: "{KEY}" must be an object such as {{"steps": 4, "guidance_scale": 1.0}}, '
                          f"got {json.dumps(value)[:60]}")
-    unknown = sorted(set(value) - {"steps", "guidance_scale"})
+    unknown = sorted(set(value) - set(KEYS))
     if unknown:
-        raise UsageError(f"{where}: unknown key {unknown[0]!r} (steps and guidance_scale can be set)")
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} (steps, guidance_scale and vae can be set)")
     config = Config(value, where)
     return GenerationDefaults(config.integer("steps", 1, STEPS_MAX, None),
-                              config.number("guidance_scale", 0.0, GUIDANCE_MAX, None))
+                              config.number("guidance_scale", 0.0, GUIDANCE_MAX, None),
+                              config.text("vae", VAES, None))
+
+
+def check_vae_flag(vae: str | None, flag: str = "--default-vae") -> None:
+    """UsageError for a VAE name other than full or tiny."""
+    if vae is not None and vae not in VAES:
+        raise UsageError(f"{flag} must be one of {', '.join(VAES)}, got {vae!r}")
 
 
 def read_metadata(root: Path) -> dict:

@@ -166,11 +166,22 @@ class ModelFolder:
 
     @cached_property
     def generation_defaults(self) -> "GenerationDefaults":
-        """The steps and guidance scale the folder's sdcli.json gives (model/defaults.py);
+        """The steps, guidance scale and VAE the folder's sdcli.json gives (model/defaults.py);
         UsageError for a value of the wrong type or out of range."""
         from sdcli.model.defaults import read_defaults
 
         return read_defaults(self.root)
+
+    @property
+    def default_vae(self) -> str:
+        """The VAE a run that names none decodes with: sdcli.json's defaults "vae" (`convert
+        --default-vae`), else "full"; UsageError where it says tiny and the folder has none."""
+        vae = self.generation_defaults.vae or "full"
+        if vae == "tiny" and not self.has_tiny_vae:
+            raise UsageError(f"{self.root}/sdcli.json defaults: vae is tiny, but the folder has no tiny VAE "
+                             f"({TINY_DECODER}/): pass --vae full, or add one with `sdcli convert --tiny-vae "
+                             f"madebyollin/{'taesdxl' if self.is_sdxl else 'taesd'} --into {self.root}`")
+        return vae
 
     @property
     def is_lcm(self) -> bool:

@@ -46,8 +46,8 @@ def describe_model(root: Path) -> dict:
 
 
 def generation_defaults(root: Path) -> dict:
-    """What `generate` runs the folder with when no flag says otherwise: "defaults", the steps and
-    guidance its sdcli.json sets (checked; {} when none), and "scheduler", its own scheduler and
+    """What `generate` runs the folder with when no flag says otherwise: "defaults", the steps,
+    guidance and VAE its sdcli.json sets (checked; {} when none), and "scheduler", its own scheduler and
     timestep spacing (scheduler_config.json's)."""
     from sdcli.model.config_checks import read_json
     from sdcli.model.defaults import read_defaults

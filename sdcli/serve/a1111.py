@@ -48,7 +48,7 @@ class Options:
 
     clip_skip: int = 1
     emphasis: bool = True
-    vae: str = "full"
+    vae: str | None = None  # "full", "tiny"; None: the model's own (its folder's --default-vae, else full)
     other: dict[str, Any] = field(default_factory=dict)  # options we keep but do not use
 
     def updated(self, changes: dict[str, Any], where: str) -> "Options":
@@ -81,11 +81,13 @@ class Options:
                 out.other[key] = value
         return out
 
-    def as_a1111(self, model_title: str | None, previews: bool) -> dict[str, Any]:
+    def as_a1111(self, model_title: str | None, previews: bool, model_vae: str = "full") -> dict[str, Any]:
+        """A1111's options; `model_vae`: the VAE the loaded model decodes with when none is chosen."""
+        method = "TAESD" if (self.vae or model_vae) == "tiny" else "Full"
         return {**self.other, "sd_model_checkpoint": model_title, "sd_checkpoint_hash": None,
                 "CLIP_stop_at_last_layers": self.clip_skip, "emphasis": "Original" if self.emphasis else "None",
-                "sd_vae": "Automatic", "sd_vae_decode_method": "TAESD" if self.vae == "tiny" else "Full",
-                "sd_vae_encode_method": "TAESD" if self.vae == "tiny" else "Full", "randn_source": "CPU",
+                "sd_vae": "Automatic", "sd_vae_decode_method": method,
+                "sd_vae_encode_method": method, "randn_source": "CPU",
                 "samples_format": "png", "live_previews_enable": previews, "eta_noise_seed_delta": 0}
 
 
@@ -199,7 +201,8 @@ class Plan:
             prompt=body.prompt or "", negative_prompt=body.negative_prompt or "",
             steps=20 if steps is None else steps, guidance_scale=7.5 if guidance is None else guidance,
             width=body.width, height=body.height, scheduler=scheduler, emphasis=self.options.emphasis,
-            clip_skip=self.options.clip_skip, vae=self.options.vae, guidance_rescale=body.guidance_rescale or 0.0)
+            clip_skip=self.options.clip_skip, vae=self.options.vae or engine.folder.default_vae,
+            guidance_rescale=body.guidance_rescale or 0.0)
         if self.kind == "img2img":
             base = base.replace(strength=0.75 if body.denoising_strength is None else body.denoising_strength,
                                 mask=self.mask, mask_blur=4 if body.mask_blur is None else body.mask_blur)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import os
 import secrets
@@ -198,7 +199,12 @@ def add_listing_routes(app: FastAPI, worker: Worker) -> None:
     @app.get("/sdapi/v1/options", tags=["options"])
     async def get_options():
         engine = worker.engine
-        return worker.options.as_a1111(worker.selected, bool(engine is not None and engine.folder.has_tiny_vae))
+        model_vae = "full"  # what a request that chooses no VAE decodes with: the model folder's own default
+        if engine is not None:
+            with contextlib.suppress(UsageError):  # (a broken sdcli.json is answered by the requests themselves)
+                model_vae = engine.folder.generation_defaults.vae or "full"
+        return worker.options.as_a1111(worker.selected, bool(engine is not None and engine.folder.has_tiny_vae),
+                                       model_vae)
 
     @app.post("/sdapi/v1/options", tags=["options"])
     async def set_options(changes: dict[str, Any] = Body(...)):

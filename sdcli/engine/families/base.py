@@ -64,7 +64,7 @@ class ModelFamily:
         defaults (few_step_defaults); None where neither has any.  Flags given win over both."""
         few_step = self.few_step_defaults(scheduler)
         own = self.folder.generation_defaults
-        if not own:
+        if own.steps is None and own.guidance_scale is None:  # (none, or only a VAE: folder.default_vae)
             return few_step
         steps, guidance = few_step or (DEFAULT_STEPS, DEFAULT_GUIDANCE)
         return (steps if own.steps is None else own.steps,
