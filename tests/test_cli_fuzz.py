@@ -9,6 +9,7 @@ traceback, and generate's exit 0 only with the image written.  The server's requ
 are fuzzed in test_serve_fuzz.py.  Seeds are fixed (derandomize): a failure repeats."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -487,3 +488,49 @@ def test_each_bad_value(world, tmp_path_factory, command):
     for flag, (_, bad) in flags.items():
         for value in (*bad, *(ODD_TEXT if command != "batch" else ())):  # batch's checks open the model: slower
             runner(world, tmp_path_factory.mktemp(f"sweep-{command}"), {**base, flag: value}, [])
+
+
+# --- what the fuzz found, kept as plain cases ------------------------------------------------------
+@pytest.mark.parametrize("command, report, readme, message", [
+    ("bench", "bench-empty", "readme.md", "is not a report of sdcli's benchmark (KeyError: 'summary')"),
+    ("bench", "bench-garbage", "readme.md", "is not a report of sdcli's benchmark (JSONDecodeError"),
+    ("bench", "bench-partial", "readme.md", "is not a report of sdcli's benchmark"),
+    ("bench-features", "bench-list", "readme-copy.md", "is not a report of sdcli's benchmark (TypeError"),
+    ("bench", "results", "latin1.md", "latin1.md is not UTF-8 text"),
+    ("bench-features", "results", "latin1.md", "latin1.md is not UTF-8 text"),
+])
+def test_no_run_with_a_broken_report_or_readme_is_a_usage_error(world, tmp_path, command, report, readme, message):
+    """--no-run --readme with a bench.json that is not sdcli's, or a README that is not UTF-8,
+    exited 70 (KeyError, JSONDecodeError, UnicodeDecodeError)."""
+    results = tmp_path / "results"
+    results.mkdir()
+    good = {"summary": [], "machine": {"cpu": "x", "cores": 2, "memory_gb": 1, "openvino": "1", "date": "d"},
+            "size": 64, "precision": "f32", "arch": "tiny", "rounds": 1, "cases": {}, "targets": []}
+    (results / "bench.json").write_text(json.dumps(good))
+    (results / "features.json").write_text(json.dumps(good))
+    folder = results if report == "results" else world["dir"] / report
+    argv = [command, "--no-run", "--output-dir", str(folder), "--readme", str(world["dir"] / readme)]
+    result = invoke(argv, tmp_path)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_serve_host_with_a_nul_is_a_usage_error(world, tmp_path):
+    """--host 'a\\0b' exited 70 (socket's TypeError)."""
+    import sdcli.serve.server as server
+
+    argv = ["serve", "--model", str(world["ov"]), "--port", "0", "--host", "a\x00b"]
+    result = invoke(argv, tmp_path, {(server, "run"): lambda sock, *args, **kwargs: sock.close()})
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert result.stderr == "sdcli: error: --host 'a\\x00b' is not a host name or address: " \
+                            "host name must not contain null character\n"
+
+
+@pytest.mark.parametrize("argv", [["convert", "--quiet", "a\nb"], ["serve", "--model", "a\nb"],
+                                  ["batch", "a\nb", "--output-dir", "o"], ["info", "a\nb"]])
+def test_an_error_naming_a_value_with_a_newline_is_one_line(tmp_path, argv):
+    """The value is named with its newline escaped: the error stays one line."""
+    result = invoke(argv, tmp_path)
+    assert result.exit_code in (1, 2), (result.exit_code, result.stderr)
+    assert result.stderr.startswith("sdcli: error:") and result.stderr.count("\n") == 1, result.stderr
+    assert "a\\nb" in result.stderr

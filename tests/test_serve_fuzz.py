@@ -185,3 +185,23 @@ def test_each_odd_value(client, path, fields):
         check_response(client.get("/sdapi/v1/progress", params={"skip_current_image": query}), "progress", query)
     body = {"image": "é\n\x00"}
     check_response(post(client, "/sdapi/v1/png-info", body), "/sdapi/v1/png-info", body)
+
+
+# --- what the fuzz found, kept as plain cases (each was a 500) --------------------------------------
+@pytest.mark.parametrize("path, body, where", [
+    ("/sdapi/v1/txt2img", {"override_settings": {"CLIP_stop_at_last_layers": float("inf")}},
+     "override_settings.CLIP_stop_at_last_layers: must be a whole number, got inf"),
+    ("/sdapi/v1/options", {"CLIP_stop_at_last_layers": -float("inf")},
+     "options.CLIP_stop_at_last_layers: must be a whole number, got -inf"),
+    ("/sdapi/v1/options", {"some_option": float("nan")}, "options.some_option: NaN and Infinity are not JSON numbers"),
+    ("/sdapi/v1/txt2img", {"override_settings": {"x": [float("inf")]}},
+     "override_settings.x: NaN and Infinity are not JSON numbers"),
+    ("/sdapi/v1/png-info", {"image": float("nan")}, "image: Input should be a valid string"),
+    ("/sdapi/v1/txt2img", {"steps": float("nan")}, "steps: "),
+])
+def test_nan_and_infinity_are_refused_not_a_500(client, path, body, where):
+    r = post(client, path, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(where), r.text
+    if path.endswith("options"):  # nothing was kept that GET /options could not send
+        assert client.get(path).status_code == 200
