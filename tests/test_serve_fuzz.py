@@ -172,6 +172,8 @@ def test_each_odd_value(client, path, fields):
     if path.endswith("txt2img"):
         del base["init_images"]
     for name in fields:
+        if path.endswith("img2img") and name in COMMON and name != "prompt":
+            continue  # tried on txt2img: the same checks
         for value in ODD:
             body = {**base, name: value}
             check_response(post(client, path, body), path, body)
