@@ -272,6 +272,7 @@ CONVERT_FLAGS = {
     "--timestep-spacing": _checked(st.sampled_from(["leading", "trailing", "linspace"]), "nope", ""),
     "--default-steps": _checked(st.integers(1, 50), "0", "-1", "1001", "1.5"),
     "--default-guidance": _checked(st.floats(0, 30), "nan", "-1", "1e400", "101"),
+    "--default-vae": _checked(st.sampled_from(["full", "tiny"]), "medium", "", "Tiny"),
     "--tiny-vae": _checked(st.sampled_from(["@text.txt", "@missing", "@empty-dir", "@ov"]), "", "owner/taesd"),
     "--into": _checked(st.sampled_from(["@into", "@into"]), "@diffusers", "@broken", "@text.txt", "@missing", ""),
 }
