@@ -527,11 +527,15 @@ def test_serve_host_with_a_nul_is_a_usage_error(world, tmp_path):
                             "host name must not contain null character\n"
 
 
-@pytest.mark.parametrize("argv", [["convert", "--quiet", "a\nb"], ["serve", "--model", "a\nb"],
-                                  ["batch", "a\nb", "--output-dir", "o"], ["info", "a\nb"]])
-def test_an_error_naming_a_value_with_a_newline_is_one_line(tmp_path, argv):
-    """The value is named with its newline escaped: the error stays one line."""
+@pytest.mark.parametrize("argv, shown", [
+    (["convert", "--quiet", "a\nb"], "a\\nb"), (["serve", "--model", "a\nb"], "a\\nb"),
+    (["batch", "a\nb", "--output-dir", "o"], "a\\nb"), (["info", "a\r\nb"], "a\\r\\nb"),
+    (["serve", "--embeddings-dir", "\x1e:\x0b\u2028\x1b[1m"], "\\x1e:\\x0b\\u2028\\x1b[1m"),
+])
+def test_an_error_naming_a_value_with_a_newline_is_one_line(tmp_path, argv, shown):
+    """The value is named with its newlines, line separators and control characters escaped: the
+    error stays one line (for str.splitlines too)."""
     result = invoke(argv, tmp_path)
     assert result.exit_code in (1, 2), (result.exit_code, result.stderr)
-    assert result.stderr.startswith("sdcli: error:") and result.stderr.count("\n") == 1, result.stderr
-    assert "a\\nb" in result.stderr
+    assert result.stderr.startswith("sdcli: error:") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert shown in result.stderr, result.stderr

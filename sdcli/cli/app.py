@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -40,6 +41,8 @@ def process_age() -> float:
 
 
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: an unexpected exception, i.e. a bug in sdcli
+# control characters and line separators, escaped in an error: one line, whatever a name in it holds
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def fail(exc: BaseException) -> None:
@@ -55,7 +58,7 @@ def fail(exc: BaseException) -> None:
     else:
         hint = "" if STATE["debug"] else " (rerun with --debug for the traceback)"
         code, line = INTERNAL_ERROR, f"internal error: {error_text(exc)}{hint}"
-    line = line.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a name given in it holds
+    line = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), line)
     print(f"sdcli: {line}", file=sys.stderr)
     raise typer.Exit(code)
 
