@@ -202,7 +202,8 @@ def world(tiny_eps, files, tmp_path_factory) -> dict:
     (d / "odd.png").write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8), "Steps: x, Size: 9x"))
     (d / "prompts.txt").write_text("a fox\n# a comment\n\nrain\n")
     (d / "rows.jsonl").write_text('{"prompt": "a fox", "seed": 3}\n{"prompt": 5}\n{"steps": "x"}\nnot json\n[1, 2]\n'
-                                  '{"prompt": "b", "width": 12}\n{"prompt": "c", "init_image": "missing.png"}\n')
+                                  '{"prompt": "b", "width": 12}\n{"prompt": "c", "init_image": "missing.png"}\n'
+                                  '{"prompt": "d", "steps": 2, "init_image": "x\\ny.png"}\n')
     (d / "rows.csv").write_text('prompt,seed,steps\n"a fox",1,1\nb,-5,1\nc,1,x\n"d""",\n')
     (d / "rows.jsonl.txt").write_text('{"prompt": "a"}\n')
     readme_text = "# x\n<!-- bench:local:start -->\nold\n<!-- bench:local:end -->\n" \
@@ -539,3 +540,16 @@ def test_an_error_naming_a_value_with_a_newline_is_one_line(tmp_path, argv, show
     assert result.exit_code in (1, 2), (result.exit_code, result.stderr)
     assert result.stderr.startswith("sdcli: error:") and len(result.stderr.splitlines()) == 1, result.stderr
     assert shown in result.stderr, result.stderr
+
+
+def test_a_bad_row_naming_a_file_with_a_newline_is_one_line(world, tmp_path):
+    """batch's row errors escape what they name too (a row's init_image with a newline split
+    its error in two)."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "a", "steps": 2, "init_image": "x\\ny.png"}\n')
+    argv = ["batch", str(rows), "--output-dir", str(tmp_path / "o"), "--model", str(world["ov"]), "--quiet",
+            "--width", "16", "--height", "16"]
+    result = invoke(argv, tmp_path)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.splitlines() == [f"sdcli: error: {rows}:1: image not found: {tmp_path}/x\\ny.png; row skipped",
+                                          "0 done, 1 failed, 0 skipped (already done)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
+from sdcli.util.errors import one_line
 from sdcli.util.progress import StepProgress
 
 
@@ -43,11 +44,11 @@ class Reporter:
             print(message, file=sys.stderr, flush=True)
 
     def row_error(self, line: int, message: str) -> None:
-        self.say(f"sdcli: error: {self.source}:{line}: {message}; row skipped")
+        self.say(one_line(f"sdcli: error: {self.source}:{line}: {message}; row skipped"))
 
     def row_warning(self, line: int, message: str) -> None:
         if not self.quiet:
-            self.say(f"sdcli: warning: {self.source}:{line}: {message}")
+            self.say(one_line(f"sdcli: warning: {self.source}:{line}: {message}"))
 
     def start(self, total: int) -> None:
         if not self.show_progress or total == 0:

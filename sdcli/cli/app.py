@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import sys
 import time
 import traceback
@@ -16,7 +15,7 @@ import typer
 
 from sdcli import __version__
 from sdcli.schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
-from sdcli.util.errors import SdcliError, UsageError, error_text
+from sdcli.util.errors import SdcliError, UsageError, error_text, one_line
 
 app = typer.Typer(
     help="Stable Diffusion on an ordinary CPU, through OpenVINO.",
@@ -41,8 +40,6 @@ def process_age() -> float:
 
 
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: an unexpected exception, i.e. a bug in sdcli
-# control characters and line separators, escaped in an error: one line, whatever a name in it holds
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def fail(exc: BaseException) -> None:
@@ -58,7 +55,7 @@ def fail(exc: BaseException) -> None:
     else:
         hint = "" if STATE["debug"] else " (rerun with --debug for the traceback)"
         code, line = INTERNAL_ERROR, f"internal error: {error_text(exc)}{hint}"
-    line = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), line)
+    line = one_line(line)
     print(f"sdcli: {line}", file=sys.stderr)
     raise typer.Exit(code)
 

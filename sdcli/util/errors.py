@@ -1,4 +1,8 @@
 """Errors the CLI turns into one line on stderr and an exit code."""
+import re
+
+# control characters and line separators: escaped in an error, which stays one line whatever a name in it holds
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class SdcliError(Exception):
@@ -22,3 +26,8 @@ def error_text(exc: BaseException) -> str:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters and line separators escaped (\\n, \\x1b, \\u2028)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
