@@ -30,6 +30,8 @@ ensure_models(work, "fp16", print, "sd-turbo", tiny_vae=True)
 Models(work, "sd15", print).lcm()  # bench-features' LCM case (built again there if cut off here)
 EOF
          ;;
+  fsetup) pip_install /tmp/site .whl-slim/*.whl .whl2b/*.whl  # a fresh machine for bench-features: SD 1.5, TAESD, LCM
+         timeout 560 python3 -c 'from pathlib import Path; from sdcli.bench.features import Models; m = Models(Path("/tmp/bench"), "sd15", print); m.with_tiny_vae(); m.lcm()' ;;
   oi) pip_install /tmp/site-oi .whl-oi/*.whl
       timeout 560 python3 -m sdcli bench --arch sd-turbo --workdir /tmp/bench --steps 1 --size 512 --guidance-scale 0 \
           --tiny-vae --rounds 3 --modes warm --peers sdcli,optimum $oi --output-dir "$res/sd-turbo" 2>&1 | tail -25 ;;
