@@ -149,3 +149,31 @@ def test_single_file_that_is_not_a_checkpoint_is_a_clear_error(tiny_eps, tmp_pat
     assert r.returncode == 2, r.stderr
     assert "not-a-checkpoint.safetensors" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_int8_unet_is_compressed_from_its_saved_half_precision_ir(tmp_path):
+    """convert writes an int8 UNet in fp16 first and compresses the saved IR in place once
+    torch's copy is freed (the lower peak): int8 weights, nothing left of the staging, and
+    outputs within int8's rounding of the original's."""
+    pytest.importorskip("nncf")
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from sdcli.convert.ir import compress_saved_ir
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 256], np.float32, name="x")
+    weight = rng.standard_normal((256, 256)).astype(np.float32)
+    model = ov.Model([ops.matmul(x, ops.constant(weight), False, True)], [x])
+    folder = tmp_path / "unet"
+    ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=True)
+    compress_saved_ir(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["openvino_model.bin", "openvino_model.xml"]
+    compressed = ov.Core().read_model(folder / "openvino_model.xml")
+    types = {op.get_output_element_type(0).get_type_name() for op in compressed.get_ops() if op.get_type_name() == "Constant"}
+    assert types & {"i8", "u8"}, types
+    sample = rng.standard_normal((1, 256)).astype(np.float32)
+    got = ov.Core().compile_model(compressed, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(sample)[0]
+    want = sample @ weight.T
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()

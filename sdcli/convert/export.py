@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.convert.defaults import check_default_vae, defaults_metadata, model_scheduler_config
-from sdcli.convert.ir import WEIGHT_FORMATS, export_tokenizer, model_config, require_convert_extra, save_ir, \
-    to_openvino, write_json
+from sdcli.convert.ir import WEIGHT_FORMATS, compress_saved_ir, export_tokenizer, model_config, \
+    require_convert_extra, save_ir, to_openvino, write_json
 from sdcli.convert.lora import fuse_lora, replacement_scheduler_config
 from sdcli.convert.options import ConvertOptions
 from sdcli.convert.sources import default_output_name, load_components, resolve_source
@@ -140,12 +140,15 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
             export_tokenizer(tokenizer, tmp / name.replace("text_encoder", "tokenizer"))
         write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config)
         log("[2/6] unet")  # the largest first, into memory nothing else has used yet
-        # a UNet to quantize is written in fp16 first and quantized at the end
+        # a UNet to quantize or compress is written in fp16 first, then quantized at the end or
+        # compressed from the saved IR once torch's copy is freed (see compress_saved_ir)
         seq = token_length(parts.text_encoders()[0][1])
-        export_unet(parts.load("unet"), seq, tmp, "fp16" if opts.quantize else opts.weight_format,
+        export_unet(parts.load("unet"), seq, tmp, "fp16" if opts.weight_format == "int8" else opts.weight_format,
                     added_conditioning(parts))
         parts.unet = None
         gc.collect()
+        if opts.weight_format == "int8" and not opts.quantize:
+            compress_saved_ir(tmp / "unet")
         for name, tokenizer in parts.text_encoders():
             log(f"[3/6] {name}")
             export_text_encoder(parts.load(name), tokenizer, tmp, opts.weight_format, name, parts.is_sdxl)
