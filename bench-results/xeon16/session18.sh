@@ -32,6 +32,10 @@ EOF
          ;;
   fsetup) pip_install /tmp/site .whl-slim/*.whl .whl2b/*.whl  # a fresh machine for bench-features: SD 1.5, TAESD, LCM
          timeout 560 python3 -c 'from pathlib import Path; from sdcli.bench.features import Models; m = Models(Path("/tmp/bench"), "sd15", print); m.with_tiny_vae(); m.lcm()' ;;
+  int8) pip_install /tmp/site .whl-slim/*.whl .whl2b/*.whl .whl-nncf/*.whl  # SDXL int8 convert's peak (fresh machine)
+        timeout 200 python3 -m sdcli.convert.random_model /tmp/bench/sdxl-random --sdxl > /dev/null
+        timeout 330 python3 scripts/peak_rss.py -- python3 -m sdcli convert /tmp/bench/sdxl-random --output /tmp/bench/sdxl-int8 \
+            --weight-format int8 --quiet | tee "$res/convert-int8.json" ;;
   oi) pip_install /tmp/site-oi .whl-oi/*.whl
       timeout 560 python3 -m sdcli bench --arch sd-turbo --workdir /tmp/bench --steps 1 --size 512 --guidance-scale 0 \
           --tiny-vae --rounds 3 --modes warm --peers sdcli,optimum $oi --output-dir "$res/sd-turbo" 2>&1 | tail -25 ;;
