@@ -108,25 +108,23 @@ SD15 = {
     ),
 }
 
-# stabilityai/sd-turbo: the SD 2.1-base architecture (its unet/config.json: attention_head_dim
-# (5, 10, 20, 20), use_linear_projection, cross_attention_dim 1024; its text_encoder/config.json:
-# the OpenCLIP ViT-H text tower as diffusers ships it for SD 2.x, 23 layers of 1024, gelu, "!" as
-# the padding token), SD's VAE, and its scheduler_config.json: Euler with trailing timesteps.
-SD_TURBO_SCHEDULER = dict(
+# The SD 1.x scheduler configuration (PNDM with PLMS steps only).
+SD15_SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
     num_train_timesteps=1000,
-    clip_sample=False,
-    interpolation_type="linear",
-    sample_max_value=1.0,
     set_alpha_to_one=False,
     skip_prk_steps=True,
     steps_offset=1,
-    timestep_spacing="trailing",
-    timestep_type="discrete",
-    use_karras_sigmas=False,
 )
+
+# stabilityai/sd-turbo: the SD 2.1-base architecture (its unet/config.json: attention_head_dim
+# (5, 10, 20, 20), use_linear_projection, cross_attention_dim 1024; its text_encoder/config.json:
+# the OpenCLIP ViT-H text tower as diffusers ships it for SD 2.x, 23 layers of 1024, gelu, "!" as
+# the padding token), SD's VAE, and its scheduler_config.json: Euler with trailing timesteps.
+SD_TURBO_SCHEDULER = dict(SD15_SCHEDULER, clip_sample=False, interpolation_type="linear", sample_max_value=1.0,
+                          timestep_spacing="trailing", timestep_type="discrete", use_karras_sigmas=False)
 SD_TURBO = {
     "unet": dict(SD15["unet"], attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
                  cross_attention_dim=1024, sample_size=64),
@@ -145,17 +143,6 @@ TINY_SD_TURBO = {
     "pad_token": "!",
     "scheduler": ("EulerDiscreteScheduler", SD_TURBO_SCHEDULER),
 }
-
-# The SD 1.x scheduler configuration (PNDM with PLMS steps only).
-SD15_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-)
 
 # A Latent Consistency Model as SimianLuo/LCM_Dreamshaper_v7: the UNet takes a guidance-scale
 # embedding of this size (`timestep_cond`), and the scheduler config is that repo's.
