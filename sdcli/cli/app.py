@@ -13,8 +13,9 @@ from typing import Optional
 
 import typer
 
-from sdcli import __version__
+from sdcli import IMPORTED_AT, __version__
 from sdcli.schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
+from sdcli.util.breakdown import process_age as proc_age
 from sdcli.util.errors import SdcliError, UsageError, error_text, one_line
 
 app = typer.Typer(
@@ -26,17 +27,13 @@ app = typer.Typer(
 )
 
 STATE = {"debug": False}
-_IMPORTED_AT = time.perf_counter()
 
 
 def process_age() -> float:
-    """Seconds since this process started (interpreter start-up included where /proc tells)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - _IMPORTED_AT
+    """Seconds since this process started (interpreter start-up included where /proc tells,
+    else since sdcli's first line)."""
+    age = proc_age()
+    return age if age is not None else time.perf_counter() - IMPORTED_AT
 
 
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE: an unexpected exception, i.e. a bug in sdcli

@@ -42,14 +42,19 @@ def save_ir(model, folder: Path, weight_format: str) -> None:
     import openvino as ov
 
     if weight_format == "int8":
-        import logging
-
-        import nncf
-
-        nncf.set_log_level(logging.ERROR)  # its statistics tables go to stdout
-        model = nncf.compress_weights(model)
+        model = _compress_weights(model)
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=(weight_format == "fp16"))
+
+
+def _compress_weights(model):
+    """NNCF's int8 weight compression of `model`, its statistics tables kept off stdout."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf.compress_weights(model)
 
 
 def compress_saved_ir(folder: Path) -> None:
@@ -57,16 +62,13 @@ def compress_saved_ir(folder: Path) -> None:
     way: compressing the model converted from torch holds torch's weights, OpenVINO's float32
     copy and NNCF's work at once (19 GB for SDXL's), while the saved IR is read mapped, in
     half precision, after torch has let go of the module."""
-    import logging
     import os
 
-    import nncf
     import openvino as ov
 
-    nncf.set_log_level(logging.ERROR)  # its statistics tables go to stdout
     xml = folder / "openvino_model.xml"
     staging = folder / ".int8"
-    model = nncf.compress_weights(ov.Core().read_model(xml))
+    model = _compress_weights(ov.Core().read_model(xml))
     ov.save_model(model, staging / xml.name, compress_to_fp16=False)
     del model
     for name in (xml.name, xml.with_suffix(".bin").name):

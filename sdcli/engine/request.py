@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
+from sdcli.model.defaults import GUIDANCE_MAX, STEPS_MAX, VAES  # noqa: F401  (the request's ranges; others import them from here)
 from sdcli.util.errors import UsageError
 from sdcli.util.rng import RNG_KINDS
 
-VAES = ("full", "tiny")  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds
-GUIDANCE_MAX = 100.0  # ComfyUI's limit; far beyond it float32 guidance overflows to NaN pixels
-STEPS_MAX = 1000
 SEED_MAX = 2**64 - 1
 DEFAULT_STEPS = 20  # generate's --steps and --guidance-scale where neither the model nor a flag gives one
 DEFAULT_GUIDANCE = 7.5

@@ -22,9 +22,10 @@ from sdcli.util.errors import UsageError
 
 METADATA = "sdcli.json"  # sdcli's own file in a converted folder (what convert wrote, and these defaults)
 KEY = "defaults"
-STEPS_MAX = 1000  # generate's --steps and --guidance-scale ranges (engine.request's)
-GUIDANCE_MAX = 100.0
-VAES = ("full", "tiny")  # generate's --vae
+# generate's --steps, --guidance-scale and --vae (engine.request uses these)
+STEPS_MAX = 1000
+GUIDANCE_MAX = 100.0  # ComfyUI's limit; far beyond it float32 guidance overflows to NaN pixels
+VAES = ("full", "tiny")  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds
 KEYS = ("steps", "guidance_scale", "vae")
 
 
