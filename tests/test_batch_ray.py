@@ -181,7 +181,7 @@ def test_no_worker_can_open_the_model(ray_cluster, tiny_eps, tmp_path, capsys):
 
 def test_workers_write_the_compiled_model_cache_as_a_batch_without_ray(ray_cluster, tiny_eps, tmp_path, capsys):
     """A model and size compiled a second time (the first leaves a `.seen` mark in the cache) has
-    its blobs written when its engine finishes: Ray workers finish too before they are dropped.
+    its blobs written, by Ray workers as by a batch without Ray.
     Two batches of two rows on two workers, at 72x56 (a size no other test uses, so that its
     blobs are this test's)."""
     cache = Path(os.environ["SDCLI_CACHE_DIR"])  # the workers' too: they inherit this environment

@@ -7,20 +7,19 @@ import numpy as np
 
 from sdcli.engine.engine import Engine
 from sdcli.engine.request import GenerationRequest
+from sdcli.runtime.core import blob_payload
 
 
 def _image(model_dir, cache_dir):
     engine = Engine(model_dir, precision="f32", cache_dir=cache_dir)
     config = GenerationRequest(prompt="a red fox", steps=3, seed=3, width=64, height=64, scheduler="euler")
-    image = engine.generate(config).image
-    engine.finish()
-    return image
+    return engine.generate(config).image
 
 
 def test_blob_cache_is_written_on_the_second_run_reused_and_survives_corruption(tiny_eps, tmp_path):
-    """The first run of a model and size compiles and marks it seen (a blob export would
-    double the memory for a size maybe never used again); the second writes the blobs once
-    the image is made; later runs import them."""
+    """The first run of a model and size compiles and marks it seen (no blob for a size maybe
+    never used again); the second compiles with OpenVINO writing the blobs; later runs import
+    them."""
     cache = tmp_path / "cache"
     first = _image(tiny_eps.ov_dir, cache)
     assert list(cache.glob("*.blob")) == []
@@ -56,9 +55,7 @@ def test_no_cache_dir_writes_nothing(tiny_eps, tmp_path, monkeypatch):
 
 def _engine_image(engine):
     config = GenerationRequest(prompt="a red fox", steps=3, seed=3, width=64, height=64, scheduler="euler")
-    image = engine.generate(config).image
-    engine.finish()
-    return image
+    return engine.generate(config).image
 
 
 def test_a_blob_removed_by_another_process_before_it_is_opened_is_compiled_instead(tiny_eps, tmp_path, monkeypatch):
@@ -83,8 +80,8 @@ def test_a_blob_removed_by_another_process_before_it_is_opened_is_compiled_inste
 
 
 class _FailingImport:
-    """An ov.Core whose import_model fails, and when it imports the blob of `size` bytes,
-    only once another process has renamed a new blob over it."""
+    """An ov.Core whose import_model fails, and when it imports the compiled model of `size`
+    bytes, only once another process has renamed a new blob over it."""
 
     def __init__(self, core, size, replace):
         self._core, self._size, self._replace = core, size, replace
@@ -112,7 +109,35 @@ def test_a_failed_import_does_not_remove_a_newer_blob_another_process_wrote(tiny
 
     engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=cache)
     assert [len(b.read_bytes()) for b in cache.glob("*.blob")].count(len(good)) == 1
-    engine.runtime.core = _FailingImport(engine.runtime.core, len(good), another_process_writes_it)
+    payload = len(good) - blob_payload(good[:4096])  # (what import_model is given: the blob less its header)
+    engine.runtime.core = _FailingImport(engine.runtime.core, payload, another_process_writes_it)
     assert np.array_equal(_engine_image(engine), first)  # every component compiled afresh
     assert unet_blob.read_bytes() == good  # the newer blob stays; the one that failed was another file
     assert list(cache.glob("text_encoder-*.blob")) == []  # a blob that failed and was not replaced is dropped
+
+
+def test_blobs_are_what_openvino_cache_dir_writes_and_their_header_is_skipped(tiny_eps, tmp_path):
+    """A blob is OpenVINO's CACHE_DIR file, streamed by OpenVINO as it compiles: its header
+    (not import_model's to read) is found and skipped; a blob without one is read whole."""
+    cache = tmp_path / "cache"
+    _image(tiny_eps.ov_dir, cache)
+    _image(tiny_eps.ov_dir, cache)
+    assert list(cache.glob(".export-*")) == []  # OpenVINO's own folder is gone once its file is renamed
+    for blob in cache.glob("*.blob"):
+        head = blob.read_bytes()[:4096]
+        start = blob_payload(head)
+        assert head.startswith(b"<?xml") and b"<compiled_blob" in head[:start] and start > 0
+    assert blob_payload(b"\x00binary export without a header") == 0
+    assert blob_payload(b"<?xml but never closed") == 0
+
+
+def test_an_export_folder_left_by_a_killed_process_is_removed_a_day_later(tiny_eps, tmp_path):
+    cache = tmp_path / "cache"
+    _image(tiny_eps.ov_dir, cache)
+    old, recent = cache / ".export-old", cache / ".export-recent"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "1234.blob").write_bytes(b"half")
+    os.utime(old, (0, 0))
+    _image(tiny_eps.ov_dir, cache)  # the second run exports
+    assert not old.exists() and recent.is_dir()

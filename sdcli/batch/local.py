@@ -32,7 +32,6 @@ def run_here(run: BatchRun) -> None:
             run.row_failed(job, exc)
             continue
         run.row_done(job, out)
-    runner.engine.finish()
 
 
 # Measured (bench-results/features.json, xeon16/features.json): rows in flight at once gave
@@ -104,4 +103,3 @@ def run_concurrently(run: BatchRun) -> None:
         except BaseException:
             stop.set()  # the pool's exit waits for the workers, each within one step
             raise
-    runner.engine.finish()

@@ -45,7 +45,6 @@ RETRIES = 3  # a row whose worker is lost is tried again up to 3 times, then fai
 RESTARTS_PER_SLOT = 2  # new workers on a node whose worker was lost (while the node is alive)
 REPLANS = 2  # times the cluster is planned afresh when no worker is left
 SHARED_FILE_WAIT = 30.0  # seconds for a worker's file to show up here (network file systems)
-FINISH_WAIT = 300.0  # seconds the workers have, once the rows are done, to write their compiled-model blobs
 INSTALL_HINT = '--ray needs Ray, which is not installed: pip install "sdcli[ray]"'
 
 
@@ -78,16 +77,6 @@ class RowWorker:
 
     def ready(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "error": self.error}
-
-    def finish(self) -> Optional[str]:
-        """Write the compiled-model blobs planned during the rows (Engine.finish, as a batch without
-        Ray does once its rows are done); an error comes back as its text."""
-        try:
-            if self.runner is not None:
-                self.runner.engine.finish()
-            return None
-        except Exception as exc:
-            return error_text(exc)
 
     def run(self, job, image=None) -> tuple[str, Any, Optional[str]]:
         """("ok", RowOutput, None) or ("error", message, traceback)."""
@@ -197,7 +186,6 @@ def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
         run.report.start(len(run.todo))
         run.started = time.perf_counter()
         cluster.run_rows()
-        cluster.finish()
     finally:
         for slot in cluster.slots:
             cluster.drop(slot)
@@ -305,26 +293,6 @@ class RayRun:
         while self.pending:
             self.run.row_failed(self.pending.popleft(), "no Ray worker left to run it")
         return False
-
-    def finish(self) -> None:
-        """Every worker left writes its compiled-model blobs before it is dropped (FINISH_WAIT at
-        most): without them a model and size never gets one on Ray, however often it runs.  A
-        worker lost meanwhile only costs its blobs (each is written whole or not at all)."""
-        import ray
-
-        refs = {}
-        for slot in self.slots:
-            if slot.actor is not None:
-                with contextlib.suppress(Exception):
-                    refs[slot.actor.finish.remote()] = slot
-        if not refs:
-            return
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=FINISH_WAIT)
-        for ref in ready:
-            with contextlib.suppress(Exception):
-                error = ray.get(ref)
-                if error:
-                    self.warn(f"Ray worker on {refs[ref].host} could not write its compiled-model cache: {error}")
 
     def run_rows(self) -> None:
         import ray

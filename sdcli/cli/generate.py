@@ -80,7 +80,6 @@ def generate(
             apply_stored_settings(ctx, options, settings_from_image(from_image))
         engine, request, paths = prepare(ctx, options)
         write_images(engine, request, paths, options)
-        engine.finish()
 
 
 def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:

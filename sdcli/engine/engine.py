@@ -160,13 +160,6 @@ class Engine:
         if self.refiner is not None:
             self.refiner.release_unet()
 
-    def finish(self) -> None:
-        """Write the compiled-model cache blobs planned during the run (call it once the
-        images are saved: exporting holds a second copy of a model in memory)."""
-        self.runtime.store_pending()
-        if self.refiner is not None:
-            self.refiner.finish()
-
     # -- the stages ------------------------------------------------------------------------
     def encode_prompt(self, request: GenerationRequest, guidance: bool,
                       size: tuple[int, int] | None = None) -> tuple[Conditioning, list[str], float | None]:

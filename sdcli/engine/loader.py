@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 from sdcli.model.folder import ModelFolder
@@ -54,7 +54,7 @@ class ComponentCache:
 
     def release(self, name: str) -> None:
         """Drop every compiled variant of component `name` (each is compiled again when asked
-        for), writing first the cache blobs planned for them (see Runtime.store_pending)."""
+        for)."""
         self._drop(lambda key: key[0] == name)
 
     def _drop(self, which: Callable[[tuple], bool]) -> None:
@@ -63,8 +63,7 @@ class ComponentCache:
         for future in released:
             # a component still compiling is waited for, so that it is freed here and not by the
             # loader thread while another component runs (that crashed OpenVINO's CPU plugin)
-            if future.exception() is None and getattr(future.result(), "compiled", None) is not None:
-                self.runtime.store_pending(future.result().compiled)
+            wait([future])
 
     def compile_seconds(self) -> float:
         # (the engine keeps its encode_prompt time in the same dict)

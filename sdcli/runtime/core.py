@@ -11,13 +11,14 @@ Peak memory is the product's main constraint on small machines.  Two things keep
   size, mtime), the static shapes, device and precision — never by hashing the weights,
   which OpenVINO's CACHE_DIR does for in-memory models and which touches every page.
 
-When a blob is written.  Exporting a compiled model holds a second copy of it in memory
-(OpenVINO's Python API exports into a BytesIO): on the 16-core Xeon, compiling SD 1.5's
-UNet took 3.2 s at a 2.2 GB peak, compiling and exporting 5.8 s at 5.3 GB, importing the
-blob 1.4 s at 2.2 GB (scripts/first_run_variants.py).  So the first run of a model and
-size only compiles (and leaves a `.seen` mark in the cache); the second exports the blob
-once its component is done (`store_pending`, called as components are released and when
-the engine finishes), and every later run imports it.  A size used once costs no blob.
+When a blob is written.  A first run of a model and size only compiles (and leaves a `.seen`
+mark in the cache): a size used once costs no blob, and exporting costs time.  The second
+compiles with OpenVINO's CACHE_DIR pointed at a private folder, so that OpenVINO streams the
+compiled model into a file as it serialises it, and renames that file into the cache; every
+later run imports it.  Exporting through the Python API instead (CompiledModel.export_model)
+builds the whole blob in memory first: a second copy of the model at the run's peak.
+A blob is the file CACHE_DIR writes: OpenVINO's header (see `blob_payload`), then what
+export_model gives.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
@@ -34,7 +37,8 @@ from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_write_bytes
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
-CACHE_FORMAT = 1  # bump when what goes into a blob changes (graph edits before compiling)
+CACHE_FORMAT = 2  # bump when what goes into a blob changes (graph edits before compiling)
+ABANDONED_EXPORT_S = 86400.0
 LORA_BLOBS_KEPT = 4  # blobs of a component with LoRAs fused in ("unet-lora<tag>"), the most recently used
 
 
@@ -104,8 +108,14 @@ class MappedFile:
             size = st.st_size
             self.identity = (st.st_dev, st.st_ino)  # the file mapped, even if `path` is replaced since
             self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
-        data = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
-        self.tensor = ov.Tensor(data, shared_memory=True)
+        self.data = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
+        self.tensor = ov.Tensor(self.data, shared_memory=True)
+
+    def tensor_from(self, offset: int):
+        """The bytes from `offset` on, as an ov.Tensor sharing the mapping."""
+        import openvino as ov
+
+        return self.tensor if offset == 0 else ov.Tensor(self.data[offset:], shared_memory=True)
 
     def drop_pages(self) -> None:
         if self._map is not None and hasattr(self._map, "madvise"):
@@ -139,6 +149,32 @@ def _unlink_if_same(path: Path, mapped: MappedFile | None) -> None:
             path.unlink()
 
 
+BLOB_HEADER_START = b"<?xml"
+BLOB_HEADER_END = b"/>\n"
+BLOB_HEADER_MAX = 4096
+
+
+def blob_payload(head: bytes) -> int:
+    """Where the compiled model starts in a blob that begins with `head`: after the header
+    OpenVINO's CACHE_DIR writes (one XML element, `<compiled_blob .../>` and a newline), which
+    import_model does not read.  A blob without one starts at 0."""
+    if not head.startswith(BLOB_HEADER_START):
+        return 0
+    end = head.find(BLOB_HEADER_END, 0, BLOB_HEADER_MAX)
+    return 0 if end < 0 else end + len(BLOB_HEADER_END)
+
+
+def _remove_abandoned_exports(cache: Path) -> None:
+    """Remove the export folders of processes killed while compiling (a day old: a live one
+    renames its file within minutes)."""
+    import time
+
+    for folder in cache.glob(".export-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - folder.stat().st_mtime > ABANDONED_EXPORT_S:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def _file_id(path: Path) -> list:
     st = path.stat()
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
@@ -160,8 +196,6 @@ class Runtime:
         self.precision = precision
         self.cache_dir = cache_dir
         self.streams = streams
-        self._pending: list[tuple[object, Path]] = []  # (compiled model, blob) to export when done
-        self._pending_lock = threading.Lock()
         available = {d.split(".")[0] for d in self.core.available_devices}
         if device.split(":")[0].split(".")[0] not in available and not device.startswith(("AUTO", "HETERO", "MULTI")):
             raise UsageError(f"OpenVINO device {device!r} is not available here (have: {', '.join(self.core.available_devices)})")
@@ -228,7 +262,8 @@ class Runtime:
                     with contextlib.suppress(OSError):
                         os.utime(blob)
                 with mapped.dropping_pages():
-                    return self.core.import_model(mapped.tensor, self.device, config), mapped
+                    payload = mapped.tensor_from(blob_payload(bytes(mapped.data[:BLOB_HEADER_MAX])))
+                    return self.core.import_model(payload, self.device, config), mapped
             except OSError:
                 pass  # removed by another process since is_file() (a stale blob, LoRA pruning): compile
             except RuntimeError:  # stale or from another build of OpenVINO: compile afresh
@@ -241,47 +276,52 @@ class Runtime:
                 model.reshape(shapes)
             except RuntimeError as exc:
                 raise UsageError(f"{component}: cannot take shapes {shapes}: {openvino_reason(exc)}") from None
+            export = blob is not None and self._second_compile(blob)
             try:
-                compiled = self.core.compile_model(model, self.device, config)
+                compiled = self._compile(model, config, blob if export else None)
             except RuntimeError as exc:
                 raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {openvino_reason(exc)}") from None
             del model
-        if blob is not None:
-            self._plan_store(compiled, blob)
         return compiled, weights
 
-    def _plan_store(self, compiled, blob: Path) -> None:
-        """Mark the first compile of `blob`'s model and size; export it on the second."""
+    @staticmethod
+    def _second_compile(blob: Path) -> bool:
+        """Whether `blob`'s model and size was compiled before (and is worth a blob); if not,
+        mark it as compiled once."""
         seen = blob.with_name(blob.name + ".seen")
         if seen.is_file():
-            with self._pending_lock:
-                self._pending.append((compiled, blob))
-            return
+            return True
         try:
             seen.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(seen, b"")
         except OSError:
             pass  # no cache is slower, not wrong
+        return False
 
-    def store_pending(self, compiled=None) -> None:
-        """Export the blobs planned for `compiled` (None: all), e.g. before it is freed."""
-        with self._pending_lock:
-            chosen = [(c, b) for c, b in self._pending if compiled is None or c is compiled]
-            self._pending = [(c, b) for c, b in self._pending if (c, b) not in chosen]
-        for model, blob in chosen:
-            self._store(model, blob)
-
-    @staticmethod
-    def _store(compiled, blob: Path) -> None:
+    def _compile(self, model, config: dict, blob: Path | None):
+        """Compile `model`; with `blob`, OpenVINO also writes it there (see the module's doc)."""
+        if blob is None:
+            return self.core.compile_model(model, self.device, config)
+        _remove_abandoned_exports(blob.parent)
         try:
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            stream = compiled.export_model()
-            atomic_write_bytes(blob, stream.getbuffer())
-            blob.with_name(blob.name + ".seen").unlink(missing_ok=True)
-            if "-lora" in blob.name:
-                Runtime._prune_lora_blobs(blob)
-        except (OSError, RuntimeError):
-            pass  # no cache is slower, not wrong
+            folder = Path(tempfile.mkdtemp(prefix=".export-", dir=blob.parent))
+        except OSError:
+            return self.core.compile_model(model, self.device, config)
+        try:
+            try:
+                compiled = self.core.compile_model(model, self.device, {**config, "CACHE_DIR": str(folder)})
+            except RuntimeError:  # a full disk can fail the cache's write: compile without it
+                return self.core.compile_model(model, self.device, config)
+            written = list(folder.glob("*.blob"))
+            if len(written) == 1:
+                with contextlib.suppress(OSError):
+                    os.replace(written[0], blob)
+                    blob.with_name(blob.name + ".seen").unlink(missing_ok=True)
+                    if "-lora" in blob.name:
+                        self._prune_lora_blobs(blob)
+            return compiled
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
     def _prune_lora_blobs(blob: Path) -> None:

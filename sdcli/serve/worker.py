@@ -306,7 +306,6 @@ class Worker:
             if stop in ("interrupt", "shutdown"):
                 interrupted = True
                 break
-        engine.finish()
         if not plan.restore and plan.model is not None:
             self.selected = plan.model
         return Made(images, title, interrupted, notes)
