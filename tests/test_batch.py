@@ -60,6 +60,7 @@ def test_txt_names_seeds_and_rerun_skips(tiny_eps, tmp_path):
     params = read_png_text(out / names[1])["parameters"]
     assert params.splitlines()[0] == "A Blue Bird, at dawn!"
     assert "Steps: 2, Sampler: PLMS, Schedule type: " in params and "CFG scale: 7.5, Seed: 11, Size: 64x64" in params
+    assert "Precision: auto" in params  # as generate records it: --from-image redoes the row exactly
     assert "3 done, 0 failed, 0 skipped (already done)" in r.stderr
 
     before = {n: (out / n).stat().st_mtime_ns for n in names}

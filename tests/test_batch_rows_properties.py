@@ -186,3 +186,20 @@ def test_a_bad_txt_file_is_one_clear_error(tmp_path):
     file = write(tmp_path, "p.txt", b"\xff\xfe\x00bad")
     with pytest.raises(UsageError, match="not UTF-8"):
         read_text(file)
+
+
+def test_a_row_s_key_changes_with_the_batch_wide_settings_and_not_at_their_defaults(tmp_path):
+    """A re-run with another --vae, --deepcache, --clip-skip or --precision makes its rows again
+    (their key differs); at the defaults the key is the one rows finished before these were keyed."""
+    from dataclasses import replace
+
+    from sdcli.batch.rows import Row
+
+    row = Row(1, 0, {"prompt": "a fox", "seed": 3})
+    base = BatchOptions(file="x", output_dir=tmp_path, unset=("vae",))
+    key = make_job(row, base, 0, tmp_path, "model").key
+    assert key == "b2ad795f5e276df2"  # the key these settings had before batch-wide options were keyed
+    changed = [replace(base, vae="tiny", unset=()), replace(base, deepcache=2), replace(base, clip_skip=2),
+               replace(base, precision="f32")]
+    keys = {make_job(row, opts, 0, tmp_path, "model").key for opts in changed}
+    assert len(keys) == len(changed) and key not in keys

@@ -77,3 +77,24 @@ def test_memory_estimate_counts_the_refiner_s_unet(models):
     assert with_refiner.stages["denoising"] - folder_only.stages["denoising"] == extra
     assert both.check_fits(request) is None or both.check_fits(request).stages["denoising"] > \
         alone.check_fits(request).stages["denoising"]
+
+
+def test_the_vae_a_run_names_none_of_is_the_refiner_s_default(models, tmp_path):
+    """The refiner decodes, so its folder's default VAE applies: a base converted with
+    `--default-vae tiny` and a refiner without a tiny VAE make the full VAE's image."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    base, refiner = models
+    folder = tmp_path / "base"
+    shutil.copytree(base.ov_dir, folder)
+    (folder / "vae_decoder_tiny").symlink_to(folder / "vae_decoder")  # a tiny VAE this run never decodes with
+    result = CliRunner().invoke(app, ["convert", "--into", str(folder), "--default-vae", "tiny", "--quiet"])
+    assert result.exit_code == 0, result.output
+    common = ("--refiner", refiner.ov_dir, "--refiner-switch", 0.5)
+    ours = sdcli_pixels(folder, tmp_path / "default.png", *common, steps=4, width=64, height=64)
+    full = sdcli_pixels(folder, tmp_path / "full.png", *common, "--vae", "full", steps=4, width=64, height=64)
+    assert np.array_equal(ours, full)

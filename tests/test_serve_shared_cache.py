@@ -131,7 +131,7 @@ def test_two_servers_and_generate_processes_share_one_fresh_cache(tiny_eps, tmp_
                         "--model", str(model), "--parallel", "1", "--quiet"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    for i in range(len(SETTINGS)):  # batch's parameters chunk has no Precision field: the pixels are compared
+    for i in range(len(SETTINGS)):  # the same pixels (batch's PNG parameters are test_batch's)
         assert np.array_equal(pixels(tmp_path / "again" / f"row-{i}.png"), pixels(tmp_path / f"gen-{i}.png"))
     assert listing(cache) == before
     print(f"shared-cache test: {time.monotonic() - started:.1f} s, {len(served)} requests, {len(blobs)} blobs")

@@ -87,7 +87,7 @@ class RowRunner:
         request = self.request(job, image)
         result = self.engine.generate(request, on_step, release_unet=release_unet)
         t0 = time.perf_counter()
-        png = encode_png(result.image, image_parameters(self.engine, request, result))
+        png = encode_png(result.image, image_parameters(self.engine, request, result, self.engine.runtime.precision))
         timings = {name: round(value, 4) for name, value in result.timings.items()}
         timings.update(encode_prompt=timings.get("encode_prompt", 0.0), save=time.perf_counter() - t0)
         return RowOutput(result.seed, result.width, result.height, result.scheduler, self.engine.folder.name,

@@ -388,7 +388,12 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
         "init_image": str(init_image.resolve()) if init_image else None,
         "strength": strength if init_image else None, "rng": opts.rng, "model": model_name,
     }
-    if rescale:  # (absent at 0: the keys of rows finished before there was a guidance_rescale stay the same)
-        settings["guidance_rescale"] = rescale
+    # settings added since keys were first made are absent at their defaults, so that rows
+    # finished before keep their keys
+    extra = {"guidance_rescale": rescale or None, "deepcache": opts.deepcache if opts.deepcache != 1 else None,
+             "clip_skip": opts.clip_skip if opts.clip_skip != 1 else None,
+             "vae": opts.vae if "vae" not in opts.unset else None,
+             "precision": opts.precision if opts.precision != "auto" else None}
+    settings.update({name: value for name, value in extra.items() if value is not None})
     job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return job

@@ -12,13 +12,45 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from sdcli import IMPORTED_AT, __version__
 from sdcli.schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
 from sdcli.util.breakdown import process_age as proc_age
 from sdcli.util.errors import SdcliError, UsageError, error_text, one_line
 
+# click's exception classes as this Typer has them (its own copy of click from 0.20 on)
+_CLICK_USAGE_ERROR, _CLICK_EXCEPTION = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                                        for name in ("UsageError", "ClickException"))
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Click's own usage errors (an unknown flag, a value it cannot parse, a missing one) as
+    one line like sdcli's (`sdcli: error: ...`) with exit 2, not click's usage block."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_USAGE_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `sdcli` alone: the help, as click gives it
+                exc.show()
+                sys.exit(exc.exit_code)
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            print(f"sdcli: error: {one_line(exc.format_message())}{where}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except _CLICK_EXCEPTION as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("sdcli: interrupted", file=sys.stderr)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)  # what click's standalone mode exits with
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="Stable Diffusion on an ordinary CPU, through OpenVINO.",
     add_completion=False,
     no_args_is_help=True,

@@ -152,7 +152,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
             if not option_given(ctx, name):
                 changes[name] = value
     if o.from_image is None and not option_given(ctx, "vae"):  # the folder's --default-vae (a PNG says its own)
-        changes["vae"] = engine.folder.default_vae
+        changes["vae"] = (engine.refiner or engine).folder.default_vae  # the folder that decodes
     request = request.replace(**changes)
     request.validate()
     engine.check_fits(request, images=o.num_images)  # a size too large is refused before anything loads
