@@ -97,7 +97,6 @@ def bench_sdcli(model: Path, lora: Path, size: int, steps: int) -> dict:
         started = time.perf_counter()
         result = engine.generate(request, lambda info: stamps.append(time.perf_counter()))
         wall = time.perf_counter() - started
-        engine.finish()
         return {"wall": wall, "compile": result.timings.get("compile", 0.0), "step": median_interval(stamps)}
 
     engine = Engine(model, cache_dir=cache, networks=folders)
@@ -106,8 +105,8 @@ def bench_sdcli(model: Path, lora: Path, size: int, steps: int) -> dict:
     out["lora_first"] = run(engine, f"<lora:{name}:1>")  # switch: fuse + compile (cold)
     out["lora"] = run(engine, f"<lora:{name}:1>")  # the same set: nothing to do
     out["switch_weight"] = run(engine, f"<lora:{name}:0.5>")  # another set: fuse + compile (cold)
-    # A blob is written on a set's second compile (Runtime._plan_store) and imported from the third on.
-    out["switch_back_lora"] = run(engine, f"<lora:{name}:1>")  # second compile: the blob is written after it
+    # A blob is written by a set's second compile (Runtime._second_compile) and imported from the third on.
+    out["switch_back_lora"] = run(engine, f"<lora:{name}:1>")  # second compile: it writes the blob
     out["switch_weight_again"] = run(engine, f"<lora:{name}:0.5>")
     out["lora_from_blob"] = run(engine, f"<lora:{name}:1>")  # switch to a set with a blob: import
     out["plain_from_blob"] = run(engine, "")

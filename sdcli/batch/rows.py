@@ -392,7 +392,7 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     # finished before keep their keys
     extra = {"guidance_rescale": rescale or None, "deepcache": opts.deepcache if opts.deepcache != 1 else None,
              "clip_skip": opts.clip_skip if opts.clip_skip != 1 else None,
-             "vae": opts.vae if "vae" not in opts.unset else None,
+             "vae": opts.vae if "vae" not in opts.unset and opts.vae != "full" else None,
              "precision": opts.precision if opts.precision != "auto" else None}
     settings.update({name: value for name, value in extra.items() if value is not None})
     job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
