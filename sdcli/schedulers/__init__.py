@@ -14,6 +14,9 @@ from .dpm_multistep import DPMSolverMultistepKarrasScheduler, DPMSolverMultistep
 from .dpmpp_sde import DPMSolverSDEKarrasScheduler, DPMSolverSDEScheduler
 from .euler import EulerDiscreteScheduler
 from .euler_ancestral import EulerAncestralDiscreteScheduler
+from .flow_match import A1111_NAME as FLOW_A1111_NAME
+from .flow_match import A1111_SCHEDULE_TYPE as FLOW_A1111_SCHEDULE_TYPE
+from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
@@ -33,6 +36,14 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "dpmpp_sde_karras": DPMSolverSDEKarrasScheduler,
     "unipc": UniPCMultistepScheduler,
     "lcm": LCMScheduler,
+}
+
+# The flow-matching schedulers (FLUX, Z-Image...): picked by a model family's own code, not through
+# SCHEDULERS / create_scheduler (whose names and A1111 aliases are for the UNet models). In PNG
+# parameters flow_euler is "Sampler: Euler" with "Schedule type: Simple" (FLOW_A1111_NAME,
+# FLOW_A1111_SCHEDULE_TYPE).
+FLOW_SCHEDULERS: dict[str, type[Scheduler]] = {
+    "flow_euler": FlowMatchEulerDiscreteScheduler,
 }
 
 # Our name -> the sampler's name in the AUTOMATIC1111 web UI (also accepted by create_scheduler).
@@ -83,6 +94,10 @@ __all__ = [
     "DPMSolverSDEKarrasScheduler",
     "UniPCMultistepScheduler",
     "LCMScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "FLOW_SCHEDULERS",
+    "FLOW_A1111_NAME",
+    "FLOW_A1111_SCHEDULE_TYPE",
     "create_scheduler",
     "resolve_scheduler_name",
     "apply_sd_pipeline_fixups",
