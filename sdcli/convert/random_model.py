@@ -460,7 +460,7 @@ def argument_parser():
 
     parser = argparse.ArgumentParser(
         prog="python -m sdcli.convert.random_model",
-        description="Build a random-weight Stable Diffusion pipeline as a diffusers folder (no download).",
+        description="Build a random-weight Stable Diffusion (or Z-Image) pipeline as a diffusers folder (no download).",
     )
     parser.add_argument("output", help="folder to write")
     size = parser.add_mutually_exclusive_group()
@@ -478,6 +478,11 @@ def argument_parser():
                       help="not a pipeline: a tiny autoencoder (AutoencoderTiny) of madebyollin/taesd's architecture, "
                            "for `sdcli convert --tiny-vae`")
     size.add_argument("--tiny-taesd", action="store_true", help="not a pipeline: a tiny AutoencoderTiny that fits --tiny")
+    size.add_argument("--tiny-z-image", action="store_true",
+                      help="a tiny ZImagePipeline of Tongyi-MAI/Z-Image-Turbo's shape (Qwen3 text encoder, flow matching)")
+    size.add_argument("--z-image", action="store_true",
+                      help="Tongyi-MAI/Z-Image-Turbo's architecture (transformer 6.2 B parameters, Qwen3-4B), saved in "
+                           "bf16 (about 20 GB)")
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-channels", type=int, default=None,
@@ -495,7 +500,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    if args.taesd or args.tiny_taesd:
+    if args.z_image or args.tiny_z_image:
+        import torch
+
+        from sdcli.convert.random_z_image import TINY_Z_IMAGE, Z_IMAGE, build_random_z_image
+
+        build_random_z_image(args.output, Z_IMAGE if args.z_image else TINY_Z_IMAGE, args.seed,
+                             torch_dtype=torch.bfloat16 if args.z_image else None)
+    elif args.taesd or args.tiny_taesd:
         build_random_taesd(args.output, TAESD if args.taesd else QUICK_TAESD, args.seed)
     elif args.sdxl or args.tiny_sdxl:
         import torch
