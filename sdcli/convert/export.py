@@ -17,6 +17,7 @@ from sdcli.convert.ir import WEIGHT_FORMATS, compress_saved_ir, export_tokenizer
 from sdcli.convert.lora import fuse_lora, replacement_scheduler_config
 from sdcli.convert.options import ConvertOptions
 from sdcli.convert.sources import default_output_name, load_components, resolve_source
+from sdcli.convert.vae_export import export_vae
 from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_directory
 
@@ -61,23 +62,7 @@ def _wrappers():
             return self.model(sample, t, encoder_hidden_states, timestep_cond=timestep_cond,
                               added_cond_kwargs=added, return_dict=False)[0]
 
-    class VaeEncoder(torch.nn.Module):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, sample):
-            return self.vae.encode(sample, return_dict=True).latent_dist.parameters
-
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, latent_sample):
-            return self.vae.decode(latent_sample, return_dict=False)[0]
-
-    return TextEncoder, UNet, VaeEncoder, VaeDecoder
+    return TextEncoder, UNet
 
 
 def check_options(opts: ConvertOptions, output: Path) -> None:
@@ -109,6 +94,12 @@ def check_options(opts: ConvertOptions, output: Path) -> None:
 def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str], None] = print) -> Path:
     check_options(opts, output)
     kind, path = resolve_source(source, opts)
+    from sdcli.convert.z_image import convert_z_image, is_z_image_folder
+
+    if kind == "folder" and is_z_image_folder(path):  # a flow-matching transformer: its own exporter
+        convert_z_image(source, path, output, opts, log)
+        log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
+        return output
 
     import torch
 
@@ -244,46 +235,6 @@ def export_unet(unet, seq: int, out: Path, weight_format: str, added: dict[str, 
     model = to_openvino(UNet(unet), example, inputs, ["out_sample"])
     save_ir(model, out / "unet", weight_format)
     write_json(out / "unet" / "config.json", model_config(unet))
-
-
-def export_vae(vae, out: Path, weight_format: str, log: Callable[[str], None]) -> None:
-    """Write vae_encoder/ and vae_decoder/."""
-    import torch
-    from openvino import PartialShape, Type
-
-    _, _, VaeEncoder, VaeDecoder = _wrappers()
-    vcfg = vae.config
-    scale = 2 ** (len(vcfg.block_out_channels) - 1)
-    lat = EXAMPLE_LATENT
-    log("[4/6] vae_encoder")
-    model = to_openvino(
-        VaeEncoder(vae),
-        {"sample": torch.randn(1, vcfg.in_channels, lat * scale, lat * scale)},
-        [(PartialShape([-1, vcfg.in_channels, -1, -1]), Type.f32)],
-        ["latent_parameters"],
-    )
-    upcast_hint(model, vae)
-    save_ir(model, out / "vae_encoder", weight_format)
-    write_json(out / "vae_encoder" / "config.json", model_config(vae))
-    del model
-    log("[5/6] vae_decoder")
-    model = to_openvino(
-        VaeDecoder(vae),
-        {"latent_sample": torch.randn(1, vcfg.latent_channels, lat, lat)},
-        [(PartialShape([-1, vcfg.latent_channels, -1, -1]), Type.f32)],
-        ["sample"],
-    )
-    upcast_hint(model, vae)
-    save_ir(model, out / "vae_decoder", weight_format)
-    write_json(out / "vae_decoder" / "config.json", model_config(vae))
-
-
-def upcast_hint(model, vae) -> None:
-    """A VAE whose config says `force_upcast` (SDXL's) overflows float16: mark its IR as optimum-cli
-    does, so that OpenVINO scales its activations down where it computes in f16 (the engine
-    also compiles it at f32 where f16 would be used)."""
-    if vae.config.get("force_upcast"):
-        model.set_rt_info("128.0", ["runtime_options", "ACTIVATIONS_SCALE_FACTOR"])
 
 
 def write_metadata(out: Path, index: dict, source: str, opts: ConvertOptions, seconds: float) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sdcli.convert.random_weights import _bytes_to_unicode, _spread_weights
+
 TINY = {
     "unet": dict(
         block_out_channels=(32, 64),
@@ -208,19 +210,6 @@ SDXL_SCHEDULER = dict(SD15_SCHEDULER, timestep_spacing="leading", interpolation_
                       use_karras_sigmas=False, sample_max_value=1.0, clip_sample=False)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def write_clip_tokenizer(folder: Path, vocab_size: int) -> None:
     """A real CLIP BPE tokenizer with a small vocabulary: every byte, byte + "</w>",
     a few merges of common letter pairs, and the two special tokens."""
@@ -375,26 +364,6 @@ def _hub_key_names(folder: Path) -> None:
         tensors = load_file(str(path))
         if tensors and not any(k.startswith("text_model.") for k in tensors):
             save_file({"text_model." + k: v for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
-
-
-def _spread_weights(*modules, seed: int = 0) -> None:
-    """Random init of a tiny model leaves the output nearly independent of its inputs
-    (zero-initialised output convolutions, small attention weights).  Re-draw every
-    weight with a larger spread so that parity tests see prompt, timestep and
-    latents all move the pixels."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in modules:
-            for name, p in module.named_parameters():
-                if "norm" in name and name.endswith("weight"):
-                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-                elif p.ndim >= 2:
-                    fan_in = p[0].numel()
-                    p.copy_(torch.randn(p.shape, generator=g) * (1.0 / fan_in) ** 0.5)
-                else:
-                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
 
 
 # The tiny autoencoder (TAESD) for the tiny models: 4 latent channels and one 2x step,

@@ -189,7 +189,7 @@ def qwen2_tokenizer(model_max_length: int = 131072):
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    from sdcli.convert.random_model import _bytes_to_unicode
+    from sdcli.convert.random_weights import _bytes_to_unicode
 
     vocab: dict[str, int] = {}
     for char in _bytes_to_unicode().values():
@@ -238,7 +238,7 @@ def build_random_z_image(out_dir: str | Path, sizes: dict = TINY_Z_IMAGE, seed: 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from sdcli.convert.random_model import _spread_weights
+    from sdcli.convert.random_weights import _spread_weights
 
     out_dir = Path(out_dir)
     tiny = sizes is TINY_Z_IMAGE
