@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdcli.convert.random_weights import _bytes_to_unicode, _spread_weights
+from sdcli.convert.random_weights import bytes_to_unicode, spread_weights
+
+_spread_weights = spread_weights  # (tests/single_file.py calls it by this name)
 
 TINY = {
     "unet": dict(
@@ -214,7 +216,7 @@ def write_clip_tokenizer(folder: Path, vocab_size: int) -> None:
     """A real CLIP BPE tokenizer with a small vocabulary: every byte, byte + "</w>",
     a few merges of common letter pairs, and the two special tokens."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: list[str] = chars + [c + "</w>" for c in chars]
     merges = []
     for a, b in ["th", "he", "in", "er", "an", "re", "on", "at", "or", "es"]:
@@ -261,7 +263,7 @@ def build_random_pipeline(
     text_cfg = dict(sizes["text"], bos_token_id=0, eos_token_id=2, pad_token_id=1)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     if tiny:
-        _spread_weights(unet, vae, text_encoder, seed=seed)
+        spread_weights(unet, vae, text_encoder, seed=seed)
     tok_dir = out_dir / "_tokenizer_src"
     write_clip_tokenizer(tok_dir, text_cfg["vocab_size"])
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77,
@@ -324,7 +326,7 @@ def build_random_sdxl(
     finally:
         torch.set_default_dtype(torch.float32)
     if tiny:
-        _spread_weights(*[m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None], seed=seed)
+        spread_weights(*[m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None], seed=seed)
     tok_dir = out_dir / "_tokenizer_src"
     write_clip_tokenizer(tok_dir, sizes["text_2"]["vocab_size"])
 
@@ -393,7 +395,7 @@ def build_random_taesd(out_dir: str | Path, sizes: dict = TINY_TAESD, seed: int 
     torch.manual_seed(seed)
     taesd = AutoencoderTiny(**sizes)
     if sizes is not TAESD:  # the small ones: spread their outputs as trained weights do
-        _spread_weights(taesd, seed=seed)
+        spread_weights(taesd, seed=seed)
         _normalise_taesd_outputs(taesd, seed)
     taesd.save_pretrained(out_dir)
     return taesd

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -15,7 +15,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def _spread_weights(*modules, seed: int = 0) -> None:
+def spread_weights(*modules, seed: int = 0) -> None:
     """Random init of a tiny model leaves the output nearly independent of its inputs
     (zero-initialised output convolutions, small attention weights).  Re-draw every
     weight with a larger spread so that parity tests see prompt, timestep and

@@ -189,10 +189,10 @@ def qwen2_tokenizer(model_max_length: int = 131072):
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    from sdcli.convert.random_weights import _bytes_to_unicode
+    from sdcli.convert.random_weights import bytes_to_unicode
 
     vocab: dict[str, int] = {}
-    for char in _bytes_to_unicode().values():
+    for char in bytes_to_unicode().values():
         vocab[char] = len(vocab)
     for a, b in MERGES:
         vocab.setdefault(a + b, len(vocab))
@@ -238,7 +238,7 @@ def build_random_z_image(out_dir: str | Path, sizes: dict = TINY_Z_IMAGE, seed: 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from sdcli.convert.random_weights import _spread_weights
+    from sdcli.convert.random_weights import spread_weights
 
     out_dir = Path(out_dir)
     tiny = sizes is TINY_Z_IMAGE
@@ -252,7 +252,7 @@ def build_random_z_image(out_dir: str | Path, sizes: dict = TINY_Z_IMAGE, seed: 
     finally:
         torch.set_default_dtype(torch.float32)
     if tiny:
-        _spread_weights(transformer, text_encoder, vae, seed=seed)
+        spread_weights(transformer, text_encoder, vae, seed=seed)
     tokenizer = qwen2_tokenizer()
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(sizes["scheduler"])
     pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

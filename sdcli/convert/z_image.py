@@ -61,7 +61,7 @@ def check_options(opts: ConvertOptions) -> None:
 
 # --- torch wrappers ------------------------------------------------------------------------------
 
-def _wrappers():
+def _transformer_wrapper():
     import torch
     import torch.nn.functional as F
 
@@ -156,6 +156,12 @@ def _wrappers():
             out = out.view(batch, height // PATCH, width // PATCH, PATCH, PATCH, channels)
             return out.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
 
+    return Transformer
+
+
+def _text_encoder_wrapper():
+    import torch
+
     class TextEncoder(torch.nn.Module):
         """Qwen3 up to the hidden state Z-Image reads (hidden_states[-2]: the output of the
         last layer but one, before any norm): the last layer and the final norm are dropped."""
@@ -172,7 +178,7 @@ def _wrappers():
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
-    return Transformer, TextEncoder
+    return TextEncoder
 
 
 # --- the components ------------------------------------------------------------------------------
@@ -182,7 +188,7 @@ def export_transformer(transformer, out: Path, weight_format: str) -> None:
     import torch
     from openvino import PartialShape, Type
 
-    Transformer = _wrappers()[0]
+    Transformer = _transformer_wrapper()
     cfg = transformer.config
     lat, caption = 8, SEQ_MULTIPLE  # example: 8x8 latents (16 patches, padded to 32), one caption of 32
     example = {
@@ -215,7 +221,7 @@ def export_text_encoder(text_encoder, out: Path, weight_format: str) -> None:
     import torch
     from openvino import PartialShape, Type
 
-    TextEncoder = _wrappers()[1]
+    TextEncoder = _text_encoder_wrapper()
     config = text_encoder.config.to_dict()
     layers = int(text_encoder.config.num_hidden_layers) - 1
     example = {"input_ids": torch.ones((1, 8), dtype=torch.int64), "attention_mask": torch.ones((1, 8), dtype=torch.int64)}

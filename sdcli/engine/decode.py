@@ -8,6 +8,7 @@ import numpy as np
 from sdcli.imaging import image_io
 
 
-def decode(decoder: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, scaling_factor: float) -> np.ndarray:
-    """RGB uint8 [H, W, 3] of `latents` (the UNet's, i.e. scaled by the VAE's scaling factor)."""
-    return image_io.to_pixels(decoder(latents / np.float32(scaling_factor)))
+def decode(decoder: Callable[[np.ndarray], np.ndarray], latents: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of `latents` as the VAE decoder takes them (the denoiser's, unscaled
+    by the model family's decode_latents)."""
+    return image_io.to_pixels(decoder(latents))

@@ -1,5 +1,7 @@
-"""Stage 3, denoise: the scheduler loop in numpy around the compiled UNet, yielding after
-every step (the per-step callback's progress, interrupt and previews hang on that)."""
+"""Stage 3, denoise: the scheduler loop in numpy around the compiled denoiser (a UNet or a
+transformer), yielding after every step (the per-step callback's progress, interrupt and
+previews hang on that).  How the denoiser is fed and what its output means is the model
+family's (families/base.py: denoiser_inputs, denoiser_output)."""
 from __future__ import annotations
 
 import time
@@ -8,7 +10,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from sdcli.engine.families.base import Conditioning
+from sdcli.engine.families.base import Conditioning, ModelFamily
+from sdcli.engine.guidance import rescale_guidance  # noqa: F401  (tests import it from here)
 
 
 @dataclass
@@ -20,25 +23,16 @@ class StepInfo:
     latents: np.ndarray | None = None  # the latents after this step (read-only: for previews)
 
 
-def rescale_guidance(noise_cfg: np.ndarray, noise_text: np.ndarray, phi: float) -> np.ndarray:
-    """diffusers' rescale_noise_cfg (guidance_rescale; "Common Diffusion Noise Schedules and Sample
-    Steps are Flawed", section 3.4): the guided prediction scaled to the text prediction's
-    standard deviation (over all but the batch axis, with Bessel's correction as torch's std),
-    mixed in by `phi`, which keeps high guidance from over-exposing."""
-    axes = tuple(range(1, noise_cfg.ndim))
-    std_text = noise_text.astype(np.float64).std(axis=axes, keepdims=True, ddof=1).astype(np.float32)
-    std_cfg = noise_cfg.astype(np.float64).std(axis=axes, keepdims=True, ddof=1).astype(np.float32)
-    rescaled = noise_cfg * (std_text / std_cfg)
-    return (np.float32(phi) * rescaled + np.float32(1 - phi) * noise_cfg).astype(np.float32)
-
-
 def denoise(unet: Callable, latents: np.ndarray, timesteps: list, scheduler, conditioning: Conditioning,
-            guidance_scale: float, rng, inpaint=None, clock: dict | None = None, guidance_rescale: float = 0.0
-            ) -> Iterator[tuple[np.ndarray, StepInfo]]:
+            guidance_scale: float, rng, inpaint=None, clock: dict | None = None, guidance_rescale: float = 0.0,
+            family: ModelFamily | None = None) -> Iterator[tuple[np.ndarray, StepInfo]]:
     """Yield the latents after every step (`inpaint`: the Inpainting of inpaint.prepare).
-    `clock["unet"]` accumulates the seconds spent inside the UNet.  `guidance_rescale`: phi of
-    rescale_guidance, applied after classifier-free guidance (where there is none, it does nothing)."""
-    guidance = conditioning.guidance_batch
+    `unet` is the denoiser, called as (sample, timestep, context, **extra); `family` says how
+    it is fed and how its output becomes what the scheduler steps with (default: a UNet's, as
+    ModelFamily does).  `clock["unet"]` accumulates the seconds spent inside the denoiser.
+    `guidance_rescale`: phi of rescale_guidance, applied after classifier-free guidance
+    (where there is none, it does nothing)."""
+    family = family or ModelFamily(None)
     context = conditioning.hidden_states
     extra = conditioning.unet_inputs
     for i, t in enumerate(timesteps):
@@ -46,17 +40,12 @@ def denoise(unet: Callable, latents: np.ndarray, timesteps: list, scheduler, con
         x = scheduler.scale_model_input(latents, t).astype(np.float32)
         if inpaint is not None:
             x = inpaint.unet_input(x)
-        if guidance:
-            x = np.concatenate([x, x], axis=0)
+        sample, timestep = family.denoiser_inputs(x, t, conditioning)
         t_unet = time.perf_counter()
-        out = unet(x, t, context, **extra)
+        out = unet(sample, timestep, context, **extra)
         if clock is not None:
             clock["unet"] = clock.get("unet", 0.0) + time.perf_counter() - t_unet
-        if guidance:
-            uncond, cond = out[0:1], out[1:2]
-            out = uncond + np.float32(guidance_scale) * (cond - uncond)
-            if guidance_rescale > 0.0:
-                out = rescale_guidance(out, cond, guidance_rescale)
+        out = family.denoiser_output(out, conditioning, guidance_scale, guidance_rescale)
         latents = scheduler.step(out, t, latents, rng).astype(np.float32)
         if inpaint is not None:
             latents = inpaint.after_step(latents, i, timesteps, scheduler)

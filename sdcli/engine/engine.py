@@ -29,7 +29,6 @@ from sdcli.engine.loader import ComponentCache
 from sdcli.engine.networks import NetworkFolders, Networks, hash_name
 from sdcli.engine.request import GenerationRequest
 from sdcli.model.folder import ModelFolder
-from sdcli.runtime.components import UNet
 from sdcli.runtime.core import Runtime, default_cache_dir
 from sdcli.runtime.lora import WeightPatch
 from sdcli.util.errors import UsageError
@@ -54,13 +53,13 @@ class Result:
 
 def run_steps(unet, latents: np.ndarray, timesteps: list, scheduler, conditioning: Conditioning,
               request: GenerationRequest, rng, inpaint, clock: dict, on_step, step_times: list,
-              done: int = 0) -> np.ndarray:
+              done: int = 0, family=None) -> np.ndarray:
     """Stage 3's loop: the latents after the last of `timesteps`, each step's seconds appended
     to `step_times` and reported to `on_step` (numbered on from `done`: a refiner's steps follow
-    the base's)."""
+    the base's); `family` feeds the denoiser `unet` (see denoise)."""
     total = done + len(timesteps)
     for latents, info in denoise(unet, latents, timesteps, scheduler, conditioning, request.guidance_scale, rng,
-                                 inpaint, clock, request.guidance_rescale):
+                                 inpaint, clock, request.guidance_rescale, family):
         step_times.append(info.seconds)
         if on_step:
             on_step(dataclasses.replace(info, index=info.index + done, total=total) if done else info)
@@ -112,16 +111,16 @@ class Engine:
         """UsageError when `request` (followed by `images` - 1 more) would not fit in memory."""
         from sdcli.engine.memory import check_fits
 
+        self.family.check_request(request)
         return check_fits(self, self.networks.activate(request), images)
 
     def _unet_shapes(self, request: GenerationRequest) -> dict[str, list[int]]:
+        """The denoiser's input shapes for `request` (its UNet's or transformer's)."""
         request = self.networks.activate(request)
         width, height = self.resolve_size(request)
         f = self.folder.vae_scale_factor
         guidance = self.classifier_free_guidance(request.guidance_scale)
-        batch = 2 if guidance else 1
-        return UNet.input_shapes(self.folder, batch, (height // f, width // f),
-                                 self.family.text_length(request, guidance), self.family.extra_unet_shapes(batch))
+        return self.family.denoiser_shapes(request, guidance, (height // f, width // f))
 
     @staticmethod
     def _unet_variants(deepcache: int) -> tuple:
@@ -138,10 +137,11 @@ class Engine:
             encoded = self.family.prompt_key(request, guidance) in self._prompts
         if not encoded:  # an encoded prompt needs no text encoder (it may have been freed)
             self.family.start_text_encoders(self.components, request)
-        patch = request.networks.patch("unet")
+        patch = request.networks.patch(self.folder.denoiser)
         if self.refiner is not None and not self.low_memory:
             self.refiner.preload(refiner_request(request))
-        return [self.components.start_unet(shapes, variant, patch) for variant in self._unet_variants(request.deepcache)]
+        return [self.components.start_denoiser(shapes, variant, patch)
+                for variant in self._unet_variants(request.deepcache)]
 
     def optimal_requests(self, request: GenerationRequest) -> int:
         """How many requests OpenVINO would keep in flight on the UNet for `request` (1 when
@@ -156,7 +156,7 @@ class Engine:
         self.family.release_text_encoders(self.components)
 
     def release_unet(self) -> None:
-        self.components.release("unet")
+        self.components.release_denoiser()
         if self.refiner is not None:
             self.refiner.release_unet()
 
@@ -200,11 +200,10 @@ class Engine:
 
     def denoising_unet(self, conditioning: Conditioning, latent_hw: tuple[int, int], deepcache: int = 1,
                        patch: WeightPatch | None = None):
-        """What the loop calls: the UNet (with the LoRAs of `patch` fused), or with `deepcache` > 1
-        DeepCache's pair (fresh state)."""
-        rows, seq = conditioning.hidden_states.shape[:2]
-        shapes = UNet.input_shapes(self.folder, rows, tuple(latent_hw), seq, conditioning.unet_input_shapes())
-        unets = [self.components.unet(shapes, variant, patch) for variant in self._unet_variants(deepcache)]
+        """What the loop calls: the denoiser (the UNet or transformer, with the LoRAs of `patch`
+        fused), or with `deepcache` > 1 DeepCache's pair of UNets (fresh state)."""
+        shapes = self.family.conditioned_shapes(conditioning, latent_hw)
+        unets = [self.components.denoiser(shapes, variant, patch) for variant in self._unet_variants(deepcache)]
         for unet in unets:
             unet.recorder = self.unet_recorder
         return unets[0] if deepcache <= 1 else DeepCacheUNet(*unets, deepcache)
@@ -212,7 +211,7 @@ class Engine:
     def decode(self, latents: np.ndarray, vae_kind: str = "full") -> np.ndarray:
         """Stage 4: RGB pixels of `latents`."""
         vae = self.folder.vae(vae_kind)
-        image = decode(self.components.vae_decoder(latents.shape[2:], vae.decoder), latents, vae.scaling_factor)
+        image = decode(self.components.vae_decoder(latents.shape[2:], vae.decoder), self.family.decode_latents(latents, vae))
         if self.low_memory:
             self.components.release(vae.decoder)
         return image
@@ -232,7 +231,7 @@ class Engine:
         timesteps = from_switch(scheduler, request.refiner_switch)
         unet = self.denoising_unet(conditioning, latents.shape[2:])
         return run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, None, clock, on_step,
-                         step_times, done)
+                         step_times, done, self.family)
 
     # -- all four --------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, on_step: Callable[[StepInfo], None] | None = None, *,
@@ -243,6 +242,7 @@ class Engine:
         decoding (no image follows); `decode=False` stops after the last step."""
         request = request.with_images_read()
         request.validate()
+        self.family.check_request(request)
         self.folder.vae(request.vae)
         request = self.networks.activate(request)  # the prompt's LoRAs and embeddings; its tags removed
         active = request.networks
@@ -272,15 +272,16 @@ class Engine:
             timesteps = until_switch(timesteps, scheduler, request.refiner_switch)
         timings["prepare_latents"] = time.perf_counter() - t0
 
-        unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache, active.patch("unet"))  # 3. denoise
+        unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache,  # 3. denoise
+                                   active.patch(self.folder.denoiser))
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
         step_times: list[float] = []
         latents = run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, inpaint, clock, on_step,
-                            step_times)
+                            step_times, family=self.family)
         del unet  # else this frame keeps a released UNet (and its weights) alive through decoding
         if release_unet or self.low_memory:
-            self.components.release("unet")
+            self.components.release_denoiser()
         if self.refiner is not None:  # the refiner's part of the schedule
             latents = self.refiner.refine(latents, request, rng, on_step, len(step_times), step_times, clock)
             if release_unet or self.low_memory:

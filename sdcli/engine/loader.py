@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 from sdcli.model.folder import ModelFolder
-from sdcli.runtime.components import TextEncoder, UNet, VaeDecoder, VaeEncoder
+from sdcli.runtime.components import TextEncoder, Transformer, UNet, VaeDecoder, VaeEncoder
 from sdcli.runtime.core import Runtime
 from sdcli.runtime.lora import WeightPatch
 
@@ -101,6 +101,27 @@ class ComponentCache:
 
     def unet(self, shapes: dict[str, list[int]], variant: str | None = None, patch: WeightPatch | None = None) -> UNet:
         return self.get(*self._unet(shapes, variant, patch))
+
+    def _transformer(self, shapes: dict[str, list[int]], patch: WeightPatch | None):
+        tag = patch.tag if patch is not None else None
+        self._keep_one_patch("transformer", tag)
+        key = ("transformer", tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())), None, tag)
+        return key, lambda: Transformer(self.runtime, self.folder, shapes, patch)
+
+    # the denoiser, whichever the folder has (its UNet or its transformer)
+    def start_denoiser(self, shapes: dict[str, list[int]], variant: str | None = None,
+                       patch: WeightPatch | None = None) -> Future:
+        if self.folder.denoiser == "transformer":
+            return self.start(*self._transformer(shapes, patch))
+        return self.start_unet(shapes, variant, patch)
+
+    def denoiser(self, shapes: dict[str, list[int]], variant: str | None = None, patch: WeightPatch | None = None):
+        if self.folder.denoiser == "transformer":
+            return self.get(*self._transformer(shapes, patch))
+        return self.unet(shapes, variant, patch)
+
+    def release_denoiser(self) -> None:
+        self.release(self.folder.denoiser)
 
     def vae_decoder(self, latent_hw: tuple[int, int], name: str = "vae_decoder") -> VaeDecoder:
         return self.get((name, tuple(latent_hw)), lambda: VaeDecoder(self.runtime, self.folder, latent_hw, name))

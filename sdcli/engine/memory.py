@@ -130,7 +130,8 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     while its stage runs, by component (see held_bytes)."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
-    components = {**{name: name for name in folder.text_encoders}, "unet": "unet", "decoder": parts.decoder}
+    # "unet": the denoiser, whichever it is (a transformer's activations are estimated as a UNet's)
+    components = {**{name: name for name in folder.text_encoders}, "unet": folder.denoiser, "decoder": parts.decoder}
     if init_image:
         components["encoder"] = parts.encoder
     try:

@@ -288,6 +288,54 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
                              f"{source} says {expected}: files from different models?")
 
 
+def check_transformer_folder(root: Path, transformer: dict, vae: dict, scheduler: dict) -> None:
+    """A flow-matching transformer model's folder (Z-Image): the configs sdcli reads, the
+    components against each other, the IRs' versions and inputs against the configs."""
+    c = Config(transformer, "transformer/config.json")
+    in_channels = c.integer("in_channels", 1, 256, 16)
+    caption = c.integer("cap_feat_dim", 1, 65536, 2560)
+    patches = transformer.get("all_patch_size", [2])
+    if not isinstance(patches, (list, tuple)) or 2 not in patches:
+        raise c.fail("all_patch_size", "a list with 2 (2x2 patches)", patches)
+    check_vae(vae, "vae_decoder/config.json")
+    encoder_vae = read_json(root / "vae_encoder" / "config.json", required=False)
+    if encoder_vae is not None:
+        check_vae(encoder_vae, "vae_encoder/config.json")
+    sched = Config(scheduler, "scheduler/scheduler_config.json")
+    sched.text("_class_name", ("FlowMatchEulerDiscreteScheduler",), "FlowMatchEulerDiscreteScheduler")
+    sched.integer("num_train_timesteps", 1, 100_000, 1000)
+    sched.number("shift", 0.0, 1000.0, 1.0, low_open=True)
+    sched.flag("use_dynamic_shifting")
+    index = read_json(root / "model_index.json", required=False)
+    if index is not None:
+        check_model_index(index)
+    latent = vae.get("latent_channels", 4)
+    if latent != in_channels:
+        raise UsageError(f"transformer/config.json: in_channels {in_channels} is not the VAE's {latent} latent "
+                         "channels: files from different models?")
+    text = read_json(root / "text_encoder" / "config.json", required=False)
+    if text is not None:
+        hidden = Config(text, "text_encoder/config.json").integer("hidden_size", 1, 65536, caption)
+        if hidden != caption:
+            raise UsageError(f"transformer/config.json: cap_feat_dim {caption} is not the text encoder's hidden_size "
+                             f"{hidden}: files from different models?")
+    graphs = {name: check_ir_version(root / name / "openvino_model.xml", name)
+              for name in ("text_encoder", "transformer", "vae_decoder", "vae_encoder")
+              if (root / name / "openvino_model.xml").is_file()}
+    declared = [("transformer", "hidden_states", 1, in_channels, "transformer/config.json in_channels"),
+                ("transformer", "encoder_hidden_states", 2, caption, "transformer/config.json cap_feat_dim"),
+                ("vae_decoder", "latent_sample", 1, latent, "vae_decoder/config.json latent_channels")]
+    for component, name, index_, expected, source in declared:
+        got = _dim(graphs.get(component, {}), name, index_)
+        if got is not None and got != expected:
+            raise UsageError(f"{component}/openvino_model.xml takes {name} with {got} in dimension {index_}, but "
+                             f"{source} says {expected}: files from different models?")
+    missing = [name for name in ("hidden_states", "timestep", "encoder_hidden_states")
+               if "transformer" in graphs and name not in graphs["transformer"]]
+    if missing:
+        raise UsageError(f"transformer/openvino_model.xml has no input {missing[0]}: not a transformer sdcli runs")
+
+
 def check_safetensors(path: Path, component: str) -> None:
     """A .safetensors file whose header covers the whole file (a cut-off or empty one fails
     here, before any component is loaded: the components load one after another)."""

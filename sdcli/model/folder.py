@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 
 from sdcli.util.errors import UsageError
-from sdcli.model.layout import REQUIRED, REQUIRED_SDXL, TINY_DECODER, TINY_ENCODER
+from sdcli.model.layout import REQUIRED, REQUIRED_SDXL, REQUIRED_TRANSFORMER, TINY_DECODER, TINY_ENCODER
 
 if TYPE_CHECKING:
     from sdcli.model.defaults import GenerationDefaults
@@ -23,27 +23,36 @@ def _read_json(path: Path) -> dict:
 @dataclass(frozen=True)
 class Vae:
     """The autoencoder that decodes (and encodes, for img2img): its component folders,
-    and the factor between its latents and the UNet's (the UNet works on factor * latents)."""
+    and the factor between its latents and the UNet's (the UNet works on factor * latents;
+    a FLUX-style VAE's latents are also shifted: factor * (latents - shift))."""
 
     decoder: str
     encoder: str
     scaling_factor: float
+    shift_factor: float = 0.0
 
 
 @dataclass
 class ModelFolder:
-    """The files of a converted model, validated before anything is compiled."""
+    """The files of a converted model, validated before anything is compiled.
+
+    `denoiser` is the component that denoises: "unet" (Stable Diffusion, SDXL) or
+    "transformer" (flow-matching diffusion transformers: Z-Image); `unet_config` is its
+    config.json, whichever it is (also `denoiser_config`)."""
 
     root: Path
     unet_config: dict
     vae_config: dict
     scheduler_config: dict
+    denoiser: str = "unet"
 
     @classmethod
     def open(cls, root: str | Path) -> "ModelFolder":
         root = Path(root).expanduser()
         if not root.is_dir():
             raise UsageError(f"model folder not found: {root}")
+        if (root / "transformer").is_dir() and not (root / "unet").is_dir():
+            return cls._open_transformer(root)
         if not (root / "unet").is_dir():
             raise UsageError(f"model folder {root} is incomplete: unet/ is missing")
         unet = _read_json(root / "unet" / "config.json")
@@ -63,6 +72,28 @@ class ModelFolder:
         folder = cls(root, unet, vae, sched)
         folder._validate()
         return folder
+
+    @classmethod
+    def _open_transformer(cls, root: Path) -> "ModelFolder":
+        """A flow-matching transformer model's folder (its family checks the rest)."""
+        from sdcli.model.config_checks import check_transformer_folder
+
+        for name in REQUIRED_TRANSFORMER:
+            if not (root / name).is_dir():
+                raise UsageError(f"model folder {root} is incomplete: {name}/ is missing")
+        for name in ("transformer", "text_encoder", "vae_decoder"):
+            for suffix in (".xml", ".bin"):
+                if not (root / name / f"openvino_model{suffix}").is_file():
+                    raise UsageError(f"model folder {root} is incomplete: {name}/openvino_model{suffix} is missing")
+        config = _read_json(root / "transformer" / "config.json")
+        vae = _read_json(root / "vae_decoder" / "config.json")
+        sched = _read_json(root / "scheduler" / "scheduler_config.json")
+        check_transformer_folder(root, config, vae, sched)
+        return cls(root, config, vae, sched, "transformer")
+
+    @property
+    def denoiser_config(self) -> dict:
+        return self.unet_config
 
     def _validate(self) -> None:
         """Types and ranges of every config value sdcli reads, the IR versions, and the
@@ -103,7 +134,13 @@ class ModelFolder:
         return float(self.vae_config.get("scaling_factor", 0.18215))
 
     @property
+    def shift_factor(self) -> float:
+        return float(self.vae_config.get("shift_factor") or 0.0)
+
+    @property
     def default_size(self) -> int:
+        if self.denoiser == "transformer":  # Z-Image's and FLUX's pipelines: 1024 unless told
+            return 1024
         return int(self.unet_config.get("sample_size", 64)) * self.vae_scale_factor
 
     @property
@@ -118,7 +155,7 @@ class ModelFolder:
         """"full": the model's own VAE; "tiny": the TAESD that `sdcli convert --tiny-vae` adds
         (trained on unscaled latents: its config's scaling_factor is 1.0)."""
         if kind == "full":
-            return Vae("vae_decoder", "vae_encoder", self.scaling_factor)
+            return Vae("vae_decoder", "vae_encoder", self.scaling_factor, self.shift_factor)
         if kind != "tiny":
             raise UsageError(f"--vae must be full or tiny, got {kind!r}")
         if not self.has_tiny_vae:
@@ -138,7 +175,7 @@ class ModelFolder:
     @property
     def unet_sequence_length(self) -> int | None:
         """The UNet's fixed text length (optimum-cli exports 77), or None when dynamic."""
-        dims = ir_input_shape(self.ir("unet"), "encoder_hidden_states")
+        dims = ir_input_shape(self.ir(self.denoiser), "encoder_hidden_states")
         if dims is None:
             return None
         return int(dims[1]) if len(dims) == 3 and dims[1].strip().isdigit() else None
@@ -147,7 +184,7 @@ class ModelFolder:
     def time_cond_proj_dim(self) -> int | None:
         """A Latent Consistency Model's guidance-embedding size (its UNet takes `timestep_cond`,
         as optimum-cli names it), or None for an ordinary UNet."""
-        dims = ir_input_shape(self.ir("unet"), "timestep_cond")
+        dims = ir_input_shape(self.ir(self.denoiser), "timestep_cond")
         configured = self.unet_config.get("time_cond_proj_dim")
         if configured is not None and (not isinstance(configured, int) or isinstance(configured, bool)
                                        or not 0 < configured < 100_000):

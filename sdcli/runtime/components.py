@@ -157,6 +157,77 @@ class UNet(CompiledComponent):
         return self.request.get_output_tensor(index).data.copy()
 
 
+class Transformer(CompiledComponent):
+    """A flow-matching diffusion transformer (Z-Image's), called like the UNet: (sample,
+    timestep, context, **extra) feed its IR's `hidden_states`, `timestep` (float) and
+    `encoder_hidden_states`, and the inputs its model family adds by their IR names (the
+    caption's mask, the RoPE positions), each compiled at the static shape it is given."""
+
+    recorder = None  # called with each call's inputs
+
+    def __init__(self, runtime: Runtime, folder: ModelFolder, shapes: dict[str, list[int]],
+                 patch: WeightPatch | None = None):
+        """`shapes`: input name -> static shape, for every input of the IR (the family's
+        denoiser_shapes); `patch`: LoRAs fused into the weights (runtime/lora.py)."""
+        declared = set(ir_header(folder.ir("transformer"))[1])
+        missing = sorted(declared - set(shapes))
+        if missing:
+            raise UsageError(f"transformer: its IR takes {', '.join(missing)}, which this model family does not provide")
+        component = "transformer" if patch is None else f"transformer-lora{patch.tag}"
+
+        def prepare(model):
+            if patch is not None:
+                patch.apply(model, "transformer")
+
+        self.compiled, self._mapping = runtime.load(component, folder.ir("transformer"), shapes, prepare=prepare)
+        self._timestep_shape = shapes["timestep"]
+
+    def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
+        t = np.full(self._timestep_shape, timestep, dtype=np.float32)
+        inputs = {"hidden_states": sample, "timestep": t, "encoder_hidden_states": context, **extra}
+        if self.recorder is not None:
+            self.recorder(inputs)
+        self.request.infer(inputs)
+        return self.request.get_output_tensor(0).data.copy()
+
+    def output(self, index: int) -> np.ndarray:
+        """Output `index` of the last call."""
+        return self.request.get_output_tensor(index).data.copy()
+
+
+class LLMTextEncoder(CompiledComponent):
+    """A language model as text encoder (Z-Image's Qwen3): its IR gives the hidden state the
+    denoiser reads (`last_hidden_state`), and is compiled for any sequence length, so that each
+    prompt is encoded at its own length, without padding (its attention is causal: padding
+    after the prompt would not change the prompt's states)."""
+
+    def __init__(self, runtime: Runtime, folder: ModelFolder, name: str = "text_encoder",
+                 patch: WeightPatch | None = None):
+        declared = ir_header(folder.ir(name))[1]
+        if "input_ids" not in declared:
+            raise UsageError(f"{name}: its IR has no input_ids input")
+        shapes = {input_name: [1, -1] for input_name in ("input_ids", "attention_mask") if input_name in declared}
+        component = name if patch is None else f"{name}-lora{patch.tag}"
+
+        def prepare(model):
+            if patch is not None:
+                patch.apply(model, name)
+
+        self.compiled, self._mapping = runtime.load(component, folder.ir(name), shapes, prepare=prepare)
+        self._mask = "attention_mask" in shapes
+        names = [output.get_names() for output in self.compiled.outputs]
+        self._hidden = next((i for i, n in enumerate(names) if "last_hidden_state" in n), 0)
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        """[tokens, hidden size]: the hidden states of `ids`."""
+        input_ids = np.asarray([ids], dtype=np.int64)
+        inputs = {"input_ids": input_ids}
+        if self._mask:
+            inputs["attention_mask"] = np.ones_like(input_ids)
+        self.request.infer(inputs)
+        return self.request.get_output_tensor(self._hidden).data[0].copy()
+
+
 def vae_precision(runtime: Runtime, folder: ModelFolder, component: str) -> str | None:
     """f32 for a VAE whose config says force_upcast (SDXL's, which overflows float16 into NaN
     and black images, as diffusers upcasts it) where the run would compute in f16; bf16 has

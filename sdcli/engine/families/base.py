@@ -1,10 +1,13 @@
 """The seam between the engine's one orchestration and what a model family does its own way.
 
 A family says which text encoders it has and how a prompt becomes a `Conditioning` — the
-hidden states the UNet attends to, an optional pooled embedding, and any extra UNet inputs
-by the names its IR declares (an LCM's `timestep_cond`; SDXL's `text_embeds`, `time_ids`) —
-and how its scheduler is made and stepped through for image-to-image.  The engine
-sequences the four stages the same way for every family.
+hidden states the denoiser attends to, an optional pooled embedding, and any extra denoiser
+inputs by the names its IR declares (an LCM's `timestep_cond`; SDXL's `text_embeds`,
+`time_ids`; Z-Image's caption mask and RoPE positions) — how its denoiser (a UNet, or a
+flow-matching transformer) is fed and what its output means (denoiser_shapes,
+denoiser_inputs, denoiser_output), what its VAE decodes (decode_latents), and how its
+scheduler is made and stepped through for image-to-image.  The engine sequences the four
+stages the same way for every family; the defaults here are Stable Diffusion's UNet's.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class EncodedPrompt:
     pooled: np.ndarray | None = None  # [rows, dim]
     notes: list[str] = field(default_factory=list)  # warnings, e.g. a prompt truncated to 77 tokens
     embeddings_used: tuple[str, ...] = ()  # names of the textual-inversion embeddings put in (TI hashes)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # the family's own (Z-Image: each row's length)
 
 
 @dataclass
@@ -129,3 +133,45 @@ class ModelFamily:
         from sdcli.engine.latents import strength_timesteps
 
         return strength_timesteps(request, scheduler)
+
+    # -- stage 3: the denoiser ----------------------------------------------------------
+    def check_request(self, request: "GenerationRequest") -> None:
+        """UsageError for what this family cannot do with `request` (before anything loads)."""
+
+    def denoiser_shapes(self, request: "GenerationRequest", guidance: bool,
+                        latent_hw: tuple[int, int]) -> dict[str, list[int]]:
+        """The denoiser's static input shapes for `request`, known before its prompt is encoded
+        (the engine compiles the denoiser meanwhile); conditioned_shapes must agree."""
+        from sdcli.runtime.components import UNet
+
+        batch = 2 if guidance else 1
+        return UNet.input_shapes(self.folder, batch, tuple(latent_hw), self.text_length(request, guidance),
+                                 self.extra_unet_shapes(batch))
+
+    def conditioned_shapes(self, conditioning: Conditioning, latent_hw: tuple[int, int]) -> dict[str, list[int]]:
+        """The denoiser's static input shapes for an encoded prompt."""
+        from sdcli.runtime.components import UNet
+
+        rows, seq = conditioning.hidden_states.shape[:2]
+        return UNet.input_shapes(self.folder, rows, tuple(latent_hw), seq, conditioning.unet_input_shapes())
+
+    def denoiser_inputs(self, x: np.ndarray, t, conditioning: Conditioning) -> tuple[np.ndarray, object]:
+        """(sample, timestep) of the denoiser's call at the scheduler's timestep `t` on `x` (the
+        latents as the scheduler scaled them); the context and extra inputs are `conditioning`'s.
+        A UNet: the latents twice with classifier-free guidance, the scheduler's timestep."""
+        return (np.concatenate([x, x], axis=0) if conditioning.guidance_batch else x), t
+
+    def denoiser_output(self, out: np.ndarray, conditioning: Conditioning, guidance_scale: float,
+                        guidance_rescale: float = 0.0) -> np.ndarray:
+        """What the scheduler steps with, from the denoiser's output: a UNet's [negative,
+        prompt] predictions combined by classifier-free guidance (guidance.classifier_free)."""
+        if not conditioning.guidance_batch:
+            return out
+        from sdcli.engine.guidance import classifier_free
+
+        return classifier_free(out, guidance_scale, guidance_rescale)
+
+    # -- stage 4 ----------------------------------------------------------------------
+    def decode_latents(self, latents: np.ndarray, vae) -> np.ndarray:
+        """What the VAE decoder `vae` (a model.folder.Vae) takes for the denoised `latents`."""
+        return latents / np.float32(vae.scaling_factor)

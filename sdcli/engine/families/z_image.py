@@ -1,0 +1,215 @@
+"""Z-Image (Tongyi-MAI/Z-Image-Turbo and its fine-tunes), as diffusers' ZImagePipeline runs it.
+
+A flow-matching diffusion transformer fed the latents as they are (its IR cuts them into 2x2
+patches), the timestep as 1 - sigma, and the caption: the penultimate hidden state of Qwen3 on
+the prompt in Qwen3's chat template with thinking on, its padding dropped.  Its output is the
+velocity with the opposite sign.  With guidance above 0 (not 1) the pipeline also runs the
+negative prompt, rows [prompt, negative], and guides as prompt + scale * (prompt - negative).
+The latents are decoded by a FLUX.1-style VAE after (latents / scaling) + shift.
+
+The transformer pads the image's and each caption's tokens to multiples of 32 with learnt pad
+tokens; rows of a batch (prompt and negative) are padded further to one length, masked out.
+Its IR takes those masks and the RoPE positions as inputs (sdcli/convert/z_image.py), which
+`conditioning` builds as diffusers' transformer does inside.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
+from sdcli.util.errors import UsageError
+
+MAX_TOKENS = 512  # ZImagePipeline's max_sequence_length: longer prompts are truncated
+SEQ_MULTIPLE = 32  # the transformer's sequences are padded to multiples of this
+PATCH = 2
+ENCODER = "text_encoder"
+SCHEDULER_NAMES = ("flow_euler", "euler", "flowmatcheulerdiscretescheduler")
+
+
+def rounded(length: int) -> int:
+    return length + (-length) % SEQ_MULTIPLE
+
+
+class ZImage(ModelFamily):
+    name = "z-image"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        from sdcli.model.tokenizer import ChatTokenizer
+
+        self.tokenizer = ChatTokenizer(folder.root / "tokenizer")
+        self._tokens: dict[str, tuple[list[int], bool]] = {}
+
+    # -- before anything is compiled -------------------------------------------------
+    def classifier_free_guidance(self, guidance_scale: float) -> bool:
+        """ZImagePipeline guides with any scale above 0 (its formula adds the difference to
+        the prompt's prediction: scale 0 is the prompt alone)."""
+        return guidance_scale > 0.0
+
+    def check_request(self, request) -> None:
+        from sdcli.engine.latents import resolve_size
+        from sdcli.engine.networks import parse_tags
+
+        unsupported = [(request.init_image is not None, "--init-image (image-to-image) is not supported for Z-Image "
+                        "models yet"),
+                       (request.mask is not None, "--mask (inpainting) is not supported for Z-Image models"),
+                       (request.deepcache > 1, "--deepcache is for UNet models; this is a Z-Image transformer"),
+                       (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; Z-Image's is Qwen3"),
+                       (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a Z-Image "
+                        "transformer"),
+                       (bool(parse_tags(request.prompt)[1]), "LoRAs (<lora:...>) are not supported for Z-Image "
+                        "models yet")]
+        for refused, message in unsupported:
+            if refused:
+                raise UsageError(message)
+        width, height = resolve_size(self.folder, request)
+        step = PATCH * self.folder.vae_scale_factor
+        if width % step or height % step:
+            raise UsageError(f"--width and --height must be multiples of {step} for this model (its transformer "
+                             f"takes 2x2 patches of latents), got {width}x{height}")
+
+    def make_scheduler(self, name: str | None):
+        """The model's own FlowMatchEulerDiscreteScheduler (the only sampler of this family)."""
+        from sdcli.schedulers.flow_match import FlowMatchEulerDiscreteScheduler
+
+        if name is not None and name.strip().lower() not in SCHEDULER_NAMES:
+            raise UsageError(f"--scheduler {name}: a Z-Image model samples with its flow-matching Euler scheduler "
+                             "only (flow_euler)")
+        try:
+            return FlowMatchEulerDiscreteScheduler.from_config(self.folder.scheduler_config)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"scheduler/scheduler_config.json: {exc}") from None
+
+    # -- the prompt -------------------------------------------------------------------
+    def texts(self, request, guidance: bool) -> list[str]:
+        """The rows' texts: [prompt, negative] with guidance (diffusers' order), else [prompt]."""
+        return [request.prompt, request.negative_prompt] if guidance else [request.prompt]
+
+    def token_ids(self, text: str) -> tuple[list[int], bool]:
+        """(ids of `text` in the chat template with thinking on, truncated to MAX_TOKENS;
+        whether it was truncated)."""
+        if text not in self._tokens:
+            chat = self.tokenizer.render([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         enable_thinking=True)
+            ids = self.tokenizer.ids(chat)
+            if len(self._tokens) > 64:
+                self._tokens.clear()
+            self._tokens[text] = (ids[:MAX_TOKENS], len(ids) > MAX_TOKENS)
+        return self._tokens[text]
+
+    def text_length(self, request, guidance: bool) -> int:
+        """The caption slots the transformer is compiled for: the longest row's tokens rounded
+        up to a multiple of 32."""
+        return max(rounded(len(self.token_ids(text)[0])) for text in self.texts(request, guidance))
+
+    @cached_property
+    def caption_width(self) -> int:
+        return int(self.folder.denoiser_config.get("cap_feat_dim", 2560))
+
+    @staticmethod
+    def _encoder(components):
+        """(key, build) of the text encoder in `components` (a ComponentCache)."""
+        from sdcli.runtime.components import LLMTextEncoder
+
+        return (ENCODER, "llm"), lambda: LLMTextEncoder(components.runtime, components.folder, ENCODER)
+
+    def start_text_encoders(self, components, request) -> None:
+        components.start(*self._encoder(components))
+
+    def release_text_encoders(self, components) -> None:
+        components.release(ENCODER)
+
+    def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
+        """Each row's hidden states at its own length (the padding dropped, as diffusers drops it
+        by the attention mask), zero-padded to the rows' common length; the lengths are kept."""
+        from sdcli.engine.prompt_syntax import has_emphasis, parse_emphasis
+
+        encoder = components.get(*self._encoder(components))
+        notes, states = [], []
+        for label, text in zip(["prompt", "negative prompt"], self.texts(request, guidance)):
+            ids, truncated = self.token_ids(text)
+            if truncated:
+                notes.append(f"the {label} is longer than {MAX_TOKENS} tokens (in Qwen3's chat template) and was "
+                             "truncated")
+            if request.emphasis and has_emphasis(parse_emphasis(text)):
+                notes.append(f"the {label}'s A1111 weights ((word), [word], (word:1.3)) do not apply to Z-Image's "
+                             "language-model text encoder; it is used as written")
+            states.append(encoder(ids))
+        length = self.text_length(request, guidance)
+        hidden = np.zeros((len(states), length, states[0].shape[-1]), np.float32)
+        for row, state in enumerate(states):
+            hidden[row, : len(state)] = state
+        lengths = np.asarray([len(state) for state in states], np.int64)
+        return EncodedPrompt(hidden, None, notes=notes, extra={"lengths": lengths})
+
+    def conditioning(self, encoded: EncodedPrompt, request, size: tuple[int, int] | None = None) -> Conditioning:
+        """The transformer's inputs besides the latents and the timestep: the caption mask (0 on
+        each row's tokens, the lowest float after), the caption's RoPE positions (1, 2, ... up to
+        its length rounded to 32) and the image's (after the caption's, then row and column of
+        each patch; pad tokens at 0), as ZImageTransformer2DModel makes them."""
+        from sdcli.engine.latents import resolve_size
+
+        width, height = size or resolve_size(self.folder, request)
+        f = self.folder.vae_scale_factor
+        rows_h, cols = height // f // PATCH, width // f // PATCH
+        lengths = encoded.extra["lengths"]
+        rows, length = encoded.hidden_states.shape[:2]
+        mask = np.full((rows, length), np.finfo(np.float32).min, np.float32)
+        txt_ids = np.zeros((rows, length, 3), np.int32)
+        img_ids = np.zeros((rows, rounded(rows_h * cols), 3), np.int32)
+        patch = np.arange(rows_h * cols)
+        for row, n in enumerate(lengths):
+            caption = rounded(int(n))
+            mask[row, :n] = 0.0
+            txt_ids[row, :caption, 0] = np.arange(1, caption + 1)
+            img_ids[row, : rows_h * cols] = np.stack([np.full_like(patch, caption + 1), patch // cols, patch % cols], -1)
+        extra = {"encoder_attention_mask": mask, "txt_ids": txt_ids, "img_ids": img_ids}
+        return Conditioning(encoded.hidden_states, None, extra)
+
+    # -- stage 2 ----------------------------------------------------------------------
+    def set_timesteps(self, request, scheduler) -> None:
+        """Z-Image's sigmas, linspace(1, 1/n, n), shifted by the config (mu from the number of
+        image tokens, used where the config shifts dynamically); steps from the first."""
+        from sdcli.engine.latents import resolve_size
+        from sdcli.schedulers.flow_match import mu_from_config, z_image_default_sigmas
+
+        width, height = resolve_size(self.folder, request)
+        f = self.folder.vae_scale_factor
+        mu = mu_from_config(scheduler.config, (height // f // PATCH) * (width // f // PATCH))
+        scheduler.set_timesteps(sigmas=z_image_default_sigmas(request.steps), mu=mu)
+        scheduler.set_begin_index(0)
+
+    # -- stage 3: the transformer ---------------------------------------------------------
+    def _shapes(self, rows: int, length: int, latent_hw) -> dict[str, list[int]]:
+        h, w = latent_hw
+        return {"hidden_states": [rows, self.folder.latent_channels, h, w], "timestep": [1],
+                "encoder_hidden_states": [rows, length, self.caption_width], "encoder_attention_mask": [rows, length],
+                "txt_ids": [rows, length, 3], "img_ids": [rows, rounded((h // PATCH) * (w // PATCH)), 3]}
+
+    def denoiser_shapes(self, request, guidance: bool, latent_hw) -> dict[str, list[int]]:
+        return self._shapes(2 if guidance else 1, self.text_length(request, guidance), latent_hw)
+
+    def conditioned_shapes(self, conditioning: Conditioning, latent_hw) -> dict[str, list[int]]:
+        rows, length = conditioning.hidden_states.shape[:2]
+        return self._shapes(rows, length, latent_hw)
+
+    def denoiser_inputs(self, x: np.ndarray, t, conditioning: Conditioning) -> tuple[np.ndarray, object]:
+        """The latents once per row; the timestep as (1000 - t) / 1000 (float32, as the pipeline)."""
+        sample = np.concatenate([x] * conditioning.hidden_states.shape[0], axis=0)
+        return sample, (np.float32(1000) - np.float32(t)) / np.float32(1000)
+
+    def denoiser_output(self, out: np.ndarray, conditioning: Conditioning, guidance_scale: float,
+                        guidance_rescale: float = 0.0) -> np.ndarray:
+        """The negated prediction; with guidance of rows [prompt, negative]: prompt + scale *
+        (prompt - negative) first."""
+        if conditioning.guidance_batch:
+            positive, negative = out[0:1], out[1:2]
+            out = positive + np.float32(guidance_scale) * (positive - negative)
+        return -out
+
+    # -- stage 4 ----------------------------------------------------------------------
+    def decode_latents(self, latents: np.ndarray, vae) -> np.ndarray:
+        """(latents / scaling) + shift, as ZImagePipeline before its VAE decodes."""
+        return latents / np.float32(vae.scaling_factor) + np.float32(vae.shift_factor)
