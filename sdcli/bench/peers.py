@@ -52,9 +52,29 @@ class Run:
     error: str = ""
 
 
-def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> tuple[float, float, int, str, str]:
-    """Run `cmd`; return (wall seconds, peak RSS in MB of that process alone, rc, stdout, stderr)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+def gnu_time() -> str | None:
+    """The path of GNU time (Debian's package `time`), or None where there is none."""
+    for candidate in (os.environ.get("SDCLI_BENCH_TIME"), shutil.which("time"), "/usr/bin/time"):
+        if candidate and os.access(candidate, os.X_OK):
+            try:
+                version = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if "GNU" in version.stdout + version.stderr:
+                return candidate
+    return None
+
+
+def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600,
+                 check: dict | None = None) -> tuple[float, float, int, str, str]:
+    """Run `cmd`; return (wall seconds, peak RSS in MB (MiB: ru_maxrss / 1024) of that process,
+    rc, stdout, stderr).  `check`: where GNU time is found, the run goes through it too, and
+    its own figures for the same process are put there (wall_s, rss_mb), a check of ours."""
+    time_bin = gnu_time() if check is not None else None
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".time") as timed:
+        if time_bin:
+            cmd = [time_bin, "-f", "%e %M", "-o", timed.name, *cmd]
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         deadline = started + timeout
@@ -69,6 +89,12 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
+        if time_bin:
+            try:
+                gnu_wall, gnu_kib = timed.read().split()[-2:]
+                check.update(wall_s=round(float(gnu_wall), 3), rss_mb=round(int(gnu_kib) / 1024, 1))
+            except ValueError:  # killed before GNU time wrote its line
+                pass
         return wall, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read()
 
 
@@ -88,7 +114,14 @@ def machine_info() -> dict:
         pass
     import openvino
 
+    from sdcli.runtime.core import effective_precision
+
+    try:  # what "auto" computes in here: bf16 where the CPU has it (AMX, AVX512-BF16), else f32
+        default_precision = effective_precision(openvino.Core(), "CPU", "auto")
+    except RuntimeError:
+        default_precision = None
     return {
+        "default_precision": default_precision,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "avx512_bf16": "avx512_bf16" in flags,
@@ -251,6 +284,10 @@ def summarize(runs: list[Run]) -> list[dict]:
                    step_s=_median([r.timings.get("step") for r in ok]),
                    vae_decode_s=_median([r.timings.get("vae_decode") for r in ok]),
                    wall_range_s=[min(r.wall_s for r in ok), max(r.wall_s for r in ok)])
+        checked = [r.timings["gnu_time"] for r in ok if r.timings.get("gnu_time")]
+        if checked:  # the same runs as GNU time saw them
+            row.update(gnu_time_wall_s=_median([c.get("wall_s") for c in checked]),
+                       gnu_time_rss_mb=_median([c.get("rss_mb") for c in checked]))
         breakdown = breakdown_medians(ok)
         if breakdown:
             row["breakdown_s"] = breakdown
@@ -269,12 +306,16 @@ def summarize(runs: list[Run]) -> list[dict]:
 def markdown(rows: list[dict], info: dict, size: int, precision: str, arch: str = "sd15", rounds: int = 0,
              guidance: float = 7.5, tiny_vae: bool = False) -> str:
     arch_name = ARCH_NAMES.get(arch, arch) + (", tiny VAE (TAESD) decoding" if tiny_vae else "")
-    head = (f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; OpenVINO {info['openvino']}; "
+    default = f" (default precision {info['default_precision']})" if info.get("default_precision") else ""
+    head = (f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; OpenVINO {info['openvino']}{default}; "
             f"{info['date']}. {arch_name} (random weights), {size}x{size}, Euler, CFG {guidance:g}, precision {precision}; "
             f"whole processes, medians of {rounds or 'the'} rounds in rotated order (cold: empty caches every run; "
-            "warm: caches filled first). Step: median interval between per-step callbacks, the first left out.\n\n")
-    cols = ["mode", "steps", "peer", "runs", "wall_s", "peak_rss_mb", "load_compile_s", "text_encoder_s", "step_s",
-            "vae_decode_s", "wall_vs_genai", "rss_vs_genai", "wall_vs_optimum", "rss_vs_optimum"]
+            "warm: caches filled first). Step: median interval between per-step callbacks, the first left out."
+            + (" gnu_time_*: the same runs as GNU time measured them (its %e and %M)." if any(
+                row.get("gnu_time_wall_s") is not None for row in rows) else "") + "\n\n")
+    cols = ["mode", "steps", "peer", "runs", "wall_s", "peak_rss_mb", "gnu_time_wall_s", "gnu_time_rss_mb",
+            "load_compile_s", "text_encoder_s", "step_s", "vae_decode_s", "wall_vs_genai", "rss_vs_genai",
+            "wall_vs_optimum", "rss_vs_optimum"]
     present = [c for c in cols if any(row.get(c) is not None for row in rows)]
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for row in rows:
@@ -311,7 +352,8 @@ def breakdown_table(rows: list[dict]) -> str:
 def _measure(peer: str, mode: str, cmd: list[str], env: dict) -> tuple[float, float, int, dict, str]:
     from sdcli.util.breakdown import with_exit
 
-    wall, rss, rc, out, err = run_measured(cmd, env)
+    check: dict = {}
+    wall, rss, rc, out, err = run_measured(cmd, env, check=check)
     timings, error = {}, ""
     if rc == 0:
         try:
@@ -323,6 +365,8 @@ def _measure(peer: str, mode: str, cmd: list[str], env: dict) -> tuple[float, fl
             error = "no JSON from the run"
     else:
         error = (err.strip().splitlines() or ["?"])[-1][:300]
+    if check:
+        timings["gnu_time"] = check
     return wall, rss, rc, timings, error
 
 

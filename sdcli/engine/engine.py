@@ -89,7 +89,7 @@ class Engine:
         if cache_dir is True:
             cache_dir = default_cache_dir()
         self.runtime = Runtime(device, precision, cache_dir or None, streams)
-        self.components = ComponentCache(self.runtime, self.folder)
+        self.components = ComponentCache(self.runtime, self.folder, lanes=not low_memory)
         self.networks = Networks(networks or NetworkFolders(), self.folder)
         self.timings = self.components.timings
         self.unet_recorder: Callable[[dict], None] | None = None  # sees every UNet call's inputs

@@ -1,0 +1,75 @@
+"""The first run's loading (issue 26): the text encoder compiles beside the UNet, not after it
+(one thread for everything with --low-memory); and `sdcli bench` measures what GNU time
+measures for the same processes."""
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from sdcli.bench.peers import gnu_time, machine_info, markdown, run_measured, summarize, Run
+from sdcli.engine.loader import ComponentCache
+
+
+def _loads(lanes: bool) -> tuple[bool, set[str]]:
+    """Whether the text encoder was built while the UNet's build was still running, and the
+    loader threads that built them."""
+    cache = ComponentCache(runtime=None, folder=None, lanes=lanes)
+    unet_running, release = threading.Event(), threading.Event()
+    threads: set[str] = set()
+
+    def unet():
+        threads.add(threading.current_thread().name)
+        unet_running.set()
+        release.wait(10)
+        return "unet"
+
+    def text_encoder():
+        threads.add(threading.current_thread().name)
+        return "text_encoder"
+
+    unet_future = cache.start(("unet", ()), unet)
+    assert unet_running.wait(10)
+    text_future = cache.start(("text_encoder", 1), text_encoder)
+    beside = text_future.result(timeout=2) == "text_encoder" if lanes else not text_future.done()
+    release.set()
+    assert unet_future.result(timeout=10) == "unet" and text_future.result(timeout=10) == "text_encoder"
+    return beside, threads
+
+
+def test_text_encoder_compiles_beside_the_unet():
+    beside, threads = _loads(lanes=True)
+    assert beside and len(threads) == 2
+
+
+def test_low_memory_loads_one_component_at_a_time():
+    waits_for_unet, threads = _loads(lanes=False)
+    assert waits_for_unet and len(threads) == 1
+
+
+def test_vae_decoder_and_transformer_go_on_the_denoisers_lane():
+    cache = ComponentCache(runtime=None, folder=None)
+    names = {}
+    for key in ("unet", "transformer", "vae_decoder", "vae_decoder_tiny", "text_encoder", "text_encoder_2",
+                "vae_encoder"):
+        names[key] = cache.start((key,), lambda: threading.current_thread().name).result(timeout=10)
+    denoiser = {names[k] for k in ("unet", "transformer", "vae_decoder", "vae_decoder_tiny")}
+    encoders = {names[k] for k in ("text_encoder", "text_encoder_2", "vae_encoder")}
+    assert len(denoiser) == 1 and len(encoders) == 1 and denoiser != encoders
+
+
+@pytest.mark.skipif(gnu_time() is None, reason="GNU time is not installed")
+def test_bench_measures_what_gnu_time_measures():
+    grow = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"
+    check: dict = {}
+    wall, rss, rc, _, _ = run_measured([sys.executable, "-c", grow], check=check)
+    assert rc == 0
+    assert abs(check["wall_s"] - wall) < 0.1
+    assert 200 < check["rss_mb"] < 400 and abs(check["rss_mb"] - rss) < 5  # the same process's peak, in MiB
+    runs = [Run("sdcli", "warm", 1, 0, 0, wall, rss, 0, {"gnu_time": check}),
+            Run("genai", "warm", 1, 0, 1, wall * 2, rss * 2, 0, {"gnu_time": check})]
+    rows = summarize(runs)
+    assert rows[0]["gnu_time_wall_s"] == check["wall_s"] and rows[0]["wall_vs_genai"] == 0.5
+    table = markdown(rows, machine_info(), 512, "auto")
+    assert "gnu_time_wall_s" in table and "default precision" in table
