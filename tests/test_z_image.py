@@ -1,0 +1,120 @@
+"""Z-Image: `sdcli generate --rng torch --precision f32` on sdcli's conversion of a tiny random
+Z-Image gives diffusers' ZImagePipeline's pixels (max difference <= 2 of 255), with the folder's
+defaults (9 steps, guidance 0) and with guidance and a negative prompt; and what each case
+varies (the prompt, the guidance) moves the picture by more than that.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.reference import compare, sdcli_pixels
+
+PROMPT = "a photo of an astronaut riding a horse"
+OTHER = "a red house by the sea at night"
+NEGATIVE = "blurry, low quality"
+SEED = 1234
+WIDTH, HEIGHT = 64, 48  # non-square, multiples of 16
+TOLERANCE = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_z_image(tmp_path_factory):
+    """(diffusers folder, sdcli's fp32 conversion, diffusers' ZImagePipeline on it)."""
+    import torch
+    from diffusers import ZImagePipeline
+
+    from sdcli.convert.random_z_image import build_random_z_image
+    from tests.models import convert_fp32
+
+    root = tmp_path_factory.mktemp("z-image")
+    build_random_z_image(root / "tiny-z-image", seed=0)
+    convert_fp32(root / "tiny-z-image", root / "tiny-z-image-ov")
+    pipe = ZImagePipeline.from_pretrained(root / "tiny-z-image", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return root / "tiny-z-image", root / "tiny-z-image-ov", pipe
+
+
+def diffusers_pixels(pipe, prompt: str, *, steps: int = 9, guidance: float = 0.0, negative: str | None = None):
+    import torch
+
+    image = pipe(prompt, negative_prompt=negative, height=HEIGHT, width=WIDTH, num_inference_steps=steps,
+                 guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
+    return (image[0] * 255).round().astype(np.int16)
+
+
+_PICTURES: dict = {}  # each picture made once (the tests share some)
+
+
+def ours(folder, out, prompt: str, *extra) -> np.ndarray:
+    """sdcli generate with the folder's defaults (no --steps, --guidance-scale, --negative-prompt)."""
+    key = (str(folder), prompt, extra)
+    if key not in _PICTURES:
+        _PICTURES[key] = sdcli_pixels(folder, out, *extra, prompt=prompt, steps=None, negative=None, width=WIDTH,
+                                      height=HEIGHT, seed=SEED)
+    return _PICTURES[key]
+
+
+def test_folder_defaults_are_z_image_turbo_s(tiny_z_image):
+    from sdcli.model.defaults import read_defaults
+
+    defaults = read_defaults(tiny_z_image[1])
+    assert (defaults.steps, defaults.guidance_scale) == (9, 0.0)
+
+
+def test_txt2img_matches_diffusers_and_the_prompt_moves_it(tiny_z_image, tmp_path, parity_log):
+    _, folder, pipe = tiny_z_image
+    picture = ours(folder, tmp_path / "a.png", PROMPT)
+    compare(picture, diffusers_pixels(pipe, PROMPT), parity_log, model="z-image", scheduler="flow_euler",
+            mode="txt2img 9 steps", size=f"{WIDTH}x{HEIGHT}")
+    other = ours(folder, tmp_path / "b.png", OTHER)
+    moved = int(np.abs(other - picture).max())
+    parity_log.append({"model": "z-image", "scheduler": "flow_euler", "mode": "another prompt moves it by",
+                       "size": f"{WIDTH}x{HEIGHT}", "max": moved, "mean": float(np.abs(other - picture).mean())})
+    assert moved > TOLERANCE
+
+
+def test_guidance_with_a_negative_prompt_matches_diffusers_and_moves_it(tiny_z_image, tmp_path, parity_log):
+    _, folder, pipe = tiny_z_image
+    guided = ours(folder, tmp_path / "g.png", PROMPT, "--guidance-scale", "3", "--negative-prompt", NEGATIVE)
+    compare(guided, diffusers_pixels(pipe, PROMPT, guidance=3.0, negative=NEGATIVE), parity_log, model="z-image",
+            scheduler="flow_euler", mode="guidance 3, negative", size=f"{WIDTH}x{HEIGHT}")
+    plain = ours(folder, tmp_path / "p.png", PROMPT)
+    assert int(np.abs(guided - plain).max()) > TOLERANCE
+    # the negative prompt itself moves it (at the same guidance)
+    other = ours(folder, tmp_path / "n.png", PROMPT, "--guidance-scale", "3", "--negative-prompt", OTHER)
+    assert int(np.abs(guided - other).max()) > TOLERANCE
+
+
+def test_the_chat_template_and_ids_are_transformers(tiny_z_image):
+    from transformers import AutoTokenizer
+
+    from sdcli.model.tokenizer import ChatTokenizer
+
+    folder = tiny_z_image[1] / "tokenizer"
+    ours_, theirs = ChatTokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+    for text in (PROMPT, "", "Ünïcode ✓ <think> (word:1.3)"):
+        messages = [{"role": "user", "content": text}]
+        rendered = ours_.render(messages, add_generation_prompt=True, enable_thinking=True)
+        assert rendered == theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=True)
+        assert ours_.ids(rendered) == theirs(rendered).input_ids
+    assert ours_.ids(PROMPT) != ours_.ids(OTHER)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--scheduler", "ddim"], "flow-matching Euler scheduler only"),
+    (["--clip-skip", "2"], "--clip-skip is for CLIP text encoders"),
+    (["--deepcache", "2"], "--deepcache is for UNet models"),
+])
+def test_what_a_z_image_model_cannot_do_is_one_line(tiny_z_image, tmp_path, flags, message):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_z_image[1]), "--prompt", PROMPT,
+                                      "--width", "64", "--height", "48", "--seed", "1", "--output", str(out), *flags])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
