@@ -118,3 +118,40 @@ def test_what_a_z_image_model_cannot_do_is_one_line(tiny_z_image, tmp_path, flag
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_openvino_genai_s_transformer_on_our_folder_gives_ours(tiny_z_image):
+    """openvino-genai's ZImageTransformer2DModel feeds our transformer IR as sdcli's family does
+    (512 caption slots, its own masks and positions): the same output for the same caption and
+    latents.  (Its whole pipeline differs from diffusers': it renders the chat template with
+    thinking off and spaces the sigmas otherwise, so its pictures are not compared.)"""
+    genai = pytest.importorskip("openvino_genai")
+    if not hasattr(genai, "ZImageTransformer2DModel"):
+        pytest.skip("this openvino-genai has no ZImageTransformer2DModel")
+    import openvino as ov
+
+    from sdcli.engine.families.base import EncodedPrompt
+    from sdcli.engine.families.z_image import ZImage
+    from sdcli.model.folder import ModelFolder
+
+    folder = tiny_z_image[1]
+    rng = np.random.default_rng(0)
+    tokens, width = 45, 32
+    caption = np.zeros((1, 512, width), np.float32)
+    caption[0, :tokens] = rng.standard_normal((tokens, width))
+    latents = rng.standard_normal((1, 16, HEIGHT // 2, WIDTH // 2)).astype(np.float32)
+    timestep = np.array([0.3], np.float32)
+    transformer = genai.ZImageTransformer2DModel(str(folder / "transformer"))
+    transformer.reshape(1, HEIGHT, WIDTH, 512)
+    transformer.compile("CPU", INFERENCE_PRECISION_HINT="f32")
+    theirs = transformer.step(ov.Tensor(latents), ov.Tensor(timestep), ov.Tensor(caption)).data.copy()
+
+    family = ZImage(ModelFolder.open(folder))
+    encoded = EncodedPrompt(caption[:, :64].copy(), extra={"lengths": np.array([tokens])})
+    conditioning = family.conditioning(encoded, None, (WIDTH, HEIGHT))
+    compiled = ov.Core().compile_model(folder / "transformer" / "openvino_model.xml", "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    ours_ = compiled({"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": encoded.hidden_states,
+                      **conditioning.unet_inputs})[0]
+    assert np.abs(ours_).max() > 0.1
+    assert np.abs(theirs - ours_).max() < 1e-4

@@ -22,6 +22,10 @@ DIFFUSERS_FILES = [
     "tokenizer_2/*",
     "text_encoder_2/config.json",
     "text_encoder_2/*.safetensors",
+    # flow-matching transformer models (Z-Image): sharded weights come with their index
+    "transformer/*.json",
+    "transformer/*.safetensors",
+    "text_encoder/*.safetensors.index.json",
 ]
 # Keys only an SDXL checkpoint (base or refiner, in Stability's single-file layout) has
 SDXL_KEY_PREFIX = "conditioner.embedders."

@@ -18,6 +18,7 @@ IR_FILES = [
     "tokenizer/*",
     "text_encoder/*",
     "unet/*",
+    "transformer/*",
     "vae_decoder/*",
     "vae_encoder/*",
 ]
