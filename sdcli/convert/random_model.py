@@ -454,6 +454,11 @@ def argument_parser():
     size.add_argument("--z-image", action="store_true",
                       help="Tongyi-MAI/Z-Image-Turbo's architecture (transformer 6.2 B parameters, Qwen3-4B), saved in "
                            "bf16 (about 20 GB)")
+    size.add_argument("--tiny-flux2-klein", action="store_true",
+                      help="a tiny Flux2KleinPipeline of black-forest-labs/FLUX.2-klein-4B's shape (Qwen3 text encoder)")
+    size.add_argument("--flux2-klein", action="store_true",
+                      help="black-forest-labs/FLUX.2-klein-4B's architecture (transformer 3.9 B parameters, Qwen3-4B), "
+                           "saved in bf16 (about 16 GB)")
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-channels", type=int, default=None,
@@ -478,6 +483,13 @@ def main(argv: list[str] | None = None) -> None:
 
         build_random_z_image(args.output, Z_IMAGE if args.z_image else TINY_Z_IMAGE, args.seed,
                              torch_dtype=torch.bfloat16 if args.z_image else None)
+    elif args.flux2_klein or args.tiny_flux2_klein:
+        import torch
+
+        from sdcli.convert.random_flux2_klein import FLUX2_KLEIN, TINY_FLUX2_KLEIN, build_random_flux2_klein
+
+        build_random_flux2_klein(args.output, FLUX2_KLEIN if args.flux2_klein else TINY_FLUX2_KLEIN, args.seed,
+                                 torch_dtype=torch.bfloat16 if args.flux2_klein else None)
     elif args.taesd or args.tiny_taesd:
         build_random_taesd(args.output, TAESD if args.taesd else QUICK_TAESD, args.seed)
     elif args.sdxl or args.tiny_sdxl:
