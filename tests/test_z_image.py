@@ -155,3 +155,117 @@ def test_openvino_genai_s_transformer_on_our_folder_gives_ours(tiny_z_image):
                       **conditioning.unet_inputs})[0]
     assert np.abs(ours_).max() > 0.1
     assert np.abs(theirs - ours_).max() < 1e-4
+
+
+# --- image-to-image (ZImageImg2ImgPipeline) --------------------------------------------------
+
+IMG2IMG_STEPS = 4  # strength 0.3 runs 2 of them, 0.6 3, 1.0 all 4 (int(n - n * strength) skipped)
+
+
+@pytest.fixture(scope="module")
+def init_png(tmp_path_factory):
+    """A 64x48 init image with content: gradients and noise."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    image = np.stack([x * 255 / WIDTH, y * 255 / HEIGHT, (x + y) * 255 / (WIDTH + HEIGHT)], -1)
+    image = np.clip(image + np.random.default_rng(7).normal(0, 25, image.shape), 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("init") / "init.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+def diffusers_img2img(pipe, init: "Path", strength: float) -> np.ndarray:
+    import torch
+    from diffusers import ZImageImg2ImgPipeline
+    from PIL import Image
+
+    img2img = ZImageImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    image = img2img(PROMPT, image=Image.open(init).convert("RGB"), strength=strength, height=HEIGHT, width=WIDTH,
+                    num_inference_steps=IMG2IMG_STEPS, guidance_scale=0.0,
+                    generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
+    return (image[0] * 255).round().astype(np.int16)
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
+def test_img2img_matches_diffusers(tiny_z_image, init_png, tmp_path, parity_log, strength):
+    _, folder, pipe = tiny_z_image
+    picture = ours(folder, tmp_path / "i.png", PROMPT, "--steps", IMG2IMG_STEPS, "--init-image", init_png,
+                   "--strength", strength)
+    compare(picture, diffusers_img2img(pipe, init_png, strength), parity_log, model="z-image",
+            scheduler="flow_euler", mode=f"img2img {strength} ({IMG2IMG_STEPS} steps)", size=f"{WIDTH}x{HEIGHT}")
+
+
+def test_strength_moves_the_img2img_picture(tiny_z_image, init_png, tmp_path, parity_log):
+    folder = tiny_z_image[1]
+    low, high = (ours(folder, tmp_path / f"{s}.png", PROMPT, "--steps", IMG2IMG_STEPS, "--init-image", init_png,
+                      "--strength", s) for s in (0.3, 0.6))
+    moved = int(np.abs(high - low).max())
+    parity_log.append({"model": "z-image", "scheduler": "flow_euler", "mode": "img2img strength 0.3 vs 0.6 moves it by",
+                       "size": f"{WIDTH}x{HEIGHT}", "max": moved, "mean": float(np.abs(high - low).mean())})
+    assert moved > TOLERANCE
+
+
+# --- cfg_normalization, cfg_truncation ------------------------------------------------------------
+
+GUIDED = ("--guidance-scale", "3", "--negative-prompt", NEGATIVE)
+
+
+@pytest.mark.parametrize("flag,value,keyword", [("--cfg-normalization", 1.0, "cfg_normalization"),
+                                                ("--cfg-truncation", 0.5, "cfg_truncation")])
+def test_cfg_options_match_diffusers_and_move_it(tiny_z_image, tmp_path, parity_log, flag, value, keyword):
+    import torch
+
+    _, folder, pipe = tiny_z_image
+    picture = ours(folder, tmp_path / "c.png", PROMPT, *GUIDED, flag, value)
+    theirs = pipe(PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_inference_steps=9,
+                  guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
+                  **{keyword: value}).images
+    compare(picture, (theirs[0] * 255).round().astype(np.int16), parity_log, model="z-image", scheduler="flow_euler",
+            mode=f"guidance 3, negative, {keyword} {value}", size=f"{WIDTH}x{HEIGHT}")
+    guided = ours(folder, tmp_path / "g.png", PROMPT, *GUIDED)
+    moved = int(np.abs(picture - guided).max())
+    parity_log.append({"model": "z-image", "scheduler": "flow_euler", "mode": f"{keyword} {value} moves it by",
+                       "size": f"{WIDTH}x{HEIGHT}", "max": moved, "mean": float(np.abs(picture - guided).mean())})
+    assert moved > TOLERANCE
+
+
+@pytest.mark.parametrize("flag", ["--cfg-normalization", "--cfg-truncation"])
+def test_cfg_options_are_refused_on_other_models(tmp_path, flag):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    out = tmp_path / "x.png"
+    sd = Path(__file__).parent / "data" / "optimum-tiny"
+    result = CliRunner().invoke(app, ["generate", "--model", str(sd), "--prompt", PROMPT, "--seed", "1",
+                                      "--output", str(out), flag, "0.5"])
+    assert result.exit_code == 2, result.output
+    assert f"{flag} is for Z-Image models" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+# --- PNG parameters ---------------------------------------------------------------------------------
+
+def test_png_parameters_and_from_image_redo_it_byte_for_byte(tiny_z_image, tmp_path):
+    from sdcli.imaging.image_io import read_png_text
+    from tests.reference import sdcli_generate
+
+    folder = tiny_z_image[1]
+    first = sdcli_generate(folder, tmp_path / "first.png", *GUIDED, "--cfg-truncation", "0.5", prompt=PROMPT,
+                           steps=4, negative=None, width=WIDTH, height=HEIGHT, seed=SEED)
+    text = read_png_text(first)["parameters"]
+    for field in ("Sampler: Euler,", "Schedule type: Simple,", "CFG scale: 3,", "CFG truncation: 0.5,", "Steps: 4,"):
+        assert field in text, text
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    again = tmp_path / "again.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(folder), "--from-image", str(first), "--output",
+                                      str(again), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == first.read_bytes()

@@ -20,10 +20,11 @@ from sdcli.util.errors import UsageError
 
 # generate's options that a PNG's parameters can give (the flags given on the command line win)
 STORED = ("prompt", "negative_prompt", "steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength",
-          "rng", "precision", "emphasis", "deepcache", "vae", "clip_skip", "mask_blur", "guidance_rescale")
+          "rng", "precision", "emphasis", "deepcache", "vae", "clip_skip", "mask_blur", "guidance_rescale",
+          "cfg_normalization", "cfg_truncation")
 # ... of which these go through their flag's type, range and callback again
 RECHECKED = ("steps", "scheduler", "guidance_scale", "seed", "width", "height", "strength", "deepcache", "clip_skip",
-             "mask_blur", "guidance_rescale")
+             "mask_blur", "guidance_rescale", "cfg_normalization", "cfg_truncation")
 # ... and SDXL's micro-conditioning (its ranges are checked by GenerationRequest.validate)
 STORED += ("original_size", "crop_coords", "target_size", "aesthetic_score", "negative_aesthetic_score")
 
@@ -41,6 +42,8 @@ def generate(
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps [default: the model folder's own (convert --default-steps), else 20; 4 for LCM models and the lcm scheduler]."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off [default: the model folder's own (convert --default-guidance), else 7.5; LCM models 8.5, built into the UNet; 1 with the lcm scheduler on other models]."),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", min=0.0, max=1.0, callback=finite, metavar="PHI", help="diffusers' guidance_rescale: the guided prediction pulled towards the prompt's standard deviation by PHI, 0..1 (0.7 in the paper; against the over-exposure of high guidance, and for zero-terminal-SNR models); with classifier-free guidance only [default: 0, off]."),
+    cfg_normalization: float = typer.Option(0.0, "--cfg-normalization", min=0.0, max=GUIDANCE_MAX, callback=finite, metavar="K", help="Z-Image (ZImagePipeline's cfg_normalization): with guidance, the guided prediction's norm capped at K times the prompt's (1: diffusers' True) [default: 0, off]."),
+    cfg_truncation: float = typer.Option(1.0, "--cfg-truncation", min=0.0, max=1.0, callback=finite, metavar="T", help="Z-Image (ZImagePipeline's cfg_truncation): guidance only on the steps whose timestep (1 - sigma, 0 at the start) is T or less; the prompt alone after [default: 1, throughout]."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**64 - 1, help="Random seed [default: random, printed]."),
     width: Optional[int] = typer.Option(None, "--width", "-W", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
     height: Optional[int] = typer.Option(None, "--height", "-H", callback=positive_multiple_of_8, help="Multiple of 8 [default: the model's, or the init image's]."),
@@ -131,7 +134,8 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         deepcache=o.deepcache, clip_skip=o.clip_skip, vae=o.vae, original_size=o.original_size,
         crop_coords=o.crop_coords, target_size=o.target_size, aesthetic_score=o.aesthetic_score,
         negative_aesthetic_score=o.negative_aesthetic_score, refiner_switch=o.refiner_switch,
-        guidance_rescale=o.guidance_rescale,
+        guidance_rescale=o.guidance_rescale, cfg_normalization=o.cfg_normalization,
+        cfg_truncation=o.cfg_truncation,
     )
     request.validate()
     check_precision(o.precision)

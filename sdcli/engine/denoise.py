@@ -45,7 +45,7 @@ def denoise(unet: Callable, latents: np.ndarray, timesteps: list, scheduler, con
         out = unet(sample, timestep, context, **extra)
         if clock is not None:
             clock["unet"] = clock.get("unet", 0.0) + time.perf_counter() - t_unet
-        out = family.denoiser_output(out, conditioning, guidance_scale, guidance_rescale)
+        out = family.denoiser_output(out, conditioning, guidance_scale, guidance_rescale, timestep)
         latents = scheduler.step(out, t, latents, rng).astype(np.float32)
         if inpaint is not None:
             latents = inpaint.after_step(latents, i, timesteps, scheduler)

@@ -68,7 +68,7 @@ def prepare_latents(folder, family, request, scheduler, rng, width: int, height:
     timesteps = family.img2img_timesteps(request, scheduler)
     image = image_io.resize(request.init_image, width, height)
     mean, logvar = encode(image_io.to_model_input(image))
-    init_latents = latent_sample(mean, logvar, rng, folder.vae(request.vae).scaling_factor)
+    init_latents = family.image_latents(mean, logvar, rng, folder.vae(request.vae))
     noise = rng.randn(shape)
     latents = scheduler.add_noise(init_latents, noise, timesteps[0])
     return latents.astype(np.float32), timesteps

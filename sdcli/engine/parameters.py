@@ -20,7 +20,7 @@ from sdcli import __version__
 from sdcli.imaging.image_io import read_png_text
 from sdcli.engine.request import AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE
 from sdcli.imaging.params import format_parameters, parse_parameters
-from sdcli.schedulers import resolve_scheduler_name
+from sdcli.schedulers import FLOW_A1111_NAME, FLOW_A1111_SCHEDULE_TYPE, FLOW_SCHEDULERS, resolve_scheduler_name
 from sdcli.schedulers.a1111 import A1111Unsupported, a1111_sampler, from_a1111, schedule_type
 from sdcli.util.errors import UsageError
 
@@ -53,12 +53,15 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
     config the scheduler ran with, which decides the schedule type)."""
     tiny = request.vae == "tiny"
     img2img = request.init_image is not None
+    flow = result.scheduler in FLOW_SCHEDULERS  # a flow-matching model's Euler (A1111's Euler, Simple)
     fields = {
         "Steps": request.steps,
-        "Sampler": a1111_sampler(result.scheduler),
-        "Schedule type": schedule_type(result.scheduler, scheduler_config),
+        "Sampler": FLOW_A1111_NAME if flow else a1111_sampler(result.scheduler),
+        "Schedule type": FLOW_A1111_SCHEDULE_TYPE if flow else schedule_type(result.scheduler, scheduler_config),
         "CFG scale": f"{request.guidance_scale:g}",
         "CFG Rescale phi": f"{request.guidance_rescale:g}" if request.guidance_rescale > 0 else None,
+        "CFG normalization": f"{request.cfg_normalization:g}" if getattr(request, "cfg_normalization", 0) else None,
+        "CFG truncation": f"{request.cfg_truncation:g}" if getattr(request, "cfg_truncation", 1) != 1 else None,
         "Seed": result.seed,
         "Size": f"{result.width}x{result.height}",
         "Model": model_name,
@@ -127,7 +130,8 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
     out: dict = {"prompt": prompt, "negative_prompt": negative, "notes": notes, "needs": []}
     numbers = {"Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
                "Denoising strength": ("strength", float), "Clip skip": ("clip_skip", int),
-               "DeepCache": ("deepcache", int), "Mask blur": ("mask_blur", int)}
+               "DeepCache": ("deepcache", int), "Mask blur": ("mask_blur", int),
+               "CFG normalization": ("cfg_normalization", float), "CFG truncation": ("cfg_truncation", float)}
     numbers.update({field: ("guidance_rescale", float) for field in CFG_RESCALE_FIELDS})
     for field, (name, kind) in numbers.items():
         if field in fields:

@@ -70,6 +70,8 @@ class GenerationRequest:
     clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
     vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
     guidance_rescale: float = 0.0  # diffusers' guidance_rescale (phi, 0..1): after classifier-free guidance
+    cfg_normalization: float = 0.0  # Z-Image: the guided prediction's norm capped at this times the prompt's (0: off)
+    cfg_truncation: float = 1.0  # Z-Image: no guidance on steps whose 1 - sigma is above this (1: guidance throughout)
     # SDXL's micro-conditioning (diffusers' defaults: the image size, crop (0, 0); the refiner's scores)
     original_size: tuple[int, int] | None = None  # (width, height)
     crop_coords: tuple[int, int] | None = None  # (x, y) of the crop's top-left corner
@@ -95,6 +97,10 @@ class GenerationRequest:
             raise UsageError(f"--guidance-scale must be between 0 and {GUIDANCE_MAX:g}, got {self.guidance_scale}")
         if not (math.isfinite(self.guidance_rescale) and 0.0 <= self.guidance_rescale <= 1.0):
             raise UsageError(f"--guidance-rescale must be between 0 and 1, got {self.guidance_rescale}")
+        if not (math.isfinite(self.cfg_normalization) and 0.0 <= self.cfg_normalization <= GUIDANCE_MAX):
+            raise UsageError(f"--cfg-normalization must be between 0 and {GUIDANCE_MAX:g}, got {self.cfg_normalization}")
+        if not (math.isfinite(self.cfg_truncation) and 0.0 <= self.cfg_truncation <= 1.0):
+            raise UsageError(f"--cfg-truncation must be between 0 and 1, got {self.cfg_truncation}")
         if not 0 <= self.seed <= SEED_MAX:
             raise UsageError(f"--seed must be between 0 and {SEED_MAX}, got {self.seed}")
         if not 0.0 <= self.strength <= 1.0:

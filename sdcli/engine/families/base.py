@@ -134,9 +134,23 @@ class ModelFamily:
 
         return strength_timesteps(request, scheduler)
 
+    def image_latents(self, mean: np.ndarray, logvar: np.ndarray | None, rng, vae) -> np.ndarray:
+        """Image-to-image: the init image's latents from the VAE encoder's distribution (one draw
+        from `rng` where it has a variance), as the denoiser takes them: scaled by the VAE's
+        scaling factor (`vae`: a model.folder.Vae)."""
+        from sdcli.engine.latents import latent_sample
+
+        return latent_sample(mean, logvar, rng, vae.scaling_factor)
+
     # -- stage 3: the denoiser ----------------------------------------------------------
     def check_request(self, request: "GenerationRequest") -> None:
         """UsageError for what this family cannot do with `request` (before anything loads)."""
+        from sdcli.util.errors import UsageError
+
+        for flag, given in (("--cfg-normalization", request.cfg_normalization != 0.0),
+                            ("--cfg-truncation", request.cfg_truncation != 1.0)):
+            if given:
+                raise UsageError(f"{flag} is for Z-Image models (ZImagePipeline's option); this is {self.name}")
 
     def denoiser_shapes(self, request: "GenerationRequest", guidance: bool,
                         latent_hw: tuple[int, int]) -> dict[str, list[int]]:
@@ -162,9 +176,10 @@ class ModelFamily:
         return (np.concatenate([x, x], axis=0) if conditioning.guidance_batch else x), t
 
     def denoiser_output(self, out: np.ndarray, conditioning: Conditioning, guidance_scale: float,
-                        guidance_rescale: float = 0.0) -> np.ndarray:
-        """What the scheduler steps with, from the denoiser's output: a UNet's [negative,
-        prompt] predictions combined by classifier-free guidance (guidance.classifier_free)."""
+                        guidance_rescale: float = 0.0, timestep=None) -> np.ndarray:
+        """What the scheduler steps with, from the denoiser's output (`timestep`: what the
+        denoiser was given, from denoiser_inputs): a UNet's [negative, prompt] predictions
+        combined by classifier-free guidance (guidance.classifier_free)."""
         if not conditioning.guidance_batch:
             return out
         from sdcli.engine.guidance import classifier_free

@@ -14,6 +14,7 @@ Its IR takes those masks and the RoPE positions as inputs (sdcli/convert/z_image
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -30,6 +31,14 @@ SCHEDULER_NAMES = ("flow_euler", "euler", "flowmatcheulerdiscretescheduler")
 
 def rounded(length: int) -> int:
     return length + (-length) % SEQ_MULTIPLE
+
+
+@dataclass
+class ZImageConditioning(Conditioning):
+    """Z-Image's conditioning, with ZImagePipeline's cfg_normalization and cfg_truncation."""
+
+    cfg_normalization: float = 0.0  # the guided prediction's norm at most this times the prompt's (0: off)
+    cfg_truncation: float = 1.0  # no guidance on steps whose timestep (1 - sigma) is above this
 
 
 class ZImage(ModelFamily):
@@ -52,9 +61,7 @@ class ZImage(ModelFamily):
         from sdcli.engine.latents import resolve_size
         from sdcli.engine.networks import parse_tags
 
-        unsupported = [(request.init_image is not None, "--init-image (image-to-image) is not supported for Z-Image "
-                        "models yet"),
-                       (request.mask is not None, "--mask (inpainting) is not supported for Z-Image models"),
+        unsupported = [(request.mask is not None, "--mask (inpainting) is not supported for Z-Image models"),
                        (request.deepcache > 1, "--deepcache is for UNet models; this is a Z-Image transformer"),
                        (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; Z-Image's is Qwen3"),
                        (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a Z-Image "
@@ -166,7 +173,9 @@ class ZImage(ModelFamily):
             txt_ids[row, :caption, 0] = np.arange(1, caption + 1)
             img_ids[row, : rows_h * cols] = np.stack([np.full_like(patch, caption + 1), patch // cols, patch % cols], -1)
         extra = {"encoder_attention_mask": mask, "txt_ids": txt_ids, "img_ids": img_ids}
-        return Conditioning(encoded.hidden_states, None, extra)
+        options = {} if request is None else {"cfg_normalization": request.cfg_normalization,
+                                              "cfg_truncation": request.cfg_truncation}
+        return ZImageConditioning(encoded.hidden_states, None, extra, **options)
 
     # -- stage 2 ----------------------------------------------------------------------
     def set_timesteps(self, request, scheduler) -> None:
@@ -180,6 +189,25 @@ class ZImage(ModelFamily):
         mu = mu_from_config(scheduler.config, (height // f // PATCH) * (width // f // PATCH))
         scheduler.set_timesteps(sigmas=z_image_default_sigmas(request.steps), mu=mu)
         scheduler.set_begin_index(0)
+
+    def img2img_timesteps(self, request, scheduler) -> list:
+        """ZImageImg2ImgPipeline's get_timesteps: the first int(n - n * strength) steps skipped
+        (float arithmetic), the scheduler's begin index set there."""
+        from sdcli.schedulers.flow_match import img2img_timesteps
+
+        timesteps, left = img2img_timesteps(scheduler, request.steps, request.strength)
+        if left < 1 or not len(timesteps):
+            raise UsageError(f"--strength {request.strength} with --steps {request.steps} leaves no step to run; "
+                             "raise either")
+        return list(timesteps)
+
+    def image_latents(self, mean: np.ndarray, logvar, rng, vae) -> np.ndarray:
+        """A sample of the VAE encoder's distribution (one draw, as retrieve_latents with a
+        generator), then (latents - shift) * scaling, as ZImageImg2ImgPipeline.prepare_latents."""
+        from sdcli.engine.latents import latent_sample
+
+        sample = latent_sample(mean, logvar, rng, 1.0)
+        return ((sample - np.float32(vae.shift_factor)) * np.float32(vae.scaling_factor)).astype(np.float32)
 
     # -- stage 3: the transformer ---------------------------------------------------------
     def _shapes(self, rows: int, length: int, latent_hw) -> dict[str, list[int]]:
@@ -201,12 +229,24 @@ class ZImage(ModelFamily):
         return sample, (np.float32(1000) - np.float32(t)) / np.float32(1000)
 
     def denoiser_output(self, out: np.ndarray, conditioning: Conditioning, guidance_scale: float,
-                        guidance_rescale: float = 0.0) -> np.ndarray:
+                        guidance_rescale: float = 0.0, timestep=None) -> np.ndarray:
         """The negated prediction; with guidance of rows [prompt, negative]: prompt + scale *
-        (prompt - negative) first."""
+        (prompt - negative) first, its norm capped at cfg_normalization times the prompt's
+        where that is above 0; the prompt's alone on steps whose timestep (1 - sigma) is above
+        cfg_truncation (ZImagePipeline then runs the prompt's row only: the same prediction)."""
         if conditioning.guidance_batch:
-            positive, negative = out[0:1], out[1:2]
-            out = positive + np.float32(guidance_scale) * (positive - negative)
+            normalization = getattr(conditioning, "cfg_normalization", 0.0)
+            truncation = getattr(conditioning, "cfg_truncation", 1.0)
+            positive, negative = out[0:1].astype(np.float32), out[1:2].astype(np.float32)
+            if truncation <= 1 and timestep is not None and float(np.asarray(timestep).reshape(-1)[0]) > truncation:
+                out = positive
+            else:
+                out = positive + np.float32(guidance_scale) * (positive - negative)
+                if normalization > 0.0:
+                    limit = np.float32(np.linalg.norm(positive.ravel())) * np.float32(normalization)
+                    norm = np.float32(np.linalg.norm(out.ravel()))
+                    if norm > limit:
+                        out = out * (limit / norm)
         return -out
 
     # -- stage 4 ----------------------------------------------------------------------
