@@ -94,10 +94,15 @@ def check_options(opts: ConvertOptions, output: Path) -> None:
 def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str], None] = print) -> Path:
     check_options(opts, output)
     kind, path = resolve_source(source, opts)
+    from sdcli.convert.flux2_klein import convert_flux2_klein, is_flux2_klein_folder
     from sdcli.convert.z_image import convert_z_image, is_z_image_folder
 
     if kind == "folder" and is_z_image_folder(path):  # a flow-matching transformer: its own exporter
         convert_z_image(source, path, output, opts, log)
+        log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
+        return output
+    if kind == "folder" and is_flux2_klein_folder(path):
+        convert_flux2_klein(source, path, output, opts, log)
         log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
         return output
 
