@@ -67,9 +67,15 @@ def gnu_time() -> str | None:
 
 def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600,
                  check: dict | None = None) -> tuple[float, float, int, str, str]:
-    """Run `cmd`; return (wall seconds, peak RSS in MB (MiB: ru_maxrss / 1024) of that process,
-    rc, stdout, stderr).  `check`: where GNU time is found, the run goes through it too, and
-    its own figures for the same process are put there (wall_s, rss_mb), a check of ours."""
+    """Run `cmd`; return (wall seconds, peak RSS in MB (MiB) of that process, rc, stdout, stderr).
+
+    `check`: where GNU time is found, the run goes through it, its figures for the same process
+    are put there (wall_s, rss_mb), and the peak RSS returned is its: the kernel's high-water
+    mark of a process started by fork or vfork and exec begins at its parent's RSS at the fork,
+    so wait4's ru_maxrss of a child we start is at least our own RSS (about 1 GB under pytest:
+    tests/test_first_run.py), while GNU time's child starts from GNU time's few MB.  Without
+    it, the figure is wait4's: right whenever the run peaks above this process's RSS, as every
+    model run does here (this process is a few hundred MB)."""
     time_bin = gnu_time() if check is not None else None
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.NamedTemporaryFile("r", suffix=".time") as timed:
@@ -95,7 +101,8 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600,
                 check.update(wall_s=round(float(gnu_wall), 3), rss_mb=round(int(gnu_kib) / 1024, 1))
             except ValueError:  # killed before GNU time wrote its line
                 pass
-        return wall, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read()
+        rss = check.get("rss_mb") if check else None
+        return wall, usage.ru_maxrss / 1024 if rss is None else rss, proc.returncode, out.read(), err.read()
 
 
 def machine_info() -> dict:
