@@ -291,6 +291,8 @@ def check_folder(root: Path, unet: dict, vae: dict, scheduler: dict) -> None:
 def check_transformer_folder(root: Path, transformer: dict, vae: dict, scheduler: dict) -> None:
     """A flow-matching transformer model's folder (Z-Image): the configs sdcli reads, the
     components against each other, the IRs' versions and inputs against the configs."""
+    if transformer.get("_class_name") == "Flux2Transformer2DModel":
+        return check_flux2_folder(root, transformer, vae, scheduler)
     c = Config(transformer, "transformer/config.json")
     in_channels = c.integer("in_channels", 1, 256, 16)
     caption = c.integer("cap_feat_dim", 1, 65536, 2560)
@@ -334,6 +336,39 @@ def check_transformer_folder(root: Path, transformer: dict, vae: dict, scheduler
                if "transformer" in graphs and name not in graphs["transformer"]]
     if missing:
         raise UsageError(f"transformer/openvino_model.xml has no input {missing[0]}: not a transformer sdcli runs")
+
+
+def check_flux2_folder(root: Path, transformer: dict, vae: dict, scheduler: dict) -> None:
+    """A FLUX.2 (klein) folder: the transformer takes the VAE's latents in 2x2 patches (4x its
+    channels), its text width is the text encoder's layers read side by side; the VAE's config
+    carries the BatchNorm statistics of those patches."""
+    c = Config(transformer, "transformer/config.json")
+    in_channels = c.integer("in_channels", 1, 1024, 128)
+    c.integer("joint_attention_dim", 1, 1 << 20, 7680)
+    c.flag("guidance_embeds")
+    check_vae(vae, "vae_decoder/config.json")
+    latent = vae.get("latent_channels", 32)
+    if 4 * latent != in_channels:
+        raise UsageError(f"transformer/config.json: in_channels {in_channels} is not 4 x the VAE's {latent} latent "
+                         "channels (2x2 patches): files from different models?")
+    for key in ("bn_running_mean_data", "bn_running_var_data"):
+        values = vae.get(key)
+        if not isinstance(values, list) or len(values) != in_channels:
+            raise UsageError(f"vae_decoder/config.json: {key} must list {in_channels} numbers (the VAE's BatchNorm "
+                             "statistics, which sdcli convert writes)")
+    sched = Config(scheduler, "scheduler/scheduler_config.json")
+    sched.text("_class_name", ("FlowMatchEulerDiscreteScheduler",), "FlowMatchEulerDiscreteScheduler")
+    index = read_json(root / "model_index.json", required=False)
+    if index is not None:
+        check_model_index(index)
+    ir = root / "transformer" / "openvino_model.xml"
+    if ir.is_file():
+        declared = check_ir_version(ir, "transformer")
+        missing = [name for name in ("hidden_states", "timestep", "encoder_hidden_states", "txt_ids", "img_ids")
+                   if name not in declared]
+        if missing:
+            raise UsageError(f"transformer/openvino_model.xml has no input {missing[0]}: not a FLUX.2 transformer "
+                             "sdcli runs")
 
 
 def check_safetensors(path: Path, component: str) -> None:

@@ -228,6 +228,33 @@ class LLMTextEncoder(CompiledComponent):
         return self.request.get_output_tensor(self._hidden).data[0].copy()
 
 
+class StackedLLMTextEncoder(CompiledComponent):
+    """A language model as text encoder whose IR gives several hidden states (FLUX.2-klein's
+    Qwen3: `hidden_states.9`, `.18`, `.27`, listed in its config.json's hidden_states_layers),
+    put side by side per token; run on a fixed length of padded tokens with their mask (the
+    denoiser reads the padding's states too)."""
+
+    def __init__(self, runtime: Runtime, folder: ModelFolder, length: int, name: str = "text_encoder"):
+        declared = ir_header(folder.ir(name))[1]
+        if "input_ids" not in declared or "attention_mask" not in declared:
+            raise UsageError(f"{name}: its IR does not take input_ids and attention_mask")
+        config = read_json(folder.root / name / "config.json", required=False) or {}
+        layers = config.get("hidden_states_layers") or [9, 18, 27]
+        self.outputs = [f"hidden_states.{k}" for k in layers]
+        shapes = {"input_ids": [1, length], "attention_mask": [1, length]}
+        self.compiled, self._mapping = runtime.load(name, folder.ir(name), shapes)
+        names = [output.get_names() for output in self.compiled.outputs]
+        missing = [o for o in self.outputs if not any(o in n for n in names)]
+        if missing:
+            raise UsageError(f"{name}: its IR has no output {missing[0]} (config.json's hidden_states_layers)")
+        self._index = [next(i for i, n in enumerate(names) if o in n) for o in self.outputs]
+
+    def __call__(self, ids: list[int], mask: list[int]) -> np.ndarray:
+        """[tokens, layers x hidden size] for the padded `ids` and their attention `mask`."""
+        self.request.infer({"input_ids": np.asarray([ids], np.int64), "attention_mask": np.asarray([mask], np.int64)})
+        return np.concatenate([self.request.get_output_tensor(i).data[0] for i in self._index], axis=-1)
+
+
 def vae_precision(runtime: Runtime, folder: ModelFolder, component: str) -> str | None:
     """f32 for a VAE whose config says force_upcast (SDXL's, which overflows float16 into NaN
     and black images, as diffusers upcasts it) where the run would compute in f16; bf16 has

@@ -3,16 +3,17 @@ Z-Image, behind one small interface (see base.py)."""
 from __future__ import annotations
 
 from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
+from sdcli.engine.families.flux2_klein import Flux2Klein
 from sdcli.engine.families.sd import StableDiffusion
 from sdcli.engine.families.sdxl import StableDiffusionXL
 from sdcli.engine.families.z_image import ZImage
 from sdcli.model.folder import ModelFolder
 
-__all__ = ["Conditioning", "EncodedPrompt", "ModelFamily", "StableDiffusion", "StableDiffusionXL", "ZImage",
+__all__ = ["Conditioning", "EncodedPrompt", "Flux2Klein", "ModelFamily", "StableDiffusion", "StableDiffusionXL", "ZImage",
            "family_for"]
 
 # a transformer folder's family, by its transformer's config class
-TRANSFORMER_FAMILIES = {"ZImageTransformer2DModel": ZImage}
+TRANSFORMER_FAMILIES = {"ZImageTransformer2DModel": ZImage, "Flux2Transformer2DModel": Flux2Klein}
 
 
 def family_for(folder: ModelFolder) -> ModelFamily:

@@ -1,0 +1,241 @@
+"""FLUX.2-klein (black-forest-labs/FLUX.2-klein-4B / -9B, distilled or Base), text-to-image, as
+diffusers' Flux2KleinPipeline runs it.
+
+The prompt: Qwen3's chat template with thinking off, padded to 512 tokens; the hidden states
+after layers 9, 18 and 27 side by side per token, the padding's included (the transformer has
+no text mask).  The transformer takes the latents in 2x2 patches packed as tokens, text and
+image positions (t, h, w, l), and the timestep as sigma (t / 1000).  Distilled models run
+without guidance; Base models guide above 1 with the empty prompt as the negative, rows
+[prompt, negative]: negative + scale * (prompt - negative).  Sigmas linspace(1, 1/n, n)
+shifted by compute_empirical_mu.  Before decoding, the patches are de-normalised by the VAE's
+BatchNorm statistics and unpatchified.
+
+The engine keeps latents as [1, C, h, w] (the VAE's latent shape); this family stores in that
+buffer the pipeline's patchified latents [1, 4C, h/2, w/2] as they lie in memory, so that the
+engine's noise, drawn as torch.randn over as many numbers, is the pipeline's noise (prepare_latents
+draws it in the patchified shape), and the scheduler's elementwise steps are the pipeline's.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
+from sdcli.util.errors import UsageError
+
+MAX_TOKENS = 512  # Flux2KleinPipeline's max_sequence_length: every prompt is padded (or cut) to it
+PATCH = 2
+ENCODER = "text_encoder"
+SCHEDULER_NAMES = ("flow_euler", "euler", "flowmatcheulerdiscretescheduler")
+
+
+class Flux2Klein(ModelFamily):
+    name = "flux2-klein"
+
+    def __init__(self, folder):
+        super().__init__(folder)
+        from sdcli.model.config_checks import read_json
+        from sdcli.model.tokenizer import ChatTokenizer
+
+        self.tokenizer = ChatTokenizer(folder.root / "tokenizer")
+        index = read_json(folder.root / "model_index.json", required=False) or {}
+        self.distilled = bool(index.get("is_distilled", False))
+        self._tokens: dict[str, tuple[list[int], bool]] = {}
+
+    # -- before anything is compiled -------------------------------------------------
+    def classifier_free_guidance(self, guidance_scale: float) -> bool:
+        """Base models guide above 1; distilled ones ignore the guidance scale (as the pipeline)."""
+        return guidance_scale > 1.0 and not self.distilled
+
+    def check_request(self, request) -> None:
+        from sdcli.engine.latents import resolve_size
+        from sdcli.engine.networks import parse_tags
+
+        unsupported = [(request.init_image is not None, "--init-image: FLUX.2-klein has no image-to-image strength; "
+                        "editing with reference images is not supported yet"),
+                       (request.mask is not None, "--mask (inpainting) is not supported for FLUX.2-klein models"),
+                       (request.deepcache > 1, "--deepcache is for UNet models; this is a FLUX.2 transformer"),
+                       (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; FLUX.2-klein's is Qwen3"),
+                       (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a FLUX.2 "
+                        "transformer"),
+                       (bool(parse_tags(request.prompt)[1]), "LoRAs (<lora:...>) are not supported for FLUX.2-klein "
+                        "models yet")]
+        for refused, message in unsupported:
+            if refused:
+                raise UsageError(message)
+        width, height = resolve_size(self.folder, request)
+        step = PATCH * self.folder.vae_scale_factor
+        if width % step or height % step:
+            raise UsageError(f"--width and --height must be multiples of {step} for this model (its transformer "
+                             f"takes 2x2 patches of latents), got {width}x{height}")
+
+    def make_scheduler(self, name: str | None):
+        from sdcli.schedulers.flow_match import FlowMatchEulerDiscreteScheduler
+
+        if name is not None and name.strip().lower() not in SCHEDULER_NAMES:
+            raise UsageError(f"--scheduler {name}: a FLUX.2-klein model samples with its flow-matching Euler "
+                             "scheduler only (flow_euler)")
+        try:
+            return FlowMatchEulerDiscreteScheduler.from_config(self.folder.scheduler_config)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"scheduler/scheduler_config.json: {exc}") from None
+
+    # -- the prompt -------------------------------------------------------------------
+    def texts(self, request, guidance: bool) -> list[str]:
+        """[prompt, ""] with guidance (the pipeline's negative is always the empty prompt), else [prompt]."""
+        return [request.prompt, ""] if guidance else [request.prompt]
+
+    def prompt_key(self, request, guidance: bool) -> tuple:
+        return (request.prompt, guidance, request.emphasis)
+
+    def token_ids(self, text: str) -> tuple[list[int], bool]:
+        """(ids of `text` in the chat template with thinking off, cut to MAX_TOKENS; whether cut)."""
+        if text not in self._tokens:
+            chat = self.tokenizer.render([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         enable_thinking=False)
+            ids = self.tokenizer.ids(chat)
+            if len(self._tokens) > 64:
+                self._tokens.clear()
+            self._tokens[text] = (ids[:MAX_TOKENS], len(ids) > MAX_TOKENS)
+        return self._tokens[text]
+
+    def text_length(self, request, guidance: bool) -> int:
+        return MAX_TOKENS
+
+    @cached_property
+    def text_width(self) -> int:
+        return int(self.folder.denoiser_config.get("joint_attention_dim", 7680))
+
+    @cached_property
+    def guidance_input(self) -> bool:
+        return bool(self.folder.denoiser_config.get("guidance_embeds", False))
+
+    @staticmethod
+    def _encoder(components):
+        from sdcli.runtime.components import StackedLLMTextEncoder
+
+        return (ENCODER, "stacked", MAX_TOKENS), lambda: StackedLLMTextEncoder(components.runtime, components.folder,
+                                                                               MAX_TOKENS, ENCODER)
+
+    def start_text_encoders(self, components, request) -> None:
+        components.start(*self._encoder(components))
+
+    def release_text_encoders(self, components) -> None:
+        components.release(ENCODER)
+
+    def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
+        from sdcli.engine.prompt_syntax import has_emphasis, parse_emphasis
+
+        encoder = components.get(*self._encoder(components))
+        pad = self.tokenizer.pad if self.tokenizer.pad is not None else 0
+        notes, states = [], []
+        for label, text in zip(["prompt", "negative prompt"], self.texts(request, guidance)):
+            ids, truncated = self.token_ids(text)
+            if truncated:
+                notes.append(f"the {label} is longer than {MAX_TOKENS} tokens (in Qwen3's chat template) and was "
+                             "truncated")
+            if text and request.emphasis and has_emphasis(parse_emphasis(text)):
+                notes.append(f"the {label}'s A1111 weights ((word), [word], (word:1.3)) do not apply to FLUX.2-klein's "
+                             "language-model text encoder; it is used as written")
+            n = len(ids)
+            states.append(encoder(ids + [pad] * (MAX_TOKENS - n), [1] * n + [0] * (MAX_TOKENS - n)))
+        return EncodedPrompt(np.stack(states).astype(np.float32), None, notes=notes)
+
+    def conditioning(self, encoded: EncodedPrompt, request, size: tuple[int, int] | None = None) -> Conditioning:
+        """The text positions (0, 0, 0, l) and the image's (0, row, column, 0) of each 2x2 patch,
+        as float32 [rows, tokens, 4]; the guidance scale where the transformer embeds one."""
+        from sdcli.engine.latents import resolve_size
+
+        width, height = size or resolve_size(self.folder, request)
+        f = self.folder.vae_scale_factor
+        rows_h, cols = height // f // PATCH, width // f // PATCH
+        rows, length = encoded.hidden_states.shape[:2]
+        txt_ids = np.zeros((rows, length, 4), np.float32)
+        txt_ids[..., 3] = np.arange(length)
+        img_ids = np.zeros((rows, rows_h * cols, 4), np.float32)
+        patch = np.arange(rows_h * cols)
+        img_ids[..., 1], img_ids[..., 2] = patch // cols, patch % cols
+        extra = {"txt_ids": txt_ids, "img_ids": img_ids}
+        if self.guidance_input:  # (klein's transformers have none; genai feeds the scale)
+            extra["guidance"] = np.full((rows,), request.guidance_scale if request is not None else 1.0, np.float32)
+        return Conditioning(encoded.hidden_states, None, extra)
+
+    # -- stage 2 ----------------------------------------------------------------------
+    def set_timesteps(self, request, scheduler) -> None:
+        """linspace(1, 1/n, n) (none where the config uses flow sigmas), mu from the number of
+        image tokens and of steps (compute_empirical_mu)."""
+        from sdcli.engine.latents import resolve_size
+        from sdcli.schedulers.flow_match import compute_empirical_mu, flux_default_sigmas
+
+        width, height = resolve_size(self.folder, request)
+        f = self.folder.vae_scale_factor
+        tokens = (height // f // PATCH) * (width // f // PATCH)
+        mu = compute_empirical_mu(image_seq_len=tokens, num_steps=request.steps)
+        if scheduler.config.get("use_flow_sigmas"):
+            scheduler.set_timesteps(request.steps, mu=mu)
+        else:
+            scheduler.set_timesteps(sigmas=flux_default_sigmas(request.steps), mu=mu)
+        scheduler.set_begin_index(0)
+
+    # -- stage 3: the transformer ---------------------------------------------------------
+    def _shapes(self, rows: int, length: int, latent_hw) -> dict[str, list[int]]:
+        h, w = latent_hw
+        tokens = (h // PATCH) * (w // PATCH)
+        channels = PATCH * PATCH * self.folder.latent_channels
+        shapes = {"hidden_states": [rows, tokens, channels], "timestep": [rows],
+                  "encoder_hidden_states": [rows, length, self.text_width], "txt_ids": [rows, length, 4],
+                  "img_ids": [rows, tokens, 4]}
+        if self.guidance_input:
+            shapes["guidance"] = [rows]
+        return shapes
+
+    def denoiser_shapes(self, request, guidance: bool, latent_hw) -> dict[str, list[int]]:
+        return self._shapes(2 if guidance else 1, MAX_TOKENS, latent_hw)
+
+    def conditioned_shapes(self, conditioning: Conditioning, latent_hw) -> dict[str, list[int]]:
+        rows, length = conditioning.hidden_states.shape[:2]
+        return self._shapes(rows, length, latent_hw)
+
+    @staticmethod
+    def _patch_grid(conditioning: Conditioning) -> tuple[int, int]:
+        ids = conditioning.unet_inputs["img_ids"]
+        return int(ids[0, -1, 1]) + 1, int(ids[0, -1, 2]) + 1
+
+    def denoiser_inputs(self, x: np.ndarray, t, conditioning: Conditioning) -> tuple[np.ndarray, object]:
+        """The buffer's patchified latents packed as tokens [rows, N, 4C]; sigma = t / 1000 (float32)."""
+        h2, w2 = self._patch_grid(conditioning)
+        packed = x.reshape(1, -1, h2 * w2).transpose(0, 2, 1)
+        rows = conditioning.hidden_states.shape[0]
+        sample = np.ascontiguousarray(np.concatenate([packed] * rows, axis=0) if rows > 1 else packed)
+        return sample, np.float32(t) / np.float32(1000)
+
+    def denoiser_output(self, out: np.ndarray, conditioning: Conditioning, guidance_scale: float,
+                        guidance_rescale: float = 0.0, timestep=None) -> np.ndarray:
+        """Rows [prompt, negative] guided as negative + scale * (prompt - negative); unpacked
+        into the engine's latent buffer."""
+        if conditioning.guidance_batch:
+            positive, negative = out[0:1], out[1:2]
+            out = negative + np.float32(guidance_scale) * (positive - negative)
+        h2, w2 = self._patch_grid(conditioning)
+        channels = out.shape[2] // (PATCH * PATCH)
+        return np.ascontiguousarray(out.transpose(0, 2, 1)).reshape(1, channels, PATCH * h2, PATCH * w2)
+
+    # -- stage 4 ----------------------------------------------------------------------
+    @cached_property
+    def _batch_norm(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) per patch channel, [1, 4C, 1, 1] float32: std = sqrt(var + eps) as the pipeline."""
+        config = self.folder.vae_config
+        mean = np.asarray(config["bn_running_mean_data"], np.float32).reshape(1, -1, 1, 1)
+        var = np.asarray(config["bn_running_var_data"], np.float32).reshape(1, -1, 1, 1)
+        eps = np.float32(config.get("batch_norm_eps", 1e-4))
+        return mean, np.sqrt(var + eps).astype(np.float32)
+
+    def decode_latents(self, latents: np.ndarray, vae) -> np.ndarray:
+        """The patches de-normalised (* std + mean), then unpatchified to [1, C, h, w]."""
+        batch, channels, h, w = latents.shape
+        patches = latents.reshape(batch, channels * PATCH * PATCH, h // PATCH, w // PATCH)
+        mean, std = self._batch_norm
+        patches = patches * std + mean
+        x = patches.reshape(batch, channels, PATCH, PATCH, h // PATCH, w // PATCH).transpose(0, 1, 4, 2, 5, 3)
+        return np.ascontiguousarray(x.reshape(batch, channels, h, w)).astype(np.float32)
