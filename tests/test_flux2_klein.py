@@ -1,0 +1,96 @@
+"""FLUX.2-klein: `sdcli generate --rng torch --precision f32` on sdcli's conversion of a tiny random
+FLUX.2-klein (distilled) gives diffusers' Flux2KleinPipeline's pixels (max difference <= 2 of 255)
+with the folder's defaults (4 steps, guidance 1), on a non-square size; another prompt moves the
+picture by more than that.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.reference import compare, sdcli_pixels
+
+PROMPT = "a photo of an astronaut riding a horse"
+OTHER = "a red house by the sea at night"
+SEED = 1234
+WIDTH, HEIGHT = 64, 48  # non-square, multiples of 16
+TOLERANCE = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_klein(tmp_path_factory):
+    """(diffusers folder, sdcli's fp32 conversion, diffusers' Flux2KleinPipeline on it)."""
+    import torch
+    from diffusers import Flux2KleinPipeline
+
+    from sdcli.convert.random_flux2_klein import build_random_flux2_klein
+    from tests.models import convert_fp32
+
+    root = tmp_path_factory.mktemp("flux2-klein")
+    build_random_flux2_klein(root / "tiny-klein", seed=0)
+    convert_fp32(root / "tiny-klein", root / "tiny-klein-ov")
+    pipe = Flux2KleinPipeline.from_pretrained(root / "tiny-klein", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return root / "tiny-klein", root / "tiny-klein-ov", pipe
+
+
+def diffusers_pixels(pipe, prompt: str, *, steps: int = 4, guidance: float = 1.0):
+    import torch
+
+    image = pipe(prompt=prompt, height=HEIGHT, width=WIDTH, num_inference_steps=steps, guidance_scale=guidance,
+                 generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
+    return (image[0] * 255).round().astype(np.int16)
+
+
+def ours(folder, out, prompt: str, *extra) -> np.ndarray:
+    """sdcli generate with the folder's defaults (no --steps, --guidance-scale)."""
+    return sdcli_pixels(folder, out, *extra, prompt=prompt, steps=None, negative=None, width=WIDTH, height=HEIGHT,
+                        seed=SEED)
+
+
+def test_folder_defaults_are_the_distilled_model_s(tiny_klein):
+    import json
+
+    from sdcli.model.defaults import read_defaults
+
+    defaults = read_defaults(tiny_klein[1])
+    assert (defaults.steps, defaults.guidance_scale) == (4, 1.0)
+    config = json.loads((tiny_klein[1] / "text_encoder" / "config.json").read_text())
+    assert config["hidden_states_layers"] == [9, 18, 27]
+    vae = json.loads((tiny_klein[1] / "vae_decoder" / "config.json").read_text())
+    assert len(vae["bn_running_mean_data"]) == 4 * vae["latent_channels"]
+
+
+def test_txt2img_matches_diffusers_and_the_prompt_moves_it(tiny_klein, tmp_path, parity_log):
+    _, folder, pipe = tiny_klein
+    picture = ours(folder, tmp_path / "a.png", PROMPT)
+    compare(picture, diffusers_pixels(pipe, PROMPT), parity_log, model="flux2-klein", scheduler="flow_euler",
+            mode="txt2img 4 steps", size=f"{WIDTH}x{HEIGHT}")
+    other = ours(folder, tmp_path / "b.png", OTHER)
+    moved = int(np.abs(other - picture).max())
+    parity_log.append({"model": "flux2-klein", "scheduler": "flow_euler", "mode": "another prompt moves it by",
+                       "size": f"{WIDTH}x{HEIGHT}", "max": moved, "mean": float(np.abs(other - picture).mean())})
+    assert moved > TOLERANCE
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--scheduler", "ddim"], "flow-matching Euler scheduler only"),
+    (["--clip-skip", "2"], "--clip-skip is for CLIP text encoders"),
+    (["--init-image", "INIT"], "--init-image: FLUX.2-klein has no image-to-image strength"),
+])
+def test_what_a_klein_model_cannot_do_is_one_line(tiny_klein, tmp_path, flags, message):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.imaging.image_io import save_png
+
+    init = tmp_path / "init.png"
+    save_png(init, np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+    flags = [str(init) if flag == "INIT" else flag for flag in flags]
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_klein[1]), "--prompt", PROMPT,
+                                      "--width", str(WIDTH), "--height", str(HEIGHT), "--seed", "1",
+                                      "--output", str(out), *flags])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
