@@ -269,3 +269,31 @@ def test_png_parameters_and_from_image_redo_it_byte_for_byte(tiny_z_image, tmp_p
                                       str(again), "--quiet"])
     assert result.exit_code == 0, result.output
     assert again.read_bytes() == first.read_bytes()
+
+
+def test_img2img_of_an_odd_size_image_is_cut_as_diffusers_cuts_it(tiny_z_image, init_png, tmp_path, parity_log):
+    """No --width/--height: the init image is cut to multiples of twice the VAE's factor (16 on
+    the real model, 4 on the tiny one: 70x54 becomes 68x52, where SD's 8 would give 64x48), as
+    ZImageImg2ImgPipeline's image processor cuts it."""
+    import torch
+    from diffusers import ZImageImg2ImgPipeline
+    from PIL import Image
+
+    _, folder, pipe = tiny_z_image
+    odd = tmp_path / "odd.png"
+    Image.open(init_png).convert("RGB").resize((WIDTH + 6, HEIGHT + 6)).save(odd)
+    picture = sdcli_pixels(folder, tmp_path / "o.png", "--steps", IMG2IMG_STEPS, prompt=PROMPT, steps=None,
+                           negative=None, seed=SEED, init_image=odd, strength=0.6)
+    img2img = ZImageImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    assert picture.shape[:2] == img2img.image_processor.get_default_height_width(Image.open(odd)) == (HEIGHT + 4,
+                                                                                                    WIDTH + 4)
+    # diffusers resizes with PIL's Lanczos, sdcli (for every model) with OpenCV's area filter when it
+    # shrinks: up to 3 of 255 apart here; so diffusers gets the image as sdcli resized it
+    from sdcli.imaging.image_io import read_rgb, resize
+
+    resized = Image.fromarray(resize(read_rgb(odd), WIDTH + 4, HEIGHT + 4))
+    theirs = img2img(PROMPT, image=resized, strength=0.6, num_inference_steps=IMG2IMG_STEPS, guidance_scale=0.0,
+                     generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
+    compare(picture, (theirs[0] * 255).round().astype(np.int16), parity_log, model="z-image", scheduler="flow_euler",
+            mode=f"img2img 0.6 of a 70x54 image ({IMG2IMG_STEPS} steps)", size=f"{WIDTH + 4}x{HEIGHT + 4}")

@@ -14,12 +14,15 @@ Encode = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
 
 def resolve_size(folder, request) -> tuple[int, int]:
-    """(width, height): the request's, else the init image's (cut to multiples of 8), else the model's."""
+    """(width, height): the request's, else the init image's (cut to multiples of 8; of twice the
+    VAE's factor for a transformer, which takes 2x2 patches of latents, as its pipelines cut it),
+    else the model's."""
     if request.init_image is not None and request.width is None and request.height is None:
+        step = 2 * folder.vae_scale_factor if folder.denoiser == "transformer" else 8
         h, w = request.init_image.shape[:2]
-        w, h = w - w % 8, h - h % 8
+        w, h = w - w % step, h - h % step
         if w == 0 or h == 0:
-            raise UsageError("the init image must be at least 8x8 pixels")
+            raise UsageError(f"the init image must be at least {step}x{step} pixels")
         return w, h
     size = folder.default_size
     return request.width or size, request.height or size
