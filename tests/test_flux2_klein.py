@@ -1,7 +1,7 @@
 """FLUX.2-klein: `sdcli generate --rng torch --precision f32` on sdcli's conversion of a tiny random
 FLUX.2-klein (distilled) gives diffusers' Flux2KleinPipeline's pixels (max difference <= 2 of 255)
 with the folder's defaults (4 steps, guidance 1), on a non-square size; another prompt moves the
-picture by more than that.
+picture by more than that; a Base model with guidance 4 matches too, and its guidance moves it.
 """
 from __future__ import annotations
 
@@ -94,3 +94,25 @@ def test_what_a_klein_model_cannot_do_is_one_line(tiny_klein, tmp_path, flags, m
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_base_with_guidance_matches_diffusers_and_moves_it(tiny_klein, tmp_path, parity_log):
+    """A Base (not distilled) klein guides above 1 with the empty prompt as the negative: the same
+    folder with model_index.json's is_distilled false, guidance 4."""
+    import json
+    import shutil
+
+    from diffusers import Flux2KleinPipeline
+
+    _, folder, pipe = tiny_klein
+    base = tmp_path / "base-ov"
+    shutil.copytree(folder, base)
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
+    base_pipe = Flux2KleinPipeline(**pipe.components, is_distilled=False)
+    base_pipe.set_progress_bar_config(disable=True)
+    guided = ours(base, tmp_path / "g.png", PROMPT, "--guidance-scale", "4", "--steps", "4")
+    compare(guided, diffusers_pixels(base_pipe, PROMPT, guidance=4.0), parity_log, model="flux2-klein base",
+            scheduler="flow_euler", mode="guidance 4 (empty negative)", size=f"{WIDTH}x{HEIGHT}")
+    # the distilled model ignores the scale; the Base model's guidance moves the picture
+    assert int(np.abs(guided - ours(folder, tmp_path / "d.png", PROMPT, "--guidance-scale", "4")).max()) > TOLERANCE
