@@ -116,3 +116,37 @@ def test_base_with_guidance_matches_diffusers_and_moves_it(tiny_klein, tmp_path,
             scheduler="flow_euler", mode="guidance 4 (empty negative)", size=f"{WIDTH}x{HEIGHT}")
     # the distilled model ignores the scale; the Base model's guidance moves the picture
     assert int(np.abs(guided - ours(folder, tmp_path / "d.png", PROMPT, "--guidance-scale", "4")).max()) > TOLERANCE
+
+
+def test_openvino_genai_s_transformer_on_our_folder_gives_ours(tiny_klein):
+    """openvino-genai's Flux2Transformer2DModel feeds our transformer IR (512 text slots, float ids
+    set as its pipeline sets them) and gives what the IR gives as this family feeds it."""
+    genai = pytest.importorskip("openvino_genai")
+    if not hasattr(genai, "Flux2Transformer2DModel"):
+        pytest.skip("this openvino-genai has no Flux2Transformer2DModel")
+    import openvino as ov
+
+    from sdcli.engine.families.base import EncodedPrompt
+    from sdcli.engine.families.flux2_klein import Flux2Klein
+    from sdcli.model.folder import ModelFolder
+
+    folder = tiny_klein[1]
+    rng = np.random.default_rng(0)
+    family = Flux2Klein(ModelFolder.open(folder))
+    caption = rng.standard_normal((1, 512, family.text_width)).astype(np.float32)
+    conditioning = family.conditioning(EncodedPrompt(caption), None, (WIDTH, HEIGHT))
+    latents = rng.standard_normal((1, 8, HEIGHT // 2, WIDTH // 2)).astype(np.float32)
+    sample, timestep = family.denoiser_inputs(latents, 700.0, conditioning)
+    transformer = genai.Flux2Transformer2DModel(str(folder / "transformer"))
+    transformer.reshape(1, HEIGHT, WIDTH, 512)
+    transformer.compile("CPU", INFERENCE_PRECISION_HINT="f32")
+    transformer.set_hidden_states("encoder_hidden_states", ov.Tensor(caption))
+    for name in ("txt_ids", "img_ids"):
+        transformer.set_hidden_states(name, ov.Tensor(conditioning.unet_inputs[name]))
+    theirs = transformer.infer(ov.Tensor(sample), ov.Tensor(np.array([timestep], np.float32))).data.copy()
+    compiled = ov.Core().compile_model(folder / "transformer" / "openvino_model.xml", "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    ours_ = compiled({"hidden_states": sample, "timestep": np.array([timestep], np.float32),
+                      "encoder_hidden_states": caption, **conditioning.unet_inputs})[0]
+    assert np.abs(ours_).max() > 0.1
+    assert np.abs(theirs - ours_).max() < 1e-4
