@@ -150,3 +150,37 @@ def test_openvino_genai_s_transformer_on_our_folder_gives_ours(tiny_klein):
                       "encoder_hidden_states": caption, **conditioning.unet_inputs})[0]
     assert np.abs(ours_).max() > 0.1
     assert np.abs(theirs - ours_).max() < 1e-4
+
+
+def test_openvino_genai_on_our_folder_gives_diffusers_picture(tiny_klein, tmp_path):
+    """openvino-genai's Text2ImagePipeline runs our folder end to end and, given the pipeline's
+    noise, paints diffusers' picture.  It draws its noise in the unpatchified latent shape
+    [1, C, h, w] and cuts it into patches itself (diffusers draws [1, 4C, h/2, w/2] directly): our
+    generator hands it torch's draw in the patchified shape, unpatchified."""
+    genai = pytest.importorskip("openvino_genai")
+    import openvino as ov
+
+    from sdcli.util.rng import TorchRNG
+
+    class PipelineNoise(genai.Generator):
+        def __init__(self):
+            genai.Generator.__init__(self)
+            self.rng = TorchRNG(SEED)
+
+        def next(self):
+            raise NotImplementedError
+
+        def randn_tensor(self, shape):
+            b, c, h, w = shape
+            x = self.rng.randn((b, 4 * c, h // 2, w // 2))
+            x = x.reshape(b, c, 2, 2, h // 2, w // 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+            return ov.Tensor(np.ascontiguousarray(x))
+
+    _, folder, pipe = tiny_klein
+    try:
+        text2image = genai.Text2ImagePipeline(str(folder), "CPU", INFERENCE_PRECISION_HINT="f32")
+    except RuntimeError as exc:
+        pytest.skip(f"this openvino-genai does not run FLUX.2-klein folders: {str(exc)[:200]}")
+    theirs = text2image.generate(PROMPT, width=WIDTH, height=HEIGHT, num_inference_steps=4, guidance_scale=1.0,
+                                 generator=PipelineNoise()).data[0].astype(np.int16)
+    assert int(np.abs(theirs - diffusers_pixels(pipe, PROMPT)).max()) <= TOLERANCE
