@@ -297,3 +297,24 @@ def test_img2img_of_an_odd_size_image_is_cut_as_diffusers_cuts_it(tiny_z_image, 
                      generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images
     compare(picture, (theirs[0] * 255).round().astype(np.int16), parity_log, model="z-image", scheduler="flow_euler",
             mode=f"img2img 0.6 of a 70x54 image ({IMG2IMG_STEPS} steps)", size=f"{WIDTH + 4}x{HEIGHT + 4}")
+
+
+def test_batch_takes_the_cfg_options_for_every_row(tiny_z_image, tmp_path):
+    """`sdcli batch --cfg-truncation` gives generate's picture (and the PNG stores the option)."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.imaging.image_io import read_png_text, read_rgb
+
+    folder = tiny_z_image[1]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPT + "\n")
+    result = CliRunner().invoke(app, ["batch", str(prompts), "--output-dir", str(tmp_path / "out"), "--model",
+                                      str(folder), *GUIDED, "--cfg-truncation", "0.5", "--steps", "9", "--seed",
+                                      str(SEED), "--width", str(WIDTH), "--height", str(HEIGHT), "--rng", "torch",
+                                      "--precision", "f32", "--parallel", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    [png] = (tmp_path / "out").glob("*.png")
+    assert "CFG truncation: 0.5," in read_png_text(png)["parameters"]
+    generated = ours(folder, tmp_path / "c.png", PROMPT, *GUIDED, "--cfg-truncation", 0.5)
+    assert int(np.abs(read_rgb(png).astype(np.int16) - generated).max()) == 0

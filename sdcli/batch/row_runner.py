@@ -37,6 +37,7 @@ def generation_options(opts: BatchOptions) -> dict:
     """The GenerationRequest fields the command line sets for every row, and under "networks" the
     engine's LoRA and embedding folders (NetworkFolders' fields)."""
     return {"vae": opts.vae, "deepcache": opts.deepcache, "clip_skip": opts.clip_skip,
+            "cfg_normalization": opts.cfg_normalization, "cfg_truncation": opts.cfg_truncation,
             "networks": (opts.lora_dir, opts.embeddings_dir, opts.allow_pickle)}
 
 

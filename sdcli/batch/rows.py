@@ -64,6 +64,8 @@ class BatchOptions:
     vae: str = "full"  # generate's --vae, --deepcache and --clip-skip, for every row
     deepcache: int = 1
     clip_skip: int = 1
+    cfg_normalization: float = 0.0  # generate's --cfg-normalization and --cfg-truncation (Z-Image), for every row
+    cfg_truncation: float = 1.0
     parallel: int = 0  # rows in flight at once: 0 as many as OpenVINO finds best (throughput), 1 one at a time
     ray: Optional[str] = None  # run the rows on a Ray cluster: "auto", "local" or an address (batch_ray.py)
     ray_cpus_per_actor: Optional[int] = None  # default: one worker per node, with all its CPUs
@@ -393,7 +395,9 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     extra = {"guidance_rescale": rescale or None, "deepcache": opts.deepcache if opts.deepcache != 1 else None,
              "clip_skip": opts.clip_skip if opts.clip_skip != 1 else None,
              "vae": opts.vae if "vae" not in opts.unset and opts.vae != "full" else None,
-             "precision": opts.precision if opts.precision != "auto" else None}
+             "precision": opts.precision if opts.precision != "auto" else None,
+             "cfg_normalization": opts.cfg_normalization or None,
+             "cfg_truncation": opts.cfg_truncation if opts.cfg_truncation != 1 else None}
     settings.update({name: value for name, value in extra.items() if value is not None})
     job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return job
