@@ -82,7 +82,8 @@ def build_random_flux2_klein(out_dir: str | Path, sizes: dict = TINY_FLUX2_KLEIN
     scheduler/) and return it.  `build=False` makes the models on torch's meta device only
     (to check the configs instantiate) and saves nothing."""
     import torch
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline,
+                           Flux2Transformer2DModel)
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from sdcli.convert.random_weights import spread_weights

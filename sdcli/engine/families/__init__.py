@@ -1,5 +1,5 @@
-"""Model families: what differs between Stable Diffusion 1.x/2.x (with LCM), SDXL and
-Z-Image, behind one small interface (see base.py)."""
+"""Model families: what differs between Stable Diffusion 1.x/2.x (with LCM), SDXL, Z-Image
+and FLUX.2-klein, behind one small interface (see base.py)."""
 from __future__ import annotations
 
 from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
@@ -9,8 +9,8 @@ from sdcli.engine.families.sdxl import StableDiffusionXL
 from sdcli.engine.families.z_image import ZImage
 from sdcli.model.folder import ModelFolder
 
-__all__ = ["Conditioning", "EncodedPrompt", "Flux2Klein", "ModelFamily", "StableDiffusion", "StableDiffusionXL", "ZImage",
-           "family_for"]
+__all__ = ["Conditioning", "EncodedPrompt", "Flux2Klein", "ModelFamily", "StableDiffusion", "StableDiffusionXL",
+           "ZImage", "family_for"]
 
 # a transformer folder's family, by its transformer's config class
 TRANSFORMER_FAMILIES = {"ZImageTransformer2DModel": ZImage, "Flux2Transformer2DModel": Flux2Klein}
