@@ -111,7 +111,7 @@ class Engine:
         """UsageError when `request` (followed by `images` - 1 more) would not fit in memory."""
         from sdcli.engine.memory import check_fits
 
-        self.family.check_request(request)
+        self.family.check(request)
         return check_fits(self, self.networks.activate(request), images)
 
     def _unet_shapes(self, request: GenerationRequest) -> dict[str, list[int]]:
@@ -242,7 +242,7 @@ class Engine:
         decoding (no image follows); `decode=False` stops after the last step."""
         request = request.with_images_read()
         request.validate()
-        self.family.check_request(request)
+        self.family.check(request)
         self.folder.vae(request.vae)
         request = self.networks.activate(request)  # the prompt's LoRAs and embeddings; its tags removed
         active = request.networks

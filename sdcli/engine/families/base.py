@@ -53,10 +53,16 @@ class Conditioning:
         return {name: tuple(value.shape) for name, value in self.unet_inputs.items()}
 
 
+# request fields that only some families take: (field, flag, its default, whose option it is)
+FAMILY_OPTIONS = (("cfg_normalization", "--cfg-normalization", 0.0, "Z-Image models (ZImagePipeline's option)"),
+                  ("cfg_truncation", "--cfg-truncation", 1.0, "Z-Image models (ZImagePipeline's option)"))
+
+
 class ModelFamily:
     """One family of models: the methods the engine calls, in the order it calls them."""
 
     name = "?"
+    options: tuple[str, ...] = ()  # the FAMILY_OPTIONS fields this family takes
 
     def __init__(self, folder: "ModelFolder"):
         self.folder = folder
@@ -143,14 +149,19 @@ class ModelFamily:
         return latent_sample(mean, logvar, rng, vae.scaling_factor)
 
     # -- stage 3: the denoiser ----------------------------------------------------------
-    def check_request(self, request: "GenerationRequest") -> None:
-        """UsageError for what this family cannot do with `request` (before anything loads)."""
+    def check(self, request: "GenerationRequest") -> None:
+        """What the engine calls: the options only some families take (FAMILY_OPTIONS, which
+        this family lists in `options`) refused where they are given to another, then
+        check_request."""
         from sdcli.util.errors import UsageError
 
-        for flag, given in (("--cfg-normalization", request.cfg_normalization != 0.0),
-                            ("--cfg-truncation", request.cfg_truncation != 1.0)):
-            if given:
-                raise UsageError(f"{flag} is for Z-Image models (ZImagePipeline's option); this is {self.name}")
+        for field, flag, default, whose in FAMILY_OPTIONS:
+            if field not in self.options and getattr(request, field) != default:
+                raise UsageError(f"{flag} is for {whose}; this is a {self.name} model")
+        self.check_request(request)
+
+    def check_request(self, request: "GenerationRequest") -> None:
+        """UsageError for what this family cannot do with `request` (before anything loads)."""
 
     def denoiser_shapes(self, request: "GenerationRequest", guidance: bool,
                         latent_hw: tuple[int, int]) -> dict[str, list[int]]:

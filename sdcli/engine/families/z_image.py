@@ -43,6 +43,7 @@ class ZImageConditioning(Conditioning):
 
 class ZImage(ModelFamily):
     name = "z-image"
+    options = ("cfg_normalization", "cfg_truncation")
 
     def __init__(self, folder):
         super().__init__(folder)
