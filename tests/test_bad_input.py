@@ -411,7 +411,7 @@ def sd15_folder():
     from sdcli.convert.random_model import SD15
 
     return SimpleNamespace(
-        vae_scale_factor=8, root=Path("."), ir=lambda name: name, text_encoders=["text_encoder"],
+        vae_scale_factor=8, root=Path("."), ir=lambda name: name, text_encoders=["text_encoder"], denoiser="unet",
         vae=lambda kind: SimpleNamespace(decoder="vae_decoder", encoder="vae_encoder"),
         unet_config={"block_out_channels": list(SD15["unet"]["block_out_channels"])},
         vae_config={"block_out_channels": list(SD15["vae"]["block_out_channels"])},
