@@ -1,5 +1,6 @@
-"""`sdcli serve`: AUTOMATIC1111's HTTP API (/sdapi/v1) with the model kept compiled between
-requests (the `serve` extra: FastAPI and uvicorn, imported only here)."""
+"""`sdcli serve`: AUTOMATIC1111's HTTP API (/sdapi/v1) and OpenAI's images API (/v1) with the
+model kept compiled between requests (the `serve` extra: FastAPI, uvicorn and python-multipart,
+imported only here)."""
 from __future__ import annotations
 
 import os
@@ -32,22 +33,27 @@ def serve(
     models_dir: Path = typer.Option(Path("models"), "--models-dir", help="Converted model folders a request may switch to, by their folder name (A1111's sd_model_checkpoint)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; think of --api-auth)."),
     port: int = typer.Option(7860, "--port", min=0, max=65535, help="Port (A1111's 7860; 0: any free one, printed)."),
-    api_auth: Optional[str] = typer.Option(None, "--api-auth", help="USER:PASS[,USER:PASS]: HTTP Basic credentials asked on every route."),
+    api_auth: Optional[str] = typer.Option(None, "--api-auth", help="USER:PASS[,USER:PASS]: HTTP Basic credentials asked on every route (on OpenAI's /v1 routes too, unless --api-key is given)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SDCLI_API_KEY", show_envvar=False, help="The key OpenAI's /v1 routes ask for (Authorization: Bearer KEY) [default: $SDCLI_API_KEY; none: /v1 asks what --api-auth asks]."),
     queue_size: int = typer.Option(32, "--queue-size", min=0, max=10_000, help="Requests that may wait behind the running one; more are answered 503 at once."),
     precision: str = typer.Option("auto", "--precision", help="As generate's: auto, f32, bf16, f16 (a request gives generate's pixels with the same one)."),
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where <lora:NAME:WEIGHT> in a prompt finds NAME [default: $SDCLI_LORA_DIR, else models/Lora]."),
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of a prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
 ):
-    """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...) with the
-    model kept warm between requests."""
+    """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...) and OpenAI's
+    images API (/v1/images/generations, edits, variations, /v1/models) with the model kept warm
+    between requests."""
     with user_errors("interrupted"):
         credentials = parse_auth(api_auth)
+        if api_key is not None and not api_key.strip():
+            raise UsageError("--api-key (or $SDCLI_API_KEY) is empty: give a key, or leave it out")
         try:
             import fastapi  # noqa: F401
+            import python_multipart  # noqa: F401  (OpenAI's image edits and variations are multipart)
             import uvicorn  # noqa: F401
         except ImportError:
-            raise UsageError('sdcli serve needs FastAPI and uvicorn: pip install "sdcli[serve]"') from None
+            raise UsageError('sdcli serve needs FastAPI, uvicorn and python-multipart: pip install "sdcli[serve]"') from None
         from sdcli.model.folder import ModelFolder
         from sdcli.runtime.core import check_precision
         from sdcli.serve.server import listen, run
@@ -74,8 +80,9 @@ def serve(
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
 
         def ready(server) -> None:
-            print(f"sdcli: serving AUTOMATIC1111's API on http://{shown}:{bound[1]} (docs: /docs)",
+            print(f"sdcli: serving AUTOMATIC1111's API (/sdapi/v1) and OpenAI's images API (/v1) on "
+                  f"http://{shown}:{bound[1]} (docs: /docs)",
                   file=sys.stderr, flush=True)
 
         run(sock, path, models_dir if models_dir.is_dir() else None, credentials, queue_size, precision, ready,
-            networks)
+            networks, api_key.strip() if api_key else None)

@@ -129,6 +129,21 @@ def read_mask(path: Path) -> np.ndarray:
     return np.clip(mask, 0.0, 1.0)
 
 
+def read_alpha(path: Path) -> np.ndarray | None:
+    """An image file's alpha channel as float32 [H, W] in [0, 1] (1: opaque), EXIF orientation
+    applied; None when the file has no alpha channel (OpenAI's image edits: its transparent
+    pixels are the ones to repaint)."""
+    cv2 = _cv2()
+    data, orientation = _read_image_file(path, "image")
+    raw = _decode(data, cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise UsageError(f"cannot read {path} as an image")
+    if raw.ndim != 3 or raw.shape[2] != 4:
+        return None
+    scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+    return np.clip(orient(raw[:, :, 3], orientation).astype(np.float32) / np.float32(scale), 0.0, 1.0)
+
+
 def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     """A float mask [H, W] resized to the image: area averaging when it shrinks both ways,
     else bilinear (no ringing; at the 0.5 threshold the edge lands where Lanczos puts it)."""
@@ -200,6 +215,27 @@ def encode_png(image: np.ndarray, parameters: str | None = None) -> bytes:
     # The text chunk goes right after IHDR (8-byte signature + 25-byte IHDR chunk).
     head = 8 + 25
     return png[:head] + text_chunk("parameters", parameters) + png[head:]
+
+
+IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def encode_image(image: np.ndarray, kind: str, parameters: str | None = None, quality: int = 100) -> bytes:
+    """RGB uint8 [H, W, 3] as a PNG (encode_png: the parameters in a text chunk), or a JPEG or
+    WebP of `quality` (1-100) with the parameters in EXIF's UserComment, where A1111 puts them."""
+    if kind == "png":
+        return encode_png(image, parameters)
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    if parameters:
+        exif[0x8769] = {0x9286: b"UNICODE\0" + parameters.encode("utf-16-be")}  # Exif IFD: UserComment
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(out, {"jpeg": "JPEG", "webp": "WEBP"}[kind],
+                                                        quality=int(quality), exif=exif.tobytes())
+    return out.getvalue()
 
 
 def read_png_text(path: Path) -> dict[str, str]:

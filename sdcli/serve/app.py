@@ -1,10 +1,12 @@
-"""The FastAPI app: AUTOMATIC1111's /sdapi/v1 routes over a Worker.
+"""The FastAPI app: AUTOMATIC1111's /sdapi/v1 routes and OpenAI's images API (/v1, openai_api.py)
+over one Worker.
 
-Every error is JSON `{"error": kind, "detail": one line}` with its status (422 a field that
+Every error on the A1111 routes is JSON `{"error": kind, "detail": one line}` with its status (422 a field that
 cannot be done, naming it; 404 an unknown model or route; 401 missing or wrong credentials;
 413 a body too large; 503 a full queue or a server shutting down; 500 a failure), never a
 traceback.  With credentials (`--api-auth`), every route asks for HTTP Basic auth, /docs and
-/openapi.json included.
+/openapi.json included.  The /v1 routes answer OpenAI's error body instead, and with an API key
+(`--api-key`) ask for `Authorization: Bearer KEY` (not the Basic credentials).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdcli import __version__
-from sdcli.serve import a1111
+from sdcli.serve import a1111, openai_api
 from sdcli.serve.models import (GenerationResponse, Img2ImgRequest, MemoryResponse, PNGInfoRequest,
                                 PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
                                 Txt2ImgRequest, UpscalerItem)
@@ -63,13 +65,49 @@ async def _send_json(send, response: JSONResponse) -> None:
 
 
 class Guard:
-    """Pure ASGI middleware, outermost: HTTP Basic auth on every route, the body size limit,
-    and any exception that escaped as a 500 JSON error (logged on stderr, not sent)."""
+    """Pure ASGI middleware, outermost: HTTP Basic auth on every route (the API key on /v1
+    routes when there is one), the body size limit, and any exception that escaped as a 500
+    JSON error (logged on stderr, not sent)."""
 
-    def __init__(self, app, credentials: list[tuple[str, str]] | None = None, max_body: int = MAX_BODY):
+    def __init__(self, app, credentials: list[tuple[str, str]] | None = None, max_body: int = MAX_BODY,
+                 api_key: str | None = None):
         self.app = app
         self.credentials = [(user.encode(), password.encode()) for user, password in credentials or []]
         self.max_body = max_body
+        self.api_key = api_key.encode() if api_key else None
+
+    def _bearer(self, scope) -> bytes | None:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.strip().partition(b" ")
+        return token.strip() if scheme.lower() == b"bearer" and token.strip() else None
+
+    def _refused(self, scope) -> JSONResponse | None:
+        """The 401 for a request without the credentials its route asks for, else None."""
+        path = scope.get("path", "")
+        if not openai_api.is_openai_path(path):
+            if self.credentials and not self._authorized(scope):
+                return error_response(401, "Unauthorized", "missing or wrong credentials (HTTP Basic)",
+                                      {"WWW-Authenticate": 'Basic realm="sdcli"'})
+            return None
+        if path.startswith(openai_api.FILES):  # a url response's image: its name is the secret
+            return None
+        if self.api_key is not None:
+            token = self._bearer(scope)
+            if token is None:
+                return openai_api.error_json(401, "no API key: send Authorization: Bearer KEY (the server's --api-key)",
+                                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            if not secrets.compare_digest(token, self.api_key):
+                return openai_api.error_json(401, "incorrect API key provided", code="invalid_api_key",
+                                             headers={"WWW-Authenticate": "Bearer"})
+        elif self.credentials and not self._authorized(scope):
+            return openai_api.error_json(401, "missing or wrong credentials (HTTP Basic: the server's --api-auth)",
+                                         code="invalid_api_key", headers={"WWW-Authenticate": 'Basic realm="sdcli"'})
+        return None
+
+    def _error(self, scope, status: int, error: str, detail: str) -> JSONResponse:
+        if openai_api.is_openai_path(scope.get("path", "")):
+            return openai_api.error_json(status, detail)
+        return error_response(status, error, detail)
 
     def _authorized(self, scope) -> bool:
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -86,13 +124,13 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.credentials and not self._authorized(scope):
-            return await _send_json(send, error_response(401, "Unauthorized", "missing or wrong credentials (HTTP Basic)",
-                                                         {"WWW-Authenticate": 'Basic realm="sdcli"'}))
+        refused = self._refused(scope)
+        if refused is not None:
+            return await _send_json(send, refused)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await _send_json(send, error_response(413, "PayloadTooLarge",
-                                                         f"request bodies are limited to {self.max_body >> 20} MB"))
+            return await _send_json(send, self._error(scope, 413, "PayloadTooLarge",
+                                                      f"request bodies are limited to {self.max_body >> 20} MB"))
         received = 0
 
         async def limited():
@@ -114,12 +152,12 @@ class Guard:
             await self.app(scope, limited, tracking)
         except BodyTooLarge:
             if not started:
-                await _send_json(send, error_response(413, "PayloadTooLarge",
-                                                      f"request bodies are limited to {self.max_body >> 20} MB"))
+                await _send_json(send, self._error(scope, 413, "PayloadTooLarge",
+                                                   f"request bodies are limited to {self.max_body >> 20} MB"))
         except Exception as exc:  # a bug: one line to the client, the traceback to the server's log
             traceback.print_exception(exc, file=sys.stderr)
             if not started:
-                await _send_json(send, error_response(500, "InternalError", error_text(exc)))
+                await _send_json(send, self._error(scope, 500, "InternalError", error_text(exc)))
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -130,22 +168,32 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None, max_body: int = MAX_BODY) -> FastAPI:
+def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None, max_body: int = MAX_BODY,
+               api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="sdcli", version=__version__,
-                  description="Stable Diffusion on the CPU through OpenVINO, behind AUTOMATIC1111's API (/sdapi/v1).")
+                  description="Stable Diffusion on the CPU through OpenVINO, behind AUTOMATIC1111's API (/sdapi/v1) "
+                              "and OpenAI's images API (/v1).")
     app.state.worker = worker
 
     @app.exception_handler(SdcliError)
     async def on_sdcli_error(request, exc: SdcliError):
+        if openai_api.is_openai_path(request.url.path):
+            return openai_api.error_from(exc)
         return sdcli_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request, exc: RequestValidationError):
+        if openai_api.is_openai_path(request.url.path):
+            return openai_api.error_from(exc)
         errors = json.loads(json.dumps(exc.errors(), default=str), parse_constant=str)  # NaN, Infinity: strings
         return error_response(422, "ValidationError", _validation_detail(exc), errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request, exc: StarletteHTTPException):
+        if openai_api.is_openai_path(request.url.path):
+            message = "no such route here" if exc.status_code == 404 else str(exc.detail)
+            return openai_api.error_json(exc.status_code, message, code="not_found" if exc.status_code == 404 else None,
+                                         headers=getattr(exc, "headers", None))
         names = {404: "NotFound", 405: "MethodNotAllowed"}
         return error_response(exc.status_code, names.get(exc.status_code, "HTTPError"), str(exc.detail),
                               getattr(exc, "headers", None))
@@ -153,7 +201,8 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
     add_generation_routes(app, worker)
     add_listing_routes(app, worker)
     add_utility_routes(app, worker)
-    app.add_middleware(Guard, credentials=credentials, max_body=max_body)
+    openai_api.add_openai_routes(app, worker)
+    app.add_middleware(Guard, credentials=credentials, max_body=max_body, api_key=api_key)
     return app
 
 
