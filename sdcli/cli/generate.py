@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -36,6 +36,7 @@ def generate(
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder, or a Hub repo of one (owner/name) [default: $SDCLI_MODEL, else the only one under models/, else OpenVINO/stable-diffusion-v1-5-int8-ov from the Hub]."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Start from this image (image-to-image)."),
+    reference_image: Optional[List[Path]] = typer.Option(None, "--reference-image", help="FLUX.2-klein editing: an image the picture is conditioned on (repeatable; Flux2KleinPipeline's image=[...]); the picture takes the first one's size unless --width/--height."),
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting (with --init-image): white = repaint, black = keep; resized to the image."),
     mask_blur: int = typer.Option(4, "--mask-blur", min=0, max=256, help="Inpainting: Gaussian blur of the mask in pixels, and the result laid over the original through it; 0: neither (diffusers' exact result)."),
@@ -109,6 +110,14 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
             flag = "--" + needed.replace("_", "-")
             raise UsageError(f"--from-image: {ctx.params['from_image']} was made from {what}, which a PNG does not "
                              f"store: pass {flag} to redo it")
+    references = stored.get("reference_names", ())
+    if references and not options.reference_image:
+        raise UsageError(f"--from-image: {ctx.params['from_image']} was made from {len(references)} reference "
+                         f"image(s) ({', '.join(references)}), which a PNG does not store: pass --reference-image "
+                         "for each, in that order, to redo it")
+    if references and len(options.reference_image) != len(references):
+        warn(f"--from-image: it was made from {len(references)} reference image(s) ({', '.join(references)}), "
+             f"{len(options.reference_image)} given: the image will differ")
     for note in stored.get("notes", ()):
         warn(f"--from-image: {note}")
     options.stored_hashes = {kind: stored[kind] for kind in ("lora_hashes", "ti_hashes") if kind in stored}
@@ -135,7 +144,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         crop_coords=o.crop_coords, target_size=o.target_size, aesthetic_score=o.aesthetic_score,
         negative_aesthetic_score=o.negative_aesthetic_score, refiner_switch=o.refiner_switch,
         guidance_rescale=o.guidance_rescale, cfg_normalization=o.cfg_normalization,
-        cfg_truncation=o.cfg_truncation,
+        cfg_truncation=o.cfg_truncation, reference_images=tuple(o.reference_image or ()),
     )
     request.validate()
     check_precision(o.precision)

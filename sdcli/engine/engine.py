@@ -181,6 +181,22 @@ class Engine:
         conditioning.embeddings_used = encoded.embeddings_used
         return conditioning, notes, seconds
 
+    def condition_on_images(self, conditioning: Conditioning, request: GenerationRequest) -> Conditioning:
+        """Stage 1's images: `conditioning` with the request's reference images, which the family
+        has encoded by the VAE encoder (families/base.py: condition_on_images)."""
+        if not request.reference_images:
+            return conditioning
+        vae = self.folder.vae(request.vae)
+
+        def encode(pixels: np.ndarray):
+            return self.components.vae_encoder(pixels.shape[2:], vae.encoder)(pixels)
+
+        try:
+            return self.family.condition_on_images(conditioning, request, encode)
+        finally:
+            if self.low_memory:
+                self.components.release(vae.encoder)
+
     def prepare_latents(self, request: GenerationRequest, scheduler, rng, width: int, height: int):
         """Stage 2: (latents, timesteps to run, Inpainting or None)."""
         vae = self.folder.vae(request.vae)
@@ -264,6 +280,10 @@ class Engine:
             on_note(note)
         if not self.keep_text_encoder:
             self.release_text_encoder()
+        if request.reference_images:  # (images the picture is conditioned on: FLUX.2-klein's references)
+            t0 = time.perf_counter()
+            conditioning = self.condition_on_images(conditioning, request)
+            timings["encode_images"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()  # 2. prepare the latents
         rng = make_rng(request.rng, request.seed)

@@ -16,7 +16,16 @@ Encode = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 def resolve_size(folder, request) -> tuple[int, int]:
     """(width, height): the request's, else the init image's (cut to multiples of 8; of twice the
     VAE's factor for a transformer, which takes 2x2 patches of latents, as its pipelines cut it),
-    else the model's."""
+    else the first reference image's as FLUX.2-klein sizes it (references.py; only the missing side
+    where one is given, as its pipeline), else the model's."""
+    references = getattr(request, "reference_images", ())
+    if references and (request.width is None or request.height is None):
+        from sdcli.engine.references import reference_size
+
+        first = references[0]
+        if isinstance(first, np.ndarray):
+            w, h = reference_size(first, 2 * folder.vae_scale_factor)
+            return request.width or w, request.height or h
     if request.init_image is not None and request.width is None and request.height is None:
         step = 2 * folder.vae_scale_factor if folder.denoiser == "transformer" else 8
         h, w = request.init_image.shape[:2]

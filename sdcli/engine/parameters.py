@@ -10,6 +10,8 @@ What A1111 reads differently from what sdcli meant is written A1111's way:
 - `Emphasis: None` is A1111's name for --no-emphasis (emphasis on, "Original", is not written).
 - `VAE Decoder: TAESD` (and `VAE Encoder: TAESD` with an init image) is --vae tiny.
 - `CFG Rescale phi` is --guidance-rescale (the name A1111's CFG-rescale extensions read).
+- `Reference images` (sdcli's field: A1111 has none) names the files of FLUX.2-klein's
+  --reference-image, in order; --from-image needs them given again (a PNG does not hold them).
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Model": model_name,
         "Denoising strength": f"{request.strength:g}" if img2img else None,
         "Mask blur": request.mask_blur if request.mask is not None else None,
+        "Reference images": ", ".join(getattr(request, "reference_names", ()) or
+                                      [f"#{i + 1}" for i in range(len(getattr(request, "reference_images", ())))])
+        or None,
         "RNG": RNG_NAMES.get(request.rng, request.rng),
         "Precision": precision,
         "Emphasis": None if request.emphasis else "None",
@@ -143,6 +148,8 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
         out["precision"] = fields["Precision"]
     if "Model" in fields:
         out["model_name"] = fields["Model"]
+    if fields.get("Reference images"):  # the files are not in the PNG: given again (or refused)
+        out["reference_names"] = tuple(name.strip() for name in fields["Reference images"].split(",") if name.strip())
     for field, name in (("Lora hashes", "lora_hashes"), ("TI hashes", "ti_hashes")):
         if field in fields:  # checked against the files found when the image is redone
             out[name] = parse_hashes(fields[field])

@@ -79,6 +79,10 @@ class GenerationRequest:
     aesthetic_score: float = AESTHETIC_SCORE
     negative_aesthetic_score: float = NEGATIVE_AESTHETIC_SCORE
     refiner_switch: float = 0.8  # with a refiner (Engine(refiner=...)): the fraction of the schedule the base runs
+    # FLUX.2-klein's editing: the images the picture is conditioned on (RGB uint8 [H, W, 3], or their
+    # files), and their names for the PNG's parameters (with_images_read takes them from the files)
+    reference_images: tuple[Image, ...] = ()
+    reference_names: tuple[str, ...] = ()
     # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
     # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.
     networks: object | None = None
@@ -89,6 +93,8 @@ class GenerationRequest:
         check_prompt_text("--negative-prompt", self.negative_prompt, self.emphasis)
         check_rng(self.rng)
         check_vae(self.vae)
+        if self.mask is not None and self.reference_images:
+            raise UsageError("--mask is for inpainting an --init-image; editing with --reference-image takes no mask")
         if self.mask is not None and self.init_image is None:
             raise UsageError("--mask needs --init-image (the image to inpaint)")
         if not 1 <= self.steps <= STEPS_MAX:
@@ -130,7 +136,8 @@ class GenerationRequest:
                 raise UsageError(f"{flag} must be between 0 and 10, got {score}")
 
     def with_images_read(self) -> "GenerationRequest":
-        """This request with its init image and mask as arrays (files are read and checked)."""
+        """This request with its init image, mask and reference images as arrays (files are read
+        and checked; the references' file names kept in reference_names)."""
         from sdcli.imaging.image_io import read_mask, read_rgb
 
         changes = {}
@@ -138,6 +145,17 @@ class GenerationRequest:
             changes["init_image"] = read_rgb(Path(self.init_image))
         if isinstance(self.mask, (str, Path)):
             changes["mask"] = read_mask(Path(self.mask))
+        if any(isinstance(image, (str, Path)) for image in self.reference_images):
+            images = []
+            for image in self.reference_images:
+                try:
+                    images.append(read_rgb(Path(image)) if isinstance(image, (str, Path)) else image)
+                except UsageError as exc:
+                    raise UsageError(f"--reference-image: {exc}") from None
+            changes["reference_images"] = tuple(images)
+            if not self.reference_names:
+                changes["reference_names"] = tuple(Path(image).name if isinstance(image, (str, Path)) else "(array)"
+                                                   for image in self.reference_images)
         return dataclasses.replace(self, **changes) if changes else self
 
     def replace(self, **changes) -> "GenerationRequest":

@@ -43,6 +43,8 @@ class Conditioning:
     pooled: np.ndarray | None = None
     unet_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # extra UNet inputs, by IR input name
     embeddings_used: tuple[str, ...] = ()  # the EncodedPrompt's (the engine copies them)
+    own: dict = field(default_factory=dict)  # the family's own, not fed as such (FLUX.2-klein: its patch grid,
+    # its reference images' tokens)
 
     @property
     def guidance_batch(self) -> bool:
@@ -63,6 +65,7 @@ class ModelFamily:
 
     name = "?"
     options: tuple[str, ...] = ()  # the FAMILY_OPTIONS fields this family takes
+    reference_images = False  # whether it takes --reference-image (condition_on_images)
 
     def __init__(self, folder: "ModelFolder"):
         self.folder = folder
@@ -130,6 +133,13 @@ class ModelFamily:
         """The UNet's conditioning for `request` at `size` (width, height of the image)."""
         return Conditioning(encoded.hidden_states, encoded.pooled)
 
+    def condition_on_images(self, conditioning: Conditioning, request: "GenerationRequest",
+                            encode) -> Conditioning:
+        """`conditioning` with the request's reference images added (where the family takes
+        them: reference_images), each encoded by `encode(pixels [1, 3, H, W] in [-1, 1])` ->
+        (mean, log-variance or None) of the VAE encoder compiled for its size."""
+        return conditioning
+
     # -- stage 2 ----------------------------------------------------------------------
     def set_timesteps(self, request: "GenerationRequest", scheduler) -> None:
         scheduler.set_timesteps(request.steps)
@@ -158,6 +168,9 @@ class ModelFamily:
         for field, flag, default, whose in FAMILY_OPTIONS:
             if field not in self.options and getattr(request, field) != default:
                 raise UsageError(f"{flag} is for {whose}; this is a {self.name} model")
+        if request.reference_images and not self.reference_images:
+            raise UsageError(f"--reference-image is for FLUX.2-klein models (editing with reference images); this is "
+                             f"a {self.name} model (image-to-image: --init-image)")
         self.check_request(request)
 
     def check_request(self, request: "GenerationRequest") -> None:

@@ -10,6 +10,12 @@ without guidance; Base models guide above 1 with the empty prompt as the negativ
 shifted by compute_empirical_mu.  Before decoding, the patches are de-normalised by the VAE's
 BatchNorm statistics and unpatchified.
 
+Editing (--reference-image, the pipeline's image=[...]): each reference is sized and cropped as
+the pipeline does (engine/references.py), encoded by the VAE encoder (its mean: the pipeline's
+sample_mode "argmax"), patchified and normalised by the BatchNorm statistics, and packed as
+tokens after the noise's, at positions (10 + 10 i, row, column, 0) for the i-th reference; the
+transformer's static input lengths include them, and only the noise tokens' output is kept.
+
 The engine keeps latents as [1, C, h, w] (the VAE's latent shape); this family stores in that
 buffer the pipeline's patchified latents [1, 4C, h/2, w/2] as they lie in memory, so that the
 engine's noise, drawn as torch.randn over as many numbers, is the pipeline's noise (prepare_latents
@@ -32,6 +38,7 @@ SCHEDULER_NAMES = ("flow_euler", "euler", "flowmatcheulerdiscretescheduler")
 
 class Flux2Klein(ModelFamily):
     name = "flux2-klein"
+    reference_images = True
 
     def __init__(self, folder):
         super().__init__(folder)
@@ -53,7 +60,7 @@ class Flux2Klein(ModelFamily):
         from sdcli.engine.networks import parse_tags
 
         unsupported = [(request.init_image is not None, "--init-image: FLUX.2-klein has no image-to-image strength; "
-                        "editing with reference images is not supported yet"),
+                        "use --reference-image (repeatable) to edit an image"),
                        (request.mask is not None, "--mask (inpainting) is not supported for FLUX.2-klein models"),
                        (request.deepcache > 1, "--deepcache is for UNet models; this is a FLUX.2 transformer"),
                        (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; FLUX.2-klein's is Qwen3"),
@@ -64,6 +71,15 @@ class Flux2Klein(ModelFamily):
         for refused, message in unsupported:
             if refused:
                 raise UsageError(message)
+        from sdcli.engine.references import check_reference
+
+        if request.reference_images and not self.folder.ir("vae_encoder").is_file():
+            raise UsageError(f"model folder {self.folder.root} has no vae_encoder/, which --reference-image needs "
+                             "(convert the model again)")
+        names = request.reference_names or ()
+        for i, image in enumerate(request.reference_images):
+            if isinstance(image, np.ndarray):
+                check_reference(image, names[i] if i < len(names) else f"#{i + 1}")
         width, height = resolve_size(self.folder, request)
         step = PATCH * self.folder.vae_scale_factor
         if width % step or height % step:
@@ -159,7 +175,53 @@ class Flux2Klein(ModelFamily):
         extra = {"txt_ids": txt_ids, "img_ids": img_ids}
         if self.guidance_input:  # (klein's transformers have none; genai feeds the scale)
             extra["guidance"] = np.full((rows,), request.guidance_scale if request is not None else 1.0, np.float32)
-        return Conditioning(encoded.hidden_states, None, extra)
+        return Conditioning(encoded.hidden_states, None, extra, own={"grid": (rows_h, cols)})
+
+    # -- editing: the reference images --------------------------------------------------
+    @property
+    def _multiple(self) -> int:
+        return PATCH * self.folder.vae_scale_factor
+
+    def reference_tokens(self, request) -> int:
+        """How many tokens the request's reference images add to the transformer's input."""
+        from sdcli.engine.references import reference_size
+        from sdcli.imaging.image_io import read_rgb
+
+        total = 0
+        for image in request.reference_images:
+            array = image if isinstance(image, np.ndarray) else read_rgb(image)
+            width, height = reference_size(array, self._multiple)
+            total += (height // self._multiple) * (width // self._multiple)
+        return total
+
+    def condition_on_images(self, conditioning: Conditioning, request, encode) -> Conditioning:
+        """The references' normalised latent patches [1, R, 4C] (in `own`) and their positions
+        (10 + 10 i, row, column, 0) after the noise's in img_ids, as prepare_image_latents."""
+        if not request.reference_images:
+            return conditioning
+        from dataclasses import replace
+
+        from sdcli.engine.references import reference_pixels
+
+        mean, std = self._batch_norm
+        tokens, ids = [], []
+        for i, image in enumerate(request.reference_images):
+            latents, _ = encode(reference_pixels(image, self._multiple))  # the distribution's mode
+            _, channels, h, w = latents.shape
+            patches = latents.reshape(1, channels, h // PATCH, PATCH, w // PATCH, PATCH).transpose(0, 1, 3, 5, 2, 4)
+            patches = (patches.reshape(1, channels * PATCH * PATCH, h // PATCH, w // PATCH) - mean) / std
+            tokens.append(patches.reshape(channels * PATCH * PATCH, -1).T)
+            position = np.zeros((h // PATCH, w // PATCH, 4), np.float32)
+            position[..., 0] = 10 + 10 * i
+            position[..., 1] = np.arange(h // PATCH)[:, None]
+            position[..., 2] = np.arange(w // PATCH)[None, :]
+            ids.append(position.reshape(-1, 4))
+        rows = conditioning.hidden_states.shape[0]
+        reference_ids = np.broadcast_to(np.concatenate(ids)[None], (rows, sum(len(i) for i in ids), 4))
+        inputs = dict(conditioning.unet_inputs)
+        inputs["img_ids"] = np.ascontiguousarray(np.concatenate([inputs["img_ids"], reference_ids], axis=1))
+        own = {**conditioning.own, "references": np.concatenate(tokens)[None].astype(np.float32)}
+        return replace(conditioning, unet_inputs=inputs, own=own)
 
     # -- stage 2 ----------------------------------------------------------------------
     def set_timesteps(self, request, scheduler) -> None:
@@ -179,9 +241,10 @@ class Flux2Klein(ModelFamily):
         scheduler.set_begin_index(0)
 
     # -- stage 3: the transformer ---------------------------------------------------------
-    def _shapes(self, rows: int, length: int, latent_hw) -> dict[str, list[int]]:
+    def _shapes(self, rows: int, length: int, latent_hw, references: int = 0) -> dict[str, list[int]]:
+        """With `references` tokens of reference images after the noise's."""
         h, w = latent_hw
-        tokens = (h // PATCH) * (w // PATCH)
+        tokens = (h // PATCH) * (w // PATCH) + references
         channels = PATCH * PATCH * self.folder.latent_channels
         shapes = {"hidden_states": [rows, tokens, channels], "timestep": [rows],
                   "encoder_hidden_states": [rows, length, self.text_width], "txt_ids": [rows, length, 4],
@@ -191,33 +254,41 @@ class Flux2Klein(ModelFamily):
         return shapes
 
     def denoiser_shapes(self, request, guidance: bool, latent_hw) -> dict[str, list[int]]:
-        return self._shapes(2 if guidance else 1, MAX_TOKENS, latent_hw)
+        return self._shapes(2 if guidance else 1, MAX_TOKENS, latent_hw, self.reference_tokens(request))
 
     def conditioned_shapes(self, conditioning: Conditioning, latent_hw) -> dict[str, list[int]]:
         rows, length = conditioning.hidden_states.shape[:2]
-        return self._shapes(rows, length, latent_hw)
+        references = conditioning.own.get("references")
+        return self._shapes(rows, length, latent_hw, 0 if references is None else references.shape[1])
 
     @staticmethod
     def _patch_grid(conditioning: Conditioning) -> tuple[int, int]:
+        if "grid" in conditioning.own:
+            return conditioning.own["grid"]
         ids = conditioning.unet_inputs["img_ids"]
         return int(ids[0, -1, 1]) + 1, int(ids[0, -1, 2]) + 1
 
     def denoiser_inputs(self, x: np.ndarray, t, conditioning: Conditioning) -> tuple[np.ndarray, object]:
-        """The buffer's patchified latents packed as tokens [rows, N, 4C]; sigma = t / 1000 (float32)."""
+        """The buffer's patchified latents packed as tokens [rows, N, 4C], the reference images'
+        tokens after them; sigma = t / 1000 (float32)."""
         h2, w2 = self._patch_grid(conditioning)
         packed = x.reshape(1, -1, h2 * w2).transpose(0, 2, 1)
+        references = conditioning.own.get("references")
+        if references is not None:
+            packed = np.concatenate([packed, references], axis=1)
         rows = conditioning.hidden_states.shape[0]
         sample = np.ascontiguousarray(np.concatenate([packed] * rows, axis=0) if rows > 1 else packed)
         return sample, np.float32(t) / np.float32(1000)
 
     def denoiser_output(self, out: np.ndarray, conditioning: Conditioning, guidance_scale: float,
                         guidance_rescale: float = 0.0, timestep=None) -> np.ndarray:
-        """Rows [prompt, negative] guided as negative + scale * (prompt - negative); unpacked
-        into the engine's latent buffer."""
+        """The noise tokens' output (the references' is dropped); rows [prompt, negative] guided
+        as negative + scale * (prompt - negative); unpacked into the engine's latent buffer."""
+        h2, w2 = self._patch_grid(conditioning)
+        out = out[:, : h2 * w2]
         if conditioning.guidance_batch:
             positive, negative = out[0:1], out[1:2]
             out = negative + np.float32(guidance_scale) * (positive - negative)
-        h2, w2 = self._patch_grid(conditioning)
         channels = out.shape[2] // (PATCH * PATCH)
         return np.ascontiguousarray(out.transpose(0, 2, 1)).reshape(1, channels, PATCH * h2, PATCH * w2)
 

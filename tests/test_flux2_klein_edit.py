@@ -1,0 +1,140 @@
+"""FLUX.2-klein editing: `sdcli generate --reference-image ... --rng torch --precision f32` on the
+tiny random FLUX.2-klein gives diffusers' Flux2KleinPipeline(image=[...]) pixels (max difference
+<= 2 of 255) with one reference (64x48 output) and with two (the output takes the first one's
+size); the references are of other sizes than the output, so that the pipeline's resize and crop
+are exercised.  A reference moves the picture by more than the tolerance (against none, and
+against another reference); the second of two moves it too.  What cannot be done is refused in
+one line, exit 2, nothing written.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.models import smooth_picture
+from tests.reference import compare, sdcli_pixels
+
+PROMPT = "turn the sky red"
+SEED = 1234
+WIDTH, HEIGHT = 64, 48
+TOLERANCE = 2
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """Two RGB PNGs: A 100x70 (cut to 100x68, scaled to 100x70 and cropped) and B 70x90."""
+    from sdcli.imaging.image_io import save_png
+
+    folder = tmp_path_factory.mktemp("klein-references")
+    a, b = folder / "ref-a.png", folder / "ref-b.png"
+    save_png(a, smooth_picture(100, 70))
+    save_png(b, np.ascontiguousarray(255 - smooth_picture(70, 90)[::-1, ::-1]))
+    return a, b
+
+
+def diffusers_pixels(pipe, images, *, size: bool = True) -> np.ndarray:
+    import torch
+    from PIL import Image
+
+    extra = {"height": HEIGHT, "width": WIDTH} if size else {}
+    out = pipe(prompt=PROMPT, image=[Image.open(path) for path in images], num_inference_steps=4,
+               guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
+               **extra).images
+    return (out[0] * 255).round().astype(np.int16)
+
+
+def ours(folder, out, images, *, size: bool = True) -> np.ndarray:
+    extra = [arg for path in images for arg in ("--reference-image", str(path))]
+    return sdcli_pixels(folder, out, *extra, prompt=PROMPT, steps=None, negative=None,
+                        width=WIDTH if size else None, height=HEIGHT if size else None, seed=SEED)
+
+
+def moved(a: np.ndarray, b: np.ndarray, parity_log, what: str) -> int:
+    diff = np.abs(a - b)
+    parity_log.append({"model": "flux2-klein", "scheduler": "flow_euler", "mode": what, "size": f"{a.shape[1]}x"
+                       f"{a.shape[0]}", "max": int(diff.max()), "mean": float(diff.mean())})
+    return int(diff.max())
+
+
+def test_one_reference_matches_diffusers_and_moves_the_picture(tiny_klein, references, tmp_path, parity_log):
+    from sdcli.imaging.image_io import read_png_text
+
+    _, folder, pipe = tiny_klein
+    a, b = references
+    edited = ours(folder, tmp_path / "a.png", [a])
+    compare(edited, diffusers_pixels(pipe, [a]), parity_log, model="flux2-klein", scheduler="flow_euler",
+            mode="1 reference 100x70", size=f"{WIDTH}x{HEIGHT}")
+    assert "Reference images: ref-a.png," in read_png_text(tmp_path / "a.png")["parameters"]
+    plain = ours(folder, tmp_path / "none.png", [])
+    assert moved(edited, plain, parity_log, "reference vs none") > TOLERANCE
+    other = ours(folder, tmp_path / "b.png", [b])
+    assert moved(edited, other, parity_log, "reference A vs B") > TOLERANCE
+
+
+def test_two_references_match_diffusers_at_the_first_one_s_size(tiny_klein, references, tmp_path, parity_log):
+    _, folder, pipe = tiny_klein
+    a, b = references
+    both = ours(folder, tmp_path / "ba.png", [b, a], size=False)
+    assert both.shape == (88, 68, 3)  # B, 70x90, cut to multiples of 4 (the tiny VAE's factor 2, 2x2 patches)
+    compare(both, diffusers_pixels(pipe, [b, a], size=False), parity_log, model="flux2-klein",
+            scheduler="flow_euler", mode="2 references", size="68x88")
+    # the second reference counts
+    assert moved(both, ours(folder, tmp_path / "b.png", [b], size=False), parity_log, "2nd reference") > TOLERANCE
+
+
+def test_the_vae_encoder_is_diffusers(tiny_klein):
+    """vae_encoder/ (optimum-cli's layout) gives the mean of diffusers' encoder's distribution."""
+    import openvino as ov
+    import torch
+
+    _, folder, pipe = tiny_klein
+    pixels = np.random.default_rng(0).uniform(-1, 1, (1, 3, 48, 64)).astype(np.float32)
+    compiled = ov.Core().compile_model(folder / "vae_encoder" / "openvino_model.xml", "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    channels = pipe.vae.config.latent_channels
+    ir_mean = compiled(pixels)[0][:, :channels]
+    with torch.no_grad():
+        mean = pipe.vae.encode(torch.from_numpy(pixels)).latent_dist.mode().numpy()
+    assert ir_mean.shape == mean.shape and np.abs(mean).max() > 0.1
+    assert np.abs(ir_mean - mean).max() < 1e-4
+
+
+@pytest.mark.parametrize("case", ["not klein", "unreadable", "too small", "init image", "mask", "from image"])
+def test_editing_mistakes_are_one_line(tiny_klein, tiny_eps, references, tmp_path, case):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.engine.parameters import parameters_text
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.imaging.image_io import save_png
+
+    a, _ = references
+    folder = tiny_klein[1]
+    out = tmp_path / "x.png"
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a picture")
+    small = tmp_path / "small.png"
+    save_png(small, smooth_picture(48, 64))
+    made = tmp_path / "made.png"
+    request = GenerationRequest(prompt=PROMPT, steps=4, guidance_scale=1.0, seed=SEED, width=WIDTH, height=HEIGHT,
+                                reference_images=(np.zeros((1, 1, 3), np.uint8),) * 2,
+                                reference_names=("ref-a.png", "ref-b.png"))
+    result = type("Result", (), {"seed": SEED, "width": WIDTH, "height": HEIGHT, "scheduler": "flow_euler"})()
+    save_png(made, smooth_picture(WIDTH, HEIGHT), parameters_text(request, result, "tiny-klein-ov"))
+    flags, message = {
+        "not klein": (["--model", str(tiny_eps.ov_dir), "--reference-image", str(a)],
+                      "--reference-image is for FLUX.2-klein models"),
+        "unreadable": (["--reference-image", str(broken)], "--reference-image: cannot read"),
+        "too small": (["--reference-image", str(small)], "both sides must be at least 64"),
+        "init image": (["--init-image", str(a)], "use --reference-image"),
+        "mask": (["--reference-image", str(a), "--mask", str(a)], "takes no mask"),
+        "from image": (["--from-image", str(made)], "pass --reference-image for each"),
+    }[case]
+    args = ["generate", "--model", str(folder), "--prompt", PROMPT, "--width", str(WIDTH), "--height", str(HEIGHT),
+            "--seed", "1", "--output", str(out), *flags]
+    if case == "from image":
+        args = ["generate", "--model", str(folder), "--output", str(out), *flags]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not out.exists()
