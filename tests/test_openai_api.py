@@ -227,6 +227,7 @@ def test_openai_errors(server):
         ("/v1/images/generations", {"json": {"size": "64x64"}}, "prompt"),  # FastAPI's validation, OpenAI's body
         ("/v1/images/generations", {"json": {"prompt": "x", "steps": 0}}, "steps"),
         ("/v1/images/generations", {"json": {"prompt": "x", "response_format": "gif"}}, "response_format"),
+        ("/v1/images/generations", {"json": {"prompt": "x", "size": "64x64", "scheduler": "nope"}}, "scheduler"),
         ("/v1/images/edits", {"files": {"image": ("a.png", b"not an image")}, "data": {"prompt": "x"}}, "image"),
         ("/v1/images/edits", {"files": {"image": ("a.png", picture), "mask": ("m.png", png_bytes(small, "RGBA"))},
                               "data": {"prompt": "x"}}, "mask"),
@@ -241,14 +242,27 @@ def test_openai_errors(server):
     assert r.status_code == 404 and error_of(r)["type"] == "invalid_request_error"
 
 
-def test_body_too_large_is_413_in_openai_s_shape():
+def test_413_and_500_in_openai_s_shape(models):
+    """In-process: a body over the limit, and a model whose loading fails with a bug (500)."""
     from fastapi.testclient import TestClient
 
     from sdcli.serve.app import create_app
     from sdcli.serve.worker import ModelRegistry, Worker
 
-    client = TestClient(create_app(Worker(ModelRegistry(None), None), max_body=1000, api_key=KEY))
-    r = client.post("/v1/images/generations", json={"prompt": "x" * 2000}, headers={"Authorization": f"Bearer {KEY}"})
-    assert r.status_code == 413 and error_of(r)["type"] == "invalid_request_error"
-    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x" * 2000})
-    assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"  # A1111's routes keep theirs
+    def broken(path):
+        raise RuntimeError("a bug\nwith a second line")
+
+    worker = Worker(ModelRegistry(None, models / "tiny-a"), "tiny-a", make_engine=broken)
+    worker.start(warm_up=False)
+    try:
+        client = TestClient(create_app(worker, max_body=1000, api_key=KEY))
+        auth = {"Authorization": f"Bearer {KEY}"}
+        r = client.post("/v1/images/generations", json={"prompt": "x" * 2000}, headers=auth)
+        assert r.status_code == 413 and error_of(r)["type"] == "invalid_request_error"
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "x" * 2000})
+        assert r.status_code == 413 and r.json()["error"] == "PayloadTooLarge"  # A1111's routes keep theirs
+        r = client.post("/v1/images/generations", json={"prompt": "x"}, headers=auth)
+        assert r.status_code == 500 and error_of(r)["type"] == "server_error" and "a bug" in r.json()["error"]["message"]
+    finally:
+        worker.stop()
+        worker.join(30)
