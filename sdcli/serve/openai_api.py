@@ -67,8 +67,8 @@ def error_json(status: int, message: str, param: str | None = None, code: str | 
 
 def _flags_to_fields(message: str) -> str:
     """An engine message names generate's flags: here, the request's fields."""
-    for flag, name in (("--init-image", "image"), ("--mask", "mask"), ("--steps", "steps"),
-                       ("--guidance-scale", "guidance_scale"), ("--negative-prompt", "negative_prompt"),
+    for flag, name in (("--init-image", "image"), ("--reference-image", "a reference image"), ("--mask", "mask"),
+                       ("--steps", "steps"), ("--guidance-scale", "guidance_scale"), ("--negative-prompt", "negative_prompt"),
                        ("--prompt", "prompt"), ("--seed", "seed"), ("--strength", "strength"),
                        ("--width", "size"), ("--height", "size")):
         message = message.replace(flag, name)
