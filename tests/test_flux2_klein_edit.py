@@ -56,15 +56,23 @@ def moved(a: np.ndarray, b: np.ndarray, parity_log, what: str) -> int:
     return int(diff.max())
 
 
-def test_one_reference_matches_diffusers_and_moves_the_picture(tiny_klein, references, tmp_path, parity_log):
+@pytest.fixture(scope="module")
+def edited(tiny_klein, references, tmp_path_factory):
+    """sdcli's picture with reference A at 64x48, and its PNG."""
+    out = tmp_path_factory.mktemp("klein-edited") / "a.png"
+    return ours(tiny_klein[1], out, [references[0]]), out
+
+
+def test_one_reference_matches_diffusers_and_moves_the_picture(tiny_klein, references, edited, tmp_path,
+                                                                parity_log):
     from sdcli.imaging.image_io import read_png_text
 
     _, folder, pipe = tiny_klein
     a, b = references
-    edited = ours(folder, tmp_path / "a.png", [a])
+    edited, png = edited
     compare(edited, diffusers_pixels(pipe, [a]), parity_log, model="flux2-klein", scheduler="flow_euler",
             mode="1 reference 100x70", size=f"{WIDTH}x{HEIGHT}")
-    assert "Reference images: ref-a.png," in read_png_text(tmp_path / "a.png")["parameters"]
+    assert "Reference images: ref-a.png," in read_png_text(png)["parameters"]
     plain = ours(folder, tmp_path / "none.png", [])
     assert moved(edited, plain, parity_log, "reference vs none") > TOLERANCE
     other = ours(folder, tmp_path / "b.png", [b])
@@ -80,6 +88,37 @@ def test_two_references_match_diffusers_at_the_first_one_s_size(tiny_klein, refe
             scheduler="flow_euler", mode="2 references", size="68x88")
     # the second reference counts
     assert moved(both, ours(folder, tmp_path / "b.png", [b], size=False), parity_log, "2nd reference") > TOLERANCE
+
+
+def test_serve_img2img_takes_init_images_as_references(tiny_klein, references, edited, tmp_path):
+    """A1111's img2img route on a klein model: its init_images are the reference images (klein has
+    no strength); the picture is generate's with --reference-image."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import base64
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from sdcli.imaging.image_io import encode_png, read_rgb
+    from sdcli.serve.app import create_app
+    from sdcli.serve.worker import ModelRegistry, Worker
+
+    folder = tiny_klein[1]
+    worker = Worker(ModelRegistry(None, folder), folder.name, queue_size=2, precision="f32")
+    worker.start()
+    try:
+        picture = base64.b64encode(encode_png(read_rgb(references[0]))).decode()
+        r = TestClient(create_app(worker)).post("/sdapi/v1/img2img", json={
+            "prompt": PROMPT, "init_images": [picture], "seed": SEED, "width": WIDTH, "height": HEIGHT})
+        assert r.status_code == 200, r.text
+        assert "Reference images: init_images[0]" in json.loads(r.json()["info"])["infotexts"][0]
+        (tmp_path / "served.png").write_bytes(base64.b64decode(r.json()["images"][0]))
+        served = read_rgb(tmp_path / "served.png").astype(np.int16)
+    finally:
+        worker.stop()
+        worker.join(30)
+    assert int(np.abs(served - edited[0]).max()) == 0
 
 
 def test_the_vae_encoder_is_diffusers(tiny_klein):

@@ -206,10 +206,14 @@ class Plan:
         if self.kind == "img2img":
             base = base.replace(strength=0.75 if body.denoising_strength is None else body.denoising_strength,
                                 mask=self.mask, mask_blur=4 if body.mask_blur is None else body.mask_blur)
+        references = self.init_images and engine.family.reference_images
+        if references:  # FLUX.2-klein has no image-to-image: its init_images are its reference images, all of them
+            base = base.replace(reference_images=tuple(self.init_images),
+                                reference_names=tuple(f"init_images[{i}]" for i in range(len(self.init_images))))
         out = []
         for i, seed in enumerate(self.seeds):
             request = base.replace(seed=seed)
-            if self.init_images:
+            if self.init_images and not references:
                 request = request.replace(init_image=self.init_images[i % len(self.init_images)])
             out.append(request)
         return out
