@@ -1,6 +1,7 @@
 """OpenAI's images API on a real `sdcli serve` process (one for the module, with --api-key),
 driven by the official `openai` client: generations (b64_json, url, jpeg, n, size), edits with a
-mask (and with the image's own transparency), variations, the models list, and OpenAI's errors
+mask (and with the image's own transparency), variations, the models list, progress and
+interrupt through A1111's routes (one queue), and OpenAI's errors
 (401 a wrong key, 404 an unknown model or route, 400 a bad size or field, 413 a body too large).
 The pixels: a generation equals `sdcli generate`'s image for the same prompt, seed, steps and
 size; an edit and a variation equal the A1111 img2img route's image for what they mean."""
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -183,6 +185,23 @@ def test_variation_is_image_to_image_with_an_empty_prompt(server):
         "seed": 5, "width": 64, "height": 64, **FAST})
     assert diff(varied, pixels(base64.b64decode(a1111.json()["images"][0]))) == 0
     assert diff(varied, picture) > TOLERANCE
+
+
+def test_progress_and_interrupt_through_a1111_s_routes(server):
+    """One queue: A1111's /progress sees an OpenAI request running, /interrupt ends it, and it
+    answers with the image as it stood."""
+    out = {}
+    run = threading.Thread(target=lambda: out.update(r=server.client().images.generate(
+        prompt="x", size="64x64", extra_body={"seed": 2, "steps": 500, "scheduler": "Euler"})))
+    run.start()
+    deadline = time.monotonic() + 60
+    while (p := httpx.get(server.url + "/sdapi/v1/progress", timeout=30).json())["state"]["sampling_step"] < 1:
+        assert time.monotonic() < deadline and run.is_alive()
+        time.sleep(0.05)
+    assert p["state"]["sampling_steps"] == 500 and p["state"]["job"] == "scripts_txt2img"
+    httpx.post(server.url + "/sdapi/v1/interrupt", timeout=30)
+    run.join(60)
+    assert len(out["r"].data) == 1 and "Steps: 500," in Image.open(io.BytesIO(b64_image(out["r"]))).info["parameters"]
 
 
 def test_models(server):
