@@ -52,6 +52,50 @@ def tiny_sd2(models_root) -> TinyModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_eps_fp16(tiny_eps, models_root) -> Path:
+    """tiny_eps converted at fp16 (convert's default weight format)."""
+    from sdcli.convert.export import ConvertOptions, convert
+
+    out = models_root / "tiny-epsilon-fp16-ov"
+    convert(str(tiny_eps.diffusers_dir), out, ConvertOptions(weight_format="fp16"), log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_z_image(models_root):
+    """(diffusers folder, sdcli's fp32 conversion, diffusers' ZImagePipeline on it): a tiny random
+    Z-Image (seed 0), built and converted once for every test file that uses it."""
+    import torch
+    from diffusers import ZImagePipeline
+
+    from sdcli.convert.random_z_image import build_random_z_image
+    from tests.models import convert_fp32
+
+    build_random_z_image(models_root / "tiny-z-image", seed=0)
+    convert_fp32(models_root / "tiny-z-image", models_root / "tiny-z-image-ov")
+    pipe = ZImagePipeline.from_pretrained(models_root / "tiny-z-image", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return models_root / "tiny-z-image", models_root / "tiny-z-image-ov", pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_klein(models_root):
+    """(diffusers folder, sdcli's fp32 conversion, diffusers' Flux2KleinPipeline on it): a tiny
+    random FLUX.2-klein (distilled, seed 0), built and converted once for every test file."""
+    import torch
+    from diffusers import Flux2KleinPipeline
+
+    from sdcli.convert.random_flux2_klein import build_random_flux2_klein
+    from tests.models import convert_fp32
+
+    build_random_flux2_klein(models_root / "tiny-klein", seed=0)
+    convert_fp32(models_root / "tiny-klein", models_root / "tiny-klein-ov")
+    pipe = Flux2KleinPipeline.from_pretrained(models_root / "tiny-klein", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return models_root / "tiny-klein", models_root / "tiny-klein-ov", pipe
+
+
+@pytest.fixture(scope="session")
 def inpaint_files(tmp_path_factory) -> dict:
     """Init images and masks, 96x64 and 64x64: a mask with an off-grid ellipse, a
     rectangle and grey levels on both sides of 0.5."""
@@ -82,6 +126,25 @@ def tiny_sdxl(models_root):
     from tests.models import build_tiny_sdxl
 
     return build_tiny_sdxl(models_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_vpred(models_root):
+    """A tiny SDXL v-prediction model trained with zero terminal SNR (trailing spacing), as the
+    NoobAI-style models are (seed 5)."""
+    from sdcli.convert.random_model import SDXL_SCHEDULER
+    from tests.models import build_tiny_sdxl
+
+    config = dict(SDXL_SCHEDULER, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return build_tiny_sdxl(models_root, "tiny-sdxl-vpred", "v_prediction", seed=5, scheduler_config=config)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner(models_root):
+    """A tiny SDXL refiner (text_encoder_2 only, aesthetic-score time_ids; seed 4)."""
+    from tests.models import build_tiny_sdxl
+
+    return build_tiny_sdxl(models_root, "tiny-sdxl-refiner", seed=4, refiner=True)
 
 
 @pytest.fixture(scope="session")

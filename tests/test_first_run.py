@@ -59,6 +59,48 @@ def test_vae_decoder_and_transformer_go_on_the_denoisers_lane():
     assert len(denoiser) == 1 and len(encoders) == 1 and denoiser != encoders
 
 
+def _decoders(engine) -> list[tuple]:
+    return [key for key in engine.components._components if key[0].startswith("vae_decoder")]
+
+
+@pytest.mark.parametrize("kind,vae,size", [("sd", "full", (64, 48)), ("sd", "tiny", (64, 64)),
+                                           ("z-image", "full", (64, 48))])
+def test_the_vae_decoder_loads_during_the_loop_with_the_decode_s_shape(tiny_eps, tiny_z_image, tmp_path, kind,
+                                                                       vae, size):
+    """preload() starts the decoder the decode will ask for (its name and latent size), so that
+    the decode finds it loaded and no second one is compiled; --low-memory starts none."""
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+
+    folder = tiny_eps.ov_dir if kind == "sd" else tiny_z_image[1]
+    if vae == "tiny":  # a copy of the tiny SD model with a tiny VAE added
+        import shutil
+
+        from typer.testing import CliRunner
+
+        from sdcli.cli.app import app
+        from sdcli.convert.random_model import build_random_taesd
+
+        folder = shutil.copytree(tiny_eps.ov_dir, tmp_path / "with-taesd")
+        build_random_taesd(tmp_path / "taesd", seed=3)
+        result = CliRunner().invoke(app, ["convert", "--tiny-vae", str(tmp_path / "taesd"), "--into", str(folder),
+                                          "--quiet"])
+        assert result.exit_code == 0, result.output
+    width, height = size
+    request = GenerationRequest(prompt="a red house", steps=2, seed=1, width=width, height=height, vae=vae)
+    engine = Engine(folder, cache_dir=False)
+    engine.preload(request)
+    started = _decoders(engine)
+    f = engine.folder.vae_scale_factor
+    assert started == [(engine.folder.vae(vae).decoder, (height // f, width // f))]
+    result = engine.generate(request)
+    assert result.image.shape == (height, width, 3)
+    assert _decoders(engine) == started  # the decode used the preloaded decoder
+    low = Engine(folder, cache_dir=False, low_memory=True)
+    low.preload(request)
+    assert _decoders(low) == []
+
+
 @pytest.mark.skipif(gnu_time() is None, reason="GNU time is not installed")
 def test_bench_measures_what_gnu_time_measures():
     grow = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3)"

@@ -17,23 +17,6 @@ WIDTH, HEIGHT = 64, 48  # non-square, multiples of 16
 TOLERANCE = 2
 
 
-@pytest.fixture(scope="module")
-def tiny_klein(tmp_path_factory):
-    """(diffusers folder, sdcli's fp32 conversion, diffusers' Flux2KleinPipeline on it)."""
-    import torch
-    from diffusers import Flux2KleinPipeline
-
-    from sdcli.convert.random_flux2_klein import build_random_flux2_klein
-    from tests.models import convert_fp32
-
-    root = tmp_path_factory.mktemp("flux2-klein")
-    build_random_flux2_klein(root / "tiny-klein", seed=0)
-    convert_fp32(root / "tiny-klein", root / "tiny-klein-ov")
-    pipe = Flux2KleinPipeline.from_pretrained(root / "tiny-klein", torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return root / "tiny-klein", root / "tiny-klein-ov", pipe
-
-
 def diffusers_pixels(pipe, prompt: str, *, steps: int = 4, guidance: float = 1.0):
     import torch
 

@@ -18,23 +18,6 @@ WIDTH, HEIGHT = 64, 48  # non-square, multiples of 16
 TOLERANCE = 2
 
 
-@pytest.fixture(scope="module")
-def tiny_z_image(tmp_path_factory):
-    """(diffusers folder, sdcli's fp32 conversion, diffusers' ZImagePipeline on it)."""
-    import torch
-    from diffusers import ZImagePipeline
-
-    from sdcli.convert.random_z_image import build_random_z_image
-    from tests.models import convert_fp32
-
-    root = tmp_path_factory.mktemp("z-image")
-    build_random_z_image(root / "tiny-z-image", seed=0)
-    convert_fp32(root / "tiny-z-image", root / "tiny-z-image-ov")
-    pipe = ZImagePipeline.from_pretrained(root / "tiny-z-image", torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return root / "tiny-z-image", root / "tiny-z-image-ov", pipe
-
-
 def diffusers_pixels(pipe, prompt: str, *, steps: int = 9, guidance: float = 0.0, negative: str | None = None):
     import torch
 

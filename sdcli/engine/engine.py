@@ -128,7 +128,8 @@ class Engine:
 
     def preload(self, request: GenerationRequest) -> list[Future]:
         """Start compiling the text encoder and the UNet for `request` in the background, so
-        that the UNet compiles while the prompt is encoded; returns the UNet's futures."""
+        that the UNet compiles while the prompt is encoded, and then the VAE decoder (not with
+        low_memory); returns the UNet's futures."""
         self.folder.vae(request.vae)  # a missing tiny VAE is reported before anything loads
         request = self.networks.activate(request)
         shapes = self._unet_shapes(request)
@@ -140,8 +141,14 @@ class Engine:
         patch = request.networks.patch(self.folder.denoiser)
         if self.refiner is not None and not self.low_memory:
             self.refiner.preload(refiner_request(request))
-        return [self.components.start_denoiser(shapes, variant, patch)
-                for variant in self._unet_variants(request.deepcache)]
+        started = [self.components.start_denoiser(shapes, variant, patch)
+                   for variant in self._unet_variants(request.deepcache)]
+        if not self.low_memory:  # the decoder loads during the loop, after the denoiser (engine/loader.py)
+            width, height = self.resolve_size(request)
+            decoding = self.refiner or self
+            f = decoding.folder.vae_scale_factor
+            decoding.components.start_vae_decoder((height // f, width // f), decoding.folder.vae(request.vae).decoder)
+        return started
 
     def optimal_requests(self, request: GenerationRequest) -> int:
         """How many requests OpenVINO would keep in flight on the UNet for `request` (1 when

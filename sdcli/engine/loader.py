@@ -6,10 +6,12 @@ denoiser's (the UNet or transformer, and the VAE decoder) and the encoders' (tex
 the VAE encoder).  OpenVINO releases the GIL while it compiles, so the text encoder compiles
 beside the UNet and the prompt is encoded while the UNet is still compiling (on an empty
 cache the text encoder's compile is no longer added to the UNet's: on the 16-core Xeon,
-SD 1.5's takes 1.0-1.3 s).  The VAE decoder is compiled when the decode asks for it, after
-the UNet is released: compiled beside the UNet it would add its weights to the loop's peak
-(+110 MiB for SD 1.5 at 512x512).  With `lanes=False` (--low-memory) one thread loads
-everything in turn, so that one large component is compiled at a time.
+SD 1.5's takes 1.0-1.3 s).  The engine starts the VAE decoder on the denoiser's lane after
+the UNet, so that it loads during the loop: loaded when the decode asked for it, it kept
+the decode waiting 0.15-0.37 s on the 16-core Xeon and about 1.5 s on two cores (SD 1.5,
+512x512, warm cache; scripts/decode_in_context.py), for +110 MiB on the loop's peak.  With
+`lanes=False` (--low-memory) one thread loads everything in turn, each when it is needed,
+so that one large component is in memory at a time.
 """
 from __future__ import annotations
 
@@ -135,6 +137,9 @@ class ComponentCache:
 
     def release_denoiser(self) -> None:
         self.release(self.folder.denoiser)
+
+    def start_vae_decoder(self, latent_hw: tuple[int, int], name: str = "vae_decoder") -> Future:
+        return self.start((name, tuple(latent_hw)), lambda: VaeDecoder(self.runtime, self.folder, latent_hw, name))
 
     def vae_decoder(self, latent_hw: tuple[int, int], name: str = "vae_decoder") -> VaeDecoder:
         return self.get((name, tuple(latent_hw)), lambda: VaeDecoder(self.runtime, self.folder, latent_hw, name))
