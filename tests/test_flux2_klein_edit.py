@@ -22,7 +22,7 @@ TOLERANCE = 2
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    """Two RGB PNGs: A 100x70 (cut to 100x68, scaled to 100x70 and cropped) and B 70x90."""
+    """Two RGB PNGs: A 100x70 (centre-cropped to 100x68) and B 70x90 (to 68x88)."""
     from sdcli.imaging.image_io import save_png
 
     folder = tmp_path_factory.mktemp("klein-references")
@@ -132,6 +132,30 @@ def test_serve_img2img_takes_init_images_as_references(tiny_klein, references, e
         worker.stop()
         worker.join(30)
     assert int(np.abs(served - edited[0]).max()) == 0
+
+
+@pytest.mark.parametrize("width,height", [(100, 70), (70, 90), (1200, 1000)])
+def test_reference_pixels_are_the_pipeline_s(width, height):
+    """references.py's sizing and crop give Flux2KleinPipeline's preprocessed image exactly (1200x1000:
+    scaled to 1024x1024 in area first), multiples of 16 as on the real models (VAE factor 8)."""
+    from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+    from PIL import Image
+
+    from sdcli.engine.references import reference_pixels
+
+    rng = np.random.default_rng(width)
+    image = np.clip(smooth_picture(width, height).astype(np.int16) + rng.integers(-40, 40, (height, width, 3)),
+                    0, 255).astype(np.uint8)
+    processor = Flux2ImageProcessor(vae_scale_factor=16)
+    picture = Image.fromarray(image)  # as Flux2KleinPipeline.__call__ prepares image=[picture]
+    processor.check_image_input(picture)
+    if picture.width * picture.height > 1024 * 1024:
+        picture = processor._resize_to_target_area(picture, 1024 * 1024)
+    w, h = picture.width // 16 * 16, picture.height // 16 * 16
+    theirs = processor.preprocess(picture, height=h, width=w, resize_mode="crop").numpy()
+    ours_ = reference_pixels(image, 16)
+    assert ours_.shape == theirs.shape
+    assert np.abs(ours_ - theirs).max() == 0
 
 
 def test_the_vae_encoder_is_diffusers(tiny_klein):

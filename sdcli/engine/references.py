@@ -4,10 +4,9 @@ encoder's input, as diffusers' Flux2KleinPipeline(image=[...]) prepares them.
 Each image is checked as Flux2ImageProcessor.check_image_input checks it (both sides at least
 64 pixels, an aspect ratio of at most 8:1); one of more than 1024x1024 pixels in area is first
 scaled to that area (LANCZOS, int() of each side); its sides are then cut down to multiples of
-`multiple` (twice the VAE's factor: the transformer takes 2x2 patches of latents), and it is
-scaled to cover that size, keeping its aspect ratio, and centre-cropped (VaeImageProcessor's
-resize_mode "crop", LANCZOS); pixels to [-1, 1].  Without --width/--height the picture takes
-the first reference's size.
+`multiple` (twice the VAE's factor: the transformer takes 2x2 patches of latents) by a centre
+crop (Flux2ImageProcessor's resize_mode "crop", which crops without scaling); pixels to [-1, 1].
+Without --width/--height the picture takes the first reference's size.
 """
 from __future__ import annotations
 
@@ -60,12 +59,8 @@ def reference_pixels(image: np.ndarray, multiple: int) -> np.ndarray:
     if area != picture.size:
         picture = picture.resize(area, Image.Resampling.LANCZOS)
     width, height = reference_size(image, multiple)
-    # VaeImageProcessor._resize_and_crop: scale to cover (width, height), paste centred on black
-    ratio, source_ratio = width / height, picture.width / picture.height
-    src_w = width if ratio > source_ratio else picture.width * height // picture.height
-    src_h = height if ratio <= source_ratio else picture.height * width // picture.width
-    resized = picture.resize((src_w, src_h), resample=Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", (width, height))
-    canvas.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
-    pixels = np.asarray(canvas).astype(np.float32) / np.float32(255.0)
+    # Flux2ImageProcessor._resize_and_crop: the centre (width, height), not scaled
+    left, top = (picture.width - width) // 2, (picture.height - height) // 2
+    picture = picture.crop((left, top, left + width, top + height)).convert("RGB")
+    pixels = np.asarray(picture).astype(np.float32) / np.float32(255.0)
     return np.ascontiguousarray((np.float32(2.0) * pixels - np.float32(1.0)).transpose(2, 0, 1)[None])
