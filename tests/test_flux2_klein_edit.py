@@ -158,6 +158,59 @@ def test_reference_pixels_are_the_pipeline_s(width, height):
     assert np.abs(ours_ - theirs).max() == 0
 
 
+def pipeline_image(processor, path, multiple: int):
+    """Flux2KleinPipeline.__call__'s preprocessing of one reference image file."""
+    from PIL import Image
+
+    picture = Image.open(path)
+    processor.check_image_input(picture)
+    if picture.width * picture.height > 1024 * 1024:
+        picture = processor._resize_to_target_area(picture, 1024 * 1024)
+    w, h = picture.width // multiple * multiple, picture.height // multiple * multiple
+    return processor.preprocess(picture, height=h, width=w, resize_mode="crop")
+
+
+def test_reference_tokens_and_positions_are_the_pipeline_s(tiny_klein, references):
+    """What the transformer is given for two references (their normalised latent patches after the
+    noise's tokens, and their (10 + 10 i, row, column, 0) positions) is prepare_image_latents'."""
+    import openvino as ov
+    import torch
+
+    from sdcli.engine.families.base import EncodedPrompt
+    from sdcli.engine.families.flux2_klein import Flux2Klein
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.imaging.image_io import read_rgb
+    from sdcli.model.folder import ModelFolder
+
+    _, folder, pipe = tiny_klein
+    multiple = 2 * pipe.vae_scale_factor
+    images = [pipeline_image(pipe.image_processor, path, multiple) for path in references]
+    with torch.no_grad():
+        latents, ids = pipe.prepare_image_latents(images, 1, torch.Generator("cpu").manual_seed(0), "cpu",
+                                                  torch.float32)
+    family = Flux2Klein(ModelFolder.open(folder))
+    core = ov.Core()
+
+    def encode(pixels):
+        compiled = core.compile_model(folder / "vae_encoder" / "openvino_model.xml", "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32"})
+        return compiled(pixels)[0][:, : family.folder.latent_channels], None
+
+    request = GenerationRequest(prompt=PROMPT, width=WIDTH, height=HEIGHT,
+                                reference_images=tuple(read_rgb(path) for path in references))
+    plain = family.conditioning(EncodedPrompt(np.zeros((1, 512, family.text_width), np.float32)), request,
+                                (WIDTH, HEIGHT))
+    conditioning = family.condition_on_images(plain, request, encode)
+    tokens = conditioning.own["references"]
+    assert tokens.shape == tuple(latents.shape) and family.reference_tokens(request) == tokens.shape[1]
+    print(f"reference tokens vs prepare_image_latents: max {np.abs(tokens - latents.numpy()).max():.2e} "
+          f"(values up to {np.abs(latents.numpy()).max():.2f})")
+    assert np.abs(tokens - latents.numpy()).max() < 1e-4 * max(1.0, float(np.abs(latents.numpy()).max()))
+    noise_tokens = plain.unet_inputs["img_ids"].shape[1]
+    assert np.array_equal(conditioning.unet_inputs["img_ids"][:, noise_tokens:], ids.numpy().astype(np.float32))
+    assert np.array_equal(conditioning.unet_inputs["img_ids"][:, :noise_tokens], plain.unet_inputs["img_ids"])
+
+
 def test_the_vae_encoder_is_diffusers(tiny_klein):
     """vae_encoder/ (optimum-cli's layout) gives the mean of diffusers' encoder's distribution."""
     import openvino as ov
