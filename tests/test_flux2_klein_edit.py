@@ -43,8 +43,8 @@ def diffusers_pixels(pipe, images, *, size: bool = True) -> np.ndarray:
     return (out[0] * 255).round().astype(np.int16)
 
 
-def ours(folder, out, images, *, size: bool = True) -> np.ndarray:
-    extra = [arg for path in images for arg in ("--reference-image", str(path))]
+def ours(folder, out, images, *flags, size: bool = True) -> np.ndarray:
+    extra = [arg for path in images for arg in ("--reference-image", str(path))] + list(flags)
     return sdcli_pixels(folder, out, *extra, prompt=PROMPT, steps=None, negative=None,
                         width=WIDTH if size else None, height=HEIGHT if size else None, seed=SEED)
 
@@ -88,6 +88,33 @@ def test_two_references_match_diffusers_at_the_first_one_s_size(tiny_klein, refe
             scheduler="flow_euler", mode="2 references", size="68x88")
     # the second reference counts
     assert moved(both, ours(folder, tmp_path / "b.png", [b], size=False), parity_log, "2nd reference") > TOLERANCE
+
+
+def test_base_klein_with_guidance_and_a_reference_matches_diffusers(tiny_klein, references, tmp_path, parity_log):
+    """A Base klein (is_distilled false) guides at 4 with the empty negative: both rows get the
+    reference tokens (the pipeline's negative call takes the same image latents)."""
+    import json
+    import shutil
+
+    import torch
+    from diffusers import Flux2KleinPipeline
+    from PIL import Image
+
+    _, folder, pipe = tiny_klein
+    base = tmp_path / "base-ov"
+    shutil.copytree(folder, base)
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
+    base_pipe = Flux2KleinPipeline(**pipe.components, is_distilled=False)
+    base_pipe.set_progress_bar_config(disable=True)
+    theirs = base_pipe(prompt=PROMPT, image=[Image.open(references[0])], height=HEIGHT, width=WIDTH,
+                       num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator("cpu").manual_seed(SEED),
+                       output_type="np").images
+    guided = ours(base, tmp_path / "g.png", [references[0]], "--guidance-scale", "4")
+    compare(guided, (theirs[0] * 255).round().astype(np.int16), parity_log, model="flux2-klein base",
+            scheduler="flow_euler", mode="guidance 4, 1 reference", size=f"{WIDTH}x{HEIGHT}")
+    plain = ours(base, tmp_path / "p.png", [], "--guidance-scale", "4")
+    assert moved(guided, plain, parity_log, "base: reference vs none") > TOLERANCE
 
 
 def test_from_image_redoes_it_with_the_references_given_again(tiny_klein, references, edited, tmp_path):
