@@ -90,7 +90,7 @@ class Engine:
             cache_dir = default_cache_dir()
         self.runtime = Runtime(device, precision, cache_dir or None, streams)
         self.components = ComponentCache(self.runtime, self.folder, lanes=not low_memory)
-        self.networks = Networks(networks or NetworkFolders(), self.folder)
+        self.networks = Networks(networks or NetworkFolders(), self.folder, self.family)
         self.timings = self.components.timings
         self.unet_recorder: Callable[[dict], None] | None = None  # sees every UNet call's inputs
         self._prompts = LRUCache(PROMPT_CACHE)

@@ -1,10 +1,13 @@
 """LoRAs for one model folder: a file's modules matched to the layers of the folder's IRs,
 and the weight patches (runtime/lora.py) that fuse them.
 
-A LoRA targets "the UNet" and "text encoder N" (`text_encoder`, `text_encoder_2`): a model
-family needs nothing of its own.  A module is matched to an IR weight by name (see
-model/lora_names.py) and checked by size before anything is computed; a file that matches
-nothing is an error, a partly matched one a warning.
+A LoRA targets "the UNet" (the denoiser, whichever it is: a flow-matching transformer too)
+and "text encoder N" (`text_encoder`, `text_encoder_2`).  A module is matched to an IR weight
+by name (see model/lora_names.py; the model family says where a module's name may be in its
+IR: ModelFamily.lora_layers, which may also split a fused projection's module over separate
+layers) and checked by size before anything is computed; a file that matches nothing is an
+error, a partly matched one a warning, one for a component the family takes no LoRAs on
+(FLUX.2-klein's or Z-Image's text encoder) an error.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from sdcli.model.folder import ModelFolder
 from sdcli.model.lora_file import LoraModule, parse_lora
-from sdcli.model.lora_names import ir_weights, lora_layer_candidates
+from sdcli.model.lora_names import ir_weights
 from sdcli.model.tensor_files import read_tensors
 from sdcli.runtime.lora import WeightPatch
 from sdcli.util.errors import UsageError
@@ -68,39 +71,54 @@ class LoraUse:
         return self.unet if component == "unet" else self.te
 
 
+def ir_component(folder: ModelFolder, component: str) -> str:
+    """The IR a LoRA component is fused into: "unet" is the folder's denoiser (unet or transformer)."""
+    return folder.denoiser if component == "unet" else component
+
+
 def _layer_tables(folder: ModelFolder) -> dict[str, dict[str, tuple[str, int]]]:
-    return {c: ir_weights(folder.ir(c)) for c in COMPONENTS if folder.ir(c).is_file()}
+    irs = {c: folder.ir(ir_component(folder, c)) for c in COMPONENTS}
+    return {c: ir_weights(path) for c, path in irs.items() if path.is_file()}
 
 
-def match_modules(lora: LoraFile, folder: ModelFolder) -> tuple[dict[str, list[tuple[LoraModule, str]]], list[str]]:
-    """({component: [(module, IR constant)]}, keys of the modules that match no layer).
+def match_modules(lora: LoraFile, folder: ModelFolder, family) -> tuple[dict[str, list[tuple[LoraModule, str]]],
+                                                                         list[str]]:
+    """({component: [(module, IR constant)]}, keys of the modules that match no layer);
+    `family`: the folder's ModelFamily (where its IRs have a module's layer, which components
+    take LoRAs).
 
     UsageError when a matched layer's weight has another size than the module's ΔW (a LoRA
-    made for another base model)."""
+    made for another base model), or for a module of a component the family takes no LoRAs on."""
     tables = _layer_tables(folder)
     matched: dict[str, list[tuple[LoraModule, str]]] = {}
     unmatched = []
     for module in lora.modules:
+        if module.component not in family.lora_components:
+            raise UsageError(f"LoRA {lora.path.name} changes the text encoder ({module.key}): LoRAs on a "
+                             f"{family.name} model's text encoder are not supported yet (on its transformer they are)")
         table = tables.get(module.component, {})
-        layer = next((table[n] for n in lora_layer_candidates(module.component, module.name, folder.unet_config)
-                      if n in table), None)
-        if layer is None or module.kind is None:
+        layers = next((names for names in family.lora_layers(module.component, module.name)
+                       if all(n in table for n in names)), None)
+        parts = None if layers is None or module.kind is None else \
+            [module] if len(layers) == 1 else module.split(len(layers))
+        if parts is None:
             unmatched.append(module.key)
             continue
-        constant, size = layer
-        wanted = module.delta_size()
-        if size and wanted != size:
-            raise UsageError(f"LoRA {lora.path.name} does not fit this model: {module.key} changes "
-                             f"{constant.removesuffix('_compressed').removesuffix('.weight')}, whose weight has {size} values, by {wanted} "
-                             "(a LoRA for another base model?)")
-        matched.setdefault(module.component, []).append((module, constant))
+        for part, name in zip(parts, layers):
+            constant, size = table[name]
+            wanted = part.delta_size()
+            if size and wanted != size:
+                raise UsageError(f"LoRA {lora.path.name} does not fit this model: {module.key} changes "
+                                 f"{constant.removesuffix('_compressed').removesuffix('.weight')}, whose weight has "
+                                 f"{size} values, by {wanted} (a LoRA for another base model?)")
+            matched.setdefault(module.component, []).append((part, constant))
     return matched, unmatched
 
 
-def check_matches(lora: LoraFile, folder: ModelFolder) -> tuple[dict, str | None]:
+def check_matches(lora: LoraFile, folder: ModelFolder, family) -> tuple[dict, str | None]:
     """match_modules, with a UsageError for a file that matches nothing and a note for one
     that matches in part."""
-    matched, unmatched = match_modules(lora, folder)
+    matched, unmatched = match_modules(lora, folder, family)
     if not matched:
         raise UsageError(f"LoRA {lora.path} matches nothing in this model (its first keys: "
                          f"{', '.join((unmatched + lora.stray)[:SHOWN])}): a LoRA for another kind of model, or a "

@@ -159,8 +159,8 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     if init_image:
         stages["encoding the init image"] = unet + weights["encoder"] + vae_act
     held = held or {}
-    stages["denoising"] += held.get("unet", 0)
-    stages["encoding the prompt"] += sum(n for c, n in held.items() if c != "unet")
+    stages["denoising"] += held.get("unet", 0) + held.get("transformer", 0)
+    stages["encoding the prompt"] += sum(n for c, n in held.items() if c not in ("unet", "transformer"))
     stage = max(stages, key=stages.get)
     return MemoryEstimate(BASE + stages[stage], stage, stages)
 

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdcli.engine.lora import COMPONENTS, LoraFile, LoraUse, check_matches, weight_patch
+from sdcli.engine.lora import COMPONENTS, LoraFile, LoraUse, check_matches, ir_component, weight_patch
 from sdcli.model.embedding_file import SUFFIXES as EMBEDDING_SUFFIXES
 from sdcli.model.embedding_file import Embedding, read_embedding
 from sdcli.model.folder import ModelFolder
@@ -37,7 +37,9 @@ LORA_ENV, EMBEDDINGS_ENV = "SDCLI_LORA_DIR", "SDCLI_EMBEDDINGS_DIR"
 DEFAULT_LORA_DIR, DEFAULT_EMBEDDINGS_DIR = Path("models/Lora"), Path("models/embeddings")
 LORA_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 TAG = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network syntax
+TIDY_TAG = re.compile(r"\s*" + TAG.pattern)  # with the whitespace before it (parse_tags' tidy)
 LORA_TYPES = ("lora", "lyco")  # <lyco:...>: the LyCORIS extension's name for the same
+DENOISERS = ("unet", "transformer")  # IRs whose LoRAs do not change an encoded prompt
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,17 @@ def _number(text: str, what: str, tag: str, kind=float):
         raise UsageError(f"{tag}: the {what} must be a number, got {text!r}") from None
 
 
-def parse_tags(prompt: str) -> tuple[str, list[LoraTag], list[str]]:
-    """(the prompt without its `<type:...>` tags, the LoRA tags, notes on tags of other types)."""
+def parse_tags(prompt: str, tidy: bool = False) -> tuple[str, list[LoraTag], list[str]]:
+    """(the prompt without its `<type:...>` tags, the LoRA tags, notes on tags of other types).
+    A1111 leaves the whitespace around a tag, which a CLIP tokenizer ignores; `tidy` (for text
+    encoders whose tokens include whitespace: Qwen3's) removes a tag with the whitespace before
+    it, and with the whitespace after it where it begins the prompt, so that `a cat <lora:x:1>`
+    is encoded as `a cat`."""
     tags: list[LoraTag] = []
     notes: list[str] = []
 
     def found(match: re.Match) -> str:
-        kind, text = match.group(1), match.group(0)
+        kind, text = match.group(1), match.group(0).strip()
         if kind.lower() not in LORA_TYPES:
             notes.append(f"{text}: sdcli reads <lora:...> tags only; this one is left out of the prompt and ignored")
             return ""
@@ -77,7 +83,10 @@ def parse_tags(prompt: str) -> tuple[str, list[LoraTag], list[str]]:
         tags.append(LoraTag(positional[0].strip(), te, unet, dyn))
         return ""
 
-    return TAG.sub(found, prompt), tags, notes
+    if not tidy:
+        return TAG.sub(found, prompt), tags, notes
+    text = TIDY_TAG.sub(found, prompt)
+    return (text.lstrip() if TAG.match(prompt.lstrip()) else text), tags, notes
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ class ActiveNetworks:
     """What a request's prompt asked for, resolved: set on the request by Networks.activate."""
 
     loras: tuple[LoraUse, ...] = ()
-    patches: dict[str, WeightPatch] = field(default_factory=dict)
+    patches: dict[str, WeightPatch] = field(default_factory=dict)  # by the IR they change ("unet", "transformer", ...)
     embeddings: tuple[Embedding, ...] = ()
     embedding_hashes: dict[str, str] = field(default_factory=dict)
     lora_hashes: tuple[tuple[str, str], ...] = ()
@@ -174,7 +183,7 @@ class ActiveNetworks:
     def text_key(self) -> tuple:
         """What an encoded prompt depends on besides the text: the text encoders' LoRAs and the
         embeddings; and the LoRA files, whose notes come with an encoding."""
-        return (tuple((c, p.tag) for c, p in sorted(self.patches.items()) if c != "unet"), self.lora_hashes,
+        return (tuple((c, p.tag) for c, p in sorted(self.patches.items()) if c not in DENOISERS), self.lora_hashes,
                 tuple((e.name, self.embedding_hashes.get(e.name)) for e in self.embeddings))
 
 
@@ -182,9 +191,11 @@ class Networks:
     """The LoRAs and embeddings one engine's model takes from prompts (files read once, kept
     while they are unchanged)."""
 
-    def __init__(self, folders: NetworkFolders, folder: ModelFolder):
+    def __init__(self, folders: NetworkFolders, folder: ModelFolder, family):
+        """`family`: the folder's ModelFamily (where a LoRA's layers are in its IRs)."""
         self.folders = folders
         self.folder = folder
+        self.family = family
         self._files = LRUCache(8)  # (kind, path, size, mtime) -> what was read from the file
         self._lock = threading.Lock()
 
@@ -202,7 +213,7 @@ class Networks:
 
         def read():
             lora = LoraFile.read(path, self.folders.allow_pickle)
-            matched, note = check_matches(lora, self.folder)
+            matched, note = check_matches(lora, self.folder, self.family)
             return lora, matched, note, lora_hash(path, lora.metadata)
 
         lora, matched, note, short = self._cached("lora", path, read)
@@ -228,7 +239,7 @@ class Networks:
         embeddings resolve to; UsageError for a LoRA not found or not fitting this model."""
         if request.networks is not None:
             return request
-        prompt, tags, notes = parse_tags(request.prompt)
+        prompt, tags, notes = parse_tags(request.prompt, self.family.whitespace_tokens)
         files = _files(self.folders.lora_folder(), LORA_SUFFIXES) if tags else {}
         uses, matches, hashes = [], [], []
         for tag in tags:
@@ -238,7 +249,8 @@ class Networks:
             hashes.append((hash_name(tag.name), short))
             if note:
                 notes.append(note)
-        patches = {c: p for c in COMPONENTS if (p := weight_patch(uses, matches, c)) is not None}
+        patches = {ir_component(self.folder, c): p for c in COMPONENTS
+                   if (p := weight_patch(uses, matches, c)) is not None}
         embeddings, embedding_hashes = self._embeddings([prompt, request.negative_prompt])
         active = ActiveNetworks(tuple(uses), patches, embeddings, embedding_hashes, tuple(hashes), tuple(notes))
         return request.replace(prompt=prompt, networks=active)

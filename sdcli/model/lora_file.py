@@ -9,6 +9,9 @@ Formats (the tensor names of one layer share a prefix, the module, and differ in
   optional `lora_mid.weight` (LyCORIS' Tucker form) and `alpha`.
 * diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight` (`text_encoder.`,
   `text_encoder_2.`), optionally with `alpha`; diffusers' older `..._lora.down.weight` too.
+  A flow-matching transformer's (Z-Image, FLUX.2): `transformer.<module>` (diffusers/PEFT),
+  `diffusion_model.<module>` (ai-toolkit), `lora_unet_<module>` (kohya), all read as the
+  denoiser's ("unet"); the family maps their names onto its IR (ModelFamily.lora_layers).
 * LyCORIS LoHa: `hada_w1_a`, `hada_w1_b`, `hada_w2_a`, `hada_w2_b` (Tucker: `hada_t1`, `hada_t2`).
 * LyCORIS LoKr: `lokr_w1` or `lokr_w1_a`/`lokr_w1_b`, `lokr_w2` or `lokr_w2_a`/`lokr_w2_b`
   (Tucker: `lokr_t2`).
@@ -47,6 +50,8 @@ _COMPONENTS = [
     ("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"),
     ("lora_te_", "text_encoder"), ("unet.", "unet"), ("text_encoder_2.", "text_encoder_2"),
     ("text_encoder.", "text_encoder"), ("base_model.model.", "unet"),
+    # the flow-matching transformers' (Z-Image, FLUX.2): diffusers/PEFT's and ai-toolkit's; "unet" is the denoiser
+    ("transformer.", "unet"), ("diffusion_model.", "unet"),
 ]
 # diffusers' attention-processor LoRAs: `attn1.processor.to_q_lora` is `attn1.to_q`
 _PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
@@ -133,6 +138,19 @@ class LoraModule:
         if delta.size != int(np.prod(shape)):
             raise ValueError(f"{self.key}: its ΔW has {delta.size} values, the layer's weight {list(shape)}")
         return delta.reshape(shape)
+
+    def split(self, parts: int) -> list["LoraModule"] | None:
+        """The module as `parts` modules, each with an equal share of the rows of its up matrix
+        (its output features) and the whole down matrix and alpha: a LoRA on a fused projection
+        (FLUX's qkv) for a model whose layers are the separate projections; ΔW of part i is the
+        fused ΔW's rows of part i exactly.  None where that cannot be done (not a plain LoRA, or
+        rows not divisible)."""
+        up = self.tensors.get("lora_up.weight")
+        if self.kind != "lora" or "lora_mid.weight" in self.tensors or up.shape[0] % parts:
+            return None
+        rows = up.shape[0] // parts
+        return [LoraModule(self.component, self.name, self.key,
+                           {**self.tensors, "lora_up.weight": up[i * rows:(i + 1) * rows]}) for i in range(parts)]
 
     def _rank(self, kind: str | None) -> int | None:
         """The rank alpha is divided by (A1111's `dim`)."""

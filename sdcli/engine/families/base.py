@@ -158,6 +158,21 @@ class ModelFamily:
 
         return latent_sample(mean, logvar, rng, vae.scaling_factor)
 
+    # -- LoRAs (engine/lora.py) -------------------------------------------------------
+    lora_components: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2")  # what a LoRA may change ("unet":
+    # the denoiser); a file with layers for another is refused
+    whitespace_tokens = False  # whether its text encoder's tokens include whitespace (an LLM's): a prompt's
+    # <lora:...> tags are then removed with the whitespace before them (engine/networks.py: parse_tags)
+
+    def lora_layers(self, component: str, name: str) -> list[tuple[str, ...]]:
+        """Where a LoRA module named `name` (kohya's flat form, model/lora_names.py) may be in the
+        IR of `component`, most likely first: each a tuple of the IR's flat layer names, one, or
+        several over which the module's output rows are split in equal parts (a file's fused
+        projection, the IR's separate ones)."""
+        from sdcli.model.lora_names import lora_layer_candidates
+
+        return [(n,) for n in lora_layer_candidates(component, name, self.folder.unet_config)]
+
     # -- stage 3: the denoiser ----------------------------------------------------------
     def check(self, request: "GenerationRequest") -> None:
         """What the engine calls: the options only some families take (FAMILY_OPTIONS, which

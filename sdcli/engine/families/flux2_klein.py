@@ -57,7 +57,6 @@ class Flux2Klein(ModelFamily):
 
     def check_request(self, request) -> None:
         from sdcli.engine.latents import resolve_size
-        from sdcli.engine.networks import parse_tags
 
         unsupported = [(request.init_image is not None, "--init-image: FLUX.2-klein has no image-to-image strength; "
                         "use --reference-image (repeatable) to edit an image"),
@@ -65,9 +64,7 @@ class Flux2Klein(ModelFamily):
                        (request.deepcache > 1, "--deepcache is for UNet models; this is a FLUX.2 transformer"),
                        (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; FLUX.2-klein's is Qwen3"),
                        (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a FLUX.2 "
-                        "transformer"),
-                       (bool(parse_tags(request.prompt)[1]), "LoRAs (<lora:...>) are not supported for FLUX.2-klein "
-                        "models yet")]
+                        "transformer")]
         for refused, message in unsupported:
             if refused:
                 raise UsageError(message)
@@ -85,6 +82,15 @@ class Flux2Klein(ModelFamily):
         if width % step or height % step:
             raise UsageError(f"--width and --height must be multiples of {step} for this model (its transformer "
                              f"takes 2x2 patches of latents), got {width}x{height}")
+
+    # LoRAs: on the transformer only (families/transformer_lora.py: the names they come in)
+    lora_components = ("unet",)
+    whitespace_tokens = True  # Qwen3's: "a cat <lora:x:1>" is encoded as "a cat"
+
+    def lora_layers(self, component: str, name: str) -> list[tuple[str, ...]]:
+        from sdcli.engine.families.transformer_lora import flux2_layers
+
+        return flux2_layers(component, name)
 
     def make_scheduler(self, name: str | None):
         from sdcli.schedulers.flow_match import FlowMatchEulerDiscreteScheduler

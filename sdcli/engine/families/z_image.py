@@ -60,15 +60,12 @@ class ZImage(ModelFamily):
 
     def check_request(self, request) -> None:
         from sdcli.engine.latents import resolve_size
-        from sdcli.engine.networks import parse_tags
 
         unsupported = [(request.mask is not None, "--mask (inpainting) is not supported for Z-Image models"),
                        (request.deepcache > 1, "--deepcache is for UNet models; this is a Z-Image transformer"),
                        (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; Z-Image's is Qwen3"),
                        (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a Z-Image "
-                        "transformer"),
-                       (bool(parse_tags(request.prompt)[1]), "LoRAs (<lora:...>) are not supported for Z-Image "
-                        "models yet")]
+                        "transformer")]
         for refused, message in unsupported:
             if refused:
                 raise UsageError(message)
@@ -77,6 +74,15 @@ class ZImage(ModelFamily):
         if width % step or height % step:
             raise UsageError(f"--width and --height must be multiples of {step} for this model (its transformer "
                              f"takes 2x2 patches of latents), got {width}x{height}")
+
+    # LoRAs: on the transformer only (families/transformer_lora.py: the names they come in)
+    lora_components = ("unet",)
+    whitespace_tokens = True  # Qwen3's: "a cat <lora:x:1>" is encoded as "a cat"
+
+    def lora_layers(self, component: str, name: str) -> list[tuple[str, ...]]:
+        from sdcli.engine.families.transformer_lora import z_image_layers
+
+        return z_image_layers(component, name)
 
     def make_scheduler(self, name: str | None):
         """The model's own FlowMatchEulerDiscreteScheduler (the only sampler of this family)."""
