@@ -45,7 +45,7 @@ class ModelMissingWorker(RowWorker):
         return {**super().ready(), "error": "model folder not found: /models/sd15"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # shut down at the end of this file: its raylet, GCS and monitors take CPU
 def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray")
     crash_dir = tmp_path_factory.mktemp("crash-markers")

@@ -23,12 +23,8 @@ BOUNDS = {("fp16", "f32"): (4, 0.6), ("fp32", "bf16"): (40, 5.0), ("fp16", "bf16
 
 
 @pytest.fixture(scope="module")
-def tiny_fp16(tiny_eps, tmp_path_factory):
-    from sdcli.convert.export import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("fp16") / "tiny-fp16"
-    convert(str(tiny_eps.diffusers_dir), out, ConvertOptions(weight_format="fp16"), log=lambda s: None)
-    return out
+def tiny_fp16(tiny_eps_fp16):
+    return tiny_eps_fp16
 
 
 def _image(folder, precision: str) -> np.ndarray:

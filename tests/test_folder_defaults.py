@@ -218,28 +218,24 @@ def _with_bad_key(folder: Path):
     return result
 
 
-def test_an_sdxl_turbo_style_folder_needs_no_flags(tmp_path_factory, tmp_path, parity_log):
+def test_an_sdxl_turbo_style_folder_needs_no_flags(tiny_sdxl, tmp_path, parity_log):
     """The issue's case: an SDXL folder converted with SDXL-Turbo's recipe (1 step, guidance 0,
-    Euler a with trailing spacing) as its defaults makes diffusers' Turbo picture with no flags."""
+    Euler a with trailing spacing) as its defaults makes diffusers' Turbo picture with no flags
+    (the tiny SDXL's diffusers folder, converted again here with those defaults)."""
     import diffusers
 
-    from sdcli.convert.random_model import TINY_SDXL, build_random_sdxl
-    from tests.models import TinySDXL
-
-    root = tmp_path_factory.mktemp("sdxl-defaults")
-    build_random_sdxl(root / "src", TINY_SDXL, seed=0)
-    result = run("convert", root / "src", "--output", root / "turbo", "--weight-format", "fp32", "--quiet",
-                 "--default-steps", "1", "--default-guidance", "0", "--scheduler", "euler_a",
+    folder = tmp_path / "turbo"
+    result = run("convert", tiny_sdxl.diffusers_dir, "--output", folder, "--weight-format", "fp32",
+                 "--quiet", "--default-steps", "1", "--default-guidance", "0", "--scheduler", "euler_a",
                  "--timestep-spacing", "trailing")
     assert result.exit_code == 0, result.output
-    model = TinySDXL(root / "src", root / "turbo", "epsilon")
-    png = generate(model.ov_dir, tmp_path / "a.png")["png"]
+    png = generate(folder, tmp_path / "a.png")["png"]
     assert (png["steps"], png["guidance_scale"], png["scheduler"]) == (1, 0.0, "euler_a")
-    components = dict(model.components())
+    components = dict(tiny_sdxl.components())
     components["scheduler"] = diffusers.EulerAncestralDiscreteScheduler.from_config(
         components["scheduler"].config, timestep_spacing="trailing")
     theirs = diffusers_pixels(components, None, xl=True, steps=1, guidance=0.0, **SIZE)
-    ours = sdcli_pixels(model.ov_dir, tmp_path / "ours.png", steps=None, **SIZE)
+    ours = sdcli_pixels(folder, tmp_path / "ours.png", steps=None, **SIZE)
     compare(ours, theirs, parity_log, model="sdxl defaults", scheduler="euler_a", mode="trailing 1", size="64x64")
 
 

@@ -61,15 +61,10 @@ def test_guidance_rescale_matches_diffusers(tiny_vpred, scheduler, tmp_path, par
     assert np.abs(diffusers_pixels(components, scheduler, **SIZE) - theirs).max() > 10
 
 
-def test_guidance_rescale_on_a_zero_snr_sdxl_model_matches_diffusers(tmp_path_factory, tmp_path, parity_log):
+def test_guidance_rescale_on_a_zero_snr_sdxl_model_matches_diffusers(tiny_sdxl_vpred, tmp_path, parity_log):
     """What guidance_rescale is for: a v-prediction model trained with zero terminal SNR
     (trailing spacing), here a tiny SDXL one, against StableDiffusionXLPipeline."""
-    from sdcli.convert.random_model import SDXL_SCHEDULER
-    from tests.models import build_tiny_sdxl
-
-    config = dict(SDXL_SCHEDULER, rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    model = build_tiny_sdxl(tmp_path_factory.mktemp("sdxl-rescale"), "tiny-sdxl-vpred", "v_prediction", seed=5,
-                            scheduler_config=config)
+    model = tiny_sdxl_vpred
     theirs = diffusers_pixels(model.components(), "euler", xl=True, guidance_rescale=PHI, **SIZE)
     ours = sdcli_pixels(model.ov_dir, tmp_path / "out.png", "--guidance-rescale", PHI, scheduler="euler", **SIZE)
     compare(ours, theirs, parity_log, model="sdxl v zero-snr", scheduler="euler", mode=f"rescale {PHI}", size="64x64")

@@ -6,14 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.models import build_tiny_sdxl
 from tests.reference import NEGATIVE, PROMPT, SEED, compare, diffusers_scheduler, sdcli_pixels, to_pixels
 
 
 @pytest.fixture(scope="module")
-def models(tiny_sdxl, tmp_path_factory):
-    root = tmp_path_factory.mktemp("refiner-models")
-    return tiny_sdxl, build_tiny_sdxl(root, "tiny-sdxl-refiner", seed=4, refiner=True)
+def models(tiny_sdxl, tiny_sdxl_refiner):
+    return tiny_sdxl, tiny_sdxl_refiner
 
 
 def diffusers_handoff(base, refiner, scheduler: str, steps: int, switch: float, width=64, height=64) -> np.ndarray:

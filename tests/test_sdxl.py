@@ -1,6 +1,8 @@
 """SDXL against diffusers' StableDiffusionXL(Img2Img|Inpaint)Pipeline: `sdcli generate --rng torch
 --precision f32` on tiny random-weight SDXL models (two text encoders, text_embeds and
-time_ids), max pixel difference <= 2 of 255 (tests/reference.py)."""
+time_ids), max pixel difference <= 2 of 255 (tests/reference.py). The base, the zero-SNR
+v-prediction model and the refiner are conftest's session fixtures (test_refiner.py and
+test_guidance_rescale.py use them too)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdcli.convert.random_model import SDXL_SCHEDULER
 from tests.models import build_tiny_sdxl
 from tests.reference import SCHEDULERS, compare, diffusers_pixels, sdcli_pixels
 
@@ -23,20 +24,8 @@ def sdxl_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl_vpred(sdxl_root):
-    """v-prediction trained with zero terminal SNR (trailing spacing), as the issue's NoobAI-style models."""
-    config = dict(SDXL_SCHEDULER, rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    return build_tiny_sdxl(sdxl_root, "tiny-sdxl-vpred", "v_prediction", seed=5, scheduler_config=config)
-
-
-@pytest.fixture(scope="module")
 def tiny_sdxl_inpaint(sdxl_root):
     return build_tiny_sdxl(sdxl_root, "tiny-sdxl-inpaint", seed=3, in_channels=9)
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl_refiner(sdxl_root):
-    return build_tiny_sdxl(sdxl_root, "tiny-sdxl-refiner", seed=4, refiner=True)
 
 
 def both(model, tmp_path, scheduler, *extra, pipeline_config=None, mask_blur=None, **arguments):

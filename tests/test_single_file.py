@@ -19,18 +19,17 @@ from tests.single_file import build_wide_tiny_sdxl, write_sd_single_file, write_
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, SimpleNamespace]:
-    """Per kind (sdxl, sdxl-refiner, sd): a tiny diffusers folder (not converted) and its single
-    file. The SDXL base's second text encoder is wider than its first, as SDXL's are
-    (tests/single_file.wide_sdxl_sizes); the refiner and SD 1.x are the suite's tiny shapes."""
-    from sdcli.convert.random_model import TINY, TINY_SDXL_REFINER, build_random_pipeline, build_random_sdxl
-
+def files(tmp_path_factory, tiny_sdxl_refiner, tiny_eps) -> dict[str, SimpleNamespace]:
+    """Per kind (sdxl, sdxl-refiner, sd): a tiny diffusers folder and its single file. The SDXL
+    base's second text encoder is wider than its first, as SDXL's are
+    (tests/single_file.wide_sdxl_sizes); the refiner and SD 1.x are the suite's tiny models
+    (conftest's tiny_sdxl_refiner and tiny_eps: their diffusers folders, only read here)."""
     root = tmp_path_factory.mktemp("single-file")
     build_wide_tiny_sdxl(root / "sdxl", seed=2)
-    build_random_sdxl(root / "sdxl-refiner", TINY_SDXL_REFINER, seed=4)
-    build_random_pipeline(root / "sd", TINY, seed=0)
+    folders = {"sdxl": root / "sdxl", "sdxl-refiner": tiny_sdxl_refiner.diffusers_dir, "sd": tiny_eps.diffusers_dir}
     write = {"sdxl": write_sdxl_single_file, "sdxl-refiner": write_sdxl_single_file, "sd": write_sd_single_file}
-    return {kind: SimpleNamespace(root=root, folder=root / kind, file=writer(root / kind, root / f"{kind}.safetensors"))
+    return {kind: SimpleNamespace(root=root, folder=folders[kind],
+                                  file=writer(folders[kind], root / f"{kind}.safetensors"))
             for kind, writer in write.items()}
 
 
@@ -149,14 +148,11 @@ def test_sdxl_single_file_converts_to_diffusers_pixels(files, tmp_path, parity_l
     compare(ours, theirs, parity_log, model="sdxl 1-file", scheduler="euler", mode="txt2img", size="64x64")
 
 
-def test_weights_diffusers_leaves_unloaded_are_a_clear_error(tmp_path):
-    """With TINY_SDXL's two text encoders of the same width, diffusers' loader takes ViT-L's
-    tensors for text_encoder_2 and leaves the rest of it on the meta device: refused in one
-    line, before anything is written."""
-    from sdcli.convert.random_model import TINY_SDXL, build_random_sdxl
-
-    folder = tmp_path / "same-width"
-    build_random_sdxl(folder, TINY_SDXL, seed=0)
+def test_weights_diffusers_leaves_unloaded_are_a_clear_error(tiny_sdxl, tmp_path):
+    """With TINY_SDXL's two text encoders of the same width (conftest's tiny_sdxl), diffusers'
+    loader takes ViT-L's tensors for text_encoder_2 and leaves the rest of it on the meta device:
+    refused in one line, before anything is written."""
+    folder = tiny_sdxl.diffusers_dir
     single = write_sdxl_single_file(folder, tmp_path / "same-width.safetensors")
     with pytest.raises(UsageError, match="same-width.safetensors.*text_encoder_2"):
         convert(str(single), tmp_path / "out", ConvertOptions(config=str(folder), weight_format="fp32"),
