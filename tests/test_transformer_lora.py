@@ -5,7 +5,8 @@
 The files are made here with random tensors under the real key names of the tiny models' linear
 layers: diffusers/PEFT's (`transformer.<path>.lora_A.weight`), the one compared with diffusers;
 then the same ΔW written in kohya's layout (`lora_unet_<path with _>`, with an alpha: up x2 and
-alpha = rank/2) and ai-toolkit's (`diffusion_model.<path>`).  For FLUX.2 those two use Black
+alpha = rank/2) and ai-toolkit's (`diffusion_model.<path>`); for Z-Image also kohya's under the
+original model's names, q, k and v fused as `attention.qkv`.  For FLUX.2 those two use Black
 Forest Labs' names, whose double blocks fuse q, k and v (`img_attn.qkv`): the three PEFT
 modules become one of rank 3r, down the three downs stacked, up block-diagonal, which diffusers
 and sdcli split back into the same three ΔW; the modules are those diffusers' kohya conversion
@@ -111,13 +112,7 @@ def flux_bfl(lora) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             named[name] = pair
     for name, pairs in fused.items():
         assert len(pairs) == 3
-        down = np.concatenate([d for d, _ in pairs])
-        up = np.zeros((sum(u.shape[0] for _, u in pairs), down.shape[0]), np.float32)
-        row = 0
-        for i, (_, u) in enumerate(pairs):
-            up[row:row + u.shape[0], i * RANK:(i + 1) * RANK] = u
-            row += u.shape[0]
-        named[name] = (down, up)
+        named[name] = fuse_qkv(pairs)
     return named
 
 
@@ -182,8 +177,38 @@ def check_family(model: str, tiny, tmp_path, parity_log, layers, layouts, call: 
     return folder, loras, half
 
 
+def fuse_qkv(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Modules (down, up) of q, k, v as one of rank 3r: downs stacked, up block-diagonal (the same ΔW)."""
+    down = np.concatenate([d for d, _ in pairs])
+    up = np.zeros((sum(u.shape[0] for _, u in pairs), down.shape[0]), np.float32)
+    row = 0
+    for i, (_, u) in enumerate(pairs):
+        up[row:row + u.shape[0], i * RANK:(i + 1) * RANK] = u
+        row += u.shape[0]
+    return down, up
+
+
+def z_image_original(lora) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The PEFT modules under the original Z-Image's names (x_embedder, final_layer, attention.out,
+    and attention.qkv fused), as its single-file checkpoint has them."""
+    import re
+
+    named, fused = {}, {}
+    for path, pair in lora.items():
+        path = path.replace("all_x_embedder.2-1", "x_embedder").replace("all_final_layer.2-1", "final_layer")
+        path = path.replace(".attention.to_out.0", ".attention.out")
+        match = re.fullmatch(r"(.*\.attention)\.to_([qkv])", path)
+        if match:
+            fused.setdefault(match.group(1), {})[match.group(2)] = pair
+        else:
+            named[path] = pair
+    for block, parts in fused.items():
+        named[f"{block}.qkv"] = fuse_qkv([parts[p] for p in "qkv"])
+    return named
+
+
 def z_image_layouts(lora):
-    return {"kohya": kohya(lora), "ai_toolkit": ai_toolkit(lora)}
+    return {"kohya": kohya(lora), "ai_toolkit": ai_toolkit(lora), "original_names": kohya(z_image_original(lora))}
 
 
 def test_z_image_loras_match_diffusers_in_every_layout(tiny_z_image, tmp_path, parity_log):
@@ -225,6 +250,15 @@ def test_flux2_klein_loras_match_diffusers_in_every_layout(tiny_klein, tmp_path,
     layers = linear_layers(tiny_klein[2].transformer, lambda path: bfl_name(path) is not None)
     assert any(path.endswith("attn.add_k_proj") for path in layers)  # the fused qkv's are in the set
     check_family("flux2-klein", tiny_klein, tmp_path, parity_log, layers, flux_layouts, {"guidance_scale": 1.0})
+
+
+def test_tags_leave_no_whitespace_for_qwen3_but_do_as_a1111_for_clip():
+    from sdcli.engine.networks import parse_tags
+
+    for prompt, tidy in [("a cat <lora:x:1>", "a cat"), ("<lora:x:1> a cat", "a cat"),
+                         ("a cat <lora:x:1> on a mat", "a cat on a mat"), ("a cat ", "a cat ")]:
+        assert parse_tags(prompt, tidy=True)[0] == tidy
+    assert parse_tags("a cat <lora:x:1> on a mat")[0] == "a cat  on a mat"
 
 
 def test_a_qwen3_text_encoder_lora_is_one_line_exit_2(tiny_klein, tmp_path):
