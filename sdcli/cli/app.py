@@ -169,6 +169,23 @@ def list_schedulers(value: bool) -> None:
         raise typer.Exit(0)
 
 
+CACHE_MAX_GB_HELP = ("The compiled-model cache's bound in GB: the least recently used blobs are removed to keep "
+                     "under it; 0: no cache, compile every time [default: $SDCLI_CACHE_MAX_GB, else 20 or a "
+                     "quarter of the cache disk's free space, whichever is less].")
+
+
+def use_cache_max_gb(value: Optional[float]) -> None:
+    """--cache-max-gb: checked, and passed on through $SDCLI_CACHE_MAX_GB, which every Runtime
+    reads (also those of serve's workers and batch's row runners); without it the variable is
+    checked as it is."""
+    from sdcli.runtime.blob_cache import MAX_ENV, parse_max_gb
+
+    if value is not None:
+        os.environ[MAX_ENV] = repr(float(value))
+    elif os.environ.get(MAX_ENV, "").strip():
+        parse_max_gb(os.environ[MAX_ENV])
+
+
 def option_given(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from sdcli.cli.app import (STATE, app, finite, list_schedulers, option_given, positive_multiple_of_8,
-                           scheduler_name, user_errors)
+from sdcli.cli.app import (CACHE_MAX_GB_HELP, STATE, app, finite, list_schedulers, option_given,
+                           positive_multiple_of_8, scheduler_name, use_cache_max_gb, user_errors)
 from sdcli.engine.request import GUIDANCE_MAX
 from sdcli.util.errors import UsageError
 
@@ -60,12 +60,14 @@ def batch(
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where a row's <lora:NAME:WEIGHT> finds NAME (see generate) [default: $SDCLI_LORA_DIR, else models/Lora]."),
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings (see generate) [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
+    cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done.
 
     FILE: .txt, one prompt a line; .jsonl or .csv rows may also set negative_prompt, seed,
     steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength and name."""
     with user_errors("interrupted; run the same command again to finish"):
+        use_cache_max_gb(cache_max_gb)
         from sdcli.batch.run import BatchOptions, run_batch
         from sdcli.engine.networks import NetworkFolders
 

@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from sdcli.cli.app import (app, finite, list_schedulers, option_given, positive_multiple_of_8, process_age,
-                           scheduler_name, user_errors, warn)
+from sdcli.cli.app import (CACHE_MAX_GB_HELP, app, finite, list_schedulers, option_given, positive_multiple_of_8,
+                           process_age, scheduler_name, use_cache_max_gb, user_errors, warn)
 from sdcli.engine.request import AESTHETIC_SCORE, GUIDANCE_MAX, NEGATIVE_AESTHETIC_SCORE
 from sdcli.util.errors import UsageError
 
@@ -73,11 +73,13 @@ def generate(
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where <lora:NAME:WEIGHT> in the prompt finds NAME (subfolders included) [default: $SDCLI_LORA_DIR, else models/Lora]."),
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of the prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin), which can run code: only files you trust."),
+    cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP),
 ):
     """Make images from a prompt (and optionally an init image)."""
     # the arguments as this function got them: click's ctx.params may hold Typer's paths as str
     options = SimpleNamespace(**{name: value for name, value in locals().items() if name != "ctx"})
     with user_errors("interrupted"):
+        use_cache_max_gb(cache_max_gb)
         if from_image is not None:
             from sdcli.engine.parameters import settings_from_image
 

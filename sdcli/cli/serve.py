@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from sdcli.cli.app import app, user_errors
+from sdcli.cli.app import CACHE_MAX_GB_HELP, app, finite, use_cache_max_gb, user_errors
 from sdcli.util.errors import SdcliError, UsageError
 
 
@@ -40,11 +40,13 @@ def serve(
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where <lora:NAME:WEIGHT> in a prompt finds NAME [default: $SDCLI_LORA_DIR, else models/Lora]."),
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of a prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
+    cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP),
 ):
     """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...) and OpenAI's
     images API (/v1/images/generations, edits, variations, /v1/models) with the model kept warm
     between requests."""
     with user_errors("interrupted"):
+        use_cache_max_gb(cache_max_gb)
         credentials = parse_auth(api_auth)
         if api_key is not None and not api_key.strip():
             raise UsageError("--api-key (or $SDCLI_API_KEY) is empty: give a key, or leave it out")

@@ -19,6 +19,9 @@ later run imports it.  Exporting through the Python API instead (CompiledModel.e
 builds the whole blob in memory first: a second copy of the model at the run's peak.
 A blob is the file CACHE_DIR writes: OpenVINO's header (see `blob_payload`), then what
 export_model gives.
+
+The cache is bounded ($SDCLI_CACHE_MAX_GB, see blob_cache.py): each new blob gets a JSON sidecar
+saying what it is, and least recently used blobs that no process holds are removed to make room.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from sdcli.runtime import blob_cache
 from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_write_bytes
 
@@ -97,7 +101,10 @@ def default_cache_dir() -> Path:
 
 
 class MappedFile:
-    """A file mapped copy-on-write (never written) and exposed as an ov.Tensor of bytes."""
+    """A file mapped copy-on-write (never written) and exposed as an ov.Tensor of bytes.
+
+    The open file holds a shared flock as long as it is mapped (the mapping keeps its own
+    descriptor of it): the cache's pruning never removes a blob in use (blob_cache.py)."""
 
     def __init__(self, path: Path):
         import numpy as np
@@ -107,6 +114,7 @@ class MappedFile:
             st = os.fstat(f.fileno())
             size = st.st_size
             self.identity = (st.st_dev, st.st_ino)  # the file mapped, even if `path` is replaced since
+            blob_cache.lock_shared(f.fileno())
             self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
         self.data = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         self.tensor = ov.Tensor(self.data, shared_memory=True)
@@ -175,6 +183,16 @@ def _remove_abandoned_exports(cache: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def _model_folder(xml: Path) -> Path:
+    """The converted model folder an IR belongs to: the nearest folder above it with a
+    model_index.json, else the IR's own folder."""
+    xml = xml.resolve()
+    for folder in xml.parents:
+        if (folder / "model_index.json").is_file():
+            return folder
+    return xml.parent
+
+
 def _file_id(path: Path) -> list:
     st = path.stat()
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
@@ -184,17 +202,22 @@ class Runtime:
     """The OpenVINO core, device, precision and blob cache shared by all components."""
 
     def __init__(self, device: str = "CPU", precision: str = "auto", cache_dir: Path | None = None,
-                 streams: int | None = None):
+                 streams: int | None = None, cache_max_bytes: int | None = None):
         """`streams`: None compiles for latency (one request at a time, all cores on it);
         0 for throughput with OpenVINO's choice of streams; N for throughput with N streams
-        (several requests run at once, each on its share of the cores)."""
+        (several requests run at once, each on its share of the cores).  `cache_max_bytes`:
+        the blob cache's bound [default: $SDCLI_CACHE_MAX_GB, else blob_cache's default, taken
+        now]; 0: no cache."""
         import openvino as ov
 
         check_precision(precision)
         self.core = ov.Core()
         self.device = device
         self.precision = precision
-        self.cache_dir = cache_dir
+        if cache_dir is not None and cache_max_bytes is None:
+            cache_max_bytes = blob_cache.max_bytes(cache_dir)
+        self.cache_max_bytes = cache_max_bytes
+        self.cache_dir = cache_dir if cache_max_bytes != 0 else None  # 0: compile every time
         self.streams = streams
         available = {d.split(".")[0] for d in self.core.available_devices}
         if device.split(":")[0].split(".")[0] not in available and not device.startswith(("AUTO", "HETERO", "MULTI")):
@@ -258,9 +281,7 @@ class Runtime:
             mapped = None
             try:
                 mapped = MappedFile(blob)
-                if "-lora" in blob.name:  # most recently used: LoRA blobs are pruned by it
-                    with contextlib.suppress(OSError):
-                        os.utime(blob)
+                blob_cache.mark_used(blob)  # the cache removes the least recently used first
                 with mapped.dropping_pages():
                     payload = mapped.tensor_from(blob_payload(bytes(mapped.data[:BLOB_HEADER_MAX])))
                     return self.core.import_model(payload, self.device, config), mapped
@@ -277,8 +298,11 @@ class Runtime:
             except RuntimeError as exc:
                 raise UsageError(f"{component}: cannot take shapes {shapes}: {openvino_reason(exc)}") from None
             export = blob is not None and self._second_compile(blob)
+            meta = {"model": str(_model_folder(xml)), "component": component, "xml": str(xml.resolve()),
+                    "shapes": {k: list(v) for k, v in shapes.items()}, "device": self.device,
+                    "precision": precision or self.precision}
             try:
-                compiled = self._compile(model, config, blob if export else None)
+                compiled = self._compile(model, config, blob if export else None, meta)
             except RuntimeError as exc:
                 raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {openvino_reason(exc)}") from None
             del model
@@ -298,8 +322,9 @@ class Runtime:
             pass  # no cache is slower, not wrong
         return False
 
-    def _compile(self, model, config: dict, blob: Path | None):
-        """Compile `model`; with `blob`, OpenVINO also writes it there (see the module's doc)."""
+    def _compile(self, model, config: dict, blob: Path | None, meta: dict | None = None):
+        """Compile `model`; with `blob`, OpenVINO also writes it there (see the module's doc)
+        with `meta` in its sidecar, and the cache is brought back under its bound."""
         if blob is None:
             return self.core.compile_model(model, self.device, config)
         _remove_abandoned_exports(blob.parent)
@@ -314,11 +339,12 @@ class Runtime:
                 return self.core.compile_model(model, self.device, config)
             written = list(folder.glob("*.blob"))
             if len(written) == 1:
-                with contextlib.suppress(OSError):
-                    os.replace(written[0], blob)
-                    blob.with_name(blob.name + ".seen").unlink(missing_ok=True)
-                    if "-lora" in blob.name:
-                        self._prune_lora_blobs(blob)
+                with contextlib.suppress(OSError):  # a full disk: no blob this time, the run goes on
+                    if written[0].stat().st_size and blob_cache.store(written[0], blob, meta or {},
+                                                                      self.cache_max_bytes):
+                        blob.with_name(blob.name + ".seen").unlink(missing_ok=True)
+                        if "-lora" in blob.name:
+                            self._prune_lora_blobs(blob)
             return compiled
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -328,6 +354,6 @@ class Runtime:
         """Keep LORA_BLOBS_KEPT blobs of `blob`'s component with LoRAs (each is a whole copy of
         its weights, and every set of LoRAs used twice makes one)."""
         base = blob.name.split("-lora", 1)[0]
-        blobs = sorted(blob.parent.glob(f"{base}-lora*.blob"), key=lambda p: p.stat().st_mtime, reverse=True)
+        blobs = sorted(blob.parent.glob(f"{base}-lora*.blob"), key=lambda p: p.stat().st_atime, reverse=True)
         for old in blobs[LORA_BLOBS_KEPT:]:
-            old.unlink(missing_ok=True)
+            blob_cache.remove_blob(old)
