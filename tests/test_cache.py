@@ -216,7 +216,14 @@ def test_cache_list_and_prune_variants(tmp_path, monkeypatch):
         ("text_encoder-b.blob", str(model_b), "text_encoder", 800)]
     assert listing["blobs"][0]["size_key"] == "sample:2x4x6x8"
     r = cli("cache", "list")
-    assert r.exit_code == 0 and "5 blobs" in r.output and f"{model_b}  text_encoder  sample:2x4x6x8  800" in r.output
+    assert r.exit_code == 0 and "5 blobs" in r.output, r.output
+    table = [line.split() for line in r.output.splitlines()[1:]]
+    assert table[0] == ["MODEL", "COMPONENT", "SIZE", "KEY", "BYTES", "LAST", "USE"]
+    assert [row[:4] for row in table[1:]] == [[str(model_a), "unet", "sample:2x4x6x8", "100"],
+                                              ["?", "unet-nosidecar.blob", "?", "50"],
+                                              [str(model_b), "unet", "sample:2x4x6x8", "400"],
+                                              [str(model_a), "vae_decoder", "sample:2x4x6x8", "200"],
+                                              [str(model_b), "text_encoder", "sample:2x4x6x8", "800"]]
 
     r = cli("cache", "prune", "--older-than", "5")
     assert r.exit_code == 0 and "removed 1 blobs, 100 bytes freed" in r.output and "unet-old.blob" in r.output

@@ -47,10 +47,16 @@ def list_blobs(
                               "blobs": [e.as_json() for e in found]}, indent=1))
             return
         print(f"{cache}: {len(found)} blobs, {_human(total)} of {_human(max_bytes(cache))}")
+        if not found:
+            return
+        rows = [("MODEL", "COMPONENT", "SIZE KEY", "BYTES", "LAST USE")]
         for e in found:
             row = e.as_json()
-            print(f"{row['model'] or '?'}  {row['component'] or e.path.name}  {row['size_key'] or '?'}  "
-                  f"{e.bytes}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_use))}")
+            rows.append((row["model"] or "?", row["component"] or e.path.name, row["size_key"] or "?", str(e.bytes),
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_use))))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join([*(r[i].ljust(widths[i]) if i != 3 else r[i].rjust(widths[i]) for i in range(4)), r[4]]))
 
 
 @cache_app.command("prune")
