@@ -14,6 +14,26 @@ from sdcli.cli.app import CACHE_MAX_GB_HELP, app, finite, use_cache_max_gb, user
 from sdcli.util.errors import SdcliError, UsageError
 
 
+def output_folder(value: Optional[Path]) -> Path:
+    """Where the MCP tools write their images: `value`, else $SDCLI_OUTPUT_DIR, else ~/sdcli-images
+    (made with the first image; UsageError now when it could not be)."""
+    folder = (value or Path(os.environ.get("SDCLI_OUTPUT_DIR") or Path.home() / "sdcli-images")).expanduser().resolve()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--output-dir: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir: {folder} cannot be written ({existing} is not writable)")
+    return folder
+
+
+def mcp_installed() -> bool:
+    try:
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def parse_auth(value: Optional[str]) -> list[tuple[str, str]]:
     """USER:PASS[,USER:PASS] -> [(user, password)]."""
     if value is None:
@@ -40,11 +60,12 @@ def serve(
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where <lora:NAME:WEIGHT> in a prompt finds NAME [default: $SDCLI_LORA_DIR, else models/Lora]."),
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of a prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where the MCP tools at /mcp write their images [default: $SDCLI_OUTPUT_DIR, else ~/sdcli-images]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP),
 ):
-    """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...) and OpenAI's
-    images API (/v1/images/generations, edits, variations, /v1/models) with the model kept warm
-    between requests."""
+    """Serve AUTOMATIC1111's web API (txt2img, img2img, progress, options, ...), OpenAI's
+    images API (/v1/images/generations, edits, variations, /v1/models) and MCP's tools
+    (streamable HTTP at /mcp) with the model kept warm between requests."""
     with user_errors("interrupted"):
         use_cache_max_gb(cache_max_gb)
         credentials = parse_auth(api_auth)
@@ -61,6 +82,10 @@ def serve(
         from sdcli.serve.server import listen, run
 
         check_precision(precision)
+        folder = output_folder(output_dir) if mcp_installed() else None
+        if folder is None:
+            print('sdcli: serve: no MCP at /mcp (the mcp package is missing: pip install "sdcli[serve]")',
+                  file=sys.stderr)
         from sdcli.engine.networks import NetworkFolders
 
         networks = NetworkFolders(lora_dir, embeddings_dir, allow_pickle)
@@ -82,9 +107,10 @@ def serve(
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
 
         def ready(server) -> None:
-            print(f"sdcli: serving AUTOMATIC1111's API (/sdapi/v1) and OpenAI's images API (/v1) on "
+            mcp = f", MCP (/mcp, images written under {folder})" if folder is not None else ""
+            print(f"sdcli: serving AUTOMATIC1111's API (/sdapi/v1) and OpenAI's images API (/v1){mcp} on "
                   f"http://{shown}:{bound[1]} (docs: /docs)",
                   file=sys.stderr, flush=True)
 
         run(sock, path, models_dir if models_dir.is_dir() else None, credentials, queue_size, precision, ready,
-            networks, api_key.strip() if api_key else None)
+            networks, api_key.strip() if api_key else None, mcp_output_dir=folder, host=host)

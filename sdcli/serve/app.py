@@ -6,7 +6,8 @@ cannot be done, naming it; 404 an unknown model or route; 401 missing or wrong c
 413 a body too large; 503 a full queue or a server shutting down; 500 a failure), never a
 traceback.  With credentials (`--api-auth`), every route asks for HTTP Basic auth, /docs and
 /openapi.json included.  The /v1 routes answer OpenAI's error body instead, and with an API key
-(`--api-key`) ask for `Authorization: Bearer KEY` (not the Basic credentials).
+(`--api-key`) ask for `Authorization: Bearer KEY` (not the Basic credentials).  /mcp (the MCP
+tools over streamable HTTP, mcp_server.py) asks for what /v1 asks for.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ from sdcli.serve.worker import Job, ModelNotFound, QueueFull, ServerStopping, Wo
 from sdcli.util.errors import SdcliError, UsageError, error_text
 
 MAX_BODY = 64 << 20  # bytes of one request body
+
+MCP_PATH = "/mcp"
 
 STATUS = [(ModelNotFound, 404), (QueueFull, 503), (ServerStopping, 503), (UsageError, 422), (SdcliError, 500)]
 
@@ -84,7 +87,7 @@ class Guard:
     def _refused(self, scope) -> JSONResponse | None:
         """The 401 for a request without the credentials its route asks for, else None."""
         path = scope.get("path", "")
-        if not openai_api.is_openai_path(path):
+        if not (openai_api.is_openai_path(path) or path == MCP_PATH or path.startswith(MCP_PATH + "/")):
             if self.credentials and not self._authorized(scope):
                 return error_response(401, "Unauthorized", "missing or wrong credentials (HTTP Basic)",
                                       {"WWW-Authenticate": 'Basic realm="sdcli"'})
@@ -169,10 +172,24 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None, max_body: int = MAX_BODY,
-               api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="sdcli", version=__version__,
-                  description="Stable Diffusion on the CPU through OpenVINO, behind AUTOMATIC1111's API (/sdapi/v1) "
-                              "and OpenAI's images API (/v1).")
+               api_key: str | None = None, mcp_output_dir: Path | None = None, host: str | None = None) -> FastAPI:
+    """`mcp_output_dir`: serve the MCP tools at /mcp, writing their images there (None: no /mcp);
+    `host`: the address listened on (a loopback one turns on the SDK's DNS-rebinding checks)."""
+    mcp_routes, lifespan = [], None
+    if mcp_output_dir is not None:
+        from sdcli.serve.mcp_server import build_server, http_app
+
+        mcp_app, sessions = http_app(build_server(worker, mcp_output_dir), host)
+        mcp_routes = list(mcp_app.routes)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app):
+            async with sessions.run():
+                yield
+
+    app = FastAPI(title="sdcli", version=__version__, lifespan=lifespan,
+                  description="Stable Diffusion on the CPU through OpenVINO, behind AUTOMATIC1111's API (/sdapi/v1), "
+                              "OpenAI's images API (/v1) and MCP (/mcp).")
     app.state.worker = worker
 
     @app.exception_handler(SdcliError)
@@ -202,6 +219,7 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
     add_listing_routes(app, worker)
     add_utility_routes(app, worker)
     openai_api.add_openai_routes(app, worker)
+    app.router.routes.extend(mcp_routes)
     app.add_middleware(Guard, credentials=credentials, max_body=max_body, api_key=api_key)
     return app
 

@@ -26,14 +26,16 @@ def listen(host: str, port: int):
 
 
 def run(sock, model: Path | None, models_dir: Path | None, credentials: list[tuple[str, str]] | None = None,
-        queue_size: int = 32, precision: str = "auto", on_ready=None, networks=None, api_key: str | None = None) -> None:
-    """Serve on the listening socket `sock` until SIGTERM or Ctrl-C."""
+        queue_size: int = 32, precision: str = "auto", on_ready=None, networks=None, api_key: str | None = None,
+        mcp_output_dir: Path | None = None, host: str | None = None, device: str = "CPU") -> None:
+    """Serve on the listening socket `sock` until SIGTERM or Ctrl-C (`mcp_output_dir`: the MCP
+    tools at /mcp write there; None: no /mcp)."""
     import uvicorn
 
     registry = ModelRegistry(models_dir, model)
     selected = model.resolve().name if model is not None else next((e.title for e in registry.entries()), None)
-    worker = Worker(registry, selected, queue_size=queue_size, precision=precision, networks=networks)
-    app = create_app(worker, credentials, api_key=api_key)
+    worker = Worker(registry, selected, queue_size=queue_size, precision=precision, networks=networks, device=device)
+    app = create_app(worker, credentials, api_key=api_key, mcp_output_dir=mcp_output_dir, host=host)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

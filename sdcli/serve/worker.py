@@ -114,6 +114,7 @@ class Job:
     plan: Plan | None = None
     title: str | None = None  # the model to switch to
     future: Future = field(default_factory=Future)
+    on_step: Callable | None = None  # (image index, image count, StepInfo) after each denoising step (MCP's progress)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Worker:
 
     def __init__(self, registry: ModelRegistry, model: str | None, queue_size: int = 32,
                  make_engine: Callable[[Path], object] | None = None, precision: str = "auto",
-                 networks=None):
+                 networks=None, device: str = "CPU"):
         """`networks`: where prompts' LoRAs and embeddings are found (an engine.networks.NetworkFolders;
         None: the environment's, else A1111's folders)."""
         self.registry = registry
@@ -142,7 +143,7 @@ class Worker:
         self.engine = None
         self.loaded: str | None = None
         self.state = State()
-        self._make_engine = make_engine or _default_engine(precision, networks)
+        self._make_engine = make_engine or _default_engine(precision, networks, device)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sdcli-serve-worker", daemon=True)
@@ -299,7 +300,8 @@ class Worker:
         notes: list[str] = []
         images, interrupted = [], False
         for i, request in enumerate(requests):
-            result, stop = self._image(engine, i, request, notes)
+            report = None if job.on_step is None else (lambda info, i=i: job.on_step(i, len(requests), info))
+            result, stop = self._image(engine, i, request, notes, report)
             if result is not None:
                 text = image_parameters(engine, request, result, self.precision)
                 images.append((request, result, text, encode_png(result.image, text)))
@@ -310,8 +312,9 @@ class Worker:
             self.selected = plan.model
         return Made(images, title, interrupted, notes)
 
-    def _image(self, engine, index: int, request: GenerationRequest, notes: list[str]):
-        """(result or None, why it stopped or None) for image `index` of the running job."""
+    def _image(self, engine, index: int, request: GenerationRequest, notes: list[str], report=None):
+        """(result or None, why it stopped or None) for image `index` of the running job
+        (`report(info)` after each step)."""
         with self._lock:
             self.state.job_no, self.state.sampling_step, self.state.skipped = index, 0, False
             self.state.sampling_steps = request.steps
@@ -321,6 +324,8 @@ class Worker:
         def on_step(info) -> None:
             last["latents"] = info.latents
             self._stepped(engine, request, info)
+            if report is not None:
+                report(info)
 
         try:
             return engine.generate(request, on_step, on_note=notes.append), None
@@ -362,12 +367,12 @@ class Worker:
         return Result(engine.decode(latents, request.vae), request.seed, width, height, scheduler)
 
 
-def _default_engine(precision: str, networks=None):
+def _default_engine(precision: str, networks=None, device: str = "CPU"):
     def make(path: Path):
         from sdcli.engine.engine import Engine
 
         # generate's settings (OpenVINO's latency hint, no streams, the same precision), so
         # the same request gives the same pixels; the text encoder stays for the next prompt
-        return Engine(path, precision=precision, networks=networks)
+        return Engine(path, device=device, precision=precision, networks=networks)
 
     return make
