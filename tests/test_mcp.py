@@ -95,6 +95,9 @@ async def exercise(session: ClientSession, reference: Path, out_dir: Path) -> di
     message = bad.content[0].text
     assert "\n" not in message and "width" in message and "multiple of 8" in message and "Traceback" not in message
 
+    typed = await session.call_tool("generate_image", {**FOX, "steps": "two"})  # the SDK's own argument check
+    assert typed.is_error and "\n" not in typed.content[0].text and "steps" in typed.content[0].text
+
     unknown = await session.call_tool("generate_image", {**FOX, "model": "nope"})
     assert unknown.is_error and "'nope' not found" in unknown.content[0].text
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ImageContent, TextContent
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from sdcli import __version__
 from sdcli.serve import a1111, openai_api
@@ -178,10 +178,25 @@ async def _images(worker: Worker, writer: ImageWriter, plan: a1111.Plan, ctx: Co
     return CallToolResult(content=content, structured_content=summary)
 
 
+class OneLineServer(MCPServer):
+    """MCPServer whose argument validation errors are one line (pydantic's are a block)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context=None):
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            parts = [f"{'.'.join(str(p) for p in error.get('loc', ())) or 'arguments'}: {error.get('msg', 'invalid')}"
+                     for error in cause.errors()]
+            raise ToolError(one_line(f"Error executing tool {name}: " + "; ".join(parts))) from cause
+
+
 def build_server(worker: Worker, output_dir: Path) -> MCPServer:
     """The MCP server whose tools run on `worker` and write under `output_dir`."""
     writer = ImageWriter(output_dir)
-    server = MCPServer("sdcli", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
+    server = OneLineServer("sdcli", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
 
     def plan(fields: dict, kind: str, prompt: str, image=None, mask=None) -> a1111.Plan:
         try:
