@@ -173,7 +173,13 @@ def test_streamable_http_on_serve(models, reference, tmp_path):
             client = create_mcp_http_client(headers={"Authorization": f"Bearer {KEY}"})
             async with client, streamable_http_client(f"{server.url}/mcp", http_client=client) as (read, write), \
                     ClientSession(read, write) as session:
-                return await exercise(session, reference, out_dir)
+                figures = await exercise(session, reference, out_dir)
+                # a 5 MB image argument passes the transport (the SDK's own limit is 4 MB) and is
+                # answered by the tool: not an image
+                junk = base64.b64encode(os.urandom(5 << 20)).decode()
+                big = await session.call_tool("edit_image", {"prompt": "x", "image": junk})
+                assert big.is_error and "image" in big.content[0].text and "\n" not in big.content[0].text, big
+                return figures
 
         figures = anyio.run(main)
         print(f"mcp http: generate_image vs generate max {figures['parity']}, another prompt moves it by "

@@ -179,7 +179,7 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
     if mcp_output_dir is not None:
         from sdcli.serve.mcp_server import build_server, http_app
 
-        mcp_app, sessions = http_app(build_server(worker, mcp_output_dir), host)
+        mcp_app, sessions = http_app(build_server(worker, mcp_output_dir), host, max_body)
         mcp_routes = list(mcp_app.routes)
 
         @contextlib.asynccontextmanager

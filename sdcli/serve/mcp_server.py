@@ -292,14 +292,15 @@ def _parameters(data: bytes) -> dict:
     return {"parameters": text, "prompt": prompt, "negative_prompt": negative, "fields": fields}
 
 
-def http_app(server: MCPServer, host: str | None = None):
+def http_app(server: MCPServer, host: str | None = None, max_body: int = 64 << 20):
     """The streamable HTTP transport's Starlette app (its one route is /mcp) and its session
     manager (run it in the serving app's lifespan).  DNS-rebinding protection (Host and Origin
-    checked) when the server listens on a loopback address, as the SDK does."""
+    checked) when the server listens on a loopback address, as the SDK does; bodies up to
+    `max_body` (the server's limit, not the SDK's 4 MB: an edit's base64 image)."""
     from mcp.server.transport_security import TransportSecuritySettings
 
     security = None if host in ("127.0.0.1", "localhost", "::1") else TransportSecuritySettings(
         enable_dns_rebinding_protection=False)
     app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security,
-                                     host=host or "0.0.0.0")
+                                     host=host or "0.0.0.0", max_request_body_size=max_body)
     return app, server.session_manager
