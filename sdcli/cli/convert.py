@@ -16,7 +16,10 @@ from sdcli.util.errors import UsageError
 def convert(
     source: Optional[str] = typer.Argument(None, help="Hub repo id, local diffusers folder, or single-file .safetensors checkpoint (none with --into)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder [default: models/<source name>]."),
-    weight_format: Optional[str] = typer.Option(None, "--weight-format", help="fp16 (default, half the size of fp32), fp32, or int8 (NNCF weight compression; the default with --quantize)."),
+    weight_format: Optional[str] = typer.Option(None, "--weight-format", help="fp16 (default, half the size of fp32), fp32, int8 (NNCF weight compression; the default with --quantize), or int4 (Z-Image and FLUX.2-klein: NNCF int4 weights for the transformer and the text encoder, the VAE int8)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="With --weight-format int4: input channels per int4 scale (-1: one scale per output channel) [default: 128, as optimum-cli]."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="With --weight-format int4: the share of the layers in int4, 0 to 1, the rest int8_asym [default: 1]."),
+    sym: bool = typer.Option(False, "--sym", help="With --weight-format int4: symmetric int4 (no zero points) instead of asymmetric."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="hybrid: NNCF hybrid quantization of the UNet (int8 weights for its linear layers, int8 weights and activations elsewhere), calibrated on a short generation; the other components int8 weight-only."),
     calibration_prompts: Optional[Path] = typer.Option(None, "--calibration-prompts", help="With --quantize: a text file, one prompt a line [default: 8 built-in prompts]."),
     calibration_samples: int = typer.Option(32, "--calibration-samples", min=4, max=2000, help="With --quantize: UNet calls to measure (more: slower conversion, ranges closer to real use)."),
@@ -44,6 +47,16 @@ def convert(
         weight_format = weight_format if weight_format is not None else ("int8" if quantize else "fp16")
         if weight_format not in WEIGHT_FORMATS:
             raise UsageError(f"--weight-format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
+        int4 = None
+        if group_size is not None or ratio is not None or sym:
+            from sdcli.convert.ir import DEFAULT_GROUP_SIZE, DEFAULT_RATIO, Int4
+
+            if weight_format != "int4" or into is not None:
+                raise UsageError("--group-size, --ratio and --sym set int4 compression: pass --weight-format int4 "
+                                 "(when converting a model)")
+            int4 = Int4(group_size=DEFAULT_GROUP_SIZE if group_size is None else group_size,
+                        ratio=DEFAULT_RATIO if ratio is None else ratio, sym=sym)
+            int4.check()
         check_spacing(timestep_spacing)
         check_vae_flag(default_vae)
         log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
@@ -77,7 +90,7 @@ def convert(
                        if line.strip() and not line.lstrip().startswith("#")]
             if not prompts:
                 raise UsageError(f"--calibration-prompts: no prompts in {calibration_prompts}")
-        opts = ConvertOptions(weight_format=weight_format, force=force, allow_pickle=allow_pickle, config=config,
+        opts = ConvertOptions(weight_format=weight_format, int4=int4, force=force, allow_pickle=allow_pickle, config=config,
                               tiny_vae=tiny_vae, lora=lora, lora_scale=lora_scale, scheduler=convert_scheduler,
                               timestep_spacing=timestep_spacing, default_steps=default_steps,
                               default_guidance=default_guidance, default_vae=default_vae,

@@ -84,11 +84,15 @@ def check_options(opts: ConvertOptions, output: Path) -> None:
         raise UsageError(f"--quantize takes hybrid, got {opts.quantize!r}")
     if opts.quantize and opts.weight_format != "int8":
         raise UsageError("--quantize hybrid compresses the other components to int8: pass --weight-format int8 or leave it out")
-    if opts.weight_format == "int8":
+    if opts.int4 is not None and opts.weight_format != "int4":
+        raise UsageError("--group-size and --ratio set int4 compression: pass --weight-format int4 as well")
+    if opts.int4_config is not None:
+        opts.int4_config.check()
+    if opts.weight_format in ("int8", "int4"):
         try:
             import nncf  # noqa: F401
         except ImportError as exc:
-            raise UsageError('--weight-format int8 needs nncf: pip install "sdcli[convert]"') from exc
+            raise UsageError(f'--weight-format {opts.weight_format} needs nncf: pip install "sdcli[convert]"') from exc
 
 
 def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str], None] = print) -> Path:
@@ -105,6 +109,9 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
         convert_flux2_klein(source, path, output, opts, log)
         log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
         return output
+    if opts.weight_format == "int4":
+        raise UsageError("--weight-format int4 is for the transformer models (Z-Image, FLUX.2-klein); "
+                         "use int8 for Stable Diffusion and SDXL")
 
     import torch
 

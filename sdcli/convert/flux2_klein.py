@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.convert.defaults import defaults_metadata
-from sdcli.convert.ir import compress_saved_ir, export_tokenizer, model_config, save_ir, to_openvino, write_json
+from sdcli.convert.ir import Int4, compress_saved_ir, export_tokenizer, model_config, save_ir, to_openvino, \
+    vae_weight_format, write_json
 from sdcli.convert.options import ConvertOptions
 from sdcli.convert.vae_export import export_vae
 from sdcli.util.errors import UsageError
@@ -97,7 +98,7 @@ def _wrappers():
     return Transformer, TextEncoder
 
 
-def export_transformer(transformer, out: Path, weight_format: str) -> None:
+def export_transformer(transformer, out: Path, weight_format: str, int4: Int4 | None = None) -> None:
     import torch
     from openvino import PartialShape, Type
 
@@ -117,14 +118,16 @@ def export_transformer(transformer, out: Path, weight_format: str) -> None:
         example["guidance"] = torch.tensor([1.0])
         inputs.append((PartialShape([-1]), Type.f32))
     model = to_openvino(Transformer(transformer), example, inputs, ["out_hidden_states"])
-    save_ir(model, out / "transformer", "fp16" if weight_format == "int8" else weight_format)
+    # compressed from the saved fp16 IR, torch's copy freed (see compress_saved_ir)
+    save_ir(model, out / "transformer", "fp16" if weight_format in ("int8", "int4") else weight_format)
     del model
-    if weight_format == "int8":
-        compress_saved_ir(out / "transformer")
+    if weight_format in ("int8", "int4"):
+        compress_saved_ir(out / "transformer", int4 if weight_format == "int4" else None)
     write_json(out / "transformer" / "config.json", model_config(transformer))
 
 
-def export_text_encoder(text_encoder, out: Path, weight_format: str, layers: tuple[int, ...] = TEXT_LAYERS) -> None:
+def export_text_encoder(text_encoder, out: Path, weight_format: str, layers: tuple[int, ...] = TEXT_LAYERS,
+                        int4: Int4 | None = None) -> None:
     """Write text_encoder/ from a Qwen3ForCausalLM (its `model`, truncated); config.json is the
     whole model's with hidden_states_layers added (genai reads them)."""
     import torch
@@ -140,7 +143,7 @@ def export_text_encoder(text_encoder, out: Path, weight_format: str, layers: tup
     inputs = [(PartialShape([-1, -1]), Type.i64), (PartialShape([-1, -1]), Type.i64)]
     model = to_openvino(TextEncoder(text_encoder.model, layers), example, inputs,
                         [f"hidden_states.{k}" for k in layers])
-    save_ir(model, out / "text_encoder", weight_format)
+    save_ir(model, out / "text_encoder", weight_format, int4)
     write_json(out / "text_encoder" / "config.json", {**config, "hidden_states_layers": list(layers)})
 
 
@@ -185,13 +188,13 @@ def convert_flux2_klein(source: str, root: Path, output: Path, opts: ConvertOpti
         export_tokenizer(tokenizer, tmp / "tokenizer")
         write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
         log("[2/5] transformer")  # the largest first
-        export_transformer(load("transformer", Flux2Transformer2DModel), tmp, opts.weight_format)
+        export_transformer(load("transformer", Flux2Transformer2DModel), tmp, opts.weight_format, opts.int4_config)
         gc.collect()
         log("[3/5] text_encoder")
-        export_text_encoder(load("text_encoder", Qwen3ForCausalLM), tmp, opts.weight_format)
+        export_text_encoder(load("text_encoder", Qwen3ForCausalLM), tmp, opts.weight_format, int4=opts.int4_config)
         gc.collect()
         vae = load("vae", AutoencoderKLFlux2)
-        export_vae(vae, tmp, opts.weight_format, log, ("[4/5] vae_encoder", "[4/5] vae_decoder"))
+        export_vae(vae, tmp, vae_weight_format(opts.weight_format), log, ("[4/5] vae_encoder", "[4/5] vae_decoder"))
         add_batch_norm_statistics(vae, tmp)
         del vae
         gc.collect()
@@ -201,7 +204,7 @@ def convert_flux2_klein(source: str, root: Path, output: Path, opts: ConvertOpti
         default_steps, default_guidance = DISTILLED_DEFAULTS if index.get("is_distilled") else BASE_DEFAULTS
         steps = opts.default_steps if opts.default_steps is not None else default_steps
         guidance = opts.default_guidance if opts.default_guidance is not None else default_guidance
-        write_json(tmp / "sdcli.json", {"source": source, "weight_format": opts.weight_format,
+        write_json(tmp / "sdcli.json", {"source": source, **opts.weight_metadata(),
                                         "converted_in_s": round(time.perf_counter() - started, 1),
                                         **defaults_metadata(steps, guidance, opts.default_vae)})
     return output

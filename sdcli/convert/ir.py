@@ -3,11 +3,42 @@ tensor names optimum-cli uses, the weight format, the configs beside each IR."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdcli.util.errors import UsageError
 
-WEIGHT_FORMATS = ("fp32", "fp16", "int8")
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")
+# optimum-cli's int4 defaults (optimum-intel's _DEFAULT_4BIT_WQ_CONFIG): asymmetric, groups of
+# 128 input channels, every layer NNCF may put in int4 in int4 (ratio 1)
+DEFAULT_GROUP_SIZE = 128
+DEFAULT_RATIO = 1.0
+
+
+@dataclass(frozen=True)
+class Int4:
+    """NNCF's int4 weight compression: `ratio` of the layers in int4 (groups of `group_size`
+    input channels, -1: one group per output channel), the rest int8_asym; symmetric or not."""
+
+    group_size: int = DEFAULT_GROUP_SIZE
+    ratio: float = DEFAULT_RATIO
+    sym: bool = False
+
+    def check(self) -> None:
+        if self.group_size != -1 and self.group_size < 2:
+            raise UsageError(f"--group-size must be -1 (per output channel) or 2 or more, got {self.group_size}")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise UsageError(f"--ratio must be between 0 and 1 (the share of layers in int4), got {self.ratio:g}")
+
+    def metadata(self) -> dict:
+        return {"int4": {"mode": "int4_sym" if self.sym else "int4_asym", "group_size": self.group_size,
+                         "ratio": self.ratio, "backup": "int8_asym"}}
+
+
+def vae_weight_format(weight_format: str) -> str:
+    """The VAE's: int4 folders keep it in int8 (its convolutions are most of its weights and
+    NNCF would put them in int8 anyway; the decoder is what every pixel goes through)."""
+    return "int8" if weight_format == "int4" else weight_format
 
 
 def require_convert_extra() -> None:
@@ -38,27 +69,39 @@ def to_openvino(module, example: dict, inputs: list, output_names: list[str]):
     return model
 
 
-def save_ir(model, folder: Path, weight_format: str) -> None:
+def save_ir(model, folder: Path, weight_format: str, int4: Int4 | None = None) -> None:
+    """`model` into folder/openvino_model.xml: fp32, fp16, or its weights compressed by NNCF
+    (int8; int4 with the parameters `int4`, optimum-cli's defaults if None)."""
     import openvino as ov
 
-    if weight_format == "int8":
-        model = _compress_weights(model)
+    if weight_format in ("int8", "int4"):
+        model = _compress_weights(model, (int4 or Int4()) if weight_format == "int4" else None)
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, folder / "openvino_model.xml", compress_to_fp16=(weight_format == "fp16"))
 
 
-def _compress_weights(model):
-    """NNCF's int8 weight compression of `model`, its statistics tables kept off stdout."""
+def _compress_weights(model, int4: Int4 | None = None):
+    """NNCF's weight compression of `model` (int8, or int4 as `int4` says), its statistics
+    tables kept off stdout.  A layer whose input channels do not divide into int4 groups gets
+    the largest power-of-two group size that does (NNCF's ADJUST fallback, as optimum-cli's
+    own recipes choose) rather than failing the conversion."""
     import logging
 
     import nncf
 
     nncf.set_log_level(logging.ERROR)
-    return nncf.compress_weights(model)
+    if int4 is None:
+        return nncf.compress_weights(model)
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    mode = nncf.CompressWeightsMode.INT4_SYM if int4.sym else nncf.CompressWeightsMode.INT4_ASYM
+    return nncf.compress_weights(
+        model, mode=mode, group_size=int4.group_size, ratio=int4.ratio,
+        advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
 
 
-def compress_saved_ir(folder: Path) -> None:
-    """Compress the weights of the fp16 IR in `folder` to int8 in place.  The UNet goes this
+def compress_saved_ir(folder: Path, int4: Int4 | None = None) -> None:
+    """Compress the weights of the fp16 IR in `folder` to int8 (or int4: see Int4) in place.  The UNet goes this
     way: compressing the model converted from torch holds torch's weights, OpenVINO's float32
     copy and NNCF's work at once (19 GB for SDXL's), while the saved IR is read mapped, in
     half precision, after torch has let go of the module."""
@@ -68,7 +111,7 @@ def compress_saved_ir(folder: Path) -> None:
 
     xml = folder / "openvino_model.xml"
     staging = folder / ".int8"
-    model = _compress_weights(ov.Core().read_model(xml))
+    model = _compress_weights(ov.Core().read_model(xml), int4)
     ov.save_model(model, staging / xml.name, compress_to_fp16=False)
     del model
     for name in (xml.name, xml.with_suffix(".bin").name):

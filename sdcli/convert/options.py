@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdcli.convert.ir import Int4
+
 
 @dataclass
 class ConvertOptions:
     weight_format: str = "fp16"
+    int4: Int4 | None = None  # --weight-format int4's parameters [default: Int4()]
     force: bool = False
     allow_pickle: bool = False
     config: str | None = None  # diffusers folder or repo giving the configs of a single-file checkpoint
@@ -21,3 +24,13 @@ class ConvertOptions:
     quantize: str | None = None  # "hybrid": NNCF hybrid quantization of the UNet (the rest int8 weight-only)
     calibration_prompts: list[str] | None = None  # for --quantize hybrid [default: quantize.DEFAULT_PROMPTS]
     calibration_samples: int = 32  # UNet calls measured for --quantize hybrid
+
+    @property
+    def int4_config(self) -> Int4 | None:
+        """The int4 compression to apply, None unless --weight-format int4."""
+        return (self.int4 or Int4()) if self.weight_format == "int4" else None
+
+    def weight_metadata(self) -> dict:
+        """sdcli.json's record of the weight format (and int4's parameters)."""
+        int4 = self.int4_config
+        return {"weight_format": self.weight_format, **(int4.metadata() if int4 else {})}

@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from sdcli.convert.ir import WEIGHT_FORMATS, model_config, require_convert_extra, save_ir, to_openvino, write_json
+from sdcli.convert.ir import WEIGHT_FORMATS, model_config, require_convert_extra, save_ir, to_openvino, \
+    vae_weight_format, write_json
 from sdcli.model.folder import ModelFolder
 from sdcli.model.hub import looks_like_repo_id
 from sdcli.model.layout import TINY_DECODER, TINY_ENCODER
@@ -91,7 +92,7 @@ def export_tiny_vae(taesd, out_root: Path, weight_format: str) -> None:
 
 
 def _save_component(model, taesd, folder: Path, weight_format: str) -> None:
-    save_ir(model, folder, weight_format)
+    save_ir(model, folder, vae_weight_format(weight_format))  # int4 folders: int8, as their VAE
     write_json(folder / "config.json", model_config(taesd))
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.convert.defaults import defaults_metadata
-from sdcli.convert.ir import compress_saved_ir, export_tokenizer, model_config, save_ir, to_openvino, write_json
+from sdcli.convert.ir import Int4, compress_saved_ir, export_tokenizer, model_config, save_ir, to_openvino, \
+    vae_weight_format, write_json
 from sdcli.convert.options import ConvertOptions
 from sdcli.convert.vae_export import export_vae
 from sdcli.util.errors import UsageError
@@ -183,7 +184,7 @@ def _text_encoder_wrapper():
 
 # --- the components ------------------------------------------------------------------------------
 
-def export_transformer(transformer, out: Path, weight_format: str) -> None:
+def export_transformer(transformer, out: Path, weight_format: str, int4: Int4 | None = None) -> None:
     """Write transformer/ (see the module's doc for its inputs)."""
     import torch
     from openvino import PartialShape, Type
@@ -208,14 +209,15 @@ def export_transformer(transformer, out: Path, weight_format: str) -> None:
         (PartialShape([-1, -1, 3]), Type.i32),
     ]
     model = to_openvino(Transformer(transformer), example, inputs, ["out_hidden_states"])
-    save_ir(model, out / "transformer", "fp16" if weight_format == "int8" else weight_format)
+    # compressed from the saved fp16 IR, torch's copy freed (see compress_saved_ir)
+    save_ir(model, out / "transformer", "fp16" if weight_format in ("int8", "int4") else weight_format)
     del model
-    if weight_format == "int8":
-        compress_saved_ir(out / "transformer")
+    if weight_format in ("int8", "int4"):
+        compress_saved_ir(out / "transformer", int4 if weight_format == "int4" else None)
     write_json(out / "transformer" / "config.json", model_config(transformer))
 
 
-def export_text_encoder(text_encoder, out: Path, weight_format: str) -> None:
+def export_text_encoder(text_encoder, out: Path, weight_format: str, int4: Int4 | None = None) -> None:
     """Write text_encoder/: Qwen3 truncated to the hidden state Z-Image reads; its config.json
     is the whole model's (as diffusers has it)."""
     import torch
@@ -227,7 +229,7 @@ def export_text_encoder(text_encoder, out: Path, weight_format: str) -> None:
     example = {"input_ids": torch.ones((1, 8), dtype=torch.int64), "attention_mask": torch.ones((1, 8), dtype=torch.int64)}
     inputs = [(PartialShape([-1, -1]), Type.i64), (PartialShape([-1, -1]), Type.i64)]
     model = to_openvino(TextEncoder(text_encoder, layers), example, inputs, ["last_hidden_state"])
-    save_ir(model, out / "text_encoder", weight_format)
+    save_ir(model, out / "text_encoder", weight_format, int4)
     write_json(out / "text_encoder" / "config.json", config)
 
 
@@ -261,19 +263,19 @@ def convert_z_image(source: str, root: Path, output: Path, opts: ConvertOptions,
         export_tokenizer(tokenizer, tmp / "tokenizer")
         write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
         log("[2/5] transformer")  # the largest first
-        export_transformer(load("transformer", ZImageTransformer2DModel), tmp, opts.weight_format)
+        export_transformer(load("transformer", ZImageTransformer2DModel), tmp, opts.weight_format, opts.int4_config)
         gc.collect()
         log("[3/5] text_encoder")
-        export_text_encoder(load("text_encoder", Qwen3Model), tmp, opts.weight_format)
+        export_text_encoder(load("text_encoder", Qwen3Model), tmp, opts.weight_format, opts.int4_config)
         gc.collect()
-        export_vae(load("vae", AutoencoderKL), tmp, opts.weight_format, log, ("[4/5] vae_encoder", "[4/5] vae_decoder"))
+        export_vae(load("vae", AutoencoderKL), tmp, vae_weight_format(opts.weight_format), log, ("[4/5] vae_encoder", "[4/5] vae_decoder"))
         gc.collect()
         log("[5/5] model_index.json")
         index = {k: v for k, v in index.items() if not (isinstance(v, list) and v and v[0] is None)}
         write_json(tmp / "model_index.json", index)
         steps = opts.default_steps if opts.default_steps is not None else DEFAULT_STEPS
         guidance = opts.default_guidance if opts.default_guidance is not None else DEFAULT_GUIDANCE
-        write_json(tmp / "sdcli.json", {"source": source, "weight_format": opts.weight_format,
+        write_json(tmp / "sdcli.json", {"source": source, **opts.weight_metadata(),
                                         "converted_in_s": round(time.perf_counter() - started, 1),
                                         **defaults_metadata(steps, guidance, opts.default_vae)})
     return output

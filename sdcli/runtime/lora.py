@@ -2,8 +2,8 @@
 
 For each layer a LoRA changes, the weight that its MatMul or Convolution reads is replaced
 by a float32 constant holding W + ΔW, where W is the weight as the IR computes it: the
-constant itself (fp32), widened (fp16), or dequantized (int8: `(q - zero point) * scale`,
-as nncf writes it).  The result is exact, for any layer type, at no cost per step; the
+constant itself (fp32), widened (fp16), or dequantized (int8 and int4: `(q - zero point) *
+scale`, int4 per group of input channels, as nncf writes it).  The result is exact, for any layer type, at no cost per step; the
 price is a compile per set of LoRAs (the blob cache keeps it: see engine/networks.py).
 
 The weight is found by its constant's name (see model/lora_names.py), then followed
@@ -52,11 +52,23 @@ def _numpy_type(element_type) -> np.dtype:
     return table[element_type]
 
 
+def _nibbles(packed: np.ndarray, signed: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """The int4 values packed in `packed` (OpenVINO's u4/i4 layout), as int8 (i4) or uint8 (u4)."""
+    values = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:int(np.prod(shape))]
+    if signed:
+        return ((values.astype(np.int8) ^ 8) - 8).reshape(shape)  # sign-extend the four bits
+    return values.reshape(shape)
+
+
 def _value(output) -> np.ndarray:
     """The value of a constant subgraph (a weight and its decompression), computed in numpy."""
     node = output.get_node()
     kind = node.get_type_name()
     if kind == "Constant":
+        element = node.get_element_type()
+        if element.is_integral() and element.bitwidth == 4:  # u4/i4: two values a byte, the low nibble first
+            return _nibbles(np.asarray(node.data).view(np.uint8), element.is_signed(),
+                            tuple(node.get_output_shape(0)))
         return np.asarray(node.data)
     args = [_value(node.input_value(i)) for i in range(node.get_input_size())]
     if kind == "Convert":  # float32 for any float type: OpenVINO's CPU plugin decompresses int8 weights in
@@ -95,7 +107,7 @@ def fuse_weight_deltas(model, deltas: dict[str, Delta], component: str) -> int:
             weight = _value(source)  # float16 or float32; widened exactly by the addition below
         except ValueError as exc:
             raise UsageError(f"{component}: cannot apply a LoRA to {name}: its weight passes through {exc} "
-                             "(a quantization sdcli cannot fold; use an fp32, fp16 or int8-weight folder)") from None
+                             "(a quantization sdcli cannot fold; use an fp32, fp16, int8 or int4-weight folder)") from None
         transposed = layer.get_type_name() == "MatMul" and not layer.get_transpose_b()
         torch_shape = weight.shape[::-1] if transposed else weight.shape
         change = delta(tuple(torch_shape))
