@@ -133,7 +133,7 @@ def test_hub_repo_offline_is_a_clear_error(tmp_path):
 def test_convert_cli_bad_usage(tmp_path):
     r = run_cli("convert", tmp_path / "missing-folder")
     assert r.returncode == 2 and "missing-folder" in r.stderr
-    r = run_cli("convert", tmp_path, "--weight-format", "int4")
+    r = run_cli("convert", tmp_path, "--weight-format", "int3")
     assert r.returncode == 2 and "weight-format" in r.stderr
 
 
