@@ -96,6 +96,25 @@ def tiny_klein(models_root):
 
 
 @pytest.fixture(scope="session")
+def tiny_klein_base(tiny_klein, models_root):
+    """(sdcli folder, diffusers pipeline) of tiny_klein as a Base model: its conversion copied
+    with model_index.json's is_distilled false, and Flux2KleinPipeline on the same components
+    with is_distilled=False (Base models guide above 1)."""
+    import json
+    import shutil
+
+    from diffusers import Flux2KleinPipeline
+
+    _, folder, pipe = tiny_klein
+    base = models_root / "tiny-klein-base-ov"
+    shutil.copytree(folder, base)
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
+    base_pipe = Flux2KleinPipeline(**pipe.components, is_distilled=False)
+    base_pipe.set_progress_bar_config(disable=True)
+    return base, base_pipe
+
+@pytest.fixture(scope="session")
 def inpaint_files(tmp_path_factory) -> dict:
     """Init images and masks, 96x64 and 64x64: a mask with an off-grid ellipse, a
     rectangle and grey levels on both sides of 0.5."""

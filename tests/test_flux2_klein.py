@@ -79,21 +79,11 @@ def test_what_a_klein_model_cannot_do_is_one_line(tiny_klein, tmp_path, flags, m
     assert not out.exists()
 
 
-def test_base_with_guidance_matches_diffusers_and_moves_it(tiny_klein, tmp_path, parity_log):
+def test_base_with_guidance_matches_diffusers_and_moves_it(tiny_klein, tiny_klein_base, tmp_path, parity_log):
     """A Base (not distilled) klein guides above 1 with the empty prompt as the negative: the same
     folder with model_index.json's is_distilled false, guidance 4."""
-    import json
-    import shutil
-
-    from diffusers import Flux2KleinPipeline
-
-    _, folder, pipe = tiny_klein
-    base = tmp_path / "base-ov"
-    shutil.copytree(folder, base)
-    index = json.loads((base / "model_index.json").read_text())
-    (base / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
-    base_pipe = Flux2KleinPipeline(**pipe.components, is_distilled=False)
-    base_pipe.set_progress_bar_config(disable=True)
+    folder = tiny_klein[1]
+    base, base_pipe = tiny_klein_base
     guided = ours(base, tmp_path / "g.png", PROMPT, "--guidance-scale", "4", "--steps", "4")
     compare(guided, diffusers_pixels(base_pipe, PROMPT, guidance=4.0), parity_log, model="flux2-klein base",
             scheduler="flow_euler", mode="guidance 4 (empty negative)", size=f"{WIDTH}x{HEIGHT}")

@@ -90,23 +90,14 @@ def test_two_references_match_diffusers_at_the_first_one_s_size(tiny_klein, refe
     assert moved(both, ours(folder, tmp_path / "b.png", [b], size=False), parity_log, "2nd reference") > TOLERANCE
 
 
-def test_base_klein_with_guidance_and_a_reference_matches_diffusers(tiny_klein, references, tmp_path, parity_log):
+def test_base_klein_with_guidance_and_a_reference_matches_diffusers(tiny_klein_base, references, tmp_path,
+                                                                   parity_log):
     """A Base klein (is_distilled false) guides at 4 with the empty negative: both rows get the
     reference tokens (the pipeline's negative call takes the same image latents)."""
-    import json
-    import shutil
-
     import torch
-    from diffusers import Flux2KleinPipeline
     from PIL import Image
 
-    _, folder, pipe = tiny_klein
-    base = tmp_path / "base-ov"
-    shutil.copytree(folder, base)
-    index = json.loads((base / "model_index.json").read_text())
-    (base / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
-    base_pipe = Flux2KleinPipeline(**pipe.components, is_distilled=False)
-    base_pipe.set_progress_bar_config(disable=True)
+    base, base_pipe = tiny_klein_base
     theirs = base_pipe(prompt=PROMPT, image=[Image.open(references[0])], height=HEIGHT, width=WIDTH,
                        num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator("cpu").manual_seed(SEED),
                        output_type="np").images

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -27,46 +25,18 @@ pytest.importorskip("fastapi")
 from PIL import Image  # noqa: E402
 
 from tests.models import smooth_picture  # noqa: E402
+from tests.servers import ServeProcess  # noqa: E402
 
 KEY = "sk-test-key"
 FAST = {"steps": 2}
 TOLERANCE = 2  # of 255
 
 
-class Server:
-    """`sdcli serve ... --port 0` in its own process; stderr collected."""
-
-    def __init__(self, *args, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "sdcli", "serve", "--port", "0", *map(str, args)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        self.lines: list[str] = []
-        self.port = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                if "serving" in line and "http://127.0.0.1:" in line:
-                    self.port = int(line.split("http://127.0.0.1:")[1].split()[0])
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        assert ready.wait(120) and self.port, "".join(self.lines)
-        self.url = f"http://127.0.0.1:{self.port}"
+class Server(ServeProcess):
+    """tests/servers.py's server, with the official openai client."""
 
     def client(self, key: str = KEY) -> "openai.OpenAI":
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ for the extra ones), auth, bad input, SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,46 +21,18 @@ pytest.importorskip("fastapi")
 from PIL import Image  # noqa: E402
 
 from tests.models import smooth_picture  # noqa: E402
+from tests.servers import ServeProcess  # noqa: E402
 
 AUTH = ("user", "pw")
 SMALL = dict(steps=2, width=64, height=64)
 
 
-class Server:
-    """`sdcli serve ... --port 0` in its own process; stderr collected."""
-
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "sdcli", "serve", "--port", "0", *map(str, args)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self.port = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                if "serving" in line and "http://127.0.0.1:" in line:
-                    self.port = int(line.split("http://127.0.0.1:")[1].split()[0])
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        assert ready.wait(120) and self.port, "".join(self.lines)
-        self.url = f"http://127.0.0.1:{self.port}"
+class Server(ServeProcess):
+    """tests/servers.py's server, with the webuiapi client."""
 
     def api(self, auth=AUTH) -> "webuiapi.WebUIApi":
         return webuiapi.WebUIApi(host="127.0.0.1", port=self.port, sampler="Euler a",
                                  username=auth[0] if auth else None, password=auth[1] if auth else None)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
