@@ -101,7 +101,8 @@ class UNet(CompiledComponent):
     def __init__(self, runtime: Runtime, folder: ModelFolder, shapes: dict[str, list[int]],
                  variant: str | None = None, patch: WeightPatch | None = None):
         """`shapes`: input name -> static shape, for every input of the IR (see input_shapes).
-        `variant`: None for the UNet as it is, or one of deepcache.VARIANTS; `patch`: LoRAs
+        `variant`: None for the UNet as it is, or one of deepcache.VARIANTS or controlnet.VARIANTS
+        (the UNet with ControlNet residual inputs); `patch`: LoRAs
         fused into the weights (runtime/lora.py)."""
         declared = set(ir_header(folder.ir("unet"))[1])
         missing = sorted(declared - set(shapes))
@@ -109,9 +110,9 @@ class UNet(CompiledComponent):
             raise UsageError(f"unet: its IR takes {', '.join(missing)}, which this model family does not provide")
         component, edit = "unet", None
         if variant is not None:
-            from sdcli.runtime.deepcache import VARIANTS
+            from sdcli.runtime import controlnet, deepcache
 
-            component, edit = VARIANTS[variant]
+            component, edit = {**deepcache.VARIANTS, **controlnet.VARIANTS}[variant]
 
         if patch is not None:
             component += f"-lora{patch.tag}"
