@@ -9,6 +9,7 @@ python3 -m venv "$venv"
 . "$venv/bin/activate"
 python -m pip install -q --upgrade pip
 pip install -q torch==2.13.0 -e ".[dev]"
+pip install -q --no-deps spandrel  # see README: its torchvision is not wanted
 lint-imports
 python -m pytest -q
 {
