@@ -53,3 +53,149 @@ def test_unet_residual_inputs_match_diffusers(tiny_eps):
                        down_block_additional_residuals=[torch.from_numpy(one[down_name(i)]) for i in range(count)],
                        mid_block_additional_residual=torch.from_numpy(one[MID]), return_dict=False)[0].numpy()
         np.testing.assert_allclose(edited(x, 421.0, context, **one), ref, rtol=0, atol=1e-4, err_msg=name)
+
+
+# --- ControlNet models and generate, against diffusers' ControlNet pipelines --------------------
+
+STEPS, SCHEDULER, SIZE = 4, "euler", 64
+
+
+class TinyControlNets:
+    def __init__(self, sources, folder, images):
+        self.sources = sources  # diffusers ControlNetModel folders, by name
+        self.folder = folder  # the --controlnet-dir they are converted into
+        self.images = images  # control image files: "a", "b" (64x64), "wide" (96x64)
+        self._models = {}
+
+    def model(self, name):
+        if name not in self._models:
+            import torch
+            from diffusers import ControlNetModel
+
+            self._models[name] = ControlNetModel.from_pretrained(self.sources[name], torch_dtype=torch.float32)
+        return self._models[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tiny_eps, models_root, tmp_path_factory):
+    """Two random ControlNets fitting tiny_eps (every layer randomised), converted at fp32 by
+    `sdcli convert` into a ControlNet folder; and control images."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.convert.random_controlnet import build_random_controlnet
+    from sdcli.imaging.image_io import save_png
+    from tests.models import smooth_picture
+
+    folder = models_root / "ControlNet"
+    sources = {}
+    for seed, name in enumerate(("cn-a", "cn-b")):
+        sources[name] = build_random_controlnet(tiny_eps.diffusers_dir / "unet", models_root / f"{name}-src", seed=seed)
+        result = CliRunner().invoke(app, ["convert", str(sources[name]), "--weight-format", "fp32",
+                                          "--controlnet-dir", str(folder), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert (folder / f"{name}-src" / "openvino_model.xml").is_file()
+        (folder / f"{name}-src").rename(folder / name)
+    images_dir = tmp_path_factory.mktemp("control")
+    y, x = np.mgrid[0:64, 0:64]
+    stripes = np.where(((x // 8) + (y // 16)) % 2 == 0, 230, 20).astype(np.uint8)
+    pictures = {"a": smooth_picture(64, 64), "b": np.stack([stripes, 255 - stripes, stripes], axis=-1),
+                "wide": smooth_picture(96, 64)}
+    images = {}
+    for key, picture in pictures.items():
+        images[key] = images_dir / f"{key}.png"
+        save_png(images[key], picture)
+    return TinyControlNets(sources, folder, images)
+
+
+def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None, guess_mode=False, **arguments):
+    """diffusers' StableDiffusionControlNet(Img2Img)Pipeline on tiny_eps with `units` (each
+    name, image, and optionally scale, start, end; several: MultiControlNetModel)."""
+    import diffusers
+    from PIL import Image
+
+    from tests.reference import diffusers_scheduler, reference_arguments, to_pixels
+
+    nets = [controlnets.model(unit["name"]) for unit in units]
+    cls = diffusers.StableDiffusionControlNetImg2ImgPipeline if img2img else diffusers.StableDiffusionControlNetPipeline
+    components = {k: v for k, v in model.pipe().components.items()}
+    pipe = cls(**components, controlnet=nets if len(nets) > 1 else nets[0])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
+    images = [Image.open(unit["image"]).convert("RGB") for unit in units]
+    one = len(units) == 1
+    pick = lambda key, default: [u.get(key, default) for u in units] if not one else units[0].get(key, default)  # noqa: E731
+    extra = dict(controlnet_conditioning_scale=pick("scale", 1.0), control_guidance_start=pick("start", 0.0),
+                 control_guidance_end=pick("end", 1.0), guess_mode=guess_mode)
+    if img2img:
+        args = reference_arguments(steps=STEPS, init_image=img2img["init"], strength=img2img["strength"], **arguments)
+        args["control_image"] = images if not one else images[0]
+    else:
+        args = reference_arguments(steps=STEPS, width=SIZE, height=SIZE, **arguments)
+        args["image"] = images if not one else images[0]
+    return to_pixels(pipe(**args, **extra).images)
+
+
+def sdcli_controlnet(model, controlnets, tmp_path, name, units: list[dict], *flags, img2img=None):
+    from tests.reference import sdcli_pixels
+
+    extra = ["--controlnet-dir", controlnets.folder]
+    for unit in units:
+        extra += ["--controlnet", unit["name"], "--control-image", unit["image"]]
+    for key, flag in (("scale", "--control-weight"), ("start", "--control-start"), ("end", "--control-end")):
+        if any(key in unit for unit in units):
+            for unit in units:
+                extra += [flag, unit.get(key, {"scale": 1.0, "start": 0.0, "end": 1.0}[key])]
+    picture = dict(init_image=img2img["init"], strength=img2img["strength"]) if img2img else dict(width=SIZE, height=SIZE)
+    return sdcli_pixels(model.ov_dir, tmp_path / f"{name}.png", *extra, *flags, steps=STEPS, scheduler=SCHEDULER,
+                        **picture)
+
+
+def moved(a, b) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+@pytest.fixture(scope="session")
+def no_control(tiny_eps, tmp_path_factory):
+    from tests.reference import sdcli_pixels
+
+    return sdcli_pixels(tiny_eps.ov_dir, tmp_path_factory.mktemp("plain") / "plain.png", steps=STEPS,
+                        scheduler=SCHEDULER, width=SIZE, height=SIZE)
+
+
+CASES = {  # name: (units, generate's extra flags, diffusers' guess_mode, what it is compared with to show it moves)
+    "balanced": ([dict(name="cn-a", image="a")], [], False, "plain"),
+    "other image": ([dict(name="cn-a", image="b")], [], False, "balanced"),
+    "weight .5": ([dict(name="cn-a", image="a", scale=0.5)], [], False, "balanced"),
+    "start .25 end .75": ([dict(name="cn-a", image="a", start=0.25, end=0.75)], [], False, "balanced"),
+    "guess mode": ([dict(name="cn-a", image="a")], ["--control-mode", "controlnet"], True, "balanced"),
+    "two units": ([dict(name="cn-a", image="a", scale=0.7), dict(name="cn-b", image="b", start=0.5)], [], False,
+                  "weight .5"),
+}
+
+
+@pytest.fixture(scope="session")
+def case_pictures():
+    return {}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_controlnet_matches_diffusers(case, tiny_eps, tiny_controlnets, no_control, case_pictures, tmp_path,
+                                      parity_log):
+    from tests.reference import compare
+
+    units, flags, guess, against = CASES[case]
+    units = [dict(unit, image=tiny_controlnets.images[unit["image"]]) for unit in units]
+    ours = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "ours", units, *flags)
+    theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, units, guess_mode=guess)
+    compare(ours, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode=f"cn {case}"[:14],
+            size="64x64")
+    case_pictures[case] = ours
+    reference = no_control if against == "plain" else case_pictures.get(against)
+    if reference is None:  # run alone: make the picture it is compared with
+        a_units, a_flags, _, _ = CASES[against]
+        a_units = [dict(unit, image=tiny_controlnets.images[unit["image"]]) for unit in a_units]
+        reference = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "against", a_units, *a_flags)
+    distance = moved(ours, reference)
+    print(f"controlnet {case}: max {np.abs(ours - theirs).max()}, moved {distance} from {against}")
+    assert distance > 2, f"{case} moves the picture by {distance} only from {against}"

@@ -35,6 +35,7 @@ def convert(
     default_vae: Optional[str] = typer.Option(None, "--default-vae", metavar="full|tiny", help="The folder's own default for generate's --vae (sdcli.json): tiny decodes with the tiny VAE (this command's --tiny-vae, or one the folder has), e.g. for a Turbo model."),
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL)."),
     into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --default-vae, --scheduler, --timestep-spacing."),
+    controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet (a diffusers ControlNetModel folder or repo) is written when --output is not given [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
@@ -73,7 +74,7 @@ def convert(
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         if not source.strip():
             raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
-        target = output or Path("models") / default_output_name(source)
+        target = output or default_target(source, controlnet_dir, allow_pickle)
         check_creatable(target, "--output")
         if config is not None:
             from sdcli.model.hub import looks_like_repo_id
@@ -101,6 +102,22 @@ def convert(
         run_convert(source, target, opts, log=log)
         if not quiet:
             print(target)
+
+
+def default_target(source: str, controlnet_dir: Optional[Path], allow_pickle: bool) -> Path:
+    """--output's default: models/<name>, or <ControlNet folder>/<name> for a ControlNet (a Hub
+    repo is downloaded first to tell)."""
+    from sdcli.convert.export import ConvertOptions, default_output_name
+    from sdcli.convert.sources import resolve_source
+    from sdcli.engine.controlnet import controlnet_folder
+
+    name = default_output_name(source)
+    path = Path(source).expanduser()
+    if path.is_dir() or (source.count("/") == 1 and not path.exists()):
+        quiet_libraries()
+        if resolve_source(source, ConvertOptions(allow_pickle=allow_pickle))[0] == "controlnet":
+            return controlnet_folder(controlnet_dir)[0] / name
+    return Path("models") / name
 
 
 def change_folder(into: Path, tiny_vae: Optional[str], weight_format: str, force: bool, log, settings: dict) -> None:

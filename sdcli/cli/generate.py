@@ -74,6 +74,15 @@ def generate(
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings, used where their file name is a word of the prompt [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin), which can run code: only files you trust."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP),
+    controlnet: Optional[List[str]] = typer.Option(None, "--controlnet", metavar="NAME", help="A ControlNet unit: a converted ControlNet's name in --controlnet-dir (or its folder), with its --control-image; repeat both for several units. Each --control-* flag below is given once for all units or once per unit."),
+    control_image: Optional[List[Path]] = typer.Option(None, "--control-image", metavar="FILE", help="The control image of each --controlnet, fitted to the picture by --control-resize."),
+    control_weight: Optional[List[float]] = typer.Option(None, "--control-weight", help="ControlNet: its weight, 0..2 (diffusers' controlnet_conditioning_scale) [default: 1]."),
+    control_start: Optional[List[float]] = typer.Option(None, "--control-start", help="ControlNet: the fraction of the steps it starts at, 0..1 (diffusers' control_guidance_start) [default: 0]."),
+    control_end: Optional[List[float]] = typer.Option(None, "--control-end", help="ControlNet: the fraction of the steps it ends at, 0..1 (control_guidance_end); it is not run outside [start, end] [default: 1]."),
+    control_mode: Optional[List[str]] = typer.Option(None, "--control-mode", metavar="balanced|prompt|controlnet", help="ControlNet: A1111's control mode: balanced, prompt (My prompt is more important), controlnet (ControlNet is more important: diffusers' guess_mode) [default: balanced]."),
+    control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture (A1111's resize modes) [default: crop-and-resize]."),
+    control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="none|canny", help="ControlNet: the control map made from the control image: none (the image is the map) or canny (OpenCV, thresholds 100/200) [default: none]."),
+    controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where --controlnet NAME finds converted ControlNets [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
 ):
     """Make images from a prompt (and optionally an init image)."""
     # the arguments as this function got them: click's ctx.params may hold Typer's paths as str
@@ -86,6 +95,44 @@ def generate(
             apply_stored_settings(ctx, options, settings_from_image(from_image))
         engine, request, paths = prepare(ctx, options)
         write_images(engine, request, paths, options)
+
+
+def control_units(o: SimpleNamespace) -> tuple:
+    """generate's ControlNet units: one per --controlnet, each with its --control-image, and each
+    --control-* flag's value given once for all units or once per unit."""
+    from sdcli.engine.controlnet import ControlUnit
+
+    names, images = list(o.controlnet or ()), list(o.control_image or ())
+    if not names:
+        for flag, given in (("--control-image", images), ("--control-weight", o.control_weight),
+                            ("--control-start", o.control_start), ("--control-end", o.control_end),
+                            ("--control-mode", o.control_mode), ("--control-resize", o.control_resize),
+                            ("--control-preprocessor", o.control_preprocessor)):
+            if given:
+                raise UsageError(f"{flag} is for a ControlNet unit: pass --controlnet NAME too")
+        return ()
+    if len(images) != len(names):
+        raise UsageError(f"--controlnet given {len(names)} time(s), --control-image {len(images)}: one control image "
+                         "per ControlNet")
+
+    def per_unit(flag: str, values, default) -> list:
+        values = list(values or ())
+        if not values:
+            return [default] * len(names)
+        if len(values) == 1:
+            return values * len(names)
+        if len(values) != len(names):
+            raise UsageError(f"{flag} given {len(values)} times for {len(names)} ControlNets: give it once (for all) "
+                             "or once per --controlnet")
+        return values
+
+    columns = [per_unit(flag, getattr(o, name), default) for flag, name, default in (
+        ("--control-weight", "control_weight", 1.0), ("--control-start", "control_start", 0.0),
+        ("--control-end", "control_end", 1.0), ("--control-mode", "control_mode", "balanced"),
+        ("--control-resize", "control_resize", "crop-and-resize"),
+        ("--control-preprocessor", "control_preprocessor", "none"))]
+    return tuple(ControlUnit(name, Path(image), *settings, image_name=Path(image).name)
+                 for name, image, *settings in zip(names, images, *columns))
 
 
 def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:
@@ -147,6 +194,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
         negative_aesthetic_score=o.negative_aesthetic_score, refiner_switch=o.refiner_switch,
         guidance_rescale=o.guidance_rescale, cfg_normalization=o.cfg_normalization,
         cfg_truncation=o.cfg_truncation, reference_images=tuple(o.reference_image or ()),
+        controlnets=control_units(o),
     )
     request.validate()
     check_precision(o.precision)
@@ -159,7 +207,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     seed = o.seed if o.seed is not None else secrets.randbelow(2**32)
     # the text encoder is freed once the prompt is encoded: every image shares it
     engine = Engine(model_dir, device=o.device, precision=o.precision, low_memory=o.low_memory,
-                    keep_text_encoder=False, networks=networks, refiner=o.refiner)
+                    keep_text_encoder=False, networks=networks, refiner=o.refiner, controlnet_dir=o.controlnet_dir)
     changes = {"seed": seed}
     few_step = engine.family.generation_defaults(o.scheduler)
     if few_step and o.from_image is None:  # the model's own defaults (its folder's, an LCM's) for what was not given

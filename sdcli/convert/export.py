@@ -98,6 +98,12 @@ def check_options(opts: ConvertOptions, output: Path) -> None:
 def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str], None] = print) -> Path:
     check_options(opts, output)
     kind, path = resolve_source(source, opts)
+    if kind == "controlnet":  # a ControlNetModel: its own exporter
+        from sdcli.convert.controlnet import convert_controlnet
+
+        convert_controlnet(source, path, output, opts, log)
+        log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
+        return output
     from sdcli.convert.flux2_klein import convert_flux2_klein, is_flux2_klein_folder
     from sdcli.convert.z_image import convert_z_image, is_z_image_folder
 

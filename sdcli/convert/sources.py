@@ -26,6 +26,9 @@ DIFFUSERS_FILES = [
     "transformer/*.json",
     "transformer/*.safetensors",
     "text_encoder/*.safetensors.index.json",
+    # a ControlNet repo (diffusers' ControlNetModel): its config and weights at the top
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
 ]
 # Keys only an SDXL checkpoint (base or refiner, in Stability's single-file layout) has
 SDXL_KEY_PREFIX = "conditioner.embedders."
@@ -88,9 +91,13 @@ def default_output_name(source: str) -> str:
 
 
 def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
-    """Return ("folder" | "single_file", local path); a Hub repo id is downloaded first."""
+    """Return ("folder" | "single_file" | "controlnet", local path); a Hub repo id is downloaded first."""
+    from sdcli.convert.controlnet import is_controlnet_folder
+
     path = Path(source).expanduser()
     if path.is_dir():
+        if is_controlnet_folder(path):
+            return "controlnet", path
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{source} is not a diffusers folder (no model_index.json)")
         return "folder", path
@@ -104,7 +111,8 @@ def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
             )
         return "single_file", path
     if source.count("/") == 1 and not path.exists():
-        return "folder", download_repo(source)
+        downloaded = download_repo(source)
+        return ("controlnet" if is_controlnet_folder(downloaded) else "folder"), downloaded
     raise UsageError(f"not a model folder, checkpoint file or Hub repo id: {source}")
 
 

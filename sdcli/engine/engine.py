@@ -72,7 +72,7 @@ class Engine:
     def __init__(self, model_dir: str | Path, device: str = "CPU", precision: str = "auto",
                  cache_dir: Path | None | bool = True, low_memory: bool = False, streams: int | None = None,
                  keep_text_encoder: bool = True, networks: NetworkFolders | None = None,
-                 refiner: str | Path | None = None):
+                 refiner: str | Path | None = None, controlnet_dir: Path | None = None):
         """`low_memory` keeps only one large component in memory at a time (each is loaded
         again when needed next: slower for several images, same result).  `streams` compiles
         for throughput (see Runtime): several threads may then call generate() at once, each
@@ -81,8 +81,10 @@ class Engine:
         the prompts' LoRAs and embeddings are looked for (default: $SDCLI_LORA_DIR or
         models/Lora, $SDCLI_EMBEDDINGS_DIR or models/embeddings).  `refiner`: an SDXL refiner's
         folder, which takes the latents over at each request's `refiner_switch` and decodes
-        them (engine/handoff.py)."""
+        them (engine/handoff.py).  `controlnet_dir`: where a request's ControlNets are looked for
+        (default: $SDCLI_CONTROLNET_DIR or models/ControlNet; engine/controlnet.py)."""
         self.folder = ModelFolder.open(model_dir)
+        self.controlnet_dir = controlnet_dir
         self.family = family_for(self.folder)
         self.low_memory = low_memory
         self.keep_text_encoder = keep_text_encoder and not low_memory
@@ -112,7 +114,14 @@ class Engine:
         from sdcli.engine.memory import check_fits
 
         self.family.check(request)
+        self._check_controlnets(request)
         return check_fits(self, self.networks.activate(request), images)
+
+    def _check_controlnets(self, request: GenerationRequest) -> None:
+        if request.controlnets:
+            from sdcli.engine.controlnet import check_request
+
+            check_request(request, self)
 
     def _unet_shapes(self, request: GenerationRequest) -> dict[str, list[int]]:
         """The denoiser's input shapes for `request` (its UNet's or transformer's)."""
@@ -123,7 +132,9 @@ class Engine:
         return self.family.denoiser_shapes(request, guidance, (height // f, width // f))
 
     @staticmethod
-    def _unet_variants(deepcache: int) -> tuple:
+    def _unet_variants(deepcache: int, controlnet: bool = False) -> tuple:
+        if controlnet:  # the UNet with ControlNet residual inputs (runtime/controlnet.py)
+            return ("controlnet",)
         return ("full", "shallow") if deepcache > 1 else (None,)
 
     def preload(self, request: GenerationRequest) -> list[Future]:
@@ -142,7 +153,7 @@ class Engine:
         if self.refiner is not None and not self.low_memory:
             self.refiner.preload(refiner_request(request))
         started = [self.components.start_denoiser(shapes, variant, patch)
-                   for variant in self._unet_variants(request.deepcache)]
+                   for variant in self._unet_variants(request.deepcache, bool(request.controlnets))]
         if not self.low_memory:  # the decoder loads during the loop, after the denoiser (engine/loader.py)
             width, height = self.resolve_size(request)
             decoding = self.refiner or self
@@ -222,11 +233,13 @@ class Engine:
                 self.components.release(vae.encoder)
 
     def denoising_unet(self, conditioning: Conditioning, latent_hw: tuple[int, int], deepcache: int = 1,
-                       patch: WeightPatch | None = None):
+                       patch: WeightPatch | None = None, controlnet: bool = False):
         """What the loop calls: the denoiser (the UNet or transformer, with the LoRAs of `patch`
-        fused), or with `deepcache` > 1 DeepCache's pair of UNets (fresh state)."""
+        fused), or with `deepcache` > 1 DeepCache's pair of UNets (fresh state); `controlnet`:
+        the UNet with ControlNet residual inputs (engine/controlnet.py wraps it)."""
         shapes = self.family.conditioned_shapes(conditioning, latent_hw)
-        unets = [self.components.denoiser(shapes, variant, patch) for variant in self._unet_variants(deepcache)]
+        unets = [self.components.denoiser(shapes, variant, patch)
+                 for variant in self._unet_variants(deepcache, controlnet)]
         for unet in unets:
             unet.recorder = self.unet_recorder
         return unets[0] if deepcache <= 1 else DeepCacheUNet(*unets, deepcache)
@@ -266,6 +279,7 @@ class Engine:
         request = request.with_images_read()
         request.validate()
         self.family.check(request)
+        self._check_controlnets(request)
         self.folder.vae(request.vae)
         request = self.networks.activate(request)  # the prompt's LoRAs and embeddings; its tags removed
         active = request.networks
@@ -300,7 +314,11 @@ class Engine:
         timings["prepare_latents"] = time.perf_counter() - t0
 
         unet = self.denoising_unet(conditioning, latents.shape[2:], request.deepcache,  # 3. denoise
-                                   active.patch(self.folder.denoiser))
+                                   active.patch(self.folder.denoiser), bool(request.controlnets))
+        if request.controlnets:  # the ControlNet units around the UNet (engine/controlnet.py)
+            from sdcli.engine.controlnet import control
+
+            unet = control(self, unet, request, width, height, len(timesteps))
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
         step_times: list[float] = []
@@ -309,6 +327,7 @@ class Engine:
         del unet  # else this frame keeps a released UNet (and its weights) alive through decoding
         if release_unet or self.low_memory:
             self.components.release_denoiser()
+            self.components.release("controlnet")
         if self.refiner is not None:  # the refiner's part of the schedule
             latents = self.refiner.refine(latents, request, rng, on_step, len(step_times), step_times, clock)
             if release_unet or self.low_memory:

@@ -83,6 +83,9 @@ class GenerationRequest:
     # files), and their names for the PNG's parameters (with_images_read takes them from the files)
     reference_images: tuple[Image, ...] = ()
     reference_names: tuple[str, ...] = ()
+    # ControlNet units (engine.controlnet.ControlUnit: a converted ControlNet, its control image, weight,
+    # guidance start/end, control mode, resize mode, preprocessor), summed in the denoise stage
+    controlnets: tuple = ()
     # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
     # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.
     networks: object | None = None
@@ -122,6 +125,10 @@ class GenerationRequest:
         if self.clip_skip < 1:
             raise UsageError("--clip-skip must be 1 (off) or more")
         self._validate_micro_conditioning()
+        for unit in self.controlnets:
+            unit.check()
+        if self.controlnets and self.mask is not None:
+            raise UsageError("--controlnet with --mask (inpainting) is not supported yet: txt2img and --init-image")
 
     def _validate_micro_conditioning(self) -> None:
         for flag, pair, low in (("--original-size", self.original_size, 1), ("--crop-coords", self.crop_coords, 0),
@@ -156,6 +163,8 @@ class GenerationRequest:
             if not self.reference_names:
                 changes["reference_names"] = tuple(Path(image).name if isinstance(image, (str, Path)) else "(array)"
                                                    for image in self.reference_images)
+        if any(isinstance(unit.image, (str, Path)) for unit in self.controlnets):
+            changes["controlnets"] = tuple(unit.read_image() for unit in self.controlnets)
         return dataclasses.replace(self, **changes) if changes else self
 
     def replace(self, **changes) -> "GenerationRequest":

@@ -1,0 +1,100 @@
+"""`sdcli convert` of a diffusers ControlNetModel (a folder whose config.json says so, or a Hub
+repo downloaded as models are) into a ControlNet folder of IR:
+
+    NAME/openvino_model.xml, .bin   inputs sample, timestep (f32), encoder_hidden_states,
+                                    controlnet_cond (RGB in [0, 1]) [+ SDXL's text_embeds, time_ids];
+                                    outputs down_block_res_0 ... down_block_res_{n-1}, mid_block_res
+    NAME/config.json                the ControlNetModel's config (what base it fits)
+    NAME/sdcli.json                 source, weight format
+
+Height and width are dynamic.  The residuals come out unscaled (conditioning_scale 1, no guess
+mode): the engine scales them (engine/controlnet.py).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from sdcli.convert.ir import model_config, save_ir, write_json
+from sdcli.convert.options import ConvertOptions
+from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import atomic_directory
+
+CLASS_NAME = "ControlNetModel"
+
+
+def is_controlnet_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file() or (path / "model_index.json").is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == CLASS_NAME
+    except (OSError, ValueError):
+        return False
+
+
+def residual_names(count: int) -> list[str]:
+    return [f"down_block_res_{i}" for i in range(count)] + ["mid_block_res"]
+
+
+def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptions,
+                       log: Callable[[str], None] = print) -> Path:
+    if opts.weight_format not in ("fp32", "fp16", "int8"):
+        raise UsageError(f"--weight-format {opts.weight_format}: a ControlNet converts to fp32, fp16 or int8")
+    for flag, value in (("--lora", opts.lora), ("--tiny-vae", opts.tiny_vae), ("--quantize", opts.quantize),
+                        ("--scheduler", opts.scheduler), ("--timestep-spacing", opts.timestep_spacing)):
+        if value:
+            raise UsageError(f"{flag} is for models; {source} is a ControlNet")
+    import torch
+    from diffusers import ControlNetModel
+    from openvino import PartialShape, Type
+
+    torch.set_grad_enabled(False)
+    log(f"loading {source}")
+    try:
+        model = ControlNetModel.from_pretrained(path, torch_dtype=torch.float32)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UsageError(f"{source}: not a loadable ControlNet ({exc})") from None
+    cfg = model.config
+    xl = cfg.get("addition_embed_type") == "text_time"
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, controlnet):
+            super().__init__()
+            self.controlnet = controlnet
+
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, text_embeds=None, time_ids=None):
+            added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None
+            down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond,
+                                        conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False)
+            return (*down, mid)
+
+    lat, factor = 8, 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
+    dim = cfg.cross_attention_dim
+    example = {"sample": torch.randn(2, cfg.in_channels, lat, lat), "timestep": torch.tensor([1.0, 1.0]),
+               "encoder_hidden_states": torch.randn(2, 77, dim),
+               "controlnet_cond": torch.rand(2, cfg.conditioning_channels, lat * factor, lat * factor)}
+    inputs = [(PartialShape([-1, cfg.in_channels, -1, -1]), Type.f32), (PartialShape([-1]), Type.f32),
+              (PartialShape([-1, -1, dim]), Type.f32), (PartialShape([-1, cfg.conditioning_channels, -1, -1]), Type.f32)]
+    if xl:
+        time_ids = 6
+        pooled = cfg.projection_class_embeddings_input_dim - time_ids * cfg.addition_time_embed_dim
+        example.update(text_embeds=torch.randn(2, pooled), time_ids=torch.full((2, time_ids), 64.0))
+        inputs += [(PartialShape([-1, pooled]), Type.f32), (PartialShape([-1, time_ids]), Type.f32)]
+    with torch.no_grad():
+        count = len(model(**{k: v for k, v in example.items() if k not in ("text_embeds", "time_ids")},
+                          added_cond_kwargs={"text_embeds": example["text_embeds"], "time_ids": example["time_ids"]}
+                          if xl else None, return_dict=False)[0])
+    from sdcli.convert.ir import to_openvino
+
+    with atomic_directory(output, replace=opts.force) as tmp:
+        started = time.perf_counter()
+        log("[1/1] controlnet")
+        ir = to_openvino(Wrapper(model), example, inputs, residual_names(count))
+        save_ir(ir, tmp, opts.weight_format)
+        write_json(tmp / "config.json", model_config(model))
+        write_json(tmp / "sdcli.json", {"source": source, "weight_format": opts.weight_format,
+                                        "converted_in_s": round(time.perf_counter() - started, 1)})
+    return output

@@ -1,0 +1,290 @@
+"""ControlNet units in the denoise stage.
+
+A request's units (ControlUnit: a converted ControlNet, its control image and settings) wrap
+the denoiser the loop calls (ControlledUNet): each call runs the units whose guidance range
+holds the step, sums their scaled residuals and feeds them to the UNet compiled with residual
+inputs (runtime/controlnet.py).  The loop itself knows nothing of it.  Without units the
+UNet is compiled and called as it always is.
+
+diffusers' rules (StableDiffusionControlNetPipeline, 0.42):
+- a unit runs on step i of n when not (i / n < start or (i + 1) / n > end); on the others it
+  adds nothing (diffusers runs it at scale 0; here it is not run);
+- its residuals are scaled by its weight; several units' are summed (MultiControlNetModel);
+- control mode "controlnet" (A1111's "ControlNet is more important") is diffusers' guess
+  mode: residual k of n + 1 scaled by logspace(-1, 0, n + 1)[k], and with classifier-free
+  guidance the ControlNet runs on the prompt's row only, the negative row getting none;
+- control mode "prompt" (A1111's "My prompt is more important") scales residual k by
+  0.825 ** (n - k) (A1111's soft injection), on both rows.
+
+ControlNets are found by name in --controlnet-dir, else $SDCLI_CONTROLNET_DIR, else
+models/ControlNet (a folder written by `sdcli convert` of a ControlNetModel), or given as
+the path of such a folder.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from sdcli.util.errors import UsageError
+
+CONTROLNET_ENV = "SDCLI_CONTROLNET_DIR"
+DEFAULT_CONTROLNET_DIR = Path("models/ControlNet")
+CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                 "controlnet": "ControlNet is more important"}
+SOFT_INJECTION = 0.825  # A1111's per-residual factor for "My prompt is more important"
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit of a request (generate's --controlnet and its --control-* flags)."""
+
+    model: str  # a converted ControlNet's name (in the ControlNet folder) or its folder
+    image: object  # RGB uint8 [H, W, 3], or its file (read by read_image)
+    weight: float = 1.0
+    start: float = 0.0  # the fraction of the steps from which it runs
+    end: float = 1.0  # ... up to which
+    mode: str = "balanced"  # CONTROL_MODES
+    resize: str = "crop-and-resize"  # imaging.control.RESIZE_MODES (A1111's default)
+    preprocessor: str = "none"  # imaging.control.PREPROCESSORS
+    image_name: str = ""  # the control image's file name (for the PNG's parameters)
+
+    def check(self) -> None:
+        from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
+
+        if not self.model or not str(self.model).strip():
+            raise UsageError("--controlnet: empty name")
+        if not (math.isfinite(self.weight) and 0.0 <= self.weight <= 2.0):
+            raise UsageError(f"--control-weight must be between 0 and 2, got {self.weight}")
+        for flag, value in (("--control-start", self.start), ("--control-end", self.end)):
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise UsageError(f"{flag} must be between 0 and 1, got {value}")
+        if self.start >= self.end:
+            raise UsageError(f"--control-start ({self.start}) must be below --control-end ({self.end})")
+        for flag, value, allowed in (("--control-mode", self.mode, CONTROL_MODES),
+                                     ("--control-resize", self.resize, RESIZE_MODES),
+                                     ("--control-preprocessor", self.preprocessor, PREPROCESSORS)):
+            if value not in allowed:
+                raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def read_image(self) -> "ControlUnit":
+        """This unit with its control image read (a file's errors name --control-image)."""
+        if not isinstance(self.image, (str, Path)):
+            return self
+        from sdcli.imaging.image_io import read_rgb
+
+        try:
+            image = read_rgb(Path(self.image))
+        except UsageError as exc:
+            raise UsageError(f"--control-image: {exc}") from None
+        return ControlUnit(self.model, image, self.weight, self.start, self.end, self.mode, self.resize,
+                           self.preprocessor, self.image_name or Path(self.image).name)
+
+    def runs_at(self, index: int, total: int) -> bool:
+        """diffusers' controlnet_keep: whether the unit runs on step `index` of `total`."""
+        return not (index / total < self.start or (index + 1) / total > self.end)
+
+    def scales(self, count: int) -> np.ndarray:
+        """The factors of its `count` residuals (the down ones, then the mid one)."""
+        if self.mode == "controlnet":
+            return np.logspace(-1, 0, count).astype(np.float32) * np.float32(self.weight)
+        if self.mode == "prompt":
+            return np.asarray([self.weight * SOFT_INJECTION ** (count - 1 - k) for k in range(count)], np.float32)
+        return np.full(count, self.weight, np.float32)
+
+
+def controlnet_folder(given: Path | None) -> tuple[Path, str]:
+    """The folder converted ControlNets live in, and how it was chosen (for messages)."""
+    if given is not None:
+        return Path(given).expanduser(), "--controlnet-dir"
+    if os.environ.get(CONTROLNET_ENV):
+        return Path(os.environ[CONTROLNET_ENV]).expanduser(), f"${CONTROLNET_ENV}"
+    return DEFAULT_CONTROLNET_DIR, "the default"
+
+
+def is_converted_controlnet(path: Path) -> bool:
+    return (path / "openvino_model.xml").is_file() and (path / "config.json").is_file()
+
+
+def find_controlnet(name: str, folder: Path | None = None) -> Path:
+    """The converted ControlNet `name`: a folder of that name in the ControlNet folder, or the
+    path of one; UsageError naming what was searched."""
+    base, how = controlnet_folder(folder)
+    candidates = [base / name]
+    direct = Path(name).expanduser()
+    if direct.is_absolute() or os.sep in name or name.startswith("."):
+        candidates.insert(0, direct)
+    for path in candidates:
+        if is_converted_controlnet(path):
+            return path
+    names = sorted(p.name for p in base.iterdir() if is_converted_controlnet(p)) if base.is_dir() else []
+    have = f" (it has: {', '.join(names)})" if names else " (it has none)" if base.is_dir() else \
+        " (which does not exist)"
+    raise UsageError(f"--controlnet {name}: no converted ControlNet of that name in {base}, {how}{have}; "
+                     f"convert one with sdcli convert, or pass --controlnet-dir")
+
+
+def check_fits(path: Path, unet_config: dict, is_sdxl: bool) -> dict:
+    """The ControlNet's config, or UsageError when it was made for another base than the UNet's."""
+    from sdcli.model.config_checks import read_json
+
+    config = read_json(path / "config.json")
+    xl = config.get("addition_embed_type") == "text_time"
+    if xl != is_sdxl:
+        kinds = ("SDXL", "SD 1.x/2.x")
+        raise UsageError(f"--controlnet {path.name}: it is a ControlNet for {kinds[not xl]} models; this is an "
+                         f"{kinds[not is_sdxl]} model")
+    for key in ("cross_attention_dim", "block_out_channels", "layers_per_block", "in_channels"):
+        ours, theirs = unet_config.get(key), config.get(key)
+        if isinstance(ours, list) or isinstance(theirs, list):
+            ours, theirs = list(ours or []), list(theirs or [])
+        if ours is not None and theirs is not None and ours != theirs:
+            raise UsageError(f"--controlnet {path.name}: it does not fit this model (its {key} is {theirs}, the "
+                             f"UNet's {ours}): a ControlNet for another base model")
+    return config
+
+
+class ControlNetRuntime:
+    """A converted ControlNet compiled for one set of shapes."""
+
+    def __init__(self, runtime, path: Path, shapes: dict[str, list[int]]):
+        from sdcli.runtime.components import CompiledComponent
+        from sdcli.model.config_checks import ir_header
+
+        xml = path / "openvino_model.xml"
+        declared = list(ir_header(xml)[1])
+        self.inputs = declared
+        shapes = {name: shape for name, shape in shapes.items() if name in declared}
+        missing = [name for name in declared if name not in shapes]
+        if missing:
+            raise UsageError(f"--controlnet {path.name}: its IR takes {', '.join(missing)}, which this model does not "
+                             "provide")
+        self.compiled, self._mapping = runtime.load(f"controlnet-{path.name}", xml, shapes)
+        self._component = CompiledComponent()
+        self._component.compiled = self.compiled
+
+    def __call__(self, inputs: dict) -> list[np.ndarray]:
+        request = self._component.request
+        request.infer({name: value for name, value in inputs.items() if name in self.inputs})
+        return [request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
+
+
+@dataclass
+class PreparedUnit:
+    unit: ControlUnit
+    image: np.ndarray  # controlnet_cond [1, 3, H, W]
+    path: Path
+
+
+def prepare_units(units, width: int, height: int, folder: Path | None, unet_config: dict,
+                  is_sdxl: bool) -> list[PreparedUnit]:
+    """Each unit's ControlNet found and checked against the model, and its control image
+    fitted to width x height and preprocessed."""
+    from sdcli.imaging.control import control_input, fit, preprocess
+
+    prepared = []
+    for unit in units:
+        path = find_controlnet(unit.model, folder)
+        check_fits(path, unet_config, is_sdxl)
+        unit = unit.read_image()
+        image = preprocess(fit(unit.image, width, height, unit.resize), unit.preprocessor)
+        prepared.append(PreparedUnit(unit, control_input(image), path))
+    return prepared
+
+
+class ControlledUNet:
+    """Called like the UNet by the denoise loop (call i is step i of `total`): the UNet with
+    residual inputs, fed the units' summed residuals (zeros when none runs)."""
+
+    def __init__(self, unet, units: list[PreparedUnit], load, total: int):
+        """`load(path, shapes)`: the ControlNetRuntime of a ControlNet for input shapes."""
+        from sdcli.runtime.controlnet import residual_shapes
+
+        self.unet = unet
+        self.units = units
+        self.load = load
+        self.total = total
+        self.calls = 0
+        self.recorder = None
+        self.residual_shapes = residual_shapes(unet.compiled)
+        self.names = sorted((n for n in self.residual_shapes if n.startswith("down_block_res_")),
+                            key=lambda n: int(n.rsplit("_", 1)[1])) + ["mid_block_res"]
+
+    @cached_property
+    def zeros(self) -> dict[str, np.ndarray]:
+        return {name: np.zeros(shape, np.float32) for name, shape in self.residual_shapes.items()}
+
+    def _residuals(self, sample: np.ndarray, timestep, context: np.ndarray, extra: dict) -> dict[str, np.ndarray]:
+        index = self.calls
+        total = {name: None for name in self.names}
+        rows = sample.shape[0]
+        for prepared in self.units:
+            unit = prepared.unit
+            if not unit.runs_at(index, self.total):
+                continue
+            cond_only = unit.mode == "controlnet" and rows == 2  # guess mode with classifier-free guidance
+            take = (lambda a: a[1:]) if cond_only else (lambda a: a)
+            batch = 1 if cond_only else rows
+            inputs = {"sample": take(sample), "timestep": np.full((batch,), timestep, np.float32),
+                      "encoder_hidden_states": take(context),
+                      "controlnet_cond": np.repeat(prepared.image, batch, axis=0),
+                      **{name: take(value) for name, value in extra.items()}}
+            controlnet = self.load(prepared.path, {name: list(value.shape) for name, value in inputs.items()})
+            outputs = controlnet(inputs)
+            if len(outputs) != len(self.names) or any(out.shape[1:] != self.residual_shapes[name][1:]
+                                                       for out, name in zip(outputs, self.names)):
+                raise UsageError(f"--controlnet {prepared.path.name}: its residuals do not fit this UNet's skip "
+                                 "connections (a ControlNet for another base model)")
+            scales = unit.scales(len(outputs))
+            for name, out, scale in zip(self.names, outputs, scales):
+                out = out * scale
+                if cond_only:
+                    out = np.concatenate([np.zeros_like(out), out], axis=0)
+                total[name] = out if total[name] is None else total[name] + out
+        return {name: (value if value is not None else self.zeros[name]) for name, value in total.items()}
+
+    def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
+        residuals = self._residuals(sample, timestep, context, extra)
+        self.calls += 1
+        return self.unet(sample, timestep, context, **extra, **residuals)
+
+    def output(self, index: int) -> np.ndarray:
+        return self.unet.output(index)
+
+
+def check_request(request, engine) -> None:
+    """UsageError for a request whose ControlNet units this engine cannot run (before anything
+    loads): the model, the other options, and each unit's ControlNet found and fitting."""
+    if engine.folder.denoiser != "unet":
+        raise UsageError(f"--controlnet is for Stable Diffusion and SDXL models (a UNet); this is a "
+                         f"{engine.family.name} model")
+    if request.deepcache > 1:
+        raise UsageError("--controlnet with --deepcache is not supported yet: leave one out")
+    if engine.refiner is not None:
+        raise UsageError("--controlnet with --refiner is not supported yet")
+    if int(engine.folder.unet_config.get("in_channels", 4)) != 4:
+        raise UsageError("--controlnet: this UNet takes more than the latents (an inpainting model?); "
+                         "ControlNet runs on plain Stable Diffusion and SDXL UNets")
+    for unit in request.controlnets:
+        check_fits(find_controlnet(unit.model, engine.controlnet_dir), engine.folder.unet_config,
+                   engine.folder.is_sdxl)
+
+
+def control(engine, unet, request, width: int, height: int, steps: int) -> ControlledUNet:
+    """The UNet `unet` (compiled with residual inputs) wrapped with `request`'s units, for a
+    loop of `steps` calls on a width x height picture."""
+    units = prepare_units(request.controlnets, width, height, engine.controlnet_dir, engine.folder.unet_config,
+                          engine.folder.is_sdxl)
+    components = engine.components
+
+    def load(path: Path, shapes: dict[str, list[int]]) -> ControlNetRuntime:
+        key = ("controlnet", str(path), tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())))
+        return components.get(key, lambda: ControlNetRuntime(components.runtime, path, shapes))
+
+    controlled = ControlledUNet(unet, units, load, steps)
+    controlled.recorder = getattr(unet, "recorder", None)
+    return controlled
