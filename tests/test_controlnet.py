@@ -199,3 +199,147 @@ def test_controlnet_matches_diffusers(case, tiny_eps, tiny_controlnets, no_contr
     distance = moved(ours, reference)
     print(f"controlnet {case}: max {np.abs(ours - theirs).max()}, moved {distance} from {against}")
     assert distance > 2, f"{case} moves the picture by {distance} only from {against}"
+
+
+def test_controlnet_img2img_matches_diffusers(tiny_eps, tiny_controlnets, init_image_file, tmp_path, parity_log):
+    """StableDiffusionControlNetImg2ImgPipeline: the init image (96x64) and a control image of its size."""
+    from tests.reference import compare
+
+    img2img = {"init": init_image_file, "strength": 0.75}
+    units = [dict(name="cn-a", image=tiny_controlnets.images["wide"], scale=0.8)]
+    ours = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "ours", units, img2img=img2img)
+    theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, units, img2img=img2img)
+    compare(ours, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode="cn img2img .75", size="96x64")
+    plain = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "other", [dict(units[0], scale=0.3)],
+                             img2img=img2img)
+    print(f"controlnet img2img: max {np.abs(ours - theirs).max()}, weight .8 vs .3 moved {moved(ours, plain)}")
+    assert moved(ours, plain) > 2
+
+
+def test_prompt_mode_is_a1111_soft_injection(tiny_eps, tiny_controlnets, tmp_path, parity_log):
+    """--control-mode prompt (A1111's "My prompt is more important"): residual k of n + 1 scaled by
+    0.825 ** (n - k), against diffusers' pipeline with its ControlNet's outputs scaled so."""
+    from tests.reference import compare
+
+    units = [dict(name="cn-a", image=tiny_controlnets.images["a"])]
+    ours = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "ours", units, "--control-mode", "prompt")
+    net = tiny_controlnets.model("cn-a")
+    original = net.forward
+
+    def soft(*args, **kwargs):
+        down, mid = original(*args, **kwargs)
+        n = len(down)
+        return [d * 0.825 ** (n - k) for k, d in enumerate(down)], mid
+
+    net.forward = soft
+    try:
+        theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, units)
+    finally:
+        del net.forward
+    compare(ours, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode="cn prompt mode", size="64x64")
+    balanced = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "balanced", units)
+    print(f"controlnet prompt mode: max {np.abs(ours - theirs).max()}, moved {moved(ours, balanced)} from balanced")
+    assert moved(ours, balanced) > 2
+
+
+def test_canny_preprocessor(tiny_eps, tiny_controlnets, tmp_path, parity_log):
+    """--control-preprocessor canny: diffusers given OpenCV's Canny map (100, 200) of the image."""
+    import cv2
+
+    from sdcli.imaging.image_io import read_rgb, save_png
+    from tests.reference import compare
+
+    image = tiny_controlnets.images["b"]
+    edges = cv2.Canny(read_rgb(image), 100, 200)
+    assert 0 < (edges > 0).mean() < 0.5
+    edge_file = tmp_path / "edges.png"
+    save_png(edge_file, np.repeat(edges[:, :, None], 3, axis=2))
+    units = [dict(name="cn-b", image=image)]
+    ours = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "ours", units, "--control-preprocessor", "canny")
+    theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, [dict(units[0], image=edge_file)])
+    compare(ours, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode="cn canny", size="64x64")
+    raw = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "raw", units)
+    print(f"controlnet canny: max {np.abs(ours - theirs).max()}, moved {moved(ours, raw)} from the raw image")
+    assert moved(ours, raw) > 2
+
+
+def test_resize_modes():
+    from sdcli.imaging.control import fit
+    from sdcli.imaging.image_io import resize
+    from tests.models import smooth_picture
+
+    wide = smooth_picture(96, 64)  # W 96, H 64
+    np.testing.assert_array_equal(fit(wide, 64, 64, "crop-and-resize"), wide[:, 16:80])
+    np.testing.assert_array_equal(fit(wide, 64, 64, "just-resize"), resize(wide, 64, 64))
+    filled = fit(wide, 64, 64, "resize-and-fill")
+    border = np.concatenate([wide[0], wide[-1], wide[:, 0], wide[:, -1]])
+    np.testing.assert_array_equal(filled[:10], np.broadcast_to(np.median(border, axis=0).astype(np.uint8), (10, 64, 3)))
+    np.testing.assert_array_equal(filled[10:53], resize(wide, 64, 43))
+    tall = fit(wide, 48, 96, "crop-and-resize")  # scaled up by 1.5 to cover 48x96, the middle kept
+    np.testing.assert_array_equal(tall, resize(wide, 144, 96)[:, 48:96])
+    for mode in ("just-resize", "crop-and-resize", "resize-and-fill"):
+        assert fit(wide, 40, 72, mode).shape == (72, 40, 3)
+
+
+def test_resize_mode_moves_the_picture(tiny_eps, tiny_controlnets, tmp_path):
+    units = [dict(name="cn-a", image=tiny_controlnets.images["wide"])]
+    pictures = {mode: sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, mode, units, "--control-resize", mode)
+                for mode in ("just-resize", "crop-and-resize", "resize-and-fill")}
+    assert moved(pictures["just-resize"], pictures["crop-and-resize"]) > 2
+    assert moved(pictures["crop-and-resize"], pictures["resize-and-fill"]) > 2
+
+
+def test_fp16_and_int8_controlnets_convert_and_run(tiny_eps, tiny_controlnets, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    units = [dict(name="cn-a", image=tiny_controlnets.images["a"])]
+    full = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "fp32", units)
+    folder = tmp_path / "cn"
+    for weight_format in ("fp16", "int8"):
+        result = CliRunner().invoke(app, ["convert", str(tiny_controlnets.sources["cn-a"]), "--weight-format",
+                                          weight_format, "--output", str(folder / weight_format), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert (folder / weight_format / "sdcli.json").read_text().count(weight_format)
+        small = CliRunner().invoke(app, ["generate", "--model", str(tiny_eps.ov_dir), "--prompt", "a", "--steps", "2",
+                                         "--width", "64", "--height", "64", "--controlnet", str(folder / weight_format),
+                                         "--control-image", str(tiny_controlnets.images["a"]),
+                                         "--output", str(tmp_path / f"{weight_format}.png"), "--quiet"])
+        assert small.exit_code == 0, small.output
+    assert full.std() > 10
+
+
+def test_bad_controlnet_input(tiny_eps, tiny_controlnets, tmp_path):
+    import json
+    import shutil
+
+    from tests.test_bad_input import assert_refused, invoke
+
+    out = tmp_path / "out.png"
+    base = ["generate", "--model", tiny_eps.ov_dir, "--prompt", "a", "--steps", "2", "--width", "64", "--height", "64",
+            "--output", out, "--controlnet-dir", tiny_controlnets.folder]
+    image = tiny_controlnets.images["a"]
+    assert_refused(invoke(*base, "--controlnet", "nope", "--control-image", image), 2, "--controlnet nope")
+    assert_refused(invoke(*base, "--controlnet", "nope", "--control-image", image), 2, str(tiny_controlnets.folder))
+    not_png = tmp_path / "broken.png"
+    not_png.write_text("not an image")
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", not_png), 2, "--control-image")
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", tmp_path / "missing.png"), 2,
+                   "--control-image")
+    xl = tmp_path / "ControlNet" / "xl"
+    shutil.copytree(tiny_controlnets.folder / "cn-a", xl)
+    config = json.loads((xl / "config.json").read_text())
+    (xl / "config.json").write_text(json.dumps(dict(config, addition_embed_type="text_time")))
+    assert_refused(invoke(*base[:-2], "--controlnet-dir", xl.parent, "--controlnet", "xl", "--control-image", image),
+                   2, "for SDXL models")
+    assert_refused(invoke(*base, "--control-image", image), 2, "--controlnet")
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--controlnet", "cn-b", "--control-image", image), 2,
+                   "one control image per ControlNet")
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", image, "--control-start", "0.8",
+                          "--control-end", "0.2"), 2, "--control-start")
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", image, "--control-mode", "loud"), 2,
+                   "--control-mode")
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", image, "--deepcache", "2"), 2,
+                   "--deepcache")
+    assert not out.exists()
