@@ -343,3 +343,30 @@ def test_bad_controlnet_input(tiny_eps, tiny_controlnets, tmp_path):
     assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", image, "--deepcache", "2"), 2,
                    "--deepcache")
     assert not out.exists()
+
+
+def test_infotext_is_written_and_read_back(tiny_eps, tiny_controlnets, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.imaging.image_io import read_png_text
+    from tests.test_bad_input import assert_refused
+
+    images = tiny_controlnets.images
+    units = [dict(name="cn-a", image=images["a"], scale=0.6, start=0.25), dict(name="cn-b", image=images["b"])]
+    first = tmp_path / "first.png"
+    sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "first", units, "--control-preprocessor", "canny",
+                     "--control-preprocessor", "none", "--control-mode", "controlnet", "--control-mode", "balanced")
+    text = read_png_text(first)["parameters"]
+    assert ('ControlNet 0: "Module: canny, Model: cn-a, Weight: 0.6, Resize Mode: Crop and Resize, Threshold A: 100.0, '
+            'Threshold B: 200.0, Guidance Start: 0.25, Guidance End: 1.0, Pixel Perfect: False, '
+            'Control Mode: ControlNet is more important"') in text
+    assert ('ControlNet 1: "Module: none, Model: cn-b, Weight: 1.0, Resize Mode: Crop and Resize, Guidance Start: 0.0, '
+            'Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"') in text
+    again = tmp_path / "again.png"
+    base = ["generate", "--model", str(tiny_eps.ov_dir), "--from-image", str(first), "--output", str(again), "--quiet",
+            "--controlnet-dir", str(tiny_controlnets.folder)]
+    result = CliRunner().invoke(app, [*base, "--control-image", str(images["a"]), "--control-image", str(images["b"])])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == first.read_bytes()
+    assert_refused(CliRunner().invoke(app, base), 2, "pass --control-image for each")

@@ -167,12 +167,31 @@ def apply_stored_settings(ctx: typer.Context, options: SimpleNamespace, stored: 
     if references and len(options.reference_image) != len(references):
         warn(f"--from-image: it was made from {len(references)} reference image(s) ({', '.join(references)}), "
              f"{len(options.reference_image)} given: the image will differ")
+    apply_stored_controlnets(ctx, options, stored.get("controlnets", ()))
     for note in stored.get("notes", ()):
         warn(f"--from-image: {note}")
     options.stored_hashes = {kind: stored[kind] for kind in ("lora_hashes", "ti_hashes") if kind in stored}
     model_name = stored.get("model_name")
     if options.model is None and not os.environ.get("SDCLI_MODEL") and model_name and (Path("models") / model_name).is_dir():
         options.model = str(Path("models") / model_name)
+
+
+def apply_stored_controlnets(ctx: typer.Context, options: SimpleNamespace, units: list) -> None:
+    """--from-image: the PNG's ControlNet units (A1111's `ControlNet N` fields) for --controlnet and
+    each --control-* flag not given; their control images are not in a PNG: --control-image."""
+    if not units or option_given(ctx, "controlnet"):
+        return
+    names = [unit["model"] for unit in units]
+    if len(options.control_image or ()) != len(units):
+        raise UsageError(f"--from-image: {ctx.params['from_image']} was made with {len(units)} ControlNet unit(s) "
+                         f"({', '.join(names)}), whose control images a PNG does not store: pass --control-image "
+                         "for each, in that order, to redo it")
+    options.controlnet = names
+    for name, key in (("control_weight", "weight"), ("control_start", "start"), ("control_end", "end"),
+                      ("control_mode", "mode"), ("control_resize", "resize"),
+                      ("control_preprocessor", "preprocessor")):
+        if not option_given(ctx, name):
+            setattr(options, name, [unit[key] for unit in units])
 
 
 def prepare(ctx: typer.Context, o: SimpleNamespace):

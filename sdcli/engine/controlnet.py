@@ -288,3 +288,57 @@ def control(engine, unet, request, width: int, height: int, steps: int) -> Contr
     controlled = ControlledUNet(unet, units, load, steps)
     controlled.recorder = getattr(unet, "recorder", None)
     return controlled
+
+
+# --- the PNG's parameters (A1111's ControlNet extension's fields) -----------------------------------
+
+INFOTEXT_KEY = "ControlNet {}"
+
+
+def infotext_fields(units) -> dict[str, str]:
+    """`ControlNet 0: "Module: canny, Model: NAME, Weight: 1.0, ..."` for each unit, as A1111's
+    ControlNet extension writes them (format_parameters quotes the value)."""
+    from sdcli.imaging.control import CANNY_HIGH, CANNY_LOW, RESIZE_MODES
+
+    fields = {}
+    for i, unit in enumerate(units):
+        parts = {"Module": unit.preprocessor, "Model": Path(str(unit.model)).name, "Weight": float(unit.weight),
+                 "Resize Mode": RESIZE_MODES[unit.resize]}
+        if unit.preprocessor == "canny":
+            parts.update({"Threshold A": float(CANNY_LOW), "Threshold B": float(CANNY_HIGH)})
+        parts.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end), "Pixel Perfect": False,
+                      "Control Mode": CONTROL_MODES[unit.mode]})
+        fields[INFOTEXT_KEY.format(i)] = ", ".join(f"{key}: {value}" for key, value in parts.items())
+    return fields
+
+
+def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
+    """The units a PNG's `ControlNet N` fields describe, in order: each a dict of ControlUnit's
+    settings (model, weight, start, end, mode, resize, preprocessor); what sdcli does not do
+    goes to `notes`.  ValueError for a number that is not one."""
+    from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
+
+    by_label = {label.lower(): key for key, label in RESIZE_MODES.items()}
+    modes = {label.lower(): key for key, label in CONTROL_MODES.items()}
+    units = []
+    for index in range(100):
+        text = fields.get(INFOTEXT_KEY.format(index))
+        if text is None:
+            break
+        parts = {}
+        for item in text.split(", "):
+            key, _, value = item.partition(": ")
+            parts[key.strip()] = value.strip()
+        model = parts.get("Model", "").split(" [")[0]  # A1111 adds the file's short hash: NAME [abcd1234]
+        module = parts.get("Module", "none")
+        if module not in PREPROCESSORS:
+            notes.append(f"ControlNet {index} ran the preprocessor {module}, which sdcli does not have: its control "
+                         "image is used as the map (--control-preprocessor none)")
+            module = "none"
+        mode = parts.get("Control Mode", "Balanced").lower().replace("controlmode.", "")
+        units.append({"model": model, "weight": float(parts.get("Weight", 1.0)),
+                      "start": float(parts.get("Guidance Start", 0.0)), "end": float(parts.get("Guidance End", 1.0)),
+                      "mode": modes.get(mode, {"prompt": "prompt", "control": "controlnet"}.get(mode, "balanced")),
+                      "resize": by_label.get(parts.get("Resize Mode", "Crop and Resize").lower(), "crop-and-resize"),
+                      "preprocessor": module})
+    return units

@@ -77,6 +77,7 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Emphasis": None if request.emphasis else "None",
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "DeepCache": request.deepcache if request.deepcache > 1 else None,
+        **controlnet_fields(request),
         **micro_conditioning_fields(request),
         "VAE Encoder": "TAESD" if tiny and img2img else None,
         "VAE Decoder": "TAESD" if tiny else None,
@@ -85,6 +86,23 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(request.prompt, request.negative_prompt, fields)
+
+
+def controlnet_fields(request) -> dict:
+    """A1111's `ControlNet N` fields for the request's ControlNet units (engine/controlnet.py)."""
+    units = getattr(request, "controlnets", ())
+    if not units:
+        return {}
+    from sdcli.engine.controlnet import infotext_fields
+
+    return infotext_fields(units)
+
+
+def _read_controlnets(fields: dict[str, str], out: dict, notes: list[str]) -> None:
+    if "ControlNet 0" in fields:  # the control images are not in the PNG: given again (or refused)
+        from sdcli.engine.controlnet import read_infotext
+
+        out["controlnets"] = read_infotext(fields, notes)
 
 
 def micro_conditioning_fields(request) -> dict:
@@ -159,6 +177,7 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
     _read_emphasis(fields, out)
     _read_vae(fields, out)
     _read_micro_conditioning(fields, out)
+    _read_controlnets(fields, out, notes)
     hires = any(key.startswith("Hires") for key in fields)
     if "Denoising strength" in fields and not hires:
         out["needs"].append("init_image")
