@@ -27,6 +27,11 @@ RECHECKED = ("steps", "scheduler", "guidance_scale", "seed", "width", "height", 
              "mask_blur", "guidance_rescale", "cfg_normalization", "cfg_truncation")
 # ... and SDXL's micro-conditioning (its ranges are checked by GenerationRequest.validate)
 STORED += ("original_size", "crop_coords", "target_size", "aesthetic_score", "negative_aesthetic_score")
+# ... and the hires fix's (engine/hires.py)
+HIRES = ("hires_scale", "hires_width", "hires_height", "hires_upscaler", "hires_steps", "hires_denoise", "hires_prompt",
+         "hires_negative_prompt", "hires_scheduler", "hires_cfg")
+STORED += HIRES
+RECHECKED += ("hires_scale", "hires_width", "hires_height", "hires_steps", "hires_denoise", "hires_scheduler", "hires_cfg")
 
 
 @app.command()
@@ -66,6 +71,16 @@ def generate(
     negative_aesthetic_score: float = typer.Option(NEGATIVE_AESTHETIC_SCORE, "--negative-aesthetic-score", min=0.0, max=10.0, callback=finite, help="SDXL refiner: the negative rows' aesthetic score."),
     refiner: Optional[Path] = typer.Option(None, "--refiner", help="SDXL: a refiner's converted folder, which takes over at --refiner-switch and decodes (diffusers' denoising_end/denoising_start)."),
     refiner_switch: float = typer.Option(0.8, "--refiner-switch", min=0.0, max=1.0, callback=finite, help="SDXL with --refiner: the fraction of the schedule the base model runs (A1111's \"Refiner switch at\")."),
+    hires_scale: Optional[float] = typer.Option(None, "--hires-scale", callback=finite, help="A1111's hires fix: a second pass at this many times the size (more than 1), image-to-image on the upscaled first pass (docs/hires.md)."),
+    hires_width: Optional[int] = typer.Option(None, "--hires-width", callback=positive_multiple_of_8, help="Hires fix: the second pass's width (with --hires-height: the first pass scaled to cover both, then cut about the centre; alone: the height follows the aspect)."),
+    hires_height: Optional[int] = typer.Option(None, "--hires-height", callback=positive_multiple_of_8, help="Hires fix: the second pass's height (see --hires-width)."),
+    hires_upscaler: str = typer.Option("Latent", "--hires-upscaler", metavar="NAME", help="Hires fix: Latent, \"Latent (antialiased)\", \"Latent (bicubic)\", \"Latent (bicubic antialiased)\", \"Latent (nearest)\", \"Latent (nearest-exact)\" (the latents interpolated), or Lanczos, Nearest (the decoded pixels resized, then encoded)."),
+    hires_steps: int = typer.Option(0, "--hires-steps", min=0, max=1000, help="Hires fix: the second pass's steps, run on the tail of a steps/denoise schedule (0: --steps)."),
+    hires_denoise: float = typer.Option(0.7, "--hires-denoise", min=0.0, max=1.0, callback=finite, help="Hires fix: A1111's denoising strength of the second pass, more than 0 and up to 1."),
+    hires_prompt: str = typer.Option("", "--hires-prompt", help="Hires fix: the second pass's prompt [default: --prompt]."),
+    hires_negative_prompt: str = typer.Option("", "--hires-negative-prompt", help="Hires fix: the second pass's negative prompt [default: --negative-prompt]."),
+    hires_scheduler: Optional[str] = typer.Option(None, "--hires-scheduler", callback=scheduler_name, help="Hires fix: the second pass's scheduler [default: --scheduler's]."),
+    hires_cfg: Optional[float] = typer.Option(None, "--hires-cfg", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Hires fix: the second pass's guidance scale (Forge's Hires CFG Scale) [default: --guidance-scale]."),
     vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail) [default: the model folder's own (convert --default-vae), else full]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
@@ -217,6 +232,7 @@ def prepare(ctx: typer.Context, o: SimpleNamespace):
     )
     request.validate()
     check_precision(o.precision)
+    request = request.replace(hires=hires_fix(o))
     networks = NetworkFolders(o.lora_dir, o.embeddings_dir, o.allow_pickle)
     networks.check()  # a folder named that does not exist
     paths = output_paths(o.output, o.num_images)
@@ -344,3 +360,22 @@ def recheck_stored(ctx: typer.Context, values: dict) -> dict:
         except typer.BadParameter as exc:
             raise UsageError(f"--from-image: the stored {params[name].opts[0]} is not valid: {exc.format_message()}") from None
     return checked
+
+
+def hires_fix(o: SimpleNamespace):
+    """The hires fix's settings (engine/hires.py), or None without --hires-scale, --hires-width
+    or --hires-height (its other flags are then refused)."""
+    from sdcli.engine.hires import HiresFix
+
+    if o.hires_scale is None and o.hires_width is None and o.hires_height is None:
+        for flag, value, default in (("--hires-upscaler", o.hires_upscaler, "Latent"), ("--hires-steps", o.hires_steps, 0),
+                                     ("--hires-denoise", o.hires_denoise, 0.7), ("--hires-prompt", o.hires_prompt, ""),
+                                     ("--hires-negative-prompt", o.hires_negative_prompt, ""),
+                                     ("--hires-scheduler", o.hires_scheduler, None), ("--hires-cfg", o.hires_cfg, None)):
+            if value != default:
+                raise UsageError(f"{flag} is for the hires fix: pass --hires-scale or --hires-width/--hires-height too")
+        return None
+    return HiresFix(scale=2.0 if o.hires_scale is None else o.hires_scale, resize_width=o.hires_width or 0,
+                    resize_height=o.hires_height or 0, upscaler=o.hires_upscaler, steps=o.hires_steps,
+                    denoise=o.hires_denoise, prompt=o.hires_prompt, negative_prompt=o.hires_negative_prompt,
+                    scheduler=o.hires_scheduler, guidance_scale=o.hires_cfg)

@@ -28,6 +28,7 @@ from sdcli.engine.latents import prepare_latents, resolve_size
 from sdcli.engine.loader import ComponentCache
 from sdcli.engine.networks import NetworkFolders, Networks, hash_name
 from sdcli.engine.request import GenerationRequest
+from sdcli.imaging import image_io
 from sdcli.model.folder import ModelFolder
 from sdcli.runtime.core import Runtime, default_cache_dir
 from sdcli.runtime.lora import WeightPatch
@@ -49,6 +50,9 @@ class Result:
     notes: list[str] = field(default_factory=list)  # prompt warnings, when the prompt was encoded for this image
     lora_hashes: list[tuple[str, str]] = field(default_factory=list)  # (name as in the prompt, A1111's short hash)
     ti_hashes: list[tuple[str, str]] = field(default_factory=list)  # embeddings used: (name, short hash)
+    latents: np.ndarray | None = None  # the denoised latents, with generate(decode=False)
+    first_pass_size: tuple[int, int] | None = None  # the hires fix: (width, height) of its first pass (hires.py)
+    hires_scheduler: str | None = None  # ... and the scheduler its second pass ran
 
 
 def run_steps(unet, latents: np.ndarray, timesteps: list, scheduler, conditioning: Conditioning,
@@ -115,6 +119,10 @@ class Engine:
 
         self.family.check(request)
         self._check_controlnets(request)
+        if request.hires is not None:  # both passes (engine/hires.py)
+            from sdcli.engine import hires
+
+            return hires.check_fits(self, self.networks.activate(request), images)
         return check_fits(self, self.networks.activate(request), images)
 
     def _check_controlnets(self, request: GenerationRequest) -> None:
@@ -232,6 +240,17 @@ class Engine:
             if self.low_memory:
                 self.components.release(vae.encoder)
 
+    def encode_image(self, image: np.ndarray, rng, vae_kind: str = "full") -> np.ndarray:
+        """The latents of RGB uint8 `image` as the denoiser takes them (one draw from `rng` where
+        the VAE has a variance: the family's image_latents)."""
+        vae = self.folder.vae(vae_kind)
+        try:
+            mean, logvar = self.components.vae_encoder(image.shape[:2], vae.encoder)(image_io.to_model_input(image))
+            return self.family.image_latents(mean, logvar, rng, vae)
+        finally:
+            if self.low_memory:
+                self.components.release(vae.encoder)
+
     def denoising_unet(self, conditioning: Conditioning, latent_hw: tuple[int, int], deepcache: int = 1,
                        patch: WeightPatch | None = None, controlnet: bool = False):
         """What the loop calls: the denoiser (the UNet or transformer, with the LoRAs of `patch`
@@ -275,7 +294,13 @@ class Engine:
                  decode: bool = True) -> Result:
         """One image.  `on_step` is called after every denoising step (raise in it to stop);
         `on_note` with each prompt warning as it arises; `release_unet` frees the UNet before
-        decoding (no image follows); `decode=False` stops after the last step."""
+        decoding (no image follows); `decode=False` stops after the last step (the Result then
+        holds the latents).  A request with `hires` runs both passes of the hires fix
+        (engine/hires.py), each through here."""
+        if request.hires is not None:
+            from sdcli.engine import hires
+
+            return hires.generate(self, request, on_step, on_note=on_note, release_unet=release_unet, decode=decode)
         request = request.with_images_read()
         request.validate()
         self.family.check(request)
@@ -349,4 +374,5 @@ class Engine:
         timings["compile"] = self.components.compile_seconds() - compiled_before
         timings["load_wait"] = self.components.waited - waited_before
         return Result(image, request.seed, width, height, scheduler.name, timings, notes, list(active.lora_hashes),
-                      [(hash_name(name), active.embedding_hashes[name]) for name in conditioning.embeddings_used])
+                      [(hash_name(name), active.embedding_hashes[name]) for name in conditioning.embeddings_used],
+                      latents=None if decode else latents)

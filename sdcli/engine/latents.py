@@ -73,14 +73,18 @@ def prepare_latents(folder, family, request, scheduler, rng, width: int, height:
     """Return (latents, timesteps to run)."""
     shape = latent_shape(folder, width, height)
     family.set_timesteps(request, scheduler)
-    if request.init_image is None:
+    init_latents = getattr(request, "init_latents", None)
+    if request.init_image is None and init_latents is None:
         latents = rng.randn(shape) * np.float32(scheduler.init_noise_sigma)
         return latents.astype(np.float32), list(scheduler.timesteps)
 
     timesteps = family.img2img_timesteps(request, scheduler)
-    image = image_io.resize(request.init_image, width, height)
-    mean, logvar = encode(image_io.to_model_input(image))
-    init_latents = family.image_latents(mean, logvar, rng, folder.vae(request.vae))
+    if init_latents is None:
+        image = image_io.resize(request.init_image, width, height)
+        mean, logvar = encode(image_io.to_model_input(image))
+        init_latents = family.image_latents(mean, logvar, rng, folder.vae(request.vae))
+    elif tuple(init_latents.shape) != shape:
+        raise UsageError(f"the init latents are {tuple(init_latents.shape)}, not {shape} for {width}x{height}")
     noise = rng.randn(shape)
     latents = scheduler.add_noise(init_latents, noise, timesteps[0])
     return latents.astype(np.float32), timesteps

@@ -36,7 +36,7 @@ CFG_RESCALE_FIELDS = ("CFG Rescale φ", "CFG Rescale", "CFG Rescale phi")
 
 # A1111 fields that change the picture in ways sdcli does not do: read, and said so
 NOT_REPRODUCED = {
-    "Hires upscale": "the hires fix", "Hires resize": "the hires fix", "Face restoration": "face restoration",
+    "Hires checkpoint": "another checkpoint for the hires pass", "Face restoration": "face restoration",
     "Variation seed strength": "a variation seed", "Tiling": "tiling", "Seed resize from": "seed resizing",
     "ENSD": "an eta noise seed delta", "Refiner": "a refiner model", "Hypernet": "a hypernetwork",
 }
@@ -45,11 +45,14 @@ NOT_REPRODUCED = {
 def image_parameters(engine, request, result, precision: str | None = None) -> str:
     """parameters_text for an image `engine` made, with the schedule type of the scheduler it ran."""
     config = engine.family.make_scheduler(result.scheduler).config
-    return parameters_text(request, result, engine.folder.name, precision, scheduler_config=config)
+    hires = getattr(result, "hires_scheduler", None)
+    hires_config = engine.family.make_scheduler(hires).config if hires else None
+    return parameters_text(request, result, engine.folder.name, precision, scheduler_config=config,
+                           hires_scheduler_config=hires_config)
 
 
 def parameters_text(request, result, model_name: str, precision: str | None = None,
-                    scheduler_config: dict | None = None) -> str:
+                    scheduler_config: dict | None = None, hires_scheduler_config: dict | None = None) -> str:
     """The PNG's `parameters` text for `request` and its `result`: A1111's fields plus what
     sdcli needs to redo the image (`precision`: recorded when given; `scheduler_config`: the
     config the scheduler ran with, which decides the schedule type)."""
@@ -65,9 +68,10 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "CFG normalization": f"{request.cfg_normalization:g}" if getattr(request, "cfg_normalization", 0) else None,
         "CFG truncation": f"{request.cfg_truncation:g}" if getattr(request, "cfg_truncation", 1) != 1 else None,
         "Seed": result.seed,
-        "Size": f"{result.width}x{result.height}",
+        "Size": "{}x{}".format(*(getattr(result, "first_pass_size", None) or (result.width, result.height))),
         "Model": model_name,
         "Denoising strength": f"{request.strength:g}" if img2img else None,
+        **hires_fields(request, result, scheduler_config, hires_scheduler_config),
         "Mask blur": request.mask_blur if request.mask is not None else None,
         "Reference images": ", ".join(getattr(request, "reference_names", ()) or
                                       [f"#{i + 1}" for i in range(len(getattr(request, "reference_images", ())))])
@@ -86,6 +90,38 @@ def parameters_text(request, result, model_name: str, precision: str | None = No
         "Version": f"sdcli {__version__}",
     }
     return format_parameters(request.prompt, request.negative_prompt, fields)
+
+
+def hires_fields(request, result, scheduler_config: dict | None, hires_config: dict | None) -> dict:
+    """The hires fix's fields as A1111 writes them (Forge's `Hires CFG Scale`): the upscale or
+    the resize, its steps where given, the upscaler, and the prompts, sampler, schedule type and
+    guidance scale where they differ from the first pass's."""
+    from sdcli.engine.hires import number_text
+
+    hires = getattr(request, "hires", None)
+    if hires is None:
+        return {}
+    fields = {"Denoising strength": number_text(hires.denoise)}
+    if hires.resized:
+        fields["Hires resize"] = f"{hires.resize_width}x{hires.resize_height}"
+    else:
+        fields["Hires upscale"] = number_text(hires.scale)
+    fields["Hires steps"] = hires.steps or None
+    fields["Hires upscaler"] = hires.upscaler
+    if hires.prompt and hires.prompt != request.prompt:
+        fields["Hires prompt"] = hires.prompt
+    if hires.negative_prompt and hires.negative_prompt != request.negative_prompt:
+        fields["Hires negative prompt"] = hires.negative_prompt
+    second = getattr(result, "hires_scheduler", None)
+    if hires.scheduler and second and second not in FLOW_SCHEDULERS:
+        sampler, first_sampler = a1111_sampler(second), a1111_sampler(result.scheduler)
+        schedule = schedule_type(second, hires_config)
+        fields["Hires sampler"] = sampler if sampler != first_sampler else None
+        fields["Hires schedule type"] = schedule if schedule != schedule_type(result.scheduler, scheduler_config) \
+            else None
+    if hires.guidance_scale is not None and hires.guidance_scale != request.guidance_scale:
+        fields["Hires CFG Scale"] = number_text(hires.guidance_scale)
+    return fields
 
 
 def controlnet_fields(request) -> dict:
@@ -178,13 +214,14 @@ def settings_from_fields(prompt: str, negative: str, fields: dict[str, str]) -> 
     _read_vae(fields, out)
     _read_micro_conditioning(fields, out)
     _read_controlnets(fields, out, notes)
-    hires = any(key.startswith("Hires") for key in fields)
+    hires = "Hires upscale" in fields or "Hires resize" in fields
     if "Denoising strength" in fields and not hires:
         out["needs"].append("init_image")
         if "Mask blur" in fields:
             out["needs"].append("mask")
     elif hires:
         out.pop("strength", None)
+        _read_hires(fields, by_sdcli, out)
     for field, what in NOT_REPRODUCED.items():
         if field in fields and what not in " ".join(notes):
             notes.append(f"it was made with {what} ({field}), which sdcli does not do: the image will differ")
@@ -215,6 +252,32 @@ def _scheduler(fields: dict[str, str], by_sdcli: bool, notes: list[str]) -> str:
                 raise ValueError(str(exc)) from None
         notes.append(f"{exc}: using {a1111_sampler(fallback)} ({fallback}); the image will differ")
         return fallback
+
+
+def _read_hires(fields: dict[str, str], by_sdcli: bool, out: dict) -> None:
+    """The hires fix's fields (hires_fields) as generate's --hires-* settings; a PNG without an
+    upscaler had A1111's default, Latent (ValueError for a value that is not a number)."""
+    from sdcli.engine.hires import DEFAULT_DENOISE, DEFAULT_UPSCALER
+
+    if "Hires resize" in fields:
+        width, _, height = fields["Hires resize"].strip().lower().partition("x")
+        out["hires_width"], out["hires_height"] = int(width) or None, int(height) or None
+    else:
+        out["hires_scale"] = float(fields["Hires upscale"])
+    out["hires_upscaler"] = fields.get("Hires upscaler") or DEFAULT_UPSCALER
+    out["hires_steps"] = int(fields.get("Hires steps", 0))
+    out["hires_denoise"] = float(fields.get("Denoising strength", DEFAULT_DENOISE))
+    out["hires_prompt"] = fields.get("Hires prompt", "")
+    out["hires_negative_prompt"] = fields.get("Hires negative prompt", "")
+    if "Hires CFG Scale" in fields:
+        out["hires_cfg"] = float(fields["Hires CFG Scale"])
+    if "Hires sampler" in fields or "Hires schedule type" in fields:
+        second = {"Sampler": fields.get("Hires sampler", fields.get("Sampler", "")),
+                  "Schedule type": fields.get("Hires schedule type", fields.get("Schedule type")),
+                  "Version": fields.get("Version", "")}
+        if second["Schedule type"] is None:
+            del second["Schedule type"]
+        out["hires_scheduler"] = _scheduler(second, by_sdcli, out["notes"])
 
 
 def _read_rng(fields: dict[str, str], by_sdcli: bool, out: dict) -> None:

@@ -86,6 +86,10 @@ class GenerationRequest:
     # ControlNet units (engine.controlnet.ControlUnit: a converted ControlNet, its control image, weight,
     # guidance start/end, control mode, resize mode, preprocessor), summed in the denoise stage
     controlnets: tuple = ()
+    # Image-to-image on latents as the denoiser takes them ([1, C, h, w], noised to the first timestep
+    # of `strength`'s part of the schedule): the hires fix's second pass
+    init_latents: np.ndarray | None = None
+    hires: object | None = None  # an engine.hires.HiresFix: A1111's hires fix, a second pass at a larger size
     # Set by the engine (Networks.activate), not by front ends: the prompt's <lora:...> tags and
     # embeddings resolved (an engine.networks.ActiveNetworks); the prompt is then without its tags.
     networks: object | None = None
@@ -125,6 +129,8 @@ class GenerationRequest:
         if self.clip_skip < 1:
             raise UsageError("--clip-skip must be 1 (off) or more")
         self._validate_micro_conditioning()
+        if self.hires is not None:
+            self.hires.validate(self)
         for unit in self.controlnets:
             unit.check()
         if self.controlnets and self.mask is not None:
