@@ -55,11 +55,48 @@ def require_convert_extra() -> None:
         )
 
 
+def stored_float_dtype(folder: Path) -> str | None:
+    """The float type ("BF16", "F16", "F32") that most of the weights in `folder`'s safetensors
+    files are stored in, read from their headers alone; None if it has none."""
+    import struct
+
+    counts: dict[str, int] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        for name, entry in header.items():
+            if name != "__metadata__" and entry.get("dtype") in ("BF16", "F16", "F32"):
+                numel = 1
+                for dim in entry.get("shape", []):
+                    numel *= dim
+                counts[entry["dtype"]] = counts.get(entry["dtype"], 0) + numel
+    return max(counts, key=counts.get) if counts else None
+
+
+def load_dtype(folder: Path, weight_format: str):
+    """The torch dtype a component is loaded in for conversion: the one its weights are stored
+    in when that is 16-bit (a 6 B transformer in float32 would need 25 GB; traced in 16 bits,
+    see to_openvino, it needs its file's size), float32 for --weight-format fp32 or float32 files."""
+    import torch
+
+    if weight_format == "fp32":
+        return torch.float32
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(stored_float_dtype(folder) or "", torch.float32)
+
+
 def to_openvino(module, example: dict, inputs: list, output_names: list[str]):
     import openvino as ov
     import torch
 
     module.eval()
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in module.parameters()):
+        # A module loaded in 16 bits (see load_dtype): OpenVINO's own recipe (optimum-cli's too)
+        # keeps each Linear/Embedding weight in its 16-bit type as the graph's constant and
+        # traces in float32 around it, so nothing is copied to float32 on the way.
+        from openvino.frontend.pytorch.patch_model import __make_16bit_traceable as make_16bit_traceable
+
+        make_16bit_traceable(module)
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example, input=inputs)
     for port, name in zip(model.inputs, example):

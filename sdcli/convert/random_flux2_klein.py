@@ -75,6 +75,24 @@ TINY_FLUX2_KLEIN = {
 }
 
 
+def _draw_statistics(vae, seed: int):
+    """The VAE's latent statistics (BatchNorm running mean and variance: 0 and 1 when made),
+    drawn so that the de-normalisation before decoding is exercised."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(0.3 * torch.randn(vae.bn.running_mean.shape, generator=g))
+        vae.bn.running_var.copy_(0.5 + torch.rand(vae.bn.running_var.shape, generator=g))
+    return vae
+
+
+def _vae_with_statistics(sizes: dict, seed: int):
+    from diffusers import AutoencoderKLFlux2
+
+    return _draw_statistics(AutoencoderKLFlux2(**sizes), seed)
+
+
 def build_random_flux2_klein(out_dir: str | Path, sizes: dict = TINY_FLUX2_KLEIN, seed: int = 0, torch_dtype=None,
                              build: bool = True):
     """Build a random-weight Flux2KleinPipeline, save it as a diffusers folder (model_index.json
@@ -92,8 +110,18 @@ def build_random_flux2_klein(out_dir: str | Path, sizes: dict = TINY_FLUX2_KLEIN
         with torch.device("meta"):
             return (Flux2Transformer2DModel(**sizes["transformer"]), Qwen3ForCausalLM(Qwen3Config(**sizes["text"])),
                     AutoencoderKLFlux2(**sizes["vae"]))
+    from sdcli.convert.random_weights import save_large_components
+
     out_dir = Path(out_dir)
     tiny = sizes is TINY_FLUX2_KLEIN
+    if not tiny and torch_dtype is not None:
+        # full size: the small files from a tiny stand-in, then one large component at a time
+        build_random_flux2_klein(out_dir, {**TINY_FLUX2_KLEIN, "scheduler": sizes["scheduler"],
+                                           "is_distilled": sizes["is_distilled"]}, seed)
+        save_large_components(out_dir, {"transformer": lambda: Flux2Transformer2DModel(**sizes["transformer"]),
+                                        "text_encoder": lambda: Qwen3ForCausalLM(Qwen3Config(**sizes["text"])),
+                                        "vae": lambda: _vae_with_statistics(sizes["vae"], seed)}, torch_dtype, seed)
+        return None
     torch.manual_seed(seed)
     if torch_dtype is not None:
         torch.set_default_dtype(torch_dtype)
@@ -105,12 +133,7 @@ def build_random_flux2_klein(out_dir: str | Path, sizes: dict = TINY_FLUX2_KLEIN
         torch.set_default_dtype(torch.float32)
     if tiny:
         spread_weights(transformer, text_encoder, vae, seed=seed)
-    # the VAE's latent statistics (BatchNorm running mean and variance: 0 and 1 when made),
-    # drawn so that the de-normalisation before decoding is exercised
-    g = torch.Generator().manual_seed(seed + 2)
-    with torch.no_grad():
-        vae.bn.running_mean.copy_(0.3 * torch.randn(vae.bn.running_mean.shape, generator=g))
-        vae.bn.running_var.copy_(0.5 + torch.rand(vae.bn.running_var.shape, generator=g))
+    _draw_statistics(vae, seed)
     tokenizer = qwen2_tokenizer()
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(sizes["scheduler"])
     pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,

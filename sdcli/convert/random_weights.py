@@ -33,3 +33,27 @@ def spread_weights(*modules, seed: int = 0) -> None:
                     p.copy_(torch.randn(p.shape, generator=g) * (1.0 / fan_in) ** 0.5)
                 else:
                     p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def save_large_components(out_dir, factories: dict, torch_dtype, seed: int = 0) -> None:
+    """Replace components of a pipeline folder (saved from a tiny stand-in of the same classes)
+    by full-size random ones, made one at a time in `torch_dtype`, each saved and freed before
+    the next: a 6 B transformer and Qwen3-4B need 20 GB together, each alone only its own size.
+    `factories` maps a component's folder name to a function making the module."""
+    import gc
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    for i, (name, make) in enumerate(factories.items()):
+        torch.manual_seed(seed + i)
+        torch.set_default_dtype(torch_dtype)
+        try:
+            module = make()
+        finally:
+            torch.set_default_dtype(torch.float32)
+        shutil.rmtree(Path(out_dir) / name, ignore_errors=True)
+        module.save_pretrained(Path(out_dir) / name)
+        del module
+        gc.collect()

@@ -240,8 +240,17 @@ def build_random_z_image(out_dir: str | Path, sizes: dict = TINY_Z_IMAGE, seed: 
 
     from sdcli.convert.random_weights import spread_weights
 
+    from sdcli.convert.random_weights import save_large_components
+
     out_dir = Path(out_dir)
     tiny = sizes is TINY_Z_IMAGE
+    if not tiny and torch_dtype is not None:
+        # full size: the small files from a tiny stand-in, then one large component at a time
+        build_random_z_image(out_dir, {**TINY_Z_IMAGE, "scheduler": sizes["scheduler"]}, seed)
+        save_large_components(out_dir, {"transformer": lambda: ZImageTransformer2DModel(**sizes["transformer"]),
+                                        "text_encoder": lambda: Qwen3Model(Qwen3Config(**sizes["text"])),
+                                        "vae": lambda: AutoencoderKL(**sizes["vae"])}, torch_dtype, seed)
+        return None
     torch.manual_seed(seed)
     if torch_dtype is not None:
         torch.set_default_dtype(torch_dtype)

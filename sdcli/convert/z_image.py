@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.convert.defaults import defaults_metadata
-from sdcli.convert.ir import Int4, compress_saved_ir, export_tokenizer, model_config, save_ir, to_openvino, \
+from sdcli.convert.ir import Int4, compress_saved_ir, export_tokenizer, load_dtype, model_config, save_ir, to_openvino, \
     vae_weight_format, write_json
 from sdcli.convert.options import ConvertOptions
 from sdcli.convert.vae_export import export_vae
@@ -254,7 +254,8 @@ def convert_z_image(source: str, root: Path, output: Path, opts: ConvertOptions,
             raise UsageError(f"{root} has no {sub}/ folder")
 
     def load(name: str, cls):
-        return load_or_fail(name, lambda: cls.from_pretrained(root, subfolder=name, torch_dtype=torch.float32))
+        dtype = load_dtype(root / name, opts.weight_format)
+        return load_or_fail(name, lambda: cls.from_pretrained(root, subfolder=name, torch_dtype=dtype))
 
     with atomic_directory(output, replace=opts.force) as tmp:
         started = time.perf_counter()
