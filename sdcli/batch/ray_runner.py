@@ -13,8 +13,8 @@ DIR, the manifest and skipping on a re-run.  This module only replaces `local.ru
   readable at the same path on every node; sdcli must be installed on every node.  A worker that
   cannot open the model is reported and dropped.
 - A queue: each worker is given the next row when it hands back a result (and its first one
-  when its engine is ready), so fast and slow nodes both stay busy.  Init images are read here
-  and sent with the row: only the model needs to be on the nodes.
+  when its engine is ready), so fast and slow nodes both stay busy.  Init images and reference
+  images are read here and sent with the row: only the model needs to be on the nodes.
 - Results: the PNG bytes (with the `parameters` chunk, made by the worker) come back here and
   are written atomically into DIR; with --shared-output the worker writes into DIR itself (DIR
   must then be one shared folder at the same path on every node) and this process records the
@@ -78,10 +78,10 @@ class RowWorker:
     def ready(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "error": self.error}
 
-    def run(self, job, image=None) -> tuple[str, Any, Optional[str]]:
+    def run(self, job, image=None, references=None) -> tuple[str, Any, Optional[str]]:
         """("ok", RowOutput, None) or ("error", message, traceback)."""
         try:
-            out = self.runner.run(job, image=image)
+            out = self.runner.run(job, image=image, references=references)
             out.worker = f"{self.node}:{os.getpid()}"
             if self.output_dir is not None:
                 from sdcli.util.fsutil import atomic_write_bytes
@@ -244,19 +244,25 @@ class RayRun:
             self.start(slot)
 
     def hand_out(self, slot: _Slot) -> None:
-        """Give `slot`'s worker the next row (its init image read here)."""
+        """Give `slot`'s worker the next row (its init image and reference images read here)."""
+        from sdcli.imaging.image_io import read_rgb
+        from sdcli.util.errors import UsageError
+
         while self.pending:
             job = self.pending.popleft()
-            image = None
-            if job.init_image:
-                from sdcli.imaging.image_io import read_rgb
-
-                try:
+            image, references = None, []
+            try:
+                if job.init_image:
                     image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
-                except Exception as exc:
-                    self.run.row_failed(job, exc)
-                    continue
-            self.inflight[slot.actor.run.remote(job, image)] = (slot, job)
+                for path in job.reference_images:
+                    try:
+                        references.append(self.images.get_or(path, lambda path=path: read_rgb(path)))
+                    except UsageError as exc:
+                        raise UsageError(f"reference_images: {exc}") from None
+            except Exception as exc:
+                self.run.row_failed(job, exc)
+                continue
+            self.inflight[slot.actor.run.remote(job, image, tuple(references))] = (slot, job)
             return
 
     def lost(self, slot: _Slot, job, exc: BaseException) -> None:

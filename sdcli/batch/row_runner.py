@@ -59,17 +59,34 @@ class RowRunner:
         self.images = LRUCache(4)
         self._cache_lock = threading.Lock()
 
-    def request(self, job: Job, image: Any = None) -> GenerationRequest:
-        """The request of `job` (its init image read, or taken from the cache), checked."""
+    def read_image(self, path: Path, label: str = ""):
+        """The RGB pixels of `path`, from the cache of the rows' images when read before (a
+        file that cannot be read: UsageError, its message after `label`)."""
         from sdcli.imaging.image_io import read_rgb
+        from sdcli.util.errors import UsageError
 
-        if image is None and job.init_image:
+        try:
             with self._cache_lock:
-                image = self.images.get_or(job.init_image, lambda: read_rgb(job.init_image))
+                return self.images.get_or(path, lambda: read_rgb(path))
+        except UsageError as exc:
+            if not label:
+                raise
+            raise UsageError(f"{label}: {exc}") from None
+
+    def request(self, job: Job, image: Any = None, references: Optional[tuple] = None) -> GenerationRequest:
+        """The request of `job` (its init image and reference images read, or taken from the
+        cache; `references`: the latter as read by the caller), checked."""
+        if image is None and job.init_image:
+            image = self.read_image(job.init_image)
+        paths = tuple(getattr(job, "reference_images", ()))
+        if references is None:
+            references = tuple(self.read_image(path, "reference_images") for path in paths)
         request = GenerationRequest(
             prompt=job.prompt, negative_prompt=job.negative_prompt, steps=job.steps,
             guidance_scale=job.guidance_scale, guidance_rescale=job.guidance_rescale, seed=job.seed, width=job.width,
-            height=job.height, scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng, **self.generation,
+            height=job.height, scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
+            reference_images=tuple(references), reference_names=tuple(Path(path).name for path in paths),
+            **self.generation,
         )
         request.validate()
         self.engine.check_fits(request, images=2)  # a row too large for memory fails before it compiles
@@ -80,12 +97,13 @@ class RowRunner:
         return self.engine.optimal_requests(self.request(job))
 
     def run(self, job: Job, image: Any = None, on_step: Optional[Callable] = None,
-            release_unet: bool = False) -> RowOutput:
-        """Generate `job`; `image` is its decoded init image when the caller read it already."""
+            release_unet: bool = False, references: Optional[tuple] = None) -> RowOutput:
+        """Generate `job`; `image` is its decoded init image, `references` its reference images,
+        when the caller read them already."""
         from sdcli.engine.parameters import image_parameters
         from sdcli.imaging.image_io import encode_png
 
-        request = self.request(job, image)
+        request = self.request(job, image, references)
         result = self.engine.generate(request, on_step, release_unet=release_unet)
         t0 = time.perf_counter()
         png = encode_png(result.image, image_parameters(self.engine, request, result, self.engine.runtime.precision))

@@ -25,7 +25,7 @@ from sdcli.util.errors import SdcliError, UsageError
 
 ROW_FIELDS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-    "scheduler", "init_image", "strength", "name", "guidance_rescale",
+    "scheduler", "init_image", "strength", "name", "guidance_rescale", "reference_images",
 )
 FORMATS = ("txt", "jsonl", "csv")
 MANIFEST = "manifest.jsonl"  # a row may not take this name
@@ -46,6 +46,7 @@ class BatchOptions:
     model: Optional[str] = None
     negative_prompt: str = ""
     init_image: Optional[Path] = None
+    reference_images: tuple = ()  # FLUX.2-klein editing: --reference-image FILE (repeatable), for every row
     strength: float = 0.8
     steps: int = 20
     guidance_scale: float = 7.5
@@ -102,6 +103,7 @@ class Job:
     file: str  # the output's name inside DIR
     key: str = ""  # fingerprint of the settings, to tell a finished row on a re-run
     guidance_rescale: float = 0.0  # generate's --guidance-rescale
+    reference_images: tuple = ()  # FLUX.2-klein editing: the reference images' paths, in order
 
 
 # --- reading FILE ---------------------------------------------------------------------
@@ -345,6 +347,23 @@ def safe_file_name(raw: Any) -> str:
     return clean
 
 
+def _reference_paths(value: Any, root: Path) -> tuple[Path, ...]:
+    """A row's `reference_images`: a JSON list of paths, or text with the paths separated by `|`
+    (a CSV cell); relative paths are FILE's folder's.  An empty list: none (not the command line's)."""
+    if isinstance(value, list):
+        texts = [_as_text(item, "reference_images") for item in value]
+    else:
+        texts = _as_text(value, "reference_images").split("|")
+    if not isinstance(value, list) and not "".join(texts).strip():
+        return ()
+    paths = []
+    for text in texts:
+        if not text.strip() or "\0" in text:
+            raise RowError("reference_images holds an empty path or a NUL character")
+        paths.append(root / Path(text.strip()).expanduser())
+    return tuple(paths)
+
+
 def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, model_name: str) -> Job:
     if row.error:
         raise RowError(row.error)
@@ -376,6 +395,9 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
         if not text.strip() or "\0" in text:
             raise RowError("init_image is empty or holds a NUL character")
         init_image = init_root / Path(text).expanduser()
+    references = tuple(opts.reference_images)
+    if "reference_images" in v:
+        references = _reference_paths(v["reference_images"], init_root)
     if init_image is not None and min(int(steps * strength), steps) < 1:
         raise RowError(f"strength {strength:g} with steps {steps} leaves no step to run; raise either")
     if "name" in v:
@@ -383,7 +405,7 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     else:
         file = f"{row.index:05d}-{slugify(prompt)}-{seed}.png"
     job = Job(row.line, row.index, prompt, negative, seed, steps, guidance, width, height, scheduler,
-              init_image, strength, file, guidance_rescale=rescale)
+              init_image, strength, file, guidance_rescale=rescale, reference_images=references)
     settings = {
         "prompt": prompt, "negative_prompt": negative, "seed": seed, "steps": steps, "guidance_scale": guidance,
         "width": width, "height": height, "scheduler": scheduler,
@@ -397,7 +419,8 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
              "vae": opts.vae if "vae" not in opts.unset and opts.vae != "full" else None,
              "precision": opts.precision if opts.precision != "auto" else None,
              "cfg_normalization": opts.cfg_normalization or None,
-             "cfg_truncation": opts.cfg_truncation if opts.cfg_truncation != 1 else None}
+             "cfg_truncation": opts.cfg_truncation if opts.cfg_truncation != 1 else None,
+             "reference_images": [str(path.resolve()) for path in references] or None}
     settings.update({name: value for name, value in extra.items() if value is not None})
     job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return job

@@ -119,13 +119,42 @@ def check_options(opts: BatchOptions) -> tuple[BatchOptions, Path, str]:
     if "vae" in opts.unset:  # the folder's own VAE (convert --default-vae) where --vae is not given
         opts = dataclasses.replace(opts, vae=model.default_vae)
     model.vae(opts.vae)  # an unknown --vae or a missing tiny VAE,
-    if opts.init_image is not None:
-        read_rgb(opts.init_image)  # a bad global init image,
+    init = read_rgb(opts.init_image) if opts.init_image is not None else None  # a bad global init image,
+    references = []
+    for path in opts.reference_images:  # or reference image,
+        try:
+            references.append(read_rgb(Path(path)))
+        except UsageError as exc:
+            raise UsageError(f"--reference-image: {exc}") from None
+    request = check_family_options(family, opts, init, tuple(references))  # what the model cannot do
+    # (--deepcache on a transformer, --init-image on FLUX.2-klein),
     if opts.width or opts.height:
         size = model.default_size  # and a size too large for this machine's memory (rows: each row)
-        require(model, opts.width or size, opts.height or size, device=opts.device, precision=opts.precision,
-                guidance=opts.guidance_scale > 1.0, init_image=opts.init_image is not None, images=2, vae=opts.vae)
+        width, height = opts.width or size, opts.height or size
+        guidance = family.classifier_free_guidance(opts.guidance_scale)
+        f = model.vae_scale_factor
+        require(model, width, height, device=opts.device, precision=opts.precision, guidance=guidance,
+                init_image=opts.init_image is not None, images=2, vae=opts.vae, references=len(references),
+                attention=family.attention_size(request.replace(width=width, height=height), guidance,
+                                                (height // f, width // f)))
     return opts, model_dir, model.name
+
+
+def check_family_options(family, opts: BatchOptions, init, references: tuple):
+    """UsageError for a command-line option the model's family refuses whatever the row (the
+    family's checks on a request of the options alone, as generate makes them); the request."""
+    from sdcli.engine.request import GenerationRequest
+
+    request = GenerationRequest(prompt="-", steps=opts.steps, guidance_scale=opts.guidance_scale,
+                                guidance_rescale=opts.guidance_rescale, width=opts.width, height=opts.height,
+                                scheduler=opts.scheduler, init_image=init, strength=opts.strength, vae=opts.vae,
+                                deepcache=opts.deepcache, clip_skip=opts.clip_skip,
+                                cfg_normalization=opts.cfg_normalization, cfg_truncation=opts.cfg_truncation,
+                                reference_images=references,
+                                reference_names=tuple(Path(path).name for path in opts.reference_images))
+    family.check(request)
+    family.make_scheduler(opts.scheduler)
+    return request
 
 
 def make_jobs(rows, opts: BatchOptions, base_seed: int, init_root: Path, model_name: str,

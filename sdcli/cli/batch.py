@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -34,6 +34,7 @@ def batch(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Converted model folder, or a Hub repo of one (owner/name) [default: $SDCLI_MODEL, else the only one under models/, else OpenVINO/stable-diffusion-v1-5-int8-ov from the Hub]."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="Default negative prompt."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", "-i", help="Default init image (image-to-image)."),
+    reference_image: Optional[List[Path]] = typer.Option(None, "--reference-image", help="FLUX.2-klein editing: default reference image (repeatable; see generate); a row's reference_images replace them."),
     strength: float = typer.Option(0.8, "--strength", min=0.0, max=1.0, callback=finite, help="Image-to-image: how much to repaint, 0..1."),
     steps: int = typer.Option(20, "--steps", "-s", min=1, max=1000, help="Denoising steps."),
     guidance_scale: float = typer.Option(7.5, "--guidance-scale", "-g", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Classifier-free guidance; 1 or less turns it off."),
@@ -65,7 +66,8 @@ def batch(
     """Make one image per row of FILE into --output-dir; a re-run skips what is done.
 
     FILE: .txt, one prompt a line; .jsonl or .csv rows may also set negative_prompt, seed,
-    steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength and name."""
+    steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength,
+    reference_images (a JSON list, or paths separated by |) and name."""
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)
         from sdcli.batch.run import BatchOptions, run_batch
@@ -81,7 +83,7 @@ def batch(
             runner = run_on_ray
         code = run_batch(BatchOptions(
             file=file, output_dir=output_dir, input_format=input_format, model=model, negative_prompt=negative_prompt,
-            init_image=init_image, strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
+            init_image=init_image, reference_images=tuple(reference_image or ()), strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
             guidance_rescale=guidance_rescale,
             width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
             quiet=quiet, as_json=as_json, debug=STATE["debug"], parallel=_parallel(parallel),

@@ -10,6 +10,7 @@ The estimate (bytes):
                  + COMPONENT                        (bf16/f16: 2, f32: 4; OpenVINO's CPU
                                                     plugin expands int8 weights to it)
     unet_act   = UNET_K x batch x E x sum_l C_l x latent pixels / 4^l
+                 (a transformer: TRANSFORMER_K x batch x E x tokens x width)
     vae_act    = (VAE_K x E x sum_l V_l / 4^l + PIXEL_BYTES) x image pixels
     stages     = prompt:    text_encoder weights
                  denoising: unet weights + unet_act
@@ -18,12 +19,17 @@ The estimate (bytes):
                             images follow)
 
 C_l: the UNet's block_out_channels (level l runs at 1/2^l of the latent size); V_l: the
-VAE's (level 0 at the image size); batch 2 with classifier-free guidance.  --low-memory
+VAE's (level 0 at the image size); batch 2 with classifier-free guidance.  A flow-matching
+transformer's tokens are all those its attention runs over in a row (ModelFamily.attention_size:
+the image's patches, the text's, and FLUX.2-klein's reference images', each of which adds its
+latent patches) and width its model width.  --low-memory
 holds one component's weights at a time.  The constants were fitted to whole-process
 peak RSS of a random-weight SD 1.5 UNet and VAE (scripts/calibrate_memory.py; README,
-"Bad input and safety").  It is the peak of a run whose compiled model is cached: the
-first run at a new size also compiles and caches it, for a moment about 1.7 GB more
-with SD 1.5 (the exported blob).
+"Bad input and safety"); TRANSFORMER_K is not fitted (a transformer block's
+activations: its input, Q, K, V, the attention's output and the MLP's hidden layer, about 16
+widths per token; OpenVINO's fused attention holds no tokens x tokens scores).  It is the
+peak of a run whose compiled model is cached: the first run at a new size also compiles and
+caches it, for a moment about 1.7 GB more with SD 1.5 (the exported blob).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ BASE = 100 * MB  # python, numpy, OpenVINO and the tokenizer, before any model i
 WEIGHT_FACTOR = 1.06  # OpenVINO's copy of the weights, and what it keeps beside them
 COMPONENT = 64 * MB  # each compiled model's own buffers, whatever its size
 UNET_K = 12.5  # UNet activations, in units of batch x sum_l C_l x latent pixels / 4^l values
+TRANSFORMER_K = 16.0  # transformer activations, in units of batch x tokens x width values (not fitted)
 VAE_K = 3.0  # VAE activations, in units of sum_l V_l x image pixels / 4^l values
 PIXEL_BYTES = 200  # per image pixel whatever the channels: the decoded image and its copies
 
@@ -123,11 +130,13 @@ def component_bytes(xml: Path, element_bytes: int) -> int:
 
 def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: int = 2,
              init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full",
-             requests: int = 1, held: dict[str, int] | None = None) -> MemoryEstimate:
+             requests: int = 1, held: dict[str, int] | None = None,
+             attention: tuple[int, int] | None = None) -> MemoryEstimate:
     """The peak resident memory of generating `images` images of width x height with
     `folder` (a ModelFolder), see the module docstring; `requests` images in flight at once
     (batch --parallel) each hold their own activations; `held`: bytes held beside a component
-    while its stage runs, by component (see held_bytes)."""
+    while its stage runs, by component (see held_bytes); `attention`: (tokens, width) of a
+    transformer's sequence (ModelFamily.attention_size), None for a UNet."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
     # "unet": the denoiser, whichever it is (a transformer's activations are estimated as a UNet's)
@@ -147,7 +156,11 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
         vae_config = read_json(folder.root / parts.decoder / "config.json")
     vae_channels = vae_config.get("decoder_block_out_channels") or vae_config.get("block_out_channels", [128])
     latent_pixels = (height // f) * (width // f)
-    unet_act = requests * int(UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels))
+    if attention is not None:
+        tokens, model_width = attention
+        unet_act = requests * int(TRANSFORMER_K * batch * element_bytes * tokens * model_width)
+    else:
+        unet_act = requests * int(UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels))
     vae_act = requests * int(VAE_K * element_bytes * _levels(vae_channels, width * height)) + PIXEL_BYTES * width * height
     unet = 0 if low_memory else weights["unet"]
     stages = {
@@ -211,8 +224,10 @@ def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=Non
 
 def require(folder, width: int, height: int, *, device: str = "CPU", precision: str = "auto", core=None,
             guidance: bool = True, init_image: bool = False, images: int = 1, low_memory: bool = False,
-            vae: str = "full", requests: int = 1, held: dict[str, int] | None = None) -> MemoryEstimate | None:
-    """Raise UsageError when `width` x `height` would need more memory than is available.
+            vae: str = "full", requests: int = 1, held: dict[str, int] | None = None,
+            attention: tuple[int, int] | None = None, references: int = 0) -> MemoryEstimate | None:
+    """Raise UsageError when `width` x `height` would need more memory than is available
+    (`references`: how many reference images `attention`'s tokens include, said in the message).
     CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
     is free.  Returns the estimate (None when skipped)."""
     if os.environ.get(SKIP_ENV) or not device.upper().startswith("CPU"):
@@ -222,12 +237,15 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
         return None
     est = estimate(folder, width, height, batch=2 if guidance else 1,
                    element_bytes=compute_element_bytes(device, precision, core), init_image=init_image,
-                   images=images, low_memory=low_memory, vae=vae, requests=requests, held=held)
+                   images=images, low_memory=low_memory, vae=vae, requests=requests, held=held,
+                   attention=attention)
     have += resident_bytes()
     if est.peak > have:
         hint = "" if low_memory or est.stage == "denoising" else ", or --low-memory"
+        stage = est.stage + (f" with {references} reference image{'s' * (references > 1)}"
+                             if references and est.stage == "denoising" else "")
         raise UsageError(
-            f"{width}x{height} would need about {est.peak / GB:.1f} GB of memory ({est.stage}), and "
+            f"{width}x{height} would need about {est.peak / GB:.1f} GB of memory ({stage}), and "
             f"{have / GB:.1f} GB is available: use a smaller size{hint} (or set {SKIP_ENV}=1 to try anyway)"
         )
     return est
@@ -237,8 +255,12 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
     """`require` for one GenerationRequest on an Engine, before anything loads."""
     width, height = engine.resolve_size(config)
     runtime = engine.runtime
+    guidance = engine.classifier_free_guidance(config.guidance_scale)
+    f = engine.folder.vae_scale_factor
+    attention = engine.family.attention_size(config, guidance, (height // f, width // f))
     return require(engine.folder, width, height, device=runtime.device, precision=runtime.precision,
-                   core=runtime.core, guidance=engine.classifier_free_guidance(config.guidance_scale),
+                   core=runtime.core, guidance=guidance, attention=attention,
+                   references=len(getattr(config, "reference_images", ())),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
                    vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1),
                    held=held_bytes(engine, config))

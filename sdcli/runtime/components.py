@@ -229,11 +229,46 @@ class LLMTextEncoder(CompiledComponent):
         return self.request.get_output_tensor(self._hidden).data[0].copy()
 
 
+STACKED = "prompt_embeds"  # FastSD CPU's klein text encoder: the hidden states already side by side
+
+
+def stacked_outputs(names: list[set[str]], layers: list[int], num_layers: int | None, name: str) -> list[int]:
+    """The indices of the IR outputs (`names`: each output's names) whose side-by-side values are
+    the prompt's states: transformers' hidden_states[k] for each k in `layers` (the output of
+    layer k, before the final norm).  Three layouts are read:
+
+    - sdcli's (and openvino-genai's): `hidden_states.k` for each layer read;
+    - optimum-intel 2.2.0's (`optimum-cli export openvino --task text-to-image` of a klein folder):
+      every hidden state exported, `last_hidden_state` and `hidden_states.0` .. `hidden_states.{n-1}`
+      for n layers, each name one behind its tensor (the first output, `last_hidden_state`, is
+      the embeddings, hidden_states[0]; `hidden_states.j` is hidden_states[j + 1]: measured on a
+      tiny export against transformers, 1e-5), so layer k is read from `hidden_states.{k-1}`;
+    - FastSD CPU's: one output `prompt_embeds`, the layers already side by side.
+    """
+    def find(output: str) -> int | None:
+        return next((i for i, n in enumerate(names) if output in n), None)
+
+    if find(STACKED) is not None:
+        return [find(STACKED)]
+    numbered = {int(n.split(".", 1)[1]) for names_ in names for n in names_
+                if n.startswith("hidden_states.") and n.split(".", 1)[1].isdigit()}
+    one_behind = (num_layers is not None and find("last_hidden_state") is not None
+                  and numbered == set(range(num_layers)))
+    wanted = [("last_hidden_state" if k == 0 else f"hidden_states.{k - 1}") if one_behind else f"hidden_states.{k}"
+              for k in layers]
+    missing = [output for output in wanted if find(output) is None]
+    if missing:
+        raise UsageError(f"{name}: its IR has no output {missing[0]} (config.json's hidden_states_layers) and no "
+                         f"{STACKED} output")
+    return [find(output) for output in wanted]
+
+
 class StackedLLMTextEncoder(CompiledComponent):
     """A language model as text encoder whose IR gives several hidden states (FLUX.2-klein's
-    Qwen3: `hidden_states.9`, `.18`, `.27`, listed in its config.json's hidden_states_layers),
-    put side by side per token; run on a fixed length of padded tokens with their mask (the
-    denoiser reads the padding's states too)."""
+    Qwen3: `hidden_states.9`, `.18`, `.27`, listed in its config.json's hidden_states_layers;
+    optimum-cli's and FastSD CPU's layouts too: see stacked_outputs), put side by side per
+    token; run on a fixed length of padded tokens with their mask (the denoiser reads the
+    padding's states too)."""
 
     def __init__(self, runtime: Runtime, folder: ModelFolder, length: int, name: str = "text_encoder"):
         declared = ir_header(folder.ir(name))[1]
@@ -241,14 +276,12 @@ class StackedLLMTextEncoder(CompiledComponent):
             raise UsageError(f"{name}: its IR does not take input_ids and attention_mask")
         config = read_json(folder.root / name / "config.json", required=False) or {}
         layers = config.get("hidden_states_layers") or [9, 18, 27]
-        self.outputs = [f"hidden_states.{k}" for k in layers]
         shapes = {"input_ids": [1, length], "attention_mask": [1, length]}
         self.compiled, self._mapping = runtime.load(name, folder.ir(name), shapes)
         names = [output.get_names() for output in self.compiled.outputs]
-        missing = [o for o in self.outputs if not any(o in n for n in names)]
-        if missing:
-            raise UsageError(f"{name}: its IR has no output {missing[0]} (config.json's hidden_states_layers)")
-        self._index = [next(i for i, n in enumerate(names) if o in n) for o in self.outputs]
+        num_layers = config.get("num_hidden_layers")
+        self._index = stacked_outputs(names, [int(k) for k in layers],
+                                      int(num_layers) if isinstance(num_layers, int) else None, name)
 
     def __call__(self, ids: list[int], mask: list[int]) -> np.ndarray:
         """[tokens, layers x hidden size] for the padded `ids` and their attention `mask`."""

@@ -344,7 +344,7 @@ def info_json(plan_: Plan, title: str, made: list, texts: list[str], interrupted
         "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds, "subseed_strength": 0,
         "width": first_result.width if first_result else body.width,
         "height": first_result.height if first_result else body.height,
-        "sampler_name": a1111_sampler(first_result.scheduler) if first_result else body.sampler_name,
+        "sampler_name": response_sampler(first_result.scheduler) if first_result else body.sampler_name,
         "cfg_scale": first_request.guidance_scale if first_request else body.cfg_scale,
         "steps": first_request.steps if first_request else body.steps,
         "batch_size": body.batch_size or 1, "restore_faces": False, "face_restoration_model": None,
@@ -358,6 +358,14 @@ def info_json(plan_: Plan, title: str, made: list, texts: list[str], interrupted
         "version": f"sdcli {__version__}", "interrupted": interrupted,
     }
     return json.dumps(info, ensure_ascii=False)
+
+
+def response_sampler(scheduler: str) -> str:
+    """A1111's sampler name for the scheduler an image ran (a flow-matching model's Euler: Euler,
+    as its infotext says)."""
+    from sdcli.schedulers import FLOW_A1111_NAME, FLOW_SCHEDULERS
+
+    return FLOW_A1111_NAME if scheduler in FLOW_SCHEDULERS else a1111_sampler(scheduler)
 
 
 def _extra_params(text: str) -> dict:

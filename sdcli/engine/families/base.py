@@ -201,6 +201,13 @@ class ModelFamily:
         return UNet.input_shapes(self.folder, batch, tuple(latent_hw), self.text_length(request, guidance),
                                  self.extra_unet_shapes(batch))
 
+    def attention_size(self, request: "GenerationRequest", guidance: bool,
+                       latent_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """(tokens, width) of a transformer's sequence for `request`: every token its attention
+        runs over in a row (the image's, the text's, reference images'), and its model width,
+        for the memory estimate (engine/memory.py); None for a UNet (estimated by its levels)."""
+        return None
+
     def conditioned_shapes(self, conditioning: Conditioning, latent_hw: tuple[int, int]) -> dict[str, list[int]]:
         """The denoiser's static input shapes for an encoded prompt."""
         from sdcli.runtime.components import UNet

@@ -27,47 +27,46 @@ from functools import cached_property
 
 import numpy as np
 
-from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
+from sdcli.engine.families.base import Conditioning, EncodedPrompt
+from sdcli.engine.families.flow_transformer import ENCODER, PATCH, FlowTransformer
 from sdcli.util.errors import UsageError
 
 MAX_TOKENS = 512  # Flux2KleinPipeline's max_sequence_length: every prompt is padded (or cut) to it
-PATCH = 2
-ENCODER = "text_encoder"
-SCHEDULER_NAMES = ("flow_euler", "euler", "flowmatcheulerdiscretescheduler")
+DISTILLED_DEFAULTS = (4, 1.0)  # black-forest-labs/FLUX.2-klein-4B's model card: (steps, guidance)
+BASE_DEFAULTS = (50, 4.0)  # Flux2KleinPipeline.__call__'s
 
 
-class Flux2Klein(ModelFamily):
+class Flux2Klein(FlowTransformer):
     name = "flux2-klein"
+    model = "FLUX.2-klein"
+    transformer = "FLUX.2"
+    thinking = False  # the chat template with thinking off
+    max_tokens = MAX_TOKENS
     reference_images = True
 
     def __init__(self, folder):
         super().__init__(folder)
         from sdcli.model.config_checks import read_json
-        from sdcli.model.tokenizer import ChatTokenizer
 
-        self.tokenizer = ChatTokenizer(folder.root / "tokenizer")
         index = read_json(folder.root / "model_index.json", required=False) or {}
         self.distilled = bool(index.get("is_distilled", False))
-        self._tokens: dict[str, tuple[list[int], bool]] = {}
 
     # -- before anything is compiled -------------------------------------------------
     def classifier_free_guidance(self, guidance_scale: float) -> bool:
         """Base models guide above 1; distilled ones ignore the guidance scale (as the pipeline)."""
         return guidance_scale > 1.0 and not self.distilled
 
-    def check_request(self, request) -> None:
-        from sdcli.engine.latents import resolve_size
+    def few_step_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
+        """(steps, guidance) for a folder whose sdcli.json gives none (optimum-cli's): the model
+        card's for distilled models, the pipeline's for Base (what sdcli convert writes)."""
+        return DISTILLED_DEFAULTS if self.distilled else BASE_DEFAULTS
 
-        unsupported = [(request.init_image is not None, "--init-image: FLUX.2-klein has no image-to-image strength; "
-                        "use --reference-image (repeatable) to edit an image"),
-                       (request.mask is not None, "--mask (inpainting) is not supported for FLUX.2-klein models"),
-                       (request.deepcache > 1, "--deepcache is for UNet models; this is a FLUX.2 transformer"),
-                       (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; FLUX.2-klein's is Qwen3"),
-                       (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a FLUX.2 "
-                        "transformer")]
-        for refused, message in unsupported:
-            if refused:
-                raise UsageError(message)
+    def refusals(self, request) -> list[tuple[bool, str]]:
+        return [(request.init_image is not None, "--init-image: FLUX.2-klein has no image-to-image strength; "
+                 "use --reference-image (repeatable) to edit an image"), *super().refusals(request)]
+
+    def check_images(self, request) -> None:
+        """The reference images: a VAE encoder to encode them, each one as the pipeline takes it."""
         from sdcli.engine.references import check_reference
 
         if request.reference_images and not self.folder.ir("vae_encoder").is_file():
@@ -77,31 +76,11 @@ class Flux2Klein(ModelFamily):
         for i, image in enumerate(request.reference_images):
             if isinstance(image, np.ndarray):
                 check_reference(image, names[i] if i < len(names) else f"#{i + 1}")
-        width, height = resolve_size(self.folder, request)
-        step = PATCH * self.folder.vae_scale_factor
-        if width % step or height % step:
-            raise UsageError(f"--width and --height must be multiples of {step} for this model (its transformer "
-                             f"takes 2x2 patches of latents), got {width}x{height}")
-
-    # LoRAs: on the transformer only (families/transformer_lora.py: the names they come in)
-    lora_components = ("unet",)
-    whitespace_tokens = True  # Qwen3's: "a cat <lora:x:1>" is encoded as "a cat"
 
     def lora_layers(self, component: str, name: str) -> list[tuple[str, ...]]:
         from sdcli.engine.families.transformer_lora import flux2_layers
 
         return flux2_layers(component, name)
-
-    def make_scheduler(self, name: str | None):
-        from sdcli.schedulers.flow_match import FlowMatchEulerDiscreteScheduler
-
-        if name is not None and name.strip().lower() not in SCHEDULER_NAMES:
-            raise UsageError(f"--scheduler {name}: a FLUX.2-klein model samples with its flow-matching Euler "
-                             "scheduler only (flow_euler)")
-        try:
-            return FlowMatchEulerDiscreteScheduler.from_config(self.folder.scheduler_config)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"scheduler/scheduler_config.json: {exc}") from None
 
     # -- the prompt -------------------------------------------------------------------
     def texts(self, request, guidance: bool) -> list[str]:
@@ -110,17 +89,6 @@ class Flux2Klein(ModelFamily):
 
     def prompt_key(self, request, guidance: bool) -> tuple:
         return (request.prompt, guidance, request.emphasis)
-
-    def token_ids(self, text: str) -> tuple[list[int], bool]:
-        """(ids of `text` in the chat template with thinking off, cut to MAX_TOKENS; whether cut)."""
-        if text not in self._tokens:
-            chat = self.tokenizer.render([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         enable_thinking=False)
-            ids = self.tokenizer.ids(chat)
-            if len(self._tokens) > 64:
-                self._tokens.clear()
-            self._tokens[text] = (ids[:MAX_TOKENS], len(ids) > MAX_TOKENS)
-        return self._tokens[text]
 
     def text_length(self, request, guidance: bool) -> int:
         return MAX_TOKENS
@@ -140,29 +108,13 @@ class Flux2Klein(ModelFamily):
         return (ENCODER, "stacked", MAX_TOKENS), lambda: StackedLLMTextEncoder(components.runtime, components.folder,
                                                                                MAX_TOKENS, ENCODER)
 
-    def start_text_encoders(self, components, request) -> None:
-        components.start(*self._encoder(components))
-
-    def release_text_encoders(self, components) -> None:
-        components.release(ENCODER)
-
     def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
-        from sdcli.engine.prompt_syntax import has_emphasis, parse_emphasis
-
+        """Each row's ids padded to MAX_TOKENS (the padding encoded too: the transformer has no text mask)."""
         encoder = components.get(*self._encoder(components))
-        pad = self.tokenizer.pad if self.tokenizer.pad is not None else 0
-        notes, states = [], []
-        for label, text in zip(["prompt", "negative prompt"], self.texts(request, guidance)):
-            ids, truncated = self.token_ids(text)
-            if truncated:
-                notes.append(f"the {label} is longer than {MAX_TOKENS} tokens (in Qwen3's chat template) and was "
-                             "truncated")
-            if text and request.emphasis and has_emphasis(parse_emphasis(text)):
-                notes.append(f"the {label}'s A1111 weights ((word), [word], (word:1.3)) do not apply to FLUX.2-klein's "
-                             "language-model text encoder; it is used as written")
-            n = len(ids)
-            states.append(encoder(ids + [pad] * (MAX_TOKENS - n), [1] * n + [0] * (MAX_TOKENS - n)))
-        return EncodedPrompt(np.stack(states).astype(np.float32), None, notes=notes)
+        labelled = list(zip(["prompt", "negative prompt"], self.texts(request, guidance)))
+        states = [encoder(*self.prompt.padded(self.token_ids(text)[0], MAX_TOKENS)) for _, text in labelled]
+        return EncodedPrompt(np.stack(states).astype(np.float32), None,
+                             notes=self.prompt.notes(labelled, request.emphasis))
 
     def conditioning(self, encoded: EncodedPrompt, request, size: tuple[int, int] | None = None) -> Conditioning:
         """The text positions (0, 0, 0, l) and the image's (0, row, column, 0) of each 2x2 patch,
@@ -261,6 +213,14 @@ class Flux2Klein(ModelFamily):
 
     def denoiser_shapes(self, request, guidance: bool, latent_hw) -> dict[str, list[int]]:
         return self._shapes(2 if guidance else 1, MAX_TOKENS, latent_hw, self.reference_tokens(request))
+
+    def attention_size(self, request, guidance: bool, latent_hw) -> tuple[int, int]:
+        """The noise's tokens, the references' after them, and the 512 text tokens; the width of
+        its attention (heads x head size)."""
+        shapes = self.denoiser_shapes(request, guidance, latent_hw)
+        config = self.folder.denoiser_config
+        width = int(config.get("num_attention_heads", 24)) * int(config.get("attention_head_dim", 128))
+        return shapes["hidden_states"][1] + shapes["encoder_hidden_states"][1], width
 
     def conditioned_shapes(self, conditioning: Conditioning, latent_hw) -> dict[str, list[int]]:
         rows, length = conditioning.hidden_states.shape[:2]

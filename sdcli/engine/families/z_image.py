@@ -19,14 +19,13 @@ from functools import cached_property
 
 import numpy as np
 
-from sdcli.engine.families.base import Conditioning, EncodedPrompt, ModelFamily
+from sdcli.engine.families.base import Conditioning, EncodedPrompt
+from sdcli.engine.families.flow_transformer import ENCODER, PATCH, FlowTransformer
 from sdcli.util.errors import UsageError
 
 MAX_TOKENS = 512  # ZImagePipeline's max_sequence_length: longer prompts are truncated
 SEQ_MULTIPLE = 32  # the transformer's sequences are padded to multiples of this
-PATCH = 2
-ENCODER = "text_encoder"
-SCHEDULER_NAMES = ("flow_euler", "euler", "flowmatcheulerdiscretescheduler")
+DEFAULTS = (9, 0.0)  # Tongyi-MAI/Z-Image-Turbo's model card: (steps, guidance); 8 transformer calls
 
 
 def rounded(length: int) -> int:
@@ -41,16 +40,13 @@ class ZImageConditioning(Conditioning):
     cfg_truncation: float = 1.0  # no guidance on steps whose timestep (1 - sigma) is above this
 
 
-class ZImage(ModelFamily):
+class ZImage(FlowTransformer):
     name = "z-image"
+    model = "Z-Image"
+    transformer = "Z-Image"
+    thinking = True  # the chat template with thinking on
+    max_tokens = MAX_TOKENS
     options = ("cfg_normalization", "cfg_truncation")
-
-    def __init__(self, folder):
-        super().__init__(folder)
-        from sdcli.model.tokenizer import ChatTokenizer
-
-        self.tokenizer = ChatTokenizer(folder.root / "tokenizer")
-        self._tokens: dict[str, tuple[list[int], bool]] = {}
 
     # -- before anything is compiled -------------------------------------------------
     def classifier_free_guidance(self, guidance_scale: float) -> bool:
@@ -58,60 +54,19 @@ class ZImage(ModelFamily):
         the prompt's prediction: scale 0 is the prompt alone)."""
         return guidance_scale > 0.0
 
-    def check_request(self, request) -> None:
-        from sdcli.engine.latents import resolve_size
-
-        unsupported = [(request.mask is not None, "--mask (inpainting) is not supported for Z-Image models"),
-                       (request.deepcache > 1, "--deepcache is for UNet models; this is a Z-Image transformer"),
-                       (request.clip_skip > 1, "--clip-skip is for CLIP text encoders; Z-Image's is Qwen3"),
-                       (request.guidance_rescale > 0, "--guidance-rescale is for UNet models; this is a Z-Image "
-                        "transformer")]
-        for refused, message in unsupported:
-            if refused:
-                raise UsageError(message)
-        width, height = resolve_size(self.folder, request)
-        step = PATCH * self.folder.vae_scale_factor
-        if width % step or height % step:
-            raise UsageError(f"--width and --height must be multiples of {step} for this model (its transformer "
-                             f"takes 2x2 patches of latents), got {width}x{height}")
-
-    # LoRAs: on the transformer only (families/transformer_lora.py: the names they come in)
-    lora_components = ("unet",)
-    whitespace_tokens = True  # Qwen3's: "a cat <lora:x:1>" is encoded as "a cat"
+    def few_step_defaults(self, scheduler: str | None) -> tuple[int, float] | None:
+        """(steps, guidance) for a folder whose sdcli.json gives none (optimum-cli's): Z-Image-Turbo's."""
+        return DEFAULTS
 
     def lora_layers(self, component: str, name: str) -> list[tuple[str, ...]]:
         from sdcli.engine.families.transformer_lora import z_image_layers
 
         return z_image_layers(component, name)
 
-    def make_scheduler(self, name: str | None):
-        """The model's own FlowMatchEulerDiscreteScheduler (the only sampler of this family)."""
-        from sdcli.schedulers.flow_match import FlowMatchEulerDiscreteScheduler
-
-        if name is not None and name.strip().lower() not in SCHEDULER_NAMES:
-            raise UsageError(f"--scheduler {name}: a Z-Image model samples with its flow-matching Euler scheduler "
-                             "only (flow_euler)")
-        try:
-            return FlowMatchEulerDiscreteScheduler.from_config(self.folder.scheduler_config)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"scheduler/scheduler_config.json: {exc}") from None
-
     # -- the prompt -------------------------------------------------------------------
     def texts(self, request, guidance: bool) -> list[str]:
         """The rows' texts: [prompt, negative] with guidance (diffusers' order), else [prompt]."""
         return [request.prompt, request.negative_prompt] if guidance else [request.prompt]
-
-    def token_ids(self, text: str) -> tuple[list[int], bool]:
-        """(ids of `text` in the chat template with thinking on, truncated to MAX_TOKENS;
-        whether it was truncated)."""
-        if text not in self._tokens:
-            chat = self.tokenizer.render([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         enable_thinking=True)
-            ids = self.tokenizer.ids(chat)
-            if len(self._tokens) > 64:
-                self._tokens.clear()
-            self._tokens[text] = (ids[:MAX_TOKENS], len(ids) > MAX_TOKENS)
-        return self._tokens[text]
 
     def text_length(self, request, guidance: bool) -> int:
         """The caption slots the transformer is compiled for: the longest row's tokens rounded
@@ -124,33 +79,17 @@ class ZImage(ModelFamily):
 
     @staticmethod
     def _encoder(components):
-        """(key, build) of the text encoder in `components` (a ComponentCache)."""
         from sdcli.runtime.components import LLMTextEncoder
 
         return (ENCODER, "llm"), lambda: LLMTextEncoder(components.runtime, components.folder, ENCODER)
 
-    def start_text_encoders(self, components, request) -> None:
-        components.start(*self._encoder(components))
-
-    def release_text_encoders(self, components) -> None:
-        components.release(ENCODER)
-
     def encode_prompt(self, components, request, guidance: bool) -> EncodedPrompt:
         """Each row's hidden states at its own length (the padding dropped, as diffusers drops it
         by the attention mask), zero-padded to the rows' common length; the lengths are kept."""
-        from sdcli.engine.prompt_syntax import has_emphasis, parse_emphasis
-
         encoder = components.get(*self._encoder(components))
-        notes, states = [], []
-        for label, text in zip(["prompt", "negative prompt"], self.texts(request, guidance)):
-            ids, truncated = self.token_ids(text)
-            if truncated:
-                notes.append(f"the {label} is longer than {MAX_TOKENS} tokens (in Qwen3's chat template) and was "
-                             "truncated")
-            if request.emphasis and has_emphasis(parse_emphasis(text)):
-                notes.append(f"the {label}'s A1111 weights ((word), [word], (word:1.3)) do not apply to Z-Image's "
-                             "language-model text encoder; it is used as written")
-            states.append(encoder(ids))
+        labelled = list(zip(["prompt", "negative prompt"], self.texts(request, guidance)))
+        states = [encoder(self.token_ids(text)[0]) for _, text in labelled]
+        notes = self.prompt.notes(labelled, request.emphasis)
         length = self.text_length(request, guidance)
         hidden = np.zeros((len(states), length, states[0].shape[-1]), np.float32)
         for row, state in enumerate(states):
@@ -229,6 +168,11 @@ class ZImage(ModelFamily):
     def conditioned_shapes(self, conditioning: Conditioning, latent_hw) -> dict[str, list[int]]:
         rows, length = conditioning.hidden_states.shape[:2]
         return self._shapes(rows, length, latent_hw)
+
+    def attention_size(self, request, guidance: bool, latent_hw) -> tuple[int, int]:
+        """The image's patches and the caption's tokens (each rounded up to 32), the model's width."""
+        shapes = self.denoiser_shapes(request, guidance, latent_hw)
+        return shapes["img_ids"][1] + shapes["encoder_hidden_states"][1], int(self.folder.denoiser_config.get("dim", 3840))
 
     def denoiser_inputs(self, x: np.ndarray, t, conditioning: Conditioning) -> tuple[np.ndarray, object]:
         """The latents once per row; the timestep as (1000 - t) / 1000 (float32, as the pipeline)."""
