@@ -370,3 +370,53 @@ def test_infotext_is_written_and_read_back(tiny_eps, tiny_controlnets, tmp_path)
     assert result.exit_code == 0, result.output
     assert again.read_bytes() == first.read_bytes()
     assert_refused(CliRunner().invoke(app, base), 2, "pass --control-image for each")
+
+
+# --- SDXL: the ControlNet also takes text_embeds and time_ids ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_controlnet(tiny_sdxl, models_root):
+    """A random ControlNet fitting tiny_sdxl (every layer randomised), converted at fp32."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.convert.random_controlnet import build_random_controlnet
+
+    source = build_random_controlnet(tiny_sdxl.diffusers_dir / "unet", models_root / "cn-xl-src", seed=3)
+    folder = models_root / "ControlNet-xl"
+    result = CliRunner().invoke(app, ["convert", str(source), "--weight-format", "fp32", "--output",
+                                      str(folder / "cn-xl"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return source, folder
+
+
+@pytest.mark.parametrize("guess", [False, True])
+def test_sdxl_controlnet_matches_diffusers(guess, tiny_sdxl, tiny_sdxl_controlnet, tiny_controlnets, tmp_path,
+                                           parity_log):
+    import diffusers
+    import torch
+    from PIL import Image
+
+    from tests.reference import compare, diffusers_scheduler, reference_arguments, sdcli_pixels, to_pixels
+
+    source, folder = tiny_sdxl_controlnet
+    image = tiny_controlnets.images["a"]
+    pipe = diffusers.StableDiffusionXLControlNetPipeline(
+        **tiny_sdxl.components(), add_watermarker=False,
+        controlnet=diffusers.ControlNetModel.from_pretrained(source, torch_dtype=torch.float32))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
+    theirs = to_pixels(pipe(**reference_arguments(steps=STEPS, width=SIZE, height=SIZE),
+                            image=Image.open(image).convert("RGB"), guess_mode=guess).images)
+    flags = ["--controlnet-dir", folder, "--controlnet", "cn-xl", "--control-image", image]
+    mode = ["--control-mode", "controlnet"] if guess else []
+    ours = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "ours.png", *flags, *mode, steps=STEPS, scheduler=SCHEDULER,
+                        width=SIZE, height=SIZE)
+    compare(ours, theirs, parity_log, model="sdxl", scheduler=SCHEDULER, mode="cn guess" if guess else "cn balanced",
+            size="64x64")
+    other = sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / "other.png", *(flags if guess else []),
+                         steps=STEPS, scheduler=SCHEDULER, width=SIZE, height=SIZE)
+    print(f"sdxl controlnet guess={guess}: max {np.abs(ours - theirs).max()}, moved {moved(ours, other)} from "
+          f"{'balanced' if guess else 'no ControlNet'}")
+    assert moved(ours, other) > 2
