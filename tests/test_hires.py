@@ -239,3 +239,63 @@ def _folder(model):
     from sdcli.model.folder import ModelFolder
 
     return ModelFolder.open(model.ov_dir)
+
+
+# -- the A1111 API ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(tiny_eps, tmp_path_factory):
+    import shutil
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from sdcli.serve.app import create_app
+    from sdcli.serve.worker import ModelRegistry, Worker
+
+    root = tmp_path_factory.mktemp("hires-serve")
+    shutil.copytree(tiny_eps.ov_dir, root / "tiny")
+    worker = Worker(ModelRegistry(root, root / "tiny"), "tiny", queue_size=4)
+    worker.start()
+    yield TestClient(create_app(worker)), root / "tiny"
+    worker.stop()
+    worker.join(30)
+
+
+def test_api_enable_hr_gives_generate_s_png(client, tmp_path):
+    import base64
+    import json
+
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    http, model = client
+    assert [m["name"] for m in http.get("/sdapi/v1/latent-upscale-modes").json()] == list(LATENT_MODES)
+    body = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEED, "steps": STEPS, "width": 16, "height": 16,
+            "firstphase_width": FIRST, "firstphase_height": FIRST, "enable_hr": True, "hr_scale": 2,
+            "hr_upscaler": "Latent (nearest-exact)", "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+            "hr_sampler_name": "Euler", "hr_cfg": 6}
+    r = http.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    served = base64.b64decode(r.json()["images"][0])
+    assert json.loads(r.json()["info"])["denoising_strength"] == 0.5
+    out = tmp_path / "cli.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(model), "--prompt", PROMPT, "--negative-prompt",
+                                      NEGATIVE, "--seed", SEED, "--steps", STEPS, "--width", FIRST, "--height", FIRST,
+                                      "--hires-scale", 2, "--hires-upscaler", "Latent (nearest-exact)",
+                                      "--hires-steps", 2, "--hires-denoise", 0.5, "--hires-scheduler", "euler",
+                                      "--hires-cfg", 6, "--output", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == served  # the same pixels and parameters, byte for byte
+    plain = http.post("/sdapi/v1/txt2img", json={**body, "hr_cfg": None}).json()["images"][0]
+    assert base64.b64decode(plain) != served
+
+
+@pytest.mark.parametrize("field, value", [("hr_scale", 1), ("hr_upscaler", "4x-UltraSharp"), ("hr_resize_x", 100),
+                                          ("denoising_strength", 0), ("hr_checkpoint_name", "other"),
+                                          ("hr_sampler_name", "Dice roll")])
+def test_api_bad_hires_fields_are_422(client, field, value):
+    http, _ = client
+    body = {"prompt": "x", "steps": STEPS, "width": FIRST, "height": FIRST, "enable_hr": True, field: value}
+    r = http.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 422 and r.json()["field"] == field, r.text

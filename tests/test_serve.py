@@ -177,7 +177,7 @@ def test_defaults_and_nulls_are_accepted(client):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("enable_hr", True), ("restore_faces", True), ("tiling", True), ("script_name", "X/Y/Z plot"),
+    ("hr_checkpoint_name", "other"), ("restore_faces", True), ("tiling", True), ("script_name", "X/Y/Z plot"),
     ("alwayson_scripts", {"ControlNet": {"args": []}}), ("subseed_strength", 0.3), ("styles", ["mine"]),
     ("seed_resize_from_w", 512), ("refiner_checkpoint", "sdxl-refiner"),
 ])
@@ -223,7 +223,8 @@ def test_lists_and_png_info(client, tmp_path):
     models = client.get("/sdapi/v1/sd-models").json()
     assert [m["title"] for m in models] == ["tiny-a", "tiny-b"] and all(m["filename"] for m in models)
     assert client.get("/sdapi/v1/upscalers").json()[0]["name"] == "None"
-    assert client.get("/sdapi/v1/latent-upscale-modes").json() == [] and client.get("/sdapi/v1/sd-vae").json() == []
+    assert client.get("/sdapi/v1/latent-upscale-modes").json()[0] == {"name": "Latent"}
+    assert client.get("/sdapi/v1/sd-vae").json() == []
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
     assert set(client.get("/sdapi/v1/embeddings").json()) == {"loaded", "skipped"}
     assert isinstance(client.get("/sdapi/v1/loras").json(), list)

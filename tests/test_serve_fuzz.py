@@ -81,7 +81,7 @@ COMMON = {
     "save_images": field(st.just(False)),
     "some_client_field": field(st.just({"ignored": True})),  # unknown fields are accepted
 }
-TXT2IMG = {**COMMON, "enable_hr": field(st.just(False), True), "denoising_strength": field(st.just(0.7)),
+TXT2IMG = {**COMMON, "enable_hr": field(st.just(False)), "denoising_strength": field(st.just(0.7)),
            "hr_scale": field(st.just(2)), "resize_mode": field(st.just(0), 1),
            "initial_noise_multiplier": field(st.just(1), 0.5)}
 IMG2IMG = {**COMMON,

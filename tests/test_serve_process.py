@@ -132,8 +132,8 @@ def test_auth_and_bad_input_over_http(server):
     assert r.status_code == 422 and r.json()["error"] == "ValidationError" and "Traceback" not in r.text
     r = post(json={"prompt": "x", "steps": -1})
     assert r.status_code == 422 and "steps" in r.json()["detail"]
-    r = post(json={"prompt": "x", "enable_hr": True, **SMALL})
-    assert r.status_code == 422 and r.json()["field"] == "enable_hr"
+    r = post(json={"prompt": "x", "enable_hr": True, "hr_scale": 1, **SMALL})
+    assert r.status_code == 422 and r.json()["field"] == "hr_scale"
     assert post(json={"prompt": "x", **SMALL}).status_code == 200  # still serving
 
 

@@ -117,7 +117,8 @@ def refuse_unsupported(body) -> None:
         return getattr(body, name, None)
 
     checks = [
-        ("enable_hr", given("enable_hr") is True, "the hires fix is not supported (set it false)"),
+        ("hr_checkpoint_name", str(given("hr_checkpoint_name") or "Use same checkpoint") not in
+         ("Use same checkpoint", "None"), "another checkpoint for the hires pass is not supported"),
         ("restore_faces", given("restore_faces") is True, "face restoration is not supported"),
         ("tiling", given("tiling") is True, "tiling is not supported"),
         ("script_name", bool(given("script_name")), "no scripts are installed here"),
@@ -203,6 +204,8 @@ class Plan:
             width=body.width, height=body.height, scheduler=scheduler, emphasis=self.options.emphasis,
             clip_skip=self.options.clip_skip, vae=self.options.vae or engine.folder.default_vae,
             guidance_rescale=body.guidance_rescale or 0.0)
+        if self.kind == "txt2img" and body.enable_hr:
+            base = hires_request(engine, body, base)
         if self.kind == "img2img":
             base = base.replace(strength=0.75 if body.denoising_strength is None else body.denoising_strength,
                                 mask=self.mask, mask_blur=4 if body.mask_blur is None else body.mask_blur)
@@ -255,7 +258,61 @@ def plan(body, kind: str, options: Options) -> Plan:
                   restore=body.override_settings_restore_afterwards is not False)
     if kind == "img2img":
         _plan_images(body, result)
+    elif body.enable_hr:
+        _plan_hires(body)
     return result
+
+
+HR_SAME = ("", "Use same sampler", "Use same scheduler")  # A1111's "the first pass's" for hr_sampler_name, hr_scheduler
+
+
+def _plan_hires(body) -> None:
+    """The hires fix's fields checked (FieldError naming the field)."""
+    from sdcli.engine.hires import MAX_SCALE, upscaler_names
+
+    for name in ("hr_resize_x", "hr_resize_y", "firstphase_width", "firstphase_height"):
+        value = _int_in(name, getattr(body, name) or 0, 0, MAX_SIDE)
+        if value % 8:
+            raise FieldError(name, f"must be a multiple of 8 (or 0), got {value}")
+    if not (body.hr_resize_x or body.hr_resize_y):
+        scale = 2.0 if body.hr_scale is None else body.hr_scale
+        if not (math.isfinite(scale) and 1.0 < scale <= MAX_SCALE):
+            raise FieldError("hr_scale", f"must be more than 1 and at most {MAX_SCALE:g}, got {scale}")
+    _int_in("hr_second_pass_steps", body.hr_second_pass_steps or 0, 0, STEPS_MAX)
+    denoise = body.denoising_strength
+    if denoise is not None and not (math.isfinite(denoise) and 0.0 < denoise <= 1.0):
+        raise FieldError("denoising_strength", f"must be more than 0 and at most 1 for the hires fix, got {denoise}")
+    _finite("hr_cfg", body.hr_cfg, 0.0, GUIDANCE_MAX)
+    if body.hr_upscaler is not None and body.hr_upscaler not in upscaler_names():
+        raise FieldError("hr_upscaler", f"{body.hr_upscaler!r} is not available; one of " + ", ".join(upscaler_names()))
+
+
+def hires_request(engine, body, request: GenerationRequest) -> GenerationRequest:
+    """`request` with the body's hires fix (checked by _plan_hires): its scheduler for
+    hr_sampler_name and hr_scheduler on `engine`'s model, and the legacy first pass size."""
+    from sdcli.engine.hires import DEFAULT_UPSCALER, HiresFix
+
+    sampler = body.hr_sampler_name if body.hr_sampler_name not in HR_SAME else None
+    schedule = body.hr_scheduler if body.hr_scheduler not in HR_SAME else None
+    scheduler = None
+    if sampler is not None or schedule is not None:
+        try:
+            scheduler = resolve_scheduler(engine, sampler or body.sampler_name or body.sampler_index or
+                                          engine.family.make_scheduler(request.scheduler).name,
+                                          schedule if schedule is not None else body.scheduler)
+        except FieldError as exc:
+            raise FieldError("hr_scheduler" if exc.field == "scheduler" else "hr_sampler_name",
+                             str(exc).partition(": ")[2]) from None
+    hires = HiresFix(scale=2.0 if body.hr_scale is None else body.hr_scale, resize_width=body.hr_resize_x or 0,
+                     resize_height=body.hr_resize_y or 0, upscaler=body.hr_upscaler or DEFAULT_UPSCALER,
+                     steps=body.hr_second_pass_steps or 0,
+                     denoise=0.75 if body.denoising_strength is None else body.denoising_strength,
+                     prompt=body.hr_prompt or "", negative_prompt=body.hr_negative_prompt or "", scheduler=scheduler,
+                     guidance_scale=body.hr_cfg)
+    changes = {"hires": hires}
+    if body.firstphase_width or body.firstphase_height:  # A1111's legacy first pass size (then upscaled by hr_scale)
+        changes.update(width=body.firstphase_width or request.width, height=body.firstphase_height or request.height)
+    return request.replace(**changes)
 
 
 def _plan_images(body, result: Plan) -> None:
@@ -338,6 +395,8 @@ def info_json(plan_: Plan, title: str, made: list, texts: list[str], interrupted
     seeds = [result.seed for _, result in made] or plan_.seeds[:1]
     prompt, negative = body.prompt or "", body.negative_prompt or ""
     strength = first_request.strength if first_request is not None and first_request.init_image is not None else None
+    if first_request is not None and first_request.hires is not None:
+        strength = first_request.hires.denoise
     info = {
         "prompt": prompt, "all_prompts": [prompt] * len(seeds),
         "negative_prompt": negative, "all_negative_prompts": [negative] * len(seeds),

@@ -311,7 +311,10 @@ def add_listing_routes(app: FastAPI, worker: Worker) -> None:
 
     @app.get("/sdapi/v1/latent-upscale-modes", tags=["lists"])
     async def latent_upscale_modes():
-        return []
+        """The hires fix's Latent upscalers (hr_upscaler), as A1111 lists them."""
+        from sdcli.engine.hires import LATENT_MODES
+
+        return [{"name": name} for name in LATENT_MODES]
 
     @app.get("/sdapi/v1/sd-vae", tags=["lists"])
     async def sd_vae():

@@ -48,8 +48,21 @@ class ProcessingRequest(BaseModel):
 
 
 class Txt2ImgRequest(ProcessingRequest):
-    enable_hr: Optional[bool] = Field(False, description="Must be false (the hires fix is not supported); hr_* fields are then accepted and unused.")
-    denoising_strength: Optional[float] = Field(None, description="Only used by the hires fix: accepted and unused.")
+    enable_hr: Optional[bool] = Field(False, description="The hires fix (docs/hires.md): a second image-to-image pass at hr_scale times the size, or at hr_resize_x x hr_resize_y.")
+    denoising_strength: Optional[float] = Field(None, description="The hires fix: the second pass's denoising strength, more than 0 and up to 1 [null: 0.75, A1111's API default].")
+    hr_scale: Optional[float] = Field(2.0, description="The hires fix: the size's factor, more than 1 (used when hr_resize_x and hr_resize_y are 0).")
+    hr_upscaler: Optional[str] = Field(None, description="The hires fix: a name from /sdapi/v1/latent-upscale-modes, or Lanczos, Nearest [null: Latent].")
+    hr_second_pass_steps: Optional[int] = Field(0, description="The hires fix: the second pass's steps (0: steps), run on the tail of int(steps / denoising_strength).")
+    hr_resize_x: Optional[int] = Field(0, description="The hires fix: the target width, a multiple of 8 (0: from hr_resize_y's aspect, or hr_scale); with hr_resize_y, the upscaled first pass is cut about the centre.")
+    hr_resize_y: Optional[int] = Field(0, description="The hires fix: the target height (see hr_resize_x).")
+    hr_prompt: Optional[str] = Field("", description="The hires fix: the second pass's prompt [\"\": prompt].")
+    hr_negative_prompt: Optional[str] = Field("", description="The hires fix: the second pass's negative prompt [\"\": negative_prompt].")
+    hr_sampler_name: Optional[str] = Field(None, description="The hires fix: the second pass's sampler [null: sampler_name].")
+    hr_scheduler: Optional[str] = Field(None, description="The hires fix: the second pass's schedule type [null: scheduler].")
+    hr_cfg: Optional[float] = Field(None, description="The hires fix: the second pass's CFG scale (Forge's) [null: cfg_scale].")
+    hr_checkpoint_name: Optional[str] = Field(None, description="Must be null or \"Use same checkpoint\" (no other checkpoint for the second pass).")
+    firstphase_width: Optional[int] = Field(0, description="Legacy: with enable_hr, the first pass's width (A1111 then upscales it by hr_scale).")
+    firstphase_height: Optional[int] = Field(0, description="Legacy: with enable_hr, the first pass's height.")
 
 
 class Img2ImgRequest(ProcessingRequest):
