@@ -36,6 +36,7 @@ def convert(
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL)."),
     into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --default-vae, --scheduler, --timestep-spacing."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet (a diffusers ControlNetModel folder or repo) is written when --output is not given [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
+    upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Where an upscaler checkpoint (ESRGAN, Real-ESRGAN, SPAN, SwinIR, HAT, ... that spandrel recognises) is written when --output is not given [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
@@ -74,6 +75,8 @@ def convert(
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         if not source.strip():
             raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
+        if into is None and convert_upscaler(source, output, upscaler_dir, weight_format, allow_pickle, force, quiet, log):
+            return
         target = output or default_target(source, controlnet_dir, allow_pickle)
         check_creatable(target, "--output")
         if config is not None:
@@ -118,6 +121,24 @@ def default_target(source: str, controlnet_dir: Optional[Path], allow_pickle: bo
         if resolve_source(source, ConvertOptions(allow_pickle=allow_pickle))[0] == "controlnet":
             return controlnet_folder(controlnet_dir)[0] / name
     return Path("models") / name
+
+
+def convert_upscaler(source: str, output: Optional[Path], upscaler_dir: Optional[Path], weight_format: str,
+                     allow_pickle: bool, force: bool, quiet: bool, log) -> bool:
+    """A checkpoint that is not a diffusion model's: converted as an upscaler through spandrel
+    (convert/upscaler.py) into the upscaler folder; False when `source` is not such a file."""
+    from sdcli.convert.upscaler import convert_upscaler as run_upscaler, default_target, upscaler_source
+
+    path = upscaler_source(source, allow_pickle)
+    if path is None:
+        return False
+    target = output or default_target(path, upscaler_dir)
+    check_creatable(target, "--output")
+    quiet_libraries()
+    run_upscaler(path, target, weight_format, allow_pickle, force, log)
+    if not quiet:
+        print(target)
+    return True
 
 
 def change_folder(into: Path, tiny_vae: Optional[str], weight_format: str, force: bool, log, settings: dict) -> None:
