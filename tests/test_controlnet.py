@@ -55,6 +55,20 @@ def test_unet_residual_inputs_match_diffusers(tiny_eps):
         np.testing.assert_allclose(edited(x, 421.0, context, **one), ref, rtol=0, atol=1e-4, err_msg=name)
 
 
+def test_a_graph_without_skip_concats_is_refused():
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from sdcli.runtime.controlnet import add_residual_inputs
+    from sdcli.util.errors import UsageError
+
+    sample = ops.parameter([1, 4, 8, 8], ov.Type.f32, name="sample")
+    sample.output(0).get_tensor().set_names({"sample"})
+    model = ov.Model([ops.result(ops.relu(sample))], [sample])
+    with pytest.raises(UsageError, match="skip connections"):
+        add_residual_inputs(model, {"sample": [1, 4, 8, 8]})
+
+
 # --- ControlNet models and generate, against diffusers' ControlNet pipelines --------------------
 
 STEPS, SCHEDULER, SIZE = 4, "euler", 64
@@ -420,3 +434,19 @@ def test_sdxl_controlnet_matches_diffusers(guess, tiny_sdxl, tiny_sdxl_controlne
     print(f"sdxl controlnet guess={guess}: max {np.abs(ours - theirs).max()}, moved {moved(ours, other)} from "
           f"{'balanced' if guess else 'no ControlNet'}")
     assert moved(ours, other) > 2
+
+
+def test_controlnet_on_an_optimum_cli_folder(tiny_eps, tiny_controlnets, tmp_path, parity_log):
+    """The folder optimum-cli wrote from tiny_eps's weights (tests/data/optimum-tiny): its UNet graph
+    takes the residuals the same way, and gives diffusers' pixels."""
+    from pathlib import Path
+
+    from tests.reference import compare
+
+    class Optimum:
+        ov_dir = Path(__file__).parent / "data" / "optimum-tiny"
+
+    units = [dict(name="cn-a", image=tiny_controlnets.images["a"])]
+    ours = sdcli_controlnet(Optimum, tiny_controlnets, tmp_path, "ours", units)
+    theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, units)
+    compare(ours, theirs, parity_log, model="optimum-cli", scheduler=SCHEDULER, mode="cn balanced", size="64x64")
