@@ -57,3 +57,14 @@ def save_large_components(out_dir, factories: dict, torch_dtype, seed: int = 0) 
         module.save_pretrained(Path(out_dir) / name)
         del module
         gc.collect()
+
+
+# The 4-level KL autoencoder of FLUX.1, FLUX.2 and SD3 (diffusers' AutoencoderKL /
+# AutoencoderKLFlux2 configs), without what differs between them (latent channels, scaling,
+# quant convs), and its small stand-in: two levels (one 2x step), one layer each.
+AUTOENCODER = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                   up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                   layers_per_block=2, norm_num_groups=32, sample_size=1024, mid_block_add_attention=True)
+TINY_AUTOENCODER = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
+                        sample_size=64)

@@ -2,17 +2,15 @@
 
 `--tiny-z-image` is what the tests run (seconds); `--z-image` the real architecture (a 6.2 B
 transformer and Qwen3-4B, random weights in half precision) for benchmarks, whose cost per
-step does not depend on the values of the weights.
-
-The tokenizer is a real byte-level Qwen2 BPE (Qwen3's pre-tokenizer, added tokens and chat
-template, thinking switch included) with a small vocabulary made here: every byte, a few
-merges of common letter pairs, and Qwen3's special tokens.  transformers 5's tokenizer
-constructors can drop a vocabulary silently, so the built folder is read back and two
-prompts must give different ids (check_tokenizer).
+step does not depend on the values of the weights.  The Qwen3 text encoder, its offline
+tokenizer and the building are random_qwen3's.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from sdcli.convert.random_qwen3 import QWEN3_4B, build_qwen3_pipeline, tiny_qwen3
+from sdcli.convert.random_weights import AUTOENCODER, TINY_AUTOENCODER
 
 # Tongyi-MAI/Z-Image-Turbo's configs (transformer/, text_encoder/, vae/, scheduler/)
 Z_IMAGE = {
@@ -34,40 +32,10 @@ Z_IMAGE = {
         axes_lens=[1536, 512, 512],
     ),
     # Qwen3-4B (the repo's text_encoder/config.json; model_index.json loads it as Qwen3Model)
-    "text": dict(
-        vocab_size=151936,
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        hidden_act="silu",
-        max_position_embeddings=40960,
-        rms_norm_eps=1e-06,
-        rope_theta=1000000,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        bos_token_id=151643,
-        eos_token_id=151645,
-    ),
+    "text": dict(QWEN3_4B),
     # FLUX.1's autoencoder with Z-Image's scaling and shift
-    "vae": dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=1024,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
-    ),
+    "vae": dict(AUTOENCODER, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                use_post_quant_conv=False),
     "scheduler": dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
 }
 
@@ -78,194 +46,24 @@ Z_IMAGE = {
 TINY_Z_IMAGE = {
     "transformer": dict(Z_IMAGE["transformer"], dim=64, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
                         cap_feat_dim=32, axes_dims=[8, 12, 12]),
-    "text": dict(Z_IMAGE["text"], vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
-                 bos_token_id=None, eos_token_id=None),
-    "vae": dict(Z_IMAGE["vae"], block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8, sample_size=64),
+    "text": tiny_qwen3(3),
+    "vae": dict(Z_IMAGE["vae"], **TINY_AUTOENCODER),
     "scheduler": Z_IMAGE["scheduler"],
 }
-
-# Qwen3's special and added tokens (as its tokenizer.json has them: the first three special)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-ADDED_TOKENS = ["<think>", "</think>"]
-
-# Qwen3's chat template (tokenizer_config.json of the Qwen3 checkpoints), as Jinja text:
-# `enable_thinking=False` adds an empty think block after the assistant's header.
-QWEN3_CHAT_TEMPLATE = r"""{%- if tools %}
-    {{- '<|im_start|>system\n' }}
-    {%- if messages[0].role == 'system' %}
-        {{- messages[0].content + '\n\n' }}
-    {%- endif %}
-    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0].role == 'system' %}
-        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
-    {%- endif %}
-{%- endif %}
-{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
-{%- for message in messages[::-1] %}
-    {%- set index = (messages|length - 1) - loop.index0 %}
-    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
-        {%- set ns.multi_step_tool = false %}
-        {%- set ns.last_query_index = index %}
-    {%- endif %}
-{%- endfor %}
-{%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
-        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
-    {%- elif message.role == "assistant" %}
-        {%- set content = message.content %}
-        {%- set reasoning_content = '' %}
-        {%- if message.reasoning_content is defined and message.reasoning_content is not none %}
-            {%- set reasoning_content = message.reasoning_content %}
-        {%- else %}
-            {%- if '</think>' in message.content %}
-                {%- set content = message.content.split('</think>')[-1].lstrip('\n') %}
-                {%- set reasoning_content = message.content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
-            {%- endif %}
-        {%- endif %}
-        {%- if loop.index0 > ns.last_query_index %}
-            {%- if loop.last or (not loop.last and reasoning_content) %}
-                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
-            {%- else %}
-                {{- '<|im_start|>' + message.role + '\n' + content }}
-            {%- endif %}
-        {%- else %}
-            {{- '<|im_start|>' + message.role + '\n' + content }}
-        {%- endif %}
-        {%- if message.tool_calls %}
-            {%- for tool_call in message.tool_calls %}
-                {%- if (loop.first and content) or (not loop.first) %}
-                    {{- '\n' }}
-                {%- endif %}
-                {%- if tool_call.function %}
-                    {%- set tool_call = tool_call.function %}
-                {%- endif %}
-                {{- '<tool_call>\n{"name": "' }}
-                {{- tool_call.name }}
-                {{- '", "arguments": ' }}
-                {%- if tool_call.arguments is string %}
-                    {{- tool_call.arguments }}
-                {%- else %}
-                    {{- tool_call.arguments | tojson }}
-                {%- endif %}
-                {{- '}\n</tool_call>' }}
-            {%- endfor %}
-        {%- endif %}
-        {{- '<|im_end|>\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\n<tool_response>\n' }}
-        {{- message.content }}
-        {{- '\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-    {%- if enable_thinking is defined and enable_thinking is false %}
-        {{- '<think>\n\n</think>\n\n' }}
-    {%- endif %}
-{%- endif %}"""
-
-# merged letter pairs of the small vocabulary ("Ġ" is the byte-level space)
-MERGES = [("t", "h"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("r", "e"), ("o", "n"), ("a", "t"), ("o", "r"),
-          ("e", "s"), ("Ġ", "a"), ("Ġ", "t"), ("Ġ", "th"), ("Ġ", "o"), ("Ġ", "s"), ("Ġ", "c")]
-
-
-def qwen2_tokenizer(model_max_length: int = 131072):
-    """A transformers Qwen2Tokenizer (byte-level BPE, Qwen's pre-tokenizer) over a small
-    vocabulary: every byte, MERGES, then Qwen3's special and added tokens."""
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
-
-    from sdcli.convert.random_weights import bytes_to_unicode
-
-    vocab: dict[str, int] = {}
-    for char in bytes_to_unicode().values():
-        vocab[char] = len(vocab)
-    for a, b in MERGES:
-        vocab.setdefault(a + b, len(vocab))
-    for token in SPECIAL_TOKENS + ADDED_TOKENS:
-        vocab[token] = len(vocab)
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=list(MERGES), unk_token=None, bos_token=None,
-                               eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=model_max_length,
-                               errors="replace", clean_up_tokenization_spaces=False, split_special_tokens=False)
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
-    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
-    return tokenizer
-
-
-def check_tokenizer(folder: Path, vocab_size: int) -> None:
-    """The saved tokenizer, read back as diffusers reads it, must know its vocabulary: two
-    prompts give different ids, the special tokens are single ids within the text encoder's
-    embeddings, and the chat template's thinking switch works."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    one = tokenizer("a photo of an astronaut").input_ids
-    two = tokenizer("a red house by the sea").input_ids
-    if one == two or len(set(one)) < 3:
-        raise RuntimeError(f"the tokenizer written to {folder} lost its vocabulary: {one} vs {two}")
-    for token in SPECIAL_TOKENS + ADDED_TOKENS:
-        ids = tokenizer(token, add_special_tokens=False).input_ids
-        if len(ids) != 1 or not 0 <= ids[0] < vocab_size:
-            raise RuntimeError(f"the tokenizer written to {folder} splits {token!r} into {ids}")
-    messages = [{"role": "user", "content": "hi"}]
-    thinking = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
-    plain = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    if thinking != "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n" or plain != thinking + "<think>\n\n</think>\n\n":
-        raise RuntimeError(f"the chat template written to {folder} renders {thinking!r} / {plain!r}")
-
 
 def build_random_z_image(out_dir: str | Path, sizes: dict = TINY_Z_IMAGE, seed: int = 0, torch_dtype=None):
     """Build a random-weight ZImagePipeline, save it as a diffusers folder (as the Hub has
     Tongyi-MAI/Z-Image-Turbo: model_index.json, transformer/, text_encoder/ (Qwen3Model),
     tokenizer/, vae/, scheduler/) and return it.  `torch_dtype` (torch.bfloat16) builds a
-    full-size one in half the memory."""
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    full-size one in half the memory, one large component at a time (and returns None)."""
+    from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from sdcli.convert.random_weights import spread_weights
+    def assemble(modules, tokenizer, scheduler, sizes):
+        return ZImagePipeline(scheduler=scheduler, vae=modules["vae"], text_encoder=modules["text_encoder"],
+                              tokenizer=tokenizer, transformer=modules["transformer"])
 
-    from sdcli.convert.random_weights import save_large_components
-
-    out_dir = Path(out_dir)
-    tiny = sizes is TINY_Z_IMAGE
-    if not tiny and torch_dtype is not None:
-        # full size: the small files from a tiny stand-in, then one large component at a time
-        build_random_z_image(out_dir, {**TINY_Z_IMAGE, "scheduler": sizes["scheduler"]}, seed)
-        save_large_components(out_dir, {"transformer": lambda: ZImageTransformer2DModel(**sizes["transformer"]),
-                                        "text_encoder": lambda: Qwen3Model(Qwen3Config(**sizes["text"])),
-                                        "vae": lambda: AutoencoderKL(**sizes["vae"])}, torch_dtype, seed)
-        return None
-    torch.manual_seed(seed)
-    if torch_dtype is not None:
-        torch.set_default_dtype(torch_dtype)
-    try:
-        transformer = ZImageTransformer2DModel(**sizes["transformer"])
-        text_encoder = Qwen3Model(Qwen3Config(**sizes["text"]))
-        vae = AutoencoderKL(**sizes["vae"])
-    finally:
-        torch.set_default_dtype(torch.float32)
-    if tiny:
-        spread_weights(transformer, text_encoder, vae, seed=seed)
-    tokenizer = qwen2_tokenizer()
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(sizes["scheduler"])
-    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                          transformer=transformer)
-    pipe.save_pretrained(out_dir)
-    check_tokenizer(out_dir / "tokenizer", sizes["text"]["vocab_size"])
-    return pipe
+    return build_qwen3_pipeline(out_dir, sizes, TINY_Z_IMAGE, seed, torch_dtype,
+                                {"transformer": lambda s: ZImageTransformer2DModel(**s["transformer"]),
+                                 "text_encoder": lambda s: Qwen3Model(Qwen3Config(**s["text"])),
+                                 "vae": lambda s: AutoencoderKL(**s["vae"])}, assemble)
