@@ -33,7 +33,7 @@ def bench(
     readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (into --readme's block, else on stdout)."),
 ):
-    """Benchmark sdcli against openvino-genai, optimum-intel and diffusers on an SD 1.5-size random model."""
+    """Benchmark sdcli against openvino-genai, optimum-intel and diffusers on a random-weight model of a real architecture (SD 1.5, SDXL, SD-Turbo, FLUX.2-klein, Z-Image-Turbo)."""
     with user_errors("interrupted"):
         from sdcli.bench.peers import PEERS, run_bench, update_readme
         from sdcli.runtime.core import default_cache_dir
