@@ -72,8 +72,10 @@ def test_target_sizes_are_a1111_s():
 
 
 # -- against diffusers ------------------------------------------------------------------------------
-def diffusers_hires(components: dict, upscaler: str, size: int, hires_steps: int, denoise: float, xl: bool = False,
+def diffusers_hires(components: dict, upscaler, size: int, hires_steps: int, denoise: float, xl: bool = False,
                     hires_prompt: str | None = None) -> np.ndarray:
+    """`upscaler`: a Latent mode's or Pillow filter's name, or a function of a PIL image and
+    the size (a model upscaler's A1111 steps)."""
     import diffusers
     import torch
     from PIL import Image
@@ -86,7 +88,7 @@ def diffusers_hires(components: dict, upscaler: str, size: int, hires_steps: int
     latents = first(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.5, width=FIRST,
                     height=FIRST, generator=torch.Generator("cpu").manual_seed(SEED), output_type="latent").images
     factor = first.vae_scale_factor
-    if upscaler in LATENT_MODES:
+    if isinstance(upscaler, str) and upscaler in LATENT_MODES:
         mode, antialias = LATENT_MODES[upscaler]
         latents = torch.nn.functional.interpolate(latents, size=(size // factor, size // factor), mode=mode,
                                                   antialias=antialias)
@@ -95,7 +97,10 @@ def diffusers_hires(components: dict, upscaler: str, size: int, hires_steps: int
         with torch.no_grad():
             decoded = vae.decode(latents / vae.config.scaling_factor).sample
         picture = first.image_processor.postprocess(decoded, output_type="pil")[0]
-        picture = picture.resize((size, size), resample=getattr(Image.Resampling, upscaler.upper()))
+        if callable(upscaler):
+            picture = upscaler(picture, size)
+        else:
+            picture = picture.resize((size, size), resample=getattr(Image.Resampling, upscaler.upper()))
         with torch.no_grad():
             dist = vae.encode(first.image_processor.preprocess(picture)).latent_dist
         latents = dist.sample(torch.Generator("cpu").manual_seed(SEED)) * vae.config.scaling_factor
@@ -146,6 +151,47 @@ def test_what_the_hires_settings_change(tiny_eps, sd_components, tmp_path, parit
              (("denoise", denoise), ("upscaler", nearest), ("prompt", prompt))}
     print("hires: moved by", moved)
     assert all(value > 2 for value in moved.values()), moved
+
+
+def test_model_upscaler_hires_matches_diffusers(tiny_eps, sd_components, tmp_path_factory, parity_log):
+    """A converted model upscaler (a tiny random Real-ESRGAN Compact, 4x) as the hires upscaler,
+    against diffusers with spandrel's torch model run through A1111's steps (engine/upscale.py's
+    grid, BGR, then Lanczos from 128 to 64)."""
+    import torch
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.convert.random_upscaler import save
+    from sdcli.convert.spandrel_import import import_spandrel
+    from sdcli.engine import upscale as up
+
+    root = tmp_path_factory.mktemp("hires-upscaler")
+    checkpoint = save("compact", root / "tiny-compact.safetensors")
+    result = CliRunner().invoke(app, ["convert", str(checkpoint), "--weight-format", "fp32", "--upscaler-dir",
+                                      str(root / "ESRGAN"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    model = import_spandrel().ModelLoader().load_from_file(str(checkpoint)).eval()
+
+    class TorchUpscaler:  # A1111's upscale_pil_patch around the torch model
+        def __call__(self, image):
+            x = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1)) / 255
+            with torch.no_grad():
+                y = model(torch.from_numpy(x).unsqueeze(0).float())[0].clamp(0, 1).numpy()
+            arr = (255.0 * np.moveaxis(y, 0, 2)).round().astype(np.uint8)[:, :, ::-1]
+            return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+    def a1111(picture, size):
+        return Image.fromarray(up.upscale(np.asarray(picture), TorchUpscaler(), size / picture.width))
+
+    theirs = diffusers_hires(sd_components, a1111, 2 * FIRST, 2, 0.5)
+    ours = sdcli_hires(tiny_eps.ov_dir, root / "out.png", *hires_args("tiny-compact"), "--upscaler-dir",
+                       root / "ESRGAN")
+    compare(ours, theirs, parity_log, model="sd15", scheduler="pndm", mode="hires model upscaler", size="32->64")
+    lanczos = sdcli_hires(tiny_eps.ov_dir, root / "lanczos.png", *hires_args("Lanczos"))
+    moved = int(np.abs(ours - lanczos).max())
+    print("hires: the model upscaler moves it from Lanczos by", moved)
+    assert moved > 2
 
 
 def test_sdxl_hires_matches_diffusers(tiny_sdxl, tmp_path, parity_log):

@@ -74,12 +74,13 @@ def generate(
     hires_scale: Optional[float] = typer.Option(None, "--hires-scale", callback=finite, help="A1111's hires fix: a second pass at this many times the size (more than 1), image-to-image on the upscaled first pass (docs/hires.md)."),
     hires_width: Optional[int] = typer.Option(None, "--hires-width", callback=positive_multiple_of_8, help="Hires fix: the second pass's width (with --hires-height: the first pass scaled to cover both, then cut about the centre; alone: the height follows the aspect)."),
     hires_height: Optional[int] = typer.Option(None, "--hires-height", callback=positive_multiple_of_8, help="Hires fix: the second pass's height (see --hires-width)."),
-    hires_upscaler: str = typer.Option("Latent", "--hires-upscaler", metavar="NAME", help="Hires fix: Latent, \"Latent (antialiased)\", \"Latent (bicubic)\", \"Latent (bicubic antialiased)\", \"Latent (nearest)\", \"Latent (nearest-exact)\" (the latents interpolated), or Lanczos, Nearest (the decoded pixels resized, then encoded)."),
+    hires_upscaler: str = typer.Option("Latent", "--hires-upscaler", metavar="NAME", help="Hires fix: Latent, \"Latent (antialiased)\", \"Latent (bicubic)\", \"Latent (bicubic antialiased)\", \"Latent (nearest)\", \"Latent (nearest-exact)\" (the latents interpolated), or Lanczos, Nearest, a converted model upscaler's name (the decoded pixels upscaled, then encoded)."),
     hires_steps: int = typer.Option(0, "--hires-steps", min=0, max=1000, help="Hires fix: the second pass's steps, run on the tail of a steps/denoise schedule (0: --steps)."),
     hires_denoise: float = typer.Option(0.7, "--hires-denoise", min=0.0, max=1.0, callback=finite, help="Hires fix: A1111's denoising strength of the second pass, more than 0 and up to 1."),
     hires_prompt: str = typer.Option("", "--hires-prompt", help="Hires fix: the second pass's prompt [default: --prompt]."),
     hires_negative_prompt: str = typer.Option("", "--hires-negative-prompt", help="Hires fix: the second pass's negative prompt [default: --negative-prompt]."),
     hires_scheduler: Optional[str] = typer.Option(None, "--hires-scheduler", callback=scheduler_name, help="Hires fix: the second pass's scheduler [default: --scheduler's]."),
+    upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Hires fix: where --hires-upscaler NAME finds a converted model upscaler [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
     hires_cfg: Optional[float] = typer.Option(None, "--hires-cfg", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Hires fix: the second pass's guidance scale (Forge's Hires CFG Scale) [default: --guidance-scale]."),
     vae: str = typer.Option("full", "--vae", help="full: the model's VAE; tiny: the TAESD that `sdcli convert --tiny-vae` added (much faster decoding, a little less detail) [default: the model folder's own (convert --default-vae), else full]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr."),
@@ -378,4 +379,4 @@ def hires_fix(o: SimpleNamespace):
     return HiresFix(scale=2.0 if o.hires_scale is None else o.hires_scale, resize_width=o.hires_width or 0,
                     resize_height=o.hires_height or 0, upscaler=o.hires_upscaler, steps=o.hires_steps,
                     denoise=o.hires_denoise, prompt=o.hires_prompt, negative_prompt=o.hires_negative_prompt,
-                    scheduler=o.hires_scheduler, guidance_scale=o.hires_cfg)
+                    scheduler=o.hires_scheduler, guidance_scale=o.hires_cfg, upscaler_dir=o.upscaler_dir)

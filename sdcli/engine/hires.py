@@ -22,6 +22,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,7 +37,8 @@ LATENT_MODES = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-PIXEL_UPSCALERS = ("Lanczos", "Nearest")  # A1111's built-in upscalers on the decoded image
+PIXEL_UPSCALERS = ("Lanczos", "Nearest")  # A1111's built-in upscalers on the decoded image (and the converted
+# model upscalers of model/upscalers.py, by name)
 DEFAULT_UPSCALER = "Latent"  # A1111's latent_upscale_default_mode (what a request without one gets)
 DEFAULT_DENOISE = 0.7  # A1111's txt2img UI default for the hires pass's denoising strength
 MAX_SIDE = 16384
@@ -69,6 +71,7 @@ class HiresFix:
     negative_prompt: str = ""
     scheduler: str | None = None  # None: the first pass's
     guidance_scale: float | None = None  # None: the first pass's (Forge's hr_cfg)
+    upscaler_dir: Path | None = None  # where a model upscaler is found (None: $SDCLI_UPSCALER_DIR, else models/ESRGAN)
 
     @property
     def resized(self) -> bool:
@@ -82,9 +85,9 @@ class HiresFix:
         """UsageError naming generate's flag for a setting that cannot be run."""
         from sdcli.engine.request import GUIDANCE_MAX, STEPS_MAX, check_prompt_text
 
-        if self.upscaler not in LATENT_MODES and self.upscaler not in PIXEL_UPSCALERS:
-            raise UsageError(f"--hires-upscaler: {self.upscaler!r} is not available; one of "
-                             + ", ".join(repr(n) for n in upscaler_names()))
+        if not self.upscaler.strip():
+            raise UsageError("--hires-upscaler: give a name: " + ", ".join(repr(n) for n in upscaler_names())
+                             + " or a converted model upscaler's")
         for flag, value in (("--hires-width", self.resize_width), ("--hires-height", self.resize_height)):
             if value < 0 or value % 8 or value > MAX_SIDE:
                 raise UsageError(f"{flag} must be a positive multiple of 8 up to {MAX_SIDE}, got {value}")
@@ -230,24 +233,48 @@ def resize_latents(latents: np.ndarray, height: int, width: int, mode: str, anti
     return out.astype(np.float32)
 
 
-def upscale_pixels(image: np.ndarray, width: int, height: int, upscaler: str) -> np.ndarray:
-    """RGB uint8 `image` to `width` x `height` as A1111's resize_image(0, ...) does with its
-    Lanczos or Nearest upscaler: the upscaler's own resize by the scale that covers the target,
-    then Lanczos to a multiple of 8 and to the target where those differ."""
+def upscale_pixels(image: np.ndarray, width: int, height: int, upscaler) -> np.ndarray:
+    """RGB uint8 `image` to `width` x `height` as A1111's resize_image(0, ...) does with an
+    upscaler ("Lanczos", "Nearest" or an engine.upscale.ModelUpscaler): its Upscaler.upscale by
+    the scale that covers the target (engine/upscale.py: the upscaler, then Lanczos to a
+    multiple of 8), then Lanczos to the target where that differs."""
     from PIL import Image
 
-    lanczos = Image.Resampling.LANCZOS
-    im = Image.fromarray(image)
-    scale = max(width / im.width, height / im.height)
+    from sdcli.engine.upscale import upscale
+
+    scale = max(width / image.shape[1], height / image.shape[0])
     if scale > 1.0:
-        dest_w, dest_h = int((im.width * scale) // 8 * 8), int((im.height * scale) // 8 * 8)
-        method = lanczos if upscaler == "Lanczos" else Image.Resampling.NEAREST
-        im = im.resize((int(im.width * scale), int(im.height * scale)), resample=method)
-        if (im.width, im.height) != (dest_w, dest_h):
-            im = im.resize((dest_w, dest_h), resample=lanczos)
-    if (im.width, im.height) != (width, height):
-        im = im.resize((width, height), resample=lanczos)
-    return np.asarray(im.convert("RGB"))
+        image = upscale(image, upscaler, scale)
+    if image.shape[:2] != (height, width):
+        image = np.asarray(Image.fromarray(image).resize((width, height), resample=Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def model_upscaler(engine, hires: HiresFix):
+    """The hires fix's pixel upscaler: "Lanczos", "Nearest", or the converted model upscaler of
+    that name, compiled for `engine`'s device once (kept on the engine for its next images)."""
+    from sdcli.engine.upscale import resolve
+
+    if hires.upscaler in PIXEL_UPSCALERS:
+        return hires.upscaler
+    kept = engine.__dict__.setdefault("hires_upscalers", {})
+    key = (hires.upscaler, hires.upscaler_dir)
+    if key not in kept:
+        kept[key] = resolve(hires.upscaler, engine.runtime, hires.upscaler_dir)
+    return kept[key]
+
+
+def check_upscaler(hires: HiresFix) -> None:
+    """UsageError for an upscaler that is neither one of the eight named nor a converted model
+    upscaler in the upscaler folder."""
+    if hires.upscaler in LATENT_MODES or hires.upscaler in PIXEL_UPSCALERS:
+        return
+    from sdcli.model.upscalers import find_upscaler
+
+    try:
+        find_upscaler(hires.upscaler, hires.upscaler_dir)
+    except UsageError as exc:
+        raise UsageError(f"--hires-upscaler: {exc} (or one of {', '.join(upscaler_names())})") from None
 
 
 def cut(latents: np.ndarray, tx: int, ty: int) -> np.ndarray:
@@ -261,6 +288,7 @@ def check(engine, request) -> None:
     """UsageError where the hires fix does not apply to `request` on `engine`'s model."""
     hires = request.hires
     hires.validate(request)
+    check_upscaler(hires)
     if engine.folder.denoiser == "transformer" or engine.folder.latent_channels != 4:
         raise UsageError(f"the hires fix is for Stable Diffusion 1.x/2.x and SDXL models; this is a "
                          f"{engine.family.name} model")
@@ -318,7 +346,8 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
             return None
         return lambda info: on_step(dataclasses.replace(info, index=info.index + offset, total=total_steps))
 
-    one = engine.generate(first, report(0), on_note=on_note, decode=False)
+    # (release_unet: the first pass's UNet, compiled for the smaller latents, is freed before the second's loads)
+    one = engine.generate(first, report(0), on_note=on_note, release_unet=release_unet, decode=False)
     started = time.perf_counter()
     latents = one.latents
     if hires.latent:
@@ -329,7 +358,7 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
         from sdcli.util.rng import make_rng
 
         pixels = engine.decode(latents, request.vae)
-        pixels = upscale_pixels(pixels, tgt.upscale_width, tgt.upscale_height, hires.upscaler)
+        pixels = upscale_pixels(pixels, tgt.upscale_width, tgt.upscale_height, model_upscaler(engine, hires))
         latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae)
     latents = cut(latents, tgt.truncate_x, tgt.truncate_y)
     upscale_seconds = time.perf_counter() - started

@@ -284,7 +284,12 @@ def _plan_hires(body) -> None:
         raise FieldError("denoising_strength", f"must be more than 0 and at most 1 for the hires fix, got {denoise}")
     _finite("hr_cfg", body.hr_cfg, 0.0, GUIDANCE_MAX)
     if body.hr_upscaler is not None and body.hr_upscaler not in upscaler_names():
-        raise FieldError("hr_upscaler", f"{body.hr_upscaler!r} is not available; one of " + ", ".join(upscaler_names()))
+        from sdcli.model.upscalers import find_upscaler
+
+        try:  # a converted model upscaler ($SDCLI_UPSCALER_DIR, else models/ESRGAN)
+            find_upscaler(str(body.hr_upscaler))
+        except UsageError as exc:
+            raise FieldError("hr_upscaler", f"{exc} (or one of {', '.join(upscaler_names())})") from None
 
 
 def hires_request(engine, body, request: GenerationRequest) -> GenerationRequest:
