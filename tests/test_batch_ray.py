@@ -299,3 +299,29 @@ def test_sdxl_rows_on_ray_workers_match_a_run_without_ray(ray_cluster, tiny_sdxl
         assert read_png_text(tmp_path / "ray" / name) == read_png_text(tmp_path / "here" / name), name
         ray_pixels, here_pixels = read_rgb(tmp_path / "ray" / name), read_rgb(tmp_path / "here" / name)
         assert np.abs(ray_pixels.astype(int) - here_pixels).max() <= 2, name
+
+
+def test_klein_reference_rows_on_ray_match_a_run_without_ray(ray_cluster, tiny_klein, tmp_path, capsys):
+    """FLUX.2-klein rows with reference images (a row's, the command line's): read here, sent to the
+    workers with the row, and the picture is the local batch's."""
+    from sdcli.imaging.image_io import save_png
+    from tests.models import smooth_picture
+
+    save_png(tmp_path / "ref-a.png", smooth_picture(100, 70))
+    save_png(tmp_path / "ref-b.png", smooth_picture(70, 90))
+    rows = tmp_path / "k.jsonl"
+    rows.write_text(json.dumps({"prompt": "turn the sky red", "name": "a", "reference_images": ["ref-a.png"]}) + "\n"
+                    + json.dumps({"prompt": "turn the sky red", "name": "b"}) + "\n")
+    klein = str(tiny_klein[1])
+    code = run_batch(BatchOptions(file=str(rows), output_dir=tmp_path / "ray", model=klein, width=64, height=48,
+                                  steps=4, guidance_scale=1.0, seed=10, ray="auto", ray_cpus_per_actor=1,
+                                  precision="f32", reference_images=(tmp_path / "ref-b.png",)), runner=run_on_ray)
+    assert code == 0, capsys.readouterr().err
+    r = sdcli("batch", rows, "-o", tmp_path / "here", "--model", klein, "--width", "64", "--height", "48", "--seed",
+              "10", "--precision", "f32", "--reference-image", tmp_path / "ref-b.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    for name in ("a.png", "b.png"):
+        assert read_png_text(tmp_path / "ray" / name) == read_png_text(tmp_path / "here" / name)
+        assert np.abs(read_rgb(tmp_path / "ray" / name).astype(int) - read_rgb(tmp_path / "here" / name)).max() <= 2
+    assert "Reference images: ref-a.png," in read_png_text(tmp_path / "ray" / "a.png")["parameters"]
+    assert np.abs(read_rgb(tmp_path / "ray" / "a.png").astype(int) - read_rgb(tmp_path / "ray" / "b.png")).max() > 2

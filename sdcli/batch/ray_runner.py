@@ -262,7 +262,8 @@ class RayRun:
             except Exception as exc:
                 self.run.row_failed(job, exc)
                 continue
-            self.inflight[slot.actor.run.remote(job, image, tuple(references))] = (slot, job)
+            extra = {"references": tuple(references)} if references else {}
+            self.inflight[slot.actor.run.remote(job, image, **extra)] = (slot, job)
             return
 
     def lost(self, slot: _Slot, job, exc: BaseException) -> None:
