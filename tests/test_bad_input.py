@@ -441,7 +441,14 @@ def test_memory_estimate_refuses_only_what_cannot_fit(monkeypatch):
     assert sdcli.engine.memory.require(folder, 1024, 1024, precision="bf16").peak < 4e9
     assert sdcli.engine.memory.require(folder, 1024, 1024, precision="f32", images=4, init_image=True).peak < 8e9
     with pytest.raises(Exception, match=r"4096x4096 would need about [0-9.]+ GB of memory \(decoding\)"):
+        sdcli.engine.memory.require(folder, 4096, 4096, precision="bf16", vae_tiling=False)
+    # VAE tiling on by itself (engine/vae_tiling.py): the decode then fits, the denoising does not
+    with pytest.raises(Exception, match=r"4096x4096 would need about [0-9.]+ GB of memory \(denoising\)"):
         sdcli.engine.memory.require(folder, 4096, 4096, precision="bf16")
+    # 3072x3072: only a whole decode is too large, in tiles of 512 it fits
+    with pytest.raises(Exception, match=r"\(decoding\)"):
+        sdcli.engine.memory.require(folder, 3072, 3072, precision="bf16", vae_tiling=False)
+    assert sdcli.engine.memory.require(folder, 3072, 3072, precision="bf16", vae_tile_size=512).stage == "denoising"
     low = sdcli.engine.memory.estimate(folder, 2048, 2048, images=3, low_memory=True)
     assert low.peak < sdcli.engine.memory.estimate(folder, 2048, 2048, images=3).peak
 

@@ -101,6 +101,7 @@ class Engine:
         self.unet_recorder: Callable[[dict], None] | None = None  # sees every UNet call's inputs
         self._prompts = LRUCache(PROMPT_CACHE)
         self._prompts_lock = threading.Lock()
+        self.last_vae_tiling = None  # the tiling of the last decode (None: whole)
         self.refiner = None
         if refiner is not None:
             self.refiner = Engine(refiner, device, precision, cache_dir, low_memory, streams, keep_text_encoder)
@@ -166,7 +167,8 @@ class Engine:
             width, height = self.resolve_size(request)
             decoding = self.refiner or self
             f = decoding.folder.vae_scale_factor
-            decoding.components.start_vae_decoder((height // f, width // f), decoding.folder.vae(request.vae).decoder)
+            latent_hw = (-1, -1) if request.vae_tiling and request.vae == "full" else (height // f, width // f)
+            decoding.components.start_vae_decoder(latent_hw, decoding.folder.vae(request.vae).decoder)
         return started
 
     def optimal_requests(self, request: GenerationRequest) -> int:
@@ -263,10 +265,23 @@ class Engine:
             unet.recorder = self.unet_recorder
         return unets[0] if deepcache <= 1 else DeepCacheUNet(*unets, deepcache)
 
-    def decode(self, latents: np.ndarray, vae_kind: str = "full") -> np.ndarray:
-        """Stage 4: RGB pixels of `latents`."""
+    def decode(self, latents: np.ndarray, vae_kind: str = "full", tiling: bool | None = None,
+               tile_size: int | None = None) -> np.ndarray:
+        """Stage 4: RGB pixels of `latents`; the full VAE in tiles with `tiling` True, or None and
+        a whole decode too large for the memory left (engine/decode.py: choose_tiling)."""
+        from sdcli.engine.decode import choose_tiling
+        from sdcli.engine.memory import decode_fits
+
         vae = self.folder.vae(vae_kind)
-        image = decode(self.components.vae_decoder(latents.shape[2:], vae.decoder), self.family.decode_latents(latents, vae))
+        z = self.family.decode_latents(latents, vae)
+        tiles = None
+        if vae_kind == "full":
+            f = self.folder.vae_scale_factor
+            tiles = choose_tiling(tiling, self.folder.vae_config, z.shape[2:], tile_size,
+                                  lambda: decode_fits(self, z.shape[3] * f, z.shape[2] * f))
+        self.last_vae_tiling = tiles
+        decoder = self.components.vae_decoder((-1, -1) if tiles else z.shape[2:], vae.decoder)
+        image = decode(decoder, z, tiles)
         if self.low_memory:
             self.components.release(vae.decoder)
         return image
@@ -365,7 +380,7 @@ class Engine:
         if decode:  # 4. decode
             t0 = time.perf_counter()
             waited = self.components.waited
-            image = (self.refiner or self).decode(latents, request.vae)
+            image = (self.refiner or self).decode(latents, request.vae, request.vae_tiling, request.vae_tile_size)
             timings["load_wait_decode"] = self.components.waited - waited
             if inpaint is not None:
                 image = inpaint.finish(image)

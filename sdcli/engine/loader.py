@@ -67,6 +67,11 @@ class ComponentCache:
             with self._lock:
                 self.waited += time.perf_counter() - started
 
+    def has(self, name: str) -> bool:
+        """Whether some variant of component `name` is compiled or compiling."""
+        with self._lock:
+            return any(key[0] == name for key in self._components)
+
     def release(self, name: str) -> None:
         """Drop every compiled variant of component `name` (each is compiled again when asked
         for)."""

@@ -16,7 +16,9 @@ The estimate (bytes):
                  denoising: unet weights + unet_act
                  encoding:  unet + vae_encoder weights + vae_act  (init image)
                  decoding:  vae_decoder weights + vae_act (+ unet weights when more
-                            images follow)
+                            images follow); when that is the peak and too large,
+                            the VAE decodes in tiles (engine/vae_tiling.py) and
+                            vae_act is a tile's (+ PIXEL_BYTES x image pixels)
 
 C_l: the UNet's block_out_channels (level l runs at 1/2^l of the latent size); V_l: the
 VAE's (level 0 at the image size); batch 2 with classifier-free guidance.  A flow-matching
@@ -131,12 +133,13 @@ def component_bytes(xml: Path, element_bytes: int) -> int:
 def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: int = 2,
              init_image: bool = False, images: int = 1, low_memory: bool = False, vae: str = "full",
              requests: int = 1, held: dict[str, int] | None = None,
-             attention: tuple[int, int] | None = None) -> MemoryEstimate:
+             attention: tuple[int, int] | None = None, vae_tile: int | None = None) -> MemoryEstimate:
     """The peak resident memory of generating `images` images of width x height with
     `folder` (a ModelFolder), see the module docstring; `requests` images in flight at once
     (batch --parallel) each hold their own activations; `held`: bytes held beside a component
     while its stage runs, by component (see held_bytes); `attention`: (tokens, width) of a
-    transformer's sequence (ModelFamily.attention_size), None for a UNet."""
+    transformer's sequence (ModelFamily.attention_size), None for a UNet; `vae_tile`: the tile size
+    in pixels of a tiled decode (engine/vae_tiling.py), whose activations are a tile's."""
     f = folder.vae_scale_factor
     parts = folder.vae(vae)
     # "unet": the denoiser, whichever it is (a transformer's activations are estimated as a UNet's)
@@ -162,12 +165,16 @@ def estimate(folder, width: int, height: int, *, batch: int = 2, element_bytes: 
     else:
         unet_act = requests * int(UNET_K * batch * element_bytes * _levels(folder.unet_config.get("block_out_channels", [320]), latent_pixels))
     vae_act = requests * int(VAE_K * element_bytes * _levels(vae_channels, width * height)) + PIXEL_BYTES * width * height
+    decode_act = vae_act
+    if vae_tile and vae_tile * vae_tile < width * height:
+        decode_act = requests * int(VAE_K * element_bytes * _levels(vae_channels, vae_tile * vae_tile)) \
+            + PIXEL_BYTES * width * height
     unet = 0 if low_memory else weights["unet"]
     stages = {
         # freed before the UNet finishes loading (SDXL: both encoders)
         "encoding the prompt": sum(weights[name] for name in folder.text_encoders),
         "denoising": weights["unet"] + unet_act,
-        "decoding": weights["decoder"] + vae_act + (unet if images > 1 else 0),
+        "decoding": weights["decoder"] + decode_act + (unet if images > 1 else 0),
     }
     if init_image:
         stages["encoding the init image"] = unet + weights["encoder"] + vae_act
@@ -225,9 +232,11 @@ def compute_element_bytes(device: str = "CPU", precision: str = "auto", core=Non
 def require(folder, width: int, height: int, *, device: str = "CPU", precision: str = "auto", core=None,
             guidance: bool = True, init_image: bool = False, images: int = 1, low_memory: bool = False,
             vae: str = "full", requests: int = 1, held: dict[str, int] | None = None,
-            attention: tuple[int, int] | None = None, references: int = 0) -> MemoryEstimate | None:
+            attention: tuple[int, int] | None = None, references: int = 0, vae_tiling: bool | None = None,
+            vae_tile_size: int | None = None) -> MemoryEstimate | None:
     """Raise UsageError when `width` x `height` would need more memory than is available
-    (`references`: how many reference images `attention`'s tokens include, said in the message).
+    (`references`: how many reference images `attention`'s tokens include, said in the message;
+    `vae_tiling` None: the full VAE decodes in tiles when a whole decode is what does not fit).
     CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
     is free.  Returns the estimate (None when skipped)."""
     if os.environ.get(SKIP_ENV) or not device.upper().startswith("CPU"):
@@ -240,6 +249,12 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
                    images=images, low_memory=low_memory, vae=vae, requests=requests, held=held,
                    attention=attention)
     have += resident_bytes()
+    tile = _vae_tile(folder, vae, vae_tiling, vae_tile_size)
+    if tile and (vae_tiling or (est.peak > have and est.stage == "decoding")):  # decoded in tiles
+        est = estimate(folder, width, height, batch=2 if guidance else 1,
+                       element_bytes=compute_element_bytes(device, precision, core), init_image=init_image,
+                       images=images, low_memory=low_memory, vae=vae, requests=requests, held=held,
+                       attention=attention, vae_tile=tile)
     if est.peak > have:
         hint = "" if low_memory or est.stage == "denoising" else ", or --low-memory"
         stage = est.stage + (f" with {references} reference image{'s' * (references > 1)}"
@@ -263,4 +278,35 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
                    references=len(getattr(config, "reference_images", ())),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
                    vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1),
-                   held=held_bytes(engine, config))
+                   held=held_bytes(engine, config), vae_tiling=getattr(config, "vae_tiling", None),
+                   vae_tile_size=getattr(config, "vae_tile_size", None))
+
+
+def _vae_tile(folder, vae: str, vae_tiling: bool | None, tile_size: int | None) -> int | None:
+    """The tile size in pixels the full VAE decodes with when tiled (None: never tiled)."""
+    if vae != "full" or vae_tiling is False or "block_out_channels" not in folder.vae_config:
+        return None
+    from sdcli.engine.vae_tiling import Tiling
+
+    return Tiling.for_vae(folder.vae_config, tile_size).sample
+
+
+def decode_fits(engine, width: int, height: int) -> bool:
+    """Whether the full VAE can decode width x height whole in the memory available now (its
+    activations and the image, and its weights unless compiled already; engine/decode.py tiles
+    when not).  True where the check is skipped ($SDCLI_SKIP_MEMORY_CHECK, not a CPU, the system
+    does not say what is free)."""
+    runtime = engine.runtime
+    if os.environ.get(SKIP_ENV) or not runtime.device.upper().startswith("CPU"):
+        return True
+    have = available_bytes()
+    if have is None:
+        return True
+    folder = engine.folder
+    element = compute_element_bytes(runtime.device, runtime.precision, runtime.core)
+    channels = folder.vae_config.get("decoder_block_out_channels") or folder.vae_config.get("block_out_channels", [128])
+    need = int(VAE_K * element * _levels(channels, width * height)) + PIXEL_BYTES * width * height
+    decoder = folder.vae("full").decoder
+    if not engine.components.has(decoder):
+        need += component_bytes(folder.ir(decoder), element)
+    return need <= have

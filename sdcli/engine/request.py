@@ -69,6 +69,11 @@ class GenerationRequest:
     deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
     clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
     vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
+    # the full VAE decoded in tiles as diffusers' enable_tiling() (engine/vae_tiling.py): True, False,
+    # None: when the memory estimate says a whole decode would not fit; tiles of vae_tile_size pixels
+    # (None: the VAE config's sample_size, diffusers' default)
+    vae_tiling: bool | None = None
+    vae_tile_size: int | None = None
     guidance_rescale: float = 0.0  # diffusers' guidance_rescale (phi, 0..1): after classifier-free guidance
     cfg_normalization: float = 0.0  # Z-Image: the guided prediction's norm capped at this times the prompt's (0: off)
     cfg_truncation: float = 1.0  # Z-Image: no guidance on steps whose 1 - sigma is above this (1: guidance throughout)
@@ -100,6 +105,10 @@ class GenerationRequest:
         check_prompt_text("--negative-prompt", self.negative_prompt, self.emphasis)
         check_rng(self.rng)
         check_vae(self.vae)
+        if self.vae_tile_size is not None and (self.vae_tile_size < 16 or self.vae_tile_size % 8):
+            raise UsageError(f"--vae-tile-size must be a multiple of 8 from 16, got {self.vae_tile_size}")
+        if self.vae_tiling and self.vae != "full":
+            raise UsageError("--vae-tiling tiles the full VAE; --vae tiny decodes whole")
         if self.mask is not None and self.reference_images:
             raise UsageError("--mask is for inpainting an --init-image; editing with --reference-image takes no mask")
         if self.mask is not None and self.init_image is None:
