@@ -345,3 +345,19 @@ def test_api_bad_hires_fields_are_422(client, field, value):
     body = {"prompt": "x", "steps": STEPS, "width": FIRST, "height": FIRST, "enable_hr": True, field: value}
     r = http.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+def test_progress_counts_both_passes(tiny_eps):
+    """Step numbers run on through both passes and end at the total (PNDM's loop counts more
+    calls than --steps: the totals come from the loops)."""
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=False)
+    seen = []
+    request = GenerationRequest(prompt=PROMPT, steps=STEPS, width=FIRST, height=FIRST, seed=SEED,
+                                hires=HiresFix(scale=2, steps=3))
+    result = engine.generate(request, lambda info: seen.append((info.index, info.total)))
+    assert (result.width, result.height, result.first_pass_size) == (64, 64, (32, 32))
+    assert [index for index, _ in seen] == list(range(len(seen))) and seen[-1][1] == len(seen)
+    assert all(index < total for index, total in seen) and len(seen) > STEPS + 3 - 1

@@ -339,15 +339,17 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
     first, tgt = plan(engine, request)
     hires = request.hires
     _, run = hires.second_pass_steps(request.steps)
-    total_steps = request.steps + run
+    first_calls = [request.steps]  # the first pass's steps as its loop counts them (PNDM's: more)
 
-    def report(offset):
-        if on_step is None:
-            return None
-        return lambda info: on_step(dataclasses.replace(info, index=info.index + offset, total=total_steps))
+    def first_step(info):
+        first_calls[0] = info.total
+        on_step(dataclasses.replace(info, total=info.total + run))
+
+    def second_step(info):
+        on_step(dataclasses.replace(info, index=info.index + first_calls[0], total=first_calls[0] + info.total))
 
     # (release_unet: the first pass's UNet, compiled for the smaller latents, is freed before the second's loads)
-    one = engine.generate(first, report(0), on_note=on_note, release_unet=release_unet, decode=False)
+    one = engine.generate(first, on_step and first_step, on_note=on_note, release_unet=release_unet, decode=False)
     started = time.perf_counter()
     latents = one.latents
     if hires.latent:
@@ -362,7 +364,7 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
         latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae)
     latents = cut(latents, tgt.truncate_x, tgt.truncate_y)
     upscale_seconds = time.perf_counter() - started
-    two = engine.generate(second_request(request, tgt, latents), report(request.steps), on_note=on_note,
+    two = engine.generate(second_request(request, tgt, latents), on_step and second_step, on_note=on_note,
                           release_unet=release_unet, decode=decode)
     timings = {key: one.timings.get(key, 0.0) + two.timings.get(key, 0.0) for key in {*one.timings, *two.timings}}
     timings.update(step_median=one.timings.get("step_median", 0.0), hires_step_median=two.timings.get("step_median", 0.0),
