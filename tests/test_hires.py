@@ -324,7 +324,8 @@ def test_api_enable_hr_gives_generate_s_png(client, tmp_path):
     r = http.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     served = base64.b64decode(r.json()["images"][0])
-    assert json.loads(r.json()["info"])["denoising_strength"] == 0.5
+    info = json.loads(r.json()["info"])
+    assert info["denoising_strength"] == 0.5 and (info["width"], info["height"]) == (FIRST, FIRST)
     out = tmp_path / "cli.png"
     result = CliRunner().invoke(app, ["generate", "--model", str(model), "--prompt", PROMPT, "--negative-prompt",
                                       NEGATIVE, "--seed", SEED, "--steps", STEPS, "--width", FIRST, "--height", FIRST,

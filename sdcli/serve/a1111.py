@@ -406,8 +406,9 @@ def info_json(plan_: Plan, title: str, made: list, texts: list[str], interrupted
         "prompt": prompt, "all_prompts": [prompt] * len(seeds),
         "negative_prompt": negative, "all_negative_prompts": [negative] * len(seeds),
         "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds, "subseed_strength": 0,
-        "width": first_result.width if first_result else body.width,
-        "height": first_result.height if first_result else body.height,
+        # (the hires fix: the first pass's size, as A1111's Processed has it; the images are larger)
+        "width": (first_result.first_pass_size or (first_result.width,))[0] if first_result else body.width,
+        "height": (first_result.first_pass_size or (0, first_result.height))[1] if first_result else body.height,
         "sampler_name": response_sampler(first_result.scheduler) if first_result else body.sampler_name,
         "cfg_scale": first_request.guidance_scale if first_request else body.cfg_scale,
         "steps": first_request.steps if first_request else body.steps,
