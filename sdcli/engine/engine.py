@@ -229,8 +229,8 @@ class Engine:
         """Stage 2: (latents, timesteps to run, Inpainting or None)."""
         vae = self.folder.vae(request.vae)
 
-        def encode(pixels: np.ndarray):
-            return self.components.vae_encoder((height, width), vae.encoder)(pixels)
+        def encode(pixels: np.ndarray):  # (compiled only when an image is encoded)
+            return self.vae_encoder(request.vae, (height, width), request.vae_tiling, request.vae_tile_size)(pixels)
 
         try:
             if request.mask is not None:
@@ -242,12 +242,31 @@ class Engine:
             if self.low_memory:
                 self.components.release(vae.encoder)
 
-    def encode_image(self, image: np.ndarray, rng, vae_kind: str = "full") -> np.ndarray:
+    def vae_encoder(self, vae_kind: str, image_hw: tuple[int, int], tiling: bool | None = None,
+                    tile_size: int | None = None) -> Callable[[np.ndarray], tuple]:
+        """The VAE encoder for `image_hw` pixels (-> mean, log-variance); the full VAE's in tiles
+        as diffusers' enable_tiling() with `tiling` True, or None and a whole encode too large for
+        the memory left (engine/vae_tiling.py)."""
+        from sdcli.engine.memory import decode_fits
+        from sdcli.engine.vae_tiling import choose_encode_tiling, tiled_encoder
+
+        vae = self.folder.vae(vae_kind)
+        tiles = None
+        if vae_kind == "full":
+            tiles = choose_encode_tiling(tiling, self.folder.vae_config, tuple(image_hw), tile_size,
+                                         lambda: decode_fits(self, image_hw[1], image_hw[0]))
+        if tiles is None:
+            return self.components.vae_encoder(tuple(image_hw), vae.encoder)
+        return tiled_encoder(self.components.vae_encoder((-1, -1), vae.encoder), tiles)
+
+    def encode_image(self, image: np.ndarray, rng, vae_kind: str = "full", tiling: bool | None = None,
+                     tile_size: int | None = None) -> np.ndarray:
         """The latents of RGB uint8 `image` as the denoiser takes them (one draw from `rng` where
         the VAE has a variance: the family's image_latents)."""
         vae = self.folder.vae(vae_kind)
         try:
-            mean, logvar = self.components.vae_encoder(image.shape[:2], vae.encoder)(image_io.to_model_input(image))
+            encode = self.vae_encoder(vae_kind, image.shape[:2], tiling, tile_size)
+            mean, logvar = encode(image_io.to_model_input(image))
             return self.family.image_latents(mean, logvar, rng, vae)
         finally:
             if self.low_memory:

@@ -107,3 +107,33 @@ def tiled_encode(encoder: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
     """diffusers' _tiled_encode: the encoder's moments for `pixels`, encoded tile by tile
     (`encoder` returns the moments of any tile size: mean and log-variance along channels)."""
     return _tiled(encoder, pixels, tiling.sample, tiling.latent, tiling.overlap, on_tile)
+
+
+def tiled_encoder(encoder: Callable[[np.ndarray], tuple], tiling: Tiling) -> Callable[[np.ndarray], tuple]:
+    """`encoder` (pixels -> (mean, log-variance or None), any size) run as diffusers' tiled encode:
+    the moments blended tile by tile, then split again."""
+    def encode(pixels: np.ndarray) -> tuple:
+        split = []
+
+        def moments(tile: np.ndarray) -> np.ndarray:
+            mean, logvar = encoder(tile)
+            split[:] = [mean.shape[1], logvar is not None]
+            return mean if logvar is None else np.concatenate([mean, logvar], axis=1)
+
+        out = tiled_encode(moments, pixels, tiling)
+        channels, has_logvar = split
+        return (out[:, :channels], out[:, channels:]) if has_logvar else (out, None)
+
+    return encode
+
+
+def choose_encode_tiling(asked: bool | None, vae_config: dict, image_hw: tuple[int, int], tile_size: int | None,
+                         whole_fits: Callable[[], bool]) -> Tiling | None:
+    """The tiling to encode `image_hw` pixels with, or None (whole): as the decode's
+    (engine/decode.py choose_tiling), for an image larger than a tile."""
+    if asked is False or "block_out_channels" not in vae_config:
+        return None
+    tiling = Tiling.for_vae(vae_config, tile_size)
+    if not tiling.encodes_tiled(image_hw):
+        return None
+    return tiling if asked or not whole_fits() else None
