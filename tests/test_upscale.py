@@ -224,3 +224,50 @@ def test_cli_bad_input(upscalers, tmp_path):
     save_file({"something.weight": np.zeros((2, 2), np.float32)}, str(odd))
     assert "spandrel" in one_line_error(invoke("convert", odd, "--upscaler-dir", tmp_path / "ups2"))
     assert not (tmp_path / "ups2").exists()
+
+
+def test_api_upscalers_and_extras(upscalers, tiny_eps, monkeypatch):
+    """/sdapi/v1/upscalers and /sdapi/v1/extra-single-image / extra-batch-images on `sdcli serve`'s
+    app, in A1111's shapes: the image is `sdcli upscale`'s."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from sdcli.engine import upscale as up
+    from sdcli.imaging.image_io import encode_png
+    from sdcli.runtime.core import Runtime
+    from sdcli.serve.app import create_app
+    from sdcli.serve.worker import ModelRegistry, Worker
+
+    folder, _ = upscalers
+    monkeypatch.setenv("SDCLI_UPSCALER_DIR", str(folder))
+    worker = Worker(ModelRegistry(tiny_eps.ov_dir.parent, tiny_eps.ov_dir), tiny_eps.ov_dir.name)  # not started
+    client = TestClient(create_app(worker))
+    listed = {item["name"]: item for item in client.get("/sdapi/v1/upscalers").json()}
+    assert list(listed)[:3] == ["None", "Lanczos", "Nearest"]
+    assert listed["tiny-compact"]["scale"] == 4 and listed["tiny-span"]["scale"] == 2
+
+    image = (np.random.default_rng(4).random((40, 24, 3)) * 255).astype(np.uint8)
+    encoded = base64.b64encode(encode_png(image)).decode()
+
+    def decode(text):
+        import cv2
+
+        return cv2.imdecode(np.frombuffer(base64.b64decode(text), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+    r = client.post("/sdapi/v1/extra-single-image", json={"image": encoded, "upscaler_1": "tiny-compact",
+                                                         "upscaling_resize": 2})
+    assert r.status_code == 200, r.text
+    got = decode(r.json()["image"])
+    want = up.upscale(image, up.resolve("tiny-compact", Runtime("CPU", "auto", None)), 2)
+    assert got.shape == (80, 48, 3) and np.array_equal(got, want)
+    assert "Postprocess upscaler: tiny-compact" in r.json()["html_info"]
+    r = client.post("/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": encoded, "name": "a.png"}, {"data": encoded, "name": "b.png"}],
+        "upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 64, "upscaling_resize_h": 64})
+    assert r.status_code == 200, r.text
+    assert [decode(i).shape for i in r.json()["images"]] == [(64, 64, 3)] * 2  # cover, then crop about the centre
+    for fields, field in (({"upscaler_1": "nothere"}, "upscaler_1"), ({"upscaling_resize": 1}, "upscaling_resize"),
+                          ({"gfpgan_visibility": 0.5}, "gfpgan_visibility"), ({"image": "%%%"}, "image")):
+        r = client.post("/sdapi/v1/extra-single-image", json={"image": encoded, "upscaler_1": "Lanczos", **fields})
+        assert r.status_code == 422 and r.json()["field"] == field, r.text

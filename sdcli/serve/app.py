@@ -34,9 +34,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdcli import __version__
 from sdcli.serve import a1111, openai_api
+from sdcli.serve.extras import add_extras_routes
 from sdcli.serve.models import (GenerationResponse, Img2ImgRequest, MemoryResponse, PNGInfoRequest,
                                 PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
-                                Txt2ImgRequest, UpscalerItem)
+                                Txt2ImgRequest)
 from sdcli.serve.worker import Job, ModelNotFound, QueueFull, ServerStopping, Worker
 from sdcli.util.errors import SdcliError, UsageError, error_text
 
@@ -218,6 +219,7 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
     add_generation_routes(app, worker)
     add_listing_routes(app, worker)
     add_utility_routes(app, worker)
+    add_extras_routes(app)  # /sdapi/v1/upscalers, extra-single-image, extra-batch-images (extras.py)
     openai_api.add_openai_routes(app, worker)
     app.router.routes.extend(mcp_routes)
     app.add_middleware(Guard, credentials=credentials, max_body=max_body, api_key=api_key)
@@ -303,11 +305,6 @@ def add_listing_routes(app: FastAPI, worker: Worker) -> None:
     @app.get("/sdapi/v1/schedulers", response_model=list[SchedulerItem], tags=["lists"])
     async def schedulers():
         return a1111.schedulers(worker.engine)
-
-    @app.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem], tags=["lists"])
-    async def upscalers():
-        """None: sdcli has no upscalers (the hires fix is not supported)."""
-        return [{"name": "None"}]
 
     @app.get("/sdapi/v1/latent-upscale-modes", tags=["lists"])
     async def latent_upscale_modes():
