@@ -63,15 +63,22 @@ def ensure_flow_models(workdir: Path, arch: str, weight_format: str, log: Callab
     src = workdir / f"{arch}-random"
     ov_dir = workdir / f"{arch}-random-ov-{weight_format}"
     workdir.mkdir(parents=True, exist_ok=True)
-    made: dict = {}
+    record = workdir / f"{ov_dir.name}.made.json"  # what making it cost, kept for later reports
     if (ov_dir / "model_index.json").is_file():
-        return ov_dir, made
+        try:
+            return ov_dir, json.loads(record.read_text())
+        except (OSError, ValueError):
+            return ov_dir, {}
+    made: dict = {}
     if not (src / "model_index.json").is_file():
         log(f"building a random-weight {arch} pipeline in {src} (once)")
         made["build"] = _made(src, [sys.executable, "-m", "sdcli.convert.random_model", flag])
     log(f"converting it to {ov_dir} ({weight_format}, once)")
     made["convert"] = _made(ov_dir, [sys.executable, "-m", "sdcli", "convert", str(src), "--weight-format",
                                      weight_format, "--quiet", "--output"])
+    from sdcli.util.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(record, json.dumps(made).encode())
     return ov_dir, made
 
 
@@ -258,8 +265,8 @@ def flow_markdown(report: dict) -> str:
         out += ["", target]
     built = report.get("made") or {}
     if built:
-        out += ["", "Made in this run: " + "; ".join(f"{k} {v['wall_s']} s, peak {v['peak_rss_mb']} MiB"
-                                                    for k, v in built.items())]
+        out += ["", "Making the model on this machine (once, whole processes): " + "; ".join(
+            f"{k} {v['wall_s']} s, peak RSS {v['peak_rss_mb']} MiB" for k, v in built.items())]
     # the breakdown's "UNet" stage is the denoiser's: here the transformer
     return head + "\n".join(out) + "\n" + breakdown_table(full).replace("| UNet |", "| transformer |")
 
