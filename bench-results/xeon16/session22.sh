@@ -26,7 +26,10 @@
 # the bench gets what is left (cold 2/5 of it, warm the rest) and bench.json is rewritten after every run, so a
 # round cut off by the time limit loses only itself (timeline.txt says how long each part took). Z-Image (20 GB in
 # bf16) will fit fewer rounds; lowmem's int4 conversion is slower than int8.
-# Measured locally (2 cores, load average ~15 from other work, TINY=1 LOCAL=1 klein): see the commit message.
+# Measured here (2 cores, load average 13-16 from other work; TINY=1 LOCAL=1, the tiny models at 64x64, so only the
+# script's own working is shown): klein, 3 rounds: 235 s in all (the folder already built; cold 127 s, warm with its
+# warm-ups 91 s); z-image, ROUNDS=1: 113 s (build 13 s, int8 convert 48 s); lowmem: 179 s (int4 convert 125 s);
+# BUDGET=170 klein: both modes cut off by timeout (rc 124), the 6 runs finished before kept in bench.json/bench.md.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)
