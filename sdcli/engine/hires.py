@@ -359,7 +359,7 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
     else:
         from sdcli.util.rng import make_rng
 
-        pixels = engine.decode(latents, request.vae)
+        pixels = engine.decode(latents, request.vae, request.vae_tiling, request.vae_tile_size)
         pixels = upscale_pixels(pixels, tgt.upscale_width, tgt.upscale_height, model_upscaler(engine, hires))
         latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae)
     latents = cut(latents, tgt.truncate_x, tgt.truncate_y)
