@@ -103,3 +103,20 @@ def test_low_memory_target_line():
     assert ": met" in flow.low_memory_line(report)
     report["size"] = 512
     assert "target is for" in flow.low_memory_line(report)
+
+
+def test_a_later_mode_keeps_the_earlier_mode_s_runs_of_the_same_settings_only(tmp_path):
+    """session22.sh measures cold and warm in two invocations: the second keeps the first's runs
+    where the folder, size, steps and machine are the same."""
+    from sdcli.bench.peers import Run, earlier_runs
+
+    machine = {"cpu": "x", "cores": 2}
+    old = {"bench": "flow", "arch": "tiny-z-image", "size": 32, "precision": "auto", "weight_format": "int8",
+           "sdcli_args": [], "guidance_scale": 0.0, "tiny_vae": False, "steps": [9], "machine": machine,
+           "runs": [Run("sdcli", "cold", 9, 0, 0, 1.0, 100.0, 0).__dict__]}
+    (tmp_path / "bench.json").write_text(json.dumps(old))
+    report = {k: v for k, v in old.items() if k != "runs"}
+    assert [r.peer for r in earlier_runs(tmp_path / "bench.json", report, ("warm",))] == ["sdcli"]
+    assert earlier_runs(tmp_path / "bench.json", report, ("cold",)) == []  # a mode measured again replaces it
+    assert earlier_runs(tmp_path / "bench.json", {**report, "steps": [4]}, ("warm",)) == []
+    assert earlier_runs(tmp_path / "bench.json", {**report, "bench": None}, ("warm",)) == []

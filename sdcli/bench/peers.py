@@ -435,7 +435,8 @@ def earlier_runs(path: Path, report: dict, modes: tuple[str, ...]) -> list[Run]:
         return []
     same = all(old.get(k, d) == report.get(k, d) for k, d in (("arch", None), ("size", None), ("precision", None),
                                                                ("weight_format", None), ("sdcli_args", None),
-                                                               ("guidance_scale", 7.5), ("tiny_vae", False))) \
+                                                               ("guidance_scale", 7.5), ("tiny_vae", False),
+                                                               ("bench", None), ("steps", None))) \
         and old.get("machine", {}).get("cpu") == report["machine"]["cpu"] \
         and old.get("machine", {}).get("cores") == report["machine"]["cores"]
     if not same:
