@@ -133,6 +133,13 @@ def test_hires_matches_diffusers(tiny_eps, sd_components, upscaler, tmp_path, pa
     compare(ours, theirs, parity_log, model="sd15", scheduler="pndm", mode=f"hires {upscaler}", size="32->64")
 
 
+def test_sd2_vpred_hires_matches_diffusers(tiny_sd2, tmp_path, parity_log):
+    theirs = diffusers_hires(dict(tiny_sd2.pipe().components), "Latent (bicubic)", 2 * FIRST, 2, 0.6)
+    ours = sdcli_hires(tiny_sd2.ov_dir, tmp_path / "sd2.png", *hires_args("Latent (bicubic)", 2, 2, 0.6))
+    compare(ours, theirs, parity_log, model="sd2 v-pred", scheduler="own", mode="hires Latent (bicubic)",
+            size="32->64")
+
+
 def test_what_the_hires_settings_change(tiny_eps, sd_components, tmp_path, parity_log):
     """Each of denoise, the upscaler and the hires prompt moves the picture by more than the
     parity tolerance, and the moved picture still matches diffusers'."""
