@@ -25,7 +25,7 @@ def convert(
     calibration_samples: int = typer.Option(32, "--calibration-samples", min=4, max=2000, help="With --quantize: UNet calls to measure (more: slower conversion, ranges closer to real use)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickled .ckpt checkpoints (they can run code when loaded)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint."),
+    config: Optional[str] = typer.Option(None, "--config", help="Diffusers folder or repo whose configs describe a single-file checkpoint; for a FLUX.2-klein or Z-Image transformer file, the folder of that family whose text encoder, VAE, tokenizer and scheduler complete it."),
     lora: Optional[str] = typer.Option(None, "--lora", help="Fuse this LoRA into the UNet (and the text encoder, where it has weights for it): a .safetensors file, a folder holding one, or a Hub repo such as latent-consistency/lcm-lora-sdv1-5 (needs peft)."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", callback=finite, help="The LoRA's weight when fused."),
     convert_scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Make this the model's own scheduler (scheduler_config.json), e.g. lcm for an LCM-LoRA; a name from `sdcli generate --list-schedulers` [default: the source's]."),
@@ -75,7 +75,8 @@ def convert(
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         if not source.strip():
             raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
-        if into is None and convert_upscaler(source, output, upscaler_dir, weight_format, allow_pickle, force, quiet, log):
+        if into is None and config is None and convert_upscaler(source, output, upscaler_dir, weight_format, allow_pickle,
+                                                                force, quiet, log):  # (--config: a diffusion model's)
             return
         target = output or default_target(source, controlnet_dir, allow_pickle)
         check_creatable(target, "--output")

@@ -95,6 +95,15 @@ def check_options(opts: ConvertOptions, output: Path) -> None:
             raise UsageError(f'--weight-format {opts.weight_format} needs nncf: pip install "sdcli[convert]"') from exc
 
 
+def transformer_pipelines() -> tuple:
+    """The flow-matching transformer families convert knows (each module's TransformerPipeline):
+    a new family adds its module and its entry here."""
+    from sdcli.convert.flux2_klein import FLUX2_KLEIN
+    from sdcli.convert.z_image import Z_IMAGE
+
+    return (Z_IMAGE, FLUX2_KLEIN)
+
+
 def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str], None] = print) -> Path:
     check_options(opts, output)
     kind, path = resolve_source(source, opts)
@@ -104,15 +113,12 @@ def convert(source: str, output: Path, opts: ConvertOptions, log: Callable[[str]
         convert_controlnet(source, path, output, opts, log)
         log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
         return output
-    from sdcli.convert.flux2_klein import convert_flux2_klein, is_flux2_klein_folder
-    from sdcli.convert.z_image import convert_z_image, is_z_image_folder
+    from sdcli.convert.transformer_pipeline import convert_transformer_pipeline, transformer_source
 
-    if kind == "folder" and is_z_image_folder(path):  # a flow-matching transformer: its own exporter
-        convert_z_image(source, path, output, opts, log)
-        log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
-        return output
-    if kind == "folder" and is_flux2_klein_folder(path):
-        convert_flux2_klein(source, path, output, opts, log)
+    transformer = transformer_source(kind, path, opts, transformer_pipelines())
+    if transformer is not None:  # a flow-matching transformer pipeline: its own driver
+        family, root, transformer_file = transformer
+        convert_transformer_pipeline(family, source, root, output, opts, log, transformer_file)
         log(f"wrote {output} ({_folder_size(output) / 1e6:.1f} MB, {opts.weight_format})")
         return output
     if opts.weight_format == "int4":

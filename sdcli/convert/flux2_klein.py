@@ -22,42 +22,15 @@ sdcli.json gets the model's defaults: 4 steps and guidance 1 for the distilled m
 """
 from __future__ import annotations
 
-import gc
-import time
 from pathlib import Path
-from typing import Callable
 
-from sdcli.convert.defaults import defaults_metadata
-from sdcli.convert.ir import Int4, compress_saved_ir, export_tokenizer, load_dtype, model_config, save_ir, to_openvino, \
-    vae_weight_format, write_json
-from sdcli.convert.options import ConvertOptions
-from sdcli.convert.vae_export import export_vae
+from sdcli.convert.ir import Int4, compress_saved_ir, model_config, save_ir, to_openvino, write_json
+from sdcli.convert.transformer_pipeline import TransformerPipeline
+from sdcli.engine.families.flux2_klein import BASE_DEFAULTS, DISTILLED_DEFAULTS
 from sdcli.util.errors import UsageError
-from sdcli.util.fsutil import atomic_directory
 
 PIPELINE = "Flux2KleinPipeline"
 TEXT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's text_encoder_out_layers
-DISTILLED_DEFAULTS = (4, 1.0)  # black-forest-labs/FLUX.2-klein-4B's model card
-BASE_DEFAULTS = (50, 4.0)  # Flux2KleinPipeline.__call__'s
-
-
-def is_flux2_klein_folder(root: Path) -> bool:
-    """A diffusers folder of Flux2KleinPipeline (model_index.json names it)."""
-    from sdcli.model.config_checks import read_json
-
-    index = read_json(root / "model_index.json", required=False) or {}
-    return index.get("_class_name") == PIPELINE
-
-
-def check_options(opts: ConvertOptions) -> None:
-    """The options a FLUX.2-klein conversion does not take yet, refused before anything loads."""
-    for flag, given in (("--lora", opts.lora), ("--tiny-vae", opts.tiny_vae), ("--quantize", opts.quantize),
-                        ("--scheduler", opts.scheduler), ("--timestep-spacing", opts.timestep_spacing),
-                        ("--config", opts.config)):
-        if given:
-            raise UsageError(f"{flag} is not supported for FLUX.2-klein models yet")
-    if opts.default_vae == "tiny":
-        raise UsageError("--default-vae tiny: FLUX.2-klein folders have no tiny VAE")
 
 
 def _wrappers():
@@ -158,54 +131,17 @@ def add_batch_norm_statistics(vae, out: Path) -> None:
         write_json(out / name / "config.json", {**read_json(out / name / "config.json"), **stats})
 
 
-def convert_flux2_klein(source: str, root: Path, output: Path, opts: ConvertOptions,
-                        log: Callable[[str], None] = print) -> Path:
-    """Convert the Flux2KleinPipeline folder `root` (from `source`) into `output`."""
-    check_options(opts)
-    import torch
-    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
-    from transformers import AutoTokenizer, Qwen3ForCausalLM
+def _export_text_encoder(text_encoder, out: Path, weight_format: str, int4: Int4 | None) -> None:
+    export_text_encoder(text_encoder, out, weight_format, int4=int4)
 
-    from sdcli.convert.sources import load_or_fail, quiet_loading
-    from sdcli.model.config_checks import check_scheduler, read_json
 
-    torch.set_grad_enabled(False)
-    quiet_loading()
-    index = read_json(root / "model_index.json")
-    scheduler = read_json(root / "scheduler" / "scheduler_config.json")
-    check_scheduler(scheduler, known_class=False)
-    for sub in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler"):
-        if not (root / sub).is_dir():
-            raise UsageError(f"{root} has no {sub}/ folder")
+def _defaults(index: dict) -> tuple[int, float]:
+    """The distilled models' (model_index.json's is_distilled) or Base's."""
+    return DISTILLED_DEFAULTS if index.get("is_distilled") else BASE_DEFAULTS
 
-    def load(name: str, cls):
-        dtype = load_dtype(root / name, opts.weight_format)
-        return load_or_fail(name, lambda: cls.from_pretrained(root, subfolder=name, torch_dtype=dtype))
 
-    with atomic_directory(output, replace=opts.force) as tmp:
-        started = time.perf_counter()
-        log("[1/5] tokenizer")
-        tokenizer = load_or_fail("tokenizer", lambda: AutoTokenizer.from_pretrained(root, subfolder="tokenizer"))
-        export_tokenizer(tokenizer, tmp / "tokenizer")
-        write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
-        log("[2/5] transformer")  # the largest first
-        export_transformer(load("transformer", Flux2Transformer2DModel), tmp, opts.weight_format, opts.int4_config)
-        gc.collect()
-        log("[3/5] text_encoder")
-        export_text_encoder(load("text_encoder", Qwen3ForCausalLM), tmp, opts.weight_format, int4=opts.int4_config)
-        gc.collect()
-        vae = load("vae", AutoencoderKLFlux2)
-        export_vae(vae, tmp, vae_weight_format(opts.weight_format), log, ("[4/5] vae_encoder", "[4/5] vae_decoder"))
-        add_batch_norm_statistics(vae, tmp)
-        del vae
-        gc.collect()
-        log("[5/5] model_index.json")
-        index = {k: v for k, v in index.items() if not (isinstance(v, list) and v and v[0] is None)}
-        write_json(tmp / "model_index.json", index)
-        default_steps, default_guidance = DISTILLED_DEFAULTS if index.get("is_distilled") else BASE_DEFAULTS
-        steps = opts.default_steps if opts.default_steps is not None else default_steps
-        guidance = opts.default_guidance if opts.default_guidance is not None else default_guidance
-        write_json(tmp / "sdcli.json", {"source": source, **opts.weight_metadata(),
-                                        "converted_in_s": round(time.perf_counter() - started, 1),
-                                        **defaults_metadata(steps, guidance, opts.default_vae)})
-    return output
+FLUX2_KLEIN = TransformerPipeline(
+    name="FLUX.2-klein", pipeline=PIPELINE, transformer="Flux2Transformer2DModel", text_encoder="Qwen3ForCausalLM",
+    vae="AutoencoderKLFlux2", export_transformer=export_transformer, export_text_encoder=_export_text_encoder,
+    defaults=_defaults, after_vae=add_batch_norm_statistics,
+    marker="double_stream_modulation_img.")  # BFL's .lin and diffusers' .linear: FLUX.2's, not FLUX.1's

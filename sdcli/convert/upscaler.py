@@ -70,7 +70,12 @@ def upscaler_source(source: str | None, allow_pickle: bool) -> Path | None:
                 names = list(f.keys())
         except Exception:  # noqa: BLE001 - not readable as safetensors: the diffusion path says why
             return None
-        return None if any(n.startswith(DIFFUSION_PREFIXES) for n in names) else path
+        if any(n.startswith(DIFFUSION_PREFIXES) for n in names):
+            return None
+        from sdcli.convert.export import transformer_pipelines
+        from sdcli.convert.transformer_pipeline import holds_transformer
+
+        return None if holds_transformer(names, transformer_pipelines()) else path
     return None if is_diffusion_checkpoint(read_checkpoint(path, allow_pickle)) else path
 
 

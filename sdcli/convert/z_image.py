@@ -18,46 +18,15 @@ written, as for the UNet models.
 """
 from __future__ import annotations
 
-import gc
-import time
 from pathlib import Path
-from typing import Callable
 
-from sdcli.convert.defaults import defaults_metadata
-from sdcli.convert.ir import Int4, compress_saved_ir, export_tokenizer, load_dtype, model_config, save_ir, to_openvino, \
-    vae_weight_format, write_json
-from sdcli.convert.options import ConvertOptions
-from sdcli.convert.vae_export import export_vae
-from sdcli.util.errors import UsageError
-from sdcli.util.fsutil import atomic_directory
+from sdcli.convert.ir import Int4, compress_saved_ir, model_config, save_ir, to_openvino, write_json
+from sdcli.convert.transformer_pipeline import TransformerPipeline
+from sdcli.engine.families.z_image import DEFAULTS
 
 PIPELINE = "ZImagePipeline"
-DEFAULT_STEPS = 9  # Tongyi-MAI/Z-Image-Turbo's model card (8 transformer calls: the last sigma is 0)
-DEFAULT_GUIDANCE = 0.0
 SEQ_MULTIPLE = 32  # the transformer pads its image and caption sequences to multiples of this
 PATCH = 2
-
-
-def is_z_image_folder(root: Path) -> bool:
-    """A diffusers folder of ZImagePipeline (model_index.json names it, or its transformer's config)."""
-    from sdcli.model.config_checks import read_json
-
-    index = read_json(root / "model_index.json", required=False) or {}
-    if index.get("_class_name") == PIPELINE:
-        return True
-    config = read_json(root / "transformer" / "config.json", required=False) or {}
-    return config.get("_class_name") == "ZImageTransformer2DModel"
-
-
-def check_options(opts: ConvertOptions) -> None:
-    """The options a Z-Image conversion does not take yet, refused before anything loads."""
-    for flag, given in (("--lora", opts.lora), ("--tiny-vae", opts.tiny_vae), ("--quantize", opts.quantize),
-                        ("--scheduler", opts.scheduler), ("--timestep-spacing", opts.timestep_spacing),
-                        ("--config", opts.config)):
-        if given:
-            raise UsageError(f"{flag} is not supported for Z-Image models yet")
-    if opts.default_vae == "tiny":
-        raise UsageError("--default-vae tiny: Z-Image folders have no tiny VAE")
 
 
 # --- torch wrappers ------------------------------------------------------------------------------
@@ -233,50 +202,8 @@ def export_text_encoder(text_encoder, out: Path, weight_format: str, int4: Int4 
     write_json(out / "text_encoder" / "config.json", config)
 
 
-def convert_z_image(source: str, root: Path, output: Path, opts: ConvertOptions,
-                    log: Callable[[str], None] = print) -> Path:
-    """Convert the ZImagePipeline folder `root` (from `source`) into `output`."""
-    check_options(opts)
-    import torch
-    from diffusers import AutoencoderKL, ZImageTransformer2DModel
-    from transformers import AutoTokenizer, Qwen3Model
-
-    from sdcli.convert.sources import load_or_fail, quiet_loading
-    from sdcli.model.config_checks import check_scheduler, read_json
-
-    torch.set_grad_enabled(False)
-    quiet_loading()
-    index = read_json(root / "model_index.json")
-    scheduler = read_json(root / "scheduler" / "scheduler_config.json")
-    check_scheduler(scheduler, known_class=False)
-    for sub in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler"):
-        if not (root / sub).is_dir():
-            raise UsageError(f"{root} has no {sub}/ folder")
-
-    def load(name: str, cls):
-        dtype = load_dtype(root / name, opts.weight_format)
-        return load_or_fail(name, lambda: cls.from_pretrained(root, subfolder=name, torch_dtype=dtype))
-
-    with atomic_directory(output, replace=opts.force) as tmp:
-        started = time.perf_counter()
-        log("[1/5] tokenizer")
-        tokenizer = load_or_fail("tokenizer", lambda: AutoTokenizer.from_pretrained(root, subfolder="tokenizer"))
-        export_tokenizer(tokenizer, tmp / "tokenizer")
-        write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
-        log("[2/5] transformer")  # the largest first
-        export_transformer(load("transformer", ZImageTransformer2DModel), tmp, opts.weight_format, opts.int4_config)
-        gc.collect()
-        log("[3/5] text_encoder")
-        export_text_encoder(load("text_encoder", Qwen3Model), tmp, opts.weight_format, opts.int4_config)
-        gc.collect()
-        export_vae(load("vae", AutoencoderKL), tmp, vae_weight_format(opts.weight_format), log, ("[4/5] vae_encoder", "[4/5] vae_decoder"))
-        gc.collect()
-        log("[5/5] model_index.json")
-        index = {k: v for k, v in index.items() if not (isinstance(v, list) and v and v[0] is None)}
-        write_json(tmp / "model_index.json", index)
-        steps = opts.default_steps if opts.default_steps is not None else DEFAULT_STEPS
-        guidance = opts.default_guidance if opts.default_guidance is not None else DEFAULT_GUIDANCE
-        write_json(tmp / "sdcli.json", {"source": source, **opts.weight_metadata(),
-                                        "converted_in_s": round(time.perf_counter() - started, 1),
-                                        **defaults_metadata(steps, guidance, opts.default_vae)})
-    return output
+Z_IMAGE = TransformerPipeline(
+    name="Z-Image", pipeline=PIPELINE, transformer="ZImageTransformer2DModel", text_encoder="Qwen3Model",
+    vae="AutoencoderKL", export_transformer=export_transformer, export_text_encoder=export_text_encoder,
+    defaults=lambda index: DEFAULTS, by_transformer_config=True,
+    marker="context_refiner.")  # the caption's refiner blocks, in the original names and diffusers'
