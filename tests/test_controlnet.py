@@ -450,3 +450,22 @@ def test_controlnet_on_an_optimum_cli_folder(tiny_eps, tiny_controlnets, tmp_pat
     ours = sdcli_controlnet(Optimum, tiny_controlnets, tmp_path, "ours", units)
     theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, units)
     compare(ours, theirs, parity_log, model="optimum-cli", scheduler=SCHEDULER, mode="cn balanced", size="64x64")
+
+
+def test_the_controlnet_compiled_at_preload_is_the_one_the_loop_runs(tiny_eps, tiny_controlnets):
+    """engine.preload starts compiling each ControlNet beside the UNet, for the shapes the loop calls
+    it with (guess mode: the prompt's row only): nothing is compiled a second time."""
+    from sdcli.engine.controlnet import ControlUnit
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=False, controlnet_dir=tiny_controlnets.folder)
+    units = (ControlUnit("cn-a", tiny_controlnets.images["a"]),
+             ControlUnit("cn-b", tiny_controlnets.images["b"], mode="controlnet"))
+    request = GenerationRequest(prompt="a", steps=2, width=64, height=64, controlnets=units)
+    engine.preload(request)
+    started = {key for key in engine.components._components if key[0] == "controlnet"}
+    assert len(started) == 2
+    engine.generate(request)
+    assert {key for key in engine.components._components if key[0] == "controlnet"} == started
+    assert dict(next(iter(k for k in started if "cn-b" in k[1]))[2])["sample"][0] == 1  # the prompt's row only

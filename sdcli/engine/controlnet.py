@@ -274,6 +274,35 @@ def check_request(request, engine) -> None:
                    engine.folder.is_sdxl)
 
 
+def _component(components, path: Path, shapes: dict[str, list[int]]):
+    """(key, build) of ControlNet `path` compiled for the inputs of `shapes` it declares."""
+    from sdcli.model.config_checks import ir_header
+
+    declared = set(ir_header(path / "openvino_model.xml")[1])
+    shapes = {name: list(shape) for name, shape in shapes.items() if name in declared}
+    key = ("controlnet", str(path), tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())))
+    return key, lambda: ControlNetRuntime(components.runtime, path, shapes)
+
+
+def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int, height: int) -> dict:
+    """The input shapes of `unit`'s ControlNet beside a UNet of `unet_shapes` (the prompt's row
+    only in guess mode with classifier-free guidance)."""
+    rows = unet_shapes["sample"][0]
+    batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
+    shapes = {name: [batch, *shape[1:]] for name, shape in unet_shapes.items()}
+    shapes["controlnet_cond"] = [batch, 3, height, width]
+    return shapes
+
+
+def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
+    """Compile the request's ControlNets in the background (engine.preload), for the shapes the
+    loop will call them with."""
+    width, height = engine.resolve_size(request)
+    for unit in request.controlnets:
+        path = find_controlnet(unit.model, engine.controlnet_dir)
+        engine.components.start(*_component(engine.components, path, unit_shapes(unet_shapes, unit, width, height)))
+
+
 def control(engine, unet, request, width: int, height: int, steps: int) -> ControlledUNet:
     """The UNet `unet` (compiled with residual inputs) wrapped with `request`'s units, for a
     loop of `steps` calls on a width x height picture."""
@@ -282,8 +311,7 @@ def control(engine, unet, request, width: int, height: int, steps: int) -> Contr
     components = engine.components
 
     def load(path: Path, shapes: dict[str, list[int]]) -> ControlNetRuntime:
-        key = ("controlnet", str(path), tuple((name, tuple(shape)) for name, shape in sorted(shapes.items())))
-        return components.get(key, lambda: ControlNetRuntime(components.runtime, path, shapes))
+        return components.get(*_component(components, path, shapes))
 
     controlled = ControlledUNet(unet, units, load, steps)
     controlled.recorder = getattr(unet, "recorder", None)

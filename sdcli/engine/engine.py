@@ -163,6 +163,10 @@ class Engine:
             self.refiner.preload(refiner_request(request))
         started = [self.components.start_denoiser(shapes, variant, patch)
                    for variant in self._unet_variants(request.deepcache, bool(request.controlnets))]
+        if request.controlnets:  # beside the UNet, on the encoders' lane
+            from sdcli.engine.controlnet import start_compiling
+
+            start_compiling(self, request, shapes)
         if not self.low_memory:  # the decoder loads during the loop, after the denoiser (engine/loader.py)
             width, height = self.resolve_size(request)
             decoding = self.refiner or self
