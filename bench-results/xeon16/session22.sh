@@ -71,6 +71,13 @@ folder, made = ensure_flow_models(Path('$work'), '$arch', '$wf', lambda s: print
 print(json.dumps({'folder': str(folder), **made}))" 2>&1 | tail -3 | tee -a "$res/made-$arch-$wf.txt"
 log "model ready"
 du -sh "$work"/* 2>/dev/null | tee "$res/sizes.txt"
+# the warm caches (sdcli's blobs, genai's CACHE_DIR, one per peer) take about the converted folder's size each: on
+# the 64 GiB disk the bf16 source (16 GB klein, 20 GB Z-Image) goes once converted if less than 45 GiB are free
+free_gb=$(df -P -BG "$work" | awk 'NR == 2 {print $4 + 0}')
+if [ "${free_gb:-0}" -lt 45 ] && [ -d "$work/$arch-random" ]; then
+  rm -rf "${work:?}/$arch-random"; log "removed the bf16 source ($free_gb GiB were free)"
+fi
+df -h "$work" | tail -1 | tee -a "$res/sizes.txt"
 for m in $modes; do  # cold gets 2/5 of the time left, warm (its warm-up runs first) the rest; 20 s kept to copy
   t=$(( $(left) - 20 )); [ "$m" = cold ] && [ "$modes" != cold ] && t=$(( t * 2 / 5 ))
   if [ "$t" -lt 40 ]; then log "no time left for $m ($t s)"; continue; fi
