@@ -71,6 +71,25 @@ def test_target_sizes_are_a1111_s():
     assert HiresFix(steps=3, denoise=1.0).second_pass_steps(10) == (3, 3)  # (A1111's 0.999 cap)
 
 
+def test_pixel_upscalers_are_a1111_s_resize_image():
+    """Lanczos and Nearest: the filter by the covering scale, then Lanczos to the target; None:
+    Lanczos straight to the target (A1111's resize_image with upscaler "None")."""
+    from PIL import Image
+
+    from sdcli.engine.hires import upscale_pixels
+
+    image = (np.random.default_rng(2).random((24, 40, 3)) * 255).astype(np.uint8)
+    pil = Image.fromarray(image)
+    lanczos, nearest = Image.Resampling.LANCZOS, Image.Resampling.NEAREST
+    # 40x24 to 96x56: scale 2.4 (the covering one), int(40 * 2.4) = 96, int(24 * 2.4) = 57, then 96x56
+    expected = {"Lanczos": pil.resize((96, 57), resample=lanczos).resize((96, 56), resample=lanczos),
+                "Nearest": pil.resize((96, 57), resample=nearest).resize((96, 56), resample=lanczos),
+                "None": pil.resize((96, 56), resample=lanczos)}
+    for name, picture in expected.items():
+        assert np.array_equal(upscale_pixels(image, 96, 56, name), np.asarray(picture)), name
+    assert not np.array_equal(np.asarray(expected["Nearest"]), np.asarray(expected["None"]))
+
+
 # -- against diffusers ------------------------------------------------------------------------------
 def diffusers_hires(components: dict, upscaler, size: int, hires_steps: int, denoise: float, xl: bool = False,
                     hires_prompt: str | None = None) -> np.ndarray:

@@ -37,8 +37,8 @@ LATENT_MODES = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-PIXEL_UPSCALERS = ("Lanczos", "Nearest")  # A1111's built-in upscalers on the decoded image (and the converted
-# model upscalers of model/upscalers.py, by name)
+PIXEL_UPSCALERS = ("Lanczos", "Nearest", "None")  # A1111's built-in upscalers on the decoded image ("None":
+# straight to the target with Lanczos), and the converted model upscalers of model/upscalers.py, by name
 DEFAULT_UPSCALER = "Latent"  # A1111's latent_upscale_default_mode (what a request without one gets)
 DEFAULT_DENOISE = 0.7  # A1111's txt2img UI default for the hires pass's denoising strength
 MAX_SIDE = 16384
@@ -235,7 +235,7 @@ def resize_latents(latents: np.ndarray, height: int, width: int, mode: str, anti
 
 def upscale_pixels(image: np.ndarray, width: int, height: int, upscaler) -> np.ndarray:
     """RGB uint8 `image` to `width` x `height` as A1111's resize_image(0, ...) does with an
-    upscaler ("Lanczos", "Nearest" or an engine.upscale.ModelUpscaler): its Upscaler.upscale by
+    upscaler ("Lanczos", "Nearest", "None" or an engine.upscale.ModelUpscaler): its Upscaler.upscale by
     the scale that covers the target (engine/upscale.py: the upscaler, then Lanczos to a
     multiple of 8), then Lanczos to the target where that differs."""
     from PIL import Image
@@ -243,7 +243,7 @@ def upscale_pixels(image: np.ndarray, width: int, height: int, upscaler) -> np.n
     from sdcli.engine.upscale import upscale
 
     scale = max(width / image.shape[1], height / image.shape[0])
-    if scale > 1.0:
+    if scale > 1.0 and upscaler != "None":
         image = upscale(image, upscaler, scale)
     if image.shape[:2] != (height, width):
         image = np.asarray(Image.fromarray(image).resize((width, height), resample=Image.Resampling.LANCZOS))
@@ -265,7 +265,7 @@ def model_upscaler(engine, hires: HiresFix):
 
 
 def check_upscaler(hires: HiresFix) -> None:
-    """UsageError for an upscaler that is neither one of the eight named nor a converted model
+    """UsageError for an upscaler that is neither one of the nine named nor a converted model
     upscaler in the upscaler folder."""
     if hires.upscaler in LATENT_MODES or hires.upscaler in PIXEL_UPSCALERS:
         return
