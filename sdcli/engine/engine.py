@@ -171,7 +171,12 @@ class Engine:
             width, height = self.resolve_size(request)
             decoding = self.refiner or self
             f = decoding.folder.vae_scale_factor
-            latent_hw = (-1, -1) if request.vae_tiling and request.vae == "full" else (height // f, width // f)
+            latent_hw = (height // f, width // f)
+            if request.vae_tiling and request.vae == "full":  # (tiled only where larger than a tile, as decode)
+                from sdcli.engine.vae_tiling import Tiling
+
+                if Tiling.for_vae(decoding.folder.vae_config, request.vae_tile_size).decodes_tiled(latent_hw):
+                    latent_hw = (-1, -1)
             decoding.components.start_vae_decoder(latent_hw, decoding.folder.vae(request.vae).decoder)
         return started
 
