@@ -118,13 +118,17 @@ def test_a_file_in_diffusers_names_gives_the_folder_s_transformer(tiny_z_image, 
     ("no-config", "holds a FLUX.2-klein transformer alone: pass --config DIR"),
     ("other-family", "holds a FLUX.2-klein transformer, but --config"),
     ("unet-file", "holds no FLUX.2-klein transformer"),
+    ("hub-config-offline", "cannot download nobody/no-such-klein"),
 ])
-def test_mistakes_are_one_line_and_write_nothing(tiny_klein, tiny_z_image, tiny_eps, tmp_path, case, message):
+def test_mistakes_are_one_line_and_write_nothing(tiny_klein, tiny_z_image, tiny_eps, tmp_path, case, message,
+                                                 monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     klein_file = original_file(tiny_klein[0], "klein", tmp_path / "klein.safetensors")
     unet_file = tiny_eps.diffusers_dir / "unet" / "diffusion_pytorch_model.safetensors"
     args = {"no-config": [klein_file],
             "other-family": [klein_file, "--config", tiny_z_image[0]],
-            "unet-file": [unet_file, "--config", tiny_klein[0]]}[case]
+            "unet-file": [unet_file, "--config", tiny_klein[0]],
+            "hub-config-offline": [klein_file, "--config", "nobody/no-such-klein"]}[case]
     out = tmp_path / "out"
     result = convert_cli(*args, "--output", out)
     assert result.exit_code == 2, result.output

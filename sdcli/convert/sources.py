@@ -116,12 +116,13 @@ def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
     raise UsageError(f"not a model folder, checkpoint file or Hub repo id: {source}")
 
 
-def download_repo(repo_id: str) -> Path:
+def download_repo(repo_id: str, patterns: list[str] = DIFFUSERS_FILES) -> Path:
+    """The repo's files matching `patterns` (a diffusers pipeline's), downloaded or from the cache."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=DIFFUSERS_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except LocalEntryNotFoundError:
         raise UsageError(f"cannot download {repo_id}: no network (or HF_HUB_OFFLINE is set) and it is not in the "
                          "Hugging Face cache; to try sdcli without a download, build a random-weight model: "

@@ -157,17 +157,17 @@ def transformer_source(kind: str, path: Path, opts: ConvertOptions, families: tu
 
 
 def config_folder(config: str | None) -> Path | None:
-    """--config as a local diffusers folder (a Hub repo id is downloaded first); None without it
-    or where it is neither."""
+    """--config as a local diffusers folder (a Hub repo id is downloaded first, all but its
+    transformer's weights, which the single file replaces); None without it or where it is neither."""
     if not config:
         return None
     root = Path(config).expanduser()
     if root.is_dir():
         return root
     if config.count("/") == 1 and not root.exists():
-        from sdcli.convert.sources import download_repo
+        from sdcli.convert.sources import DIFFUSERS_FILES, download_repo
 
-        return download_repo(config)
+        return download_repo(config, [p for p in DIFFUSERS_FILES if p != "transformer/*.safetensors"])
     return None
 
 
