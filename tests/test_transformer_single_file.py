@@ -134,3 +134,20 @@ def test_mistakes_are_one_line_and_write_nothing(tiny_klein, tiny_z_image, tiny_
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not out.exists()
+
+
+def test_a_16_bit_file_is_loaded_in_its_own_type_unless_fp32(tiny_z_image, tmp_path):
+    """As a folder's components (ir.load_dtype): a bf16 file stays bf16 for --weight-format fp16
+    (traced with OpenVINO's 16-bit recipe), float32 for fp32."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdcli.convert.transformer_pipeline import load_transformer_file
+    from sdcli.convert.z_image import Z_IMAGE
+
+    source = tiny_z_image[0]
+    state = z_image_original_state_dict(transformer_state(source, "z-image"))
+    path = tmp_path / "bf16.safetensors"
+    save_file({name: tensor.to(torch.bfloat16).contiguous() for name, tensor in state.items()}, str(path))
+    assert {p.dtype for p in load_transformer_file(Z_IMAGE, path, source, "fp16").parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in load_transformer_file(Z_IMAGE, path, source, "fp32").parameters()} == {torch.float32}
