@@ -469,3 +469,17 @@ def test_the_controlnet_compiled_at_preload_is_the_one_the_loop_runs(tiny_eps, t
     engine.generate(request)
     assert {key for key in engine.components._components if key[0] == "controlnet"} == started
     assert dict(next(iter(k for k in started if "cn-b" in k[1]))[2])["sample"][0] == 1  # the prompt's row only
+
+
+def test_without_a_controlnet_the_unet_is_compiled_as_before(tiny_eps):
+    """No unit: the UNet component is the unedited one (variant None, no residual inputs), and no
+    ControlNet is compiled."""
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=False)
+    unet = engine.preload(GenerationRequest(prompt="a", steps=2, width=64, height=64))[0].result()
+    keys = list(engine.components._components)
+    assert [key[2] for key in keys if key[0] == "unet"] == [None]
+    assert not [key for key in keys if key[0] == "controlnet"]
+    assert not [port for port in unet.compiled.inputs if any("block_res" in n for n in port.get_names())]
