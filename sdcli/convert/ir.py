@@ -94,9 +94,10 @@ def to_openvino(module, example: dict, inputs: list, output_names: list[str]):
         # A module loaded in 16 bits (see load_dtype): OpenVINO's own recipe (optimum-cli's too)
         # keeps each Linear/Embedding weight in its 16-bit type as the graph's constant and
         # traces in float32 around it, so nothing is copied to float32 on the way.
-        from openvino.frontend.pytorch.patch_model import __make_16bit_traceable as make_16bit_traceable
+        # OpenVINO has it only under a private name (optimum-intel calls the same function)
+        from openvino.frontend.pytorch import patch_model
 
-        make_16bit_traceable(module)
+        getattr(patch_model, "__make_16bit_traceable")(module)
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example, input=inputs)
     for port, name in zip(model.inputs, example):
