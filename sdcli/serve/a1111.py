@@ -204,7 +204,7 @@ class Plan:
             width=body.width, height=body.height, scheduler=scheduler, emphasis=self.options.emphasis,
             clip_skip=self.options.clip_skip, vae=self.options.vae or engine.folder.default_vae,
             guidance_rescale=body.guidance_rescale or 0.0)
-        if self.kind == "txt2img" and body.enable_hr:
+        if self.kind == "txt2img" and getattr(body, "enable_hr", False):
             base = hires_request(engine, body, base)
         if self.kind == "img2img":
             base = base.replace(strength=0.75 if body.denoising_strength is None else body.denoising_strength,
@@ -258,7 +258,7 @@ def plan(body, kind: str, options: Options) -> Plan:
                   restore=body.override_settings_restore_afterwards is not False)
     if kind == "img2img":
         _plan_images(body, result)
-    elif body.enable_hr:
+    elif getattr(body, "enable_hr", False):
         _plan_hires(body)
     return result
 
