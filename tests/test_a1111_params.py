@@ -217,7 +217,8 @@ A1111_TEXTS = {
                    "Mask blur: 8, RNG: CPU, Version: v1.9.0",
                    dict(strength=1.0, mask_blur=8, needs=["init_image", "mask"]), 0),
     "hires fix": ("x\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Denoising strength: 0.7, "
-                  "Hires upscale: 2, Hires upscaler: Latent, RNG: CPU, Version: v1.10.1", dict(needs=[]), 1),
+                  "Hires upscale: 2, Hires upscaler: Latent, RNG: CPU, Version: v1.10.1",
+                  dict(needs=[], hires_scale=2.0, hires_upscaler="Latent", hires_denoise=0.7), 0),
 }
 
 
