@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from sdcli.bench.peers import (MODES, PROMPT, Run, breakdown_medians, breakdown_table, earlier_runs, machine_info,
+from sdcli.bench.peers import (MODES, PROMPT, Run, breakdown_table, earlier_runs, machine_info, median, median_row,
                                normalize, render_report, replace_block, run_measured)
 
 # arch: (random_model's flag, its name in the tables, the family)
@@ -172,13 +172,6 @@ def _error_line(err: str) -> str:
     return (lines or ["?"])[-1][:400]
 
 
-def _median(values):
-    import statistics
-
-    values = [v for v in values if v is not None]
-    return round(statistics.median(values), 3) if values else None
-
-
 def summarize_flow(runs: list[Run]) -> list[dict]:
     """Medians per (mode, steps, peer); sdcli's ratios to each other full-pipeline peer."""
     rows = []
@@ -191,23 +184,10 @@ def summarize_flow(runs: list[Run]) -> list[dict]:
         if not ok:
             rows.append({**row, "error": next((r.error for r in mine if r.error), "")})
             continue
-        row.update(wall_s=_median([r.wall_s for r in ok]), peak_rss_mb=_median([r.peak_rss_mb for r in ok]),
-                   load_compile_s=_median([r.timings.get("load_compile") for r in ok]),
-                   text_encoder_s=_median([r.timings.get("text_encoder") for r in ok]),
-                   text_encoder_compile_s=_median([r.timings.get("text_encoder_compile") for r in ok]),
-                   step_s=_median([r.timings.get("step") for r in ok]),
-                   vae_decode_s=_median([r.timings.get("vae_decode") for r in ok]),
-                   wall_range_s=[min(r.wall_s for r in ok), max(r.wall_s for r in ok)])
-        checked = [r.timings["gnu_time"] for r in ok if r.timings.get("gnu_time")]
-        if checked:
-            row.update(gnu_time_wall_s=_median([c.get("wall_s") for c in checked]),
-                       gnu_time_rss_mb=_median([c.get("rss_mb") for c in checked]))
+        row.update(median_row(ok), text_encoder_compile_s=median([r.timings.get("text_encoder_compile") for r in ok]))
         settings = next((r.timings["settings"] for r in ok if r.timings.get("settings")), None)
         if settings:
             row["settings"] = settings
-        breakdown = breakdown_medians(ok)
-        if breakdown:
-            row["breakdown_s"] = breakdown
         rows.append(row)
     for row in rows:
         if row["peer"] not in ("sdcli", "sdcli-text-encoder") or not row.get("runs"):

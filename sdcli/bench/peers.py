@@ -262,15 +262,34 @@ def breakdown_medians(runs: list[Run]) -> dict:
     found = [r.timings.get("breakdown") for r in runs if r.timings.get("breakdown")]
     out = {}
     for key in (*STAGES, "exit", "wall", "total", "model_load_total"):
-        value = _median([b.get(key) for b in found])
+        value = median([b.get(key) for b in found])
         if value is not None:
             out[key] = value
     return out
 
 
-def _median(values):
+def median(values):
     values = [v for v in values if v is not None]
     return round(statistics.median(values), 3) if values else None
+
+
+def median_row(ok: list[Run]) -> dict:
+    """The medians of one (mode, steps, peer)'s successful runs: wall, peak RSS, the timings every
+    peer reports, GNU time's view of the same runs and the per-stage breakdown where there are."""
+    row = dict(wall_s=median([r.wall_s for r in ok]), peak_rss_mb=median([r.peak_rss_mb for r in ok]),
+               load_compile_s=median([r.timings.get("load_compile") for r in ok]),
+               text_encoder_s=median([r.timings.get("text_encoder") for r in ok]),
+               step_s=median([r.timings.get("step") for r in ok]),
+               vae_decode_s=median([r.timings.get("vae_decode") for r in ok]),
+               wall_range_s=[min(r.wall_s for r in ok), max(r.wall_s for r in ok)])
+    checked = [r.timings["gnu_time"] for r in ok if r.timings.get("gnu_time")]
+    if checked:  # the same runs as GNU time saw them
+        row.update(gnu_time_wall_s=median([c.get("wall_s") for c in checked]),
+                   gnu_time_rss_mb=median([c.get("rss_mb") for c in checked]))
+    breakdown = breakdown_medians(ok)
+    if breakdown:
+        row["breakdown_s"] = breakdown
+    return row
 
 
 def summarize(runs: list[Run]) -> list[dict]:
@@ -285,20 +304,7 @@ def summarize(runs: list[Run]) -> list[dict]:
         if not ok:
             rows.append({**row, "error": next((r.error for r in mine if r.error), "")})
             continue
-        row.update(wall_s=_median([r.wall_s for r in ok]), peak_rss_mb=_median([r.peak_rss_mb for r in ok]),
-                   load_compile_s=_median([r.timings.get("load_compile") for r in ok]),
-                   text_encoder_s=_median([r.timings.get("text_encoder") for r in ok]),
-                   step_s=_median([r.timings.get("step") for r in ok]),
-                   vae_decode_s=_median([r.timings.get("vae_decode") for r in ok]),
-                   wall_range_s=[min(r.wall_s for r in ok), max(r.wall_s for r in ok)])
-        checked = [r.timings["gnu_time"] for r in ok if r.timings.get("gnu_time")]
-        if checked:  # the same runs as GNU time saw them
-            row.update(gnu_time_wall_s=_median([c.get("wall_s") for c in checked]),
-                       gnu_time_rss_mb=_median([c.get("rss_mb") for c in checked]))
-        breakdown = breakdown_medians(ok)
-        if breakdown:
-            row["breakdown_s"] = breakdown
-        rows.append(row)
+        rows.append({**row, **median_row(ok)})
     for row in rows:
         if row["peer"] != "sdcli" or not row.get("runs"):
             continue
