@@ -71,7 +71,10 @@ case "$phase" in
   1) bench ${T}flux2-klein cold $(( $(left) - 15 )) ;;
   2) bench ${T}flux2-klein warm $(( ($(left) - 15) * 35 / 100 ))
      bench ${T}z-image cold $(( $(left) - 15 )) --steps "$zsteps" ;;
-  3) bench ${T}z-image warm $(( $(left) - 15 )) --steps "$zsteps" ;;
+  3) bench ${T}z-image warm $(( ($(left) - 15) * 6 / 10 )) --steps "$zsteps"
+     # openvino-genai's defaults (no static reshape, no CACHE_DIR, TaylorSeer where it has it): a second genai row
+     bench ${T}flux2-klein cold,warm $(( $(left) - 15 )) --peers genai-defaults ;;
 esac
-cp -r "$res"/. "$out"/ 2>/dev/null
+tar -C "$res" -czf "$out/results-$phase.tgz" .  # one file: a call brings back only a few
+cp "$res/timeline.txt" "$out"/ 2>/dev/null
 ls -R "$out" | head -30
