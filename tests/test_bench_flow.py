@@ -118,5 +118,8 @@ def test_a_later_mode_keeps_the_earlier_mode_s_runs_of_the_same_settings_only(tm
     report = {k: v for k, v in old.items() if k != "runs"}
     assert [r.peer for r in earlier_runs(tmp_path / "bench.json", report, ("warm",))] == ["sdcli"]
     assert earlier_runs(tmp_path / "bench.json", report, ("cold",)) == []  # a mode measured again replaces it
+    # a second peer row measured later (session23.sh's genai-defaults) keeps the first peers' runs of that mode
+    assert [r.peer for r in earlier_runs(tmp_path / "bench.json", report, ("cold",), ["genai-defaults"])] == ["sdcli"]
+    assert earlier_runs(tmp_path / "bench.json", report, ("cold",), ["sdcli"]) == []
     assert earlier_runs(tmp_path / "bench.json", {**report, "steps": [4]}, ("warm",)) == []
     assert earlier_runs(tmp_path / "bench.json", {**report, "bench": None}, ("warm",)) == []

@@ -4,14 +4,15 @@
 # built and converted at once, in parallel (klein 4B and Z-Image: 9 + 13 GB to build, 20 + 31 GB to convert on 128 GB),
 # so that the later calls only run benchmarks:
 #   PHASE=1  wheels, build + convert both (int8), klein cold
-#   PHASE=2  klein warm, Z-Image cold
-#   PHASE=3  Z-Image warm
+#   PHASE=2  Z-Image cold (a fresh machine builds both again first)
+#   PHASE=3  klein warm, Z-Image warm, klein with genai's defaults
 # A phase whose models are gone (a fresh machine) builds them again first. Each phase ends with bench.md rendered
 # from the bench.json it added to, copied to $OUT.
 # Z-Image runs ZSTEPS steps (default 4, not the folder's 9: 3 rounds at 9 steps of both peers, cold and warm, do not
 # fit this session's 30 device minutes; the step time is reported apart, so the 9-step wall is not claimed).
 # TINY=1 PYTHON=.venv/bin/python WORK=... RESULTS=... OUT=...: the tiny archs at 64x64 here, a check of the script.
-# Carry: .whl .whl-nncf .carry/s23 (git archive HEAD) .carry/bin (GNU time).
+# Carry: .whl (openvino less its GPU/NPU plugins and TF/Paddle/GGUF frontends, genai, tokenizers, telemetry,
+# diffusers 0.42.1: the device has none of them) .whl-nncf .carry/s23 (git archive HEAD) .carry/bin (GNU time).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)
@@ -32,7 +33,7 @@ left() { echo $(( budget - ($(date +%s) - start) )); }
 log() { echo "[phase $phase, $(( $(date +%s) - start )) s] $*" | tee -a "$res/timeline.txt"; }
 cd /tmp
 { lscpu | grep "Model name"; nproc; free -g | head -2; } > "$res/lscpu-$phase.txt" 2>&1
-if ! $py -c 'import openvino_genai, nncf' 2>/dev/null; then
+if ! $py -c 'import openvino_genai, nncf, diffusers' 2>/dev/null; then
   log "installing the wheels"
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       "$R"/.whl/*.whl "$R"/.whl-nncf/*.whl 2>&1 | tail -3
@@ -69,9 +70,9 @@ bench() {  # arch mode seconds extra-args...
 }
 case "$phase" in
   1) bench ${T}flux2-klein cold $(( $(left) - 15 )) ;;
-  2) bench ${T}flux2-klein warm $(( ($(left) - 15) * 35 / 100 ))
-     bench ${T}z-image cold $(( $(left) - 15 )) --steps "$zsteps" ;;
-  3) bench ${T}z-image warm $(( ($(left) - 15) * 6 / 10 )) --steps "$zsteps"
+  2) bench ${T}z-image cold $(( $(left) - 15 )) --steps "$zsteps" ;;
+  3) bench ${T}flux2-klein warm $(( ($(left) - 15) * 32 / 100 ))
+     bench ${T}z-image warm $(( ($(left) - 15) * 62 / 100 )) --steps "$zsteps"
      # openvino-genai's defaults (no static reshape, no CACHE_DIR, TaylorSeer where it has it): a second genai row
      bench ${T}flux2-klein cold,warm $(( $(left) - 15 )) --peers genai-defaults ;;
 esac

@@ -318,7 +318,7 @@ def run_flow_bench(workdir: Path, output_dir: Path, arch: str, weight_format: st
               "sdcli_args": [], "steps": steps, "rounds": rounds, "modes": list(modes), "peers": order,
               "model": str(ov_dir), "made": made}
     output_dir.mkdir(parents=True, exist_ok=True)
-    runs = earlier_runs(output_dir / "bench.json", report, modes)
+    runs = earlier_runs(output_dir / "bench.json", report, modes, order)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         warm = {peer: tmp / f"warm-{peer}" for peer in order}
@@ -352,6 +352,7 @@ def write_report(output_dir: Path, report: dict, runs: list[Run]) -> dict:
     from sdcli.util.fsutil import atomic_write_bytes
 
     report = dict(report, summary=summarize_flow(runs), runs=[r.__dict__ for r in runs],
+                  peers=list(dict.fromkeys([*report["peers"], *(r.peer for r in runs)])),
                   modes=sorted({r.mode for r in runs} | set(report["modes"]), key=MODES.index))
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
     atomic_write_bytes(output_dir / "bench.md", flow_markdown(report).encode())

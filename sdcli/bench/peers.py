@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 PEERS = ("sdcli", "genai", "optimum", "diffusers")
 MODES = ("cold", "warm")
@@ -421,7 +421,7 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
               "prompt": PROMPT, "scheduler": "euler", "guidance_scale": guidance, "tiny_vae": tiny_vae,
               "sdcli_args": sdcli_args,
               "rounds": rounds, "modes": list(modes)}
-    runs += earlier_runs(output_dir / "bench.json", report, modes)
+    runs += earlier_runs(output_dir / "bench.json", report, modes, peers)
     rows = summarize(runs)
     report.update(modes=sorted({r.mode for r in runs}, key=MODES.index), summary=rows, runs=[r.__dict__ for r in runs])
     from sdcli.util.fsutil import atomic_write_bytes
@@ -432,9 +432,10 @@ def run_bench(workdir: Path, output_dir: Path, steps_list: list[int], rounds: in
     return rows
 
 
-def earlier_runs(path: Path, report: dict, modes: tuple[str, ...]) -> list[Run]:
-    """The runs of the other modes in an earlier bench.json of the same machine and settings
-    (cold and warm may be measured by separate invocations, e.g. within a time limit)."""
+def earlier_runs(path: Path, report: dict, modes: tuple[str, ...], peers: Sequence[str] | None = None) -> list[Run]:
+    """The runs in an earlier bench.json of the same machine and settings that this invocation does not
+    measure again: other modes, or (given `peers`) other peers (cold and warm, or a second peer row, may be
+    measured by separate invocations, e.g. within a time limit)."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -447,7 +448,9 @@ def earlier_runs(path: Path, report: dict, modes: tuple[str, ...]) -> list[Run]:
         and old.get("machine", {}).get("cores") == report["machine"]["cores"]
     if not same:
         return []
-    return [Run(**r) for r in old.get("runs", []) if r.get("mode") in MODES and r.get("mode") not in modes]
+    again = set(peers) if peers is not None else None
+    return [Run(**r) for r in old.get("runs", []) if r.get("mode") in MODES
+            and not (r.get("mode") in modes and (again is None or r.get("peer") in again))]
 
 
 README_START = "<!-- bench:{name}:start -->"
