@@ -201,3 +201,36 @@ def pytest_terminal_summary(terminalreporter):
         import json
 
         Path(out).write_text(json.dumps(PARITY, indent=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tiny_eps, models_root, tmp_path_factory):
+    """Two random ControlNets fitting tiny_eps (every layer randomised), converted at fp32 by
+    `sdcli convert` into a ControlNet folder; and control images."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.convert.random_controlnet import build_random_controlnet
+    from sdcli.imaging.image_io import save_png
+    from tests.controlnets import TinyControlNets
+    from tests.models import smooth_picture
+
+    folder = models_root / "ControlNet"
+    sources = {}
+    for seed, name in enumerate(("cn-a", "cn-b")):
+        sources[name] = build_random_controlnet(tiny_eps.diffusers_dir / "unet", models_root / f"{name}-src", seed=seed)
+        result = CliRunner().invoke(app, ["convert", str(sources[name]), "--weight-format", "fp32",
+                                          "--controlnet-dir", str(folder), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert (folder / f"{name}-src" / "openvino_model.xml").is_file()
+        (folder / f"{name}-src").rename(folder / name)
+    images_dir = tmp_path_factory.mktemp("control")
+    y, x = np.mgrid[0:64, 0:64]
+    stripes = np.where(((x // 8) + (y // 16)) % 2 == 0, 230, 20).astype(np.uint8)
+    pictures = {"a": smooth_picture(64, 64), "b": np.stack([stripes, 255 - stripes, stripes], axis=-1),
+                "wide": smooth_picture(96, 64)}
+    images = {}
+    for key, picture in pictures.items():
+        images[key] = images_dir / f"{key}.png"
+        save_png(images[key], picture)
+    return TinyControlNets(sources, folder, images)
