@@ -1,0 +1,210 @@
+"""Issue 23's upscaler benchmark: `sdcli upscale` (OpenVINO) against spandrel's torch model run
+through the same A1111 tiling, whole processes, on this CPU.
+
+    python scripts/bench_upscale.py --output-dir bench-results/local-upscale [--rounds 3] [--size 512]
+
+Architectures at their published sizes with random weights (the cost does not depend on the
+values): RRDBNet as 4x-UltraSharp / RealESRGAN x4plus (64 features, 23 blocks) and Real-ESRGAN
+Compact as realesr-general-x4v3 (64 features, 32 convolutions). Each is saved as a
+.safetensors checkpoint and converted once by `sdcli convert`. Every run upscales the same
+SIZE x SIZE picture 4x with A1111's defaults (tiles of 192 pixels overlapping by 8, BGR):
+`sdcli upscale` at f32 (the torch peer's precision) and at its default precision (auto: bf16
+where the CPU has it), and a torch process doing the same tiling through sdcli's grid code
+with spandrel's model in f32 (torch's own thread count). Rounds rotate the peers' order; the
+first run of each peer is an unmeasured warm-up (OpenVINO's compiled-model cache filled, the
+files in the page cache). bench.json keeps every run; bench.md the medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ARCHS = {  # name: spandrel constructor arguments at the published size
+    "rrdbnet": ("ESRGAN", dict(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4)),
+    "compact": ("Compact", dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4)),
+}
+TILE, OVERLAP, SCALE = 192, 8, 4
+
+TORCH_PEER = r"""
+import sys, time, json
+t0 = time.perf_counter()
+import numpy as np, torch
+from PIL import Image
+from sdcli.convert.spandrel_import import import_spandrel
+import_spandrel()
+import spandrel
+from sdcli.engine import upscale as up
+checkpoint, image_path, out_path, tile, overlap, scale = sys.argv[1:7]
+model = spandrel.ModelLoader().load_from_file(checkpoint).model.eval().float()
+image = np.asarray(Image.open(image_path).convert("RGB"))
+t1 = time.perf_counter()
+
+class TorchUpscaler:  # A1111's upscale_pil_patch: BGR in 0..1, clamped, rounded
+    def __call__(self, piece):
+        x = np.ascontiguousarray(np.asarray(piece.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1)) / 255
+        with torch.no_grad():
+            y = model(torch.from_numpy(x).unsqueeze(0).float())[0].clamp(0, 1).numpy()
+        arr = (255.0 * np.moveaxis(y, 0, 2)).round().astype(np.uint8)[:, :, ::-1]
+        return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+out = up.upscale(image, TorchUpscaler(), float(scale), tile=int(tile), overlap=int(overlap))
+t2 = time.perf_counter()
+Image.fromarray(out).save(out_path)
+print(json.dumps({"load_s": t1 - t0, "upscale_s": t2 - t1, "threads": torch.get_num_threads()}))
+"""
+
+
+def build_checkpoints(work: Path) -> dict[str, Path]:
+    import torch
+    from safetensors.torch import save_file
+
+    from sdcli.convert.spandrel_import import import_spandrel
+
+    import_spandrel()
+    import spandrel.architectures.Compact as compact
+    import spandrel.architectures.ESRGAN as esrgan
+
+    made = {}
+    for name, (cls, kwargs) in ARCHS.items():
+        path = work / f"random-{name}-x4.safetensors"
+        if not path.exists():
+            torch.manual_seed(0)
+            net = {"ESRGAN": esrgan.ESRGAN, "Compact": compact.Compact}[cls](**kwargs).eval()
+            save_file({k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}, str(path))
+        made[name] = path
+    return made
+
+
+def convert(checkpoints: dict[str, Path], upscaler_dir: Path) -> dict[str, str]:
+    names = {}
+    for name, path in checkpoints.items():
+        names[name] = path.stem
+        if not (upscaler_dir / path.stem / "openvino_model.xml").is_file():
+            subprocess.run([sys.executable, "-m", "sdcli", "convert", str(path), "--upscaler-dir", str(upscaler_dir),
+                            "--quiet"], check=True, cwd=ROOT)
+    return names
+
+
+def picture(path: Path, size: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([np.sin(7 * x + 3 * y), np.cos(5 * y - 2 * x), np.sin(11 * x * y)], -1)
+    rgb += np.random.default_rng(0).normal(0, 0.1, rgb.shape)
+    Image.fromarray(((rgb * 0.5 + 0.5).clip(0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, upscaler_dir: Path,
+             cache: Path) -> tuple[list[str], dict]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if peer == "torch":
+        return [sys.executable, "-c", TORCH_PEER, str(checkpoints[arch]), str(image), str(out), str(TILE),
+                str(OVERLAP), str(SCALE)], env
+    precision = "f32" if peer == "sdcli-f32" else "auto"
+    env["SDCLI_CACHE_DIR"] = str(cache)
+    return [sys.executable, "-m", "sdcli", "upscale", str(image), "--upscaler", names[arch], "--scale", str(SCALE),
+            "--tile", str(TILE), "--tile-overlap", str(OVERLAP), "--upscaler-dir", str(upscaler_dir),
+            "--precision", precision, "--output", str(out), "--quiet", "--json"], env
+
+
+def main() -> None:
+    from sdcli.bench.peers import machine_info, run_measured
+    from sdcli.util.fsutil import atomic_write_bytes
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results" / "local-upscale")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "upscale")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--archs", default="compact,rrdbnet")
+    parser.add_argument("--peers", default="sdcli-f32,sdcli,torch")
+    args = parser.parse_args()
+    work, out_dir = args.workdir, args.output_dir
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = build_checkpoints(work)
+    upscaler_dir = work / "ESRGAN"
+    names = convert(checkpoints, upscaler_dir)
+    image = work / f"picture-{args.size}.png"
+    picture(image, args.size)
+    peers = args.peers.split(",")
+    report = {"machine": machine_info(), "size": args.size, "scale": SCALE, "tile": TILE, "overlap": OVERLAP,
+              "rounds": args.rounds, "peers": peers, "archs": {}, "runs": [],
+              "load_average_start": os.getloadavg()}
+    pictures = {}
+    for arch in args.archs.split(","):
+        for peer in peers:  # warm-ups: not measured
+            cmd, env = commands(peer, arch, names, checkpoints, image, work / f"{peer}.png", upscaler_dir,
+                                work / "cache")
+            run_measured(cmd, env)
+        for rnd in range(args.rounds):
+            turn = peers[rnd % len(peers):] + peers[:rnd % len(peers)]
+            for position, peer in enumerate(turn):
+                out = work / f"{arch}-{peer}.png"
+                cmd, env = commands(peer, arch, names, checkpoints, image, out, upscaler_dir, work / "cache")
+                check: dict = {}
+                wall, rss, rc, stdout, stderr = run_measured(cmd, env, check=check)
+                run = {"arch": arch, "peer": peer, "round": rnd, "position": position, "wall_s": round(wall, 3),
+                       "peak_rss_mb": round(rss, 1), "rc": rc, "at": time.strftime("%H:%M:%S"),
+                       "load_average": os.getloadavg()[0]}
+                if rc:
+                    run["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
+                report["runs"].append(run)
+                print(f"{arch} round {rnd + 1}/{args.rounds} {peer:<10} {wall:7.2f} s {rss:7.0f} MiB"
+                      + (f"  FAILED {run['error']}" if rc else ""), flush=True)
+                if rc == 0:
+                    pictures[(arch, peer)] = out
+                atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
+    agree = {}
+    import numpy as np
+    from PIL import Image
+    for arch in args.archs.split(","):
+        if (arch, "torch") in pictures and (arch, "sdcli-f32") in pictures:
+            a = np.asarray(Image.open(pictures[(arch, "torch")])).astype(int)
+            b = np.asarray(Image.open(pictures[(arch, "sdcli-f32")])).astype(int)
+            agree[arch] = {"max": int(np.abs(a - b).max()), "mean": round(float(np.abs(a - b).mean()), 4)}
+    report["f32_vs_torch_pixels"] = agree
+    report["load_average_end"] = os.getloadavg()
+    atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out_dir / "bench.md", markdown(report).encode())
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores; {report['size']}x{report['size']} picture upscaled "
+             f"{report['scale']}x, A1111's tiling (tile {report['tile']}, overlap {report['overlap']}, BGR); whole "
+             f"processes, medians of {report['rounds']} rotated rounds after one unmeasured warm-up per peer; load "
+             f"average {report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} "
+             "at the end. sdcli-f32: `sdcli upscale --precision f32`; sdcli: its default precision; torch: "
+             "spandrel's model in f32 through the same tiling code.", "",
+             "| architecture | peer | runs | wall_s | peak_rss_mb | wall_vs_torch | rss_vs_torch |", "|---|---|---|---|---|---|---|"]
+    for arch in dict.fromkeys(r["arch"] for r in report["runs"]):
+        med = {}
+        for peer in report["peers"]:
+            ok = [r for r in report["runs"] if r["arch"] == arch and r["peer"] == peer and r["rc"] == 0]
+            if ok:
+                med[peer] = (statistics.median(r["wall_s"] for r in ok),
+                             statistics.median(r["peak_rss_mb"] for r in ok), len(ok))
+        for peer, (wall, rss, n) in med.items():
+            ratio = (f"{wall / med['torch'][0]:.3f} | {rss / med['torch'][1]:.3f}" if "torch" in med and peer != "torch"
+                     else " | ")
+            lines.append(f"| {arch} | {peer} | {n} | {wall:.2f} | {rss:.0f} | {ratio} |")
+    if report.get("f32_vs_torch_pixels"):
+        lines += ["", "sdcli-f32's picture against torch's: " + ", ".join(
+            f"{a} max {v['max']} mean {v['mean']} of 255" for a, v in report["f32_vs_torch_pixels"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
