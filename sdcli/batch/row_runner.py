@@ -86,7 +86,7 @@ class RowRunner:
             guidance_scale=job.guidance_scale, guidance_rescale=job.guidance_rescale, seed=job.seed, width=job.width,
             height=job.height, scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
             reference_images=tuple(references), reference_names=tuple(Path(path).name for path in paths),
-            **self.generation,
+            hires=getattr(job, "hires", None), **self.generation,
         )
         request.validate()
         self.engine.check_fits(request, images=2)  # a row too large for memory fails before it compiles

@@ -127,7 +127,10 @@ def check_options(opts: BatchOptions) -> tuple[BatchOptions, Path, str]:
         except UsageError as exc:
             raise UsageError(f"--reference-image: {exc}") from None
     request = check_family_options(family, opts, init, tuple(references))  # what the model cannot do
-    # (--deepcache on a transformer, --init-image on FLUX.2-klein),
+    # (--deepcache on a transformer, --init-image on FLUX.2-klein, the hires fix on FLUX.2-klein),
+    from sdcli.batch.hires_rows import check_command_line
+
+    check_command_line(opts, model, family)
     if opts.width or opts.height:
         size = model.default_size  # and a size too large for this machine's memory (rows: each row)
         width, height = opts.width or size, opts.height or size

@@ -61,13 +61,26 @@ def batch(
     lora_dir: Optional[Path] = typer.Option(None, "--lora-dir", help="Where a row's <lora:NAME:WEIGHT> finds NAME (see generate) [default: $SDCLI_LORA_DIR, else models/Lora]."),
     embeddings_dir: Optional[Path] = typer.Option(None, "--embeddings-dir", help="Textual-inversion embeddings (see generate) [default: $SDCLI_EMBEDDINGS_DIR, else models/embeddings]."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin): only files you trust."),
+    hires_scale: Optional[float] = typer.Option(None, "--hires-scale", callback=finite, help="The hires fix for every row (see generate; docs/hires.md): a second pass at this many times the size; a row's hires_scale, hires_width or hires_height replace the size."),
+    hires_width: Optional[int] = typer.Option(None, "--hires-width", callback=positive_multiple_of_8, help="Hires fix: the second pass's width (see generate)."),
+    hires_height: Optional[int] = typer.Option(None, "--hires-height", callback=positive_multiple_of_8, help="Hires fix: the second pass's height (see generate)."),
+    hires_upscaler: Optional[str] = typer.Option(None, "--hires-upscaler", metavar="NAME", help="Hires fix: the upscaler (see generate) [default: Latent]."),
+    hires_steps: Optional[int] = typer.Option(None, "--hires-steps", min=0, max=1000, help="Hires fix: the second pass's steps (0: --steps)."),
+    hires_denoise: Optional[float] = typer.Option(None, "--hires-denoise", min=0.0, max=1.0, callback=finite, help="Hires fix: the second pass's denoising strength [default: 0.7]."),
+    hires_prompt: Optional[str] = typer.Option(None, "--hires-prompt", help="Hires fix: the second pass's prompt [default: the row's]."),
+    hires_negative_prompt: Optional[str] = typer.Option(None, "--hires-negative-prompt", help="Hires fix: the second pass's negative prompt [default: the row's]."),
+    hires_scheduler: Optional[str] = typer.Option(None, "--hires-scheduler", callback=scheduler_name, help="Hires fix: the second pass's scheduler [default: the row's]."),
+    hires_cfg: Optional[float] = typer.Option(None, "--hires-cfg", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Hires fix: the second pass's guidance scale [default: the row's]."),
+    upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Hires fix: where a model upscaler's name is found (see generate) [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done.
 
     FILE: .txt, one prompt a line; .jsonl or .csv rows may also set negative_prompt, seed,
     steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength,
-    reference_images (a JSON list, or paths separated by |) and name."""
+    reference_images (a JSON list, or paths separated by |), name and the hires fix's hires_scale,
+    hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
+    hires_negative_prompt, hires_scheduler, hires_cfg."""
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)
         from sdcli.batch.run import BatchOptions, run_batch
@@ -92,5 +105,11 @@ def batch(
             unset=tuple(name for name in ("steps", "guidance_scale", "vae") if not option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
             lora_dir=lora_dir, embeddings_dir=embeddings_dir, allow_pickle=allow_pickle,
+            hires={name: value for name, value in (
+                ("hires_scale", hires_scale), ("hires_width", hires_width), ("hires_height", hires_height),
+                ("hires_upscaler", hires_upscaler), ("hires_steps", hires_steps), ("hires_denoise", hires_denoise),
+                ("hires_prompt", hires_prompt), ("hires_negative_prompt", hires_negative_prompt),
+                ("hires_scheduler", hires_scheduler), ("hires_cfg", hires_cfg)) if value is not None},
+            upscaler_dir=upscaler_dir,
         ), runner)
     raise typer.Exit(code)

@@ -15,6 +15,10 @@ What it does, as AUTOMATIC1111's StableDiffusionProcessingTxt2Img does it:
   upscaled latents noised with a fresh draw from the same seed shaped like the larger latents,
   with its own prompt, negative prompt, scheduler and guidance scale where given (Forge's
   Hires CFG Scale).
+
+On Z-Image (a flow-matching transformer) the second pass is ZImageImg2ImgPipeline on the upscaled
+picture (pixel upscalers only; strength = denoise, int(steps / denoise) steps); the Latent modes,
+which interpolate SD's latents, and FLUX.2-klein (no image-to-image strength) are refused.
 """
 from __future__ import annotations
 
@@ -289,14 +293,36 @@ def check(engine, request) -> None:
     hires = request.hires
     hires.validate(request)
     check_upscaler(hires)
-    if engine.folder.denoiser == "transformer" or engine.folder.latent_channels != 4:
-        raise UsageError(f"the hires fix is for Stable Diffusion 1.x/2.x and SDXL models; this is a "
-                         f"{engine.family.name} model")
-    if engine.folder.is_lcm:
-        raise UsageError("the hires fix is not supported on LCM models (their image-to-image schedule differs)")
+    check_model(engine.folder, engine.family, hires)
     if engine.refiner is not None:
         raise UsageError("--refiner and the hires fix do not go together: run one or the other")
-    if int(engine.folder.unet_config.get("in_channels", 4)) != 4:
+
+
+def flow(folder) -> bool:
+    """Whether the hires fix on `folder` is Z-Image's: a flow-matching transformer whose second
+    pass is image-to-image on the upscaled picture (ZImageImg2ImgPipeline's)."""
+    return folder.denoiser == "transformer"
+
+
+def check_model(folder, family, hires: HiresFix) -> None:
+    """UsageError where the hires fix does not apply to the model of `folder` (its `family`),
+    before anything loads (batch checks its command line's hires fix with this)."""
+    if flow(folder):
+        model = getattr(family, "model", family.name)
+        if family.reference_images:
+            raise UsageError(f"the hires fix is not supported on {model} models: its second pass is image-to-image "
+                             f"with a denoising strength, which {model} has not (it edits with --reference-image)")
+        if hires.latent:
+            raise UsageError(f"--hires-upscaler {hires.upscaler}: the Latent upscalers interpolate Stable Diffusion's "
+                             f"latents; on a {model} model (flow matching) give a pixel upscaler: Lanczos, Nearest, "
+                             "None or a converted model upscaler's name")
+        return
+    if folder.latent_channels != 4:
+        raise UsageError(f"the hires fix is for Stable Diffusion 1.x/2.x, SDXL and Z-Image models; this is a "
+                         f"{family.name} model")
+    if folder.is_lcm:
+        raise UsageError("the hires fix is not supported on LCM models (their image-to-image schedule differs)")
+    if int(folder.unet_config.get("in_channels", 4)) != 4:
         raise UsageError("the hires fix is not supported on inpainting models")
 
 
@@ -305,7 +331,13 @@ def plan(engine, request) -> tuple:
     check(engine, request)
     first = request.replace(hires=None)
     width, height = engine.resolve_size(first)
-    return first, target(request.hires, width, height, engine.folder.vae_scale_factor)
+    tgt = target(request.hires, width, height, engine.folder.vae_scale_factor)
+    step = 2 * engine.folder.vae_scale_factor  # (a transformer's 2x2 patches of latents)
+    if flow(engine.folder) and (tgt.width % step or tgt.height % step):
+        raise UsageError(f"the hires size {tgt.width}x{tgt.height} must be a multiple of {step} on this model (its "
+                         "transformer takes 2x2 patches of latents): choose another --hires-scale, or "
+                         "--hires-width/--hires-height")
+    return first, tgt
 
 
 def second_request(request, tgt: Target, latents: np.ndarray | None):
@@ -318,6 +350,26 @@ def second_request(request, tgt: Target, latents: np.ndarray | None):
         prompt=hires.prompt or request.prompt, negative_prompt=hires.negative_prompt or request.negative_prompt,
         scheduler=hires.scheduler or request.scheduler,
         guidance_scale=request.guidance_scale if hires.guidance_scale is None else hires.guidance_scale)
+
+
+def flow_second_request(request, tgt: Target, pixels: np.ndarray):
+    """Z-Image's second pass: ZImageImg2ImgPipeline on the upscaled picture at the target size,
+    with strength = denoise and int(steps / denoise) steps (its get_timesteps then runs the
+    last `steps` of them), the seed's generator drawn afresh (the VAE's sample, then the noise)."""
+    hires = request.hires
+    run = hires.steps or request.steps
+    return request.replace(
+        hires=None, init_image=pixels, width=tgt.width, height=tgt.height, steps=max(1, int(run / hires.denoise)),
+        strength=hires.denoise, prompt=hires.prompt or request.prompt,
+        negative_prompt=hires.negative_prompt or request.negative_prompt, scheduler=hires.scheduler or request.scheduler,
+        guidance_scale=request.guidance_scale if hires.guidance_scale is None else hires.guidance_scale)
+
+
+def cut_pixels(image: np.ndarray, tx: int, ty: int, factor: int) -> np.ndarray:
+    """`cut` on pixels: tx and ty latent columns and rows (of `factor` pixels) off about the centre."""
+    h, w = image.shape[:2]
+    return np.ascontiguousarray(image[ty // 2 * factor:h - (ty + 1) // 2 * factor,
+                                      tx // 2 * factor:w - (tx + 1) // 2 * factor])
 
 
 def check_fits(engine, request, images: int = 1):
@@ -361,11 +413,16 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
 
         pixels = engine.decode(latents, request.vae, request.vae_tiling, request.vae_tile_size)
         pixels = upscale_pixels(pixels, tgt.upscale_width, tgt.upscale_height, model_upscaler(engine, hires))
-        latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae)
-    latents = cut(latents, tgt.truncate_x, tgt.truncate_y)
+        if flow(engine.folder):  # Z-Image: image-to-image on the picture (its pipeline encodes it)
+            pixels = cut_pixels(pixels, tgt.truncate_x, tgt.truncate_y, engine.folder.vae_scale_factor)
+        else:
+            latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae)
+    if flow(engine.folder):
+        second = flow_second_request(request, tgt, pixels)
+    else:
+        second = second_request(request, tgt, cut(latents, tgt.truncate_x, tgt.truncate_y))
     upscale_seconds = time.perf_counter() - started
-    two = engine.generate(second_request(request, tgt, latents), on_step and second_step, on_note=on_note,
-                          release_unet=release_unet, decode=decode)
+    two = engine.generate(second, on_step and second_step, on_note=on_note, release_unet=release_unet, decode=decode)
     timings = {key: one.timings.get(key, 0.0) + two.timings.get(key, 0.0) for key in {*one.timings, *two.timings}}
     timings.update(step_median=one.timings.get("step_median", 0.0), hires_step_median=two.timings.get("step_median", 0.0),
                    hires_upscale=upscale_seconds)
