@@ -1,5 +1,6 @@
 """ControlNet control images: fitted to the picture's size as A1111's ControlNet resize modes
-do, and the built-in preprocessors (numpy/OpenCV, no model).
+do, and the built-in preprocessors (numpy/OpenCV, no model: imaging/preprocessors.py, re-exported
+here: PREPROCESSORS, preprocess, detect).
 
 Resize modes (A1111's names): just-resize stretches the image to the size; crop-and-resize
 scales it to cover the size and crops the middle; resize-and-fill scales it to fit inside
@@ -10,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from sdcli.imaging.image_io import resize
+from sdcli.imaging.preprocessors import (PREPROCESSORS, Preprocessor, Slider, UnknownPreprocessor,  # noqa: F401
+                                         detect, inpaint_map, preprocess, resolve)
 
 RESIZE_MODES = {"just-resize": "Just Resize", "crop-and-resize": "Crop and Resize", "resize-and-fill": "Resize and Fill"}
-PREPROCESSORS = ("none", "canny")
-CANNY_LOW, CANNY_HIGH = 100, 200  # A1111's ControlNet canny slider defaults
+CANNY_LOW, CANNY_HIGH = 100, 200  # A1111's ControlNet canny slider defaults (PREPROCESSORS["canny"])
 
 
 def fit(image: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
@@ -38,18 +40,6 @@ def fit(image: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
         out[y:y + sh, x:x + sw] = scaled
         return out
     raise ValueError(f"unknown resize mode {mode!r}")
-
-
-def preprocess(image: np.ndarray, preprocessor: str) -> np.ndarray:
-    """The control map of RGB uint8 `image` (none: the image itself)."""
-    if preprocessor == "none":
-        return image
-    if preprocessor == "canny":
-        import cv2
-
-        edges = cv2.Canny(np.ascontiguousarray(image), CANNY_LOW, CANNY_HIGH)
-        return np.repeat(edges[:, :, None], 3, axis=2)
-    raise ValueError(f"unknown preprocessor {preprocessor!r}")
 
 
 def control_input(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""`sdcli detect MODULE IMAGE...`: the control maps A1111's ControlNet extension's preprocessor
+MODULE makes of images (its /controlnet/detect), by the numpy/OpenCV modules of
+imaging/preprocessors.py, written as PNGs."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from sdcli.cli.app import app, check_creatable, finite, user_errors, warn
+from sdcli.util.errors import UsageError
+
+
+def output_paths(images: list[Path], module: str, output: Optional[Path], output_dir: Optional[Path]) -> list[Path]:
+    """Where each map goes: --output for one image, else <stem>-<module>.png in --output-dir or
+    beside its image; none may be one of the inputs or come twice."""
+    if output is not None:
+        if output_dir is not None:
+            raise UsageError("--output and --output-dir: give one")
+        if len(images) != 1:
+            raise UsageError(f"--output names one file, and {len(images)} images were given: use --output-dir")
+        paths = [output]
+    else:
+        paths = [(output_dir if output_dir is not None else image.parent) / f"{image.stem}-{module}.png"
+                 for image in images]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise UsageError("two maps would be written to the same file (same names): use separate runs or --output-dir")
+    inputs = {p.resolve() for p in images}
+    for path in paths:
+        if path.resolve() in inputs:
+            raise UsageError(f"{path} is one of the images: choose another --output or --output-dir")
+        if path.suffix.lower() != ".png":
+            raise UsageError(f"{path}: sdcli detect writes PNG files (.png)")
+        check_creatable(path, "--output" if output is not None else "--output-dir")
+    return paths
+
+
+def check_sliders(spec, processor_res: Optional[int], thresholds: dict) -> None:
+    """A threshold the module has not got, or outside its slider, is a usage error (the extension
+    would silently use the default); --processor-res on a module that works at the image's size
+    only warns."""
+    for name, value in thresholds.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        slider = spec.slider(name)
+        if slider is None:
+            raise UsageError(f"{flag}: preprocessor {spec.name} has no such slider (its sliders: "
+                             f"{', '.join(s.name for s in spec.sliders) or 'none'})")
+        if not slider.minimum <= value <= slider.maximum:
+            raise UsageError(f"{flag} ({slider.label} of {spec.name}) must be between {slider.minimum:g} and "
+                             f"{slider.maximum:g}, got {value:g}")
+    if processor_res is not None and spec.slider("processor_res") is None:
+        fixed = f"always at {spec.fixed_res}" if spec.fixed_res else "at the image's size"
+        warn(f"--processor-res: preprocessor {spec.name} works {fixed} (as in A1111), so it is not used")
+
+
+@app.command()
+def detect(
+    module: str = typer.Argument(..., help="The preprocessor (A1111 ControlNet's module name or label): none, canny, invert, lineart_standard, scribble_xdog, shuffle, tile_resample, tile_colorfix, blur_gaussian, inpaint_only."),
+    images: List[Path] = typer.Argument(..., help="Image files (any format OpenCV reads)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the maps, each <name>-<module>.png [default: beside each image]."),
+    output: Optional[Path] = typer.Option(None, "--output", help="PNG to write (one image)."),
+    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian) [default: 512]."),
+    threshold_a: Optional[float] = typer.Option(None, "--threshold-a", callback=finite, help="The module's first slider (canny: low threshold 100; scribble_xdog: 32; tile_resample: down-sampling rate 1; tile_colorfix: variation 8; blur_gaussian: sigma 9) [default: the module's]."),
+    threshold_b: Optional[float] = typer.Option(None, "--threshold-b", callback=finite, help="The module's second slider (canny: high threshold 200) [default: the module's]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the files written."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),
+):
+    """Make the control maps of images with an A1111 ControlNet preprocessor (its /controlnet/detect):
+    the modules that need no neural network, in numpy/OpenCV."""
+    with user_errors("interrupted; the maps written so far stay"):
+        from sdcli.imaging.image_io import read_rgb
+        from sdcli.imaging.preprocessors import PREPROCESSORS, resolve
+
+        spec = PREPROCESSORS[resolve(module)]
+        check_sliders(spec, processor_res, {"threshold_a": threshold_a, "threshold_b": threshold_b})
+        paths = output_paths(list(images), spec.name, output, output_dir)
+        pictures = [read_rgb(image) for image in images]  # every image readable before anything is written
+        run(spec, list(images), pictures, paths, processor_res, threshold_a, threshold_b, quiet, as_json)
+
+
+def run(spec, images, pictures, paths, processor_res, threshold_a, threshold_b, quiet, as_json) -> None:
+    from sdcli.imaging.image_io import save_png
+    from sdcli.imaging.preprocessors import PROCESSOR_RES, detect
+
+    res = PROCESSOR_RES if processor_res is None else processor_res
+    settings = spec.settings(res, threshold_a, threshold_b)
+    for image_path, picture, out_path in zip(images, pictures, paths):
+        started = time.perf_counter()
+        result = detect(picture, spec.name, res, threshold_a, threshold_b)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(out_path, result)
+        if as_json:
+            print(json.dumps({"path": str(out_path), "source": str(image_path), "module": spec.name,
+                              "width": int(result.shape[1]), "height": int(result.shape[0]), **settings,
+                              "seconds": round(time.perf_counter() - started, 4)}), flush=True)
+        elif not quiet:
+            print(out_path, flush=True)
+    sys.stdout.flush()
