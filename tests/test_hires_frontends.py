@@ -182,3 +182,70 @@ def test_batch_command_line_hires_the_model_refuses_stops_the_batch(tiny_eps, tm
     result = run_batch(rows, out, tiny_eps.ov_dir, *flags)
     assert result.exit_code == 2 and message in result.output, result.output
     assert not list(out.glob("*.png"))
+
+
+# -- the OpenAI images API's `hires` extension and MCP's generate_image ---------------------------------
+HIRES = {"scale": 2, "upscaler": "Latent (nearest-exact)", "steps": HIRES_STEPS, "denoise": 0.5}
+HIRES_FLAGS = ("--hires-scale", 2, "--hires-upscaler", "Latent (nearest-exact)", "--hires-steps", HIRES_STEPS,
+               "--hires-denoise", 0.5)
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_eps):
+    pytest.importorskip("fastapi")
+    from sdcli.serve.worker import ModelRegistry, Worker
+
+    running = Worker(ModelRegistry(None, tiny_eps.ov_dir), tiny_eps.ov_dir.name, queue_size=4, precision="f32")
+    running.start()
+    yield running
+    running.stop()
+    running.join(30)
+
+
+def test_openai_hires_extension_gives_generate_s_png(tiny_eps, worker, tmp_path, parity_log):
+    from fastapi.testclient import TestClient
+
+    from sdcli.serve.app import create_app
+
+    http = TestClient(create_app(worker))
+    body = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEED, "steps": STEPS, "size": f"{FIRST}x{FIRST}"}
+    r = http.post("/v1/images/generations", json={**body, "hires": HIRES})
+    assert r.status_code == 200, r.text
+    assert r.json()["size"] == f"{2 * FIRST}x{2 * FIRST}"
+    served = base64.b64decode(r.json()["data"][0]["b64_json"])
+    theirs, png = generated(tiny_eps.ov_dir, tmp_path, *HIRES_FLAGS)
+    parity_log.append({"model": "sd15", "scheduler": "pndm", "mode": "OpenAI hires vs generate", "size": "32->64",
+                       "max": int(np.abs(pixels_of(served) - theirs).max()), "mean": 0.0})
+    assert served == png  # the same pixels and parameters, byte for byte
+    for hires, param in (({"scale": 1}, "hires.scale"), ({"denoise": 0}, "hires.denoise"),
+                         ({"upscaler": "4x-Nothing"}, "hires.upscaler"), ({"size": 2}, "hires.size"),
+                         ("2x", "hires"), ({"width": 100}, "hires.width")):
+        bad = http.post("/v1/images/generations", json={**body, "hires": hires})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, (hires, bad.text)
+
+
+def test_mcp_generate_image_takes_hires_arguments(tiny_eps, worker, tmp_path):
+    import anyio
+
+    from sdcli.serve.mcp_server import build_server
+
+    server = build_server(worker, tmp_path / "mcp")
+    arguments = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEED, "steps": STEPS, "width": FIRST,
+                 "height": FIRST, "hires_scale": 2, "hires_upscaler": "Latent (nearest-exact)",
+                 "hires_steps": HIRES_STEPS, "hires_denoise": 0.5}
+
+    async def call(args):
+        from mcp import Client
+
+        async with Client(server) as client:  # (in-process)
+            return await client.call_tool("generate_image", args)
+
+    result = anyio.run(call, arguments)
+    images = [c for c in result.content if c.type == "image"]
+    assert len(images) == 1
+    _, png = generated(tiny_eps.ov_dir, tmp_path, *HIRES_FLAGS)
+    assert base64.b64decode(images[0].data) == png
+    assert result.structured_content["images"][0]["width"] == 2 * FIRST
+    error = anyio.run(call, {**arguments, "hires_denoise": 0})
+    text = " ".join(c.text for c in error.content if c.type == "text")
+    assert error.is_error and "hires_denoise must be more than 0" in text and "\n" not in text.strip(), text

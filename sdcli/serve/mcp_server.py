@@ -39,7 +39,10 @@ INSTRUCTIONS = ("Stable Diffusion images made on this computer's CPU through Ope
                 "stores. Each image is returned and written as a PNG under the server's output folder.")
 # A1111's field names (FieldError.field) as the tools name them
 PARAMS = {"cfg_scale": "guidance_scale", "sampler_name": "scheduler", "denoising_strength": "strength",
-          "init_images[0]": "image", "override_settings.sd_model_checkpoint": "model", "n_iter": "count"}
+          "init_images[0]": "image", "override_settings.sd_model_checkpoint": "model", "n_iter": "count",
+          "hr_scale": "hires_scale", "hr_resize_x": "hires_width", "hr_resize_y": "hires_height",
+          "hr_upscaler": "hires_upscaler", "hr_second_pass_steps": "hires_steps"}
+HIRES_ARGUMENTS = ("scale", "width", "height", "upscaler", "steps", "denoise")  # generate_image's hires_*
 
 
 def one_line(text: str) -> str:
@@ -51,16 +54,16 @@ def tool_error(exc: BaseException) -> ToolError:
     if isinstance(exc, ToolError):
         return exc
     if isinstance(exc, openai_api.OpenAIError):
-        message = exc.message
+        message = exc.message.replace("hires.", "hires_")  # (the arguments' names)
     elif isinstance(exc, ModelNotFound):
         message = f"{error_text(exc).split(':')[0]}: list_models names the models here"
     elif isinstance(exc, a1111.FieldError):
         name = PARAMS.get(exc.field, exc.field)
         message = str(exc)
         message = name + message[len(exc.field):] if message.startswith(exc.field + ":") else message
-        message = openai_api._flags_to_fields(message)
+        message = openai_api._flags_to_fields(message).replace("hires.", "hires_")
     elif isinstance(exc, UsageError):
-        message = openai_api._flags_to_fields(str(exc))
+        message = openai_api._flags_to_fields(str(exc)).replace("hires.", "hires_")
     elif isinstance(exc, (SdcliError, OSError, MemoryError)):
         message = error_text(exc)
     else:  # a bug: the traceback to the server's log, one line to the client
@@ -217,11 +220,21 @@ def build_server(worker: Worker, output_dir: Path) -> MCPServer:
         seed: Optional[int] = Field(None, description="The seed [random]; sdcli generate --seed gives the same image."),
         scheduler: Optional[str] = Field(None, description="A scheduler (sdcli's or A1111's sampler name) [the model's own]."),
         model: Optional[str] = Field(None, description="A model's name from list_models [the server's model]."),
+        hires_scale: Optional[float] = Field(None, description="Hires fix (any hires_* argument turns it on): a second image-to-image pass at this many times the size [2]."),
+        hires_width: Optional[int] = Field(None, description="Hires fix: the second pass's width instead of a scale (a multiple of 8)."),
+        hires_height: Optional[int] = Field(None, description="Hires fix: the second pass's height instead of a scale (a multiple of 8)."),
+        hires_upscaler: Optional[str] = Field(None, description="Hires fix: Latent (SD models), Lanczos, Nearest, None or a converted model upscaler's name [Latent]."),
+        hires_steps: Optional[int] = Field(None, description="Hires fix: the second pass's steps [0: steps]."),
+        hires_denoise: Optional[float] = Field(None, description="Hires fix: how much the second pass repaints, more than 0 and up to 1 [0.7]."),
         ctx: Context = None,
     ) -> CallToolResult:
         """Draw an image from a text prompt. Returns the PNG and the path it was written to."""
         fields = {"negative_prompt": negative_prompt, "size": _size(width, height), "steps": steps,
                   "guidance_scale": guidance_scale, "seed": seed, "scheduler": scheduler, "model": model}
+        hires = dict(zip(HIRES_ARGUMENTS, (hires_scale, hires_width, hires_height, hires_upscaler, hires_steps,
+                                           hires_denoise)))
+        if any(value is not None for value in hires.values()):  # (generate's --hires-* flags)
+            fields["hires"] = {key: value for key, value in hires.items() if value is not None}
         made = await asyncio.to_thread(plan, fields, "txt2img", prompt)
         return await _images(worker, writer, made, ctx)
 

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdcli.engine.request import GUIDANCE_MAX, SEED_MAX, STEPS_MAX
 from sdcli.serve import a1111
-from sdcli.serve.models import Img2ImgRequest
+from sdcli.serve.models import Img2ImgRequest, Txt2ImgRequest
 from sdcli.serve.worker import Job, ModelNotFound, QueueFull, ServerStopping, Worker
 from sdcli.util.errors import SdcliError, UsageError, error_text
 
@@ -43,7 +43,14 @@ EDIT_STRENGTH, WHOLE_STRENGTH = 1.0, 0.75  # repainted pixels are redrawn whole;
 # A1111's field names (FieldError.field) as OpenAI's request names them
 PARAMS = {"cfg_scale": "guidance_scale", "n_iter": "n", "batch_size": "n", "denoising_strength": "strength",
           "width": "size", "height": "size", "sampler_name": "scheduler", "init_images[0]": "image",
-          "override_settings.sd_model_checkpoint": "model"}
+          "override_settings.sd_model_checkpoint": "model",
+          # the `hires` extension (A1111's enable_hr fields, hires_fields)
+          "hr_scale": "hires.scale", "hr_resize_x": "hires.width", "hr_resize_y": "hires.height",
+          "hr_upscaler": "hires.upscaler", "hr_second_pass_steps": "hires.steps", "hr_prompt": "hires.prompt",
+          "hr_negative_prompt": "hires.negative_prompt", "hr_sampler_name": "hires.scheduler",
+          "hr_scheduler": "hires.scheduler", "hr_cfg": "hires.cfg"}
+HIRES_KEYS = ("scale", "width", "height", "upscaler", "steps", "denoise", "prompt", "negative_prompt", "scheduler",
+              "cfg")  # the `hires` extension's fields: generate's --hires-* flags
 
 
 def is_openai_path(path: str) -> bool:
@@ -67,7 +74,8 @@ def error_json(status: int, message: str, param: str | None = None, code: str | 
 
 def _flags_to_fields(message: str) -> str:
     """An engine message names generate's flags: here, the request's fields."""
-    for flag, name in (("--init-image", "image"), ("--reference-image", "a reference image"), ("--mask", "mask"),
+    for flag, name in (*((f"--hires-{key.replace('_', '-')}", f"hires.{key}") for key in HIRES_KEYS),
+                       ("--init-image", "image"), ("--reference-image", "a reference image"), ("--mask", "mask"),
                        ("--steps", "steps"), ("--guidance-scale", "guidance_scale"), ("--negative-prompt", "negative_prompt"),
                        ("--prompt", "prompt"), ("--seed", "seed"), ("--strength", "strength"),
                        ("--width", "size"), ("--height", "size")):
@@ -163,6 +171,7 @@ class ImageGenerationRequest(BaseModel):
     steps: Optional[int] = Field(None, description="sdcli's: denoising steps [the model folder's default, else 20].")
     guidance_scale: Optional[float] = Field(None, description="sdcli's: classifier-free guidance [the model folder's default, else 7.5].")
     scheduler: Optional[str] = Field(None, description="sdcli's: a scheduler (sdcli's or A1111's sampler name) [the model's own].")
+    hires: Optional[Any] = Field(None, description="sdcli's: A1111's hires fix (docs/hires.md), an object of generate's --hires-* settings: scale (more than 1) [2], or width/height; upscaler [Latent]; steps [0: steps]; denoise [0.7]; prompt, negative_prompt, scheduler, cfg [the first pass's]. true: all defaults.")
 
 
 def parse_size(value: Any) -> tuple[int | None, int | None]:
@@ -243,6 +252,37 @@ class Output:
                               "stream")
 
 
+def hires_fields(value: Any) -> dict:
+    """The `hires` extension as A1111's txt2img fields (enable_hr, hr_*, denoising_strength; {}
+    without it); defaults are generate's --hires-* flags' (denoise 0.7, not A1111's API 0.75)."""
+    from sdcli.engine.hires import DEFAULT_DENOISE, MAX_SCALE
+
+    if value is None or value is False:
+        return {}
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise OpenAIError(400, "hires must be an object, e.g. {\"scale\": 2, \"denoise\": 0.5}", "hires")
+    unknown = [key for key in value if key not in HIRES_KEYS]
+    if unknown:
+        raise OpenAIError(400, f"hires.{unknown[0]}: unknown field (known: {', '.join(HIRES_KEYS)})", f"hires.{unknown[0]}")
+    scale = _number("hires.scale", value.get("scale"), 0.0, MAX_SCALE)
+    denoise = _number("hires.denoise", value.get("denoise"), 0.0, 1.0)
+    if denoise == 0.0:
+        raise OpenAIError(400, "hires.denoise must be more than 0 and at most 1, got 0", "hires.denoise")
+    sides = {key: _whole(f"hires.{key}", value.get(key), 0, a1111.MAX_SIDE) for key in ("width", "height")}
+    out = {"enable_hr": True, "hr_scale": 2.0 if scale is None else scale, "hr_resize_x": sides["width"] or 0,
+           "hr_resize_y": sides["height"] or 0, "hr_second_pass_steps": _whole("hires.steps", value.get("steps"), 0,
+                                                                             STEPS_MAX) or 0,
+           "denoising_strength": DEFAULT_DENOISE if denoise is None else denoise,
+           "hr_upscaler": _text("hires.upscaler", value.get("upscaler")) or None,
+           "hr_prompt": _text("hires.prompt", value.get("prompt")) or "",
+           "hr_negative_prompt": _text("hires.negative_prompt", value.get("negative_prompt")) or "",
+           "hr_sampler_name": _text("hires.scheduler", value.get("scheduler")) or None,
+           "hr_cfg": _number("hires.cfg", value.get("cfg"), 0.0, GUIDANCE_MAX)}
+    return out
+
+
 def plan_for(worker: Worker, fields: dict, kind: str, image: np.ndarray | None = None,
              mask: np.ndarray | None = None, prompt: str = "") -> a1111.Plan:
     """The A1111 routes' Plan for an OpenAI request's `fields` (sdcli's extensions included)."""
@@ -261,12 +301,16 @@ def plan_for(worker: Worker, fields: dict, kind: str, image: np.ndarray | None =
     default_strength = EDIT_STRENGTH if mask is not None else WHOLE_STRENGTH
     strength = _number("strength", fields.get("strength"), 0.0, 1.0)
     mask_blur = _whole("mask_blur", fields.get("mask_blur"), 0, 256)
-    body = Img2ImgRequest(
+    hires = hires_fields(fields.get("hires"))
+    if hires and kind != "txt2img":
+        raise OpenAIError(400, "hires: the hires fix is for /v1/images/generations (text to image)", "hires")
+    settings = dict(
         prompt=prompt, negative_prompt=_text("negative_prompt", fields.get("negative_prompt")) or "",
         seed=-1 if seed is None else seed, steps=steps, cfg_scale=guidance, width=width, height=height,
         batch_size=1, n_iter=n, sampler_name=_text("scheduler", fields.get("scheduler")) or None,
         denoising_strength=default_strength if strength is None else strength, mask_blur=mask_blur,
         override_settings={"sd_model_checkpoint": model} if model else None)
+    body = Txt2ImgRequest(**{**settings, **hires}) if hires else Img2ImgRequest(**settings)  # (hires: its denoise)
     plan = a1111.plan(body, "txt2img", worker.options)  # the checks, seeds and model of A1111's txt2img
     if kind == "img2img":
         plan.kind, plan.init_images, plan.mask = "img2img", [image], mask
