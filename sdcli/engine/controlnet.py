@@ -140,6 +140,8 @@ def check_fits(path: Path, unet_config: dict, is_sdxl: bool) -> dict:
                          f"{kinds[not is_sdxl]} model")
     for key in ("cross_attention_dim", "block_out_channels", "layers_per_block", "in_channels"):
         ours, theirs = unet_config.get(key), config.get(key)
+        if key == "in_channels":  # a ControlNet reads the latents (an inpainting UNet's 9 channels hold more)
+            ours = unet_config.get("out_channels", ours)
         if isinstance(ours, list) or isinstance(theirs, list):
             ours, theirs = list(ours or []), list(theirs or [])
         if ours is not None and theirs is not None and ours != theirs:
@@ -200,14 +202,17 @@ class ControlledUNet:
     """Called like the UNet by the denoise loop (call i is step i of `total`): the UNet with
     residual inputs, fed the units' summed residuals (zeros when none runs)."""
 
-    def __init__(self, unet, units: list[PreparedUnit], load, total: int):
-        """`load(path, shapes)`: the ControlNetRuntime of a ControlNet for input shapes."""
+    def __init__(self, unet, units: list[PreparedUnit], load, total: int, channels: int | None = None):
+        """`load(path, shapes)`: the ControlNetRuntime of a ControlNet for input shapes;
+        `channels`: the latents' channels, the part of the UNet's sample a ControlNet reads (an
+        inpainting UNet's sample also holds the mask and the masked image's latents)."""
         from sdcli.runtime.controlnet import residual_shapes
 
         self.unet = unet
         self.units = units
         self.load = load
         self.total = total
+        self.channels = channels
         self.calls = 0
         self.recorder = None
         self.residual_shapes = residual_shapes(unet.compiled)
@@ -222,6 +227,8 @@ class ControlledUNet:
         index = self.calls
         total = {name: None for name in self.names}
         rows = sample.shape[0]
+        if self.channels is not None:  # the latents only (diffusers' control_model_input)
+            sample = np.ascontiguousarray(sample[:, :self.channels])
         for prepared in self.units:
             unit = prepared.unit
             if not unit.runs_at(index, self.total):
@@ -266,9 +273,10 @@ def check_request(request, engine) -> None:
         raise UsageError("--controlnet with --deepcache is not supported yet: leave one out")
     if engine.refiner is not None:
         raise UsageError("--controlnet with --refiner is not supported yet")
-    if int(engine.folder.unet_config.get("in_channels", 4)) != 4:
-        raise UsageError("--controlnet: this UNet takes more than the latents (an inpainting model?); "
-                         "ControlNet runs on plain Stable Diffusion and SDXL UNets")
+    in_channels = int(engine.folder.unet_config.get("in_channels", 4))
+    if in_channels not in (engine.folder.latent_channels, 9):  # (9: an inpainting UNet, with --mask)
+        raise UsageError(f"--controlnet: this UNet takes {in_channels} input channels; ControlNet runs on plain "
+                         "Stable Diffusion and SDXL UNets and on inpainting ones (9)")
     for unit in request.controlnets:
         check_fits(find_controlnet(unit.model, engine.controlnet_dir), engine.folder.unet_config,
                    engine.folder.is_sdxl)
@@ -284,12 +292,16 @@ def _component(components, path: Path, shapes: dict[str, list[int]]):
     return key, lambda: ControlNetRuntime(components.runtime, path, shapes)
 
 
-def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int, height: int) -> dict:
+def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int, height: int,
+                channels: int | None = None) -> dict:
     """The input shapes of `unit`'s ControlNet beside a UNet of `unet_shapes` (the prompt's row
-    only in guess mode with classifier-free guidance)."""
+    only in guess mode with classifier-free guidance; `channels`: the latents' channels, which
+    is all of the sample it reads)."""
     rows = unet_shapes["sample"][0]
     batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
     shapes = {name: [batch, *shape[1:]] for name, shape in unet_shapes.items()}
+    if channels is not None:
+        shapes["sample"][1] = channels
     shapes["controlnet_cond"] = [batch, 3, height, width]
     return shapes
 
@@ -300,7 +312,8 @@ def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
     width, height = engine.resolve_size(request)
     for unit in request.controlnets:
         path = find_controlnet(unit.model, engine.controlnet_dir)
-        engine.components.start(*_component(engine.components, path, unit_shapes(unet_shapes, unit, width, height)))
+        shapes = unit_shapes(unet_shapes, unit, width, height, engine.folder.latent_channels)
+        engine.components.start(*_component(engine.components, path, shapes))
 
 
 def control(engine, unet, request, width: int, height: int, steps: int) -> ControlledUNet:
@@ -313,7 +326,7 @@ def control(engine, unet, request, width: int, height: int, steps: int) -> Contr
     def load(path: Path, shapes: dict[str, list[int]]) -> ControlNetRuntime:
         return components.get(*_component(components, path, shapes))
 
-    controlled = ControlledUNet(unet, units, load, steps)
+    controlled = ControlledUNet(unet, units, load, steps, engine.folder.latent_channels)
     controlled.recorder = getattr(unet, "recorder", None)
     return controlled
 

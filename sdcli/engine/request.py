@@ -142,8 +142,6 @@ class GenerationRequest:
             self.hires.validate(self)
         for unit in self.controlnets:
             unit.check()
-        if self.controlnets and self.mask is not None:
-            raise UsageError("--controlnet with --mask (inpainting) is not supported yet: txt2img and --init-image")
 
     def _validate_micro_conditioning(self) -> None:
         for flag, pair, low in (("--original-size", self.original_size, 1), ("--crop-coords", self.crop_coords, 0),
