@@ -178,7 +178,7 @@ def test_defaults_and_nulls_are_accepted(client):
 
 @pytest.mark.parametrize("field, value", [
     ("hr_checkpoint_name", "other"), ("restore_faces", True), ("tiling", True), ("script_name", "X/Y/Z plot"),
-    ("alwayson_scripts", {"ControlNet": {"args": []}}), ("subseed_strength", 0.3), ("styles", ["mine"]),
+    ("alwayson_scripts", {"ADetailer": {"args": [True]}}), ("subseed_strength", 0.3), ("styles", ["mine"]),
     ("seed_resize_from_w", 512), ("refiner_checkpoint", "sdxl-refiner"),
 ])
 def test_fields_that_switch_on_what_sdcli_does_not_do_are_refused(client, field, value):

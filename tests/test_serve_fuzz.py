@@ -76,7 +76,7 @@ COMMON = {
     "override_settings_restore_afterwards": field(st.just(True)),
     "script_name": field(st.sampled_from([None, ""]), "x/y"),
     "script_args": field(st.just([])),
-    "alwayson_scripts": field(st.sampled_from([None, {}]), {"controlnet": {"args": []}}),
+    "alwayson_scripts": field(st.sampled_from([None, {}, {"controlnet": {"args": []}}]), {"adetailer": {"args": [True]}}),
     "send_images": field(st.sampled_from([True, False])),
     "save_images": field(st.just(False)),
     "some_client_field": field(st.just({"ignored": True})),  # unknown fields are accepted

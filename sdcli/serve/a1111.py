@@ -122,7 +122,8 @@ def refuse_unsupported(body) -> None:
         ("restore_faces", given("restore_faces") is True, "face restoration is not supported"),
         ("tiling", given("tiling") is True, "tiling is not supported"),
         ("script_name", bool(given("script_name")), "no scripts are installed here"),
-        ("alwayson_scripts", bool(given("alwayson_scripts")), "no scripts are installed here"),
+        ("alwayson_scripts", any(str(key).lower() != "controlnet" for key in given("alwayson_scripts") or ()),
+         "no scripts are installed here but ControlNet (alwayson_scripts.controlnet: controlnet_api.py)"),
         ("subseed_strength", (given("subseed_strength") or 0) > 0, "variation seeds are not supported"),
         ("styles", any(str(style).strip() for style in given("styles") or ()), "there are no prompt styles here"),
         ("resize_mode", (given("resize_mode") or 0) != 0, "only 0 (just resize) is supported"),
@@ -184,6 +185,7 @@ class Plan:
     init_images: list[np.ndarray] = field(default_factory=list)
     mask: np.ndarray | None = None
     restore: bool = True  # override_settings_restore_afterwards
+    controlnet_units: tuple = ()  # alwayson_scripts.controlnet's enabled units (controlnet_api.ApiUnit; add_units)
 
     @property
     def count(self) -> int:
@@ -218,6 +220,9 @@ class Plan:
             request = base.replace(seed=seed)
             if self.init_images and not references:
                 request = request.replace(init_image=self.init_images[i % len(self.init_images)])
+            if self.controlnet_units:  # (each unit's image as this request needs it)
+                request = request.replace(controlnets=tuple(u.engine_unit(engine, request)
+                                                            for u in self.controlnet_units))
             out.append(request)
         return out
 

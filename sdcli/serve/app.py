@@ -33,7 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdcli import __version__
-from sdcli.serve import a1111, openai_api
+from sdcli.serve import a1111, controlnet_api, openai_api
+from sdcli.serve.controlnet_api import add_controlnet_routes
 from sdcli.serve.extras import add_extras_routes
 from sdcli.serve.models import (GenerationResponse, Img2ImgRequest, MemoryResponse, PNGInfoRequest,
                                 PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, SDModelItem,
@@ -220,6 +221,7 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
     add_listing_routes(app, worker)
     add_utility_routes(app, worker)
     add_extras_routes(app)  # /sdapi/v1/upscalers, extra-single-image, extra-batch-images (extras.py)
+    add_controlnet_routes(app)  # /controlnet/* (controlnet_api.py)
     openai_api.add_openai_routes(app, worker)
     app.router.routes.extend(mcp_routes)
     app.add_middleware(Guard, credentials=credentials, max_body=max_body, api_key=api_key)
@@ -228,11 +230,13 @@ def create_app(worker: Worker, credentials: list[tuple[str, str]] | None = None,
 
 def add_generation_routes(app: FastAPI, worker: Worker) -> None:
     async def generate(body, kind: str) -> dict:
-        plan = await run_in_threadpool(a1111.plan, body, kind, worker.options)
+        plan = await run_in_threadpool(_plan, body, kind, worker.options)
         made = await asyncio.wrap_future(worker.submit(Job(kind, plan)))
         pairs = [(request, result) for request, result, _, _ in made.images]
         texts = [text for _, _, text, _ in made.images]
         images = [base64.b64encode(png).decode("ascii") for *_, png in made.images]
+        if made.images:  # the ControlNet units' maps, after the images (the extension's save_detected_map)
+            images += await run_in_threadpool(controlnet_api.detected_maps, plan)
         return {"images": images if body.send_images is not False else [], "parameters": plan.echo(),
                 "info": a1111.info_json(plan, made.title, pairs, texts, made.interrupted)}
 
@@ -262,6 +266,13 @@ def add_generation_routes(app: FastAPI, worker: Worker) -> None:
         """Stop the image being made and go on with the request's next one."""
         worker.skip()
         return {}
+
+
+def _plan(body, kind: str, options: a1111.Options) -> a1111.Plan:
+    """a1111.plan, with the body's ControlNet units (alwayson_scripts.controlnet: controlnet_api.py)."""
+    plan = a1111.plan(body, kind, options)
+    controlnet_api.add_units(plan)
+    return plan
 
 
 def add_listing_routes(app: FastAPI, worker: Worker) -> None:
