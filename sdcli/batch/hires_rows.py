@@ -58,7 +58,7 @@ def hires_fix(values: dict, opts, row_error=ValueError):
             number = float(value.strip() if isinstance(value, str) else value)
             if not math.isfinite(number) or (whole and not number.is_integer()):
                 raise ValueError
-        except ValueError:
+        except (ValueError, OverflowError):
             raise row_error(f"{name} must be {kind}, got {json.dumps(value)[:60]}") from None
         if not low <= number <= high:
             raise row_error(f"{name} must be between {low:g} and {high:g}, got {number:g}")
