@@ -77,3 +77,93 @@ def test_controlnet_inpainting_matches_diffusers(kind, request, tiny_controlnets
     keep = np.asarray(__import__("cv2").imread(str(mask), 0)) < 128
     if kind == "4ch":  # the kept region stays the init image's (up to the VAE's round trip)
         assert np.abs(ours[keep] - plain[keep]).mean() < np.abs(ours[~keep] - plain[~keep]).mean()
+
+
+# --- sdcli batch ----------------------------------------------------------------------------------
+
+
+def _batch(*args):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_batch_rows_take_controlnet_units_and_a_changed_control_image_redoes_the_row(tiny_eps, tiny_controlnets,
+                                                                                      tmp_path, parity_log):
+    """A row's unit (controlnet, control_image relative to FILE, control_weight), the command line's
+    unit (--controlnet/--control-image), and a row without one ("controlnet": ""): each row's PNG is
+    generate's with the same unit; a re-run skips all three; a changed control image (same path)
+    makes its row again."""
+    import json
+    import shutil
+
+    from sdcli.imaging.image_io import read_png_text, read_rgb
+    from tests.reference import NEGATIVE, PROMPT, sdcli_pixels
+
+    images = tiny_controlnets.images
+    shutil.copy(images["a"], tmp_path / "ctl.png")
+    rows = [{"prompt": PROMPT, "seed": 1, "name": "a", "controlnet": "cn-a", "control_image": "ctl.png",
+             "control_weight": 0.7},
+            {"prompt": PROMPT, "seed": 2, "name": "b"},
+            {"prompt": PROMPT, "seed": 1, "name": "c", "controlnet": ""}]
+    file = tmp_path / "rows.jsonl"
+    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    command = ["batch", file, "-o", out, "--model", tiny_eps.ov_dir, "--steps", STEPS, "--scheduler", SCHEDULER,
+               "--width", 64, "--height", 64, "--rng", "torch", "--precision", "f32", "--negative-prompt", NEGATIVE,
+               "--controlnet-dir", tiny_controlnets.folder, "--controlnet", "cn-b", "--control-image", images["b"],
+               "--quiet"]
+    first = _batch(*command)
+    assert first.exit_code == 0, first.output
+    common = dict(steps=STEPS, scheduler=SCHEDULER, width=64, height=64)
+    cn = ["--controlnet-dir", tiny_controlnets.folder]
+    a = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "gen-a.png", *cn, "--controlnet", "cn-a", "--control-image",
+                     tmp_path / "ctl.png", "--control-weight", 0.7, seed=1, **common)
+    b = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "gen-b.png", *cn, "--controlnet", "cn-b", "--control-image",
+                     images["b"], seed=2, **common)
+    rows_a, rows_b, rows_c = (read_rgb(out / f"{name}.png").astype(np.int16) for name in "abc")
+    print(f"batch controlnet: row a vs generate max {moved(rows_a, a)}, row b max {moved(rows_b, b)}, "
+          f"row a vs row c (no unit) {moved(rows_a, rows_c)}")
+    assert moved(rows_a, a) == 0 and moved(rows_b, b) == 0
+    assert moved(rows_a, rows_c) > 2
+    text = read_png_text(out / "a.png")["parameters"]
+    assert 'ControlNet 0: "Module: none, Model: cn-a, Weight: 0.7' in text
+    assert "ControlNet" not in read_png_text(out / "c.png")["parameters"]
+
+    again = _batch(*command[:-1])
+    assert again.exit_code == 0 and "0 done, 0 failed, 3 skipped" in again.output, again.output
+    shutil.copy(images["b"], tmp_path / "ctl.png")  # the same path, another picture
+    changed = _batch(*command[:-1])
+    assert changed.exit_code == 0 and "1 done, 0 failed, 2 skipped" in changed.output, changed.output
+    redone = read_rgb(out / "a.png").astype(np.int16)
+    print(f"batch controlnet: the changed control image moved row a by {moved(redone, rows_a)}")
+    assert moved(redone, rows_a) > 2
+
+
+def test_batch_bad_controlnet_rows_fail_alone_and_a_bad_command_line_stops_the_batch(tiny_eps, tiny_controlnets,
+                                                                                     tmp_path):
+    import json
+
+    from tests.test_bad_input import assert_refused
+
+    rows = [{"prompt": "a", "name": "w", "controlnet": "cn-a", "control_image": "missing.png"},
+            {"prompt": "a", "name": "x", "control_weight": 0.5},
+            {"prompt": "a", "name": "y", "controlnet": "cn-a|cn-b", "control_image": "one.png"},
+            {"prompt": "a", "name": "z", "controlnet": "cn-a", "control_image": "one.png", "control_end": 3}]
+    (tmp_path / "one.png").write_bytes(tiny_controlnets.images["a"].read_bytes())
+    file = tmp_path / "rows.jsonl"
+    file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = ["batch", file, "-o", tmp_path / "out", "--model", tiny_eps.ov_dir, "--steps", 1, "--width", 64,
+            "--height", 64, "--controlnet-dir", tiny_controlnets.folder]
+    result = _batch(*base)
+    assert result.exit_code == 1 and "0 done, 4 failed" in result.output, result.output
+    for message in ("missing.png", "control_weight is for a ControlNet unit", "one control image per ControlNet",
+                    "control_end must be between 0 and 1"):
+        assert message in result.output, (message, result.output)
+    assert_refused(_batch(*base, "--controlnet", "nope", "--control-image", tiny_controlnets.images["a"]), 2,
+                   "--controlnet nope")
+    assert_refused(_batch(*base, "--control-weight", 0.5), 2, "--control-weight is for a ControlNet unit")
+    assert_refused(_batch(*base, "--controlnet", "cn-a", "--control-image", tmp_path / "nothere.png"), 2,
+                   "--control-image")

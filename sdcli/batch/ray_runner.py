@@ -27,6 +27,7 @@ DIR, the manifest and skipping on a re-run.  This module only replaces `local.ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -259,12 +260,26 @@ class RayRun:
                         references.append(self.images.get_or(path, lambda path=path: read_rgb(path)))
                     except UsageError as exc:
                         raise UsageError(f"reference_images: {exc}") from None
+                if getattr(job, "controlnets", ()):  # the control images go with the row, read here
+                    job = dataclasses.replace(job, controlnets=tuple(self._control_unit(unit) for unit in job.controlnets))
             except Exception as exc:
                 self.run.row_failed(job, exc)
                 continue
             extra = {"references": tuple(references)} if references else {}
             self.inflight[slot.actor.run.remote(job, image, **extra)] = (slot, job)
             return
+
+    def _control_unit(self, unit):
+        """`unit` with its control image read (from the images cache when read before)."""
+        from sdcli.imaging.image_io import read_rgb
+        from sdcli.util.errors import UsageError
+
+        path = Path(unit.image)
+        try:
+            image = self.images.get_or(path, lambda: read_rgb(path))
+        except UsageError as exc:
+            raise UsageError(f"control_image: {exc}") from None
+        return dataclasses.replace(unit, image=image, image_name=unit.image_name or path.name)
 
     def lost(self, slot: _Slot, job, exc: BaseException) -> None:
         """`slot`'s worker is gone: its row goes back to the queue (RETRIES times), and a new

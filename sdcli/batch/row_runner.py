@@ -38,7 +38,8 @@ def generation_options(opts: BatchOptions) -> dict:
     engine's LoRA and embedding folders (NetworkFolders' fields)."""
     return {"vae": opts.vae, "deepcache": opts.deepcache, "clip_skip": opts.clip_skip,
             "cfg_normalization": opts.cfg_normalization, "cfg_truncation": opts.cfg_truncation,
-            "networks": (opts.lora_dir, opts.embeddings_dir, opts.allow_pickle)}
+            "networks": (opts.lora_dir, opts.embeddings_dir, opts.allow_pickle),
+            "controlnet_dir": getattr(opts, "controlnet_dir", None)}
 
 
 class RowRunner:
@@ -49,8 +50,9 @@ class RowRunner:
         "networks": where the rows' LoRAs and embeddings are (see generation_options)."""
         generation = dict(generation or {})
         folders = generation.pop("networks", None)
+        controlnet_dir = generation.pop("controlnet_dir", None)
         self.engine = Engine(model_dir, device=device, precision=precision, streams=streams,
-                             networks=NetworkFolders(*folders) if folders else None)
+                             networks=NetworkFolders(*folders) if folders else None, controlnet_dir=controlnet_dir)
         if threads and device.upper() == "CPU":
             with contextlib.suppress(Exception):  # a worker of N CPUs on a bigger node uses N threads
                 self.engine.runtime.core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
@@ -86,11 +88,19 @@ class RowRunner:
             guidance_scale=job.guidance_scale, guidance_rescale=job.guidance_rescale, seed=job.seed, width=job.width,
             height=job.height, scheduler=job.scheduler, init_image=image, strength=job.strength, rng=self.rng,
             reference_images=tuple(references), reference_names=tuple(Path(path).name for path in paths),
-            hires=getattr(job, "hires", None), **self.generation,
+            hires=getattr(job, "hires", None), controlnets=self.control_units(job), **self.generation,
         )
         request.validate()
         self.engine.check_fits(request, images=2)  # a row too large for memory fails before it compiles
         return request
+
+    def control_units(self, job: Job) -> tuple:
+        """`job`'s ControlNet units with their control images read (or taken from the cache)."""
+        from dataclasses import replace
+
+        return tuple(unit if not isinstance(unit.image, (str, Path)) else
+                     replace(unit, image=self.read_image(Path(unit.image), "control_image"))
+                     for unit in getattr(job, "controlnets", ()))
 
     def optimal_requests(self, job: Job) -> int:
         """How many rows like `job` OpenVINO would run at once (compiles its UNet)."""

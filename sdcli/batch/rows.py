@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from sdcli.batch import controlnet_rows
 from sdcli.batch.hires_rows import HIRES_FIELDS, hires_fix, key_settings
 from sdcli.engine.prompt_syntax import MAX_WEIGHT, weight_out_of_range
 from sdcli.engine.request import GUIDANCE_MAX, SEED_MAX, STEPS_MAX
@@ -28,6 +29,7 @@ ROW_FIELDS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
     "scheduler", "init_image", "strength", "name", "guidance_rescale", "reference_images",
     *HIRES_FIELDS,  # the hires fix (hires_rows.py)
+    *controlnet_rows.CONTROL_FIELDS,  # ControlNet units (controlnet_rows.py)
 )
 FORMATS = ("txt", "jsonl", "csv")
 MANIFEST = "manifest.jsonl"  # a row may not take this name
@@ -78,6 +80,8 @@ class BatchOptions:
     allow_pickle: bool = False  # every node)
     hires: dict = field(default_factory=dict)  # the --hires-* options given, by row field (hires_rows.py)
     upscaler_dir: Optional[Path] = None  # where a hires_upscaler NAME is found (generate's --upscaler-dir)
+    control: dict = field(default_factory=dict)  # --controlnet, --control-image, --control-*: lists, by row field
+    controlnet_dir: Optional[Path] = None  # where a controlnet NAME is found (generate's --controlnet-dir)
 
 
 @dataclass
@@ -109,6 +113,7 @@ class Job:
     guidance_rescale: float = 0.0  # generate's --guidance-rescale
     reference_images: tuple = ()  # FLUX.2-klein editing: the reference images' paths, in order
     hires: Any = None  # the hires fix: an engine.hires.HiresFix, or None (hires_rows.py)
+    controlnets: tuple = ()  # engine.controlnet.ControlUnits, their images paths (controlnet_rows.py)
 
 
 # --- reading FILE ---------------------------------------------------------------------
@@ -404,6 +409,7 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     if "reference_images" in v:
         references = _reference_paths(v["reference_images"], init_root)
     hires = hires_fix(v, opts, RowError)
+    controlnets = controlnet_rows.control_units(v, opts, init_root, RowError)
     if init_image is not None and min(int(steps * strength), steps) < 1:
         raise RowError(f"strength {strength:g} with steps {steps} leaves no step to run; raise either")
     if "name" in v:
@@ -411,7 +417,8 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
     else:
         file = f"{row.index:05d}-{slugify(prompt)}-{seed}.png"
     job = Job(row.line, row.index, prompt, negative, seed, steps, guidance, width, height, scheduler,
-              init_image, strength, file, guidance_rescale=rescale, reference_images=references, hires=hires)
+              init_image, strength, file, guidance_rescale=rescale, reference_images=references, hires=hires,
+              controlnets=controlnets)
     settings = {
         "prompt": prompt, "negative_prompt": negative, "seed": seed, "steps": steps, "guidance_scale": guidance,
         "width": width, "height": height, "scheduler": scheduler,
@@ -427,7 +434,7 @@ def make_job(row: Row, opts: BatchOptions, base_seed: int, init_root: Path, mode
              "cfg_normalization": opts.cfg_normalization or None,
              "cfg_truncation": opts.cfg_truncation if opts.cfg_truncation != 1 else None,
              "reference_images": [str(path.resolve()) for path in references] or None,
-             "hires": key_settings(hires)}
+             "hires": key_settings(hires), "controlnets": controlnet_rows.key_settings(controlnets, RowError)}
     settings.update({name: value for name, value in extra.items() if value is not None})
     job.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return job

@@ -131,6 +131,9 @@ def check_options(opts: BatchOptions) -> tuple[BatchOptions, Path, str]:
     from sdcli.batch.hires_rows import check_command_line
 
     check_command_line(opts, model, family)
+    from sdcli.batch.controlnet_rows import check_command_line as check_controlnets
+
+    check_controlnets(opts, model)  # (the command line's ControlNet units: found, fitting, images readable)
     if opts.width or opts.height:
         size = model.default_size  # and a size too large for this machine's memory (rows: each row)
         width, height = opts.width or size, opts.height or size

@@ -72,6 +72,15 @@ def batch(
     hires_scheduler: Optional[str] = typer.Option(None, "--hires-scheduler", callback=scheduler_name, help="Hires fix: the second pass's scheduler [default: the row's]."),
     hires_cfg: Optional[float] = typer.Option(None, "--hires-cfg", min=0.0, max=GUIDANCE_MAX, callback=finite, help="Hires fix: the second pass's guidance scale [default: the row's]."),
     upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Hires fix: where a model upscaler's name is found (see generate) [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
+    controlnet: Optional[List[str]] = typer.Option(None, "--controlnet", metavar="NAME", help="A ControlNet unit for every row (see generate), with its --control-image; repeat both for several. A row's controlnet replaces them, its control_image the images."),
+    control_image: Optional[List[Path]] = typer.Option(None, "--control-image", metavar="FILE", help="ControlNet: the control image of each --controlnet (see generate)."),
+    control_weight: Optional[List[float]] = typer.Option(None, "--control-weight", help="ControlNet: its weight, 0..2, once for all units or once per unit [default: 1]."),
+    control_start: Optional[List[float]] = typer.Option(None, "--control-start", help="ControlNet: the fraction of the steps it starts at [default: 0]."),
+    control_end: Optional[List[float]] = typer.Option(None, "--control-end", help="ControlNet: the fraction of the steps it ends at [default: 1]."),
+    control_mode: Optional[List[str]] = typer.Option(None, "--control-mode", metavar="balanced|prompt|controlnet", help="ControlNet: A1111's control mode (see generate) [default: balanced]."),
+    control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture [default: crop-and-resize]."),
+    control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the preprocessor that makes the control map (see generate) [default: none]."),
+    controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet NAME is found (see generate) [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):
     """Make one image per row of FILE into --output-dir; a re-run skips what is done.
@@ -80,7 +89,9 @@ def batch(
     steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength,
     reference_images (a JSON list, or paths separated by |), name and the hires fix's hires_scale,
     hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
-    hires_negative_prompt, hires_scheduler, hires_cfg."""
+    hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
+    control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor
+    (one value, a JSON list, or values separated by |)."""
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)
         from sdcli.batch.run import BatchOptions, run_batch
@@ -111,5 +122,10 @@ def batch(
                 ("hires_prompt", hires_prompt), ("hires_negative_prompt", hires_negative_prompt),
                 ("hires_scheduler", hires_scheduler), ("hires_cfg", hires_cfg)) if value is not None},
             upscaler_dir=upscaler_dir,
+            control={name: list(value) for name, value in (
+                ("controlnet", controlnet), ("control_image", control_image), ("control_weight", control_weight),
+                ("control_start", control_start), ("control_end", control_end), ("control_mode", control_mode),
+                ("control_resize", control_resize), ("control_preprocessor", control_preprocessor)) if value},
+            controlnet_dir=controlnet_dir,
         ), runner)
     raise typer.Exit(code)
