@@ -206,12 +206,32 @@ def test_bad_units_are_422_naming_the_field(client, tiny_controlnets, picture_a,
         assert str(tiny_controlnets.folder) in r.json()["detail"]
 
 
-def test_inpainting_and_other_scripts_are_refused(client, picture_a):
+def test_inpainting_with_a_unit_gives_generate_s_pixels(client, tiny_eps, tiny_controlnets, picture_a, tmp_path):
+    """img2img with a mask and a unit: `sdcli generate --init-image --mask --controlnet`'s pixels
+    (A1111's mask blur 4 by default); the unit moves the inpainted picture."""
+    from sdcli.imaging.image_io import save_png
+
+    picture_b = read_rgb(tiny_controlnets.images["b"])
     mask = np.zeros((SIZE, SIZE, 3), np.uint8)
     mask[:, :32] = 255
-    r = client.post("/sdapi/v1/img2img", json={**BODY, "init_images": [b64(picture_a)], "mask": b64(mask),
-                                               "alwayson_scripts": {"controlnet": {"args": [unit(picture_a)]}}})
-    assert r.status_code == 422 and r.json()["field"] == "alwayson_scripts.controlnet", r.text
-    assert "inpainting" in r.json()["detail"]
+    save_png(tmp_path / "mask.png", mask)
+    save_png(tmp_path / "init.png", picture_b)
+    body = {**BODY, "init_images": [b64(picture_b)], "mask": b64(mask), "denoising_strength": 0.75}
+    r = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
+        unit(picture_a, save_detected_map=False)]}}})
+    assert r.status_code == 200, r.text
+    served = pixels(r.json()["images"][0], tmp_path)
+    cli = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "cli-inpaint",
+                           [dict(name="cn-a", image=tiny_controlnets.images["a"])], "--mask", tmp_path / "mask.png",
+                           "--mask-blur", 4, img2img=dict(init=tmp_path / "init.png", strength=0.75))
+    assert np.array_equal(served, cli)
+    plain = client.post("/sdapi/v1/img2img", json=body)
+    assert plain.status_code == 200, plain.text
+    distance = moved(pixels(plain.json()["images"][0], tmp_path, "plain.png"), served)
+    print(f"controlnet api inpainting: the unit moved it {distance}")
+    assert distance > 2
+
+
+def test_other_scripts_are_refused(client):
     r = client.post("/sdapi/v1/txt2img", json={**BODY, "alwayson_scripts": {"ADetailer": {"args": [True]}}})
     assert r.status_code == 422 and r.json()["field"] == "alwayson_scripts", r.text

@@ -372,14 +372,10 @@ def parse_units(scripts: Any, kind: str) -> list[ApiUnit]:
 
 
 def add_units(plan) -> None:
-    """The request's enabled ControlNet units put on `plan` (a1111.Plan), checked; img2img with a
-    mask (inpainting) and ControlNet is refused."""
+    """The request's enabled ControlNet units put on `plan` (a1111.Plan), checked (txt2img,
+    img2img and inpainting: the engine fits the control image to the init image's size)."""
     body = plan.body
-    units = parse_units(getattr(body, "alwayson_scripts", None), plan.kind)
-    if units and plan.mask is not None:
-        raise FieldError("alwayson_scripts.controlnet", "inpainting (img2img with a mask) with ControlNet is not "
-                                                        "supported yet: txt2img and img2img without a mask")
-    plan.controlnet_units = tuple(units)
+    plan.controlnet_units = tuple(parse_units(getattr(body, "alwayson_scripts", None), plan.kind))
 
 
 def detected_maps(plan) -> list[str]:
