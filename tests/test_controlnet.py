@@ -259,8 +259,6 @@ def test_bad_controlnet_input(tiny_eps, tiny_controlnets, tmp_path):
                           "--control-end", "0.2"), 2, "--control-start")
     assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", image, "--control-mode", "loud"), 2,
                    "--control-mode")
-    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", image, "--deepcache", "2"), 2,
-                   "--deepcache")
     assert not out.exists()
 
 

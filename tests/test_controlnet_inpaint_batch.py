@@ -167,3 +167,68 @@ def test_batch_bad_controlnet_rows_fail_alone_and_a_bad_command_line_stops_the_b
     assert_refused(_batch(*base, "--control-weight", 0.5), 2, "--control-weight is for a ControlNet unit")
     assert_refused(_batch(*base, "--controlnet", "cn-a", "--control-image", tmp_path / "nothere.png"), 2,
                    "--control-image")
+
+
+# --- DeepCache --------------------------------------------------------------------------------------
+
+
+def test_deepcache_graphs_take_the_residuals_they_run(tiny_eps):
+    """The full DeepCache UNet with residual inputs gives the ControlNet UNet's output, and as
+    output 1 the feature; the shallow one takes down_block_res_0 only (conv_in's skip, the one it
+    runs), and fed the same call's feature and that residual it gives the full UNet's output."""
+    from sdcli.model.folder import ModelFolder
+    from sdcli.runtime.components import UNet
+    from sdcli.runtime.controlnet import down_name, residual_shapes
+    from sdcli.runtime.core import Runtime
+    from sdcli.runtime.deepcache import FEATURE
+
+    folder = ModelFolder.open(tiny_eps.ov_dir)
+    runtime = Runtime("CPU", "f32", None)
+    shapes = UNet.input_shapes(folder, 2, (8, 8), 77)
+    plain, full, shallow = (UNet(runtime, folder, shapes, variant) for variant in
+                            ("controlnet", "controlnet-deepcache-full", "controlnet-deepcache-shallow"))
+    names = residual_shapes(plain.compiled)
+    assert residual_shapes(full.compiled) == names
+    assert set(residual_shapes(shallow.compiled)) == {down_name(0)}
+    rs = np.random.default_rng(1)
+    x = rs.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    context = rs.standard_normal((2, 77, 32)).astype(np.float32)
+    residuals = {name: rs.standard_normal(shape).astype(np.float32) for name, shape in names.items()}
+    expected = plain(x, 421.0, context, **residuals)
+    np.testing.assert_allclose(full(x, 421.0, context, **residuals), expected, rtol=0, atol=1e-5)
+    feature = full.output(1)
+    first = {down_name(0): residuals[down_name(0)]}
+    np.testing.assert_allclose(shallow(x, 421.0, context, **{FEATURE: feature}, **first), expected, rtol=0, atol=1e-4)
+    without = shallow(x, 421.0, context, **{FEATURE: feature}, **{down_name(0): np.zeros_like(first[down_name(0)])})
+    assert np.abs(without - expected).max() > 0.1  # the shallow step's residual counts
+
+
+def test_deepcache_with_a_controlnet(tiny_eps, tiny_controlnets, tmp_path, parity_log):
+    """--deepcache 2 with a unit: diffusers' StableDiffusionControlNetPipeline with the tests'
+    reference DeepCache on its UNet (tests/test_deepcache.py: the deep modules return their last
+    full call's outputs; the ControlNet runs every step and the UNet adds its residuals as ever, so
+    a shallow step's fresh one is conv_in's skip's); one step (the full UNet only) is the ControlNet
+    picture without DeepCache exactly; at 4 steps the shallow steps move it from the DeepCache-free
+    picture, and the unit moves the DeepCache picture."""
+    from tests.controlnets import diffusers_controlnet, sdcli_controlnet
+    from tests.reference import compare, sdcli_pixels
+    from tests.test_deepcache import reference_deepcache
+
+    units = [dict(name="cn-a", image=tiny_controlnets.images["a"])]
+    one = [sdcli_pixels(tiny_eps.ov_dir, tmp_path / f"one{flag}.png", "--controlnet-dir", tiny_controlnets.folder,
+                        "--controlnet", "cn-a", "--control-image", units[0]["image"], *flags, steps=1,
+                        scheduler=SCHEDULER, width=64, height=64)
+           for flag, flags in (("", []), ("-dc", ["--deepcache", 2]))]
+    cached = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "cached", units, "--deepcache", 2)
+    uncached = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "uncached", units)
+    no_unit = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "no-unit.png", "--deepcache", 2, steps=STEPS,
+                           scheduler=SCHEDULER, width=64, height=64)
+    with reference_deepcache(tiny_eps.pipe().unet, 2) as state:  # (the ControlNet pipeline shares this UNet)
+        theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, units)
+    assert state["calls"] == STEPS
+    compare(cached, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode="cn deepcache 2", size="64x64")
+    print(f"deepcache + controlnet: vs diffusers + reference DeepCache max {moved(cached, theirs)}; "
+          f"1 step vs no DeepCache max {moved(*one)}; 4 steps: DeepCache moved "
+          f"{moved(cached, uncached)} from without, the unit moved the DeepCache picture {moved(cached, no_unit)}")
+    assert moved(*one) == 0
+    assert moved(cached, uncached) > 2 and moved(cached, no_unit) > 2

@@ -269,8 +269,6 @@ def check_request(request, engine) -> None:
     if engine.folder.denoiser != "unet":
         raise UsageError(f"--controlnet is for Stable Diffusion and SDXL models (a UNet); this is a "
                          f"{engine.family.name} model")
-    if request.deepcache > 1:
-        raise UsageError("--controlnet with --deepcache is not supported yet: leave one out")
     if engine.refiner is not None:
         raise UsageError("--controlnet with --refiner is not supported yet")
     in_channels = int(engine.folder.unet_config.get("in_channels", 4))

@@ -143,7 +143,7 @@ class Engine:
     @staticmethod
     def _unet_variants(deepcache: int, controlnet: bool = False) -> tuple:
         if controlnet:  # the UNet with ControlNet residual inputs (runtime/controlnet.py)
-            return ("controlnet",)
+            return ("controlnet-deepcache-full", "controlnet-deepcache-shallow") if deepcache > 1 else ("controlnet",)
         return ("full", "shallow") if deepcache > 1 else (None,)
 
     def preload(self, request: GenerationRequest) -> list[Future]:

@@ -87,4 +87,42 @@ def residual_shapes(compiled) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-VARIANTS = {"controlnet": ("unet-controlnet", add_residual_inputs)}
+def deepcache_full_with_residuals(model, shapes: dict) -> None:
+    """DeepCache's full UNet (the cached feature as output 1: runtime/deepcache.py) taking
+    ControlNet residuals as add_residual_inputs does.  The feature is the up path where it
+    enters the last skip Concat, after every residual but down_block_res_0 has been added."""
+    from sdcli.runtime.deepcache import add_feature_output
+
+    add_feature_output(model, shapes)
+    add_residual_inputs(model, shapes)
+
+
+def deepcache_shallow_with_residual(model, shapes: dict) -> None:
+    """DeepCache's shallow UNet (runtime/deepcache.py: the last up resnet on [cached feature,
+    conv_in's output]) taking the one residual whose skip it runs: down_block_res_0, conv_in's,
+    Add-ed where that skip joins the feature (as in the full UNet)."""
+    from openvino import opset13 as ops
+
+    from sdcli.runtime.deepcache import cut_shallow
+
+    cut_shallow(model, shapes)
+    concats = skip_concats(model)
+    if len(concats) != 1:
+        raise UsageError("--controlnet with --deepcache: this UNet's shallow branch does not have the one skip "
+                         "Concat expected; run without --deepcache")
+    target = concats[0].input(1)
+    source = target.get_source_output()
+    name = down_name(0)
+    param = ops.parameter(source.get_partial_shape(), source.get_element_type(), name=name)
+    param.output(0).get_tensor().set_names({name})
+    target.replace_source_output(ops.add(source, param).output(0))
+    model.add_parameters([param])
+    model.validate_nodes_and_infer_types()
+
+
+VARIANTS = {
+    "controlnet": ("unet-controlnet", add_residual_inputs),
+    # DeepCache with ControlNet residuals (engine/deepcache.py feeds each the residuals it takes)
+    "controlnet-deepcache-full": ("unet-controlnet-deepcache-full", deepcache_full_with_residuals),
+    "controlnet-deepcache-shallow": ("unet-controlnet-deepcache-shallow", deepcache_shallow_with_residual),
+}
