@@ -232,3 +232,43 @@ def test_deepcache_with_a_controlnet(tiny_eps, tiny_controlnets, tmp_path, parit
           f"{moved(cached, uncached)} from without, the unit moved the DeepCache picture {moved(cached, no_unit)}")
     assert moved(*one) == 0
     assert moved(cached, uncached) > 2 and moved(cached, no_unit) > 2
+
+
+# --- the memory estimate ------------------------------------------------------------------------------
+
+
+def test_the_memory_estimate_counts_each_unit_and_refuses_a_run_that_would_not_fit(tiny_eps, tiny_controlnets,
+                                                                                    tmp_path, monkeypatch):
+    """Each unit adds its weights (at least its openvino_model.bin) and activations to the denoising
+    stage (guess mode: one row of activations); with the memory between the estimates without and
+    with a unit, generate runs without it and refuses the unit in one line, exit 2, nothing written."""
+    from sdcli.engine import memory
+    from sdcli.engine.controlnet import ControlUnit
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+    from tests.test_bad_input import assert_refused, invoke
+
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    engine = Engine(tiny_eps.ov_dir, precision="f32", cache_dir=False, controlnet_dir=tiny_controlnets.folder)
+    plain = GenerationRequest(prompt="a", steps=2, width=64, height=64)
+    a = ControlUnit("cn-a", tiny_controlnets.images["a"])
+    b = ControlUnit("cn-b", tiny_controlnets.images["b"])
+    estimates = [engine.check_fits(plain.replace(controlnets=units)) for units in ((), (a,), (a, b))]
+    denoising = [est.stages["denoising"] for est in estimates]
+    bin_size = (tiny_controlnets.folder / "cn-a" / "openvino_model.bin").stat().st_size
+    assert denoising[1] - denoising[0] > bin_size + memory.COMPONENT
+    assert denoising[2] - denoising[1] > bin_size + memory.COMPONENT
+    guess = engine.check_fits(plain.replace(controlnets=(ControlUnit("cn-a", a.image, mode="controlnet"),)))
+    assert denoising[0] < guess.stages["denoising"] < denoising[1]  # the prompt's row only
+    assert estimates[1].stage == "denoising" and estimates[0].peak < estimates[1].peak
+    print(f"memory estimate at 64x64 f32: {estimates[0].peak / 1e6:.1f} MB without a unit, "
+          f"{estimates[1].peak / 1e6:.1f} MB with one, {estimates[2].peak / 1e6:.1f} MB with two")
+
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+    monkeypatch.setattr(memory, "available_bytes", lambda: (estimates[0].peak + estimates[1].peak) // 2)
+    engine.check_fits(plain)  # fits
+    out = tmp_path / "out.png"
+    base = ["generate", "--model", tiny_eps.ov_dir, "--prompt", "a", "--steps", 2, "--width", 64, "--height", 64,
+            "--precision", "f32", "--output", out, "--controlnet-dir", tiny_controlnets.folder]
+    assert_refused(invoke(*base, "--controlnet", "cn-a", "--control-image", a.image), 2, "denoising")
+    assert not out.exists()

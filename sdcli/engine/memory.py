@@ -10,11 +10,15 @@ The estimate (bytes):
                  + COMPONENT                        (bf16/f16: 2, f32: 4; OpenVINO's CPU
                                                     plugin expands int8 weights to it)
     unet_act   = UNET_K x batch x E x sum_l C_l x latent pixels / 4^l
+    controlnet_act = unet_act / 2 with the ControlNet's C_l (its down half's), batch 1 in
+                 guess mode with guidance (the prompt's row only)
                  (a transformer: TRANSFORMER_K x batch x E x tokens x width)
     vae_act    = (VAE_K x E x sum_l V_l / 4^l + PIXEL_BYTES) x image pixels
     stages     = prompt:    text_encoder weights
                  denoising: unet weights + unet_act
                  encoding:  unet + vae_encoder weights + vae_act  (init image)
+                 (denoising with ControlNet units: + each unit's weights + the largest
+                 unit's controlnet_act + the residuals, 2 x 4 bytes x batch x their values)
                  decoding:  vae_decoder weights + vae_act (+ unet weights when more
                             images follow); when that is the peak and too large,
                             the VAE decodes in tiles (engine/vae_tiling.py) and
@@ -266,6 +270,45 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
     return est
 
 
+def residual_values(config: dict, latent_pixels: int) -> int:
+    """How many values a ControlNet of `config` (a ControlNetModel's, or its UNet's) gives for one
+    image of `latent_pixels`: conv_in's skip, every down resnet's and downsampler's, the mid block's."""
+    channels = [int(c) for c in config.get("block_out_channels", [320])]
+    layers = config.get("layers_per_block", 2)
+    layers = list(layers) if isinstance(layers, (list, tuple)) else [layers] * len(channels)
+    total = channels[0] * latent_pixels
+    for level, (c, n) in enumerate(zip(channels, layers)):
+        total += int(n) * c * latent_pixels // 4**level
+        if level < len(channels) - 1:
+            total += c * latent_pixels // 4**(level + 1)
+    return total + channels[-1] * latent_pixels // 4**(len(channels) - 1)
+
+
+def controlnet_bytes(engine, request, width: int, height: int, guidance: bool, element_bytes: int) -> int:
+    """What a request's ControlNet units hold beside the UNet while it denoises: each unit's
+    weights (as a component's: its IR's parameters at the compute precision), the activations of
+    the largest (a UNet's down half: half of unet_act with its block_out_channels; units run one
+    at a time), and the residuals (their sum and the running unit's, float32)."""
+    units = getattr(request, "controlnets", ())
+    if not units:
+        return 0
+    from sdcli.engine.controlnet import find_controlnet
+    from sdcli.model.config_checks import read_json
+
+    f = engine.folder.vae_scale_factor
+    latent_pixels = (height // f) * (width // f)
+    rows = 2 if guidance else 1
+    weights, activations = 0, 0
+    for unit in units:
+        path = find_controlnet(unit.model, getattr(engine, "controlnet_dir", None))
+        weights += component_bytes(path / "openvino_model.xml", element_bytes)
+        config = read_json(path / "config.json")
+        batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
+        activations = max(activations, int(UNET_K * batch * element_bytes *
+                                           _levels(config.get("block_out_channels", [320]), latent_pixels) / 2))
+    return weights + activations + 2 * 4 * rows * residual_values(engine.folder.unet_config, latent_pixels)
+
+
 def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
     """`require` for one GenerationRequest on an Engine, before anything loads."""
     width, height = engine.resolve_size(config)
@@ -273,12 +316,19 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
     guidance = engine.classifier_free_guidance(config.guidance_scale)
     f = engine.folder.vae_scale_factor
     attention = engine.family.attention_size(config, guidance, (height // f, width // f))
+    held = held_bytes(engine, config)
+    control = 0
+    if getattr(config, "controlnets", ()) and not os.environ.get(SKIP_ENV) and runtime.device.upper().startswith("CPU"):
+        control = controlnet_bytes(engine, config, width, height, guidance,
+                                   compute_element_bytes(runtime.device, runtime.precision, runtime.core))
+    if control:
+        held["unet"] = held.get("unet", 0) + control
     return require(engine.folder, width, height, device=runtime.device, precision=runtime.precision,
                    core=runtime.core, guidance=guidance, attention=attention,
                    references=len(getattr(config, "reference_images", ())),
                    init_image=config.init_image is not None, images=images, low_memory=engine.low_memory,
                    vae=getattr(config, "vae", "full"), requests=max(1, getattr(runtime, "streams", None) or 1),
-                   held=held_bytes(engine, config), vae_tiling=getattr(config, "vae_tiling", None),
+                   held=held, vae_tiling=getattr(config, "vae_tiling", None),
                    vae_tile_size=getattr(config, "vae_tile_size", None))
 
 
