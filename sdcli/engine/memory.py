@@ -286,7 +286,8 @@ def residual_values(config: dict, latent_pixels: int) -> int:
 
 def controlnet_bytes(engine, request, width: int, height: int, guidance: bool, element_bytes: int) -> int:
     """What a request's ControlNet units hold beside the UNet while it denoises: each unit's
-    weights (as a component's: its IR's parameters at the compute precision), the activations of
+    weights (as a component's: its IR's parameters at the compute precision, or its
+    openvino_model.bin where that is larger), the activations of
     the largest (a UNet's down half: half of unet_act with its block_out_channels; units run one
     at a time), and the residuals (their sum and the running unit's, float32)."""
     units = getattr(request, "controlnets", ())
@@ -301,7 +302,8 @@ def controlnet_bytes(engine, request, width: int, height: int, guidance: bool, e
     weights, activations = 0, 0
     for unit in units:
         path = find_controlnet(unit.model, getattr(engine, "controlnet_dir", None))
-        weights += component_bytes(path / "openvino_model.xml", element_bytes)
+        on_disk = int(WEIGHT_FACTOR * (path / "openvino_model.bin").stat().st_size) + COMPONENT
+        weights += max(component_bytes(path / "openvino_model.xml", element_bytes), on_disk)
         config = read_json(path / "config.json")
         batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
         activations = max(activations, int(UNET_K * batch * element_bytes *
