@@ -9,7 +9,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -198,6 +198,33 @@ def check_creatable(folder: Path, flag: str) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag}: cannot create {folder}: {parent} is not a writable folder")
+
+
+def image_output_paths(images: list[Path], output: Optional[Path], output_dir: Optional[Path], folder: Optional[Path],
+                       name: Callable[[Path], str], command: str, what: str) -> list[Path]:
+    """Where each of `images`' results goes (sdcli upscale, sdcli detect): --output for one image,
+    else name(image) in --output-dir (default `folder`, or the image's own folder where `folder` is
+    None); none may be one of the inputs, come twice, or be other than a PNG."""
+    if output is not None:
+        if output_dir is not None:
+            raise UsageError("--output and --output-dir: give one")
+        if len(images) != 1:
+            raise UsageError(f"--output names one file, and {len(images)} images were given: use --output-dir")
+        paths = [output]
+    else:
+        paths = [(output_dir if output_dir is not None else folder if folder is not None else image.parent)
+                 / name(image) for image in images]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise UsageError(f"two {what} would be written to the same file (same names): use separate runs or "
+                         "--output-dir")
+    inputs = {p.resolve() for p in images}
+    for path in paths:
+        if path.resolve() in inputs:
+            raise UsageError(f"{path} is one of the images: choose another --output or --output-dir")
+        if path.suffix.lower() != ".png":
+            raise UsageError(f"{path}: {command} writes PNG files (.png)")
+        check_creatable(path, "--output" if output is not None else "--output-dir")
+    return paths
 
 
 def quiet_libraries() -> None:

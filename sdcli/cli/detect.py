@@ -11,32 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from sdcli.cli.app import app, check_creatable, finite, user_errors, warn
+from sdcli.cli.app import app, finite, image_output_paths, user_errors, warn
 from sdcli.util.errors import UsageError
-
-
-def output_paths(images: list[Path], module: str, output: Optional[Path], output_dir: Optional[Path]) -> list[Path]:
-    """Where each map goes: --output for one image, else <stem>-<module>.png in --output-dir or
-    beside its image; none may be one of the inputs or come twice."""
-    if output is not None:
-        if output_dir is not None:
-            raise UsageError("--output and --output-dir: give one")
-        if len(images) != 1:
-            raise UsageError(f"--output names one file, and {len(images)} images were given: use --output-dir")
-        paths = [output]
-    else:
-        paths = [(output_dir if output_dir is not None else image.parent) / f"{image.stem}-{module}.png"
-                 for image in images]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise UsageError("two maps would be written to the same file (same names): use separate runs or --output-dir")
-    inputs = {p.resolve() for p in images}
-    for path in paths:
-        if path.resolve() in inputs:
-            raise UsageError(f"{path} is one of the images: choose another --output or --output-dir")
-        if path.suffix.lower() != ".png":
-            raise UsageError(f"{path}: sdcli detect writes PNG files (.png)")
-        check_creatable(path, "--output" if output is not None else "--output-dir")
-    return paths
 
 
 def check_sliders(spec, processor_res: Optional[int], thresholds: dict) -> None:
@@ -79,7 +55,8 @@ def detect(
 
         spec = PREPROCESSORS[resolve(module)]
         check_sliders(spec, processor_res, {"threshold_a": threshold_a, "threshold_b": threshold_b})
-        paths = output_paths(list(images), spec.name, output, output_dir)
+        paths = image_output_paths(list(images), output, output_dir, None,
+                                   lambda image: f"{image.stem}-{spec.name}.png", "sdcli detect", "maps")
         pictures = [read_rgb(image) for image in images]  # every image readable before anything is written
         run(spec, list(images), pictures, paths, processor_res, threshold_a, threshold_b, quiet, as_json)
 

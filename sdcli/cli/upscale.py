@@ -10,32 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from sdcli.cli.app import app, check_creatable, finite, user_errors
+from sdcli.cli.app import app, finite, image_output_paths, user_errors
 from sdcli.util.errors import UsageError
-
-
-def output_paths(images: list[Path], output: Optional[Path], output_dir: Optional[Path], scale: float) -> list[Path]:
-    """Where each image goes: --output for one image, else <stem>-x<scale>.png in --output-dir
-    (default: the current folder); none may be one of the inputs or come twice."""
-    if output is not None:
-        if output_dir is not None:
-            raise UsageError("--output and --output-dir: give one")
-        if len(images) != 1:
-            raise UsageError(f"--output names one file, and {len(images)} images were given: use --output-dir")
-        paths = [output]
-    else:
-        folder = output_dir if output_dir is not None else Path(".")
-        paths = [folder / f"{image.stem}-x{scale:g}.png" for image in images]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise UsageError("two images would be written to the same file (same names): upscale them separately")
-    inputs = {p.resolve() for p in images}
-    for path in paths:
-        if path.resolve() in inputs:
-            raise UsageError(f"{path} is one of the images to upscale: choose another --output or --output-dir")
-        if path.suffix.lower() != ".png":
-            raise UsageError(f"{path}: sdcli upscale writes PNG files (.png)")
-        check_creatable(path, "--output" if output is not None else "--output-dir")
-    return paths
 
 
 @app.command()
@@ -64,7 +40,8 @@ def upscale(
         if tile and tile_overlap >= tile:
             raise UsageError(f"--tile-overlap ({tile_overlap}) must be less than --tile ({tile})")
         check_precision(precision)
-        paths = output_paths(list(images), output, output_dir, scale)
+        paths = image_output_paths(list(images), output, output_dir, Path("."),
+                                   lambda image: f"{image.stem}-x{scale:g}.png", "sdcli upscale", "images")
         from sdcli.model.upscalers import BUILTIN, find_upscaler
 
         if upscaler.lower() not in (b.lower() for b in BUILTIN):
