@@ -25,6 +25,12 @@ def _parallel(value: str) -> int:
     return count
 
 
+HIRES_OPTIONS = ("hires_scale", "hires_width", "hires_height", "hires_upscaler", "hires_steps", "hires_denoise",
+                 "hires_prompt", "hires_negative_prompt", "hires_scheduler", "hires_cfg")
+CONTROL_OPTIONS = ("controlnet", "control_image", "control_weight", "control_start", "control_end", "control_mode",
+                   "control_resize", "control_preprocessor")
+
+
 @app.command()
 def batch(
     ctx: typer.Context,
@@ -92,6 +98,7 @@ def batch(
     hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
     control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor
     (one value, a JSON list, or values separated by |)."""
+    given = locals()  # the hires fix's and ControlNet's options, by name
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)
         from sdcli.batch.run import BatchOptions, run_batch
@@ -116,16 +123,9 @@ def batch(
             unset=tuple(name for name in ("steps", "guidance_scale", "vae") if not option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
             lora_dir=lora_dir, embeddings_dir=embeddings_dir, allow_pickle=allow_pickle,
-            hires={name: value for name, value in (
-                ("hires_scale", hires_scale), ("hires_width", hires_width), ("hires_height", hires_height),
-                ("hires_upscaler", hires_upscaler), ("hires_steps", hires_steps), ("hires_denoise", hires_denoise),
-                ("hires_prompt", hires_prompt), ("hires_negative_prompt", hires_negative_prompt),
-                ("hires_scheduler", hires_scheduler), ("hires_cfg", hires_cfg)) if value is not None},
+            hires={name: given[name] for name in HIRES_OPTIONS if given[name] is not None},
             upscaler_dir=upscaler_dir,
-            control={name: list(value) for name, value in (
-                ("controlnet", controlnet), ("control_image", control_image), ("control_weight", control_weight),
-                ("control_start", control_start), ("control_end", control_end), ("control_mode", control_mode),
-                ("control_resize", control_resize), ("control_preprocessor", control_preprocessor)) if value},
+            control={name: list(given[name]) for name in CONTROL_OPTIONS if given[name]},
             controlnet_dir=controlnet_dir,
         ), runner)
     raise typer.Exit(code)
