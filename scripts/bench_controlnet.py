@@ -1,0 +1,152 @@
+"""Issue 22's ControlNet benchmark on the SD 1.5 architecture (random weights): `sdcli generate`
+with no ControlNet, one and two units, and diffusers' StableDiffusionControlNetPipeline in
+PyTorch (f32) with one unit, whole processes, on this CPU.
+
+    python scripts/bench_controlnet.py --workdir .bench/controlnet --output-dir bench-results/local-controlnet \
+        [--steps 8] [--rounds 2] [--size 512]
+
+The SD 1.5 folder is built by `random_model --sd15` and converted once; the ControlNet is a random
+ControlNetModel shaped like that UNet (lllyasviel's conditioning embedding: 16, 32, 96, 256),
+converted once at fp32. sdcli runs at its default precision and at f32 (the torch peer's).
+Rounds rotate the configurations; one unmeasured warm-up each (compiled-model cache filled).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PROMPT = "a house in a forest, detailed"
+
+TORCH_PEER = r"""
+import sys, time, json
+t0 = time.perf_counter()
+import torch, diffusers
+from PIL import Image
+src, cn, image, out, steps, size = sys.argv[1:7]
+net = diffusers.ControlNetModel.from_pretrained(cn, torch_dtype=torch.float32)
+pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(src, controlnet=net, torch_dtype=torch.float32,
+                                                                  safety_checker=None, requires_safety_checker=False)
+pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+pipe.set_progress_bar_config(disable=True)
+t1 = time.perf_counter()
+marks = []
+def cb(p, i, t, kw):
+    marks.append(time.perf_counter()); return kw
+img = pipe("%s", image=Image.open(image).convert("RGB"), num_inference_steps=int(steps), width=int(size),
+           height=int(size), generator=torch.Generator().manual_seed(42), callback_on_step_end=cb).images[0]
+img.save(out)
+steps_s = [b - a for a, b in zip(marks, marks[1:])]
+print(json.dumps({"load_s": t1 - t0, "step_s": sorted(steps_s)[len(steps_s) // 2] if steps_s else None}))
+""" % PROMPT
+
+
+def prepare(work: Path) -> dict:
+    from sdcli.convert.random_controlnet import build_random_controlnet
+
+    src, ov = work / "sd15-src", work / "sd15-ov"
+    if not (src / "model_index.json").is_file():
+        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(src), "--sd15"], check=True, cwd=ROOT)
+    if not (ov / "model_index.json").is_file():
+        subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(ov), "--quiet"], check=True,
+                       cwd=ROOT)
+    cns = {}
+    for seed, name in enumerate(("cn-a", "cn-b")):
+        cn_src = work / f"{name}-src"
+        if not (cn_src / "config.json").is_file():
+            build_random_controlnet(src / "unet", cn_src, embedding_channels=(16, 32, 96, 256), seed=seed)
+        if not (work / "ControlNet" / name / "openvino_model.xml").is_file():
+            subprocess.run([sys.executable, "-m", "sdcli", "convert", str(cn_src), "--weight-format", "fp32",
+                            "--controlnet-dir", str(work / "ControlNet"), "--quiet"], check=True, cwd=ROOT)
+            (work / "ControlNet" / f"{name}-src").rename(work / "ControlNet" / name)
+        cns[name] = cn_src
+    return {"src": src, "ov": ov, "cns": cns}
+
+
+def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int) -> tuple[list[str], dict]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SDCLI_CACHE_DIR=str(work / "cache"))
+    if config == "torch-1cn":
+        return [sys.executable, "-c", TORCH_PEER, str(made["src"]), str(made["cns"]["cn-a"]), str(image),
+                str(work / "torch.png"), str(steps), str(size)], env
+    precision = "f32" if config.endswith("-f32") else "auto"
+    units = {"0cn": [], "1cn": ["cn-a"], "2cn": ["cn-a", "cn-b"]}[config.split("-")[1]]
+    cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov"]), "--prompt", PROMPT, "--steps",
+           str(steps), "--scheduler", "euler", "--seed", "42", "--width", str(size), "--height", str(size),
+           "--precision", precision, "--controlnet-dir", str(work / "ControlNet"), "--output",
+           str(work / f"{config}.png"), "--json", "--quiet"]
+    for unit in units:
+        cmd += ["--controlnet", unit, "--control-image", str(image)]
+    return cmd, env
+
+
+def main() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from sdcli.bench.peers import machine_info, run_measured
+    from sdcli.util.fsutil import atomic_write_bytes
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "controlnet")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results" / "local-controlnet")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--configs", default="sdcli-0cn,sdcli-1cn,sdcli-2cn,sdcli-1cn-f32,torch-1cn")
+    args = parser.parse_args()
+    work, out_dir = args.workdir, args.output_dir
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = prepare(work)
+    image = work / "control.png"
+    y, x = np.mgrid[0:args.size, 0:args.size]
+    Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
+    configs = args.configs.split(",")
+    report = {"machine": machine_info(), "size": args.size, "steps": args.steps, "rounds": args.rounds,
+              "configs": configs, "runs": [], "load_average_start": os.getloadavg()}
+    for config in configs:
+        if not config.startswith("torch"):
+            run_measured(*command(config, made, work, image, args.steps, args.size))  # warm-up
+    for rnd in range(args.rounds):
+        for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
+            check: dict = {}
+            wall, rss, rc, stdout, stderr = run_measured(*command(config, made, work, image, args.steps, args.size),
+                                                         check=check)
+            run = {"config": config, "round": rnd, "wall_s": round(wall, 3), "peak_rss_mb": round(rss, 1), "rc": rc,
+                   "load_average": os.getloadavg()[0]}
+            try:
+                data = json.loads(stdout.strip().splitlines()[-1])
+                run["step_s"] = data.get("step_s") or data.get("timings", {}).get("step_median")
+            except (ValueError, IndexError):
+                run["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
+            report["runs"].append(run)
+            print(f"round {rnd + 1}/{args.rounds} {config:<14} {wall:7.1f} s {rss:7.0f} MiB step {run.get('step_s')}",
+                  flush=True)
+            atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
+    report["load_average_end"] = os.getloadavg()
+    lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; SD 1.5 architecture "
+             f"(random weights), {args.size}x{args.size}, {args.steps} steps, Euler; whole processes, medians of "
+             f"{args.rounds} rotated rounds (sdcli after one unmeasured warm-up each); load average "
+             f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end.", "",
+             "| configuration | runs | wall_s | peak_rss_mb | step_s |", "|---|---|---|---|---|"]
+    for config in configs:
+        ok = [r for r in report["runs"] if r["config"] == config and r["rc"] == 0]
+        if ok:
+            steps = [r["step_s"] for r in ok if r.get("step_s")]
+            lines.append(f"| {config} | {len(ok)} | {statistics.median(r['wall_s'] for r in ok):.2f} | "
+                         f"{statistics.median(r['peak_rss_mb'] for r in ok):.0f} | "
+                         + (f"{statistics.median(steps):.3f} |" if steps else " |"))
+    atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out_dir / "bench.md", ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
