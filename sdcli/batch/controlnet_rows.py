@@ -25,8 +25,6 @@ UNIT_FIELDS = ("controlnet", "control_image")
 SETTING_FIELDS = ("control_weight", "control_start", "control_end", "control_mode", "control_resize",
                   "control_preprocessor")
 CONTROL_FIELDS = (*UNIT_FIELDS, *SETTING_FIELDS)
-DEFAULTS = {"control_weight": 1.0, "control_start": 0.0, "control_end": 1.0, "control_mode": "balanced",
-            "control_resize": "crop-and-resize", "control_preprocessor": "none"}
 NUMBERS = ("control_weight", "control_start", "control_end")
 
 
@@ -75,7 +73,7 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
     """The ControlUnits of a row (its `values`) over `opts` (images as paths, `root` the folder
     relative ones are in), () for none; `row_error` (rows.RowError) for a field that cannot be
     used, naming it."""
-    from sdcli.engine.controlnet import ControlUnit
+    from sdcli.engine.controlnet import ControlUnit, per_unit, unit_default
 
     given = command_line(opts)
     if "controlnet" in values:
@@ -101,18 +99,16 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
         raise row_error(f"{len(names)} ControlNet(s) and {len(images)} control_image(s): one control image per "
                         "ControlNet")
 
-    def per_unit(name: str) -> list:
-        column = given.get(name) or [DEFAULTS[name]]
-        if len(column) == 1:
-            column = column * len(names)
-        if len(column) != len(names):
-            raise row_error(f"{name} holds {len(column)} values for {len(names)} ControlNets: give one (for all) or "
-                            "one per ControlNet")
+    def per_unit_values(name: str) -> list:
+        column = per_unit(given.get(name), len(names), unit_default(name.removeprefix("control_")))
+        if column is None:
+            raise row_error(f"{name} holds {len(given[name])} values for {len(names)} ControlNets: give one (for all) "
+                            "or one per ControlNet")
         if name in NUMBERS:
             return [_number(value, name, row_error) for value in column]
         return [str(value) for value in column]
 
-    columns = [per_unit(name) for name in SETTING_FIELDS]
+    columns = [per_unit_values(name) for name in SETTING_FIELDS]
     units = []
     from_row = "control_image" in values  # (the command line's images are the current folder's)
     for name, image, *settings in zip(names, images, *columns):

@@ -118,7 +118,7 @@ def generate(
 def control_units(o: SimpleNamespace) -> tuple:
     """generate's ControlNet units: one per --controlnet, each with its --control-image, and each
     --control-* flag's value given once for all units or once per unit."""
-    from sdcli.engine.controlnet import ControlUnit
+    from sdcli.engine.controlnet import ControlUnit, per_unit, unit_default
 
     names, images = list(o.controlnet or ()), list(o.control_image or ())
     if not names:
@@ -133,22 +133,15 @@ def control_units(o: SimpleNamespace) -> tuple:
         raise UsageError(f"--controlnet given {len(names)} time(s), --control-image {len(images)}: one control image "
                          "per ControlNet")
 
-    def per_unit(flag: str, values, default) -> list:
-        values = list(values or ())
-        if not values:
-            return [default] * len(names)
-        if len(values) == 1:
-            return values * len(names)
-        if len(values) != len(names):
-            raise UsageError(f"{flag} given {len(values)} times for {len(names)} ControlNets: give it once (for all) "
-                             "or once per --controlnet")
-        return values
+    def column(setting: str) -> list:
+        values = getattr(o, f"control_{setting}")
+        column = per_unit(values, len(names), unit_default(setting))
+        if column is None:
+            raise UsageError(f"--control-{setting} given {len(values)} times for {len(names)} ControlNets: give it "
+                             "once (for all) or once per --controlnet")
+        return column
 
-    columns = [per_unit(flag, getattr(o, name), default) for flag, name, default in (
-        ("--control-weight", "control_weight", 1.0), ("--control-start", "control_start", 0.0),
-        ("--control-end", "control_end", 1.0), ("--control-mode", "control_mode", "balanced"),
-        ("--control-resize", "control_resize", "crop-and-resize"),
-        ("--control-preprocessor", "control_preprocessor", "none"))]
+    columns = [column(setting) for setting in ("weight", "start", "end", "mode", "resize", "preprocessor")]
     return tuple(ControlUnit(name, Path(image), *settings, image_name=Path(image).name)
                  for name, image, *settings in zip(names, images, *columns))
 

@@ -97,6 +97,21 @@ class ControlUnit:
         return np.full(count, self.weight, np.float32)
 
 
+def unit_default(setting: str):
+    """ControlUnit's default for `setting` (weight, start, end, mode, resize, preprocessor)."""
+    return ControlUnit.__dataclass_fields__[setting].default
+
+
+def per_unit(values, count: int, default) -> list | None:
+    """A --control-* setting for `count` units: none given, `default` for each; one, for all; else
+    one per unit (None when the count is neither, for the caller's own message)."""
+    values = list(values or ())
+    if not values:
+        return [default] * count
+    if len(values) == 1:
+        return values * count
+    return values if len(values) == count else None
+
 def controlnet_folder(given: Path | None) -> tuple[Path, str]:
     """The folder converted ControlNets live in, and how it was chosen (for messages)."""
     if given is not None:
