@@ -25,12 +25,6 @@ def _parallel(value: str) -> int:
     return count
 
 
-HIRES_OPTIONS = ("hires_scale", "hires_width", "hires_height", "hires_upscaler", "hires_steps", "hires_denoise",
-                 "hires_prompt", "hires_negative_prompt", "hires_scheduler", "hires_cfg")
-CONTROL_OPTIONS = ("controlnet", "control_image", "control_weight", "control_start", "control_end", "control_mode",
-                   "control_resize", "control_preprocessor")
-
-
 @app.command()
 def batch(
     ctx: typer.Context,
@@ -101,6 +95,8 @@ def batch(
     given = locals()  # the hires fix's and ControlNet's options, by name
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)
+        from sdcli.batch.controlnet_rows import CONTROL_FIELDS
+        from sdcli.batch.hires_rows import HIRES_FIELDS
         from sdcli.batch.run import BatchOptions, run_batch
         from sdcli.engine.networks import NetworkFolders
 
@@ -123,9 +119,9 @@ def batch(
             unset=tuple(name for name in ("steps", "guidance_scale", "vae") if not option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
             lora_dir=lora_dir, embeddings_dir=embeddings_dir, allow_pickle=allow_pickle,
-            hires={name: given[name] for name in HIRES_OPTIONS if given[name] is not None},
+            hires={name: given[name] for name in HIRES_FIELDS if given[name] is not None},
             upscaler_dir=upscaler_dir,
-            control={name: list(given[name]) for name in CONTROL_OPTIONS if given[name]},
+            control={name: list(given[name]) for name in CONTROL_FIELDS if given[name]},
             controlnet_dir=controlnet_dir,
         ), runner)
     raise typer.Exit(code)
