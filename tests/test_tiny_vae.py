@@ -259,3 +259,106 @@ def test_convert_usage_errors(tiny_eps, taesd_dir, tmp_path):
                                                   "--into", tiny_eps.ov_dir))
     assert "model folder not found" in one_line_error(run("convert", "--tiny-vae", taesd_dir, "--into",
                                                           tmp_path / "nope"))
+
+
+# --- tiled (issue 23): as diffusers' AutoencoderTiny after enable_tiling() ----------------
+
+TILE = 48  # pixels: 24 latents (the tiny TAESD's factor is 2), blend 3 latents / 6 pixels, strides 21 / 42
+MAX_DIFF = 2  # of 255
+
+
+@pytest.fixture
+def tiled_taesd(taesd):
+    """The module's AutoencoderTiny with enable_tiling() at TILE (its spatial_scale_factor, 2**3
+    whatever the model, set to this TAESD's 2), restored afterwards."""
+    names = ("use_tiling", "spatial_scale_factor", "tile_sample_min_size", "tile_latent_min_size")
+    saved = [getattr(taesd, n) for n in names]
+    taesd.enable_tiling()
+    taesd.spatial_scale_factor, taesd.tile_sample_min_size, taesd.tile_latent_min_size = 2, TILE, TILE // 2
+    yield taesd
+    for n, v in zip(names, saved):
+        setattr(taesd, n, v)
+
+
+def test_tiled_tiny_decode_and_encode_match_autoencoder_tiny(with_tiny, tiled_taesd):
+    import torch
+
+    from sdcli.engine.vae_tiling import Tiling, tiled_decode, tiled_encode, tiling_for
+    from sdcli.imaging.image_io import to_pixels
+    from sdcli.model.folder import ModelFolder
+    from sdcli.runtime.components import VaeDecoder, VaeEncoder
+    from sdcli.runtime.core import Runtime
+
+    folder = ModelFolder.open(with_tiny)
+    runtime = Runtime("CPU", "f32", None)
+    tiling = tiling_for(folder, "tiny", TILE)
+    assert tiling == Tiling(TILE, TILE // 2, 0.125, tiny=True)
+    decoder = VaeDecoder(runtime, folder, (-1, -1), "vae_decoder_tiny")  # one compiled model for every tile size
+    encoder = VaeEncoder(runtime, folder, (-1, -1), "vae_encoder_tiny")
+    z = np.random.default_rng(5).standard_normal((1, 4, 48, 56)).astype(np.float32) * 1.5
+    calls = []
+    ours = to_pixels(tiled_decode(decoder, z, tiling, lambda done, total: calls.append(total))).astype(int)
+    x = np.random.default_rng(6).random((1, 3, 96, 112), dtype=np.float32) * 2 - 1
+    ours_latents = tiled_encode(lambda tile: encoder(tile)[0], x, tiling)
+    with torch.no_grad():
+        want = to_pixels(tiled_taesd.decode(torch.from_numpy(z)).sample.numpy()).astype(int)
+        want_latents = tiled_taesd.encode(torch.from_numpy(x)).latents.numpy()
+    untiled = to_pixels(decoder(z)).astype(int)
+    other = to_pixels(tiled_decode(decoder, -z, tiling)).astype(int)
+    diff, moved = np.abs(ours - want).max(), np.abs(untiled - ours)
+    scale = np.abs(want_latents).max()
+    encode_diff = np.abs(ours_latents - want_latents).max() / scale
+    encode_moved = np.abs(encoder(x)[0] - ours_latents).max() / scale
+    print(f"tiny tiled decode vs AutoencoderTiny enable_tiling(): max {diff}; untiled differs by max {moved.max()} "
+          f"mean {moved.mean():.2f}; {calls[-1]} tiles; encode relative max {encode_diff:.2e}, "
+          f"untiled differs {encode_moved:.2e}")
+    assert ours.shape == (96, 112, 3) and calls[-1] == 9 and ours_latents.shape == (1, 4, 48, 56)
+    assert diff <= MAX_DIFF and moved.max() > 5 * MAX_DIFF  # the tiling is exercised
+    assert np.abs(other - ours).mean() > 10  # other latents move it
+    assert encode_diff <= 1e-4 and encode_moved > 1e-2
+    # no larger than one stride (21 latents, 42 pixels): one tile, the whole decode's picture
+    assert not tiling.decodes_tiled((21, 21)) and tiling.decodes_tiled((22, 21)) and tiling.encodes_tiled((43, 8))
+    assert np.array_equal(to_pixels(tiled_decode(decoder, z[:, :, :21, :21], tiling)),
+                          to_pixels(decoder(z[:, :, :21, :21])))
+
+
+@pytest.mark.parametrize("mode", ["txt2img", "img2img"])
+def test_generate_tiny_vae_tiling_matches_diffusers(with_tiny, tiny_eps, tiled_taesd, init_image_file, tmp_path,
+                                                    mode):
+    """`sdcli generate --vae tiny --vae-tiling --vae-tile-size 48` against diffusers' pipeline with
+    vae=AutoencoderTiny, enable_tiling() at the same tile size (96 x 96: 3 x 3 tiles; img2img at
+    96 x 64 encodes in 3 x 2 tiles and decodes in 3 x 2)."""
+    options = dict(steps=2, width=96, height=96) if mode == "txt2img" else \
+        dict(steps=2, init_image=init_image_file, strength=0.6)
+    want = reference.diffusers_pixels({**tiny_eps.pipe().components, "vae": tiled_taesd}, "euler", **options)
+    ours = reference.sdcli_pixels(with_tiny, tmp_path / "tiled.png", "--vae", "tiny", "--vae-tiling",
+                                  "--vae-tile-size", TILE, scheduler="euler", **options)
+    whole = reference.sdcli_pixels(with_tiny, tmp_path / "whole.png", "--vae", "tiny", "--no-vae-tiling",
+                                   scheduler="euler", **options)
+    diff, moved = np.abs(ours - want).max(), np.abs(ours - whole).max()
+    print(f"generate {mode} --vae tiny --vae-tiling vs diffusers AutoencoderTiny enable_tiling(): max {diff}; "
+          f"vs untiled max {moved}")
+    assert diff <= MAX_DIFF and moved > 5 * MAX_DIFF
+
+
+def test_tiny_tiling_switched_on_when_a_whole_decode_would_not_fit(with_tiny, tmp_path, monkeypatch):
+    from sdcli.engine import memory
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.vae_tiling import Tiling
+
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    engine = Engine(with_tiny, precision="f32", cache_dir=None)
+    z = np.random.default_rng(7).standard_normal((1, 4, 48, 48)).astype(np.float32)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10**12)
+    whole = engine.decode(z, "tiny", None, TILE)
+    assert engine.last_vae_tiling is None
+    monkeypatch.setattr(memory, "available_bytes", lambda: 0)
+    tiled = engine.decode(z, "tiny", None, TILE)
+    assert engine.last_vae_tiling == Tiling(TILE, TILE // 2, 0.125, tiny=True)
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() > 5 * MAX_DIFF
+    assert np.array_equal(engine.decode(z, "tiny", True, TILE), tiled)
+    assert np.array_equal(engine.decode(z, "tiny", False, TILE), whole)
+    # a tile whose blend is not whole latents is refused before anything loads
+    line = one_line_error(run("generate", "--model", with_tiny, "--prompt", "x", "--vae", "tiny", "--vae-tiling",
+                              "--vae-tile-size", 40, "--output", tmp_path / "out.png"))
+    assert "--vae-tile-size with --vae tiny must be a multiple of 16 from 32" in line and line.endswith("got 40")

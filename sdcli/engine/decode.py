@@ -1,5 +1,5 @@
 """Stage 4, decode: latents to RGB pixels through the VAE decoder (full or tiny), whole or, as
-diffusers' enable_tiling() does, in tiles (engine/vae_tiling.py): asked for, or by itself when the
+diffusers' enable_tiling() does (AutoencoderKL's or AutoencoderTiny's), in tiles (engine/vae_tiling.py): asked for, or by itself when the
 memory estimate says a whole decode would not fit (engine/memory.py: decode_fits)."""
 from __future__ import annotations
 
@@ -21,14 +21,12 @@ def decode(decoder: Callable[[np.ndarray], np.ndarray], latents: np.ndarray, til
     return image_io.to_pixels(tiled_decode(decoder, latents, tiling, on_tile))
 
 
-def choose_tiling(asked: bool | None, vae_config: dict, latent_hw: tuple[int, int], tile_size: int | None,
+def choose_tiling(asked: bool | None, tiling: Tiling | None, latent_hw: tuple[int, int],
                   whole_fits: Callable[[], bool]) -> Tiling | None:
-    """The tiling to decode `latent_hw` with, or None (whole): `asked` True tiles (where the
-    latents are larger than a tile, as diffusers), False never, None when `whole_fits()` is false."""
-    if asked is False or "block_out_channels" not in vae_config:
-        return None
-    tiling = Tiling.for_vae(vae_config, tile_size)
-    if not tiling.decodes_tiled(latent_hw):
+    """The tiling to decode `latent_hw` with, or None (whole): `asked` True tiles (where diffusers
+    would decode more than one tile), False never, None when `whole_fits()` is false (`tiling`:
+    vae_tiling.tiling_for's, None where the VAE is not tiled)."""
+    if asked is False or tiling is None or not tiling.decodes_tiled(latent_hw):
         return None
     if asked or not whole_fits():
         return tiling

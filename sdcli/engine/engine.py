@@ -120,6 +120,10 @@ class Engine:
 
         self.family.check(request)
         self._check_controlnets(request)
+        if request.vae == "tiny" and request.vae_tiling is not False:  # a tile size it cannot blend: refused now
+            from sdcli.engine.vae_tiling import tiling_for
+
+            tiling_for(self.folder, "tiny", request.vae_tile_size)
         if request.hires is not None:  # both passes (engine/hires.py)
             from sdcli.engine import hires
 
@@ -172,10 +176,11 @@ class Engine:
             decoding = self.refiner or self
             f = decoding.folder.vae_scale_factor
             latent_hw = (height // f, width // f)
-            if request.vae_tiling and request.vae == "full":  # (tiled only where larger than a tile, as decode)
-                from sdcli.engine.vae_tiling import Tiling
+            if request.vae_tiling:  # (tiled only where more than one tile, as decode)
+                from sdcli.engine.vae_tiling import tiling_for
 
-                if Tiling.for_vae(decoding.folder.vae_config, request.vae_tile_size).decodes_tiled(latent_hw):
+                tiling = tiling_for(decoding.folder, request.vae, request.vae_tile_size)
+                if tiling is not None and tiling.decodes_tiled(latent_hw):
                     latent_hw = (-1, -1)
             decoding.components.start_vae_decoder(latent_hw, decoding.folder.vae(request.vae).decoder)
         return started
@@ -253,17 +258,17 @@ class Engine:
 
     def vae_encoder(self, vae_kind: str, image_hw: tuple[int, int], tiling: bool | None = None,
                     tile_size: int | None = None) -> Callable[[np.ndarray], tuple]:
-        """The VAE encoder for `image_hw` pixels (-> mean, log-variance); the full VAE's in tiles
-        as diffusers' enable_tiling() with `tiling` True, or None and a whole encode too large for
+        """The VAE encoder for `image_hw` pixels (-> mean, log-variance or None); in tiles as
+        diffusers' enable_tiling() with `tiling` True, or None and a whole encode too large for
         the memory left (engine/vae_tiling.py)."""
         from sdcli.engine.memory import decode_fits
-        from sdcli.engine.vae_tiling import choose_encode_tiling, tiled_encoder
+        from sdcli.engine.vae_tiling import choose_encode_tiling, tiled_encoder, tiling_for
 
         vae = self.folder.vae(vae_kind)
         tiles = None
-        if vae_kind == "full":
-            tiles = choose_encode_tiling(tiling, self.folder.vae_config, tuple(image_hw), tile_size,
-                                         lambda: decode_fits(self, image_hw[1], image_hw[0]))
+        if tiling is not False:
+            tiles = choose_encode_tiling(tiling, tiling_for(self.folder, vae_kind, tile_size), tuple(image_hw),
+                                         lambda: decode_fits(self, image_hw[1], image_hw[0], vae_kind))
         if tiles is None:
             return self.components.vae_encoder(tuple(image_hw), vae.encoder)
         return tiled_encoder(self.components.vae_encoder((-1, -1), vae.encoder), tiles)
@@ -295,18 +300,19 @@ class Engine:
 
     def decode(self, latents: np.ndarray, vae_kind: str = "full", tiling: bool | None = None,
                tile_size: int | None = None) -> np.ndarray:
-        """Stage 4: RGB pixels of `latents`; the full VAE in tiles with `tiling` True, or None and
-        a whole decode too large for the memory left (engine/decode.py: choose_tiling)."""
+        """Stage 4: RGB pixels of `latents`; the VAE (full or tiny) in tiles with `tiling` True, or
+        None and a whole decode too large for the memory left (engine/decode.py: choose_tiling)."""
         from sdcli.engine.decode import choose_tiling
         from sdcli.engine.memory import decode_fits
+        from sdcli.engine.vae_tiling import tiling_for
 
         vae = self.folder.vae(vae_kind)
         z = self.family.decode_latents(latents, vae)
         tiles = None
-        if vae_kind == "full":
+        if tiling is not False:
             f = self.folder.vae_scale_factor
-            tiles = choose_tiling(tiling, self.folder.vae_config, z.shape[2:], tile_size,
-                                  lambda: decode_fits(self, z.shape[3] * f, z.shape[2] * f))
+            tiles = choose_tiling(tiling, tiling_for(self.folder, vae_kind, tile_size), z.shape[2:],
+                                  lambda: decode_fits(self, z.shape[3] * f, z.shape[2] * f, vae_kind))
         self.last_vae_tiling = tiles
         decoder = self.components.vae_decoder((-1, -1) if tiles else z.shape[2:], vae.decoder)
         image = decode(decoder, z, tiles)

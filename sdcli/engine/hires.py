@@ -416,7 +416,8 @@ def generate(engine, request, on_step=None, *, on_note=None, release_unet: bool 
         if flow(engine.folder):  # Z-Image: image-to-image on the picture (its pipeline encodes it)
             pixels = cut_pixels(pixels, tgt.truncate_x, tgt.truncate_y, engine.folder.vae_scale_factor)
         else:
-            latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae)
+            latents = engine.encode_image(pixels, make_rng(request.rng, request.seed), request.vae, request.vae_tiling,
+                                          request.vae_tile_size)
     if flow(engine.folder):
         second = flow_second_request(request, tgt, pixels)
     else:

@@ -21,7 +21,7 @@ The estimate (bytes):
                  unit's controlnet_act + the residuals, 2 x 4 bytes x batch x their values)
                  decoding:  vae_decoder weights + vae_act (+ unet weights when more
                             images follow); when that is the peak and too large,
-                            the VAE decodes in tiles (engine/vae_tiling.py) and
+                            the VAE (full or tiny) decodes in tiles (engine/vae_tiling.py) and
                             vae_act is a tile's (+ PIXEL_BYTES x image pixels)
 
 C_l: the UNet's block_out_channels (level l runs at 1/2^l of the latent size); V_l: the
@@ -240,7 +240,7 @@ def require(folder, width: int, height: int, *, device: str = "CPU", precision: 
             vae_tile_size: int | None = None) -> MemoryEstimate | None:
     """Raise UsageError when `width` x `height` would need more memory than is available
     (`references`: how many reference images `attention`'s tokens include, said in the message;
-    `vae_tiling` None: the full VAE decodes in tiles when a whole decode is what does not fit).
+    `vae_tiling` None: the VAE decodes in tiles when a whole decode is what does not fit).
     CPU only; skipped when SDCLI_SKIP_MEMORY_CHECK is set or the system does not say what
     is free.  Returns the estimate (None when skipped)."""
     if os.environ.get(SKIP_ENV) or not device.upper().startswith("CPU"):
@@ -335,16 +335,17 @@ def check_fits(engine, config, images: int = 1) -> MemoryEstimate | None:
 
 
 def _vae_tile(folder, vae: str, vae_tiling: bool | None, tile_size: int | None) -> int | None:
-    """The tile size in pixels the full VAE decodes with when tiled (None: never tiled)."""
-    if vae != "full" or vae_tiling is False or "block_out_channels" not in folder.vae_config:
+    """The tile size in pixels the VAE `vae` decodes with when tiled (None: never tiled)."""
+    if vae_tiling is False:
         return None
-    from sdcli.engine.vae_tiling import Tiling
+    from sdcli.engine.vae_tiling import tiling_for
 
-    return Tiling.for_vae(folder.vae_config, tile_size).sample
+    tiling = tiling_for(folder, vae, tile_size)
+    return tiling.sample if tiling is not None else None
 
 
-def decode_fits(engine, width: int, height: int) -> bool:
-    """Whether the full VAE can decode width x height whole in the memory available now (its
+def decode_fits(engine, width: int, height: int, vae: str = "full") -> bool:
+    """Whether the VAE `vae` (full or tiny) can decode width x height whole in the memory available now (its
     activations and the image, and its weights unless compiled already; engine/decode.py tiles
     when not).  True where the check is skipped ($SDCLI_SKIP_MEMORY_CHECK, not a CPU, the system
     does not say what is free)."""
@@ -356,9 +357,14 @@ def decode_fits(engine, width: int, height: int) -> bool:
         return True
     folder = engine.folder
     element = compute_element_bytes(runtime.device, runtime.precision, runtime.core)
-    channels = folder.vae_config.get("decoder_block_out_channels") or folder.vae_config.get("block_out_channels", [128])
+    config = folder.vae_config
+    decoder = folder.vae(vae).decoder
+    if vae != "full":
+        from sdcli.model.config_checks import read_json
+
+        config = read_json(folder.root / decoder / "config.json")
+    channels = config.get("decoder_block_out_channels") or config.get("block_out_channels", [128])
     need = int(VAE_K * element * _levels(channels, width * height)) + PIXEL_BYTES * width * height
-    decoder = folder.vae("full").decoder
     if not engine.components.has(decoder):
         need += component_bytes(folder.ir(decoder), element)
     return need <= have

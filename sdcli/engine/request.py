@@ -69,9 +69,9 @@ class GenerationRequest:
     deepcache: int = 1  # run the full UNet every N-th call, the shallow branch in between (1: off)
     clip_skip: int = 1  # A1111's Clip skip: the text encoder's N-th layer from the end (1: the last)
     vae: str = "full"  # "tiny": the TAESD that `sdcli convert --tiny-vae` adds, for decoding and encoding
-    # the full VAE decoded in tiles as diffusers' enable_tiling() (engine/vae_tiling.py): True, False,
+    # the VAE (full or tiny) decoded in tiles as diffusers' enable_tiling() (engine/vae_tiling.py): True, False,
     # None: when the memory estimate says a whole decode would not fit; tiles of vae_tile_size pixels
-    # (None: the VAE config's sample_size, diffusers' default)
+    # (None: diffusers' default: the VAE config's sample_size, 512 for the tiny VAE)
     vae_tiling: bool | None = None
     vae_tile_size: int | None = None
     guidance_rescale: float = 0.0  # diffusers' guidance_rescale (phi, 0..1): after classifier-free guidance
@@ -107,8 +107,6 @@ class GenerationRequest:
         check_vae(self.vae)
         if self.vae_tile_size is not None and (self.vae_tile_size < 16 or self.vae_tile_size % 8):
             raise UsageError(f"--vae-tile-size must be a multiple of 8 from 16, got {self.vae_tile_size}")
-        if self.vae_tiling and self.vae != "full":
-            raise UsageError("--vae-tiling tiles the full VAE; --vae tiny decodes whole")
         if self.mask is not None and self.reference_images:
             raise UsageError("--mask is for inpainting an --init-image; editing with --reference-image takes no mask")
         if self.mask is not None and self.init_image is None:
