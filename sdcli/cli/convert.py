@@ -35,7 +35,7 @@ def convert(
     default_vae: Optional[str] = typer.Option(None, "--default-vae", metavar="full|tiny", help="The folder's own default for generate's --vae (sdcli.json): tiny decodes with the tiny VAE (this command's --tiny-vae, or one the folder has), e.g. for a Turbo model."),
     tiny_vae: Optional[str] = typer.Option(None, "--tiny-vae", help="Also convert this tiny autoencoder for `generate --vae tiny`: a diffusers AutoencoderTiny folder or Hub repo (madebyollin/taesd for SD 1.x/2.x, madebyollin/taesdxl for SDXL)."),
     into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --default-vae, --scheduler, --timestep-spacing."),
-    controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet (a diffusers ControlNetModel folder or repo) is written when --output is not given [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
+    controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet (a diffusers ControlNetModel folder or repo, or A1111's single file of one) is written when --output is not given [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Where an upscaler checkpoint (ESRGAN, Real-ESRGAN, SPAN, SwinIR, HAT, ... that spandrel recognises) is written when --output is not given [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
@@ -109,15 +109,20 @@ def convert(
 
 
 def default_target(source: str, controlnet_dir: Optional[Path], allow_pickle: bool) -> Path:
-    """--output's default: models/<name>, or <ControlNet folder>/<name> for a ControlNet (a Hub
-    repo is downloaded first to tell)."""
+    """--output's default: models/<name>, or <ControlNet folder>/<name> for a ControlNet (a folder,
+    a single file, or a Hub repo, downloaded first to tell)."""
     from sdcli.convert.export import ConvertOptions, default_output_name
     from sdcli.convert.sources import resolve_source
     from sdcli.engine.controlnet import controlnet_folder
 
     name = default_output_name(source)
     path = Path(source).expanduser()
-    if path.is_dir() or (source.count("/") == 1 and not path.exists()):
+    if path.is_file():
+        from sdcli.convert.controlnet_file import controlnet_file
+
+        if controlnet_file(path, allow_pickle):  # A1111's single-file ControlNet
+            return controlnet_folder(controlnet_dir)[0] / name
+    elif path.is_dir() or (source.count("/") == 1 and not path.exists()):
         quiet_libraries()
         if resolve_source(source, ConvertOptions(allow_pickle=allow_pickle))[0] == "controlnet":
             return controlnet_folder(controlnet_dir)[0] / name

@@ -1,5 +1,6 @@
-"""`sdcli convert` of a diffusers ControlNetModel (a folder whose config.json says so, or a Hub
-repo downloaded as models are) into a ControlNet folder of IR:
+"""`sdcli convert` of a diffusers ControlNetModel (a folder whose config.json says so, a Hub
+repo downloaded as models are, or A1111's single file of one: controlnet_file.py) into a
+ControlNet folder of IR:
 
     NAME/openvino_model.xml, .bin   inputs sample, timestep (f32), encoder_hidden_states,
                                     controlnet_cond (RGB in [0, 1]) [+ SDXL's text_embeds, time_ids];
@@ -39,24 +40,37 @@ def residual_names(count: int) -> list[str]:
     return [f"down_block_res_{i}" for i in range(count)] + ["mid_block_res"]
 
 
+def load_controlnet(source: str, path: Path, opts: ConvertOptions):
+    """The ControlNetModel of a diffusers folder, or of a single file (controlnet_file.py), in float32."""
+    import torch
+    from diffusers import ControlNetModel
+
+    if path.is_file():
+        from sdcli.convert.controlnet_file import load_controlnet_file
+
+        return load_controlnet_file(path, opts.allow_pickle, opts.config)
+    try:
+        return ControlNetModel.from_pretrained(path, torch_dtype=torch.float32)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UsageError(f"{source}: not a loadable ControlNet ({exc})") from None
+
+
 def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptions,
                        log: Callable[[str], None] = print) -> Path:
     if opts.weight_format not in ("fp32", "fp16", "int8"):
         raise UsageError(f"--weight-format {opts.weight_format}: a ControlNet converts to fp32, fp16 or int8")
+    if path.is_dir() and opts.config:
+        raise UsageError(f"--config is for single-file checkpoints; {source} is a ControlNet folder")
     for flag, value in (("--lora", opts.lora), ("--tiny-vae", opts.tiny_vae), ("--quantize", opts.quantize),
                         ("--scheduler", opts.scheduler), ("--timestep-spacing", opts.timestep_spacing)):
         if value:
             raise UsageError(f"{flag} is for models; {source} is a ControlNet")
     import torch
-    from diffusers import ControlNetModel
     from openvino import PartialShape, Type
 
     torch.set_grad_enabled(False)
     log(f"loading {source}")
-    try:
-        model = ControlNetModel.from_pretrained(path, torch_dtype=torch.float32)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise UsageError(f"{source}: not a loadable ControlNet ({exc})") from None
+    model = load_controlnet(source, path, opts)
     cfg = model.config
     xl = cfg.get("addition_embed_type") == "text_time"
 

@@ -85,13 +85,14 @@ class Parts:
 
 def default_output_name(source: str) -> str:
     path = Path(source)
-    if path.suffix in (".safetensors", ".ckpt"):
+    if path.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
         return path.stem
     return path.name.rstrip("/") or "model"
 
 
 def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
-    """Return ("folder" | "single_file" | "controlnet", local path); a Hub repo id is downloaded first."""
+    """Return ("folder" | "single_file" | "controlnet", local path); a Hub repo id is downloaded first.
+    "controlnet" is a ControlNetModel folder or a single-file ControlNet (convert/controlnet_file.py)."""
     from sdcli.convert.controlnet import is_controlnet_folder
 
     path = Path(source).expanduser()
@@ -109,7 +110,9 @@ def resolve_source(source: str, opts: ConvertOptions) -> tuple[str, Path]:
                 f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; "
                 "convert a .safetensors file, or pass --allow-pickle if you trust it"
             )
-        return "single_file", path
+        from sdcli.convert.controlnet_file import controlnet_file
+
+        return ("controlnet" if controlnet_file(path, opts.allow_pickle) else "single_file"), path
     if source.count("/") == 1 and not path.exists():
         downloaded = download_repo(source)
         return ("controlnet" if is_controlnet_folder(downloaded) else "folder"), downloaded

@@ -62,6 +62,10 @@ def upscaler_source(source: str | None, allow_pickle: bool) -> Path | None:
         return None
     if path.suffix.lower() != ".safetensors" and not allow_pickle:
         return None
+    from sdcli.convert.controlnet_file import controlnet_file
+
+    if controlnet_file(path, allow_pickle):  # A1111's single-file ControlNet: convert/controlnet.py
+        return None
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
