@@ -19,24 +19,28 @@ SDXL = dict(block_out_channels=[320, 640, 1280], layers_per_block=2, cross_atten
             attention_head_dim=[5, 10, 20], use_linear_projection=True, transformer_layers_per_block=[1, 2, 10],
             down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
-REAL = {"sd15 control_model.": (SD15, "control_model."), "sd21 no prefix": (SD21, ""), "sdxl diffusers names": (SDXL, None)}
+REAL = {"sd15 control_model.": (SD15, "control_model."), "sd21 no prefix": (SD21, ""), "sdxl diffusers names": (SDXL, None),
+        "sdxl ldm names": (SDXL, "control_model.")}
 
 
 @pytest.mark.parametrize("case", list(REAL))
 def test_config_from_real_shapes(case):
     """The config inferred from the tensor shapes of SD 1.5's, SD 2.1's and SDXL's ControlNet
-    architectures (LDM names with and without control_model., and diffusers' names) is theirs."""
+    architectures (LDM names with and without control_model., and diffusers' names) is theirs,
+    and diffusers' converter (with SDXL's label_emb added) names every tensor as the model does."""
     import torch
     from diffusers import ControlNetModel
 
-    from sdcli.convert.controlnet_file import infer_config, layout, ldm_name
+    from sdcli.convert.controlnet_file import diffusers_state_dict, infer_config, layout, ldm_name, strip_prefix
 
     config, prefix = REAL[case]
     with torch.device("meta"):
         model = ControlNetModel(**config)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = model.state_dict()
+    shapes = {name: tuple(t.shape) for name, t in state.items()}
     if prefix is not None:
-        shapes = {prefix + ldm_name(name, shapes): shape for name, shape in shapes.items()}
+        state = {prefix + ldm_name(name, shapes): tensor for name, tensor in state.items()}
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
     if prefix == "control_model.":  # ControlNet 1.0's files hold a whole SD model beside it: left out
         shapes.update({"model.diffusion_model.input_blocks.12.0.out_layers.3.weight": (7,),
                        "model.diffusion_model.middle_block.1.transformer_blocks.5.attn2.to_k.weight": (7, 7)})
@@ -45,6 +49,8 @@ def test_config_from_real_shapes(case):
     for key, value in config.items():
         assert inferred[key] == value, key
     assert inferred["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
+    renamed = diffusers_state_dict(strip_prefix(state), inferred, "file")
+    assert {n: tuple(t.shape) for n, t in renamed.items()} == {n: tuple(t.shape) for n, t in model.state_dict().items()}
     with torch.device("meta"):
         rebuilt = ControlNetModel.from_config(inferred)
     assert {n: tuple(t.shape) for n, t in rebuilt.state_dict().items()} == \
@@ -142,23 +148,30 @@ def test_single_file_generate_matches_folder(tiny_eps, tiny_controlnets, file_co
 
 def test_pth_needs_allow_pickle(file_controlnet, tmp_path):
     """A .pth ControlNet is refused in one line (exit 2, nothing written) without --allow-pickle;
-    with it, it goes to --controlnet-dir/<stem> and gives the .safetensors file's residuals."""
+    with it, convert takes it for a ControlNet (not an upscaler, not an SD checkpoint), for
+    --controlnet-dir/<stem>, and reads the same weights as the .safetensors file's (the export
+    after that is the one test_single_file_residuals_match_diffusers checks)."""
+    import torch
     from typer.testing import CliRunner
 
     from sdcli.cli.app import app
+    from sdcli.cli.convert import default_target
+    from sdcli.convert.controlnet_file import load_controlnet_file
+    from sdcli.convert.options import ConvertOptions
+    from sdcli.convert.sources import resolve_source
+    from sdcli.convert.upscaler import upscaler_source
 
     pth, target = file_controlnet.files["pth"], tmp_path / "cn"
     refused = CliRunner().invoke(app, ["convert", str(pth), "--weight-format", "fp32", "--output", str(target)])
     assert refused.exit_code == 2, refused.output
     assert "--allow-pickle" in refused.output and len(refused.output.strip().splitlines()) == 1
     assert not target.exists()
-    folder = tmp_path / "controlnets"
-    accepted = CliRunner().invoke(app, ["convert", str(pth), "--allow-pickle", "--weight-format", "fp32",
-                                        "--controlnet-dir", str(folder), "--quiet"])
-    assert accepted.exit_code == 0, accepted.output
-    inputs = _inputs()
-    for a, b in zip(_residuals(folder / pth.stem, inputs), _residuals(file_controlnet.folder / "file", inputs)):
-        np.testing.assert_array_equal(a, b)
+    assert upscaler_source(str(pth), allow_pickle=True) is None
+    assert resolve_source(str(pth), ConvertOptions(allow_pickle=True)) == ("controlnet", pth)
+    assert default_target(str(pth), tmp_path / "controlnets", allow_pickle=True) == tmp_path / "controlnets" / pth.stem
+    ours = load_controlnet_file(pth, allow_pickle=True).state_dict()
+    theirs = file_controlnet.model.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_not_a_controlnet_file_is_not_taken_for_one(tmp_path):

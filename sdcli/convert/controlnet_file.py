@@ -75,7 +75,7 @@ def controlnet_file(path: Path, allow_pickle: bool) -> str | None:
         return None
 
 
-def _strip(state: dict) -> dict:
+def strip_prefix(state: dict) -> dict:
     """An LDM file's ControlNet tensors without the control_model. prefix; where the prefix is
     there, only those (ControlNet 1.0's files hold a whole SD model beside them)."""
     if not any(k.startswith(LDM_PREFIX) for k in state):
@@ -87,7 +87,7 @@ def _ldm_shapes(shapes: dict) -> dict:
     """{LDM name without prefix: shape}; a diffusers-named file's names renamed to LDM's for the config."""
     if layout(shapes) == "diffusers":
         return {ldm_name(k, shapes): v for k, v in shapes.items()}
-    return _strip(shapes)
+    return strip_prefix(shapes)
 
 
 RESNET_NAMES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -209,10 +209,10 @@ def _state_dict(path: Path) -> dict:
     else:
         content = _unwrap(read_torch_pickle(path))
     state = {k: torch.from_numpy(np.array(v)) for k, v in content.items() if hasattr(v, "shape")}
-    return state if layout(state) == "diffusers" else _strip(state)
+    return state if layout(state) == "diffusers" else strip_prefix(state)
 
 
-def _to_diffusers(state: dict, config: dict, name: str) -> dict:
+def diffusers_state_dict(state: dict, config: dict, name: str) -> dict:
     """An LDM state dict renamed by diffusers' converter, with what it leaves out: SDXL's added
     embedding (label_emb), and a conditioning embedding whose last conv is not at index 14."""
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
@@ -254,7 +254,7 @@ def load_controlnet_file(path: Path, allow_pickle: bool, config_dir: str | None 
     with tempfile.TemporaryDirectory(prefix="sdcli-controlnet-") as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(config))
         try:
-            model = ControlNetModel.from_single_file(_to_diffusers(state, config, path.name), config=tmp,
+            model = ControlNetModel.from_single_file(diffusers_state_dict(state, config, path.name), config=tmp,
                                                      local_files_only=True, torch_dtype=torch.float32)
         except UsageError:
             raise
