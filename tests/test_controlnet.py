@@ -339,6 +339,54 @@ def test_sdxl_controlnet_matches_diffusers(guess, tiny_sdxl, tiny_sdxl_controlne
     assert moved(ours, other) > 2
 
 
+def test_sdxl_controlnet_with_a_refiner_matches_diffusers(tiny_sdxl, tiny_sdxl_refiner, tiny_sdxl_controlnet,
+                                                          tiny_controlnets, tmp_path, parity_log):
+    """--controlnet with --refiner: diffusers' StableDiffusionXLControlNetPipeline(denoising_end,
+    output_type="latent") handing its latents to StableDiffusionXLImg2ImgPipeline(denoising_start),
+    one generator through both.  6 steps, switch 0.6: the base runs 3.  End 0.34 counts over all 6
+    (diffusers' controlnet_keep is worked out before the cut): the unit runs on the base's first
+    two steps, where counting over the base's 3 would run it on the first only (end 0.2 here)."""
+    import diffusers
+    import torch
+    from PIL import Image
+
+    from sdcli.imaging.image_io import read_png_text
+    from tests.reference import compare, diffusers_scheduler, reference_arguments, sdcli_pixels, to_pixels
+
+    source, folder = tiny_sdxl_controlnet
+    steps, switch, end = 6, 0.6, 0.34
+    base = diffusers.StableDiffusionXLControlNetPipeline(
+        **tiny_sdxl.components(), add_watermarker=False,
+        controlnet=diffusers.ControlNetModel.from_pretrained(source, torch_dtype=torch.float32))
+    refiner = diffusers.StableDiffusionXLImg2ImgPipeline(**tiny_sdxl_refiner.components(), add_watermarker=False,
+                                                         requires_aesthetics_score=True,
+                                                         force_zeros_for_empty_prompt=False)
+    for pipe in (base, refiner):
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
+    args = reference_arguments(steps=steps)
+    latents = base(**dict(args, output_type="latent"), width=SIZE, height=SIZE, control_guidance_end=end,
+                   image=Image.open(tiny_controlnets.images["a"]).convert("RGB"), denoising_end=switch).images
+    theirs = to_pixels(refiner(**args, image=latents, denoising_start=switch).images)
+
+    def ours(name, image="a", end=end, refine=True):
+        flags = ["--controlnet-dir", folder, "--controlnet", "cn-xl", "--control-image",
+                 tiny_controlnets.images[image], "--control-end", end]
+        flags += ["--refiner", tiny_sdxl_refiner.ov_dir, "--refiner-switch", switch] if refine else []
+        return sdcli_pixels(tiny_sdxl.ov_dir, tmp_path / f"{name}.png", *flags, steps=steps, scheduler=SCHEDULER,
+                            width=SIZE, height=SIZE)
+
+    picture = ours("ours")
+    compare(picture, theirs, parity_log, model="sdxl + refiner", scheduler=SCHEDULER, mode="cn, switch 0.6",
+            size="64x64")
+    text = read_png_text(tmp_path / "ours.png")["parameters"]
+    assert 'ControlNet 0: "Module: none, Model: cn-xl, Weight: 1.0' in text and "Guidance End: 0.34" in text
+    image, first_only, alone = ours("image", image="b"), ours("first", end=0.2), ours("alone", refine=False)
+    print(f"sdxl controlnet + refiner: max {np.abs(picture - theirs).max()}; moved {moved(picture, image)} by "
+          f"another control image, {moved(picture, first_only)} by end 0.2, {moved(picture, alone)} by the refiner")
+    assert min(moved(picture, image), moved(picture, first_only), moved(picture, alone)) > 2
+
+
 def test_controlnet_on_an_optimum_cli_folder(tiny_eps, tiny_controlnets, tmp_path, parity_log):
     """The folder optimum-cli wrote from tiny_eps's weights (tests/data/optimum-tiny): its UNet graph
     takes the residuals the same way, and gives diffusers' pixels."""

@@ -14,7 +14,10 @@ diffusers' rules (StableDiffusionControlNetPipeline, 0.42):
   mode: residual k of n + 1 scaled by logspace(-1, 0, n + 1)[k], and with classifier-free
   guidance the ControlNet runs on the prompt's row only, the negative row getting none;
 - control mode "prompt" (A1111's "My prompt is more important") scales residual k by
-  0.825 ** (n - k) (A1111's soft injection), on both rows.
+  0.825 ** (n - k) (A1111's soft injection), on both rows;
+- with a refiner (StableDiffusionXLControlNetPipeline's denoising_end) the units run in the
+  base's steps only, and n is the whole schedule's count, the refiner's steps included:
+  diffusers works out controlnet_keep before it cuts the timesteps at denoising_end.
 
 ControlNets are found by name in --controlnet-dir, else $SDCLI_CONTROLNET_DIR, else
 models/ControlNet (a folder written by `sdcli convert` of a ControlNetModel), or given as
@@ -284,8 +287,6 @@ def check_request(request, engine) -> None:
     if engine.folder.denoiser != "unet":
         raise UsageError(f"--controlnet is for Stable Diffusion and SDXL models (a UNet); this is a "
                          f"{engine.family.name} model")
-    if engine.refiner is not None:
-        raise UsageError("--controlnet with --refiner is not supported yet")
     in_channels = int(engine.folder.unet_config.get("in_channels", 4))
     if in_channels not in (engine.folder.latent_channels, 9):  # (9: an inpainting UNet, with --mask)
         raise UsageError(f"--controlnet: this UNet takes {in_channels} input channels; ControlNet runs on plain "

@@ -383,6 +383,7 @@ class Engine:
         t0 = time.perf_counter()  # 2. prepare the latents
         rng = make_rng(request.rng, request.seed)
         latents, timesteps, inpaint = self.prepare_latents(request, scheduler, rng, width, height)
+        scheduled = len(timesteps)  # (what a ControlNet's start/end count: the refiner's steps too)
         if self.refiner is not None:
             timesteps = until_switch(timesteps, scheduler, request.refiner_switch)
         timings["prepare_latents"] = time.perf_counter() - t0
@@ -392,7 +393,7 @@ class Engine:
         if request.controlnets:  # the ControlNet units around the UNet (engine/controlnet.py)
             from sdcli.engine.controlnet import control
 
-            unet = control(self, unet, request, width, height, len(timesteps))
+            unet = control(self, unet, request, width, height, scheduled)
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
         step_times: list[float] = []

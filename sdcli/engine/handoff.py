@@ -41,10 +41,11 @@ def from_switch(scheduler, switch: float) -> list:
 
 def refiner_request(request):
     """The request as the refiner runs it: without the base's LoRAs and embeddings (they are
-    the base model's; the prompt is already without its tags)."""
+    the base model's; the prompt is already without its tags) and without its ControlNet units
+    (they steer the base's steps only, as diffusers' ControlNet pipeline with denoising_end)."""
     if request.mask is not None:
         raise UsageError("--refiner does not take --mask (inpainting): run the inpainting without it")
-    return request.replace(networks=None)
+    return request.replace(networks=None, controlnets=())
 
 
 def check_refiner(base, refiner) -> None:
