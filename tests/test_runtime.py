@@ -141,3 +141,41 @@ def test_an_export_folder_left_by_a_killed_process_is_removed_a_day_later(tiny_e
     os.utime(old, (0, 0))
     _image(tiny_eps.ov_dir, cache)  # the second run exports
     assert not old.exists() and recent.is_dir()
+
+
+def _mapped_rss_kb(path) -> int:
+    """The resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_an_llm_encoder_s_first_inference_leaves_no_weight_pages_resident(tiny_z_image):
+    """Compiled for any length, the LLM encoder copies its weights at its first inference, reading
+    them through the weight file's mapping: those pages are dropped as it goes, else they stay
+    resident beside the copy (Z-Image's Qwen3 int8: 3.4 GB on top of 3.5 GB). The same first
+    inference without the dropping leaves most of the file resident: what the test measures moves."""
+    from sdcli.model.folder import ModelFolder
+    from sdcli.runtime.components import LLMTextEncoder
+    from sdcli.runtime.core import Runtime
+
+    folder = ModelFolder.open(tiny_z_image[1])
+    bin_path = folder.ir("text_encoder").with_suffix(".bin").resolve()
+    size_kb = bin_path.stat().st_size // 1024
+    runtime = Runtime("CPU", "f32", None)
+    ids = list(range(10, 30))
+
+    plain = LLMTextEncoder(runtime, folder)
+    plain.request.infer({"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)})
+    without = _mapped_rss_kb(bin_path)
+    del plain
+    encoder = LLMTextEncoder(runtime, folder)
+    first = encoder(ids)
+    with_dropping = _mapped_rss_kb(bin_path)
+    assert np.array_equal(encoder(ids), first)
+    assert without > 0.5 * size_kb, (without, size_kb)
+    assert with_dropping < 0.1 * size_kb, (with_dropping, size_kb)

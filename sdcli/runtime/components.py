@@ -31,6 +31,21 @@ class CompiledComponent:
             self._local.request = self.compiled.create_infer_request()
         return self._local.request
 
+    def infer_dropping_once(self, inputs: dict) -> None:
+        """Run the request; the component's first inference drops its weight file's mapped pages
+        as it goes (runtime/core.py's MappedFile).  A model compiled for a dynamic shape copies
+        its weights at its first inference, not at compile time, reading them through the
+        mapping, and the pages read would stay resident beside the copy until the component is
+        released: Z-Image's Qwen3 at int8 held 3.4 GB of them on top of its 3.5 GB copy, which
+        overlapped the transformer's load on a warm cache (peak RSS 13.1 GB against 7.2 GB)."""
+        mapping = getattr(self, "_mapping", None)
+        if mapping is None or getattr(self, "_inferred", False):
+            self.request.infer(inputs)
+            return
+        with mapping.dropping_pages():
+            self.request.infer(inputs)
+        self._inferred = True
+
 
 class TextEncoder(CompiledComponent):
     def __init__(self, runtime: Runtime, folder: ModelFolder, seq_len: int, clip_skip: int = 1,
@@ -225,7 +240,7 @@ class LLMTextEncoder(CompiledComponent):
         inputs = {"input_ids": input_ids}
         if self._mask:
             inputs["attention_mask"] = np.ones_like(input_ids)
-        self.request.infer(inputs)
+        self.infer_dropping_once(inputs)
         return self.request.get_output_tensor(self._hidden).data[0].copy()
 
 
