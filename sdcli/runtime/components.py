@@ -20,6 +20,8 @@ class CompiledComponent:
     can run at once on a model compiled for throughput."""
 
     compiled = None
+    _mapping = None  # the weights' MappedFile (runtime.load's second value), where the component keeps one
+    _inferred = False  # whether infer_dropping_once ran an inference
 
     @cached_property
     def _local(self) -> threading.local:
@@ -38,11 +40,10 @@ class CompiledComponent:
         mapping, and the pages read would stay resident beside the copy until the component is
         released: Z-Image's Qwen3 at int8 held 3.4 GB of them on top of its 3.5 GB copy, which
         overlapped the transformer's load on a warm cache (peak RSS 13.1 GB against 7.2 GB)."""
-        mapping = getattr(self, "_mapping", None)
-        if mapping is None or getattr(self, "_inferred", False):
+        if self._mapping is None or self._inferred:
             self.request.infer(inputs)
             return
-        with mapping.dropping_pages():
+        with self._mapping.dropping_pages():
             self.request.infer(inputs)
         self._inferred = True
 
