@@ -23,7 +23,7 @@ from sdcli.util.errors import UsageError
 
 UNIT_FIELDS = ("controlnet", "control_image")
 SETTING_FIELDS = ("control_weight", "control_start", "control_end", "control_mode", "control_resize",
-                  "control_preprocessor")
+                  "control_preprocessor", "control_type")
 CONTROL_FIELDS = (*UNIT_FIELDS, *SETTING_FIELDS)
 NUMBERS = ("control_weight", "control_start", "control_end")
 
@@ -111,10 +111,10 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
     columns = [per_unit_values(name) for name in SETTING_FIELDS]
     units = []
     from_row = "control_image" in values  # (the command line's images are the current folder's)
-    for name, image, *settings in zip(names, images, *columns):
+    for name, image, *settings, kind in zip(names, images, *columns):
         path = Path(str(image)).expanduser()
         path = root / path if from_row else path
-        unit = ControlUnit(name, path, *settings, image_name=path.name)
+        unit = ControlUnit(name, path, *settings, image_name=path.name, type=kind)
         try:
             unit.check()
         except UsageError as exc:  # named as the row's fields
@@ -138,7 +138,8 @@ def key_settings(units, row_error=ValueError) -> list | None:
             raise row_error(f"control_image {path}: {exc.strerror or exc}") from None
         settings.append({"model": str(unit.model), "image": str(path.resolve()), "image_sha256": digest,
                          "weight": unit.weight, "start": unit.start, "end": unit.end, "mode": unit.mode,
-                         "resize": unit.resize, "preprocessor": unit.preprocessor})
+                         "resize": unit.resize, "preprocessor": unit.preprocessor,
+                         **({"type": unit.type} if unit.type else {})})
     return settings
 
 
@@ -165,4 +166,4 @@ def check_command_line(opts, folder) -> None:
     for unit in units:
         unit.read_image()  # (--control-image: its errors)
         check_fits(find_controlnet(unit.model, getattr(opts, "controlnet_dir", None)), folder.unet_config,
-                   folder.is_sdxl)
+                   folder.is_sdxl, unit)

@@ -80,6 +80,7 @@ def batch(
     control_mode: Optional[List[str]] = typer.Option(None, "--control-mode", metavar="balanced|prompt|controlnet", help="ControlNet: A1111's control mode (see generate) [default: balanced]."),
     control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture [default: crop-and-resize]."),
     control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the preprocessor that makes the control map (see generate) [default: none]."),
+    control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union: the unit's control type (see generate)."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet NAME is found (see generate) [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):
@@ -90,8 +91,8 @@ def batch(
     reference_images (a JSON list, or paths separated by |), name and the hires fix's hires_scale,
     hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
     hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
-    control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor
-    (one value, a JSON list, or values separated by |)."""
+    control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor,
+    control_type (one value, a JSON list, or values separated by |)."""
     given = locals()  # the hires fix's and ControlNet's options, by name
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)

@@ -100,6 +100,7 @@ def generate(
     control_mode: Optional[List[str]] = typer.Option(None, "--control-mode", metavar="balanced|prompt|controlnet", help="ControlNet: A1111's control mode: balanced, prompt (My prompt is more important), controlnet (ControlNet is more important: diffusers' guess_mode) [default: balanced]."),
     control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture (A1111's resize modes) [default: crop-and-resize]."),
     control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the control map made from the fitted control image by an A1111 preprocessor with its default sliders: none (the image is the map), canny (thresholds 100/200), invert, lineart_standard, scribble_xdog (threshold 32), shuffle (seed 0), tile_resample (rate 1), tile_colorfix, blur_gaussian (sigma 9), inpaint_only (the mask is not applied yet); see `sdcli detect` [default: none]."),
+    control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union (xinsir's controlnet-union-sdxl-1.0, ProMax): the unit's control type, as A1111 names it: openpose, depth, softedge (hed, pidi, scribble), hardedge (canny, lineart, mlsd), normal, segmentation, tile, inpaint (ProMax's last two); required for a Union, refused for other ControlNets."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where --controlnet NAME finds converted ControlNets [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
 ):
     """Make images from a prompt (and optionally an init image)."""
@@ -125,7 +126,7 @@ def control_units(o: SimpleNamespace) -> tuple:
         for flag, given in (("--control-image", images), ("--control-weight", o.control_weight),
                             ("--control-start", o.control_start), ("--control-end", o.control_end),
                             ("--control-mode", o.control_mode), ("--control-resize", o.control_resize),
-                            ("--control-preprocessor", o.control_preprocessor)):
+                            ("--control-preprocessor", o.control_preprocessor), ("--control-type", o.control_type)):
             if given:
                 raise UsageError(f"{flag} is for a ControlNet unit: pass --controlnet NAME too")
         return ()
@@ -142,8 +143,9 @@ def control_units(o: SimpleNamespace) -> tuple:
         return column
 
     columns = [column(setting) for setting in ("weight", "start", "end", "mode", "resize", "preprocessor")]
-    return tuple(ControlUnit(name, Path(image), *settings, image_name=Path(image).name)
-                 for name, image, *settings in zip(names, images, *columns))
+    types = column("type")
+    return tuple(ControlUnit(name, Path(image), *settings, image_name=Path(image).name, type=kind)
+                 for name, image, kind, *settings in zip(names, images, types, *columns))
 
 
 def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:
@@ -200,9 +202,9 @@ def apply_stored_controlnets(ctx: typer.Context, options: SimpleNamespace, units
     options.controlnet = names
     for name, key in (("control_weight", "weight"), ("control_start", "start"), ("control_end", "end"),
                       ("control_mode", "mode"), ("control_resize", "resize"),
-                      ("control_preprocessor", "preprocessor")):
+                      ("control_preprocessor", "preprocessor"), ("control_type", "type")):
         if not option_given(ctx, name):
-            setattr(options, name, [unit[key] for unit in units])
+            setattr(options, name, [unit.get(key, "") for unit in units])
 
 
 def prepare(ctx: typer.Context, o: SimpleNamespace):

@@ -3,13 +3,20 @@ repo downloaded as models are, or A1111's single file of one: controlnet_file.py
 ControlNet folder of IR:
 
     NAME/openvino_model.xml, .bin   inputs sample, timestep (f32), encoder_hidden_states,
-                                    controlnet_cond (RGB in [0, 1]) [+ SDXL's text_embeds, time_ids];
+                                    controlnet_cond (RGB in [0, 1]) [+ SDXL's text_embeds, time_ids]
+                                    [+ a Union's control_type];
                                     outputs down_block_res_0 ... down_block_res_{n-1}, mid_block_res
     NAME/config.json                the ControlNetModel's config (what base it fits)
     NAME/sdcli.json                 source, weight format
 
 Height and width are dynamic.  The residuals come out unscaled (conditioning_scale 1, no guess
 mode): the engine scales them (engine/controlnet.py).
+
+A ControlNet Union (diffusers' ControlNetUnionModel: xinsir's controlnet-union-sdxl-1.0 and its
+ProMax; a config whose _class_name says so, or that has num_control_type) is exported for one
+control image a call, as diffusers runs it with one image: its extra input control_type is
+diffusers' one-hot vector [batch, num_control_type], and the control image's task embedding is
+the row of that vector's one (control_type_idx).  The engine runs a Union once per unit.
 """
 from __future__ import annotations
 
@@ -24,6 +31,11 @@ from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_directory
 
 CLASS_NAME = "ControlNetModel"
+UNION_CLASS_NAME = "ControlNetUnionModel"
+
+
+def is_union_config(config: dict) -> bool:
+    return config.get("_class_name") == UNION_CLASS_NAME or "num_control_type" in config
 
 
 def is_controlnet_folder(path: Path) -> bool:
@@ -31,7 +43,7 @@ def is_controlnet_folder(path: Path) -> bool:
     if not config.is_file() or (path / "model_index.json").is_file():
         return False
     try:
-        return json.loads(config.read_text()).get("_class_name") == CLASS_NAME
+        return json.loads(config.read_text()).get("_class_name") in (CLASS_NAME, UNION_CLASS_NAME)
     except (OSError, ValueError):
         return False
 
@@ -50,6 +62,10 @@ def load_controlnet(source: str, path: Path, opts: ConvertOptions):
 
         return load_controlnet_file(path, opts.allow_pickle, opts.config)
     try:
+        if is_union_config(json.loads((path / "config.json").read_text())):
+            from diffusers import ControlNetUnionModel
+
+            return ControlNetUnionModel.from_pretrained(path, torch_dtype=torch.float32)
         return ControlNetModel.from_pretrained(path, torch_dtype=torch.float32)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise UsageError(f"{source}: not a loadable ControlNet ({exc})") from None
@@ -73,6 +89,9 @@ def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptio
     model = load_controlnet(source, path, opts)
     cfg = model.config
     xl = cfg.get("addition_embed_type") == "text_time"
+    union = is_union_config(dict(cfg)) or type(model).__name__ == UNION_CLASS_NAME
+    if union and not xl:
+        raise UsageError(f"{source}: a ControlNet Union without SDXL's text_embeds/time_ids is not supported")
 
     class Wrapper(torch.nn.Module):
         def __init__(self, controlnet):
@@ -83,6 +102,23 @@ def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptio
             added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None
             down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond,
                                         conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False)
+            return (*down, mid)
+
+    class UnionWrapper(torch.nn.Module):
+        """One control image a call: control_type is diffusers' one-hot vector (the same on every
+        row), and its one is the image's control_type_idx (a gather from task_embedding)."""
+
+        def __init__(self, controlnet):
+            super().__init__()
+            self.controlnet = controlnet
+
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, text_embeds, time_ids,
+                    control_type):
+            index = torch.argmax(control_type[0])
+            down, mid = self.controlnet(sample, timestep, encoder_hidden_states, [controlnet_cond],
+                                        control_type=control_type, control_type_idx=[index], conditioning_scale=1.0,
+                                        added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+                                        return_dict=False)
             return (*down, mid)
 
     lat, factor = 8, 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
@@ -97,16 +133,20 @@ def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptio
         pooled = cfg.projection_class_embeddings_input_dim - time_ids * cfg.addition_time_embed_dim
         example.update(text_embeds=torch.randn(2, pooled), time_ids=torch.full((2, time_ids), 64.0))
         inputs += [(PartialShape([-1, pooled]), Type.f32), (PartialShape([-1, time_ids]), Type.f32)]
+    if union:
+        types = int(cfg.num_control_type)
+        example["control_type"] = torch.zeros(2, types)
+        example["control_type"][:, types // 2] = 1.0
+        inputs.append((PartialShape([-1, types]), Type.f32))
+    wrapper = (UnionWrapper if union else Wrapper)(model)
     with torch.no_grad():
-        count = len(model(**{k: v for k, v in example.items() if k not in ("text_embeds", "time_ids")},
-                          added_cond_kwargs={"text_embeds": example["text_embeds"], "time_ids": example["time_ids"]}
-                          if xl else None, return_dict=False)[0])
+        count = len(wrapper(**example)) - 1
     from sdcli.convert.ir import to_openvino
 
     with atomic_directory(output, replace=opts.force) as tmp:
         started = time.perf_counter()
-        log("[1/1] controlnet")
-        ir = to_openvino(Wrapper(model), example, inputs, residual_names(count))
+        log("[1/1] controlnet union" if union else "[1/1] controlnet")
+        ir = to_openvino(wrapper, example, inputs, residual_names(count))
         save_ir(ir, tmp, opts.weight_format)
         write_json(tmp / "config.json", model_config(model))
         write_json(tmp / "sdcli.json", {"source": source, "weight_format": opts.weight_format,

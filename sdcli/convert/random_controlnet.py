@@ -30,3 +30,34 @@ def build_random_controlnet(unet_dir: str | Path, out_dir: str | Path, embedding
                 p.mul_(spread)
     controlnet.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def build_random_controlnet_union(unet_dir: str | Path, out_dir: str | Path,
+                                  embedding_channels: tuple[int, ...] = (8, 16), seed: int = 0,
+                                  num_control_type: int = 8, heads: int = 2) -> Path:
+    """A ControlNetUnionModel (xinsir's ControlNet Union, diffusers' class) shaped like the SDXL
+    UNet in `unet_dir`, every layer random: the zero convolutions, the zero-initialised
+    spatial_ch_projs that carries the control type's task embedding into the picture, and the
+    condition transformer's layer norms (drawn near 1, as spread_weights draws norms); its
+    transformer is as wide as the UNet's first block (num_trans_channel, num_proj_channel)."""
+    import torch
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=torch.float32)
+    shaped = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=tuple(embedding_channels),
+                                            load_weights_from_unet=False)
+    width = int(unet.config.block_out_channels[0])
+    # (keyword overrides: a config dict's _use_default_values would put its defaults back)
+    controlnet = ControlNetUnionModel.from_config(shaped.config, num_control_type=num_control_type,
+                                                  num_trans_channel=width, num_proj_channel=width,
+                                                  num_trans_head=heads, num_trans_layer=1)
+    spread_weights(controlnet, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for layer in controlnet.transformer_layes:
+            for norm in (layer.ln_1, layer.ln_2):
+                norm.weight.copy_(1.0 + 0.1 * torch.randn(norm.weight.shape, generator=g))
+        # task embeddings as diffusers draws them (randn * sqrt(width)): a control type moves the picture
+        controlnet.task_embedding.copy_(torch.randn(controlnet.task_embedding.shape, generator=g) * width ** 0.5)
+    controlnet.save_pretrained(out_dir)
+    return Path(out_dir)

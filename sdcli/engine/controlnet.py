@@ -19,6 +19,13 @@ diffusers' rules (StableDiffusionControlNetPipeline, 0.42):
   base's steps only, and n is the whole schedule's count, the refiner's steps included:
   diffusers works out controlnet_keep before it cuts the timesteps at denoising_end.
 
+A ControlNet Union (xinsir's controlnet-union-sdxl-1.0 and its ProMax: diffusers'
+ControlNetUnionModel) needs a control type on each unit (--control-type; the A1111 API's
+union_control_type): the IR takes it as `control_type`, diffusers' one-hot vector, and each
+unit runs the model on its one control image, as diffusers' StableDiffusionXLControlNetUnionPipeline
+does with one image and its control_mode (several units of one Union model: as
+MultiControlNetUnionModel, each on its own).  A plain ControlNet takes no control type.
+
 ControlNets are found by name in --controlnet-dir, else $SDCLI_CONTROLNET_DIR, else
 models/ControlNet (a folder written by `sdcli convert` of a ControlNetModel), or given as
 the path of such a folder.
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -40,6 +47,38 @@ DEFAULT_CONTROLNET_DIR = Path("models/ControlNet")
 CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
                  "controlnet": "ControlNet is more important"}
 SOFT_INJECTION = 0.825  # A1111's per-residual factor for "My prompt is more important"
+# A ControlNet Union's control types, in diffusers' control_mode order for xinsir's models (the
+# index is the mode), by our name and A1111's label (its union_control_type)
+UNION_TYPES = {"openpose": "OpenPose", "depth": "Depth", "softedge": "Soft Edge", "hardedge": "Hard Edge",
+               "normal": "Normal Map", "segmentation": "Segmentation", "tile": "Tile", "inpaint": "Inpaint"}
+# other names people use for them (xinsir's and ComfyUI's lists, the extension's tags)
+UNION_ALIASES = {"pose": "openpose", "hed": "softedge", "pidi": "softedge", "scribble": "softedge",
+                 "ted": "softedge", "soft_edge": "softedge", "canny": "hardedge", "lineart": "hardedge",
+                 "anime_lineart": "hardedge", "mlsd": "hardedge", "hard_edge": "hardedge", "normalmap": "normal",
+                 "normal_map": "normal", "segment": "segmentation", "seg": "segmentation", "blur": "tile",
+                 "repaint": "inpaint"}
+
+
+def union_type(value) -> str:
+    """The control type `value` names (ours, A1111's label, an alias, or diffusers' mode number),
+    "" for none; UsageError for another."""
+    text = str(value if value is not None else "").strip().lower()
+    if text in ("", "none", "unknown"):
+        return ""
+    if text.isdigit() and int(text) < len(UNION_TYPES):
+        return list(UNION_TYPES)[int(text)]
+    text = text.replace("-", "_")
+    labels = {label.lower().replace(" ", "_"): key for key, label in UNION_TYPES.items()}
+    found = text if text in UNION_TYPES else UNION_ALIASES.get(text) or labels.get(text.replace(" ", "_"))
+    if found is None:
+        raise UsageError(f"--control-type must be one of {', '.join(UNION_TYPES)} (or canny, lineart, mlsd, "
+                         f"scribble, hed, segment, blur, repaint..., or 0 to 7), got {value!r}")
+    return found
+
+
+def is_union(config: dict) -> bool:
+    """Whether a ControlNet's config is a ControlNet Union's (diffusers' ControlNetUnionModel)."""
+    return config.get("_class_name") == "ControlNetUnionModel" or "num_control_type" in config
 
 
 @dataclass(frozen=True)
@@ -55,6 +94,7 @@ class ControlUnit:
     resize: str = "crop-and-resize"  # imaging.control.RESIZE_MODES (A1111's default)
     preprocessor: str = "none"  # imaging.control.PREPROCESSORS
     image_name: str = ""  # the control image's file name (for the PNG's parameters)
+    type: str = ""  # a ControlNet Union's control type (UNION_TYPES, an alias or a number; "" for none)
 
     def check(self) -> None:
         from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
@@ -73,6 +113,16 @@ class ControlUnit:
                                      ("--control-preprocessor", self.preprocessor, PREPROCESSORS)):
             if value not in allowed:
                 raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+        self.check_type()
+
+    def check_type(self) -> None:
+        union_type(self.type)
+
+    @property
+    def type_index(self) -> int | None:
+        """diffusers' control_mode of its control type (None: none given)."""
+        found = union_type(self.type)
+        return list(UNION_TYPES).index(found) if found else None
 
     def read_image(self) -> "ControlUnit":
         """This unit with its control image read (a file's errors name --control-image)."""
@@ -84,8 +134,7 @@ class ControlUnit:
             image = read_rgb(Path(self.image))
         except UsageError as exc:
             raise UsageError(f"--control-image: {exc}") from None
-        return ControlUnit(self.model, image, self.weight, self.start, self.end, self.mode, self.resize,
-                           self.preprocessor, self.image_name or Path(self.image).name)
+        return replace(self, image=image, image_name=self.image_name or Path(self.image).name)
 
     def runs_at(self, index: int, total: int) -> bool:
         """diffusers' controlnet_keep: whether the unit runs on step `index` of `total`."""
@@ -146,11 +195,34 @@ def find_controlnet(name: str, folder: Path | None = None) -> Path:
                      f"convert one with sdcli convert, or pass --controlnet-dir")
 
 
-def check_fits(path: Path, unet_config: dict, is_sdxl: bool) -> dict:
-    """The ControlNet's config, or UsageError when it was made for another base than the UNet's."""
+def check_union(path: Path, config: dict, unit: ControlUnit) -> None:
+    """UsageError for a Union ControlNet without a control type, or a control type on another, or
+    one the Union model was not trained with."""
+    name = Path(str(unit.model)).name
+    index = unit.type_index
+    if not is_union(config):
+        if index is not None:
+            raise UsageError(f"--control-type {unit.type}: {name} is not a ControlNet Union (a control type is for "
+                             "union models such as xinsir's controlnet-union-sdxl-1.0); leave it out")
+        return
+    count = int(config.get("num_control_type", 6))
+    if index is None:
+        raise UsageError(f"--controlnet {name} is a ControlNet Union: give its --control-type "
+                         f"({', '.join(list(UNION_TYPES)[:count])})")
+    if index >= count:
+        raise UsageError(f"--control-type {unit.type}: {name} knows {count} control types "
+                         f"({', '.join(list(UNION_TYPES)[:count])}); {union_type(unit.type)} is not one of them "
+                         "(ProMax adds tile and inpaint)")
+
+
+def check_fits(path: Path, unet_config: dict, is_sdxl: bool, unit: ControlUnit | None = None) -> dict:
+    """The ControlNet's config, or UsageError when it was made for another base than the UNet's
+    (or, with `unit`, when its control type does not go with it: check_union)."""
     from sdcli.model.config_checks import read_json
 
     config = read_json(path / "config.json")
+    if unit is not None:
+        check_union(path, config, unit)
     xl = config.get("addition_embed_type") == "text_time"
     if xl != is_sdxl:
         kinds = ("SDXL", "SD 1.x/2.x")
@@ -198,6 +270,16 @@ class PreparedUnit:
     unit: ControlUnit
     image: np.ndarray  # controlnet_cond [1, 3, H, W]
     path: Path
+    control_type: np.ndarray | None = None  # a Union's: diffusers' one-hot control_type [1, num_control_type]
+
+
+def control_type_vector(config: dict, unit: ControlUnit) -> np.ndarray | None:
+    """diffusers' control_type of `unit` on a Union ControlNet of `config` (None: not a Union)."""
+    if not is_union(config) or unit.type_index is None:
+        return None
+    vector = np.zeros((1, int(config.get("num_control_type", 6))), np.float32)
+    vector[0, unit.type_index] = 1.0
+    return vector
 
 
 def prepare_units(units, width: int, height: int, folder: Path | None, unet_config: dict,
@@ -209,10 +291,10 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
     prepared = []
     for unit in units:
         path = find_controlnet(unit.model, folder)
-        check_fits(path, unet_config, is_sdxl)
+        config = check_fits(path, unet_config, is_sdxl, unit)
         unit = unit.read_image()
         image = preprocess(fit(unit.image, width, height, unit.resize), unit.preprocessor)
-        prepared.append(PreparedUnit(unit, control_input(image), path))
+        prepared.append(PreparedUnit(unit, control_input(image), path, control_type_vector(config, unit)))
     return prepared
 
 
@@ -258,6 +340,8 @@ class ControlledUNet:
                       "encoder_hidden_states": take(context),
                       "controlnet_cond": np.repeat(prepared.image, batch, axis=0),
                       **{name: take(value) for name, value in extra.items()}}
+            if prepared.control_type is not None:
+                inputs["control_type"] = np.repeat(prepared.control_type, batch, axis=0)
             controlnet = self.load(prepared.path, {name: list(value.shape) for name, value in inputs.items()})
             outputs = controlnet(inputs)
             if len(outputs) != len(self.names) or any(out.shape[1:] != self.residual_shapes[name][1:]
@@ -293,7 +377,7 @@ def check_request(request, engine) -> None:
                          "Stable Diffusion and SDXL UNets and on inpainting ones (9)")
     for unit in request.controlnets:
         check_fits(find_controlnet(unit.model, engine.controlnet_dir), engine.folder.unet_config,
-                   engine.folder.is_sdxl)
+                   engine.folder.is_sdxl, unit)
 
 
 def _component(components, path: Path, shapes: dict[str, list[int]]):
@@ -307,26 +391,32 @@ def _component(components, path: Path, shapes: dict[str, list[int]]):
 
 
 def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int, height: int,
-                channels: int | None = None) -> dict:
+                channels: int | None = None, control_types: int | None = None) -> dict:
     """The input shapes of `unit`'s ControlNet beside a UNet of `unet_shapes` (the prompt's row
     only in guess mode with classifier-free guidance; `channels`: the latents' channels, which
-    is all of the sample it reads)."""
+    is all of the sample it reads; `control_types`: a Union's num_control_type)."""
     rows = unet_shapes["sample"][0]
     batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
     shapes = {name: [batch, *shape[1:]] for name, shape in unet_shapes.items()}
     if channels is not None:
         shapes["sample"][1] = channels
     shapes["controlnet_cond"] = [batch, 3, height, width]
+    if control_types:
+        shapes["control_type"] = [batch, control_types]
     return shapes
 
 
 def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
     """Compile the request's ControlNets in the background (engine.preload), for the shapes the
     loop will call them with."""
+    from sdcli.model.config_checks import read_json
+
     width, height = engine.resolve_size(request)
     for unit in request.controlnets:
         path = find_controlnet(unit.model, engine.controlnet_dir)
-        shapes = unit_shapes(unet_shapes, unit, width, height, engine.folder.latent_channels)
+        config = read_json(path / "config.json")
+        types = int(config.get("num_control_type", 6)) if is_union(config) else None
+        shapes = unit_shapes(unet_shapes, unit, width, height, engine.folder.latent_channels, types)
         engine.components.start(*_component(engine.components, path, shapes))
 
 
@@ -348,6 +438,7 @@ def control(engine, unet, request, width: int, height: int, steps: int) -> Contr
 # --- the PNG's parameters (A1111's ControlNet extension's fields) -----------------------------------
 
 INFOTEXT_KEY = "ControlNet {}"
+UNION_INFOTEXT = "Union Control Type"
 
 
 def infotext_fields(units) -> dict[str, str]:
@@ -363,13 +454,15 @@ def infotext_fields(units) -> dict[str, str]:
             parts.update({"Threshold A": float(CANNY_LOW), "Threshold B": float(CANNY_HIGH)})
         parts.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end), "Pixel Perfect": False,
                       "Control Mode": CONTROL_MODES[unit.mode]})
+        if union_type(unit.type):  # (the unit's union_control_type, as the extension names the field)
+            parts[UNION_INFOTEXT] = UNION_TYPES[union_type(unit.type)]
         fields[INFOTEXT_KEY.format(i)] = ", ".join(f"{key}: {value}" for key, value in parts.items())
     return fields
 
 
 def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
     """The units a PNG's `ControlNet N` fields describe, in order: each a dict of ControlUnit's
-    settings (model, weight, start, end, mode, resize, preprocessor); what sdcli does not do
+    settings (model, weight, start, end, mode, resize, preprocessor, type); what sdcli does not do
     goes to `notes`.  ValueError for a number that is not one."""
     from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
 
@@ -395,5 +488,15 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
                       "start": float(parts.get("Guidance Start", 0.0)), "end": float(parts.get("Guidance End", 1.0)),
                       "mode": modes.get(mode, {"prompt": "prompt", "control": "controlnet"}.get(mode, "balanced")),
                       "resize": by_label.get(parts.get("Resize Mode", "Crop and Resize").lower(), "crop-and-resize"),
-                      "preprocessor": module})
+                      "preprocessor": module, "type": _stored_type(parts.get(UNION_INFOTEXT), index, notes)})
     return units
+
+
+def _stored_type(text: str | None, index: int, notes: list[str]) -> str:
+    """A PNG's `Union Control Type` as ours ("" for none or one sdcli does not know: in `notes`)."""
+    try:
+        return union_type(text)
+    except UsageError:
+        notes.append(f"ControlNet {index} has the union control type {text!r}, which sdcli does not know: "
+                     "pass --control-type")
+        return ""

@@ -7,7 +7,10 @@ A unit is a dict with the extension's field names, aliases and defaults (its Con
 ControlNet's name in the ControlNet folder: $SDCLI_CONTROLNET_DIR, else models/ControlNet; a
 " [hash]" after it is ignored), `weight`, `image` (base64, or {"image", "mask"}; `input_image`),
 `resize_mode`, `processor_res`, `threshold_a`, `threshold_b`, `guidance_start`, `guidance_end`,
-`control_mode`, `pixel_perfect`, `save_detected_map`.  It becomes the engine's ControlUnit
+`control_mode`, `pixel_perfect`, `save_detected_map`, and `union_control_type` (a ControlNet
+Union's control type, as the extension and webuiapi name it: "OpenPose", "Depth", "Soft Edge",
+"Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint"; "Unknown" or none for none; a Union
+needs one, other ControlNets take none).  It becomes the engine's ControlUnit
 (engine/controlnet.py) with rule "a1111": the extension's guidance start/end rule, not the CLI's.
 
 The control map is made as `sdcli generate` makes it (the image fitted to the picture, then the
@@ -365,10 +368,30 @@ def parse_units(scripts: Any, kind: str) -> list[ApiUnit]:
         image = _image(f"{base}.image", values.get("image"))
         if image is None and kind == "txt2img":
             raise FieldError(f"{base}.image", "the unit has no image (txt2img needs one; img2img uses the init image)")
+        kind = union_control_type(f"{base}.union_control_type", values.get("union_control_type"), model)
         unit = A1111Unit(model, image if image is not None else np.zeros((8, 8, 3), np.uint8), weight,
-                                  start, end, mode, resize, module, image_name=f"controlnet {index}")
+                         start, end, mode, resize, module, image_name=f"controlnet {index}", type=kind)
         units.append(ApiUnit(index, unit, image, module, thresholds, save))
     return units
+
+
+def union_control_type(where: str, value: Any, model: str) -> str:
+    """A unit's union_control_type (engine.controlnet.union_type), checked against its ControlNet:
+    a Union needs one it knows, another ControlNet takes none."""
+    from sdcli.engine.controlnet import check_union
+    from sdcli.model.config_checks import read_json
+
+    if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise FieldError(where, f"must be a control type's name, got {value!r}")
+    unit = ControlUnit(model, None, type=str(value) if value is not None else "")
+    try:
+        unit.check_type()
+        path = folder()[0] / model
+        check_union(path, read_json(path / "config.json"), unit)
+    except UsageError as exc:
+        raise FieldError(where, str(exc).replace("--control-type", "union_control_type")
+                         .replace("--controlnet ", "")) from None
+    return unit.type
 
 
 def add_units(plan) -> None:

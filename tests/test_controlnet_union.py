@@ -1,0 +1,177 @@
+"""ControlNet Union (xinsir's controlnet-union-sdxl-1.0 and ProMax: diffusers' ControlNetUnionModel)
+on the tiny SDXL: `sdcli convert` of a random ControlNetUnionModel folder (every layer randomised,
+the zero-initialised ones too), `sdcli generate --controlnet U --control-type T` against diffusers'
+StableDiffusionXLControlNetUnionPipeline (control_image=[...], control_mode=[...]); the control
+type and the control image each move the picture; the infotext, the A1111 API's
+union_control_type, and the refusals."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.controlnets import SCHEDULER, moved
+
+STEPS, SIZE = 3, 64
+
+
+@pytest.fixture(scope="module")
+def tiny_union(tiny_sdxl, models_root, tmp_path_factory):
+    """A random ControlNet Union fitting tiny_sdxl (8 control types, as ProMax), converted at fp32
+    into a ControlNet folder as `union`; beside it `plain` (its IR, with a plain ControlNet's config)
+    and `union6` (its config with 6 control types, as the first Union): for the refusals; and two
+    control images."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.convert.random_controlnet import build_random_controlnet_union
+    from sdcli.imaging.image_io import save_png
+    from tests.models import smooth_picture
+
+    source = build_random_controlnet_union(tiny_sdxl.diffusers_dir / "unet", models_root / "union-src", seed=5)
+    assert json.loads((source / "config.json").read_text())["_class_name"] == "ControlNetUnionModel"
+    folder = models_root / "ControlNet-union"
+    result = CliRunner().invoke(app, ["convert", str(source), "--weight-format", "fp32", "--output",
+                                      str(folder / "union"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((folder / "union" / "config.json").read_text())
+    for name, changes in (("plain", {"_class_name": "ControlNetModel"}), ("union6", {"num_control_type": 6})):
+        shutil.copytree(folder / "union", folder / name)
+        edited = {k: v for k, v in {**config, **changes}.items() if not (name == "plain" and k == "num_control_type")}
+        (folder / name / "config.json").write_text(json.dumps(edited))
+    images = tmp_path_factory.mktemp("union-control")
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    stripes = np.where(((x // 8) + (y // 16)) % 2 == 0, 230, 20).astype(np.uint8)
+    files = {"a": images / "a.png", "b": images / "b.png"}
+    save_png(files["a"], smooth_picture(SIZE, SIZE))
+    save_png(files["b"], np.stack([stripes, 255 - stripes, stripes], axis=-1))
+    return source, folder, files
+
+
+def _ours(tiny_sdxl, folder, out, image, kind, *extra):
+    from tests.reference import sdcli_pixels
+
+    flags = ["--controlnet-dir", folder, "--controlnet", "union", "--control-image", image, "--control-type", kind]
+    return sdcli_pixels(tiny_sdxl.ov_dir, out, *flags, *extra, steps=STEPS, scheduler=SCHEDULER, width=SIZE,
+                        height=SIZE)
+
+
+def test_union_ir_takes_a_control_type(tiny_union):
+    from sdcli.model.config_checks import ir_header
+
+    _, folder, _ = tiny_union
+    assert "control_type" in ir_header(folder / "union" / "openvino_model.xml")[1]
+
+
+def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_union, tmp_path, parity_log):
+    """--control-type canny (Hard Edge: diffusers' control_mode 3) against
+    StableDiffusionXLControlNetUnionPipeline(control_image=[image], control_mode=[3]); depth
+    (mode 1) on the same image, and canny on another image, each move the picture by more than 2."""
+    import diffusers
+    import torch
+    from PIL import Image
+
+    from sdcli.imaging.image_io import read_png_text
+    from tests.reference import compare, diffusers_scheduler, reference_arguments, to_pixels
+
+    source, folder, images = tiny_union
+    pipe = diffusers.StableDiffusionXLControlNetUnionPipeline(
+        **tiny_sdxl.components(), add_watermarker=False,
+        controlnet=diffusers.ControlNetUnionModel.from_pretrained(source, torch_dtype=torch.float32))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
+    theirs = to_pixels(pipe(**reference_arguments(steps=STEPS, width=SIZE, height=SIZE),
+                            control_image=[Image.open(images["a"]).convert("RGB")], control_mode=[3]).images)
+    ours = _ours(tiny_sdxl, folder, tmp_path / "ours.png", images["a"], "canny")
+    compare(ours, theirs, parity_log, model="sdxl", scheduler=SCHEDULER, mode="cn union", size=f"{SIZE}x{SIZE}")
+    other_type = _ours(tiny_sdxl, folder, tmp_path / "depth.png", images["a"], "depth")
+    other_image = _ours(tiny_sdxl, folder, tmp_path / "image-b.png", images["b"], "Hard Edge")
+    print(f"controlnet union: max {np.abs(ours - theirs).max()} of 255 from diffusers; the control type moves it "
+          f"by {moved(ours, other_type)}, the control image by {moved(ours, other_image)}")
+    assert moved(ours, other_type) > 2
+    assert moved(ours, other_image) > 2
+    text = read_png_text(tmp_path / "ours.png")["parameters"]
+    assert 'Model: union, ' in text and "Union Control Type: Hard Edge" in text
+
+
+def test_union_infotext_reads_back(tiny_union):
+    from sdcli.engine.controlnet import ControlUnit, infotext_fields, read_infotext
+
+    _, _, images = tiny_union
+    fields = infotext_fields([ControlUnit("union", images["a"], type="depth"), ControlUnit("cn", images["b"])])
+    assert fields["ControlNet 0"].endswith("Control Mode: Balanced, Union Control Type: Depth")
+    assert "Union" not in fields["ControlNet 1"]
+    notes = []
+    units = read_infotext({**fields, "ControlNet 1": fields["ControlNet 1"] + ", Union Control Type: Unknown"}, notes)
+    assert [u["type"] for u in units] == ["depth", ""] and not notes
+
+
+def test_union_refusals(tiny_sdxl, tiny_union, tmp_path):
+    """A Union without a control type, a control type on a plain ControlNet, a type the Union does
+    not know, a type that is none: one line, exit 2, nothing written."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from tests.reference import generate_args
+    from tests.test_bad_input import assert_refused
+
+    _, folder, images = tiny_union
+    out = tmp_path / "refused.png"
+    base = generate_args(tiny_sdxl.ov_dir, out, "--controlnet-dir", folder, "--control-image", images["a"],
+                         steps=STEPS, width=SIZE, height=SIZE)
+    for extra, needle in (
+            (["--controlnet", "union"], "is a ControlNet Union: give its --control-type"),
+            (["--controlnet", "plain", "--control-type", "canny"], "plain is not a ControlNet Union"),
+            (["--controlnet", "union6", "--control-type", "tile"], "knows 6 control types"),
+            (["--controlnet", "union", "--control-type", "sketchy"], "--control-type must be one of"),
+            (["--control-type", "canny"], "--control-type is for a ControlNet unit")):
+        args = [a for a in base if a not in ("--control-image", str(images["a"]))] if "--controlnet" not in extra \
+            else base
+        assert_refused(CliRunner().invoke(app, [*args, *extra]), 2, needle)
+        assert not out.exists()
+
+
+def test_union_in_the_a1111_api(tiny_sdxl, tiny_union, tmp_path):
+    """A unit's union_control_type (webuiapi's "Hard Edge") gives generate's pixels with
+    --control-type canny; a Union unit without one, or a type on a plain ControlNet: 422."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from sdcli.imaging.image_io import encode_png, read_rgb
+    from sdcli.serve.app import create_app
+    from sdcli.serve.worker import ModelRegistry, Worker
+    from tests.reference import NEGATIVE, PROMPT, SEED
+
+    _, folder, images = tiny_union
+    body = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": SEED, "steps": STEPS, "sampler_name": "Euler",
+            "cfg_scale": 7.5, "width": SIZE, "height": SIZE}
+    picture = base64.b64encode(encode_png(read_rgb(images["a"]))).decode()
+    unit = {"enabled": True, "model": "union", "image": picture, "module": "none", "resize_mode": "Crop and Resize",
+            "union_control_type": "Hard Edge", "save_detected_map": False}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDCLI_CONTROLNET_DIR", str(folder))
+        worker = Worker(ModelRegistry(None, tiny_sdxl.ov_dir), tiny_sdxl.ov_dir.resolve().name, queue_size=4,
+                        precision="f32")
+        worker.start(warm_up=False)
+        try:
+            client = TestClient(create_app(worker))
+            for bad, needle in (({"union_control_type": None}, "is a ControlNet Union"),
+                                ({"union_control_type": "Sketch"}, "union_control_type must be one of"),
+                                ({"model": "plain"}, "not a ControlNet Union")):
+                r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {
+                    "ControlNet": {"args": [{**unit, **bad}]}}})
+                assert r.status_code == 422, r.text
+                assert needle in r.text and "union_control_type" in r.text
+            r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
+            assert r.status_code == 200, r.text
+        finally:
+            worker.stop()
+            worker.join(30)
+    served = tmp_path / "served.png"
+    served.write_bytes(base64.b64decode(r.json()["images"][0]))
+    cli = _ours(tiny_sdxl, folder, tmp_path / "cli.png", images["a"], "canny")
+    assert moved(read_rgb(served).astype(np.int16), cli) == 0
