@@ -51,6 +51,11 @@ def tiny_union(tiny_sdxl, models_root, tmp_path_factory):
     return source, folder, files
 
 
+@pytest.fixture(scope="module")
+def pictures():
+    return {}  # generate's pictures by name, made once for the tests here
+
+
 def _ours(tiny_sdxl, folder, out, image, kind, *extra):
     from tests.reference import sdcli_pixels
 
@@ -66,7 +71,7 @@ def test_union_ir_takes_a_control_type(tiny_union):
     assert "control_type" in ir_header(folder / "union" / "openvino_model.xml")[1]
 
 
-def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_union, tmp_path, parity_log):
+def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_union, pictures, tmp_path, parity_log):
     """--control-type canny (Hard Edge: diffusers' control_mode 3) against
     StableDiffusionXLControlNetUnionPipeline(control_image=[image], control_mode=[3]); depth
     (mode 1) on the same image, and canny on another image, each move the picture by more than 2."""
@@ -85,7 +90,7 @@ def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_unio
     pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
     theirs = to_pixels(pipe(**reference_arguments(steps=STEPS, width=SIZE, height=SIZE),
                             control_image=[Image.open(images["a"]).convert("RGB")], control_mode=[3]).images)
-    ours = _ours(tiny_sdxl, folder, tmp_path / "ours.png", images["a"], "canny")
+    ours = pictures["canny"] = _ours(tiny_sdxl, folder, tmp_path / "ours.png", images["a"], "canny")
     compare(ours, theirs, parity_log, model="sdxl", scheduler=SCHEDULER, mode="cn union", size=f"{SIZE}x{SIZE}")
     other_type = _ours(tiny_sdxl, folder, tmp_path / "depth.png", images["a"], "depth")
     other_image = _ours(tiny_sdxl, folder, tmp_path / "image-b.png", images["b"], "Hard Edge")
@@ -134,7 +139,7 @@ def test_union_refusals(tiny_sdxl, tiny_union, tmp_path):
         assert not out.exists()
 
 
-def test_union_in_the_a1111_api(tiny_sdxl, tiny_union, tmp_path):
+def test_union_in_the_a1111_api(tiny_sdxl, tiny_union, pictures, tmp_path):
     """A unit's union_control_type (webuiapi's "Hard Edge") gives generate's pixels with
     --control-type canny; a Union unit without one, or a type on a plain ControlNet: 422."""
     pytest.importorskip("fastapi")
@@ -173,5 +178,66 @@ def test_union_in_the_a1111_api(tiny_sdxl, tiny_union, tmp_path):
             worker.join(30)
     served = tmp_path / "served.png"
     served.write_bytes(base64.b64decode(r.json()["images"][0]))
-    cli = _ours(tiny_sdxl, folder, tmp_path / "cli.png", images["a"], "canny")
+    cli = pictures.get("canny")
+    if cli is None:  # run alone
+        cli = _ours(tiny_sdxl, folder, tmp_path / "cli.png", images["a"], "canny")
     assert moved(read_rgb(served).astype(np.int16), cli) == 0
+
+
+def test_union_config_from_real_shapes():
+    """The ControlNetUnionModel config inferred from the tensor shapes of xinsir's SDXL Union
+    architecture (ProMax's 8 control types; on torch's meta device) builds the same tensors."""
+    import torch
+    from diffusers import ControlNetUnionModel
+
+    from sdcli.convert.controlnet_file import layout, union_config
+
+    sdxl = dict(block_out_channels=[320, 640, 1280], layers_per_block=2, cross_attention_dim=2048,
+                attention_head_dim=[5, 10, 20], use_linear_projection=True, transformer_layers_per_block=[1, 2, 10],
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816, conditioning_embedding_out_channels=[16, 32, 96, 256],
+                num_control_type=8)
+    with torch.device("meta"):
+        model = ControlNetUnionModel(**sdxl)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert layout(shapes) == "diffusers"
+    inferred = union_config(shapes)
+    for key, value in sdxl.items():
+        assert inferred[key] == value, key
+    assert (inferred["num_trans_channel"], inferred["num_proj_channel"], inferred["num_trans_layer"]) == (320, 320, 1)
+    with torch.device("meta"):
+        rebuilt = ControlNetUnionModel.from_config({k: v for k, v in inferred.items() if not k.startswith("_")})
+    assert {n: tuple(t.shape) for n, t in rebuilt.state_dict().items()} == shapes
+
+
+def test_a_union_single_file_converts_as_its_folder(tiny_union, tmp_path):
+    """xinsir's files are diffusers-named single files (diffusion_pytorch_model_promax.safetensors):
+    converted (with --config: the tiny widths are not SDXL's 64 channels a head that inference
+    assumes), the IR gives the folder's residuals."""
+    import openvino as ov
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    source, folder, _ = tiny_union
+    single = tmp_path / "union_promax.safetensors"
+    shutil.copyfile(source / "diffusion_pytorch_model.safetensors", single)
+    result = CliRunner().invoke(app, ["convert", str(single), "--config", str(source), "--weight-format", "fp32",
+                                      "--output", str(tmp_path / "from-file"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    theirs, ours = (json.loads((f / "config.json").read_text()) for f in (folder / "union", tmp_path / "from-file"))
+    for key in ("_class_name", "num_control_type", "num_trans_channel", "num_proj_channel", "num_trans_head",
+                "num_trans_layer", "block_out_channels", "transformer_layers_per_block"):
+        assert ours[key] == theirs[key], key
+    rs = np.random.default_rng(1)
+    inputs = {"sample": rs.standard_normal((2, 4, 8, 8)), "timestep": np.array([500.0, 500.0]),
+              "encoder_hidden_states": rs.standard_normal((2, 77, 64)), "controlnet_cond": rs.random((2, 3, 16, 16)),
+              "text_embeds": rs.standard_normal((2, 32)), "time_ids": np.tile([64.0, 64, 0, 0, 64, 64], (2, 1)),
+              "control_type": np.tile(np.eye(8)[5], (2, 1))}
+    inputs = {k: np.asarray(v, np.float32) for k, v in inputs.items()}
+    core = ov.Core()
+    outs = [core.compile_model(f / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(inputs)
+            for f in (folder / "union", tmp_path / "from-file")]
+    for a, b in zip(outs[0].values(), outs[1].values()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

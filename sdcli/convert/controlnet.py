@@ -38,6 +38,23 @@ def is_union_config(config: dict) -> bool:
     return config.get("_class_name") == UNION_CLASS_NAME or "num_control_type" in config
 
 
+def union_types(path: Path) -> int | None:
+    """A ControlNet folder's number of control types as its weights have them (a Union's
+    task_embedding rows), None when its weights file has no task_embedding (or is not one
+    safetensors file)."""
+    from sdcli.convert.controlnet_file import UNION_KEY
+    from sdcli.model.tensor_files import safetensors_header
+
+    weights = path / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        return None
+    try:
+        entry = safetensors_header(weights)[0].get(UNION_KEY)
+    except (UsageError, OSError):
+        return None
+    return int(entry["shape"][0]) if isinstance(entry, dict) else None
+
+
 def is_controlnet_folder(path: Path) -> bool:
     config = path / "config.json"
     if not config.is_file() or (path / "model_index.json").is_file():
@@ -62,10 +79,12 @@ def load_controlnet(source: str, path: Path, opts: ConvertOptions):
 
         return load_controlnet_file(path, opts.allow_pickle, opts.config)
     try:
-        if is_union_config(json.loads((path / "config.json").read_text())):
+        types = union_types(path)
+        if types is not None or is_union_config(json.loads((path / "config.json").read_text())):
             from diffusers import ControlNetUnionModel
 
-            return ControlNetUnionModel.from_pretrained(path, torch_dtype=torch.float32)
+            given = {"num_control_type": types} if types else {}  # (ProMax's weights beside the first config)
+            return ControlNetUnionModel.from_pretrained(path, torch_dtype=torch.float32, **given)
         return ControlNetModel.from_pretrained(path, torch_dtype=torch.float32)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise UsageError(f"{source}: not a loadable ControlNet ({exc})") from None

@@ -1,6 +1,9 @@
 """A1111's single-file ControlNets (`control_v11p_sd15_canny.pth`, `…_openpose.safetensors`, or a
 diffusers ControlNet's weights in one file such as `diffusers_xl_canny_full.safetensors`) read
-into a diffusers ControlNetModel, which controlnet.py exports as it exports a folder.
+into a diffusers ControlNetModel, which controlnet.py exports as it exports a folder.  A ControlNet
+Union's file (xinsir's `diffusion_pytorch_model_promax.safetensors`: diffusers' names, with a
+task_embedding) becomes a ControlNetUnionModel the same way (its union parts' sizes from their
+tensors; its transformer's heads, which shapes cannot tell, xinsir's 8).
 
 The file holds the original (LDM) tensor names, `control_model.input_blocks.…`, `zero_convs.…`,
 `input_hint_block.…`, `middle_block_out.…` (some files without the `control_model.` prefix), or
@@ -234,6 +237,48 @@ def diffusers_state_dict(state: dict, config: dict, name: str) -> dict:
     return converted
 
 
+UNION_KEY = "task_embedding"  # a ControlNet Union's (xinsir's files have diffusers' names)
+UNION_HEADS = 8  # xinsir's num_trans_head: the tensors' shapes do not tell it
+
+
+def union_config(shapes: dict) -> dict:
+    """The ControlNetUnionModel config of a Union's tensors ({diffusers name: shape}): the SDXL
+    ControlNet's inferred as for any file, with the union parts' sizes from their tensors."""
+    config = infer_config(shapes)
+    layers = {int(m.group(1)) for m in (re.match(r"transformer_layes\.(\d+)\.", n) for n in shapes) if m}
+    types, width = shapes[UNION_KEY]
+    config.update(_class_name="ControlNetUnionModel", num_control_type=types, num_trans_channel=width,
+                  num_proj_channel=shapes["spatial_ch_projs.weight"][0], num_trans_head=UNION_HEADS,
+                  num_trans_layer=1 + max(layers) if layers else 1)
+    return config
+
+
+def load_union_file(path: Path, state: dict, config_dir: str | None):
+    """A ControlNet Union's single file (xinsir's diffusion_pytorch_model[_promax].safetensors) as
+    a ControlNetUnionModel in float32; `config_dir`: its folder's config instead of the inferred
+    one (num_control_type taken from the file: ProMax's 8 beside the first Union's 6)."""
+    from diffusers import ControlNetUnionModel
+
+    if layout(state) != "diffusers":
+        raise UsageError(f"{path.name}: a ControlNet Union in the original (LDM) names is not supported")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if config_dir is None:
+        config = union_config(shapes)
+    else:
+        try:
+            config = dict(ControlNetUnionModel.load_config(config_dir, local_files_only=True))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--config {config_dir}: not a ControlNet folder ({str(exc).splitlines()[0]})") from None
+        config["num_control_type"] = shapes[UNION_KEY][0]
+    try:
+        model = ControlNetUnionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"cannot load {path.name} as a ControlNet Union: {first}") from None
+    return model.float().eval()
+
+
 def load_controlnet_file(path: Path, allow_pickle: bool, config_dir: str | None = None):
     """The file's ControlNetModel in float32 (`config_dir`: a diffusers ControlNet folder whose
     config.json describes it, instead of the inferred config)."""
@@ -244,6 +289,8 @@ def load_controlnet_file(path: Path, allow_pickle: bool, config_dir: str | None 
         raise UsageError(f"{path.name} is a pickle ({path.suffix}), which can run code when loaded: pass "
                          "--allow-pickle if you trust it, or use a .safetensors version")
     state = _state_dict(path)
+    if UNION_KEY in state:
+        return load_union_file(path, state, config_dir)
     if config_dir is None:
         config = infer_config({k: tuple(v.shape) for k, v in state.items()})
     else:

@@ -34,12 +34,13 @@ def build_random_controlnet(unet_dir: str | Path, out_dir: str | Path, embedding
 
 def build_random_controlnet_union(unet_dir: str | Path, out_dir: str | Path,
                                   embedding_channels: tuple[int, ...] = (8, 16), seed: int = 0,
-                                  num_control_type: int = 8, heads: int = 2) -> Path:
+                                  num_control_type: int = 8, heads: int = 8) -> Path:
     """A ControlNetUnionModel (xinsir's ControlNet Union, diffusers' class) shaped like the SDXL
     UNet in `unet_dir`, every layer random: the zero convolutions, the zero-initialised
     spatial_ch_projs that carries the control type's task embedding into the picture, and the
     condition transformer's layer norms (drawn near 1, as spread_weights draws norms); its
-    transformer is as wide as the UNet's first block (num_trans_channel, num_proj_channel)."""
+    transformer is as wide as the UNet's first block (num_trans_channel, num_proj_channel), with
+    xinsir's 8 heads."""
     import torch
     from diffusers import ControlNetUnionModel, UNet2DConditionModel
 
