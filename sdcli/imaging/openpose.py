@@ -366,7 +366,7 @@ def normalised(peaks: np.ndarray, x: int, y: int, height: int, width: int) -> li
     peaks = peaks.astype(np.float32)
     px = np.where(peaks[:, 0] < 1e-6, -1, peaks[:, 0] + x) / float(width)
     py = np.where(peaks[:, 1] < 1e-6, -1, peaks[:, 1] + y) / float(height)
-    return [(float(a), float(b)) for a, b in zip(px, py)]
+    return list(zip(px, py))  # float32 scalars, as the extension keeps them (its drawing multiplies in float32)
 
 
 # --- drawing ----------------------------------------------------------------------------------------------
@@ -495,3 +495,23 @@ def pose_map(rgb: np.ndarray, module: str = "openpose", annotator_dir=None) -> n
     bgr = np.ascontiguousarray(padded[:, :, ::-1])
     people = detect_people(bgr, nets)
     return np.ascontiguousarray(draw(people, bgr.shape[0], bgr.shape[1], body, hands, face)[:h, :w])
+
+
+# the registry's entries (imaging/preprocessors.py): module, whether it has the Resolution slider
+# (the extension shows it for openpose and openpose_full; the others run at 512), what it draws
+ENTRIES = (
+    ("openpose", True, "OpenPose body skeletons (the body network, converted)"),
+    ("openpose_hand", False, "OpenPose bodies and hands (body and hand networks)"),
+    ("openpose_face", False, "OpenPose bodies and face points (body and face networks)"),
+    ("openpose_faceonly", False, "OpenPose face points only (body and face networks)"),
+    ("openpose_full", True, "OpenPose bodies, hands and faces (body, hand and face networks)"),
+)
+
+
+def runner(module: str):
+    """The preprocessor function of `module`: run(RGB uint8 image, annotator_dir=None) -> map."""
+    def run(image: np.ndarray, annotator_dir=None, **_) -> np.ndarray:
+        return pose_map(image, module, annotator_dir)
+
+    run.__name__ = f"run_{module}"
+    return run
