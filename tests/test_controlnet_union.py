@@ -100,6 +100,22 @@ def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_unio
     assert moved(ours, other_image) > 2
     text = read_png_text(tmp_path / "ours.png")["parameters"]
     assert 'Model: union, ' in text and "Union Control Type: Hard Edge" in text
+    # --from-image reads the unit back, its control type with it (the control image is given again)
+    again = sdcli_generate_from(tiny_sdxl, folder, tmp_path, images["a"])
+    assert again.read_bytes() == (tmp_path / "ours.png").read_bytes()
+
+
+def sdcli_generate_from(tiny_sdxl, folder, tmp_path, image):
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    out = tmp_path / "again.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_sdxl.ov_dir), "--from-image",
+                                      str(tmp_path / "ours.png"), "--controlnet-dir", str(folder),
+                                      "--control-image", str(image), "--output", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
 
 
 def test_union_infotext_reads_back(tiny_union):
@@ -112,6 +128,23 @@ def test_union_infotext_reads_back(tiny_union):
     notes = []
     units = read_infotext({**fields, "ControlNet 1": fields["ControlNet 1"] + ", Union Control Type: Unknown"}, notes)
     assert [u["type"] for u in units] == ["depth", ""] and not notes
+
+
+def test_batch_rows_take_a_control_type(tiny_union, tmp_path):
+    """A row's control_type (or --control-type) goes on its unit and into its key."""
+    from types import SimpleNamespace
+
+    from sdcli.batch.controlnet_rows import control_units, key_settings
+
+    _, _, images = tiny_union
+    opts = SimpleNamespace(control={"controlnet": ["union"], "control_image": [str(images["a"])],
+                                    "control_type": ["depth"]})
+    (unit,) = control_units({}, opts, tmp_path)
+    (row,) = control_units({"control_type": "Hard Edge"}, opts, tmp_path)
+    assert (unit.type_index, row.type_index) == (1, 3)
+    assert key_settings((unit,))[0]["type"] == "depth" and key_settings((row,)) != key_settings((unit,))
+    with pytest.raises(ValueError, match="control_type must be one of"):
+        control_units({"control_type": "sketchy"}, opts, tmp_path)
 
 
 def test_union_refusals(tiny_sdxl, tiny_union, tmp_path):
@@ -211,33 +244,27 @@ def test_union_config_from_real_shapes():
     assert {n: tuple(t.shape) for n, t in rebuilt.state_dict().items()} == shapes
 
 
-def test_a_union_single_file_converts_as_its_folder(tiny_union, tmp_path):
+def test_a_union_single_file_loads_as_its_folder(tiny_union, tmp_path):
     """xinsir's files are diffusers-named single files (diffusion_pytorch_model_promax.safetensors):
-    converted (with --config: the tiny widths are not SDXL's 64 channels a head that inference
-    assumes), the IR gives the folder's residuals."""
-    import openvino as ov
-    from typer.testing import CliRunner
+    `sdcli convert` takes one for a ControlNet, and reads it (with --config: the tiny widths are
+    not SDXL's 64 channels a head that inference assumes) into the folder's ControlNetUnionModel,
+    tensor for tensor, which then exports as the folder does."""
+    import torch
+    from diffusers import ControlNetUnionModel
 
-    from sdcli.cli.app import app
+    from sdcli.convert.controlnet import load_controlnet
+    from sdcli.convert.controlnet_file import controlnet_file
+    from sdcli.convert.options import ConvertOptions
 
-    source, folder, _ = tiny_union
+    source, _, _ = tiny_union
     single = tmp_path / "union_promax.safetensors"
     shutil.copyfile(source / "diffusion_pytorch_model.safetensors", single)
-    result = CliRunner().invoke(app, ["convert", str(single), "--config", str(source), "--weight-format", "fp32",
-                                      "--output", str(tmp_path / "from-file"), "--quiet"])
-    assert result.exit_code == 0, result.output
-    theirs, ours = (json.loads((f / "config.json").read_text()) for f in (folder / "union", tmp_path / "from-file"))
-    for key in ("_class_name", "num_control_type", "num_trans_channel", "num_proj_channel", "num_trans_head",
-                "num_trans_layer", "block_out_channels", "transformer_layers_per_block"):
-        assert ours[key] == theirs[key], key
-    rs = np.random.default_rng(1)
-    inputs = {"sample": rs.standard_normal((2, 4, 8, 8)), "timestep": np.array([500.0, 500.0]),
-              "encoder_hidden_states": rs.standard_normal((2, 77, 64)), "controlnet_cond": rs.random((2, 3, 16, 16)),
-              "text_embeds": rs.standard_normal((2, 32)), "time_ids": np.tile([64.0, 64, 0, 0, 64, 64], (2, 1)),
-              "control_type": np.tile(np.eye(8)[5], (2, 1))}
-    inputs = {k: np.asarray(v, np.float32) for k, v in inputs.items()}
-    core = ov.Core()
-    outs = [core.compile_model(f / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(inputs)
-            for f in (folder / "union", tmp_path / "from-file")]
-    for a, b in zip(outs[0].values(), outs[1].values()):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert controlnet_file(single, False) == "diffusers"
+    ours = load_controlnet(str(single), single, ConvertOptions(config=str(source)))
+    theirs = ControlNetUnionModel.from_pretrained(source, torch_dtype=torch.float32)
+    assert type(ours) is ControlNetUnionModel
+    for key in ("num_control_type", "num_trans_channel", "num_proj_channel", "num_trans_head", "num_trans_layer"):
+        assert ours.config[key] == theirs.config[key], key
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert set(mine) == set(reference)
+    assert all(torch.equal(mine[k], reference[k]) for k in reference)
