@@ -226,7 +226,7 @@ def test_names_labels_and_unknown_ones():
 
     assert resolve("invert (from white bg & black line)") == "invert"
     assert resolve("Lineart_Standard") == "lineart_standard"
-    for name in ("openpose", "depth_anything_v2", "depth_midas", "lineart_realistic", "softedge_hed"):
+    for name in ("depth_midas", "normal_bae", "softedge_hed", "mlsd"):
         with pytest.raises(UsageError, match="neural network"):
             resolve(name)
     with pytest.raises(ValueError, match="one of none, canny"):
@@ -278,7 +278,7 @@ def test_cli_json(pictures):
 
 @pytest.mark.parametrize("args, says", [
     (["detect", "sharpen"], "unknown preprocessor 'sharpen': one of none, canny, invert"),
-    (["detect", "openpose"], "not converted: not available yet"),
+    (["detect", "depth_midas"], "not converted: not available yet"),
     (["detect", "canny", "--threshold-a", "300"], "must be between 1 and 255"),
     (["detect", "invert", "--threshold-a", "3"], "has no such slider"),
 ])

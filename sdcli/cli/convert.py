@@ -37,6 +37,7 @@ def convert(
     into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --default-vae, --scheduler, --timestep-spacing."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet (a diffusers ControlNetModel folder or repo, or A1111's single file of one) is written when --output is not given [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Where an upscaler checkpoint (ESRGAN, Real-ESRGAN, SPAN, SwinIR, HAT, ... that spandrel recognises) is written when --output is not given [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
+    annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="Where a ControlNet preprocessor's network (Depth Anything V2's depth_anything_v2_vit*.pth, lineart's sk_model.pth / sk_model2.pth, lineart_anime's netG.pth) is written when --output is not given, in a folder named as its module [default: $SDCLI_ANNOTATOR_DIR, else models/annotators]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
@@ -75,6 +76,9 @@ def convert(
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         if not source.strip():
             raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
+        if into is None and config is None and convert_annotator(source, output, annotator_dir, weight_format,
+                                                                 allow_pickle, force, quiet, log):
+            return
         if into is None and config is None and convert_upscaler(source, output, upscaler_dir, weight_format, allow_pickle,
                                                                 force, quiet, log):  # (--config: a diffusion model's)
             return
@@ -142,6 +146,26 @@ def convert_upscaler(source: str, output: Optional[Path], upscaler_dir: Optional
     check_creatable(target, "--output")
     quiet_libraries()
     run_upscaler(path, target, weight_format, allow_pickle, force, log)
+    if not quiet:
+        print(target)
+    return True
+
+
+def convert_annotator(source: str, output: Optional[Path], annotator_dir: Optional[Path], weight_format: str,
+                      allow_pickle: bool, force: bool, quiet: bool, log) -> bool:
+    """A ControlNet preprocessor's checkpoint (Depth Anything V2, lineart): converted into the
+    annotator folder (convert/annotators.py); False when `source` is not one."""
+    from sdcli.convert.annotators import annotator_source, convert_annotator as run_annotator, default_target
+
+    found = annotator_source(source, allow_pickle)
+    if found is None:
+        return False
+    path, kind, state = found
+    target = output or default_target(path, kind, annotator_dir)
+    check_creatable(target, "--output")
+    quiet_libraries()
+    run_annotator(path, kind, target, "fp16" if weight_format is None else weight_format, allow_pickle, force, log,
+                  state)
     if not quiet:
         print(target)
     return True

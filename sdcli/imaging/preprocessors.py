@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from sdcli.imaging import depth_lineart
 from sdcli.util.errors import UsageError
 
 PROCESSOR_RES = 512  # the extension's Resolution slider default
@@ -277,6 +278,7 @@ def _modules() -> dict[str, Preprocessor]:
                      (RESOLUTION, threshold("Sigma", 9.0, 0.01, 64.0, 0.01)), "a Gaussian blur"),
         Preprocessor("inpaint_only", "inpaint_only", run_inpaint_only, (),
                      "the image (its mask: inpaint_map, not wired to generate yet)", needs_mask=True),
+        *(Preprocessor(name, label, run, (RESOLUTION,), what) for name, label, run, what in depth_lineart.MODULES),
     ]
     return {p.name: p for p in found}
 

@@ -1,0 +1,175 @@
+"""A1111 ControlNet's depth and lineart preprocessors, run by OpenVINO from the IRs `sdcli convert`
+writes (convert/annotators.py) into the annotator folder (imaging/annotators.py), one folder per
+module: depth_anything_v2, lineart (label lineart_realistic), lineart_coarse, lineart_anime.
+
+Each follows the extension's steps on the image it is given (detect has resized it so its short
+side is the Resolution slider, 512 by default), edge-padded at the bottom and right to multiples
+of 64 as its resize_image_with_pad does, the padding cut off the map at the end:
+
+- depth_anything_v2: the channels swapped (the extension converts its RGB image with OpenCV's
+  BGR2RGB, so the network sees BGR; kept, so the maps are the extension's), divided by 255,
+  resized bicubically (OpenCV) so both sides are at least 518 and multiples of 14 (Depth
+  Anything's lower-bound resize: the scale that brings the shorter side to 518, each side
+  rounded to a multiple of 14, rounded up where that falls under 518), normalised by ImageNet's
+  mean and deviation; the network's depth resized bilinearly (half-pixel centres) to the padded
+  image, scaled so its least value is 0 and its largest 255, truncated to uint8 (grey: the
+  extension's colored=False);
+- lineart, lineart_coarse: RGB / 255 into the generator, its output * 255 clipped and truncated
+  to uint8, inverted (255 - x: white lines on black);
+- lineart_anime: resized bicubically to multiples of 256, scaled to -1..1, the U-Net's output
+  * 127.5 + 127.5 resized back bicubically, clipped, truncated to uint8, inverted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sdcli.imaging.annotators import compiled, find_annotator, infer
+
+DEPTH_SIDE, PATCH = 518, 14
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+CUBIC_A = -0.75  # PyTorch's bicubic kernel
+# the module -> the published file it is converted from (for the message when it is missing)
+SOURCES = {"depth_anything_v2": "depth_anything_v2_vits.pth (or _vitb, _vitl, or their .safetensors)",
+           "lineart": "sk_model.pth", "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth"}
+
+
+def run_network(module: str, inputs, folder: Path | None) -> np.ndarray:
+    """The first output of `module`'s converted network (its folder is named as the module)."""
+    outputs = infer(find_annotator(module, folder, SOURCES[module], module), inputs)
+    return next(iter(outputs.values()))
+
+
+def padded64(image: np.ndarray, detector: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`detector` on the image edge-padded at the bottom and right to multiples of 64, cropped back."""
+    h, w = image.shape[:2]
+    out = detector(np.ascontiguousarray(np.pad(image, [(0, -h % 64), (0, -w % 64), (0, 0)], mode="edge")))
+    return np.ascontiguousarray(out[:h, :w])
+
+
+# --- resampling as matrices (PyTorch's formulas) --------------------------------------------------------
+
+def cubic_matrix(out_size: int, in_size: int, ratio: float) -> np.ndarray:
+    """[out, in]: PyTorch's bicubic upsampling (align_corners False, A -0.75, indices clamped) of one
+    axis with source step `ratio` (1 / its scale_factor)."""
+    src = ratio * (np.arange(out_size) + 0.5) - 0.5
+    base = np.floor(src)
+    t = src - base
+    a = CUBIC_A
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731 - |x| <= 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731 - 1 < |x| < 2
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    out = np.zeros((out_size, in_size))
+    for k in range(4):
+        np.add.at(out, (np.arange(out_size), np.clip(base.astype(int) - 1 + k, 0, in_size - 1)), weights[:, k])
+    return out
+
+
+def linear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """[out, in]: PyTorch's bilinear resize of one axis to a size (align_corners False)."""
+    src = np.maximum((in_size / out_size) * (np.arange(out_size) + 0.5) - 0.5, 0.0)
+    low = np.minimum(src.astype(int), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    t = src - low
+    out = np.zeros((out_size, in_size))
+    np.add.at(out, (np.arange(out_size), low), 1 - t)
+    np.add.at(out, (np.arange(out_size), high), t)
+    return out
+
+
+def position_matrices(rows: int, cols: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """DINOv2's position-grid interpolation to rows x cols patches (scale (n + 0.1) / grid; none
+    when the image is grid x grid patches) as the two matrices the IR takes."""
+    if rows == cols == grid:
+        return np.eye(grid, dtype=np.float32), np.eye(grid, dtype=np.float32)
+    return (cubic_matrix(rows, grid, grid / (rows + 0.1)).astype(np.float32),
+            cubic_matrix(cols, grid, grid / (cols + 0.1)).astype(np.float32))
+
+
+# --- the modules --------------------------------------------------------------------------------------
+
+def depth_size(h: int, w: int, side: int = DEPTH_SIDE, multiple: int = PATCH) -> tuple[int, int]:
+    """Depth Anything's lower-bound resize: (height, width), each at least `side` and a multiple."""
+    scale = max(side / h, side / w)
+
+    def constrain(x: float) -> int:
+        y = int(np.round(x / multiple) * multiple)
+        return y if y >= side else int(np.ceil(x / multiple) * multiple)
+
+    return constrain(scale * h), constrain(scale * w)
+
+
+def depth_input(image: np.ndarray) -> np.ndarray:
+    """The network's input for RGB uint8 `image`: float32 [1, 3, 14h, 14w] (see the module doc)."""
+    import cv2
+
+    x = image[:, :, ::-1].astype(np.float64) / 255.0
+    nh, nw = depth_size(*image.shape[:2])
+    x = cv2.resize(x, (nw, nh), interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(((x - MEAN) / STD).transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def depth_map(depth: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The network's depth [dh, dw] resized to h x w (bilinear) and scaled to 0..255, uint8."""
+    d = depth.astype(np.float64)
+    d = linear_matrix(h, d.shape[0]) @ d @ linear_matrix(w, d.shape[1]).T
+    low, high = d.min(), d.max()
+    if not high > low:
+        return np.zeros((h, w), np.uint8)
+    return ((d - low) / (high - low) * 255.0).astype(np.uint8)
+
+
+def depth_detector(image: np.ndarray, folder: Path | None = None) -> np.ndarray:
+    xml = find_annotator("depth_anything_v2", folder, SOURCES["depth_anything_v2"], "depth_anything_v2")
+    grid = compiled(xml).input("pos_rows").get_partial_shape()[1].get_length()  # the position grid's side
+    x = depth_input(image)
+    rows, cols = position_matrices(x.shape[2] // PATCH, x.shape[3] // PATCH, grid)
+    depth = next(iter(infer(xml, {"image": x, "pos_rows": rows, "pos_cols": cols}).values()))
+    return depth_map(depth[0], *image.shape[:2])
+
+
+def run_depth_anything_v2(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: depth_detector(x, annotator_dir))
+
+
+def lineart_detector(image: np.ndarray, module: str, folder: Path | None = None) -> np.ndarray:
+    x = np.ascontiguousarray((image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
+    line = run_network(module, x, folder)[0, 0]
+    return 255 - (line * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def run_lineart(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: lineart_detector(x, "lineart", annotator_dir))
+
+
+def run_lineart_coarse(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: lineart_detector(x, "lineart_coarse", annotator_dir))
+
+
+def anime_detector(image: np.ndarray, folder: Path | None = None) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    hn, wn = 256 * -(-h // 256), 256 * -(-w // 256)
+    x = cv2.resize(image, (wn, hn), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 127.5 - 1.0
+    line = run_network("lineart_anime", np.ascontiguousarray(x.transpose(2, 0, 1)[None]), folder)[0, 0]
+    line = cv2.resize(line * 127.5 + 127.5, (w, h), interpolation=cv2.INTER_CUBIC)
+    return 255 - line.clip(0, 255).astype(np.uint8)
+
+
+def run_lineart_anime(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: anime_detector(x, annotator_dir))
+
+
+# (module, the extension's label, run, what it does) for imaging/preprocessors.py's table
+MODULES = (
+    ("depth_anything_v2", "depth_anything_v2", run_depth_anything_v2,
+     "relative depth by Depth Anything V2 (OpenVINO; near: white)"),
+    ("lineart", "lineart_realistic", run_lineart, "white lines by lllyasviel's lineart generator, sk_model.pth (OpenVINO)"),
+    ("lineart_coarse", "lineart_coarse", run_lineart_coarse,
+     "white lines, coarser, by the lineart generator's sk_model2.pth (OpenVINO)"),
+    ("lineart_anime", "lineart_anime", run_lineart_anime, "white lines by the anime lineart U-Net, netG.pth (OpenVINO)"),
+)
