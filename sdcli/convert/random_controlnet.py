@@ -60,5 +60,7 @@ def build_random_controlnet_union(unet_dir: str | Path, out_dir: str | Path,
                 norm.weight.copy_(1.0 + 0.1 * torch.randn(norm.weight.shape, generator=g))
         # task embeddings as diffusers draws them (randn * sqrt(width)): a control type moves the picture
         controlnet.task_embedding.copy_(torch.randn(controlnet.task_embedding.shape, generator=g) * width ** 0.5)
+        # the control image's embedding 3x the spread's: beside the task embedding it would move little
+        controlnet.controlnet_cond_embedding.conv_out.weight.mul_(3.0)
     controlnet.save_pretrained(out_dir)
     return Path(out_dir)
