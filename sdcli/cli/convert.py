@@ -37,7 +37,7 @@ def convert(
     into: Optional[Path] = typer.Option(None, "--into", help="No SOURCE: change this converted model folder (sdcli's or optimum-cli's) instead: add --tiny-vae, and/or set --default-steps, --default-guidance, --default-vae, --scheduler, --timestep-spacing."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet (a diffusers ControlNetModel folder or repo, or A1111's single file of one) is written when --output is not given [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     upscaler_dir: Optional[Path] = typer.Option(None, "--upscaler-dir", help="Where an upscaler checkpoint (ESRGAN, Real-ESRGAN, SPAN, SwinIR, HAT, ... that spandrel recognises) is written when --output is not given [default: $SDCLI_UPSCALER_DIR, else models/ESRGAN]."),
-    annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="Where a ControlNet preprocessor's network (Depth Anything V2's depth_anything_v2_vit*.pth, lineart's sk_model.pth / sk_model2.pth, lineart_anime's netG.pth) is written when --output is not given, in a folder named as its module [default: $SDCLI_ANNOTATOR_DIR, else models/annotators]."),
+    annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="Where a ControlNet preprocessor's network (Depth Anything V2's depth_anything_v2_vit*.pth, lineart's sk_model.pth / sk_model2.pth, lineart_anime's netG.pth; OpenPose's body_pose_model.pth, hand_pose_model.pth, facenet.pth) is written when --output is not given, in a folder named as its module [default: $SDCLI_ANNOTATOR_DIR, else models/annotators]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ):
     """Export a diffusers model to OpenVINO IR (the optimum-cli folder layout); or, with
@@ -76,6 +76,9 @@ def convert(
             raise UsageError("missing SOURCE (a Hub repo id, diffusers folder or checkpoint), or --tiny-vae with --into DIR")
         if not source.strip():
             raise UsageError("SOURCE is empty: give a Hub repo id, a diffusers folder or a .safetensors checkpoint")
+        if into is None and config is None and convert_openpose(source, output, annotator_dir, weight_format,
+                                                                allow_pickle, force, quiet, log):
+            return
         if into is None and config is None and convert_annotator(source, output, annotator_dir, weight_format,
                                                                  allow_pickle, force, quiet, log):
             return
@@ -166,6 +169,26 @@ def convert_annotator(source: str, output: Optional[Path], annotator_dir: Option
     quiet_libraries()
     run_annotator(path, kind, target, "fp16" if weight_format is None else weight_format, allow_pickle, force, log,
                   state)
+    if not quiet:
+        print(target)
+    return True
+
+
+def convert_openpose(source: str, output: Optional[Path], annotator_dir: Optional[Path], weight_format: str,
+                     allow_pickle: bool, force: bool, quiet: bool, log) -> bool:
+    """One of the OpenPose networks (body_pose_model.pth, hand_pose_model.pth, facenet.pth):
+    converted into <annotator folder>/openpose_body|_hand|_face (convert/openpose.py); False when
+    `source` is not one."""
+    from sdcli.convert.openpose import convert_openpose as run_openpose, default_target, openpose_source
+
+    found = openpose_source(source, allow_pickle)
+    if found is None:
+        return False
+    path, kind = found
+    target = output or default_target(kind, annotator_dir)
+    check_creatable(target, "--output")
+    quiet_libraries()
+    run_openpose(path, kind, target, weight_format, allow_pickle, force, log)
     if not quiet:
         print(target)
     return True

@@ -38,11 +38,11 @@ def check_sliders(spec, processor_res: Optional[int], thresholds: dict) -> None:
 
 @app.command()
 def detect(
-    module: str = typer.Argument(..., help="The preprocessor (A1111 ControlNet's module name or label): none, canny, invert, lineart_standard, scribble_xdog, shuffle, tile_resample, tile_colorfix, blur_gaussian, inpaint_only; with their networks converted (sdcli convert): depth_anything_v2, lineart (lineart_realistic), lineart_coarse, lineart_anime."),
+    module: str = typer.Argument(..., help="The preprocessor (A1111 ControlNet's module name or label): none, canny, invert, lineart_standard, scribble_xdog, shuffle, tile_resample, tile_colorfix, blur_gaussian, inpaint_only; with their networks converted (sdcli convert): depth_anything_v2, lineart (lineart_realistic), lineart_coarse, lineart_anime, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full."),
     images: List[Path] = typer.Argument(..., help="Image files (any format OpenCV reads)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the maps, each <name>-<module>.png [default: beside each image]."),
     output: Optional[Path] = typer.Option(None, "--output", help="PNG to write (one image)."),
-    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian, depth_anything_v2, lineart, lineart_coarse, lineart_anime) [default: 512]."),
+    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian, depth_anything_v2, lineart, lineart_coarse, lineart_anime, openpose, openpose_full; openpose_hand, openpose_face and openpose_faceonly always at 512) [default: 512]."),
     threshold_a: Optional[float] = typer.Option(None, "--threshold-a", callback=finite, help="The module's first slider (canny: low threshold 100; scribble_xdog: 32; tile_resample: down-sampling rate 1; tile_colorfix: variation 8; blur_gaussian: sigma 9) [default: the module's]."),
     threshold_b: Optional[float] = typer.Option(None, "--threshold-b", callback=finite, help="The module's second slider (canny: high threshold 200) [default: the module's]."),
     annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="The folder of the converted preprocessor networks (depth_anything_v2, lineart, ...) [default: $SDCLI_ANNOTATOR_DIR, else models/annotators]."),

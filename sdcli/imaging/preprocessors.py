@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from sdcli.imaging import depth_lineart
+from sdcli.imaging import openpose
 from sdcli.util.errors import UsageError
 
 PROCESSOR_RES = 512  # the extension's Resolution slider default
@@ -279,6 +280,8 @@ def _modules() -> dict[str, Preprocessor]:
         Preprocessor("inpaint_only", "inpaint_only", run_inpaint_only, (),
                      "the image (its mask: inpaint_map, not wired to generate yet)", needs_mask=True),
         *(Preprocessor(name, label, run, (RESOLUTION,), what) for name, label, run, what in depth_lineart.MODULES),
+        *(Preprocessor(name, name, openpose.runner(name), (RESOLUTION,) if resolution else (), what,
+                       fixed_res=None if resolution else PROCESSOR_RES) for name, resolution, what in openpose.ENTRIES),
     ]
     return {p.name: p for p in found}
 

@@ -88,6 +88,9 @@ MODULES = {
     "tile_resample": ([Slider("threshold_a", "Down Sampling Rate", 1.0, 1.0, 8.0, 0.01)], ["Tile"], 0),
     "tile_colorfix": ([Slider("threshold_a", "Variation", 8.0, 3.0, 32.0, 1.0)], ["Tile"], 0),
     "inpaint_only": ([], ["Inpaint"], 0),
+    # the openpose modules' tags and priority (their sliders: imaging.control's PREPROCESSORS)
+    **{name: ([], ["OpenPose"], 100 if name == "openpose_full" else 0)
+       for name in ("openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full")},
     # the depth and lineart networks' tags (their sliders: imaging.control's PREPROCESSORS)
     "depth_anything_v2": ([], ["Depth"], 0),
     **{name: ([], ["Lineart"], 0) for name in ("lineart", "lineart_coarse", "lineart_anime")},
