@@ -129,8 +129,8 @@ def converted(tmp_path_factory):
               "lineart": ("sk_model.pth", random_state(lineart_shapes(), 2)),
               "lineart_coarse": ("sk_model2.pth", random_state(lineart_shapes(), 3)),
               "lineart_anime": ("netG.pth", random_state(anime_shapes(), 4))}
-    for module, (name, state) in states.items():
-        torch.save(state, root / name)
+    for module, (name, state) in states.items():  # netG.pth in torch.save's format before 1.6 (a plain pickle)
+        torch.save(state, root / name, _use_new_zipfile_serialization=(module != "lineart_anime"))
         result = CliRunner().invoke(app, ["convert", str(root / name), "--allow-pickle", "--weight-format", "fp32",
                                           "--annotator-dir", str(folder), "-q"])
         assert result.exit_code == 0, result.output

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.imaging.annotators import INFO_FILE, INPUT_NAME, IR_FILE, annotator_dir
-from sdcli.model.tensor_files import PICKLE_SUFFIXES, read_safetensors, read_torch_pickle
+from sdcli.model.tensor_files import PICKLE_SUFFIXES
 from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_directory, atomic_write_bytes
 
@@ -431,11 +431,10 @@ def _names(path: Path, allow_pickle: bool) -> tuple[list[str], dict | None]:
     if not allow_pickle:
         return [], None
     try:
-        state = read_torch_pickle(path)
+        state = read_state(path, allow_pickle)
     except UsageError:
         return [], None
-    state = _unwrap(state)
-    return list(state) if isinstance(state, dict) else [], state
+    return list(state), state
 
 
 def _unwrap(state):
@@ -522,8 +521,9 @@ def to_ir(kind: str, module):
         shapes = [ov.PartialShape([1, 3, -1, -1])]
         names = (INPUT_NAME,)
         output = "line"
-    with torch.no_grad():
-        model = ov.convert_model(wrapped, example_input=example, input=shapes)
+    with torch.no_grad():  # (traced first, without the trace check: faster than convert_model's own tracing)
+        traced = torch.jit.trace(wrapped, example, check_trace=False)
+        model = ov.convert_model(traced, example_input=example, input=shapes)
     for port, name in zip(model.inputs, names):
         port.get_tensor().set_names({name})
     model.outputs[0].get_tensor().set_names({output})
@@ -531,12 +531,12 @@ def to_ir(kind: str, module):
 
 
 def read_state(path: Path, allow_pickle: bool) -> dict:
-    if path.suffix.lower() == ".safetensors":
-        return read_safetensors(path)[0]
-    if not allow_pickle:
-        raise UsageError(f"{path.name} is a pickle ({path.suffix}), which can run code when loaded: pass --allow-pickle "
-                         "if you trust it, or use a .safetensors version")
-    return _unwrap(read_torch_pickle(path))
+    """{name: array} of the checkpoint: .safetensors, or with allow_pickle a torch.save file (zip:
+    sdcli's tensor-only unpickler; the format before torch 1.6: torch.load(weights_only=True)),
+    DataParallel's "module." taken off the names."""
+    from sdcli.convert.openpose import read_weights
+
+    return _unwrap(read_weights(path, allow_pickle))
 
 
 def convert_annotator(path: Path, kind: str, target: Path, weight_format: str, allow_pickle: bool, force: bool,
