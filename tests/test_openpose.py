@@ -399,3 +399,61 @@ def test_server_detect_and_missing_network(stand_in, monkeypatch):
     assert modules[:2] == ["none", "openpose_full"]  # the extension's priority 100 puts it first
     assert client.get("/controlnet/control_types").json()["control_types"]["OpenPose"]["module_list"][1:] == \
         ["openpose_full", "openpose_hand", "openpose_faceonly", "openpose_face", "openpose"]
+
+
+# --- hands and face on known maps --------------------------------------------------------------------
+
+def blob(h, w, x, y, sigma, amplitude):
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    return amplitude * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma * sigma))
+
+
+def test_blur_matches_scipy():
+    from scipy.ndimage import gaussian_filter
+
+    x = np.random.default_rng(3).random((40, 57))
+    assert np.abs(op.gaussian(x, 3.0) - gaussian_filter(x, sigma=3)).max() < 1e-12
+
+
+def test_hand_keypoints_take_the_heaviest_region():
+    heat = np.zeros((128, 128, 22))
+    heat[:, :, 0] = blob(128, 128, 40, 30, 3, 0.5) + blob(128, 128, 100, 100, 1, 0.9)  # wide and low beats narrow and tall
+    heat[:, :, 2] = blob(128, 128, 64, 90, 2, 0.6)
+    points = op.hand_keypoints(heat, 150, 200)
+    assert points.shape == (21, 2)
+    assert points[0].tolist() == [int(40 * 200 / 128), int(30 * 150 / 128)]
+    assert points[1].tolist() == [0, 0]  # nothing passes
+    assert points[2].tolist() == [100, int(90 * 150 / 128)]
+    assert op.normalised(points, 10, 20, 300, 400)[1] == (np.float32(-1 / 400), np.float32(-1 / 300))
+
+
+def test_face_keypoints_and_corner_aligned_scaling():
+    maps = np.zeros((3, 20, 30), np.float32)
+    maps[0, 7, 5] = 0.5
+    maps[1] += 0.04  # under the threshold: skipped
+    maps[2, 3, 9] = maps[2, 12, 2] = 0.7  # the first maximum in row order
+    assert op.face_keypoints(maps).tolist() == [[5, 7], [9, 3]]
+    small = np.random.default_rng(4).random((71, 48, 48), dtype=np.float32)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(small)[None], (101, 77), mode="bilinear",
+                                               align_corners=True)[0].numpy()
+    assert np.abs(op.bilinear_corners(small, 101, 77) - expected).max() < 1e-5
+
+
+def test_hand_and_face_drawing():
+    import colorsys
+
+    for i in range(20):
+        assert op.hue_colour(i / 20) == [c * 255 for c in colorsys.hsv_to_rgb(i / 20, 1.0, 1.0)]
+    canvas = np.zeros((200, 200, 3), np.uint8)
+    hand = [(np.float32(-1 / 200), np.float32(-1 / 200))] * 21  # not found: nothing drawn
+    hand[0], hand[1], hand[5] = (np.float32(0.5), np.float32(0.9)), (np.float32(0.1), np.float32(0.9)), \
+        (np.float32(0.5), np.float32(0.3))
+    op.draw_hand(canvas, hand)
+    assert tuple(canvas[180, 60]) == (255, 0, 0)  # bone 0 (0 -> 1): hue 0
+    assert tuple(canvas[120, 100]) == (204, 255, 0)  # bone 4 (0 -> 5): hue 0.2
+    assert tuple(canvas[180, 100]) == tuple(canvas[60, 100]) == (0, 0, 255)  # joints
+    assert not canvas[:5, :5].any()
+    face = np.zeros((50, 50, 3), np.uint8)
+    op.draw_face(face, [(np.float32(0.5), np.float32(0.5)), (np.float32(-0.02), np.float32(0.4))])
+    assert tuple(face[25, 25]) == (255, 255, 255) and face[22:29, 22:29].all(axis=2).sum() > 20
+    assert np.count_nonzero(face.any(axis=2)) == np.count_nonzero(face[20:31, 20:31].any(axis=2))

@@ -304,16 +304,24 @@ def face_box(body: list, height: int, width: int) -> tuple[int, int, int] | None
     return (int(x), int(y), int(side)) if side >= 20 else None
 
 
-def hand_peaks(crop: np.ndarray, xml: Path) -> np.ndarray:
-    """[21, 2] (x, y) in the crop of the hand's keypoints ((0, 0): not found)."""
+def hand_maps(crop: np.ndarray, xml: Path) -> np.ndarray:
+    """The hand network's 22 heatmaps of a BGR crop, averaged over its four sizes, [128, 128, 22]."""
     import cv2
 
-    h, w = crop.shape[:2]
     image = cv2.GaussianBlur(crop, (0, 0), 0.8)
     heat = np.zeros((HAND_MAP, HAND_MAP, 22))
     for scale in HAND_SCALES:
         size = scale * BOX
         heat += network_maps(xml, resize_to(image, size, size), "heatmap", HAND_MAP, HAND_MAP) / len(HAND_SCALES)
+    return heat
+
+
+def hand_keypoints(heat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[21, 2] (x, y) in a height x width crop of the 21 keypoints of hand heatmaps [128, 128, 22]:
+    each map blurred (sigma 3) and thresholded, the 8-connected region holding the most (unblurred)
+    heat kept, its maximum scaled to the crop; (0, 0) where nothing passes."""
+    import cv2
+
     out = []
     for part in range(21):
         raw = heat[:, :, part]
@@ -325,8 +333,13 @@ def hand_peaks(crop: np.ndarray, xml: Path) -> np.ndarray:
         best = int(np.argmax([np.sum(raw[labels == i]) for i in range(1, count)])) + 1
         kept = np.where(labels == best, raw, 0)
         y, x = np.unravel_index(int(np.argmax(kept)), kept.shape)
-        out.append([int(float(x) * float(w) / float(HAND_MAP)), int(float(y) * float(h) / float(HAND_MAP))])
+        out.append([int(float(x) * float(width) / float(HAND_MAP)), int(float(y) * float(height) / float(HAND_MAP))])
     return np.array(out)
+
+
+def hand_peaks(crop: np.ndarray, xml: Path) -> np.ndarray:
+    """[21, 2] (x, y) in the crop of the hand's keypoints ((0, 0): not found)."""
+    return hand_keypoints(hand_maps(crop, xml), crop.shape[0], crop.shape[1])
 
 
 def bilinear_corners(maps: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -345,11 +358,16 @@ def bilinear_corners(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     return rows[:, :, x0] * (1 - tx)[None, None, :] + rows[:, :, x1] * tx[None, None, :]
 
 
-def face_peaks(crop: np.ndarray, xml: Path) -> np.ndarray:
-    """[n, 2] (x, y) in the crop of the face maps' maxima above the threshold."""
+def face_maps(crop: np.ndarray, xml: Path) -> np.ndarray:
+    """The face network's last 71 heatmaps of a BGR crop (run at 384 x 384), scaled to the crop."""
     h, w = crop.shape[:2]
     x = resize_to(crop, FACE_INPUT, FACE_INPUT).astype(np.float32).transpose(2, 0, 1)[None] / np.float32(256.0) - 0.5
-    maps = bilinear_corners(infer(xml, np.ascontiguousarray(x, np.float32))["heatmap"][0], h, w)
+    return bilinear_corners(infer(xml, np.ascontiguousarray(x, np.float32))["heatmap"][0], h, w)
+
+
+def face_keypoints(maps: np.ndarray) -> np.ndarray:
+    """[n, 2] (x, y): each map's first maximum where it passes the threshold (maps that never do
+    are skipped)."""
     out = []
     for part in range(maps.shape[0]):
         ys, xs = np.nonzero(maps[part] > FACE_THRESHOLD)
@@ -357,6 +375,11 @@ def face_peaks(crop: np.ndarray, xml: Path) -> np.ndarray:
             best = int(np.argmax(maps[part][ys, xs]))
             out.append([int(xs[best]), int(ys[best])])
     return np.array(out).reshape(-1, 2)
+
+
+def face_peaks(crop: np.ndarray, xml: Path) -> np.ndarray:
+    """[n, 2] (x, y) in the crop of the face maps' maxima above the threshold."""
+    return face_keypoints(face_maps(crop, xml))
 
 
 def normalised(peaks: np.ndarray, x: int, y: int, height: int, width: int) -> list | None:
