@@ -366,3 +366,14 @@ def test_pickle_needs_allow_pickle(converted, tmp_path):
     result = CliRunner().invoke(app, ["convert", str(path), "--annotator-dir", str(tmp_path / "a")])
     assert result.exit_code == 2 and "--allow-pickle" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "a").exists()
+
+
+def test_png_parameters_name_the_modules():
+    """An A1111 PNG's `ControlNet 0: "Module: lineart_realistic, ..."` (the label) reads back as module lineart."""
+    from sdcli.engine.controlnet import read_infotext
+
+    notes = []
+    fields = {"ControlNet 0": "Module: lineart_realistic, Model: control_v11p_sd15_lineart, Weight: 1.0",
+              "ControlNet 1": "Module: depth_anything_v2, Model: control_v11f1p_sd15_depth, Weight: 0.5"}
+    units = read_infotext(fields, notes)
+    assert [u["preprocessor"] for u in units] == ["lineart", "depth_anything_v2"] and notes == []

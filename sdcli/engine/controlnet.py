@@ -479,6 +479,7 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
             parts[key.strip()] = value.strip()
         model = parts.get("Model", "").split(" [")[0]  # A1111 adds the file's short hash: NAME [abcd1234]
         module = parts.get("Module", "none")
+        module = next((key for key, spec in PREPROCESSORS.items() if module.lower() == spec.label.lower()), module)
         if module not in PREPROCESSORS:
             notes.append(f"ControlNet {index} ran the preprocessor {module}, which sdcli does not have: its control "
                          "image is used as the map (--control-preprocessor none)")
