@@ -8,6 +8,7 @@ and part-affinity fields of two people with known keypoints; and the whole prepr
 from __future__ import annotations
 
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -75,21 +76,24 @@ def random_state(kind: str, divisor: int = WIDTH_DIVISOR, seed: int = 0) -> dict
     return state
 
 
-def save_pth(state: dict, path) -> None:
-    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(path))
+def save_pth(state: dict, path, legacy: bool = False) -> None:
+    """torch.save's zip, or (legacy) its format before torch 1.6, which the published files predate."""
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(path), _use_new_zipfile_serialization=not legacy)
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """The three random networks saved as the published files and converted into one annotator
-    folder by `sdcli convert FILE --allow-pickle` (fp32); {kind: state}, folder."""
+    """The three random networks saved as the published files (the hand's in torch's legacy
+    format) and converted into one annotator folder by `sdcli convert FILE --allow-pickle` (fp32);
+    {kind: state}, folder."""
     root = tmp_path_factory.mktemp("openpose")
     folder = root / "annotators"
     states = {}
     for kind, name, seed in (("openpose_body", "body_pose_model.pth", 1), ("openpose_hand", "hand_pose_model.pth", 2),
                              ("openpose_face", "facenet.pth", 3)):
         states[kind] = random_state(kind, seed=seed)
-        save_pth(states[kind], root / name)
+        save_pth(states[kind], root / name, legacy=kind == "openpose_hand")
+        assert zipfile.is_zipfile(root / name) == (kind != "openpose_hand")
         result = CliRunner().invoke(app, ["convert", str(root / name), "--allow-pickle", "--weight-format", "fp32",
                                           "--annotator-dir", str(folder), "-q"])
         assert result.exit_code == 0, result.output
@@ -457,3 +461,19 @@ def test_hand_and_face_drawing():
     op.draw_face(face, [(np.float32(0.5), np.float32(0.5)), (np.float32(-0.02), np.float32(0.4))])
     assert tuple(face[25, 25]) == (255, 255, 255) and face[22:29, 22:29].all(axis=2).sum() > 20
     assert np.count_nonzero(face.any(axis=2)) == np.count_nonzero(face[20:31, 20:31].any(axis=2))
+
+
+def test_generate_refuses_a_missing_network_before_loading(tmp_path, monkeypatch):
+    """engine.controlnet.check_request (generate's, batch's and the server's check before anything
+    loads) names the openpose network that is not converted."""
+    from types import SimpleNamespace
+
+    from sdcli.engine.controlnet import ControlUnit, check_request
+    from sdcli.imaging.annotators import MissingAnnotator
+
+    monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(tmp_path / "none"))
+    folder = SimpleNamespace(denoiser="unet", unet_config={"in_channels": 4}, latent_channels=4, is_sdxl=False)
+    engine = SimpleNamespace(folder=folder, controlnet_dir=tmp_path)
+    request = SimpleNamespace(controlnets=[ControlUnit("control_v11p_sd15_openpose", None, preprocessor="openpose_hand")])
+    with pytest.raises(MissingAnnotator, match="openpose_hand needs the network openpose_body.*body_pose_model.pth"):
+        check_request(request, engine)

@@ -376,8 +376,18 @@ def check_request(request, engine) -> None:
         raise UsageError(f"--controlnet: this UNet takes {in_channels} input channels; ControlNet runs on plain "
                          "Stable Diffusion and SDXL UNets and on inpainting ones (9)")
     for unit in request.controlnets:
+        check_networks(unit.preprocessor)
         check_fits(find_controlnet(unit.model, engine.controlnet_dir), engine.folder.unet_config,
                    engine.folder.is_sdxl, unit)
+
+
+def check_networks(module: str) -> None:
+    """MissingAnnotator (a usage error) when preprocessor `module` runs networks not converted
+    (the openpose modules), so that it is said before anything loads."""
+    from sdcli.imaging import openpose
+
+    if module in openpose.MODULES:
+        openpose.networks(module)
 
 
 def _component(components, path: Path, shapes: dict[str, list[int]]):
