@@ -359,13 +359,24 @@ def test_server_detect_and_missing_network(converted, monkeypatch):
     assert client.get("/controlnet/module_list").json()["module_list"].count("depth_anything_v2") == 1
 
 
-def test_pickle_needs_allow_pickle(converted, tmp_path):
-    _, states = converted
+def test_pickle_needs_allow_pickle_safetensors_do_not(converted, tmp_path):
+    """A .pth without --allow-pickle: one line, nothing written; the same tensors as a .safetensors
+    named as the coarse file convert without it, into lineart_coarse, to the same IR numbers."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    folder, states = converted
     path = tmp_path / "sk_model.pth"
     torch.save(states["lineart"], path)
     result = CliRunner().invoke(app, ["convert", str(path), "--annotator-dir", str(tmp_path / "a")])
     assert result.exit_code == 2 and "--allow-pickle" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "a").exists()
+    safe = tmp_path / "sk_model2.safetensors"
+    safetensors_torch.save_file(states["lineart"], str(safe))
+    result = CliRunner().invoke(app, ["convert", str(safe), "--weight-format", "fp32", "--annotator-dir",
+                                      str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(8).random((1, 3, 64, 128), np.float32)
+    assert np.array_equal(ir_output(tmp_path / "a", "lineart_coarse", {"image": x}),
+                          ir_output(folder, "lineart", {"image": x}))
 
 
 def test_png_parameters_name_the_modules():
