@@ -43,6 +43,7 @@ KNOWN_FILES = {"body_pose_model": "openpose_body", "hand_pose_model": "openpose_
 STAGES = range(2, 7)
 OUTPUTS = {"openpose_body": ("paf", "heatmap"), "openpose_hand": ("heatmap",), "openpose_face": ("heatmap",)}
 EXAMPLE_SIZE = 64
+MAX_PICKLE = 400 << 20  # the published files are 147 to 210 MB; a larger pickle is something else
 
 
 def body_layers() -> list[tuple]:
@@ -219,7 +220,7 @@ def openpose_source(source: str | None, allow_pickle: bool) -> tuple[Path, str] 
             raise UsageError(f"{path.name} is a pickle ({suffix}), which can run code when loaded: pass --allow-pickle "
                              "if you trust it (the OpenPose networks are published only as pickles)")
         return None
-    if suffix != ".safetensors" and path.stat().st_size > (2 << 30):  # not an OpenPose network (they are < 300 MB)
+    if suffix != ".safetensors" and path.stat().st_size > MAX_PICKLE:  # not read whole just to look
         return None
     shapes = tensor_shapes(path, allow_pickle)
     kind = identify(shapes) if shapes else None
