@@ -388,3 +388,19 @@ def test_png_parameters_name_the_modules():
               "ControlNet 1": "Module: depth_anything_v2, Model: control_v11f1p_sd15_depth, Weight: 0.5"}
     units = read_infotext(fields, notes)
     assert [u["preprocessor"] for u in units] == ["lineart", "depth_anything_v2"] and notes == []
+
+
+def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch):
+    """generate and the server's units make the map with preprocess(fitted image, module) (engine/
+    controlnet.py's prepare_units), finding the networks through $SDCLI_ANNOTATOR_DIR: the
+    module at the image's own size, no resize."""
+    from sdcli.engine.controlnet import ControlUnit
+    from sdcli.imaging.control import preprocess
+
+    folder, states = converted
+    monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(folder))
+    image = picture(96, 128, 21)
+    ControlUnit("cn", image, preprocessor="depth_anything_v2").check()
+    got = preprocess(image, "depth_anything_v2")
+    expected = depth_reference(torch_module("depth_anything_v2", states["depth_anything_v2"]), image, 96)
+    assert got.shape == (96, 128, 3) and np.abs(got[:, :, 0].astype(int) - expected).max() <= 1
