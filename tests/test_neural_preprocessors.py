@@ -359,6 +359,16 @@ def test_server_detect_and_missing_network(converted, monkeypatch):
     assert client.get("/controlnet/module_list").json()["module_list"].count("depth_anything_v2") == 1
 
 
+def test_depth_anything_v1_file_is_refused(converted, tmp_path):
+    """Depth Anything V1's files have V2's tensor names but read other layers: refused by name."""
+    _, states = converted
+    path = tmp_path / "depth_anything_vits14.pth"
+    torch.save(states["depth_anything_v2"], path)
+    result = CliRunner().invoke(app, ["convert", str(path), "--allow-pickle", "--annotator-dir", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "V1" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+
+
 def test_pickle_needs_allow_pickle_safetensors_do_not(converted, tmp_path):
     """A .pth without --allow-pickle: one line, nothing written; the same tensors as a .safetensors
     named as the coarse file convert without it, into lineart_coarse, to the same IR numbers."""

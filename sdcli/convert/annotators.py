@@ -546,6 +546,10 @@ def convert_annotator(path: Path, kind: str, target: Path, weight_format: str, a
 
     if weight_format not in ("fp32", "fp16"):
         raise UsageError(f"--weight-format {weight_format}: a preprocessor model is written in fp16 or fp32")
+    if kind == "depth_anything_v2" and path.name.lower().startswith("depth_anything_vit"):
+        raise UsageError(f"{path.name} looks like Depth Anything V1 (the extension's depth_anything: the same tensor "
+                         "names, other layers read), which is not supported: convert depth_anything_v2_vits.pth, "
+                         "_vitb or _vitl")
     if target.exists() and not force:
         raise UsageError(f"{target} already exists (pass --force to replace it)")
     state = state if state is not None else read_state(path, allow_pickle)
