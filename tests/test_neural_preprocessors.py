@@ -414,3 +414,21 @@ def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch)
     got = preprocess(image, "depth_anything_v2")
     expected = depth_reference(torch_module("depth_anything_v2", states["depth_anything_v2"]), image, 96)
     assert got.shape == (96, 128, 3) and np.abs(got[:, :, 0].astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("module, source", [("depth_anything_v2", "depth_anything_v2_vits.pth"),
+                                            ("lineart_coarse", "sk_model2.pth")])
+def test_generate_refuses_a_missing_depth_or_lineart_network_before_loading(tmp_path, monkeypatch, module, source):
+    """engine.controlnet.check_request (generate's, batch's and the server's check before anything
+    loads) names the depth or lineart network that is not converted, and the file to convert."""
+    from types import SimpleNamespace
+
+    from sdcli.engine.controlnet import ControlUnit, check_request
+    from sdcli.imaging.annotators import MissingAnnotator
+
+    monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(tmp_path / "none"))
+    folder = SimpleNamespace(denoiser="unet", unet_config={"in_channels": 4}, latent_channels=4, is_sdxl=False)
+    engine = SimpleNamespace(folder=folder, controlnet_dir=tmp_path)
+    request = SimpleNamespace(controlnets=[ControlUnit("control_v11f1p_sd15_depth", None, preprocessor=module)])
+    with pytest.raises(MissingAnnotator, match=f"{module} needs its network.*{source}"):
+        check_request(request, engine)

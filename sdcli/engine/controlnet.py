@@ -383,11 +383,15 @@ def check_request(request, engine) -> None:
 
 def check_networks(module: str) -> None:
     """MissingAnnotator (a usage error) when preprocessor `module` runs networks not converted
-    (the openpose modules), so that it is said before anything loads."""
-    from sdcli.imaging import openpose
+    (openpose's, depth_anything_v2's, the lineart modules'), so that it is said before anything
+    loads."""
+    from sdcli.imaging import depth_lineart, openpose
+    from sdcli.imaging.annotators import find_annotator
 
     if module in openpose.MODULES:
         openpose.networks(module)
+    elif module in depth_lineart.SOURCES:
+        find_annotator(module, None, depth_lineart.SOURCES[module], module)
 
 
 def _component(components, path: Path, shapes: dict[str, list[int]]):
