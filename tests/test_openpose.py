@@ -41,20 +41,9 @@ def out_channels(kind: str, name: str) -> tuple[int, bool]:
     return PUBLISHED[name] if name in PUBLISHED else PUBLISHED[name[:6]], False
 
 
-def random_state(kind: str, divisor: int = WIDTH_DIVISOR, seed: int = 0) -> dict:
-    """{checkpoint name: float32 array} of a random network of `kind`'s layout."""
+def walk(kind: str, conv) -> None:
+    """Visit `kind`'s convolutions in the network's order: conv((name, k, ...), in channels) -> out channels."""
     from sdcli.convert.openpose import STAGES, layers_of
-
-    rng = np.random.default_rng(seed)
-    state = {}
-
-    def conv(layer, c_in):
-        name, k, _ = layer
-        c_out, is_map = out_channels(kind, name)
-        c_out = c_out if is_map else max(4, c_out // divisor)
-        state[f"{name}.weight"] = (rng.standard_normal((c_out, c_in, k, k)) * math.sqrt(2.0 / (c_in * k * k))).astype(np.float32)
-        state[f"{name}.bias"] = (rng.standard_normal(c_out) * 0.05).astype(np.float32)
-        return c_out
 
     def run(seq, c):
         for layer in seq:
@@ -73,6 +62,22 @@ def random_state(kind: str, divisor: int = WIDTH_DIVISOR, seed: int = 0) -> dict
         maps = run(layout["1"], features)
         for stage in STAGES:
             maps = run(layout[str(stage)], maps + features)
+
+
+def random_state(kind: str, divisor: int = WIDTH_DIVISOR, seed: int = 0) -> dict:
+    """{checkpoint name: float32 array} of a random network of `kind`'s layout."""
+    rng = np.random.default_rng(seed)
+    state = {}
+
+    def conv(layer, c_in):
+        name, k, _ = layer
+        c_out, is_map = out_channels(kind, name)
+        c_out = c_out if is_map else max(4, c_out // divisor)
+        state[f"{name}.weight"] = (rng.standard_normal((c_out, c_in, k, k)) * math.sqrt(2.0 / (c_in * k * k))).astype(np.float32)
+        state[f"{name}.bias"] = (rng.standard_normal(c_out) * 0.05).astype(np.float32)
+        return c_out
+
+    walk(kind, conv)
     return state
 
 
@@ -136,28 +141,13 @@ def test_layouts_are_the_published_sizes():
 
 
 def full_shapes(kind: str) -> dict:
-    from sdcli.convert.openpose import STAGES, layers_of
-
     out = {}
 
-    def run(seq, c):
-        for layer in seq:
-            if layer != "pool":
-                out[layer[0]] = (layer[1], c, out_channels(kind, layer[0])[0])
-                c = out[layer[0]][2]
-        return c
+    def conv(layer, c_in):
+        out[layer[0]] = (layer[1], c_in, out_channels(kind, layer[0])[0])
+        return out[layer[0]][2]
 
-    layout = dict(layers_of(kind))
-    features = run(layout["trunk"], 3)
-    if kind == "openpose_body":
-        maps = run(layout["1_L1"], features) + run(layout["1_L2"], features)
-        for stage in STAGES:
-            run(layout[f"{stage}_L1"], maps + features)
-            run(layout[f"{stage}_L2"], maps + features)
-    else:
-        maps = run(layout["1"], features)
-        for stage in STAGES:
-            maps = run(layout[str(stage)], maps + features)
+    walk(kind, conv)
     return out
 
 
