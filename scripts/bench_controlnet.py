@@ -12,13 +12,9 @@ Rounds rotate the configurations; one unmeasured warm-up each (compiled-model ca
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,20 +86,15 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from sdcli.bench.peers import machine_info, run_measured
-    from sdcli.util.fsutil import atomic_write_bytes
+    from sdcli.bench.peers import machine_info
+    from sdcli.bench.rounds import bench_parser, last_json, made_dirs, measure_rounds, median_rows, save_report, table
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "controlnet")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results" / "local-controlnet")
+    parser = bench_parser("controlnet", ROOT, rounds=2)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--configs", default="sdcli-0cn,sdcli-1cn,sdcli-2cn,sdcli-1cn-f32,torch-1cn")
     args = parser.parse_args()
-    work, out_dir = args.workdir, args.output_dir
-    work.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    work, out_dir = made_dirs(args)
     made = prepare(work)
     image = work / "control.png"
     y, x = np.mgrid[0:args.size, 0:args.size]
@@ -111,40 +102,22 @@ def main() -> None:
     configs = args.configs.split(",")
     report = {"machine": machine_info(), "size": args.size, "steps": args.steps, "rounds": args.rounds,
               "configs": configs, "runs": [], "load_average_start": os.getloadavg()}
-    for config in configs:
-        if not config.startswith("torch"):
-            run_measured(*command(config, made, work, image, args.steps, args.size))  # warm-up
-    for rnd in range(args.rounds):
-        for config in configs[rnd % len(configs):] + configs[:rnd % len(configs)]:
-            check: dict = {}
-            wall, rss, rc, stdout, stderr = run_measured(*command(config, made, work, image, args.steps, args.size),
-                                                         check=check)
-            run = {"config": config, "round": rnd, "wall_s": round(wall, 3), "peak_rss_mb": round(rss, 1), "rc": rc,
-                   "load_average": os.getloadavg()[0]}
-            try:
-                data = json.loads(stdout.strip().splitlines()[-1])
-                run["step_s"] = data.get("step_s") or data.get("timings", {}).get("step_median")
-            except (ValueError, IndexError):
-                run["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
-            report["runs"].append(run)
-            print(f"round {rnd + 1}/{args.rounds} {config:<14} {wall:7.1f} s {rss:7.0f} MiB step {run.get('step_s')}",
-                  flush=True)
-            atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
+
+    def parse(stdout: str) -> dict:
+        data = last_json(stdout)
+        return {"step_s": data.get("step_s") or data.get("timings", {}).get("step_median")}
+
+    measure_rounds(report, configs, lambda config: command(config, made, work, image, args.steps, args.size),
+                   args.rounds, parse=parse, warm_up=[c for c in configs if not c.startswith("torch")],
+                   save=lambda: save_report(out_dir, report))
     report["load_average_end"] = os.getloadavg()
     lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; SD 1.5 architecture "
              f"(random weights), {args.size}x{args.size}, {args.steps} steps, Euler; whole processes, medians of "
              f"{args.rounds} rotated rounds (sdcli after one unmeasured warm-up each); load average "
-             f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end.", "",
-             "| configuration | runs | wall_s | peak_rss_mb | step_s |", "|---|---|---|---|---|"]
-    for config in configs:
-        ok = [r for r in report["runs"] if r["config"] == config and r["rc"] == 0]
-        if ok:
-            steps = [r["step_s"] for r in ok if r.get("step_s")]
-            lines.append(f"| {config} | {len(ok)} | {statistics.median(r['wall_s'] for r in ok):.2f} | "
-                         f"{statistics.median(r['peak_rss_mb'] for r in ok):.0f} | "
-                         + (f"{statistics.median(steps):.3f} |" if steps else " |"))
-    atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
-    atomic_write_bytes(out_dir / "bench.md", ("\n".join(lines) + "\n").encode())
+             f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end.", ""]
+    lines += table(median_rows(report["runs"], ["config"], ["wall_s", "peak_rss_mb", "step_s"]),
+                   ["config", "runs", "wall_s", "peak_rss_mb", "step_s"])
+    save_report(out_dir, report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

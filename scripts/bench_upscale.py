@@ -16,7 +16,6 @@ files in the page cache). bench.json keeps every run; bench.md the medians.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -118,20 +117,15 @@ def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, u
 
 
 def main() -> None:
-    from sdcli.bench.peers import machine_info, run_measured
-    from sdcli.util.fsutil import atomic_write_bytes
+    from sdcli.bench.peers import machine_info
+    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, save_report
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "bench-results" / "local-upscale")
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".bench" / "upscale")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = bench_parser("upscale", ROOT, rounds=3)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--archs", default="compact,rrdbnet")
     parser.add_argument("--peers", default="sdcli-f32,sdcli,torch")
     args = parser.parse_args()
-    work, out_dir = args.workdir, args.output_dir
-    work.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    work, out_dir = made_dirs(args)
     checkpoints = build_checkpoints(work)
     upscaler_dir = work / "ESRGAN"
     names = convert(checkpoints, upscaler_dir)
@@ -141,30 +135,14 @@ def main() -> None:
     report = {"machine": machine_info(), "size": args.size, "scale": SCALE, "tile": TILE, "overlap": OVERLAP,
               "rounds": args.rounds, "peers": peers, "archs": {}, "runs": [],
               "load_average_start": os.getloadavg()}
-    pictures = {}
     for arch in args.archs.split(","):
-        for peer in peers:  # warm-ups: not measured
-            cmd, env = commands(peer, arch, names, checkpoints, image, work / f"{peer}.png", upscaler_dir,
-                                work / "cache")
-            run_measured(cmd, env)
-        for rnd in range(args.rounds):
-            turn = peers[rnd % len(peers):] + peers[:rnd % len(peers)]
-            for position, peer in enumerate(turn):
-                out = work / f"{arch}-{peer}.png"
-                cmd, env = commands(peer, arch, names, checkpoints, image, out, upscaler_dir, work / "cache")
-                check: dict = {}
-                wall, rss, rc, stdout, stderr = run_measured(cmd, env, check=check)
-                run = {"arch": arch, "peer": peer, "round": rnd, "position": position, "wall_s": round(wall, 3),
-                       "peak_rss_mb": round(rss, 1), "rc": rc, "at": time.strftime("%H:%M:%S"),
-                       "load_average": os.getloadavg()[0]}
-                if rc:
-                    run["error"] = (stderr.strip().splitlines() or ["?"])[-1][:300]
-                report["runs"].append(run)
-                print(f"{arch} round {rnd + 1}/{args.rounds} {peer:<10} {wall:7.2f} s {rss:7.0f} MiB"
-                      + (f"  FAILED {run['error']}" if rc else ""), flush=True)
-                if rc == 0:
-                    pictures[(arch, peer)] = out
-                atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
+        def command(peer: str, arch=arch) -> tuple[list[str], dict]:
+            return commands(peer, arch, names, checkpoints, image, work / f"{arch}-{peer}.png", upscaler_dir,
+                            work / "cache")
+
+        measure_rounds(report, peers, command, args.rounds, key="peer", fields={"arch": arch},
+                       save=lambda: save_report(out_dir, report))
+    pictures = {(r["arch"], r["peer"]): work / f"{r['arch']}-{r['peer']}.png" for r in report["runs"] if r["rc"] == 0}
     agree = {}
     import numpy as np
     from PIL import Image
@@ -175,31 +153,27 @@ def main() -> None:
             agree[arch] = {"max": int(np.abs(a - b).max()), "mean": round(float(np.abs(a - b).mean()), 4)}
     report["f32_vs_torch_pixels"] = agree
     report["load_average_end"] = os.getloadavg()
-    atomic_write_bytes(out_dir / "bench.json", json.dumps(report, indent=1).encode())
-    atomic_write_bytes(out_dir / "bench.md", markdown(report).encode())
+    save_report(out_dir, report, markdown(report))
     print(markdown(report))
 
 
 def markdown(report: dict) -> str:
+    from sdcli.bench.rounds import median_rows, table
+
     m = report["machine"]
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores; {report['size']}x{report['size']} picture upscaled "
              f"{report['scale']}x, A1111's tiling (tile {report['tile']}, overlap {report['overlap']}, BGR); whole "
              f"processes, medians of {report['rounds']} rotated rounds after one unmeasured warm-up per peer; load "
              f"average {report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} "
              "at the end. sdcli-f32: `sdcli upscale --precision f32`; sdcli: its default precision; torch: "
-             "spandrel's model in f32 through the same tiling code.", "",
-             "| architecture | peer | runs | wall_s | peak_rss_mb | wall_vs_torch | rss_vs_torch |", "|---|---|---|---|---|---|---|"]
-    for arch in dict.fromkeys(r["arch"] for r in report["runs"]):
-        med = {}
-        for peer in report["peers"]:
-            ok = [r for r in report["runs"] if r["arch"] == arch and r["peer"] == peer and r["rc"] == 0]
-            if ok:
-                med[peer] = (statistics.median(r["wall_s"] for r in ok),
-                             statistics.median(r["peak_rss_mb"] for r in ok), len(ok))
-        for peer, (wall, rss, n) in med.items():
-            ratio = (f"{wall / med['torch'][0]:.3f} | {rss / med['torch'][1]:.3f}" if "torch" in med and peer != "torch"
-                     else " | ")
-            lines.append(f"| {arch} | {peer} | {n} | {wall:.2f} | {rss:.0f} | {ratio} |")
+             "spandrel's model in f32 through the same tiling code.", ""]
+    rows = median_rows(report["runs"], ["arch", "peer"], ["wall_s", "peak_rss_mb"])
+    for row in rows:
+        torch = next((r for r in rows if r["arch"] == row["arch"] and r["peer"] == "torch" and r["runs"]), None)
+        if torch and row["peer"] != "torch" and row["runs"]:
+            row["wall_vs_torch"] = round(row["wall_s"] / torch["wall_s"], 3)
+            row["rss_vs_torch"] = round(row["peak_rss_mb"] / torch["peak_rss_mb"], 3)
+    lines += table(rows, ["arch", "peer", "runs", "wall_s", "peak_rss_mb", "wall_vs_torch", "rss_vs_torch"])
     if report.get("f32_vs_torch_pixels"):
         lines += ["", "sdcli-f32's picture against torch's: " + ", ".join(
             f"{a} max {v['max']} mean {v['mean']} of 255" for a, v in report["f32_vs_torch_pixels"].items())]

@@ -6,6 +6,7 @@ torch, diffusers and sdcli's CLI are imported where used, so that importing this
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,21 @@ def reference_arguments(*, steps: int | None = STEPS, seed: int = SEED, prompt: 
     if mask is not None:
         kwargs["mask_image"] = Image.open(mask)
     return kwargs
+
+
+@contextmanager
+def vae_tiling(vae, tile: int):
+    """diffusers' `vae` (an AutoencoderKL) with enable_tiling() at tiles of `tile` pixels
+    (tile_sample_min_size; tile_latent_min_size that over the VAE's factor), for the `with`
+    block; then as it was (the pipelines' components are shared by a session's tests)."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size)
+    try:
+        vae.enable_tiling()
+        vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // factor
+        yield vae
+    finally:
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
 
 
 def to_pixels(images) -> np.ndarray:

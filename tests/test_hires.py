@@ -14,6 +14,7 @@ from sdcli.engine.hires import LATENT_MODES, HiresFix, resize_latents, target
 from tests.reference import NEGATIVE, PROMPT, SEED, compare, generate_args, sdcli_pixels, to_pixels
 
 FIRST, STEPS = 32, 2
+VAE_TILE = 32  # pixels: 16 latents of the tiny VAE (factor 2), so the 64x64 hires picture is 3 x 3 tiles
 
 
 # -- the upscale and the sizes, without a model ---------------------------------------------------
@@ -177,6 +178,26 @@ def test_what_the_hires_settings_change(tiny_eps, sd_components, tmp_path, parit
              (("denoise", denoise), ("upscaler", nearest), ("prompt", prompt))}
     print("hires: moved by", moved)
     assert all(value > 2 for value in moved.values()), moved
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_with_vae_tiling_matches_diffusers(tiny_eps, sd_components, upscaler, tmp_path, parity_log):
+    """`--vae-tiling --vae-tile-size 32`: the 64x64 hires picture decoded in 3 x 3 tiles (and, with
+    Lanczos, the upscaled picture re-encoded in tiles; the 32x32 first pass is one tile), against
+    diffusers with vae.enable_tiling() at the same tile sizes; untiled, the picture moves."""
+    from tests.reference import vae_tiling
+
+    with vae_tiling(sd_components["vae"], VAE_TILE):
+        theirs = diffusers_hires(sd_components, upscaler, 2 * FIRST, 2, 0.5)
+    ours = sdcli_hires(tiny_eps.ov_dir, tmp_path / "tiled.png", *hires_args(upscaler), "--vae-tiling",
+                       "--vae-tile-size", VAE_TILE)
+    whole = sdcli_hires(tiny_eps.ov_dir, tmp_path / "whole.png", *hires_args(upscaler), "--no-vae-tiling")
+    compare(ours, theirs, parity_log, model="sd15", scheduler="pndm", mode=f"hires {upscaler} + VAE tiling",
+            size="32->64")
+    moved = int(np.abs(ours - whole).max())
+    print(f"hires {upscaler} with VAE tiling: max {int(np.abs(ours - theirs).max())} of diffusers'; "
+          f"tiling moves it by {moved}")
+    assert moved > 2
 
 
 def test_model_upscaler_hires_matches_diffusers(tiny_eps, sd_components, tmp_path_factory, parity_log):

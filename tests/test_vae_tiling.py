@@ -90,19 +90,13 @@ def test_tiled_encode_matches_diffusers(parts):
 def test_generate_vae_tiling_matches_diffusers(tiny_eps, init_image_file, tmp_path, mode):
     """`sdcli generate --vae-tiling --vae-tile-size 32` against StableDiffusion(Img2Img)Pipeline with
     vae.enable_tiling() at the same tile sizes (64 x 64: 3 x 3 tiles; img2img at 96 x 64 encodes in tiles too)."""
-    from tests.reference import diffusers_pixels, sdcli_pixels
+    from tests.reference import diffusers_pixels, sdcli_pixels, vae_tiling
 
     options = dict(steps=2, width=64, height=64) if mode == "txt2img" else \
         dict(steps=2, init_image=init_image_file, strength=0.6)  # 96 x 64, the init image's size
     components = tiny_eps.pipe().components
-    vae = components["vae"]
-    saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size)
-    try:
-        vae.enable_tiling()
-        vae.tile_sample_min_size, vae.tile_latent_min_size = TILE, TILE // 2
+    with vae_tiling(components["vae"], TILE):
         want = diffusers_pixels(components, "euler", **options)
-    finally:
-        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved
     ours = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "tiled.png", "--vae-tiling", "--vae-tile-size", TILE,
                         scheduler="euler", **options)
     whole = sdcli_pixels(tiny_eps.ov_dir, tmp_path / "whole.png", "--no-vae-tiling", scheduler="euler", **options)

@@ -38,6 +38,7 @@ from typing import Callable
 
 from sdcli.bench.peers import (MODES, PROMPT, Run, breakdown_table, earlier_runs, machine_info, median, median_row,
                                normalize, render_report, replace_block, run_measured)
+from sdcli.bench.rounds import table
 
 # arch: (random_model's flag, its name in the tables, the family)
 FLOW_ARCHS = {
@@ -210,14 +211,6 @@ TEXT_COLUMNS = ["mode", "peer", "runs", "wall_s", "peak_rss_mb", "load_compile_s
                 "rss_vs_genai"]
 
 
-def _table(rows: list[dict], cols: list[str]) -> list[str]:
-    present = [c for c in cols if any(row.get(c) is not None for row in rows)]
-    lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
-    for row in rows:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in present) + " |")
-    return lines
-
-
 def flow_markdown(report: dict) -> str:
     """bench.md of a transformer bench, from its bench.json alone."""
     info, rows = report["machine"], report["summary"]
@@ -235,10 +228,10 @@ def flow_markdown(report: dict) -> str:
                 row.get("gnu_time_wall_s") is not None for row in rows) else "") + "\n\n")
     full = [row for row in rows if not row["peer"].endswith("-text-encoder")]
     text = [row for row in rows if row["peer"].endswith("-text-encoder")]
-    out = _table(full, MAIN_COLUMNS)
+    out = table(full, MAIN_COLUMNS)
     if text:
         out += ["", "The text encoder alone (Qwen3, a process that loads it and encodes the prompt once; peak RSS "
-                "of that whole process):", ""] + _table(text, TEXT_COLUMNS)
+                "of that whole process):", ""] + table(text, TEXT_COLUMNS)
     out += ["", "What each peer ran with:", ""] + settings_lines(report)
     target = low_memory_line(report)
     if target:
