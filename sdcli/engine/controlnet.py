@@ -59,6 +59,10 @@ UNION_ALIASES = {"pose": "openpose", "hed": "softedge", "pidi": "softedge", "scr
                  "repaint": "inpaint"}
 
 
+# the extension's labels that are not their module's name (imaging.preprocessors' Preprocessor.label)
+PREPROCESSOR_LABELS = {"inpaint_global_harmonious": "inpaint"}
+
+
 def union_type(value) -> str:
     """The control type `value` names (ours, A1111's label, an alias, or diffusers' mode number),
     "" for none; UsageError for another."""
@@ -95,6 +99,12 @@ class ControlUnit:
     preprocessor: str = "none"  # imaging.control.PREPROCESSORS
     image_name: str = ""  # the control image's file name (for the PNG's parameters)
     type: str = ""  # a ControlNet Union's control type (UNION_TYPES, an alias or a number; "" for none)
+    mask: object = None  # the unit's own inpaint mask (float [H, W] in [0, 1], or uint8), the API's; None: --mask
+
+    def __post_init__(self):
+        label = str(self.preprocessor).strip().lower()
+        if label in PREPROCESSOR_LABELS:  # the extension's label of a module here
+            object.__setattr__(self, "preprocessor", PREPROCESSOR_LABELS[label])
 
     def check(self) -> None:
         from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
@@ -282,10 +292,56 @@ def control_type_vector(config: dict, unit: ControlUnit) -> np.ndarray | None:
     return vector
 
 
+# the extension's inpaint preprocessors: the control image with the masked pixels at -1 (inpaint is
+# its inpaint_global_harmonious)
+INPAINT_MODULES = ("inpaint", "inpaint_only")
+
+
+def needs_mask(unit: ControlUnit) -> bool:
+    return unit.preprocessor in INPAINT_MODULES
+
+
+def missing_mask(unit: ControlUnit, mask) -> str | None:
+    """The message for an inpaint unit without a mask (its own, or the request's `mask`), else None."""
+    if needs_mask(unit) and unit.mask is None and mask is None:
+        return (f"--control-preprocessor {unit.preprocessor} needs a mask: give --mask (the inpainting mask, with "
+                "--init-image); the masked pixels of the control image are what the ControlNet repaints")
+    return None
+
+
+def inpaint_cond(unit: ControlUnit, image: np.ndarray, mask, blur: int, width: int, height: int) -> np.ndarray:
+    """An inpaint unit's controlnet_cond [1, 3, H, W]: `image` (its control image fitted to width x
+    height) in [0, 1] with the masked pixels at -1, as diffusers' make_inpaint_condition and the
+    extension's inpaint protocol make it.  The mask (the unit's own, else the request's `mask`
+    blurred by `blur` as inpainting blurs it) is fitted as the control image was, then cut at 0.5."""
+    from sdcli.imaging.control import fit_mask
+    from sdcli.imaging.image_io import blur_mask, resize_mask
+    from sdcli.imaging.preprocessors import inpaint_map
+
+    own = unit.mask is not None
+    m = unit.mask if own else mask
+    if isinstance(m, (str, Path)):
+        from sdcli.imaging.image_io import read_mask
+
+        m = read_mask(Path(m))
+    m = np.asarray(m)
+    if m.ndim == 3:
+        m = m[:, :, 0]
+    if m.dtype == np.uint8:
+        m = m.astype(np.float32) / 255.0
+    source = unit.image
+    m = resize_mask(m, source.shape[1], source.shape[0])
+    if not own:
+        m = blur_mask(m, blur)
+    fitted = fit_mask(np.clip(np.round(m * 255.0), 0, 255).astype(np.uint8), width, height, unit.resize)
+    return np.ascontiguousarray(inpaint_map(image, fitted).transpose(2, 0, 1)[None])
+
+
 def prepare_units(units, width: int, height: int, folder: Path | None, unet_config: dict,
-                  is_sdxl: bool) -> list[PreparedUnit]:
+                  is_sdxl: bool, mask=None, mask_blur: int = 0) -> list[PreparedUnit]:
     """Each unit's ControlNet found and checked against the model, and its control image
-    fitted to width x height and preprocessed."""
+    fitted to width x height and preprocessed (an inpaint unit's with its mask, else `mask`:
+    the request's inpainting mask, blurred by `mask_blur` as inpainting blurs it)."""
     from sdcli.imaging.control import control_input, fit, preprocess
 
     prepared = []
@@ -294,7 +350,14 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
         config = check_fits(path, unet_config, is_sdxl, unit)
         unit = unit.read_image()
         image = preprocess(fit(unit.image, width, height, unit.resize), unit.preprocessor)
-        prepared.append(PreparedUnit(unit, control_input(image), path, control_type_vector(config, unit)))
+        if needs_mask(unit):
+            message = missing_mask(unit, mask)
+            if message:
+                raise UsageError(message)
+            cond = inpaint_cond(unit, image, mask, mask_blur, width, height)
+        else:
+            cond = control_input(image)
+        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit)))
     return prepared
 
 
@@ -376,6 +439,9 @@ def check_request(request, engine) -> None:
         raise UsageError(f"--controlnet: this UNet takes {in_channels} input channels; ControlNet runs on plain "
                          "Stable Diffusion and SDXL UNets and on inpainting ones (9)")
     for unit in request.controlnets:
+        message = missing_mask(unit, getattr(request, "mask", None))
+        if message:
+            raise UsageError(message)
         check_networks(unit.preprocessor)
         check_fits(find_controlnet(unit.model, engine.controlnet_dir), engine.folder.unet_config,
                    engine.folder.is_sdxl, unit)
@@ -438,7 +504,7 @@ def control(engine, unet, request, width: int, height: int, steps: int) -> Contr
     """The UNet `unet` (compiled with residual inputs) wrapped with `request`'s units, for a
     loop of `steps` calls on a width x height picture."""
     units = prepare_units(request.controlnets, width, height, engine.controlnet_dir, engine.folder.unet_config,
-                          engine.folder.is_sdxl)
+                          engine.folder.is_sdxl, getattr(request, "mask", None), getattr(request, "mask_blur", 0))
     components = engine.components
 
     def load(path: Path, shapes: dict[str, list[int]]) -> ControlNetRuntime:

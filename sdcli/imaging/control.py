@@ -42,6 +42,21 @@ def fit(image: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
+def fit_mask(mask: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
+    """An inpaint unit's uint8 mask [H, W] fitted as `fit` fits its control image; with
+    resize-and-fill the added border is masked (255: repainted), as the extension fills it."""
+    h, w = mask.shape[:2]
+    rgb = np.repeat(np.asarray(mask, np.uint8)[:, :, None], 3, axis=2)
+    if mode != "resize-and-fill" or (w, h) == (width, height):
+        return fit(rgb, width, height, mode)[:, :, 0]
+    k = min(width / w, height / h)
+    sw, sh = min(width, max(1, round(w * k))), min(height, max(1, round(h * k)))
+    out = np.full((height, width), 255, np.uint8)
+    x, y = (width - sw) // 2, (height - sh) // 2
+    out[y:y + sh, x:x + sw] = resize(rgb, sw, sh)[:, :, 0]
+    return out
+
+
 def control_input(image: np.ndarray) -> np.ndarray:
     """RGB uint8 [H, W, 3] to the ControlNet's controlnet_cond: float32 [1, 3, H, W] in [0, 1]
     (diffusers' control image processor: no normalisation to [-1, 1])."""

@@ -236,14 +236,15 @@ def run_blur_gaussian(image: np.ndarray, threshold_a: float = 9.0, **_) -> np.nd
 
 
 def run_inpaint_only(image: np.ndarray, **_) -> np.ndarray:
-    """The map is the image (the extension's identity); the mask is applied by inpaint_map."""
+    """The map is the image (the extension's identity, for inpaint and inpaint_only alike); the mask
+    is applied by inpaint_map (generate: engine.controlnet's inpaint_cond)."""
     return image
 
 
 def inpaint_map(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """inpaint_only's controlnet_cond in diffusers' convention (make_inpaint_condition): the image
     as float32 [H, W, 3] in [0, 1] with the masked pixels (mask > 0.5 of its range: uint8 > 127,
-    float > 0.5) set to -1.  `sdcli generate` does not wire the mask to a ControlNet unit yet."""
+    float > 0.5) set to -1, which is the extension's inpaint protocol (c * (1 - m) - m) too."""
     out = hwc3(image).astype(np.float32) / 255.0
     m = np.asarray(mask)
     if m.ndim == 3:
@@ -277,8 +278,10 @@ def _modules() -> dict[str, Preprocessor]:
                      (threshold("Variation", 8.0, 3.0, 32.0, 1.0),), "the image as it is"),
         Preprocessor("blur_gaussian", "blur_gaussian", run_blur_gaussian,
                      (RESOLUTION, threshold("Sigma", 9.0, 0.01, 64.0, 0.01)), "a Gaussian blur"),
+        Preprocessor("inpaint", "inpaint_global_harmonious", run_inpaint_only, (),
+                     "the image, its masked pixels -1 (the mask: generate's --mask)", needs_mask=True),
         Preprocessor("inpaint_only", "inpaint_only", run_inpaint_only, (),
-                     "the image (its mask: inpaint_map, not wired to generate yet)", needs_mask=True),
+                     "the image, its masked pixels -1 (the mask: generate's --mask)", needs_mask=True),
         *(Preprocessor(name, label, run, (RESOLUTION,), what) for name, label, run, what in depth_lineart.MODULES),
         *(Preprocessor(name, name, openpose.runner(name), (RESOLUTION,) if resolution else (), what,
                        fixed_res=None if resolution else PROCESSOR_RES) for name, resolution, what in openpose.ENTRIES),
@@ -296,7 +299,7 @@ NEURAL_PREFIXES = ("openpose", "dw_openpose", "animal_openpose", "densepose", "d
                    "t2ia_sketch", "revision", "ip-adapter", "instant_id", "mobile_sam", "pulid", "facexlib",
                    "segmentation", "anyline", "teed", "dsine", "sam")
 NOT_IMPLEMENTED = ("threshold", "color", "t2ia_color_grid", "recolor_luminance", "recolor_intensity",
-                   "tile_colorfix+sharp", "inpaint", "inpaint_global_harmonious", "reference_only",
+                   "tile_colorfix+sharp", "reference_only",
                    "reference_adain", "reference_adain+attn")
 
 

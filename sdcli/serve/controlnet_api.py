@@ -87,7 +87,8 @@ MODULES = {
     "shuffle": ([], ["Shuffle"], 0),
     "tile_resample": ([Slider("threshold_a", "Down Sampling Rate", 1.0, 1.0, 8.0, 0.01)], ["Tile"], 0),
     "tile_colorfix": ([Slider("threshold_a", "Variation", 8.0, 3.0, 32.0, 1.0)], ["Tile"], 0),
-    "inpaint_only": ([], ["Inpaint"], 0),
+    "inpaint_only": ([], ["Inpaint"], 100),
+    "inpaint": ([], ["Inpaint"], 0),
     # the openpose modules' tags and priority (their sliders: imaging.control's PREPROCESSORS)
     **{name: ([], ["OpenPose"], 100 if name == "openpose_full" else 0)
        for name in ("openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full")},
@@ -297,17 +298,8 @@ def _choice(where: str, value: Any, names: dict, ints: tuple, default: str, labe
 
 def _image(where: str, value: Any) -> np.ndarray | None:
     """A unit's image: base64, {"image": ..., "mask": ...}, [image, mask], or one such dict in a
-    list; "" or null: none.  (A mask is for the extension's inpaint preprocessors, which sdcli
-    does not have: it is not used.)"""
-    if isinstance(value, (list, tuple)):
-        if len(value) == 1 and isinstance(value[0], dict):
-            value = value[0]
-        elif len(value) == 2 and not isinstance(value[0], dict):
-            value = value[0]
-        else:
-            raise FieldError(where, "one image per unit (a list of several is the extension's IP-Adapter input)")
-    if isinstance(value, dict):
-        value = value.get("image")
+    list; "" or null: none.  (Its mask: _mask.)"""
+    value = _pair(where, value)[0]
     if value is None or isinstance(value, str) and not value.strip():
         return None
     if not isinstance(value, str):
@@ -315,10 +307,40 @@ def _image(where: str, value: Any) -> np.ndarray | None:
     return a1111.read_image(where, value)
 
 
-def parse_units(scripts: Any, kind: str) -> list[ApiUnit]:
+def _pair(where: str, value: Any) -> tuple:
+    """(image, mask) of a unit's image field, each as given (None: not given)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1 and isinstance(value[0], dict):
+            value = value[0]
+        elif len(value) == 2 and not isinstance(value[0], dict):
+            return value[0], value[1]
+        else:
+            raise FieldError(where, "one image per unit (a list of several is the extension's IP-Adapter input)")
+    if isinstance(value, dict):
+        return value.get("image"), value.get("mask")
+    return value, None
+
+
+def _mask(base: str, values: dict) -> np.ndarray | None:
+    """A unit's own mask, for the inpaint preprocessors (the extension's get_input_images_rgba: the
+    image field's {"image", "mask"} or [image, mask], else the unit's `mask` / `mask_image`), as
+    a float mask (white: repainted); None when it has none.  The image's alpha is not a mask (the
+    extension reads the image through HWC3, which drops it)."""
+    where, given = f"{base}.mask", values.get("mask")
+    if given is None or isinstance(given, str) and not given.strip():
+        where, given = f"{base}.image.mask", _pair(f"{base}.image", values.get("image"))[1]
+    if given is None or isinstance(given, str) and not given.strip():
+        return None
+    if not isinstance(given, str):
+        raise FieldError(where, "must be a base64-encoded image")
+    return a1111.read_image(where, given, mask=True)
+
+
+def parse_units(scripts: Any, kind: str, has_mask: bool = False) -> list[ApiUnit]:
     """The enabled units of a request's alwayson_scripts (its ControlNet entry, whatever its
-    case), checked; FieldError naming the field."""
-    from sdcli.engine.controlnet import CONTROL_MODES
+    case), checked; FieldError naming the field.  `has_mask`: the request is img2img with an
+    inpainting mask (what an inpaint unit without its own mask uses, as the extension does)."""
+    from sdcli.engine.controlnet import CONTROL_MODES, INPAINT_MODULES
     from sdcli.imaging.control import RESIZE_MODES
 
     if not isinstance(scripts, dict):
@@ -374,9 +396,13 @@ def parse_units(scripts: Any, kind: str) -> list[ApiUnit]:
         image = _image(f"{base}.image", values.get("image"))
         if image is None and kind == "txt2img":
             raise FieldError(f"{base}.image", "the unit has no image (txt2img needs one; img2img uses the init image)")
+        mask = _mask(base, values) if module in INPAINT_MODULES else None
+        if module in INPAINT_MODULES and mask is None and not has_mask:
+            raise FieldError(f"{base}.mask", f"module {module} needs a mask: the unit's mask (or image "
+                             "{\"image\", \"mask\"}), or img2img's inpainting mask")
         kind = union_control_type(f"{base}.union_control_type", values.get("union_control_type"), model)
         unit = A1111Unit(model, image if image is not None else np.zeros((8, 8, 3), np.uint8), weight,
-                         start, end, mode, resize, module, image_name=f"controlnet {index}", type=kind)
+                         start, end, mode, resize, module, image_name=f"controlnet {index}", type=kind, mask=mask)
         units.append(ApiUnit(index, unit, image, module, thresholds, save))
     return units
 
@@ -404,7 +430,8 @@ def add_units(plan) -> None:
     """The request's enabled ControlNet units put on `plan` (a1111.Plan), checked (txt2img,
     img2img and inpainting: the engine fits the control image to the init image's size)."""
     body = plan.body
-    plan.controlnet_units = tuple(parse_units(getattr(body, "alwayson_scripts", None), plan.kind))
+    plan.controlnet_units = tuple(parse_units(getattr(body, "alwayson_scripts", None), plan.kind,
+                                              getattr(plan, "mask", None) is not None))
 
 
 def detected_maps(plan) -> list[str]:
@@ -515,7 +542,7 @@ def add_controlnet_routes(app: FastAPI) -> None:
             controlnet_processor_res: float = Body(-1, description="The preprocessor's resolution [-1: 512]."),
             controlnet_threshold_a: float = Body(-1, description="Its first slider [-1: its default]."),
             controlnet_threshold_b: float = Body(-1, description="Its second slider [-1: its default]."),
-            controlnet_masks: list[str] = Body([], description="Accepted and unused (no inpaint preprocessors here)."),
+            controlnet_masks: list[str] = Body([], description="Accepted and unused (the inpaint modules' map is the image)."),
             low_vram: bool = Body(False, description="Accepted and unused.")):
         """The control maps of the images (A1111's ControlNet preprocessors)."""
         images = controlnet_input_images or controlnet_images or []
