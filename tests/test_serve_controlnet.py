@@ -190,7 +190,8 @@ def test_routes(client, tiny_controlnets):
 @pytest.mark.parametrize("fields, field, words", [
     ({"model": "control_v11p_sd15_canny [d14c016b]"}, "model", ["control_v11p_sd15_canny", "ControlNet"]),
     ({"image": base64.b64encode(b"not an image").decode()}, "image", []),
-    ({"module": "openpose"}, "module", ["openpose"]),
+    ({"module": "openpose"}, "module", ["openpose", "body_pose_model.pth"]),  # its networks not converted
+    ({"module": "no_such_module"}, "module", ["no_such_module"]),
     ({"weight": 3}, "weight", []),
     ({"guidance_start": 0.8, "guidance_end": 0.2}, "guidance_start", []),
     ({"resize_mode": "Stretch"}, "resize_mode", ["Just Resize"]),

@@ -133,7 +133,9 @@ def module_detail(alias_names: bool = False) -> dict:
 
 
 def find_module(name: Any, where: str) -> str:
-    """The module a unit's `module` names (its name or the extension's label, any case)."""
+    """The module a unit's `module` names (its name or the extension's label, any case), its
+    networks converted where it runs some (FieldError naming `where` otherwise)."""
+    from sdcli.engine.controlnet import check_networks
     from sdcli.imaging import control
 
     if name is None:
@@ -142,9 +144,14 @@ def find_module(name: Any, where: str) -> str:
     resolve = getattr(control, "resolve", None)
     if resolve is not None:
         try:
-            return resolve(text)
+            module = resolve(text)
         except (ValueError, UsageError) as exc:
             raise FieldError(where, f"{exc} (GET /controlnet/module_list)") from None
+        try:
+            check_networks(module)
+        except UsageError as exc:
+            raise FieldError(where, str(exc)) from None
+        return module
     for module in modules():
         if text.lower() == module.lower():
             return module
