@@ -1,14 +1,16 @@
 """Issue 22's ControlNet benchmark on the SD 1.5 architecture (random weights): `sdcli generate`
 with no ControlNet, one and two units, and diffusers' StableDiffusionControlNetPipeline in
-PyTorch (f32) with one unit, whole processes, on this CPU.
+PyTorch with one unit, whole processes, on this CPU.
 
     python scripts/bench_controlnet.py --workdir .bench/controlnet --output-dir bench-results/local-controlnet \
-        [--steps 8] [--rounds 2] [--size 512]
+        [--steps 8] [--rounds 3] [--size 512] [--configs sdcli-1cn,sdcli-1cn-int8,torch-1cn,torch-1cn-bf16,...]
 
 The SD 1.5 folder is built by `random_model --sd15` and converted once; the ControlNet is a random
 ControlNetModel shaped like that UNet (lllyasviel's conditioning embedding: 16, 32, 96, 256),
-converted once at fp32. sdcli runs at its default precision and at f32 (the torch peer's).
-Rounds rotate the configurations; one unmeasured warm-up each (compiled-model cache filled).
+converted once at fp32. Configurations: sdcli-{0,1,2}cn at its default precision, -f32 at f32,
+-int8 on folders converted with --weight-format int8 (the SD model and the ControlNets);
+torch-1cn in f32 (diffusers' default on a CPU), torch-1cn-bf16 with bfloat16 weights.
+Rounds rotate the configurations; one unmeasured warm-up each for sdcli (compiled-model cache filled).
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ import sys, time, json
 t0 = time.perf_counter()
 import torch, diffusers
 from PIL import Image
-src, cn, image, out, steps, size = sys.argv[1:7]
-net = diffusers.ControlNetModel.from_pretrained(cn, torch_dtype=torch.float32)
-pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(src, controlnet=net, torch_dtype=torch.float32,
+src, cn, image, out, steps, size, dtype = sys.argv[1:8]
+dtype = getattr(torch, dtype)
+net = diffusers.ControlNetModel.from_pretrained(cn, torch_dtype=dtype)
+pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(src, controlnet=net, torch_dtype=dtype,
                                                                   safety_checker=None, requires_safety_checker=False)
 pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
@@ -44,38 +47,43 @@ print(json.dumps({"load_s": t1 - t0, "step_s": sorted(steps_s)[len(steps_s) // 2
 """ % PROMPT
 
 
-def prepare(work: Path) -> dict:
+def prepare(work: Path, int8: bool = False) -> dict:
     from sdcli.convert.random_controlnet import build_random_controlnet
 
-    src, ov = work / "sd15-src", work / "sd15-ov"
+    src, ov, ov8 = work / "sd15-src", work / "sd15-ov", work / "sd15-ov-int8"
     if not (src / "model_index.json").is_file():
         subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(src), "--sd15"], check=True, cwd=ROOT)
-    if not (ov / "model_index.json").is_file():
-        subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(ov), "--quiet"], check=True,
-                       cwd=ROOT)
+    for folder, fmt in ((ov, None), (ov8, "int8") if int8 else (None, None)):
+        if folder is not None and not (folder / "model_index.json").is_file():
+            subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(folder), "--quiet",
+                            *(["--weight-format", fmt] if fmt else [])], check=True, cwd=ROOT)
     cns = {}
     for seed, name in enumerate(("cn-a", "cn-b")):
         cn_src = work / f"{name}-src"
         if not (cn_src / "config.json").is_file():
             build_random_controlnet(src / "unet", cn_src, embedding_channels=(16, 32, 96, 256), seed=seed)
-        if not (work / "ControlNet" / name / "openvino_model.xml").is_file():
-            subprocess.run([sys.executable, "-m", "sdcli", "convert", str(cn_src), "--weight-format", "fp32",
-                            "--controlnet-dir", str(work / "ControlNet"), "--quiet"], check=True, cwd=ROOT)
-            (work / "ControlNet" / f"{name}-src").rename(work / "ControlNet" / name)
+        for cn_dir, fmt in (("ControlNet", "fp32"), ("ControlNet-int8", "int8") if int8 else (None, None)):
+            if cn_dir is not None and not (work / cn_dir / name / "openvino_model.xml").is_file():
+                subprocess.run([sys.executable, "-m", "sdcli", "convert", str(cn_src), "--weight-format", fmt,
+                                "--controlnet-dir", str(work / cn_dir), "--quiet"], check=True, cwd=ROOT)
+                (work / cn_dir / f"{name}-src").rename(work / cn_dir / name)
         cns[name] = cn_src
-    return {"src": src, "ov": ov, "cns": cns}
+    return {"src": src, "ov": ov, "ov-int8": ov8, "cns": cns}
 
 
 def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int) -> tuple[list[str], dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), SDCLI_CACHE_DIR=str(work / "cache"))
-    if config == "torch-1cn":
+    if config.startswith("torch-1cn"):  # torch-1cn: f32 (diffusers' default on a CPU); torch-1cn-bf16
         return [sys.executable, "-c", TORCH_PEER, str(made["src"]), str(made["cns"]["cn-a"]), str(image),
-                str(work / "torch.png"), str(steps), str(size)], env
+                str(work / "torch.png"), str(steps), str(size),
+                "bfloat16" if config.endswith("-bf16") else "float32"], env
     precision = "f32" if config.endswith("-f32") else "auto"
+    int8 = config.endswith("-int8")  # the int8 folder (sdcli convert --weight-format int8) and int8 ControlNets
     units = {"0cn": [], "1cn": ["cn-a"], "2cn": ["cn-a", "cn-b"]}[config.split("-")[1]]
-    cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov"]), "--prompt", PROMPT, "--steps",
-           str(steps), "--scheduler", "euler", "--seed", "42", "--width", str(size), "--height", str(size),
-           "--precision", precision, "--controlnet-dir", str(work / "ControlNet"), "--output",
+    cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov-int8" if int8 else "ov"]), "--prompt",
+           PROMPT, "--steps", str(steps), "--scheduler", "euler", "--seed", "42", "--width", str(size), "--height",
+           str(size), "--precision", precision, "--controlnet-dir", str(work / ("ControlNet-int8" if int8 else
+                                                                                "ControlNet")), "--output",
            str(work / f"{config}.png"), "--json", "--quiet"]
     for unit in units:
         cmd += ["--controlnet", unit, "--control-image", str(image)]
@@ -95,7 +103,7 @@ def main() -> None:
     parser.add_argument("--configs", default="sdcli-0cn,sdcli-1cn,sdcli-2cn,sdcli-1cn-f32,torch-1cn")
     args = parser.parse_args()
     work, out_dir = made_dirs(args)
-    made = prepare(work)
+    made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")))
     image = work / "control.png"
     y, x = np.mgrid[0:args.size, 0:args.size]
     Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
