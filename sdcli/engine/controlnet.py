@@ -452,12 +452,11 @@ def check_networks(module: str) -> None:
     (openpose's, depth_anything_v2's, the lineart modules'), so that it is said before anything
     loads."""
     from sdcli.imaging import depth_lineart, openpose
-    from sdcli.imaging.annotators import find_annotator
 
     if module in openpose.MODULES:
         openpose.networks(module)
     elif module in depth_lineart.SOURCES:
-        find_annotator(module, None, depth_lineart.SOURCES[module], module)
+        depth_lineart.network(module)
 
 
 def _component(components, path: Path, shapes: dict[str, list[int]]):

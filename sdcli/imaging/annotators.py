@@ -11,13 +11,13 @@ The IRs run on the CPU in f32, each compiled once per process (dynamic height an
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import chosen_folder
 
 ANNOTATOR_ENV = "SDCLI_ANNOTATOR_DIR"
 DEFAULT_ANNOTATOR_DIR = Path("models/annotators")
@@ -31,11 +31,7 @@ class MissingAnnotator(UsageError):
 
 def annotator_dir(given: Path | None = None) -> tuple[Path, str]:
     """(the annotator folder, how it was chosen: the flag, the variable or the default)."""
-    if given is not None:
-        return Path(given).expanduser(), "--annotator-dir"
-    if os.environ.get(ANNOTATOR_ENV):
-        return Path(os.environ[ANNOTATOR_ENV]).expanduser(), f"${ANNOTATOR_ENV}"
-    return DEFAULT_ANNOTATOR_DIR, "the default"
+    return chosen_folder(given, "--annotator-dir", ANNOTATOR_ENV, DEFAULT_ANNOTATOR_DIR)
 
 
 def find_annotator(name: str, folder: Path | None = None, source: str | None = None,

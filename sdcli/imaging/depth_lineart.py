@@ -37,9 +37,15 @@ SOURCES = {"depth_anything_v2": "depth_anything_v2_vits.pth (or _vitb, _vitl, or
            "lineart": "sk_model.pth", "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth"}
 
 
+def network(module: str, folder: Path | None = None) -> Path:
+    """The IR of `module`'s converted network (its folder is named as the module); MissingAnnotator
+    when it is not converted."""
+    return find_annotator(module, folder, SOURCES[module], module)
+
+
 def run_network(module: str, inputs, folder: Path | None) -> np.ndarray:
-    """The first output of `module`'s converted network (its folder is named as the module)."""
-    outputs = infer(find_annotator(module, folder, SOURCES[module], module), inputs)
+    """The first output of `module`'s converted network."""
+    outputs = infer(network(module, folder), inputs)
     return next(iter(outputs.values()))
 
 

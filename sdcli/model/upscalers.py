@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import chosen_folder
 
 UPSCALER_ENV = "SDCLI_UPSCALER_DIR"
 DEFAULT_UPSCALER_DIR = Path("models/ESRGAN")
@@ -27,11 +28,7 @@ BUILTIN = ("Lanczos", "Nearest")  # A1111's non-model upscalers (PIL's resize)
 
 def upscaler_dir(given: Path | None = None) -> tuple[Path, str]:
     """(the upscaler folder, how it was chosen: the flag, the variable or the default)."""
-    if given is not None:
-        return Path(given).expanduser(), "--upscaler-dir"
-    if os.environ.get(UPSCALER_ENV):
-        return Path(os.environ[UPSCALER_ENV]).expanduser(), f"${UPSCALER_ENV}"
-    return DEFAULT_UPSCALER_DIR, "the default"
+    return chosen_folder(given, "--upscaler-dir", UPSCALER_ENV, DEFAULT_UPSCALER_DIR)
 
 
 @dataclass

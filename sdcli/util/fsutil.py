@@ -69,3 +69,13 @@ def check_writable_dir(folder: Path) -> None:
         raise FileNotFoundError(f"{folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{folder} is not writable")
+
+
+def chosen_folder(given: Path | None, flag: str, env: str, default: Path) -> tuple[Path, str]:
+    """(a models folder, how it was chosen): `given` (the command's `flag`), else the variable
+    `env`, else `default`."""
+    if given is not None:
+        return Path(given).expanduser(), flag
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser(), f"${env}"
+    return default, "the default"
