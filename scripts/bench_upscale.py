@@ -124,7 +124,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--archs", default="compact,rrdbnet")
     parser.add_argument("--peers", default="sdcli-f32,sdcli,torch")
+    parser.add_argument("--render", type=Path, default=None, help="only render bench.md from this bench.json")
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return
     work, out_dir = made_dirs(args)
     checkpoints = build_checkpoints(work)
     upscaler_dir = work / "ESRGAN"

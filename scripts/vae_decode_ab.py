@@ -58,6 +58,9 @@ elif variant.startswith("genai"):
         return np.array(vae.decode(ov.Tensor(x)).data, copy=True)
 else:
     sys.exit(f"unknown variant {variant}")
+from sdcli.runtime.core import effective_precision  # noqa: E402
+
+rec["precision"] = effective_precision(ov.Core(), "CPU", "f32" if variant == "sdcli-f32" else "auto")
 rec["import_s"] = round(t0 - t_start, 3)
 rec["load_s"] = round(time.perf_counter() - t0, 3)
 for i in range(3):
