@@ -2,8 +2,9 @@
 on the tiny SDXL: `sdcli convert` of a random ControlNetUnionModel folder (every layer randomised,
 the zero-initialised ones too), `sdcli generate --controlnet U --control-type T` against diffusers'
 StableDiffusionXLControlNetUnionPipeline (control_image=[...], control_mode=[...]); the control
-type and the control image each move the picture; the infotext, the A1111 API's
-union_control_type, and the refusals."""
+type and the control image each move the picture; several control images in one unit
+(`--control-type canny+depth`, ProMax's multi-condition) against the pipeline given both; the
+infotext, the A1111 API's union_control_type, and the refusals."""
 from __future__ import annotations
 
 import base64
@@ -64,32 +65,41 @@ def _ours(tiny_sdxl, folder, out, image, kind, *extra):
                         height=SIZE)
 
 
+def _diffusers(tiny_sdxl, source, files, modes, **extra):
+    """StableDiffusionXLControlNetUnionPipeline on tiny_sdxl with the Union `source`, the control
+    images `files` and their `modes` (diffusers' control_image=[...], control_mode=[...])."""
+    import diffusers
+    import torch
+    from PIL import Image
+
+    from tests.reference import diffusers_scheduler, reference_arguments, to_pixels
+
+    pipe = diffusers.StableDiffusionXLControlNetUnionPipeline(
+        **tiny_sdxl.components(), add_watermarker=False,
+        controlnet=diffusers.ControlNetUnionModel.from_pretrained(source, torch_dtype=torch.float32))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
+    return to_pixels(pipe(**reference_arguments(steps=STEPS, width=SIZE, height=SIZE), **extra,
+                          control_image=[Image.open(f).convert("RGB") for f in files], control_mode=modes).images)
+
+
 def test_union_ir_takes_a_control_type(tiny_union):
     from sdcli.model.config_checks import ir_header
 
     _, folder, _ = tiny_union
-    assert "control_type" in ir_header(folder / "union" / "openvino_model.xml")[1]
+    inputs = ir_header(folder / "union" / "openvino_model.xml")[1]
+    assert "control_type" in inputs and "control_type_idx" in inputs and len(inputs["controlnet_cond"]) == 5
 
 
 def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_union, pictures, tmp_path, parity_log):
     """--control-type canny (Hard Edge: diffusers' control_mode 3) against
     StableDiffusionXLControlNetUnionPipeline(control_image=[image], control_mode=[3]); depth
     (mode 1) on the same image, and canny on another image, each move the picture by more than 2."""
-    import diffusers
-    import torch
-    from PIL import Image
-
     from sdcli.imaging.image_io import read_png_text
-    from tests.reference import compare, diffusers_scheduler, reference_arguments, to_pixels
+    from tests.reference import compare
 
     source, folder, images = tiny_union
-    pipe = diffusers.StableDiffusionXLControlNetUnionPipeline(
-        **tiny_sdxl.components(), add_watermarker=False,
-        controlnet=diffusers.ControlNetUnionModel.from_pretrained(source, torch_dtype=torch.float32))
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
-    theirs = to_pixels(pipe(**reference_arguments(steps=STEPS, width=SIZE, height=SIZE),
-                            control_image=[Image.open(images["a"]).convert("RGB")], control_mode=[3]).images)
+    theirs = _diffusers(tiny_sdxl, source, [images["a"]], [3])
     ours = pictures["canny"] = _ours(tiny_sdxl, folder, tmp_path / "ours.png", images["a"], "canny")
     compare(ours, theirs, parity_log, model="sdxl", scheduler=SCHEDULER, mode="cn union", size=f"{SIZE}x{SIZE}")
     other_type = _ours(tiny_sdxl, folder, tmp_path / "depth.png", images["a"], "depth")
@@ -105,17 +115,51 @@ def test_union_matches_diffusers_and_type_and_image_move_it(tiny_sdxl, tiny_unio
     assert again.read_bytes() == (tmp_path / "ours.png").read_bytes()
 
 
-def sdcli_generate_from(tiny_sdxl, folder, tmp_path, image):
+def sdcli_generate_from(tiny_sdxl, folder, tmp_path, *images, made="ours.png"):
     from typer.testing import CliRunner
 
     from sdcli.cli.app import app
 
     out = tmp_path / "again.png"
+    given = [arg for image in images for arg in ("--control-image", str(image))]
     result = CliRunner().invoke(app, ["generate", "--model", str(tiny_sdxl.ov_dir), "--from-image",
-                                      str(tmp_path / "ours.png"), "--controlnet-dir", str(folder),
-                                      "--control-image", str(image), "--output", str(out), "--quiet"])
+                                      str(tmp_path / made), "--controlnet-dir", str(folder), *given,
+                                      "--output", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     return out
+
+
+def test_union_several_images_in_one_call(tiny_sdxl, tiny_union, pictures, tmp_path, parity_log):
+    """ProMax's multi-condition: one unit `--control-type canny+depth` with two control images
+    against StableDiffusionXLControlNetUnionPipeline(control_image=[a, b], control_mode=[3, 1]) on
+    the one ControlNetUnionModel; at weight 0.5 too (diffusers scales each condition inside the
+    model when there are several, not the residuals).  The second image and mode move the picture
+    from the one-image (canny) picture by more than 2; --from-image redoes it with both images."""
+    from sdcli.imaging.image_io import read_png_text
+    from tests.reference import compare
+
+    source, folder, images = tiny_union
+    pair = (images["a"], images["b"])
+    flags = ["--control-image", str(images["b"])]
+    theirs = _diffusers(tiny_sdxl, source, pair, [3, 1])
+    ours = _ours(tiny_sdxl, folder, tmp_path / "two.png", images["a"], "canny+depth", *flags)
+    compare(ours, theirs, parity_log, model="sdxl", scheduler=SCHEDULER, mode="cn union x2", size=f"{SIZE}x{SIZE}")
+    half_theirs = _diffusers(tiny_sdxl, source, pair, [3, 1], controlnet_conditioning_scale=0.5)
+    half = _ours(tiny_sdxl, folder, tmp_path / "half.png", images["a"], "canny+depth", *flags, "--control-weight", 0.5)
+    compare(half, half_theirs, parity_log, model="sdxl", scheduler=SCHEDULER, mode="cn union x2 w0.5",
+            size=f"{SIZE}x{SIZE}")
+    single = pictures.get("canny")
+    if single is None:  # run alone
+        single = _ours(tiny_sdxl, folder, tmp_path / "one.png", images["a"], "canny")
+    print(f"controlnet union, two images: max {np.abs(ours - theirs).max()} of 255 from diffusers (weight 0.5: "
+          f"{np.abs(half - half_theirs).max()}); the second image and mode move it by {moved(ours, single)} from "
+          f"the one-image picture; weight 0.5 moves it by {moved(ours, half)}")
+    assert moved(ours, single) > 2
+    assert moved(ours, half) > 2
+    text = read_png_text(tmp_path / "two.png")["parameters"]
+    assert "Union Control Type: Hard Edge+Depth" in text
+    again = sdcli_generate_from(tiny_sdxl, folder, tmp_path, images["a"], images["b"], made="two.png")
+    assert again.read_bytes() == (tmp_path / "two.png").read_bytes()
 
 
 def test_union_infotext_reads_back(tiny_union):
@@ -128,6 +172,9 @@ def test_union_infotext_reads_back(tiny_union):
     notes = []
     units = read_infotext({**fields, "ControlNet 1": fields["ControlNet 1"] + ", Union Control Type: Unknown"}, notes)
     assert [u["type"] for u in units] == ["depth", ""] and not notes
+    fields = infotext_fields([ControlUnit("union", images["a"], type="canny+depth", more_images=(images["b"],))])
+    assert fields["ControlNet 0"].endswith("Union Control Type: Hard Edge+Depth")
+    assert [u["type"] for u in read_infotext(fields, notes)] == ["hardedge+depth"] and not notes
 
 
 def test_batch_rows_take_a_control_type(tiny_union, tmp_path):
@@ -145,6 +192,13 @@ def test_batch_rows_take_a_control_type(tiny_union, tmp_path):
     assert key_settings((unit,))[0]["type"] == "depth" and key_settings((row,)) != key_settings((unit,))
     with pytest.raises(ValueError, match="control_type must be one of"):
         control_units({"control_type": "sketchy"}, opts, tmp_path)
+    # several control types: one control image each, in order, all of them in the key
+    (two,) = control_units({"control_type": "canny+depth", "control_image": ["a.png", "b.png"]}, opts, images["a"].parent)
+    assert (two.type_indices, two.image, two.more_images) == ((3, 1), images["a"], (images["b"],))
+    settings = key_settings((two,))[0]
+    assert settings["type"] == "canny+depth" and len(settings["more_images"]) == 1
+    with pytest.raises(ValueError, match="one per control type of a Union unit that has several"):
+        control_units({"control_type": "canny+depth"}, opts, tmp_path)
 
 
 def test_union_refusals(tiny_sdxl, tiny_union, tmp_path):
@@ -157,6 +211,12 @@ def test_union_refusals(tiny_sdxl, tiny_union, tmp_path):
     from tests.test_bad_input import assert_refused
 
     _, folder, images = tiny_union
+    # a Union converted for one control image a call (before control_type_idx): its IR's header only
+    earlier = tmp_path / "union1"
+    earlier.mkdir()
+    shutil.copy(folder / "union" / "config.json", earlier)
+    xml = (folder / "union" / "openvino_model.xml").read_text()
+    (earlier / "openvino_model.xml").write_text(xml.replace("control_type_idx", "control_type_old"))
     out = tmp_path / "refused.png"
     base = generate_args(tiny_sdxl.ov_dir, out, "--controlnet-dir", folder, "--control-image", images["a"],
                          steps=STEPS, width=SIZE, height=SIZE)
@@ -165,7 +225,14 @@ def test_union_refusals(tiny_sdxl, tiny_union, tmp_path):
             (["--controlnet", "plain", "--control-type", "canny"], "plain is not a ControlNet Union"),
             (["--controlnet", "union6", "--control-type", "tile"], "knows 6 control types"),
             (["--controlnet", "union", "--control-type", "sketchy"], "--control-type must be one of"),
-            (["--control-type", "canny"], "--control-type is for a ControlNet unit")):
+            (["--control-type", "canny"], "--control-type is for a ControlNet unit"),
+            (["--controlnet", "union", "--control-type", "canny+depth"], "one per control type of a Union unit"),
+            (["--controlnet", "union", "--control-type", "canny+none", "--control-image", str(images["b"])],
+             "none of them empty"),
+            (["--controlnet", "plain", "--control-type", "canny+depth", "--control-image", str(images["b"])],
+             "plain is not a ControlNet Union"),
+            (["--controlnet", str(earlier), "--control-type", "canny+depth", "--control-image", str(images["b"])],
+             "converted by an earlier sdcli")):
         args = [a for a in base if a not in ("--control-image", str(images["a"]))] if "--controlnet" not in extra \
             else base
         assert_refused(CliRunner().invoke(app, [*args, *extra]), 2, needle)

@@ -2,9 +2,10 @@
 control_* fields over the command line's --controlnet, --control-image and --control-* options,
 checked into the row's ControlUnits, and what of them goes into the row's key.
 
-The fields are generate's flags: `controlnet` and `control_image` one per unit, each control_*
-setting once for all units or once per unit.  A field holds one value, a JSON list, or (a CSV
-cell) values separated by `|`.  A row that gives `controlnet` replaces the command line's units
+The fields are generate's flags: `controlnet` and `control_image` one per unit (a Union unit
+whose control_type names several, canny+depth, takes one control image per type, in order),
+each control_* setting once for all units or once per unit.  A field holds one value, a JSON
+list, or (a CSV cell) values separated by `|`.  A row that gives `controlnet` replaces the command line's units
 (and must give its control images); one that gives only `control_image` keeps the command line's
 ControlNets with its own images; its control_* fields replace the command line's one by one.  An
 empty `controlnet` ("" or []) runs the row without a ControlNet.  Relative control images are
@@ -73,7 +74,7 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
     """The ControlUnits of a row (its `values`) over `opts` (images as paths, `root` the folder
     relative ones are in), () for none; `row_error` (rows.RowError) for a field that cannot be
     used, naming it."""
-    from sdcli.engine.controlnet import ControlUnit, per_unit, unit_default
+    from sdcli.engine.controlnet import ControlUnit, per_unit, unit_default, unit_images
 
     given = command_line(opts)
     if "controlnet" in values:
@@ -95,9 +96,6 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
         if extra:
             raise row_error(f"{extra[0]} is for a ControlNet unit: give controlnet too (in the row or as --controlnet)")
         return ()
-    if len(images) != len(names):
-        raise row_error(f"{len(names)} ControlNet(s) and {len(images)} control_image(s): one control image per "
-                        "ControlNet")
 
     def per_unit_values(name: str) -> list:
         column = per_unit(given.get(name), len(names), unit_default(name.removeprefix("control_")))
@@ -109,12 +107,14 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
         return [str(value) for value in column]
 
     columns = [per_unit_values(name) for name in SETTING_FIELDS]
+    groups = unit_images(images, columns[-1], len(names), row_error, ("controlnet", "control_image", "control_type"))
     units = []
     from_row = "control_image" in values  # (the command line's images are the current folder's)
-    for name, image, *settings, kind in zip(names, images, *columns):
-        path = Path(str(image)).expanduser()
-        path = root / path if from_row else path
-        unit = ControlUnit(name, path, *settings, image_name=path.name, type=kind)
+    for name, group, *settings in zip(names, groups, *columns):
+        paths = [Path(str(image)).expanduser() for image in group]
+        paths = [root / path if from_row else path for path in paths]
+        unit = ControlUnit(name, paths[0], *settings[:-1], image_name=paths[0].name, type=settings[-1],
+                           more_images=tuple(paths[1:]))
         try:
             unit.check()
         except UsageError as exc:  # named as the row's fields
@@ -140,7 +140,18 @@ def key_settings(units, row_error=ValueError) -> list | None:
                          "weight": unit.weight, "start": unit.start, "end": unit.end, "mode": unit.mode,
                          "resize": unit.resize, "preprocessor": unit.preprocessor,
                          **({"type": unit.type} if unit.type else {})})
+        if unit.more_images:  # (a Union unit's further control images: only then, so that older keys stay)
+            settings[-1]["more_images"] = [{"image": str(Path(more).resolve()), "image_sha256": _digest(Path(more),
+                                                                                                        row_error)}
+                                           for more in unit.more_images]
     return settings
+
+
+def _digest(path: Path, row_error) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise row_error(f"control_image {path}: {exc.strerror or exc}") from None
 
 
 def check_command_line(opts, folder) -> None:

@@ -274,12 +274,10 @@ class RayRun:
         from sdcli.imaging.image_io import read_rgb
         from sdcli.util.errors import UsageError
 
-        path = Path(unit.image)
         try:
-            image = self.images.get_or(path, lambda: read_rgb(path))
+            return unit.read_image(lambda path: self.images.get_or(path, lambda: read_rgb(path)))
         except UsageError as exc:
-            raise UsageError(f"control_image: {exc}") from None
-        return dataclasses.replace(unit, image=image, image_name=unit.image_name or path.name)
+            raise UsageError(str(exc).replace("--control-image", "control_image")) from None
 
     def lost(self, slot: _Slot, job, exc: BaseException) -> None:
         """`slot`'s worker is gone: its row goes back to the queue (RETRIES times), and a new

@@ -96,11 +96,12 @@ class RowRunner:
 
     def control_units(self, job: Job) -> tuple:
         """`job`'s ControlNet units with their control images read (or taken from the cache)."""
-        from dataclasses import replace
+        from sdcli.util.errors import UsageError
 
-        return tuple(unit if not isinstance(unit.image, (str, Path)) else
-                     replace(unit, image=self.read_image(Path(unit.image), "control_image"))
-                     for unit in getattr(job, "controlnets", ()))
+        try:
+            return tuple(unit.read_image(self.read_image) for unit in getattr(job, "controlnets", ()))
+        except UsageError as exc:
+            raise UsageError(str(exc).replace("--control-image", "control_image")) from None
 
     def optimal_requests(self, job: Job) -> int:
         """How many rows like `job` OpenVINO would run at once (compiles its UNet)."""

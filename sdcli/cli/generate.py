@@ -93,14 +93,14 @@ def generate(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also read LoRAs and embeddings saved as pickles (.pt, .ckpt, .bin), which can run code: only files you trust."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP),
     controlnet: Optional[List[str]] = typer.Option(None, "--controlnet", metavar="NAME", help="A ControlNet unit: a converted ControlNet's name in --controlnet-dir (or its folder), with its --control-image; repeat both for several units. Each --control-* flag below is given once for all units or once per unit."),
-    control_image: Optional[List[Path]] = typer.Option(None, "--control-image", metavar="FILE", help="The control image of each --controlnet, fitted to the picture by --control-resize."),
+    control_image: Optional[List[Path]] = typer.Option(None, "--control-image", metavar="FILE", help="The control image of each --controlnet (of a Union unit with several --control-type: one per type), fitted to the picture by --control-resize."),
     control_weight: Optional[List[float]] = typer.Option(None, "--control-weight", help="ControlNet: its weight, 0..2 (diffusers' controlnet_conditioning_scale) [default: 1]."),
     control_start: Optional[List[float]] = typer.Option(None, "--control-start", help="ControlNet: the fraction of the steps it starts at, 0..1 (diffusers' control_guidance_start) [default: 0]."),
     control_end: Optional[List[float]] = typer.Option(None, "--control-end", help="ControlNet: the fraction of the steps it ends at, 0..1 (control_guidance_end); it is not run outside [start, end] [default: 1]."),
     control_mode: Optional[List[str]] = typer.Option(None, "--control-mode", metavar="balanced|prompt|controlnet", help="ControlNet: A1111's control mode: balanced, prompt (My prompt is more important), controlnet (ControlNet is more important: diffusers' guess_mode) [default: balanced]."),
     control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture (A1111's resize modes) [default: crop-and-resize]."),
     control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the control map made from the fitted control image by an A1111 preprocessor with its default sliders: none (the image is the map), canny (thresholds 100/200), invert, lineart_standard, scribble_xdog (threshold 32), shuffle (seed 0), tile_resample (rate 1), tile_colorfix, blur_gaussian (sigma 9), inpaint_only and inpaint (inpaint_global_harmonious): the control image with --mask's pixels at -1 (needs --mask); with their networks converted (sdcli convert, found in $SDCLI_ANNOTATOR_DIR, else models/annotators): depth_anything_v2, lineart, lineart_coarse, lineart_anime, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full; see `sdcli detect` [default: none]."),
-    control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union (xinsir's controlnet-union-sdxl-1.0, ProMax): the unit's control type, as A1111 names it: openpose, depth, softedge (hed, pidi, scribble), hardedge (canny, lineart, mlsd), normal, segmentation, tile, inpaint (ProMax's last two); required for a Union, refused for other ControlNets."),
+    control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union (xinsir's controlnet-union-sdxl-1.0, ProMax): the unit's control type, as A1111 names it: openpose, depth, softedge (hed, pidi, scribble), hardedge (canny, lineart, mlsd), normal, segmentation, tile, inpaint (ProMax's last two); required for a Union, refused for other ControlNets. Several joined by + (canny+depth: ProMax's multi-condition) run one call of the Union on as many control images, the unit taking one --control-image per type, in order."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where --controlnet NAME finds converted ControlNets [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
 ):
     """Make images from a prompt (and optionally an init image)."""
@@ -119,7 +119,7 @@ def generate(
 def control_units(o: SimpleNamespace) -> tuple:
     """generate's ControlNet units: one per --controlnet, each with its --control-image, and each
     --control-* flag's value given once for all units or once per unit."""
-    from sdcli.engine.controlnet import ControlUnit, per_unit, unit_default
+    from sdcli.engine.controlnet import ControlUnit, per_unit, unit_default, unit_images
 
     names, images = list(o.controlnet or ()), list(o.control_image or ())
     if not names:
@@ -130,9 +130,6 @@ def control_units(o: SimpleNamespace) -> tuple:
             if given:
                 raise UsageError(f"{flag} is for a ControlNet unit: pass --controlnet NAME too")
         return ()
-    if len(images) != len(names):
-        raise UsageError(f"--controlnet given {len(names)} time(s), --control-image {len(images)}: one control image "
-                         "per ControlNet")
 
     def column(setting: str) -> list:
         values = getattr(o, f"control_{setting}")
@@ -144,8 +141,10 @@ def control_units(o: SimpleNamespace) -> tuple:
 
     columns = [column(setting) for setting in ("weight", "start", "end", "mode", "resize", "preprocessor")]
     types = column("type")
-    return tuple(ControlUnit(name, Path(image), *settings, image_name=Path(image).name, type=kind)
-                 for name, image, kind, *settings in zip(names, images, types, *columns))
+    groups = unit_images(images, types, len(names), UsageError)
+    return tuple(ControlUnit(name, Path(group[0]), *settings, image_name=Path(group[0]).name, type=kind,
+                             more_images=tuple(Path(i) for i in group[1:]))
+                 for name, group, kind, *settings in zip(names, groups, types, *columns))
 
 
 def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:
@@ -194,11 +193,15 @@ def apply_stored_controlnets(ctx: typer.Context, options: SimpleNamespace, units
     each --control-* flag not given; their control images are not in a PNG: --control-image."""
     if not units or option_given(ctx, "controlnet"):
         return
+    from sdcli.engine.controlnet import union_types
+
     names = [unit["model"] for unit in units]
-    if len(options.control_image or ()) != len(units):
+    needed = sum(max(len(union_types(unit.get("type", ""))), 1) for unit in units)  # (several: a Union's)
+    if len(options.control_image or ()) != needed:
+        images = f", {needed} control images" if needed != len(units) else ""
         raise UsageError(f"--from-image: {ctx.params['from_image']} was made with {len(units)} ControlNet unit(s) "
-                         f"({', '.join(names)}), whose control images a PNG does not store: pass --control-image "
-                         "for each, in that order, to redo it")
+                         f"({', '.join(names)}{images}), whose control images a PNG does not store: pass "
+                         "--control-image for each, in that order, to redo it")
     options.controlnet = names
     for name, key in (("control_weight", "weight"), ("control_start", "start"), ("control_end", "end"),
                       ("control_mode", "mode"), ("control_resize", "resize"),

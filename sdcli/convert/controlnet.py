@@ -13,10 +13,20 @@ Height and width are dynamic.  The residuals come out unscaled (conditioning_sca
 mode): the engine scales them (engine/controlnet.py).
 
 A ControlNet Union (diffusers' ControlNetUnionModel: xinsir's controlnet-union-sdxl-1.0 and its
-ProMax; a config whose _class_name says so, or that has num_control_type) is exported for one
-control image a call, as diffusers runs it with one image: its extra input control_type is
-diffusers' one-hot vector [batch, num_control_type], and the control image's task embedding is
-the row of that vector's one (control_type_idx).  The engine runs a Union once per unit.
+ProMax; a config whose _class_name says so, or that has num_control_type) is exported for any
+number K of control images a call (ProMax's multi-condition use, diffusers'
+control_image=[...], control_mode=[...] on one ControlNetUnionModel):
+
+    controlnet_cond [batch, K, 3, H, W]   the K control images
+    control_type [batch, num_control_type]   diffusers' multi-hot vector of their modes
+    control_type_idx [K] (int64)   each image's mode (its task embedding's row)
+    conditioning_scale [K]   each image's scale, applied inside as diffusers does for K > 1
+
+UnionWrapper.forward is ControlNetUnionModel.forward with its loop over the images done on
+the K axis at once.  diffusers scales the residuals by the one image's scale when K is 1 (not
+inside): the engine then feeds conditioning_scale 1 and scales the residuals itself.  Folders
+converted before (controlnet_cond [batch, 3, H, W], a one-hot control_type, no
+control_type_idx) still run one image a call (engine/controlnet.py).
 """
 from __future__ import annotations
 
@@ -90,6 +100,54 @@ def load_controlnet(source: str, path: Path, opts: ConvertOptions):
         raise UsageError(f"{source}: not a loadable ControlNet ({exc})") from None
 
 
+def union_wrapper(model):
+    """A ControlNetUnionModel wrapped for export: K control images a call (the module's docstring)."""
+    import torch
+
+    class UnionWrapper(torch.nn.Module):
+        """ControlNetUnionModel.forward (diffusers 0.42) for K control images at once (K >= 1), no
+        guess mode, the residuals unscaled: see the module's docstring."""
+
+        def __init__(self, controlnet):
+            super().__init__()
+            self.controlnet = controlnet
+
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, text_embeds, time_ids,
+                    control_type, control_type_idx, conditioning_scale):
+            net = self.controlnet
+            t_emb = net.time_proj(timestep.expand(sample.shape[0])).to(sample.dtype)
+            emb = net.time_embedding(t_emb)
+            time_embeds = net.add_time_proj(time_ids.flatten()).reshape((text_embeds.shape[0], -1))
+            aug_emb = net.add_embedding(torch.concat([text_embeds, time_embeds], dim=-1))
+            control_embeds = net.control_type_proj(control_type.flatten()).reshape((t_emb.shape[0], -1))
+            emb = emb + net.control_add_embedding(control_embeds) + aug_emb
+            sample = net.conv_in(sample)
+            # the K images' embeddings [batch, K, C, h, w], each with its mode's task embedding
+            condition = net.controlnet_cond_embedding(controlnet_cond.flatten(0, 1))
+            condition = condition.reshape((controlnet_cond.shape[0], -1) + condition.shape[1:])
+            scale = conditioning_scale.reshape(1, -1, 1)
+            feat_seq = (torch.mean(condition, dim=(3, 4)) + torch.index_select(net.task_embedding, 0,
+                                                                               control_type_idx)) * scale
+            x = torch.cat([feat_seq, torch.mean(sample, dim=(2, 3)).unsqueeze(1)], dim=1)
+            for layer in net.transformer_layes:
+                x = layer(x)
+            alpha = net.spatial_ch_projs(x[:, :-1]) * scale  # [batch, K, C]
+            fuser = (condition * scale.unsqueeze(-1).unsqueeze(-1) + alpha.unsqueeze(-1).unsqueeze(-1)).sum(dim=1)
+            sample = sample + fuser
+            down = (sample,)
+            for block in net.down_blocks:
+                if getattr(block, "has_cross_attention", False):
+                    sample, res = block(hidden_states=sample, temb=emb, encoder_hidden_states=encoder_hidden_states)
+                else:
+                    sample, res = block(hidden_states=sample, temb=emb)
+                down += res
+            sample = net.mid_block(sample, emb, encoder_hidden_states=encoder_hidden_states)
+            down = [block(res) for res, block in zip(down, net.controlnet_down_blocks)]
+            return (*down, net.controlnet_mid_block(sample))
+
+    return UnionWrapper(model)
+
+
 def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptions,
                        log: Callable[[str], None] = print) -> Path:
     if opts.weight_format not in ("fp32", "fp16", "int8"):
@@ -123,30 +181,15 @@ def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptio
                                         conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False)
             return (*down, mid)
 
-    class UnionWrapper(torch.nn.Module):
-        """One control image a call: control_type is diffusers' one-hot vector (the same on every
-        row), and its one is the image's control_type_idx (a gather from task_embedding)."""
-
-        def __init__(self, controlnet):
-            super().__init__()
-            self.controlnet = controlnet
-
-        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, text_embeds, time_ids,
-                    control_type):
-            index = torch.argmax(control_type[0])
-            down, mid = self.controlnet(sample, timestep, encoder_hidden_states, [controlnet_cond],
-                                        control_type=control_type, control_type_idx=[index], conditioning_scale=1.0,
-                                        added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-                                        return_dict=False)
-            return (*down, mid)
-
     lat, factor = 8, 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
     dim = cfg.cross_attention_dim
+    conditions = (2,) if union else ()  # (a Union's K, traced at 2 so that nothing is fixed at 1)
     example = {"sample": torch.randn(2, cfg.in_channels, lat, lat), "timestep": torch.tensor([1.0, 1.0]),
                "encoder_hidden_states": torch.randn(2, 77, dim),
-               "controlnet_cond": torch.rand(2, cfg.conditioning_channels, lat * factor, lat * factor)}
+               "controlnet_cond": torch.rand(2, *conditions, cfg.conditioning_channels, lat * factor, lat * factor)}
     inputs = [(PartialShape([-1, cfg.in_channels, -1, -1]), Type.f32), (PartialShape([-1]), Type.f32),
-              (PartialShape([-1, -1, dim]), Type.f32), (PartialShape([-1, cfg.conditioning_channels, -1, -1]), Type.f32)]
+              (PartialShape([-1, -1, dim]), Type.f32),
+              (PartialShape([-1, *(-1 for _ in conditions), cfg.conditioning_channels, -1, -1]), Type.f32)]
     if xl:
         time_ids = 6
         pooled = cfg.projection_class_embeddings_input_dim - time_ids * cfg.addition_time_embed_dim
@@ -154,10 +197,12 @@ def convert_controlnet(source: str, path: Path, output: Path, opts: ConvertOptio
         inputs += [(PartialShape([-1, pooled]), Type.f32), (PartialShape([-1, time_ids]), Type.f32)]
     if union:
         types = int(cfg.num_control_type)
+        modes = [types // 2, 0]
         example["control_type"] = torch.zeros(2, types)
-        example["control_type"][:, types // 2] = 1.0
-        inputs.append((PartialShape([-1, types]), Type.f32))
-    wrapper = (UnionWrapper if union else Wrapper)(model)
+        example["control_type"][:, modes] = 1.0
+        example.update(control_type_idx=torch.tensor(modes), conditioning_scale=torch.tensor([1.0, 0.5]))
+        inputs += [(PartialShape([-1, types]), Type.f32), (PartialShape([-1]), Type.i64), (PartialShape([-1]), Type.f32)]
+    wrapper = union_wrapper(model) if union else Wrapper(model)
     with torch.no_grad():
         count = len(wrapper(**example)) - 1
     from sdcli.convert.ir import to_openvino

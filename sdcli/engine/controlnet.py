@@ -22,9 +22,15 @@ diffusers' rules (StableDiffusionControlNetPipeline, 0.42):
 A ControlNet Union (xinsir's controlnet-union-sdxl-1.0 and its ProMax: diffusers'
 ControlNetUnionModel) needs a control type on each unit (--control-type; the A1111 API's
 union_control_type): the IR takes it as `control_type`, diffusers' one-hot vector, and each
-unit runs the model on its one control image, as diffusers' StableDiffusionXLControlNetUnionPipeline
+unit runs the model on its control image, as diffusers' StableDiffusionXLControlNetUnionPipeline
 does with one image and its control_mode (several units of one Union model: as
-MultiControlNetUnionModel, each on its own).  A plain ControlNet takes no control type.
+MultiControlNetUnionModel, each on its own).  A unit may give several control types
+(`canny+depth`) and one control image for each (ProMax's multi-condition use): they go into one
+call of the model, as diffusers' control_image=[a, b], control_mode=[3, 1] on one
+ControlNetUnionModel does: control_type multi-hot, each image scaled by the unit's weight inside
+the model (diffusers' conditioning_scale per condition), the residuals then unscaled by it.  That
+needs a Union IR converted with several conditions (convert/controlnet.py; earlier folders run
+one image a call).  A plain ControlNet takes no control type.
 
 ControlNets are found by name in --controlnet-dir, else $SDCLI_CONTROLNET_DIR, else
 models/ControlNet (a folder written by `sdcli convert` of a ControlNetModel), or given as
@@ -80,6 +86,20 @@ def union_type(value) -> str:
     return found
 
 
+def union_types(value) -> tuple[str, ...]:
+    """The control types of a unit's `value` ("canny+depth": several, for one call of a Union
+    on as many control images), () for none; UsageError for a part that is not one."""
+    parts = [part for part in str(value if value is not None else "").split("+")]
+    if len(parts) == 1:
+        found = union_type(parts[0])
+        return (found,) if found else ()
+    found = tuple(union_type(part) for part in parts)
+    if not all(found):
+        raise UsageError(f"--control-type {value}: each of several control types (joined by +) must be one, "
+                         f"none of them empty or none")
+    return found
+
+
 def is_union(config: dict) -> bool:
     """Whether a ControlNet's config is a ControlNet Union's (diffusers' ControlNetUnionModel)."""
     return config.get("_class_name") == "ControlNetUnionModel" or "num_control_type" in config
@@ -100,6 +120,7 @@ class ControlUnit:
     image_name: str = ""  # the control image's file name (for the PNG's parameters)
     type: str = ""  # a ControlNet Union's control type (UNION_TYPES, an alias or a number; "" for none)
     mask: object = None  # the unit's own inpaint mask (float [H, W] in [0, 1], or uint8), the API's; None: --mask
+    more_images: tuple = ()  # a Union unit with several control types: the control images of the 2nd, 3rd, ...
 
     def __post_init__(self):
         label = str(self.preprocessor).strip().lower()
@@ -126,37 +147,60 @@ class ControlUnit:
         self.check_type()
 
     def check_type(self) -> None:
-        union_type(self.type)
+        count = len(union_types(self.type))
+        if len(self.more_images) != max(count - 1, 0):
+            raise UsageError(f"--control-type {self.type}: {count} control types take {count} control images (one "
+                             f"each, in order), this unit has {1 + len(self.more_images)}")
 
     @property
     def type_index(self) -> int | None:
-        """diffusers' control_mode of its control type (None: none given)."""
-        found = union_type(self.type)
-        return list(UNION_TYPES).index(found) if found else None
+        """diffusers' control_mode of its (first) control type (None: none given)."""
+        indices = self.type_indices
+        return indices[0] if indices else None
 
-    def read_image(self) -> "ControlUnit":
-        """This unit with its control image read (a file's errors name --control-image)."""
-        if not isinstance(self.image, (str, Path)):
+    @property
+    def type_indices(self) -> tuple[int, ...]:
+        """diffusers' control_mode of each of its control types (one per control image)."""
+        return tuple(list(UNION_TYPES).index(found) for found in union_types(self.type))
+
+    @property
+    def images(self) -> tuple:
+        """Its control images: one, or a Union unit's one per control type."""
+        return (self.image, *self.more_images)
+
+    def read_image(self, read=None) -> "ControlUnit":
+        """This unit with its control images read (a file's errors name --control-image), by
+        `read(path)` if given (a cache's), else read_rgb."""
+        if not any(isinstance(image, (str, Path)) for image in self.images):
             return self
         from sdcli.imaging.image_io import read_rgb
 
-        try:
-            image = read_rgb(Path(self.image))
-        except UsageError as exc:
-            raise UsageError(f"--control-image: {exc}") from None
-        return replace(self, image=image, image_name=self.image_name or Path(self.image).name)
+        def loaded(image):
+            if not isinstance(image, (str, Path)):
+                return image
+            try:
+                return (read or read_rgb)(Path(image))
+            except UsageError as exc:
+                raise UsageError(f"--control-image: {exc}") from None
+
+        name = Path(self.image).name if isinstance(self.image, (str, Path)) else ""
+        return replace(self, image=loaded(self.image), more_images=tuple(loaded(i) for i in self.more_images),
+                       image_name=self.image_name or name)
 
     def runs_at(self, index: int, total: int) -> bool:
         """diffusers' controlnet_keep: whether the unit runs on step `index` of `total`."""
         return not (index / total < self.start or (index + 1) / total > self.end)
 
     def scales(self, count: int) -> np.ndarray:
-        """The factors of its `count` residuals (the down ones, then the mid one)."""
+        """The factors of its `count` residuals (the down ones, then the mid one).  A unit of
+        several control images has its weight applied inside the Union (diffusers'
+        conditioning_scale per condition), so not here."""
+        weight = self.weight if len(self.more_images) == 0 else 1.0
         if self.mode == "controlnet":
-            return np.logspace(-1, 0, count).astype(np.float32) * np.float32(self.weight)
+            return np.logspace(-1, 0, count).astype(np.float32) * np.float32(weight)
         if self.mode == "prompt":
-            return np.asarray([self.weight * SOFT_INJECTION ** (count - 1 - k) for k in range(count)], np.float32)
-        return np.full(count, self.weight, np.float32)
+            return np.asarray([weight * SOFT_INJECTION ** (count - 1 - k) for k in range(count)], np.float32)
+        return np.full(count, weight, np.float32)
 
 
 def unit_default(setting: str):
@@ -173,6 +217,24 @@ def per_unit(values, count: int, default) -> list | None:
     if len(values) == 1:
         return values * count
     return values if len(values) == count else None
+
+
+def unit_images(images: list, types: list, units: int, error=UsageError,
+                flags=("--controlnet", "--control-image", "--control-type")) -> list[list]:
+    """`images` (--control-image's, in order) shared out to `units` units whose control types
+    are `types`: one each, and a Union unit with several control types (canny+depth) one per
+    type; `error` (naming `flags`) when the counts differ."""
+    counts = [len(str(kind).split("+")) for kind in types]  # (a part that is not a type: the unit's check says so)
+    if len(images) != sum(counts):
+        several = f" (their control types asking for {sum(counts)} images)" if sum(counts) != units else ""
+        raise error(f"{flags[0]} given {units} time(s){several}, {flags[1]} {len(images)}: one control image per "
+                    f"ControlNet, and one per control type of a Union unit that has several ({flags[2]} canny+depth)")
+    groups, at = [], 0
+    for count in counts:
+        groups.append(list(images[at:at + count]))
+        at += count
+    return groups
+
 
 def controlnet_folder(given: Path | None) -> tuple[Path, str]:
     """The folder converted ControlNets live in, and how it was chosen (for messages)."""
@@ -219,10 +281,23 @@ def check_union(path: Path, config: dict, unit: ControlUnit) -> None:
     if index is None:
         raise UsageError(f"--controlnet {name} is a ControlNet Union: give its --control-type "
                          f"({', '.join(list(UNION_TYPES)[:count])})")
-    if index >= count:
-        raise UsageError(f"--control-type {unit.type}: {name} knows {count} control types "
-                         f"({', '.join(list(UNION_TYPES)[:count])}); {union_type(unit.type)} is not one of them "
-                         "(ProMax adds tile and inpaint)")
+    for index in unit.type_indices:
+        if index >= count:
+            raise UsageError(f"--control-type {unit.type}: {name} knows {count} control types "
+                             f"({', '.join(list(UNION_TYPES)[:count])}); {list(UNION_TYPES)[index]} is not one of "
+                             "them (ProMax adds tile and inpaint)")
+    if len(unit.type_indices) > 1 and not takes_conditions(path):
+        raise UsageError(f"--control-type {unit.type}: {name} was converted by an earlier sdcli, for one control "
+                         "image a call; convert it again (sdcli convert ... --force) for several control types in one "
+                         "unit")
+
+
+def takes_conditions(path: Path) -> bool:
+    """Whether a Union ControlNet's IR takes several control images a call (control_type_idx)."""
+    from sdcli.model.config_checks import ir_header
+
+    xml = path / "openvino_model.xml"
+    return xml.is_file() and "control_type_idx" in ir_header(xml)[1]
 
 
 def check_fits(path: Path, unet_config: dict, is_sdxl: bool, unit: ControlUnit | None = None) -> dict:
@@ -278,18 +353,30 @@ class ControlNetRuntime:
 @dataclass
 class PreparedUnit:
     unit: ControlUnit
-    image: np.ndarray  # controlnet_cond [1, 3, H, W]
+    image: np.ndarray  # controlnet_cond [1, 3, H, W]; a Union IR of several conditions': [1, K, 3, H, W]
     path: Path
-    control_type: np.ndarray | None = None  # a Union's: diffusers' one-hot control_type [1, num_control_type]
+    control_type: np.ndarray | None = None  # a Union's: diffusers' multi-hot control_type [1, num_control_type]
+    conditions: dict | None = None  # a Union IR of several conditions': control_type_idx, conditioning_scale
 
 
 def control_type_vector(config: dict, unit: ControlUnit) -> np.ndarray | None:
-    """diffusers' control_type of `unit` on a Union ControlNet of `config` (None: not a Union)."""
+    """diffusers' control_type of `unit` on a Union ControlNet of `config` (None: not a Union):
+    a one for each of its control types."""
     if not is_union(config) or unit.type_index is None:
         return None
     vector = np.zeros((1, int(config.get("num_control_type", 6))), np.float32)
-    vector[0, unit.type_index] = 1.0
+    vector[0, list(unit.type_indices)] = 1.0
     return vector
+
+
+def union_conditions(unit: ControlUnit) -> dict:
+    """A Union IR's control_type_idx and conditioning_scale for `unit`: diffusers scales the
+    images inside the model when there are several, the residuals after it when there is one
+    (then the IR's scale is 1 and ControlledUNet scales the residuals)."""
+    indices = unit.type_indices
+    weight = unit.weight if len(indices) > 1 else 1.0
+    return {"control_type_idx": np.asarray(indices, np.int64),
+            "conditioning_scale": np.full(len(indices), weight, np.float32)}
 
 
 # the extension's inpaint preprocessors: the control image with the masked pixels at -1 (inpaint is
@@ -309,7 +396,8 @@ def missing_mask(unit: ControlUnit, mask) -> str | None:
     return None
 
 
-def inpaint_cond(unit: ControlUnit, image: np.ndarray, mask, blur: int, width: int, height: int) -> np.ndarray:
+def inpaint_cond(unit: ControlUnit, image: np.ndarray, mask, blur: int, width: int, height: int,
+                 source: np.ndarray | None = None) -> np.ndarray:
     """An inpaint unit's controlnet_cond [1, 3, H, W]: `image` (its control image fitted to width x
     height) in [0, 1] with the masked pixels at -1, as diffusers' make_inpaint_condition and the
     extension's inpaint protocol make it.  The mask (the unit's own, else the request's `mask`
@@ -329,7 +417,7 @@ def inpaint_cond(unit: ControlUnit, image: np.ndarray, mask, blur: int, width: i
         m = m[:, :, 0]
     if m.dtype == np.uint8:
         m = m.astype(np.float32) / 255.0
-    source = unit.image
+    source = unit.image if source is None else source  # (the control image `image` was fitted from)
     m = resize_mask(m, source.shape[1], source.shape[0])
     if not own:
         m = blur_mask(m, blur)
@@ -349,15 +437,19 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
         path = find_controlnet(unit.model, folder)
         config = check_fits(path, unet_config, is_sdxl, unit)
         unit = unit.read_image()
-        image = preprocess(fit(unit.image, width, height, unit.resize), unit.preprocessor)
-        if needs_mask(unit):
-            message = missing_mask(unit, mask)
-            if message:
-                raise UsageError(message)
-            cond = inpaint_cond(unit, image, mask, mask_blur, width, height)
-        else:
-            cond = control_input(image)
-        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit)))
+        conds = []
+        for source in unit.images:  # (a Union unit's several: each fitted and preprocessed alike)
+            image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor)
+            if needs_mask(unit):
+                message = missing_mask(unit, mask)
+                if message:
+                    raise UsageError(message)
+                conds.append(inpaint_cond(unit, image, mask, mask_blur, width, height, source))
+            else:
+                conds.append(control_input(image))
+        conditions = union_conditions(unit) if is_union(config) and takes_conditions(path) else None
+        cond = np.stack(conds, axis=1) if conditions is not None else conds[0]
+        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions))
     return prepared
 
 
@@ -405,6 +497,7 @@ class ControlledUNet:
                       **{name: take(value) for name, value in extra.items()}}
             if prepared.control_type is not None:
                 inputs["control_type"] = np.repeat(prepared.control_type, batch, axis=0)
+            inputs.update(prepared.conditions or {})
             controlnet = self.load(prepared.path, {name: list(value.shape) for name, value in inputs.items()})
             outputs = controlnet(inputs)
             if len(outputs) != len(self.names) or any(out.shape[1:] != self.residual_shapes[name][1:]
@@ -470,10 +563,11 @@ def _component(components, path: Path, shapes: dict[str, list[int]]):
 
 
 def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int, height: int,
-                channels: int | None = None, control_types: int | None = None) -> dict:
+                channels: int | None = None, control_types: int | None = None, conditions: bool = False) -> dict:
     """The input shapes of `unit`'s ControlNet beside a UNet of `unet_shapes` (the prompt's row
     only in guess mode with classifier-free guidance; `channels`: the latents' channels, which
-    is all of the sample it reads; `control_types`: a Union's num_control_type)."""
+    is all of the sample it reads; `control_types`: a Union's num_control_type; `conditions`: a
+    Union IR that takes several control images)."""
     rows = unet_shapes["sample"][0]
     batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
     shapes = {name: [batch, *shape[1:]] for name, shape in unet_shapes.items()}
@@ -482,6 +576,10 @@ def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int
     shapes["controlnet_cond"] = [batch, 3, height, width]
     if control_types:
         shapes["control_type"] = [batch, control_types]
+    if conditions:
+        count = len(unit.images)
+        shapes.update(controlnet_cond=[batch, count, 3, height, width], control_type_idx=[count],
+                      conditioning_scale=[count])
     return shapes
 
 
@@ -495,7 +593,8 @@ def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
         path = find_controlnet(unit.model, engine.controlnet_dir)
         config = read_json(path / "config.json")
         types = int(config.get("num_control_type", 6)) if is_union(config) else None
-        shapes = unit_shapes(unet_shapes, unit, width, height, engine.folder.latent_channels, types)
+        shapes = unit_shapes(unet_shapes, unit, width, height, engine.folder.latent_channels, types,
+                             bool(types) and takes_conditions(path))
         engine.components.start(*_component(engine.components, path, shapes))
 
 
@@ -533,8 +632,8 @@ def infotext_fields(units) -> dict[str, str]:
             parts.update({"Threshold A": float(CANNY_LOW), "Threshold B": float(CANNY_HIGH)})
         parts.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end), "Pixel Perfect": False,
                       "Control Mode": CONTROL_MODES[unit.mode]})
-        if union_type(unit.type):  # (the unit's union_control_type, as the extension names the field)
-            parts[UNION_INFOTEXT] = UNION_TYPES[union_type(unit.type)]
+        if union_types(unit.type):  # (the unit's union_control_type, as the extension names the field)
+            parts[UNION_INFOTEXT] = "+".join(UNION_TYPES[found] for found in union_types(unit.type))
         fields[INFOTEXT_KEY.format(i)] = ", ".join(f"{key}: {value}" for key, value in parts.items())
     return fields
 
@@ -573,9 +672,10 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
 
 
 def _stored_type(text: str | None, index: int, notes: list[str]) -> str:
-    """A PNG's `Union Control Type` as ours ("" for none or one sdcli does not know: in `notes`)."""
+    """A PNG's `Union Control Type` as ours ("" for none or one sdcli does not know: in `notes`;
+    several joined by +)."""
     try:
-        return union_type(text)
+        return "+".join(union_types(text))
     except UsageError:
         notes.append(f"ControlNet {index} has the union control type {text!r}, which sdcli does not know: "
                      "pass --control-type")
