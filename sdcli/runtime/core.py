@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.runtime import blob_cache
+from sdcli.runtime.compressed import fold_conv_weights
 from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_write_bytes
 
@@ -293,6 +294,7 @@ class Runtime:
         with weights.dropping_pages():
             if prepare is not None:
                 prepare(model)
+            fold_conv_weights(model)  # int8 convolution weights: no float32 copy kept (runtime/compressed.py)
             try:
                 model.reshape(shapes)
             except RuntimeError as exc:
