@@ -79,6 +79,24 @@ def tiny_z_image(models_root):
 
 
 @pytest.fixture(scope="session")
+def tiny_eps_hybrid(tiny_eps, tmp_path_factory) -> Path:
+    """tiny_eps through `sdcli convert --quantize hybrid`, calibrated on a prompts file (two
+    prompts, a comment and a blank line) over 6 UNet calls: one conversion for test_quantize
+    and test_lora_formats."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+
+    prompts = tmp_path_factory.mktemp("calib") / "prompts.txt"
+    prompts.write_text("# calibration\na red house\n\na blue boat\n")
+    out = tmp_path_factory.mktemp("hybrid") / "model"
+    result = CliRunner().invoke(app, ["convert", str(tiny_eps.diffusers_dir), "--output", str(out), "--quantize", "hybrid",
+                                      "--calibration-prompts", str(prompts), "--calibration-samples", "6", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_klein(models_root):
     """(diffusers folder, sdcli's fp32 conversion, diffusers' Flux2KleinPipeline on it): a tiny
     random FLUX.2-klein (distilled, seed 0), built and converted once for every test file."""

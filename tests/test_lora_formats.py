@@ -181,23 +181,14 @@ def test_int8_folder_takes_the_lora_on_its_dequantized_weights(tiny_eps, compres
     assert np.abs(with_lora - reference).mean() < 0.25 * np.abs(without - reference).mean()
 
 
-def test_hybrid_folder_takes_the_lora(tiny_eps, tmp_path):
+def test_hybrid_folder_takes_the_lora(tiny_eps, tiny_eps_hybrid, tmp_path):
     """--quantize hybrid: the weights are int8 (dequantized + ΔW where the LoRA changes them; the
     convolutions' weights have lost their names and are found by their layer's); the activation
     quantizers stay as calibrated without the LoRA, so they clip what a strong LoRA changes: at
     0.1 this random LoCon moves the float picture by 25 of 255 on average and the hybrid one
-    lands within hybrid's own error (8 of 255); at 0.8 it would not (46 of 255)."""
-    from typer.testing import CliRunner
-
-    from sdcli.cli.app import app
-
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red house\na blue boat\n")
-    folder = tmp_path / "hybrid"
-    result = CliRunner().invoke(app, ["convert", str(tiny_eps.diffusers_dir), "--output", str(folder), "--quantize",
-                                      "hybrid", "--calibration-prompts", str(prompts), "--calibration-samples", "4",
-                                      "--quiet"])
-    assert result.exit_code == 0, result.output
+    lands within hybrid's own error (6 of 255 on conftest.tiny_eps_hybrid, 6 calibration
+    samples; 8 with 4); at 0.8 it would not (46 of 255)."""
+    folder = tiny_eps_hybrid  # calibrated on two prompts, 6 samples (conftest)
     reference, with_lora, without = _quantized_case(folder, tiny_eps, tmp_path, weight=0.1)
     assert np.abs(with_lora - reference).mean() < 0.5 * np.abs(without - reference).mean()
 

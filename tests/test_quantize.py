@@ -11,14 +11,11 @@ from sdcli.imaging.image_io import read_rgb
 
 
 @pytest.fixture(scope="module")
-def hybrid_folder(tiny_eps, tmp_path_factory):
-    prompts = tmp_path_factory.mktemp("calib") / "prompts.txt"
-    prompts.write_text("# calibration\na red house\n\na blue boat\n")
-    out = tmp_path_factory.mktemp("hybrid") / "model"
-    result = CliRunner().invoke(app, ["convert", str(tiny_eps.diffusers_dir), "--output", str(out), "--quantize", "hybrid",
-                                      "--calibration-prompts", str(prompts), "--calibration-samples", "6", "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out
+def hybrid_folder(tiny_eps_hybrid):
+    """tiny_eps converted with --quantize hybrid, --calibration-prompts (a file with a comment
+    and a blank line) and --calibration-samples 6 (conftest.tiny_eps_hybrid, shared with
+    test_lora_formats)."""
+    return tiny_eps_hybrid
 
 
 def _op_types(xml):
