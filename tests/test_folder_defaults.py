@@ -218,12 +218,29 @@ def _with_bad_key(folder: Path):
     return result
 
 
-def test_an_sdxl_turbo_style_folder_needs_no_flags(tiny_sdxl, tmp_path, parity_log):
+def test_an_sdxl_turbo_style_folder_needs_no_flags(tiny_sdxl, tmp_path, parity_log, monkeypatch):
     """The issue's case: an SDXL folder converted with SDXL-Turbo's recipe (1 step, guidance 0,
     Euler a with trailing spacing) as its defaults makes diffusers' Turbo picture with no flags
-    (the tiny SDXL's diffusers folder, converted again here with those defaults)."""
+    (the tiny SDXL's diffusers folder, converted again here with those defaults; its networks'
+    IR, which the defaults do not change, copied from tiny_sdxl's fp32 conversion of the same
+    folder instead of exported again: the tokenizers, scheduler and defaults are written by
+    this conversion)."""
     import diffusers
 
+    import sdcli.convert.export as export
+
+    def copier(*names):
+        def copy(_model, *args):
+            out = next(a for a in args if isinstance(a, Path))
+            words = [a for a in args if isinstance(a, str)]  # the weight format, a text encoder's name
+            assert "fp32" in words, args
+            for name in names or [w for w in words if w.startswith("text_encoder")]:
+                shutil.copytree(tiny_sdxl.ov_dir / name, out / name)
+        return copy
+
+    monkeypatch.setattr(export, "export_unet", copier("unet"))
+    monkeypatch.setattr(export, "export_text_encoder", copier())
+    monkeypatch.setattr(export, "export_vae", copier("vae_encoder", "vae_decoder"))
     folder = tmp_path / "turbo"
     result = run("convert", tiny_sdxl.diffusers_dir, "--output", folder, "--weight-format", "fp32",
                  "--quiet", "--default-steps", "1", "--default-guidance", "0", "--scheduler", "euler_a",
