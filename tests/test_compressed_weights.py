@@ -81,3 +81,24 @@ def test_a_model_with_quantized_activations_is_left_alone():
     low, high = ops.constant(np.float32(-4)), ops.constant(np.float32(4))
     conv.input(0).replace_source_output(ops.fake_quantize(x, low, high, low, high, 256).output(0))
     assert fold_conv_weights(model) == 0
+
+
+def test_the_runtime_spills_the_folded_weights_to_a_mapped_file(tmp_path):
+    """With a cache folder the float16 values live in a mapped file (its pages dropped like an
+    IR's), attached to the model's weights mapping; nothing is left in the folder."""
+    from types import SimpleNamespace
+
+    from sdcli.runtime.core import Runtime
+
+    runtime = Runtime(cache_dir=tmp_path, cache_max_bytes=10**9)
+    model, expected = _model()
+    weights = SimpleNamespace(attached=[])
+    runtime._fold_conv_weights(model, weights)
+    assert len(weights.attached) == 1 and list(tmp_path.iterdir()) == []
+    weights.attached[0].drop_pages()  # read back from the (removed) file
+    conv = next(n for n in model.get_ordered_ops() if n.get_type_name() == "Convolution")
+    np.testing.assert_array_equal(conv.input_value(1).get_node().input_value(0).get_node().get_data(), expected)
+    x = np.random.default_rng(3).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    plain, _ = _model()
+    core = ov.Core()
+    np.testing.assert_array_equal(core.compile_model(model, "CPU")(x)[0], core.compile_model(plain, "CPU")(x)[0])

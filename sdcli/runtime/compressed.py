@@ -25,6 +25,11 @@ and so is a model with FakeQuantize (`--quantize hybrid`), left whole to the plu
 low-precision transformations, which read the weights' chains themselves.  Chains without the
 decompression mark (an int8 ControlNet's IR, compressed from the traced model) are left too: the
 plugin computes those otherwise (folded to float16, a ControlNet's residuals moved by up to 0.45).
+
+Runtime.load (core.py) writes the float16 values to a file in the cache's folder and maps it,
+its pages dropped like an IR's, so that they are not held either: the int8 UNet compiled alone
+then held 1.6 GB (as much as when imported from its blob), 2.65 GB with the values in memory
+(no cache folder, or a disk that refuses the file), 4.1 GB before.
 """
 from __future__ import annotations
 
@@ -80,15 +85,12 @@ def _folded(multiply) -> np.ndarray | None:
     return None
 
 
-def fold_conv_weights(model) -> int:
-    """Replace the int8 decompression chain of each convolution wider than 1x1 in `model` by a
-    float16 constant (see the module's doc); returns how many were replaced."""
-    from openvino import opset13 as ops
-
+def conv_weight_folds(model):
+    """(Convert, float16 value) of each convolution chain in `model` to fold (see the module's
+    doc), computed one at a time; the graph is not changed."""
     ordered = model.get_ordered_ops()
     if any(node.get_type_name() == "FakeQuantize" for node in ordered):
-        return 0  # quantized activations (--quantize hybrid): the plugin's low-precision passes read the chains
-    count = 0
+        return  # quantized activations (--quantize hybrid): the plugin's low-precision passes read the chains
     for node in ordered:
         if node.get_type_name() not in CONVOLUTIONS:
             continue
@@ -99,11 +101,23 @@ def fold_conv_weights(model) -> int:
         spatial = 2 if node.get_type_name() == "Convolution" else 3  # (GroupConvolution: [groups, out, in, ...])
         if not shape.is_static or all(d == 1 for d in list(shape.to_shape())[spatial:]):
             continue  # a 1x1 kernel: the plugin may keep it compressed (FullyConnected)
-        multiply = convert.input_value(0).get_node()
-        value = _folded(multiply)
-        if value is None:
-            continue
-        constant = ops.constant(value)
-        convert.input(0).replace_source_output(constant.output(0))
-        count += 1
-    return count
+        value = _folded(convert.input_value(0).get_node())
+        if value is not None:
+            yield convert, value
+
+
+def replace_chain(convert, value: np.ndarray, shared: bool = False) -> None:
+    """Feed decompression `convert` the float16 constant `value` instead of its chain
+    (`shared`: the constant uses `value`'s memory, which must outlive the model)."""
+    from openvino import opset13 as ops
+
+    convert.input(0).replace_source_output(ops.constant(value, shared_memory=shared).output(0))
+
+
+def fold_conv_weights(model) -> int:
+    """Replace the int8 decompression chain of each convolution wider than 1x1 in `model` by a
+    float16 constant (see the module's doc); returns how many were replaced."""
+    folds = list(conv_weight_folds(model))
+    for convert, value in folds:
+        replace_chain(convert, value)
+    return len(folds)

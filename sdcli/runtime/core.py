@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.runtime import blob_cache
-from sdcli.runtime.compressed import fold_conv_weights
+from sdcli.runtime.compressed import conv_weight_folds, fold_conv_weights, replace_chain
 from sdcli.util.errors import UsageError
 from sdcli.util.fsutil import atomic_write_bytes
 
@@ -119,6 +119,7 @@ class MappedFile:
             self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) if size else None
         self.data = np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         self.tensor = ov.Tensor(self.data, shared_memory=True)
+        self.attached: list[MappedFile] = []  # mappings the same model uses (spilled weights): kept and dropped with it
 
     def tensor_from(self, offset: int):
         """The bytes from `offset` on, as an ov.Tensor sharing the mapping."""
@@ -129,6 +130,8 @@ class MappedFile:
     def drop_pages(self) -> None:
         if self._map is not None and hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_DONTNEED)
+        for other in self.attached:
+            other.drop_pages()
 
     @contextlib.contextmanager
     def dropping_pages(self, period: float = 0.2):
@@ -294,7 +297,7 @@ class Runtime:
         with weights.dropping_pages():
             if prepare is not None:
                 prepare(model)
-            fold_conv_weights(model)  # int8 convolution weights: no float32 copy kept (runtime/compressed.py)
+            self._fold_conv_weights(model, weights)  # int8 convolution weights: no float32 copy kept
             try:
                 model.reshape(shapes)
             except RuntimeError as exc:
@@ -309,6 +312,48 @@ class Runtime:
                 raise UsageError(f"{component}: OpenVINO cannot compile it for {self.device}: {openvino_reason(exc)}") from None
             del model
         return compiled, weights
+
+    def _fold_conv_weights(self, model, weights: MappedFile) -> None:
+        """runtime/compressed.py's fold of int8 convolution weights to float16, the float16 values
+        spilled to a file in the cache's folder and mapped (attached to `weights`, whose pages are
+        dropped while OpenVINO copies them), so that they are not held in memory either; without
+        a cache folder, or where the disk refuses the file, they stay in memory."""
+        if self.cache_dir is None:
+            fold_conv_weights(model)
+            return
+        import itertools
+
+        import numpy as np
+
+        folds = conv_weight_folds(model)
+        first = next(folds, None)
+        if first is None:
+            return  # nothing to fold (not an int8 model): no file
+        placed = []
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix=".export-spill-", dir=self.cache_dir))  # (abandoned: removed)
+        except OSError:
+            fold_conv_weights(model)
+            return
+        try:
+            path = folder / "weights.f16"
+            try:
+                with open(path, "wb") as f:
+                    for convert, value in itertools.chain([first], folds):
+                        f.write(b"\0" * (-f.tell() % 64))
+                        placed.append((convert, f.tell(), value.shape))
+                        f.write(value.tobytes())
+            except OSError:  # a full disk: in memory
+                fold_conv_weights(model)
+                return
+            mapped = MappedFile(path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the mapping keeps the file until it goes
+        for convert, offset, shape in placed:
+            size = int(np.prod(shape)) * 2
+            replace_chain(convert, mapped.data[offset:offset + size].view(np.float16).reshape(shape), shared=True)
+        weights.attached.append(mapped)
 
     @staticmethod
     def _second_compile(blob: Path) -> bool:
