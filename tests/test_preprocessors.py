@@ -226,7 +226,7 @@ def test_names_labels_and_unknown_ones():
 
     assert resolve("invert (from white bg & black line)") == "invert"
     assert resolve("Lineart_Standard") == "lineart_standard"
-    for name in ("depth_midas", "normal_bae", "softedge_hed", "mlsd"):
+    for name in ("depth_midas", "normal_bae", "softedge_pidinet", "mlsd"):
         with pytest.raises(UsageError, match="neural network"):
             resolve(name)
     with pytest.raises(ValueError, match="one of none, canny"):

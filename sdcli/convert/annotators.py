@@ -7,7 +7,10 @@ extension runs, from their published weights into OpenVINO IRs that imaging/anno
 - the lineart generator (lllyasviel's `sk_model.pth`: module `lineart`, label
   lineart_realistic; `sk_model2.pth`: `lineart_coarse`), a small ResNet-style generator with
   instance norms and a sigmoid;
-- the anime lineart U-Net (`netG.pth`: module `lineart_anime`).
+- the anime lineart U-Net (`netG.pth`: module `lineart_anime`);
+- lllyasviel's HED edge network, ControlNetHED_Apache2 (`ControlNetHED.pth`: modules
+  `softedge_hed` and `softedge_hedsafe`, one network), VGG-style blocks that each project their
+  features to one edge map.
 
 The torch modules here are written for sdcli from the architectures' descriptions, with the
 checkpoints' own tensor names (so that `load_state_dict(strict=True)` checks every tensor), and
@@ -396,10 +399,65 @@ def anime_downs(shapes: dict) -> int:
     return downs
 
 
+# --- softedge_hed: lllyasviel's ControlNetHED_Apache2 ----------------------------------------------------
+
+def _hed_module(widths, layers):
+    """ControlNetHED_Apache2: `norm` [1, 3, 1, 1] taken from the RGB image, then blocks of
+    `layers[i]` 3 x 3 convolutions (each with a ReLU) `widths[i]` wide, a 2 x 2 max-pool (stride
+    2) before every block but the first, each block's features projected (1 x 1) to one edge map."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self, inputs: int, width: int, count: int):
+            super().__init__()
+            self.convs = nn.Sequential(*(nn.Conv2d(inputs if i == 0 else width, width, 3, padding=1)
+                                         for i in range(count)))
+            self.projection = nn.Conv2d(width, 1, 1)
+
+        def forward(self, x):
+            for conv in self.convs:
+                x = F.relu(conv(x))
+            return x, self.projection(x)
+
+    class ControlNetHED(nn.Module):
+        """forward(RGB [1, 3, H, W] in 0..255, H and W multiples of 2 ** (blocks - 1)) -> the
+        blocks' edge maps (logits), [1, 1, H / 2 ** i, W / 2 ** i] for block i (from 0)."""
+
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))
+            for i, (inputs, width, count) in enumerate(zip((3, *widths), widths, layers), 1):
+                setattr(self, f"block{i}", Block(inputs, width, count))
+
+        def forward(self, image):
+            x, maps = image - self.norm, []
+            for i in range(1, len(widths) + 1):
+                x, edge = getattr(self, f"block{i}")(F.max_pool2d(x, 2, 2) if i > 1 else x)
+                maps.append(edge)
+            return tuple(maps)
+
+    return ControlNetHED()
+
+
+def hed_config(shapes: dict) -> dict:
+    """The HED network's blocks (their widths and convolution counts) from its tensor shapes."""
+    blocks = 0
+    while f"block{blocks + 1}.projection.weight" in shapes:
+        blocks += 1
+    layers = [sum(1 for name in shapes if name.startswith(f"block{i}.convs.") and name.endswith(".weight"))
+              for i in range(1, blocks + 1)]
+    if not blocks or shapes.get("norm") != (1, 3, 1, 1) or 0 in layers:
+        raise UsageError(f"not a ControlNetHED checkpoint this converts ({blocks} blocks)")
+    return {"widths": [shapes[f"block{i}.projection.weight"][1] for i in range(1, blocks + 1)], "layers": layers}
+
+
 # --- recognising a checkpoint -------------------------------------------------------------------------
 
 def kind_of(names) -> str | None:
-    """"depth_anything_v2", "lineart", "lineart_anime" or None, from a checkpoint's tensor names."""
+    """"depth_anything_v2", "lineart", "lineart_anime", "softedge_hed" or None, from a checkpoint's
+    tensor names."""
     names = set(names)
     if {"pretrained.pos_embed", "pretrained.patch_embed.proj.weight", "depth_head.scratch.output_conv1.weight"} <= names:
         return "depth_anything_v2"
@@ -407,6 +465,8 @@ def kind_of(names) -> str | None:
         return "lineart"
     if {"model.model.0.weight", "model.model.3.weight", "model.model.1.model.1.weight"} <= names:
         return "lineart_anime"
+    if {"norm", "block1.convs.0.weight", "block1.projection.weight"} <= names:
+        return "softedge_hed"
     return None
 
 
@@ -495,6 +555,9 @@ def build(kind: str, state: dict, source: str = "the checkpoint", export: bool =
     elif kind == "lineart_anime":
         config = {"downs": anime_downs(shapes), "width": shapes["model.model.0.weight"][0]}
         module = _anime_module(**config, norm=norm)
+    elif kind == "softedge_hed":
+        config = hed_config(shapes)
+        module = _hed_module(**config)
     else:
         raise UsageError(f"{source}: not an annotator checkpoint")
     return _load(module, state, source), config
@@ -502,7 +565,8 @@ def build(kind: str, state: dict, source: str = "the checkpoint", export: bool =
 
 def to_ir(kind: str, module):
     """The OpenVINO model of the module: input `image` [1, 3, ?, ?] (Depth Anything also
-    `pos_rows` [?, grid] and `pos_cols` [?, grid]), output `depth` or `line`."""
+    `pos_rows` [?, grid] and `pos_cols` [?, grid]), output `depth` or `line` (HED: one edge map
+    per block, `edge1` at the image's size, `edge2` at half of it, ...)."""
     import openvino as ov
     torch = _torch()
 
@@ -517,16 +581,17 @@ def to_ir(kind: str, module):
     else:
         wrapped = module
         side = 256 if kind == "lineart_anime" else 64  # the sides' multiple the network needs
-        example = (torch.rand(1, 3, side, 2 * side),)
+        example = (torch.rand(1, 3, side, 2 * side) * (255 if kind == "softedge_hed" else 1),)
         shapes = [ov.PartialShape([1, 3, -1, -1])]
         names = (INPUT_NAME,)
-        output = "line"
+        output = "edge" if kind == "softedge_hed" else "line"
     with torch.no_grad():  # (traced first, without the trace check: faster than convert_model's own tracing)
         traced = torch.jit.trace(wrapped, example, check_trace=False)
         model = ov.convert_model(traced, example_input=example, input=shapes)
     for port, name in zip(model.inputs, names):
         port.get_tensor().set_names({name})
-    model.outputs[0].get_tensor().set_names({output})
+    for i, port in enumerate(model.outputs, 1):  # (HED's five maps: edge1 ... edge5)
+        port.get_tensor().set_names({output if len(model.outputs) == 1 else f"{output}{i}"})
     return model
 
 

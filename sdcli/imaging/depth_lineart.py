@@ -1,6 +1,7 @@
-"""A1111 ControlNet's depth and lineart preprocessors, run by OpenVINO from the IRs `sdcli convert`
-writes (convert/annotators.py) into the annotator folder (imaging/annotators.py), one folder per
-module: depth_anything_v2, lineart (label lineart_realistic), lineart_coarse, lineart_anime.
+"""A1111 ControlNet's depth, lineart and soft-edge preprocessors, run by OpenVINO from the IRs
+`sdcli convert` writes (convert/annotators.py) into the annotator folder (imaging/annotators.py),
+one folder per network, named as its module: depth_anything_v2, lineart (label
+lineart_realistic), lineart_coarse, lineart_anime, softedge_hed (which softedge_hedsafe uses too).
 
 Each follows the extension's steps on the image it is given (detect has resized it so its short
 side is the Resolution slider, 512 by default), edge-padded at the bottom and right to multiples
@@ -17,7 +18,12 @@ of 64 as its resize_image_with_pad does, the padding cut off the map at the end:
 - lineart, lineart_coarse: RGB / 255 into the generator, its output * 255 clipped and truncated
   to uint8, inverted (255 - x: white lines on black);
 - lineart_anime: resized bicubically to multiples of 256, scaled to -1..1, the U-Net's output
-  * 127.5 + 127.5 resized back bicubically, clipped, truncated to uint8, inverted.
+  * 127.5 + 127.5 resized back bicubically, clipped, truncated to uint8, inverted;
+- softedge_hed: the RGB image as float (0..255) into the HED network, its five edge maps (one per
+  block, each half the size of the one before) resized bilinearly (OpenCV) to the image, averaged,
+  a sigmoid of the mean * 255, clipped, truncated to uint8 (white edges on black);
+  softedge_hedsafe: the same with the extension's safe step before the scaling (the sigmoid
+  * 3 truncated, / 2: 0, 0.5, 1 or 1.5, so the map is 0, 127 or 255).
 """
 from __future__ import annotations
 
@@ -34,13 +40,17 @@ STD = np.array([0.229, 0.224, 0.225])
 CUBIC_A = -0.75  # PyTorch's bicubic kernel
 # the module -> the published file it is converted from (for the message when it is missing)
 SOURCES = {"depth_anything_v2": "depth_anything_v2_vits.pth (or _vitb, _vitl, or their .safetensors)",
-           "lineart": "sk_model.pth", "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth"}
+           "lineart": "sk_model.pth", "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth",
+           "softedge_hed": "ControlNetHED.pth", "softedge_hedsafe": "ControlNetHED.pth"}
+# the modules that run another module's network (else each runs the network named as it)
+NETWORKS = {"softedge_hedsafe": "softedge_hed"}
+SAFE_STEP = 2  # the extension's safe_step(x, step=2)
 
 
 def network(module: str, folder: Path | None = None) -> Path:
-    """The IR of `module`'s converted network (its folder is named as the module); MissingAnnotator
-    when it is not converted."""
-    return find_annotator(module, folder, SOURCES[module], module)
+    """The IR of `module`'s converted network (its folder is named as the module, or as the one
+    NETWORKS names); MissingAnnotator when it is not converted."""
+    return find_annotator(NETWORKS.get(module, module), folder, SOURCES[module], module)
 
 
 def run_network(module: str, inputs, folder: Path | None) -> np.ndarray:
@@ -170,6 +180,34 @@ def run_lineart_anime(image: np.ndarray, annotator_dir: Path | None = None, **_)
     return padded64(image, lambda x: anime_detector(x, annotator_dir))
 
 
+def safe_step(edge: np.ndarray, step: int = SAFE_STEP) -> np.ndarray:
+    """The extension's safe_step: edge * (step + 1) in float32 truncated to an integer, / step."""
+    y = (edge.astype(np.float32) * np.float32(step + 1)).astype(np.int32)
+    return y.astype(np.float32) / np.float32(step)
+
+
+def hed_detector(image: np.ndarray, module: str, folder: Path | None = None) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    x = np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1)[None])
+    outputs = infer(network(module, folder), x)
+    maps = [cv2.resize(np.ascontiguousarray(outputs[name][0, 0], dtype=np.float32), (w, h),
+                       interpolation=cv2.INTER_LINEAR) for name in sorted(outputs)]  # edge1 ... edge5
+    edge = 1.0 / (1.0 + np.exp(-np.mean(np.stack(maps, axis=2), axis=2).astype(np.float64)))
+    if module == "softedge_hedsafe":
+        edge = safe_step(edge)
+    return (edge * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def run_softedge_hed(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: hed_detector(x, "softedge_hed", annotator_dir))
+
+
+def run_softedge_hedsafe(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: hed_detector(x, "softedge_hedsafe", annotator_dir))
+
+
 # (module, the extension's label, run, what it does) for imaging/preprocessors.py's table
 MODULES = (
     ("depth_anything_v2", "depth_anything_v2", run_depth_anything_v2,
@@ -178,4 +216,8 @@ MODULES = (
     ("lineart_coarse", "lineart_coarse", run_lineart_coarse,
      "white lines, coarser, by the lineart generator's sk_model2.pth (OpenVINO)"),
     ("lineart_anime", "lineart_anime", run_lineart_anime, "white lines by the anime lineart U-Net, netG.pth (OpenVINO)"),
+    ("softedge_hed", "softedge_hed", run_softedge_hed,
+     "soft white edges by lllyasviel's HED network, ControlNetHED.pth (OpenVINO)"),
+    ("softedge_hedsafe", "softedge_hedsafe", run_softedge_hedsafe,
+     "HED's soft edges in three steps (0, 127, 255: the extension's safe step), ControlNetHED.pth (OpenVINO)"),
 )

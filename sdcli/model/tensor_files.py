@@ -99,11 +99,19 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+class _StateDict(dict):
+    """collections.OrderedDict as a dict; the attributes pickled with it are dropped (a module's
+    state_dict() carries `_metadata`, the modules' versions, which torch.save keeps)."""
+
+    def __setstate__(self, state):
+        pass
+
+
 class _TensorUnpickler(pickle.Unpickler):
     """Builds containers, numbers, strings and tensors; any other class is refused."""
 
     _ALLOWED = {
-        ("collections", "OrderedDict"): dict,
+        ("collections", "OrderedDict"): _StateDict,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
