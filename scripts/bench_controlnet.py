@@ -1,15 +1,21 @@
-"""Issue 22's ControlNet benchmark on the SD 1.5 architecture (random weights): `sdcli generate`
-with no ControlNet, one and two units, and diffusers' StableDiffusionControlNetPipeline in
-PyTorch with one unit, whole processes, on this CPU.
+"""Issue 22's ControlNet benchmark on the SD 1.5 or SDXL architecture (random weights): `sdcli
+generate` with no ControlNet, one and two units, and diffusers' StableDiffusionControlNetPipeline
+(StableDiffusionXLControlNetPipeline for --arch sdxl) in PyTorch with one unit, whole processes,
+on this CPU.
 
     python scripts/bench_controlnet.py --workdir .bench/controlnet --output-dir bench-results/local-controlnet \
         [--steps 8] [--rounds 3] [--size 512] [--configs sdcli-1cn,sdcli-1cn-int8,torch-1cn,torch-1cn-bf16,...]
+        [--baseline-tree DIR] [--arch sd15|sdxl|tiny|tiny-sdxl]
 
-The SD 1.5 folder is built by `random_model --sd15` and converted once; the ControlNet is a random
+The model folder is built by `random_model --sd15` (--sdxl, --tiny, --tiny-sdxl: --arch) and
+converted once, under --workdir/ARCH-src (sd15-src for sd15); the ControlNet is a random
 ControlNetModel shaped like that UNet (lllyasviel's conditioning embedding: 16, 32, 96, 256),
 converted once at fp32. Configurations: sdcli-{0,1,2}cn at its default precision, -f32 at f32,
 -int8 on folders converted with --weight-format int8 (the SD model and the ControlNets);
 torch-1cn in f32 (diffusers' default on a CPU), torch-1cn-bf16 with bfloat16 weights.
+sdcli-0cn-base: no ControlNet, run by the sdcli of --baseline-tree (a checkout from before the
+ControlNet work, e.g. `git worktree add /tmp/pre-cn 6cef4c7~1`), with its own cache folder: beside
+sdcli-0cn it measures what the load-time ControlNet edit costs a run that uses none (issue 22).
 Rounds rotate the configurations; one unmeasured warm-up each for sdcli (compiled-model cache filled).
 """
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PROMPT = "a house in a forest, detailed"
+ARCH_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL 1.0", "tiny": "tiny SD 1.x-shaped", "tiny-sdxl": "tiny SDXL-shaped"}
 
 TORCH_PEER = r"""
 import sys, time, json
@@ -31,15 +38,18 @@ from PIL import Image
 src, cn, image, out, steps, size, dtype = sys.argv[1:8]
 dtype = getattr(torch, dtype)
 net = diffusers.ControlNetModel.from_pretrained(cn, torch_dtype=dtype)
-pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(src, controlnet=net, torch_dtype=dtype,
-                                                                  safety_checker=None, requires_safety_checker=False)
+if "text_encoder_2" in diffusers.DiffusionPipeline.load_config(src):  # SDXL
+    pipe = diffusers.StableDiffusionXLControlNetPipeline.from_pretrained(src, controlnet=net, torch_dtype=dtype)
+else:
+    pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(src, controlnet=net, torch_dtype=dtype,
+                                                                      safety_checker=None, requires_safety_checker=False)
 pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
 t1 = time.perf_counter()
 marks = []
 def cb(p, i, t, kw):
     marks.append(time.perf_counter()); return kw
-img = pipe("%s", image=Image.open(image).convert("RGB"), num_inference_steps=int(steps), width=int(size),
+img = pipe("%s", image=Image.open(image).convert("RGB"), num_inference_steps=int(steps), guidance_scale=7.5, width=int(size),
            height=int(size), generator=torch.Generator().manual_seed(42), callback_on_step_end=cb).images[0]
 img.save(out)
 steps_s = [b - a for a, b in zip(marks, marks[1:])]
@@ -47,46 +57,56 @@ print(json.dumps({"load_s": t1 - t0, "step_s": sorted(steps_s)[len(steps_s) // 2
 """ % PROMPT
 
 
-def prepare(work: Path, int8: bool = False) -> dict:
+def prepare(work: Path, int8: bool = False, arch: str = "sd15") -> dict:
     from sdcli.convert.random_controlnet import build_random_controlnet
 
-    src, ov, ov8 = work / "sd15-src", work / "sd15-ov", work / "sd15-ov-int8"
+    src, ov, ov8 = work / f"{arch}-src", work / f"{arch}-ov", work / f"{arch}-ov-int8"
     if not (src / "model_index.json").is_file():
-        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(src), "--sd15"], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(src), f"--{arch}"], check=True, cwd=ROOT)
     for folder, fmt in ((ov, None), (ov8, "int8") if int8 else (None, None)):
         if folder is not None and not (folder / "model_index.json").is_file():
             subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(folder), "--quiet",
                             *(["--weight-format", fmt] if fmt else [])], check=True, cwd=ROOT)
     cns = {}
-    for seed, name in enumerate(("cn-a", "cn-b")):
+    tag = "" if arch == "sd15" else f"{arch}-"  # (the sd15 names as before: folders converted earlier are kept)
+    for seed, name in enumerate((f"{tag}cn-a", f"{tag}cn-b")):
         cn_src = work / f"{name}-src"
         if not (cn_src / "config.json").is_file():
-            build_random_controlnet(src / "unet", cn_src, embedding_channels=(16, 32, 96, 256), seed=seed)
+            channels = (16, 32, 96, 256) if "tiny" not in arch else (8, 16)
+            build_random_controlnet(src / "unet", cn_src, embedding_channels=channels, seed=seed)
         for cn_dir, fmt in (("ControlNet", "fp32"), ("ControlNet-int8", "int8") if int8 else (None, None)):
             if cn_dir is not None and not (work / cn_dir / name / "openvino_model.xml").is_file():
                 subprocess.run([sys.executable, "-m", "sdcli", "convert", str(cn_src), "--weight-format", fmt,
                                 "--controlnet-dir", str(work / cn_dir), "--quiet"], check=True, cwd=ROOT)
                 (work / cn_dir / f"{name}-src").rename(work / cn_dir / name)
-        cns[name] = cn_src
+        cns[name.removeprefix(tag)] = (name, cn_src)
     return {"src": src, "ov": ov, "ov-int8": ov8, "cns": cns}
 
 
-def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int) -> tuple[list[str], dict]:
+def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int,
+            baseline: Path | None = None) -> tuple[list[str], dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), SDCLI_CACHE_DIR=str(work / "cache"))
+    if config == "sdcli-0cn-base":  # the same run by the sdcli from before the ControlNet work
+        if baseline is None:
+            raise SystemExit("sdcli-0cn-base needs --baseline-tree")
+        env.update(PYTHONPATH=str(baseline), SDCLI_CACHE_DIR=str(work / "cache-base"))
+        return [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov"]), "--prompt", PROMPT, "--steps",
+                str(steps), "--scheduler", "euler", "--guidance-scale", "7.5", "--seed", "42", "--width", str(size), "--height", str(size),
+                "--output", str(work / f"{config}.png"), "--json", "--quiet"], env
     if config.startswith("torch-1cn"):  # torch-1cn: f32 (diffusers' default on a CPU); torch-1cn-bf16
-        return [sys.executable, "-c", TORCH_PEER, str(made["src"]), str(made["cns"]["cn-a"]), str(image),
+        return [sys.executable, "-c", TORCH_PEER, str(made["src"]), str(made["cns"]["cn-a"][1]), str(image),
                 str(work / "torch.png"), str(steps), str(size),
                 "bfloat16" if config.endswith("-bf16") else "float32"], env
     precision = "f32" if config.endswith("-f32") else "auto"
     int8 = config.endswith("-int8")  # the int8 folder (sdcli convert --weight-format int8) and int8 ControlNets
     units = {"0cn": [], "1cn": ["cn-a"], "2cn": ["cn-a", "cn-b"]}[config.split("-")[1]]
     cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov-int8" if int8 else "ov"]), "--prompt",
-           PROMPT, "--steps", str(steps), "--scheduler", "euler", "--seed", "42", "--width", str(size), "--height",
+           PROMPT, "--steps", str(steps), "--scheduler", "euler", "--guidance-scale", "7.5", "--seed", "42", "--width", str(size), "--height",
            str(size), "--precision", precision, "--controlnet-dir", str(work / ("ControlNet-int8" if int8 else
                                                                                 "ControlNet")), "--output",
            str(work / f"{config}.png"), "--json", "--quiet"]
     for unit in units:
-        cmd += ["--controlnet", unit, "--control-image", str(image)]
+        cmd += ["--controlnet", made["cns"][unit][0], "--control-image", str(image)]
     return cmd, env
 
 
@@ -99,27 +119,36 @@ def main() -> None:
 
     parser = bench_parser("controlnet", ROOT, rounds=2)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=None, help="[512; 1024 for sdxl; 64 for tiny ones]")
+    parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl", "tiny", "tiny-sdxl"])
     parser.add_argument("--configs", default="sdcli-0cn,sdcli-1cn,sdcli-2cn,sdcli-1cn-f32,torch-1cn")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="a checkout of sdcli from before the ControlNet work, for sdcli-0cn-base")
     args = parser.parse_args()
     work, out_dir = made_dirs(args)
-    made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")))
+    args.size = args.size or {"sdxl": 1024, "sd15": 512}.get(args.arch, 64)
+    made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")), arch=args.arch)
     image = work / "control.png"
     y, x = np.mgrid[0:args.size, 0:args.size]
     Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
     configs = args.configs.split(",")
-    report = {"machine": machine_info(), "size": args.size, "steps": args.steps, "rounds": args.rounds,
+    report = {"machine": machine_info(), "arch": args.arch, "size": args.size, "steps": args.steps, "rounds": args.rounds,
               "configs": configs, "runs": [], "load_average_start": os.getloadavg()}
 
     def parse(stdout: str) -> dict:
         data = last_json(stdout)
         return {"step_s": data.get("step_s") or data.get("timings", {}).get("step_median")}
 
-    measure_rounds(report, configs, lambda config: command(config, made, work, image, args.steps, args.size),
+    if args.baseline_tree is not None:
+        report["baseline_commit"] = subprocess.run(["git", "-C", str(args.baseline_tree), "rev-parse", "HEAD"],
+                                                   capture_output=True, text=True).stdout.strip()
+    measure_rounds(report, configs, lambda config: command(config, made, work, image, args.steps, args.size,
+                                                           args.baseline_tree),
                    args.rounds, parse=parse, warm_up=[c for c in configs if not c.startswith("torch")],
                    save=lambda: save_report(out_dir, report))
     report["load_average_end"] = os.getloadavg()
-    lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; SD 1.5 architecture "
+    lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
+             f"{ARCH_NAMES[args.arch]} architecture "
              f"(random weights), {args.size}x{args.size}, {args.steps} steps, Euler; whole processes, medians of "
              f"{args.rounds} rotated rounds (sdcli after one unmeasured warm-up each); load average "
              f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end.", ""]
