@@ -23,7 +23,6 @@ every run; bench.md the medians, rendered from it (`--render bench.json` redoes 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -120,7 +119,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     from sdcli.bench.peers import ensure_models, machine_info
-    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, save_report
+    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, rendered_only, save_report
     from sdcli.runtime.core import default_cache_dir
 
     parser = bench_parser("hires", ROOT, rounds=3, workdir=default_cache_dir().parent / "bench",
@@ -134,12 +133,8 @@ def main() -> None:
     parser.add_argument("--weight-format", default="fp16")
     parser.add_argument("--no-warm-up", action="store_true", help="measure from the first run")
     parser.add_argument("--tiny", action="store_true", help="the tiny test models: checks the script in seconds")
-    parser.add_argument("--render", type=Path, default=None, help="only render bench.md from this bench.json")
     args = parser.parse_args()
-    if args.render:
-        report = json.loads(args.render.read_text())
-        args.render.with_suffix(".md").write_text(markdown(report))
-        print(markdown(report))
+    if rendered_only(args, markdown):
         return
     work, out_dir = made_dirs(args)
     variants = args.variants.split(",")

@@ -16,7 +16,6 @@ files in the page cache). bench.json keeps every run; bench.md the medians.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -118,18 +117,14 @@ def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, u
 
 def main() -> None:
     from sdcli.bench.peers import machine_info
-    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, save_report
+    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, rendered_only, save_report
 
     parser = bench_parser("upscale", ROOT, rounds=3)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--archs", default="compact,rrdbnet")
     parser.add_argument("--peers", default="sdcli-f32,sdcli,torch")
-    parser.add_argument("--render", type=Path, default=None, help="only render bench.md from this bench.json")
     args = parser.parse_args()
-    if args.render:
-        report = json.loads(args.render.read_text())
-        args.render.with_suffix(".md").write_text(markdown(report))
-        print(markdown(report))
+    if rendered_only(args, markdown):
         return
     work, out_dir = made_dirs(args)
     checkpoints = build_checkpoints(work)

@@ -20,7 +20,6 @@ The target (issue 23): sdcli's decode <= 1.00x genai's, on medians.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -92,7 +91,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     from sdcli.bench.peers import ensure_models, machine_info
-    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, save_report
+    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, rendered_only, save_report
     from sdcli.runtime.core import default_cache_dir
 
     parser = bench_parser("vae-decode", ROOT, rounds=3, workdir=default_cache_dir().parent / "bench",
@@ -101,12 +100,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--weight-format", default="fp16")
     parser.add_argument("--tiny", action="store_true", help="the tiny test model at 64 and 128: checks the script")
-    parser.add_argument("--render", type=Path, default=None, help="only render bench.md from this bench.json")
     args = parser.parse_args()
-    if args.render:
-        report = json.loads(args.render.read_text())
-        args.render.with_suffix(".md").write_text(markdown(report))
-        print(markdown(report))
+    if rendered_only(args, markdown):
         return
     work, out_dir = made_dirs(args)
     arch = "tiny" if args.tiny else "sd15"

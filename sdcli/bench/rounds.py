@@ -22,12 +22,24 @@ def bench_parser(name: str, root: Path, rounds: int, workdir: Path | None = None
                  description: str | None = None) -> argparse.ArgumentParser:
     """A benchmark script's parser with the options they share: --workdir (models and pictures;
     default `workdir`, else ROOT/.bench/NAME), --output-dir (bench.json and bench.md; default
-    ROOT/bench-results/local-NAME) and --rounds."""
+    ROOT/bench-results/local-NAME), --rounds, and --render (see rendered_only)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--workdir", type=Path, default=workdir or root / ".bench" / name)
     parser.add_argument("--output-dir", type=Path, default=root / "bench-results" / f"local-{name}")
     parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--render", type=Path, default=None, help="only render bench.md from this bench.json")
     return parser
+
+
+def rendered_only(args: argparse.Namespace, markdown: Callable[[dict], str]) -> bool:
+    """With --render BENCH_JSON: bench.md written again beside it by `markdown` (and printed),
+    True (nothing is run); else False."""
+    if args.render is None:
+        return False
+    text = markdown(json.loads(args.render.read_text()))
+    args.render.with_suffix(".md").write_text(text)
+    print(text)
+    return True
 
 
 def made_dirs(args: argparse.Namespace) -> tuple[Path, Path]:

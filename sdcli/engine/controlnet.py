@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from sdcli.util.errors import UsageError
+from sdcli.util.fsutil import chosen_folder
 
 CONTROLNET_ENV = "SDCLI_CONTROLNET_DIR"
 DEFAULT_CONTROLNET_DIR = Path("models/ControlNet")
@@ -238,11 +239,7 @@ def unit_images(images: list, types: list, units: int, error=UsageError,
 
 def controlnet_folder(given: Path | None) -> tuple[Path, str]:
     """The folder converted ControlNets live in, and how it was chosen (for messages)."""
-    if given is not None:
-        return Path(given).expanduser(), "--controlnet-dir"
-    if os.environ.get(CONTROLNET_ENV):
-        return Path(os.environ[CONTROLNET_ENV]).expanduser(), f"${CONTROLNET_ENV}"
-    return DEFAULT_CONTROLNET_DIR, "the default"
+    return chosen_folder(given, "--controlnet-dir", CONTROLNET_ENV, DEFAULT_CONTROLNET_DIR)
 
 
 def is_converted_controlnet(path: Path) -> bool:
