@@ -320,18 +320,22 @@ def test_detect_map_is_the_extensions(converted, tmp_path, module, kind, referen
 
 # --- not converted -------------------------------------------------------------------------------------
 
-def test_missing_network_is_one_line_and_exit_2(tmp_path):
+@pytest.mark.parametrize("module, said", [
+    ("depth_anything_v2", ["depth_anything_v2"]),
+    ("softedge_hedsafe", ["softedge_hedsafe needs the network softedge_hed", "ControlNetHED.pth"]),  # another's network
+])
+def test_missing_network_is_one_line_and_exit_2(tmp_path, module, said):
     from sdcli.imaging.image_io import save_png
 
     source = tmp_path / "in.png"
     save_png(source, picture(40, 50, 1))
     empty = tmp_path / "nothing"
-    result = CliRunner().invoke(app, ["detect", "depth_anything_v2", str(source), "--annotator-dir", str(empty),
+    result = CliRunner().invoke(app, ["detect", module, str(source), "--annotator-dir", str(empty),
                                       "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "depth_anything_v2" in lines[0] and str(empty) in lines[0], result.output
-    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    assert len(lines) == 1 and all(part in lines[0] for part in said) and str(empty) in lines[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists() and not empty.exists()
 
 
 def test_server_detect_and_missing_network(converted, monkeypatch):

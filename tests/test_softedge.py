@@ -164,21 +164,6 @@ def test_detect_maps_are_the_extensions(converted, tmp_path):
     assert low.shape == (320, 427) and off(low, reference(model, first, 320, False)).max() <= 1
 
 
-def test_missing_network_is_one_line_and_exit_2(tmp_path):
-    from sdcli.imaging.image_io import save_png
-
-    source = tmp_path / "in.png"
-    save_png(source, picture(40, 50, 1))
-    empty = tmp_path / "nothing"
-    result = CliRunner().invoke(app, ["detect", "softedge_hedsafe", str(source), "--annotator-dir", str(empty),
-                                      "-o", str(tmp_path / "out")])
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "softedge_hedsafe needs the network softedge_hed" in lines[0], result.output
-    assert str(empty) in lines[0] and "ControlNetHED.pth" in lines[0] and "Traceback" not in result.output
-    assert not (tmp_path / "out").exists() and not empty.exists()
-
-
 @pytest.mark.parametrize("module", ["softedge_hed", "softedge_hedsafe"])
 def test_generate_refuses_a_missing_network_before_loading(tmp_path, monkeypatch, module):
     from types import SimpleNamespace
