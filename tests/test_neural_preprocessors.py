@@ -13,8 +13,10 @@ tiny widths with random weights, converted by `sdcli convert`, then
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+
 import pytest
 from typer.testing import CliRunner
 
@@ -421,10 +423,13 @@ def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch)
 
 
 @pytest.mark.parametrize("module, source", [("depth_anything_v2", "depth_anything_v2_vits.pth"),
-                                            ("lineart_coarse", "sk_model2.pth")])
-def test_generate_refuses_a_missing_depth_or_lineart_network_before_loading(tmp_path, monkeypatch, module, source):
+                                            ("lineart_coarse", "sk_model2.pth"),
+                                            ("softedge_hed", "ControlNetHED.pth"),
+                                            ("softedge_hedsafe", "ControlNetHED.pth")])
+def test_generate_refuses_a_missing_network_before_loading(tmp_path, monkeypatch, module, source):
     """engine.controlnet.check_request (generate's, batch's and the server's check before anything
-    loads) names the depth or lineart network that is not converted, and the file to convert."""
+    loads) names the depth, lineart or soft-edge network that is not converted, and the file to
+    convert."""
     from types import SimpleNamespace
 
     from sdcli.engine.controlnet import ControlUnit, check_request
@@ -434,5 +439,5 @@ def test_generate_refuses_a_missing_depth_or_lineart_network_before_loading(tmp_
     folder = SimpleNamespace(denoiser="unet", unet_config={"in_channels": 4}, latent_channels=4, is_sdxl=False)
     engine = SimpleNamespace(folder=folder, controlnet_dir=tmp_path)
     request = SimpleNamespace(controlnets=[ControlUnit("control_v11f1p_sd15_depth", None, preprocessor=module)])
-    with pytest.raises(MissingAnnotator, match=f"{module} needs its network.*{source}"):
+    with pytest.raises(MissingAnnotator, match=f"{module} needs .*{re.escape(source)}"):
         check_request(request, engine)

@@ -164,21 +164,6 @@ def test_detect_maps_are_the_extensions(converted, tmp_path):
     assert low.shape == (320, 427) and off(low, reference(model, first, 320, False)).max() <= 1
 
 
-@pytest.mark.parametrize("module", ["softedge_hed", "softedge_hedsafe"])
-def test_generate_refuses_a_missing_network_before_loading(tmp_path, monkeypatch, module):
-    from types import SimpleNamespace
-
-    from sdcli.engine.controlnet import ControlUnit, check_request
-    from sdcli.imaging.annotators import MissingAnnotator
-
-    monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(tmp_path / "none"))
-    folder = SimpleNamespace(denoiser="unet", unet_config={"in_channels": 4}, latent_channels=4, is_sdxl=False)
-    engine = SimpleNamespace(folder=folder, controlnet_dir=tmp_path)
-    request = SimpleNamespace(controlnets=[ControlUnit("control_v11p_sd15_softedge", None, preprocessor=module)])
-    with pytest.raises(MissingAnnotator, match=f"{module} needs .*ControlNetHED.pth"):
-        check_request(request, engine)
-
-
 def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch):
     """generate's and the server's units: preprocess(fitted image, module), no resize."""
     from sdcli.imaging.control import preprocess
