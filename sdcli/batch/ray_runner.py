@@ -272,12 +272,8 @@ class RayRun:
     def _control_unit(self, unit):
         """`unit` with its control image read (from the images cache when read before)."""
         from sdcli.imaging.image_io import read_rgb
-        from sdcli.util.errors import UsageError
 
-        try:
-            return unit.read_image(lambda path: self.images.get_or(path, lambda: read_rgb(path)))
-        except UsageError as exc:
-            raise UsageError(str(exc).replace("--control-image", "control_image")) from None
+        return unit.read_image(lambda path: self.images.get_or(path, lambda: read_rgb(path)), "control_image")
 
     def lost(self, slot: _Slot, job, exc: BaseException) -> None:
         """`slot`'s worker is gone: its row goes back to the queue (RETRIES times), and a new

@@ -96,12 +96,7 @@ class RowRunner:
 
     def control_units(self, job: Job) -> tuple:
         """`job`'s ControlNet units with their control images read (or taken from the cache)."""
-        from sdcli.util.errors import UsageError
-
-        try:
-            return tuple(unit.read_image(self.read_image) for unit in getattr(job, "controlnets", ()))
-        except UsageError as exc:
-            raise UsageError(str(exc).replace("--control-image", "control_image")) from None
+        return tuple(unit.read_image(self.read_image, "control_image") for unit in getattr(job, "controlnets", ()))
 
     def optimal_requests(self, job: Job) -> int:
         """How many rows like `job` OpenVINO would run at once (compiles its UNet)."""

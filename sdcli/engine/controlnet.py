@@ -169,9 +169,9 @@ class ControlUnit:
         """Its control images: one, or a Union unit's one per control type."""
         return (self.image, *self.more_images)
 
-    def read_image(self, read=None) -> "ControlUnit":
-        """This unit with its control images read (a file's errors name --control-image), by
-        `read(path)` if given (a cache's), else read_rgb."""
+    def read_image(self, read=None, label: str = "--control-image") -> "ControlUnit":
+        """This unit with its control images read (a file's errors after `label`: the flag, or a
+        batch row's field), by `read(path)` if given (a cache's), else read_rgb."""
         if not any(isinstance(image, (str, Path)) for image in self.images):
             return self
         from sdcli.imaging.image_io import read_rgb
@@ -182,7 +182,7 @@ class ControlUnit:
             try:
                 return (read or read_rgb)(Path(image))
             except UsageError as exc:
-                raise UsageError(f"--control-image: {exc}") from None
+                raise UsageError(f"{label}: {exc}") from None
 
         name = Path(self.image).name if isinstance(self.image, (str, Path)) else ""
         return replace(self, image=loaded(self.image), more_images=tuple(loaded(i) for i in self.more_images),
