@@ -132,11 +132,7 @@ def key_settings(units, row_error=ValueError) -> list | None:
     settings = []
     for unit in units:
         path = Path(unit.image)
-        try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError as exc:
-            raise row_error(f"control_image {path}: {exc.strerror or exc}") from None
-        settings.append({"model": str(unit.model), "image": str(path.resolve()), "image_sha256": digest,
+        settings.append({"model": str(unit.model), "image": str(path.resolve()), "image_sha256": _digest(path, row_error),
                          "weight": unit.weight, "start": unit.start, "end": unit.end, "mode": unit.mode,
                          "resize": unit.resize, "preprocessor": unit.preprocessor,
                          **({"type": unit.type} if unit.type else {})})
