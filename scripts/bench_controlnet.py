@@ -13,6 +13,8 @@ ControlNetModel shaped like that UNet (lllyasviel's conditioning embedding: 16, 
 converted once at fp32. Configurations: sdcli-{0,1,2}cn at its default precision, -f32 at f32,
 -int8 on folders converted with --weight-format int8 (the SD model and the ControlNets);
 torch-1cn in f32 (diffusers' default on a CPU), torch-1cn-bf16 with bfloat16 weights.
+A -cold suffix (sdcli-1cn-cold) runs with an empty compiled-model cache every time (a fresh
+cache folder, removed before the run): the first run a user sees; the others are warm.
 sdcli-0cn-base: no ControlNet, run by the sdcli of --baseline-tree (a checkout from before the
 ControlNet work, e.g. `git worktree add /tmp/pre-cn 6cef4c7~1`), with its own cache folder: beside
 sdcli-0cn it measures what the load-time ControlNet edit costs a run that uses none (issue 22).
@@ -20,7 +22,9 @@ Rounds rotate the configurations; one unmeasured warm-up each for sdcli (compile
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +76,8 @@ def prepare(work: Path, int8: bool = False, arch: str = "sd15") -> dict:
     for seed, name in enumerate((f"{tag}cn-a", f"{tag}cn-b")):
         cn_src = work / f"{name}-src"
         if not (cn_src / "config.json").is_file():
-            channels = (16, 32, 96, 256) if "tiny" not in arch else (8, 16)
+            levels = len(json.loads((src / "vae" / "config.json").read_text())["block_out_channels"])
+            channels = ((16, 32, 96, 256) if "tiny" not in arch else (8, 16, 16, 16))[:levels]  # down as the VAE
             build_random_controlnet(src / "unet", cn_src, embedding_channels=channels, seed=seed)
         for cn_dir, fmt in (("ControlNet", "fp32"), ("ControlNet-int8", "int8") if int8 else (None, None)):
             if cn_dir is not None and not (work / cn_dir / name / "openvino_model.xml").is_file():
@@ -97,6 +102,11 @@ def command(config: str, made: dict, work: Path, image: Path, steps: int, size: 
         return [sys.executable, "-c", TORCH_PEER, str(made["src"]), str(made["cns"]["cn-a"][1]), str(image),
                 str(work / "torch.png"), str(steps), str(size),
                 "bfloat16" if config.endswith("-bf16") else "float32"], env
+    if config.endswith("-cold"):  # the first run: an empty compiled-model cache every time
+        config = config.removesuffix("-cold")
+        cold = work / "cache-cold"
+        shutil.rmtree(cold, ignore_errors=True)
+        env["SDCLI_CACHE_DIR"] = str(cold)
     precision = "f32" if config.endswith("-f32") else "auto"
     int8 = config.endswith("-int8")  # the int8 folder (sdcli convert --weight-format int8) and int8 ControlNets
     units = {"0cn": [], "1cn": ["cn-a"], "2cn": ["cn-a", "cn-b"]}[config.split("-")[1]]
@@ -110,12 +120,28 @@ def command(config: str, made: dict, work: Path, image: Path, steps: int, size: 
     return cmd, env
 
 
+def markdown(report: dict) -> str:
+    """bench.md from a bench.json's report: the machine, the settings and one row of medians per configuration."""
+    from sdcli.bench.rounds import median_rows, table
+
+    cold = "; -cold: an empty compiled-model cache every run" if any(c.endswith("-cold") for c in report["configs"]) else ""
+    lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
+             f"{ARCH_NAMES[report['arch']]} architecture (random weights), {report['size']}x{report['size']}, "
+             f"{report['steps']} steps, Euler; whole processes, medians of {report['rounds']} rotated rounds (sdcli "
+             f"after one unmeasured warm-up each{cold}); load average "
+             f"{report['load_average_start'][0]:.1f} at the start, "
+             f"{(report.get('load_average_end') or [float('nan')])[0]:.1f} at the end.", ""]
+    lines += table(median_rows(report["runs"], ["config"], ["wall_s", "peak_rss_mb", "step_s"]),
+                   ["config", "runs", "wall_s", "peak_rss_mb", "step_s"])
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     import numpy as np
     from PIL import Image
 
     from sdcli.bench.peers import machine_info
-    from sdcli.bench.rounds import bench_parser, last_json, made_dirs, measure_rounds, median_rows, save_report, table
+    from sdcli.bench.rounds import bench_parser, last_json, made_dirs, measure_rounds, rendered_only, save_report
 
     parser = bench_parser("controlnet", ROOT, rounds=2)
     parser.add_argument("--steps", type=int, default=8)
@@ -125,6 +151,8 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, default=None,
                         help="a checkout of sdcli from before the ControlNet work, for sdcli-0cn-base")
     args = parser.parse_args()
+    if rendered_only(args, markdown):
+        return
     work, out_dir = made_dirs(args)
     args.size = args.size or {"sdxl": 1024, "sd15": 512}.get(args.arch, 64)
     made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")), arch=args.arch)
@@ -142,20 +170,15 @@ def main() -> None:
     if args.baseline_tree is not None:
         report["baseline_commit"] = subprocess.run(["git", "-C", str(args.baseline_tree), "rev-parse", "HEAD"],
                                                    capture_output=True, text=True).stdout.strip()
+    warm_up = [c for c in configs if not c.startswith("torch") and not c.endswith("-cold")]
     measure_rounds(report, configs, lambda config: command(config, made, work, image, args.steps, args.size,
                                                            args.baseline_tree),
-                   args.rounds, parse=parse, warm_up=[c for c in configs if not c.startswith("torch")],
+                   args.rounds, parse=parse, warm_up=warm_up,
                    save=lambda: save_report(out_dir, report))
     report["load_average_end"] = os.getloadavg()
-    lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
-             f"{ARCH_NAMES[args.arch]} architecture "
-             f"(random weights), {args.size}x{args.size}, {args.steps} steps, Euler; whole processes, medians of "
-             f"{args.rounds} rotated rounds (sdcli after one unmeasured warm-up each); load average "
-             f"{report['load_average_start'][0]:.1f} at the start, {report['load_average_end'][0]:.1f} at the end.", ""]
-    lines += table(median_rows(report["runs"], ["config"], ["wall_s", "peak_rss_mb", "step_s"]),
-                   ["config", "runs", "wall_s", "peak_rss_mb", "step_s"])
-    save_report(out_dir, report, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(report)
+    save_report(out_dir, report, text)
+    print(text)
 
 
 if __name__ == "__main__":
