@@ -90,11 +90,11 @@ def prepare(work: Path, int8: bool = False, arch: str = "sd15") -> dict:
 
 def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int,
             baseline: Path | None = None) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SDCLI_CACHE_DIR=str(work / "cache"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), SDCLI_CACHE_DIR=str(work / "cache"))
     if config == "sdcli-0cn-base":  # the same run by the sdcli from before the ControlNet work
         if baseline is None:
             raise SystemExit("sdcli-0cn-base needs --baseline-tree")
-        env.update(PYTHONPATH=str(baseline), SDCLI_CACHE_DIR=str(work / "cache-base"))
+        env.update(PYTHONPATH=str(baseline) + os.pathsep + os.environ.get("PYTHONPATH", ""), SDCLI_CACHE_DIR=str(work / "cache-base"))
         return [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov"]), "--prompt", PROMPT, "--steps",
                 str(steps), "--scheduler", "euler", "--guidance-scale", "7.5", "--seed", "42", "--width", str(size), "--height", str(size),
                 "--output", str(work / f"{config}.png"), "--json", "--quiet"], env

@@ -42,7 +42,7 @@ COLUMNS = ["config", "size", "steps", "runs", "wall_s", "peak_rss_mb", "model_lo
 
 
 def command(case: dict, variant: str, ov_dir: Path, work: Path, precision: str) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SDCLI_CACHE_DIR=str(work / "cache"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), SDCLI_CACHE_DIR=str(work / "cache"))
     size = case["size"]
     cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(ov_dir), "--prompt", PROMPT, "--steps",
            str(case["steps"]), "--seed", "42", "--scheduler", "euler", "--width", str(size), "--height", str(size),

@@ -104,7 +104,7 @@ def picture(path: Path, size: int) -> None:
 
 def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, upscaler_dir: Path,
              cache: Path) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if peer == "torch":
         return [sys.executable, "-c", TORCH_PEER, str(checkpoints[arch]), str(image), str(out), str(TILE),
                 str(OVERLAP), str(SCALE)], env
