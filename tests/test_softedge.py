@@ -1,4 +1,4 @@
-"""A1111 ControlNet's softedge_hed and softedge_hedsafe: lllyasviel's ControlNetHED_Apache2
+"""A1111 ControlNet's softedge_hed, softedge_hedsafe and scribble_hed: lllyasviel's ControlNetHED_Apache2
 (ControlNetHED.pth) written again here in torch with the published file's tensor names, at small
 widths with random weights, saved as a torch.save .pth and converted by `sdcli convert`, then
 
@@ -7,7 +7,8 @@ widths with random weights, saved as a torch.save .pth and converted by `sdcli c
 - each `sdcli detect` map against a reference computed here from the torch module with the
   extension's steps written again (resize_image_with_pad, the maps resized with OpenCV, the
   sigmoid of their mean, safe_step), and shown to change with the image; the safe map is not the
-  plain one;
+  plain one; scribble_hed's map against the extension's nms, blur and threshold written again here
+  (neighbours by shifting, not OpenCV's dilation) on the reference soft-edge map;
 - a network not converted: one line, exit 2, nothing written (422 from the server); generate's
   check refuses it before anything loads."""
 from __future__ import annotations
@@ -164,6 +165,36 @@ def test_detect_maps_are_the_extensions(converted, tmp_path):
     assert low.shape == (320, 427) and off(low, reference(model, first, 320, False)).max() <= 1
 
 
+
+def scribble_reference(edge: np.ndarray) -> np.ndarray:
+    """The extension's scribble_hed after hed(): nms(edge, 127, 3.0) (Gaussian blur, sigma 3; a pixel
+    kept where no neighbour on one of four lines through it is larger, and over 127), the kept
+    pixels (255) blurred (sigma 3) and made 255 over 4, else 0."""
+    x = cv2.GaussianBlur(edge.astype(np.float32), (0, 0), 3.0)
+    h, w = x.shape
+    padded = np.pad(x, 1, constant_values=-np.inf)
+    near = lambda dy, dx: padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]  # noqa: E731
+    ridge = np.zeros(x.shape, bool)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        ridge |= (x >= near(dy, dx)) & (x >= near(-dy, -dx))
+    thin = np.where(ridge & (x > 127), 255, 0).astype(np.uint8)
+    return np.where(cv2.GaussianBlur(thin, (0, 0), 3.0) > 4, 255, 0).astype(np.uint8)
+
+
+def test_scribble_hed_is_the_extensions(converted, tmp_path):
+    folder, model = converted
+    first, second = picture(90, 120, 11), picture(90, 120, 12)
+    got = detect_file(tmp_path, folder, "scribble_hed", first, "s")
+    soft = reference(model, first, 512, False)
+    expected = scribble_reference(soft)
+    assert got.shape == expected.shape == (512, 683) and set(np.unique(got)) == {0, 255}
+    white = int((got == 255).sum())
+    assert 0.002 < white / got.size < 0.98, white / got.size  # scribbles (sparse on random weights), not a blank page
+    assert (off(got, expected) > 0).sum() <= 0.02 * white, (off(got, expected) > 0).sum()  # identical here
+    assert (off(got, detect_file(tmp_path, folder, "softedge_hed", first, "t")) > 32).mean() > 0.05  # not soft edges
+    other = detect_file(tmp_path, folder, "scribble_hed", second, "u")
+    assert (off(other, got) > 0).sum() > 0.2 * white, (off(other, got) > 0).sum()  # another image, other scribbles
+
 def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch):
     """generate's and the server's units: preprocess(fitted image, module), no resize."""
     from sdcli.imaging.control import preprocess
@@ -187,7 +218,7 @@ def test_server_module_list_detect_and_missing_network(converted, monkeypatch):
     folder, model = converted
     client = TestClient(create_app(None))
     modules = client.get("/controlnet/module_list").json()["module_list"]
-    assert "softedge_hed" in modules and "softedge_hedsafe" in modules
+    assert {"softedge_hed", "softedge_hedsafe", "scribble_hed"} <= set(modules)
     image = picture(64, 64, 3)
     encoded = base64.b64encode(encode_png(image)).decode()
     body = {"controlnet_module": "softedge_hedsafe", "controlnet_input_images": [encoded], "controlnet_processor_res": 64}

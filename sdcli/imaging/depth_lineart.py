@@ -1,7 +1,8 @@
 """A1111 ControlNet's depth, lineart and soft-edge preprocessors, run by OpenVINO from the IRs
 `sdcli convert` writes (convert/annotators.py) into the annotator folder (imaging/annotators.py),
 one folder per network, named as its module: depth_anything_v2, lineart (label
-lineart_realistic), lineart_coarse, lineart_anime, softedge_hed (which softedge_hedsafe uses too).
+lineart_realistic), lineart_coarse, lineart_anime, softedge_hed (which softedge_hedsafe and
+scribble_hed use too).
 
 Each follows the extension's steps on the image it is given (detect has resized it so its short
 side is the Resolution slider, 512 by default), edge-padded at the bottom and right to multiples
@@ -23,7 +24,12 @@ of 64 as its resize_image_with_pad does, the padding cut off the map at the end:
   block, each half the size of the one before) resized bilinearly (OpenCV) to the image, averaged,
   a sigmoid of the mean * 255, clipped, truncated to uint8 (white edges on black);
   softedge_hedsafe: the same with the extension's safe step before the scaling (the sigmoid
-  * 3 truncated, / 2: 0, 0.5, 1 or 1.5, so the map is 0, 127 or 255).
+  * 3 truncated, / 2: 0, 0.5, 1 or 1.5, so the map is 0, 127 or 255);
+- scribble_hed: softedge_hed's map (its padding cut off) thinned as the extension's nms(map, 127,
+  3.0) does: blurred (Gaussian, sigma 3, float32), a pixel kept where it is the largest of its line
+  of three in at least one of four directions (horizontal, vertical, the two diagonals: OpenCV's
+  dilation with that line as the kernel leaves it unchanged) and over 127; the kept pixels (255)
+  blurred again (sigma 3, uint8) and every value over 4 made 255, the rest 0: white scribbles.
 """
 from __future__ import annotations
 
@@ -41,10 +47,12 @@ CUBIC_A = -0.75  # PyTorch's bicubic kernel
 # the module -> the published file it is converted from (for the message when it is missing)
 SOURCES = {"depth_anything_v2": "depth_anything_v2_vits.pth (or _vitb, _vitl, or their .safetensors)",
            "lineart": "sk_model.pth", "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth",
-           "softedge_hed": "ControlNetHED.pth", "softedge_hedsafe": "ControlNetHED.pth"}
+           "softedge_hed": "ControlNetHED.pth", "softedge_hedsafe": "ControlNetHED.pth",
+           "scribble_hed": "ControlNetHED.pth"}
 # the modules that run another module's network (else each runs the network named as it)
-NETWORKS = {"softedge_hedsafe": "softedge_hed"}
+NETWORKS = {"softedge_hedsafe": "softedge_hed", "scribble_hed": "softedge_hed"}
 SAFE_STEP = 2  # the extension's safe_step(x, step=2)
+SCRIBBLE_SIGMA, SCRIBBLE_KEEP, SCRIBBLE_ON = 3.0, 127, 4  # scribble_hed's blur, ridge threshold, final threshold
 
 
 def network(module: str, folder: Path | None = None) -> Path:
@@ -208,6 +216,26 @@ def run_softedge_hedsafe(image: np.ndarray, annotator_dir: Path | None = None, *
     return padded64(image, lambda x: hed_detector(x, "softedge_hedsafe", annotator_dir))
 
 
+def scribble_lines(edge: np.ndarray) -> np.ndarray:
+    """scribble_hed's step after the HED map (see the module's docstring): thin ridges of the
+    blurred map over SCRIBBLE_KEEP, thickened by a second blur, 0 or 255."""
+    import cv2
+
+    smooth = cv2.GaussianBlur(edge.astype(np.float32), (0, 0), SCRIBBLE_SIGMA)
+    centre = np.zeros((3, 3), np.uint8)
+    centre[1] = 1
+    lines = (centre, centre.T.copy(), np.eye(3, dtype=np.uint8), np.fliplr(np.eye(3, dtype=np.uint8)).copy())
+    ridge = np.zeros(smooth.shape, bool)
+    for line in lines:  # the largest of its three along this line
+        ridge |= cv2.dilate(smooth, line) == smooth
+    thin = np.where(ridge & (smooth > SCRIBBLE_KEEP), 255, 0).astype(np.uint8)
+    return np.where(cv2.GaussianBlur(thin, (0, 0), SCRIBBLE_SIGMA) > SCRIBBLE_ON, 255, 0).astype(np.uint8)
+
+
+def run_scribble_hed(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return scribble_lines(run_softedge_hed(image, annotator_dir))
+
+
 # (module, the extension's label, run, what it does) for imaging/preprocessors.py's table
 MODULES = (
     ("depth_anything_v2", "depth_anything_v2", run_depth_anything_v2,
@@ -220,4 +248,6 @@ MODULES = (
      "soft white edges by lllyasviel's HED network, ControlNetHED.pth (OpenVINO)"),
     ("softedge_hedsafe", "softedge_hedsafe", run_softedge_hedsafe,
      "HED's soft edges in three steps (0, 127, 255: the extension's safe step), ControlNetHED.pth (OpenVINO)"),
+    ("scribble_hed", "scribble_hed", run_scribble_hed,
+     "white scribbles: HED's edges thinned, thickened and made 0/255, ControlNetHED.pth (OpenVINO)"),
 )

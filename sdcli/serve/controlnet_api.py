@@ -92,10 +92,11 @@ MODULES = {
     # the openpose modules' tags and priority (their sliders: imaging.control's PREPROCESSORS)
     **{name: ([], ["OpenPose"], 100 if name == "openpose_full" else 0)
        for name in ("openpose", "openpose_hand", "openpose_face", "openpose_faceonly", "openpose_full")},
-    # the depth, lineart and soft-edge networks' tags (their sliders: imaging.control's PREPROCESSORS)
+    # the depth, lineart, soft-edge and scribble networks' tags (their sliders: imaging.control's PREPROCESSORS)
     "depth_anything_v2": ([], ["Depth"], 0),
     **{name: ([], ["Lineart"], 0) for name in ("lineart", "lineart_coarse", "lineart_anime")},
     **{name: ([], ["SoftEdge"], 0) for name in ("softedge_hed", "softedge_hedsafe")},
+    "scribble_hed": ([], ["Scribble"], 0),
 }
 # the extension's extra name filters of a control type (Preprocessor.tag_to_filters)
 TYPE_FILTERS = {"instructp2p": ["ip2p"], "segmentation": ["seg"], "normalmap": ["normal"], "scribble": ["sketch"],
