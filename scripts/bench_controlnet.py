@@ -141,13 +141,15 @@ def main() -> None:
     from PIL import Image
 
     from sdcli.bench.peers import machine_info
-    from sdcli.bench.rounds import bench_parser, last_json, made_dirs, measure_rounds, rendered_only, save_report
+    from sdcli.bench.rounds import (bench_parser, earlier_runs, last_json, made_dirs, measure_rounds, rendered_only,
+                                    save_report)
 
     parser = bench_parser("controlnet", ROOT, rounds=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=None, help="[512; 1024 for sdxl; 64 for tiny ones]")
     parser.add_argument("--arch", default="sd15", choices=["sd15", "sdxl", "tiny", "tiny-sdxl"])
     parser.add_argument("--configs", default="sdcli-0cn,sdcli-1cn,sdcli-2cn,sdcli-1cn-f32,torch-1cn")
+    parser.add_argument("--no-warm-up", action="store_true", help="no unmeasured warm-up (the cache filled before)")
     parser.add_argument("--baseline-tree", type=Path, default=None,
                         help="a checkout of sdcli from before the ControlNet work, for sdcli-0cn-base")
     args = parser.parse_args()
@@ -161,7 +163,7 @@ def main() -> None:
     Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
     configs = args.configs.split(",")
     report = {"machine": machine_info(), "arch": args.arch, "size": args.size, "steps": args.steps, "rounds": args.rounds,
-              "configs": configs, "runs": [], "load_average_start": os.getloadavg()}
+              "configs": configs, "runs": earlier_runs(args), "load_average_start": os.getloadavg()}
 
     def parse(stdout: str) -> dict:
         data = last_json(stdout)
@@ -170,7 +172,7 @@ def main() -> None:
     if args.baseline_tree is not None:
         report["baseline_commit"] = subprocess.run(["git", "-C", str(args.baseline_tree), "rev-parse", "HEAD"],
                                                    capture_output=True, text=True).stdout.strip()
-    warm_up = [c for c in configs if not c.startswith("torch") and not c.endswith("-cold")]
+    warm_up = [] if args.no_warm_up else [c for c in configs if not c.startswith("torch") and not c.endswith("-cold")]
     measure_rounds(report, configs, lambda config: command(config, made, work, image, args.steps, args.size,
                                                            args.baseline_tree),
                    args.rounds, parse=parse, warm_up=warm_up,

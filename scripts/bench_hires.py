@@ -119,7 +119,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     from sdcli.bench.peers import ensure_models, machine_info
-    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, rendered_only, save_report
+    from sdcli.bench.rounds import bench_parser, earlier_runs, made_dirs, measure_rounds, rendered_only, save_report
     from sdcli.runtime.core import default_cache_dir
 
     parser = bench_parser("hires", ROOT, rounds=3, workdir=default_cache_dir().parent / "bench",
@@ -139,7 +139,8 @@ def main() -> None:
     work, out_dir = made_dirs(args)
     variants = args.variants.split(",")
     report = {"machine": machine_info(), "tiny": args.tiny, "precision": args.precision,
-              "weight_format": args.weight_format, "rounds": args.rounds, "warm_up": not args.no_warm_up, "configs": {}, "runs": [],
+              "weight_format": args.weight_format, "rounds": args.rounds, "warm_up": not args.no_warm_up, "configs": {},
+              "runs": earlier_runs(args),
               "load_average_start": os.getloadavg()}
     for name in args.cases.split(","):
         arch, size, steps, hires_steps, tile = (TINY_CASES if args.tiny else CASES)[name]

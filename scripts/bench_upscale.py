@@ -117,7 +117,7 @@ def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, u
 
 def main() -> None:
     from sdcli.bench.peers import machine_info
-    from sdcli.bench.rounds import bench_parser, made_dirs, measure_rounds, rendered_only, save_report
+    from sdcli.bench.rounds import bench_parser, earlier_runs, made_dirs, measure_rounds, rendered_only, save_report
 
     parser = bench_parser("upscale", ROOT, rounds=3)
     parser.add_argument("--size", type=int, default=512)
@@ -134,7 +134,7 @@ def main() -> None:
     picture(image, args.size)
     peers = args.peers.split(",")
     report = {"machine": machine_info(), "size": args.size, "scale": SCALE, "tile": TILE, "overlap": OVERLAP,
-              "rounds": args.rounds, "peers": peers, "archs": {}, "runs": [],
+              "rounds": args.rounds, "peers": peers, "archs": {}, "runs": earlier_runs(args),
               "load_average_start": os.getloadavg()}
     for arch in args.archs.split(","):
         def command(peer: str, arch=arch) -> tuple[list[str], dict]:

@@ -28,6 +28,9 @@ def bench_parser(name: str, root: Path, rounds: int, workdir: Path | None = None
     parser.add_argument("--output-dir", type=Path, default=root / "bench-results" / f"local-{name}")
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--render", type=Path, default=None, help="only render bench.md from this bench.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs of --output-dir's bench.json and add these rounds after them (a benchmark "
+                             "spread over several calls of one machine: its round numbers continue)")
     return parser
 
 
@@ -40,6 +43,14 @@ def rendered_only(args: argparse.Namespace, markdown: Callable[[dict], str]) -> 
     args.render.with_suffix(".md").write_text(text)
     print(text)
     return True
+
+
+def earlier_runs(args: argparse.Namespace) -> list[dict]:
+    """With --append, the runs already in --output-dir's bench.json (none where it has none)."""
+    saved = args.output_dir / "bench.json"
+    if not getattr(args, "append", False) or not saved.is_file():
+        return []
+    return list(json.loads(saved.read_text()).get("runs", []))
 
 
 def made_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -90,7 +101,10 @@ def measure_rounds(report: dict, names: Sequence[str], command: Command, rounds:
         log(f"warm-up {name}")
         run_measured(*command(name))
     done = []
-    for rnd in range(rounds):
+    mine = [r for r in report.get("runs", []) if r.get(key) in names
+            and all(r.get(k) == v for k, v in (fields or {}).items())]
+    first = max((r["round"] for r in mine), default=-1) + 1  # after the runs kept by --append
+    for rnd in range(first, first + rounds):
         for position, name in enumerate(rotated(names, rnd)):
             check: dict = {}
             wall, rss, rc, stdout, stderr = run_measured(*command(name), check=check)
@@ -107,10 +121,11 @@ def measure_rounds(report: dict, names: Sequence[str], command: Command, rounds:
             report.setdefault("runs", []).append(run)
             done.append(run)
             label = " ".join(str(v) for v in (fields or {}).values())
-            log(f"{label + ' ' if label else ''}round {rnd + 1}/{rounds} {name:<16} {wall:8.2f} s {rss:7.0f} MiB"
+            log(f"{label + ' ' if label else ''}round {rnd + 1}/{first + rounds} {name:<16} {wall:8.2f} s {rss:7.0f} MiB"
                 + (f"  FAILED {run['error']}" if "error" in run else ""))
             if save is not None:
                 save()
+    report["rounds"] = max(int(report.get("rounds") or 0), first + rounds)  # with --append, all of them
     return done
 
 

@@ -1,0 +1,37 @@
+"""sdcli/bench/rounds.py: --append continues a benchmark's rounds after the runs it keeps (round
+numbers, rotation and the report's round count), counting only the runs of the same names and
+fields; earlier_runs reads them from --output-dir's bench.json only when asked."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from sdcli.bench.rounds import bench_parser, earlier_runs, measure_rounds
+
+
+def quick(name: str):
+    return [sys.executable, "-c", "print('{}')"], dict(os.environ)
+
+
+def test_append_continues_the_rounds():
+    report = {"rounds": 1, "runs": [{"config": "a", "round": 0}, {"config": "b", "round": 0},
+                                    {"config": "z", "round": 7}]}  # another configuration's rounds: not counted
+    done = measure_rounds(report, ["a", "b"], quick, 1, warm_up=[], log=lambda line: None)
+    assert [(r["config"], r["round"], r["rc"]) for r in done] == [("b", 1, 0), ("a", 1, 0)]  # round 1 rotated
+    assert report["runs"][-2:] == done and report["rounds"] == 2
+
+
+def test_fields_separate_the_rounds():
+    report = {"rounds": 1, "runs": [{"peer": "p", "arch": "rrdbnet", "round": 3}]}
+    done = measure_rounds(report, ["p"], quick, 1, key="peer", fields={"arch": "compact"}, warm_up=[],
+                          log=lambda line: None)
+    assert [(r["arch"], r["round"]) for r in done] == [("compact", 0)] and report["rounds"] == 1
+
+
+def test_earlier_runs_only_with_append(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"runs": [{"config": "a", "round": 0}]}))
+    parser = bench_parser("x", tmp_path, rounds=1)
+    assert earlier_runs(parser.parse_args(["--output-dir", str(tmp_path)])) == []
+    assert earlier_runs(parser.parse_args(["--output-dir", str(tmp_path), "--append"])) == [{"config": "a", "round": 0}]
+    assert earlier_runs(parser.parse_args(["--output-dir", str(tmp_path / "none"), "--append"])) == []
