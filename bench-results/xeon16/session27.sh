@@ -10,34 +10,9 @@
 # TINY=1 PYTHON=.venv/bin/python WORK=... RESULTS=... OUT=...: the tiny models, a check of the script here.
 # Carry: .whl (openvino less its GPU/NPU plugins and TF/Paddle/GGUF/JAX frontends, genai, tokenizers, telemetry,
 # diffusers 0.42.1), .whl-sp (spandrel 0.4.2), .carry/bin (GNU time). The code is the working tree's.
-set -uo pipefail
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-start=$(date +%s)
-budget=${BUDGET:-570}
-R=$PWD
-py=${PYTHON:-python3}
-out=${OUT:-/tmp/out}
-res=${RESULTS:-/tmp/results}
-work=${WORK:-/tmp/bench}
-phase=${PHASE:-1}
-rounds=${ROUNDS:-3}
-tiny=${TINY:+--tiny}
+. "$(dirname "$0")/lib.sh"
 cn15=${TINY:+tiny}; cn15=${cn15:-sd15}
 cnxl=${TINY:+tiny-sdxl}; cnxl=${cnxl:-sdxl}
-export PYTHONPATH=/tmp/site:$R PATH=$R/.carry/bin:$PATH
-mkdir -p "$res" "$work" "$out"
-left() { echo $(( budget - ($(date +%s) - start) )); }
-log() { echo "[phase $phase, $(( $(date +%s) - start )) s] $*" | tee -a "$res/timeline.txt"; }
-cd /tmp
-{ lscpu | grep "Model name"; nproc; free -g | head -2; } > "$res/lscpu-$phase.txt" 2>&1
-if ! $py -c 'import openvino_genai, spandrel, diffusers' 2>/dev/null; then
-  log "installing the wheels"
-  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      "$R"/.whl/*.whl "$R"/.whl-sp/*.whl 2>&1 | tail -3
-fi
-$py -c 'import openvino, openvino_genai, torch, transformers, diffusers, spandrel
-print(openvino.__version__, openvino_genai.__version__, torch.__version__, transformers.__version__,
-      diffusers.__version__, spandrel.__version__)' 2>&1 | tail -1 | tee -a "$res/lscpu-$phase.txt"
 arch=${TINY:+tiny}; arch=${arch:-sd15}
 pids=""
 if [ ! -f "$work/$arch-random-ov-fp16/model_index.json" ]; then
@@ -52,14 +27,6 @@ for a in $cn15 $cnxl; do
 print(b.prepare(Path('$work/cn'), arch='$a'))" > "$res/made-cn-$a.txt" 2>&1 & pids="$pids $!"
 done
 if [ -n "$pids" ]; then wait $pids; tail -qn 1 "$res"/made-*.txt; log "models ready"; fi
-bench() {  # seconds name script args...
-  local t=$1 name=$2 script=$3; shift 3
-  if [ "$t" -lt 30 ]; then log "no time left for $name ($t s)"; return; fi
-  log "$name, $t s at most"
-  timeout "$t" $py "$R/scripts/$script" --output-dir "$res/$name" "$@" 2>&1 | tail -3
-  log "$name done (rc ${PIPESTATUS[0]}; 124: cut off, the runs before it kept in bench.json)"
-  [ -f "$res/$name/bench.json" ] && $py "$R/scripts/$script" --render "$res/$name/bench.json" > /dev/null 2>&1
-}
 case "$phase" in
   1) bench $(( $(left) - 15 )) controlnet-$cn15 bench_controlnet.py --workdir "$work/cn" --arch $cn15 --rounds "$rounds" \
          --configs sdcli-0cn,sdcli-1cn,sdcli-2cn,sdcli-1cn-cold,torch-1cn-bf16 ;;

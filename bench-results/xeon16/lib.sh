@@ -1,0 +1,37 @@
+# The preamble of the session scripts from session 27 on (sourced; $R: the working tree on the device machine):
+# settings from the environment, left() and log(), lscpu, the carried wheels installed into /tmp/site (.whl, .whl-sp),
+# the versions, and bench(): one scripts/bench_*.py run within a time, its bench.md rendered again after it.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+start=$(date +%s)
+budget=${BUDGET:-570}
+R=$PWD
+py=${PYTHON:-python3}
+out=${OUT:-/tmp/out}
+res=${RESULTS:-/tmp/results}
+work=${WORK:-/tmp/bench}
+phase=${PHASE:-1}
+rounds=${ROUNDS:-3}
+tiny=${TINY:+--tiny}
+export PYTHONPATH=/tmp/site:$R PATH=$R/.carry/bin:$PATH
+mkdir -p "$res" "$work" "$out"
+left() { echo $(( budget - ($(date +%s) - start) )); }
+log() { echo "[phase $phase, $(( $(date +%s) - start )) s] $*" | tee -a "$res/timeline.txt"; }
+cd /tmp
+{ lscpu | grep "Model name"; nproc; free -g | head -2; } > "$res/lscpu-$phase.txt" 2>&1
+if ! $py -c 'import openvino_genai, spandrel, diffusers' 2>/dev/null; then
+  log "installing the wheels"
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "$R"/.whl/*.whl "$R"/.whl-sp/*.whl 2>&1 | tail -3
+fi
+$py -c 'import openvino, openvino_genai, torch, transformers, diffusers, spandrel
+print(openvino.__version__, openvino_genai.__version__, torch.__version__, transformers.__version__,
+      diffusers.__version__, spandrel.__version__)' 2>&1 | tail -1 | tee -a "$res/lscpu-$phase.txt"
+bench() {  # seconds name script args...
+  local t=$1 name=$2 script=$3; shift 3
+  if [ "$t" -lt 30 ]; then log "no time left for $name ($t s)"; return; fi
+  log "$name, $t s at most"
+  timeout "$t" $py "$R/scripts/$script" --output-dir "$res/$name" "$@" 2>&1 | tail -3
+  log "$name done (rc ${PIPESTATUS[0]}; 124: cut off, the runs before it kept in bench.json)"
+  [ -f "$res/$name/bench.json" ] && $py "$R/scripts/$script" --render "$res/$name/bench.json" > /dev/null 2>&1
+}
