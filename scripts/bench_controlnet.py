@@ -90,11 +90,13 @@ def prepare(work: Path, int8: bool = False, arch: str = "sd15") -> dict:
 
 def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int,
             baseline: Path | None = None) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), SDCLI_CACHE_DIR=str(work / "cache"))
+    from sdcli.bench.peers import tree_env
+
+    env = tree_env(ROOT, SDCLI_CACHE_DIR=str(work / "cache"))
     if config == "sdcli-0cn-base":  # the same run by the sdcli from before the ControlNet work
         if baseline is None:
             raise SystemExit("sdcli-0cn-base needs --baseline-tree")
-        env.update(PYTHONPATH=str(baseline) + os.pathsep + os.environ.get("PYTHONPATH", ""), SDCLI_CACHE_DIR=str(work / "cache-base"))
+        env = tree_env(baseline, SDCLI_CACHE_DIR=str(work / "cache-base"))
         return [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov"]), "--prompt", PROMPT, "--steps",
                 str(steps), "--scheduler", "euler", "--guidance-scale", "7.5", "--seed", "42", "--width", str(size), "--height", str(size),
                 "--output", str(work / f"{config}.png"), "--json", "--quiet"], env
@@ -141,7 +143,7 @@ def main() -> None:
     from PIL import Image
 
     from sdcli.bench.peers import machine_info
-    from sdcli.bench.rounds import (bench_parser, earlier_runs, last_json, made_dirs, measure_rounds, rendered_only,
+    from sdcli.bench.rounds import (appended_runs, bench_parser, last_json, made_dirs, measure_rounds, rendered_only,
                                     save_report)
 
     parser = bench_parser("controlnet", ROOT, rounds=2)
@@ -163,7 +165,7 @@ def main() -> None:
     Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
     configs = args.configs.split(",")
     report = {"machine": machine_info(), "arch": args.arch, "size": args.size, "steps": args.steps, "rounds": args.rounds,
-              "configs": configs, "runs": earlier_runs(args), "load_average_start": os.getloadavg()}
+              "configs": configs, "runs": appended_runs(args), "load_average_start": os.getloadavg()}
 
     def parse(stdout: str) -> dict:
         data = last_json(stdout)

@@ -42,7 +42,9 @@ COLUMNS = ["config", "size", "steps", "runs", "wall_s", "peak_rss_mb", "model_lo
 
 
 def command(case: dict, variant: str, ov_dir: Path, work: Path, precision: str) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), SDCLI_CACHE_DIR=str(work / "cache"))
+    from sdcli.bench.peers import tree_env
+
+    env = tree_env(ROOT, SDCLI_CACHE_DIR=str(work / "cache"))
     size = case["size"]
     cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(ov_dir), "--prompt", PROMPT, "--steps",
            str(case["steps"]), "--seed", "42", "--scheduler", "euler", "--width", str(size), "--height", str(size),
@@ -119,7 +121,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     from sdcli.bench.peers import ensure_models, machine_info
-    from sdcli.bench.rounds import bench_parser, earlier_runs, made_dirs, measure_rounds, rendered_only, save_report
+    from sdcli.bench.rounds import appended_runs, bench_parser, made_dirs, measure_rounds, rendered_only, save_report
     from sdcli.runtime.core import default_cache_dir
 
     parser = bench_parser("hires", ROOT, rounds=3, workdir=default_cache_dir().parent / "bench",
@@ -140,7 +142,7 @@ def main() -> None:
     variants = args.variants.split(",")
     report = {"machine": machine_info(), "tiny": args.tiny, "precision": args.precision,
               "weight_format": args.weight_format, "rounds": args.rounds, "warm_up": not args.no_warm_up, "configs": {},
-              "runs": earlier_runs(args),
+              "runs": appended_runs(args),
               "load_average_start": os.getloadavg()}
     for name in args.cases.split(","):
         arch, size, steps, hires_steps, tile = (TINY_CASES if args.tiny else CASES)[name]

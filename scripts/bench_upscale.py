@@ -104,7 +104,9 @@ def picture(path: Path, size: int) -> None:
 
 def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, upscaler_dir: Path,
              cache: Path) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from sdcli.bench.peers import tree_env
+
+    env = tree_env(ROOT)
     if peer == "torch":
         return [sys.executable, "-c", TORCH_PEER, str(checkpoints[arch]), str(image), str(out), str(TILE),
                 str(OVERLAP), str(SCALE)], env
@@ -117,7 +119,7 @@ def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, u
 
 def main() -> None:
     from sdcli.bench.peers import machine_info
-    from sdcli.bench.rounds import bench_parser, earlier_runs, made_dirs, measure_rounds, rendered_only, save_report
+    from sdcli.bench.rounds import appended_runs, bench_parser, made_dirs, measure_rounds, rendered_only, save_report
 
     parser = bench_parser("upscale", ROOT, rounds=3)
     parser.add_argument("--size", type=int, default=512)
@@ -134,7 +136,7 @@ def main() -> None:
     picture(image, args.size)
     peers = args.peers.split(",")
     report = {"machine": machine_info(), "size": args.size, "scale": SCALE, "tile": TILE, "overlap": OVERLAP,
-              "rounds": args.rounds, "peers": peers, "archs": {}, "runs": earlier_runs(args),
+              "rounds": args.rounds, "peers": peers, "archs": {}, "runs": appended_runs(args),
               "load_average_start": os.getloadavg()}
     for arch in args.archs.split(","):
         def command(peer: str, arch=arch) -> tuple[list[str], dict]:

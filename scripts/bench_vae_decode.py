@@ -33,7 +33,9 @@ COLUMNS = ["size", "variant", "runs", "decode1_s", "decode_warm_s", "load_s", "i
 
 def command(config: str, ov_dir: Path, work: Path) -> tuple[list[str], dict]:
     size, variant = config.split("/")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from sdcli.bench.peers import tree_env
+
+    env = tree_env(ROOT)
     cache = work / "vae-cache" / f"{variant}-{size}"
     cache.mkdir(parents=True, exist_ok=True)
     return [sys.executable, str(ROOT / "scripts" / "vae_decode_ab.py"), variant, str(ov_dir), str(cache), size], env
@@ -91,7 +93,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     from sdcli.bench.peers import ensure_models, machine_info
-    from sdcli.bench.rounds import bench_parser, earlier_runs, made_dirs, measure_rounds, rendered_only, save_report
+    from sdcli.bench.rounds import appended_runs, bench_parser, made_dirs, measure_rounds, rendered_only, save_report
     from sdcli.runtime.core import default_cache_dir
 
     parser = bench_parser("vae-decode", ROOT, rounds=3, workdir=default_cache_dir().parent / "bench",
@@ -108,7 +110,7 @@ def main() -> None:
     sizes = ["64", "128"] if args.tiny else args.sizes.split(",")
     _, ov_dir = ensure_models(work, args.weight_format, print, arch)
     report = {"machine": machine_info(), "arch": arch, "weight_format": args.weight_format, "rounds": args.rounds,
-              "folder": str(ov_dir), "runs": earlier_runs(args), "load_average_start": os.getloadavg()}
+              "folder": str(ov_dir), "runs": appended_runs(args), "load_average_start": os.getloadavg()}
     for size in sizes:
         names = [f"{size}/{variant}" for variant in args.variants.split(",")]
         measure_rounds(report, names, lambda config: command(config, ov_dir, work), args.rounds, parse=parse,

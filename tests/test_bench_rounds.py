@@ -1,13 +1,13 @@
 """sdcli/bench/rounds.py: --append continues a benchmark's rounds after the runs it keeps (round
 numbers, rotation and the report's round count), counting only the runs of the same names and
-fields; earlier_runs reads them from --output-dir's bench.json only when asked."""
+fields; appended_runs reads them from --output-dir's bench.json only when asked."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 
-from sdcli.bench.rounds import bench_parser, earlier_runs, measure_rounds
+from sdcli.bench.rounds import bench_parser, appended_runs, measure_rounds
 
 
 def quick(name: str):
@@ -32,6 +32,6 @@ def test_fields_separate_the_rounds():
 def test_earlier_runs_only_with_append(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"runs": [{"config": "a", "round": 0}]}))
     parser = bench_parser("x", tmp_path, rounds=1)
-    assert earlier_runs(parser.parse_args(["--output-dir", str(tmp_path)])) == []
-    assert earlier_runs(parser.parse_args(["--output-dir", str(tmp_path), "--append"])) == [{"config": "a", "round": 0}]
-    assert earlier_runs(parser.parse_args(["--output-dir", str(tmp_path / "none"), "--append"])) == []
+    assert appended_runs(parser.parse_args(["--output-dir", str(tmp_path)])) == []
+    assert appended_runs(parser.parse_args(["--output-dir", str(tmp_path), "--append"])) == [{"config": "a", "round": 0}]
+    assert appended_runs(parser.parse_args(["--output-dir", str(tmp_path / "none"), "--append"])) == []

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdcli.bench.peers import (MODES, PROMPT, Run, breakdown_table, earlier_runs, machine_info, median, median_row,
-                               normalize, render_report, replace_block, run_measured)
+                               normalize, render_report, replace_block, run_measured, tree_env)
 from sdcli.bench.rounds import table
 
 # arch: (random_model's flag, its name in the tables, the family)
@@ -120,7 +120,7 @@ def flow_command(peer: str, ov_dir: Path, steps: int, guidance: float, size: int
     python = sys.executable
     if peer == "optimum":
         python = optimum_python or sys.executable
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+        env = tree_env(Path(__file__).resolve().parents[2], env)
     runner = "genai" if peer == "genai-defaults" else peer
     cmd = [python, "-m", "sdcli.bench.runners", runner, "--model", str(ov_dir), *common, "--size", str(size),
            "--own-scheduler"]

@@ -65,6 +65,15 @@ def gnu_time() -> str | None:
     return None
 
 
+def tree_env(tree: Path, env: dict | None = None, **extra: str) -> dict:
+    """A child process's environment: `env` (default: this process's) with `extra` set and `tree`
+    first on PYTHONPATH, before what was there (so the child imports sdcli from `tree` and still
+    finds packages installed beside it, as on the device machine's /tmp/site)."""
+    env = dict(os.environ if env is None else env, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    return env
+
+
 def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600,
                  check: dict | None = None) -> tuple[float, float, int, str, str]:
     """Run `cmd`; return (wall seconds, peak RSS in MB (MiB) of that process, rc, stdout, stderr).
@@ -213,7 +222,7 @@ def peer_command(peer: str, src: Path, ov_dir: Path, steps: int, size: int, prec
     python = sys.executable
     if peer == "optimum":
         python = optimum_python or sys.executable
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+        env = tree_env(Path(__file__).resolve().parents[2], env)
     model = src if peer == "diffusers" else ov_dir
     cmd = [python, "-m", "sdcli.bench.runners", peer, "--model", str(model), *common, "--size", str(size),
            "--precision", "bf16" if (peer == "diffusers" and precision == "auto") else precision]

@@ -45,7 +45,7 @@ def rendered_only(args: argparse.Namespace, markdown: Callable[[dict], str]) -> 
     return True
 
 
-def earlier_runs(args: argparse.Namespace) -> list[dict]:
+def appended_runs(args: argparse.Namespace) -> list[dict]:
     """With --append, the runs already in --output-dir's bench.json (none where it has none)."""
     saved = args.output_dir / "bench.json"
     if not getattr(args, "append", False) or not saved.is_file():
