@@ -85,3 +85,58 @@ def test_batch_stops_cleanly_and_a_rerun_finishes(tiny_eps, tmp_path, sig, code,
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert len((out / "manifest.jsonl").read_text().splitlines()) == rows
+
+
+@pytest.mark.parametrize("sig,exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_signals_held_until_the_block_ends(sig, exc):
+    import os
+
+    from sdcli.cli.app import _terminate
+    from sdcli.util.signals import signals_held
+
+    before = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        reached = []
+        with pytest.raises(exc):
+            with signals_held():
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)
+                reached.append("end of block")
+        assert reached == ["end of block"]
+        assert signal.getsignal(signal.SIGTERM) is _terminate  # the handlers are put back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_signal_while_a_row_is_saved_still_records_it(tmp_path, monkeypatch):
+    """The race CI once caught: the PNG renamed into place, then Ctrl-C before its manifest line."""
+    import json
+    import os
+    from types import SimpleNamespace
+
+    from sdcli.batch import recording
+    from sdcli.batch.row_runner import RowOutput
+
+    real_write = recording.atomic_write_bytes
+
+    def write_then_interrupt(path, data):
+        real_write(path, data)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(recording, "atomic_write_bytes", write_then_interrupt)
+    opts = SimpleNamespace(rng="torch", device="CPU", precision="f32", as_json=False, quiet=True)
+    report = SimpleNamespace(row_warning=None, output=None, advance=lambda rate: None)
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        run = recording.BatchRun(opts, tmp_path, dir_fd, tmp_path, "m", 1, report, [])
+        job = SimpleNamespace(line=1, index=0, file="a.png", prompt="p", negative_prompt="", steps=2,
+                              guidance_scale=7.5, guidance_rescale=0.0, init_image=None, strength=None, key="k")
+        out = RowOutput(seed=1, width=8, height=8, scheduler="euler", model="m", timings={}, png=b"png")
+        with pytest.raises(KeyboardInterrupt):
+            run.row_done(job, out)
+    finally:
+        os.close(dir_fd)
+    assert (tmp_path / "a.png").read_bytes() == b"png"
+    assert [json.loads(line)["file"] for line in (tmp_path / "manifest.jsonl").read_text().splitlines()] == ["a.png"]

@@ -17,6 +17,7 @@ from sdcli.batch.row_runner import RowOutput
 from sdcli.batch.rows import BatchOptions, Job
 from sdcli.util.errors import error_text
 from sdcli.util.fsutil import atomic_write_bytes
+from sdcli.util.signals import signals_held
 
 
 @dataclass
@@ -71,29 +72,31 @@ class BatchRun:
                                          "(is --output-dir the same shared folder, at the same path, on every node?)")
                     return
                 time.sleep(0.2)
-        else:
-            atomic_write_bytes(path, out.png)
-        with contextlib.suppress(OSError):
-            os.fsync(self.dir_fd)  # the rename is durable before the manifest says so
-        timings = dict(out.timings)
-        timings["save"] = round(timings.get("save", 0.0) + time.perf_counter() - t0, 4)
-        opts = self.opts
-        entry = {
-            "line": job.line, "index": job.index, "file": job.file, "path": str(path),
-            "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-            "seed": out.seed, "base_seed": self.base_seed, "steps": job.steps,
-            "guidance_scale": job.guidance_scale, "guidance_rescale": job.guidance_rescale,
-            "width": out.width, "height": out.height,
-            "scheduler": out.scheduler,
-            "init_image": str(job.init_image) if job.init_image else None,
-            "strength": job.strength if job.init_image else None,
-            "rng": opts.rng, "model": out.model, "device": opts.device, "precision": opts.precision,
-            "key": job.key, "timings": timings,
-        }
-        if out.worker is not None:
-            entry["worker"] = out.worker
-        line = json.dumps(entry, ensure_ascii=False)
-        append_manifest(self.folder, line, self.dir_fd)
+        # a signal between the PNG and its manifest line would leave a finished image unrecorded
+        with signals_held():
+            if not written_by_worker:
+                atomic_write_bytes(path, out.png)
+            with contextlib.suppress(OSError):
+                os.fsync(self.dir_fd)  # the rename is durable before the manifest says so
+            timings = dict(out.timings)
+            timings["save"] = round(timings.get("save", 0.0) + time.perf_counter() - t0, 4)
+            opts = self.opts
+            entry = {
+                "line": job.line, "index": job.index, "file": job.file, "path": str(path),
+                "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+                "seed": out.seed, "base_seed": self.base_seed, "steps": job.steps,
+                "guidance_scale": job.guidance_scale, "guidance_rescale": job.guidance_rescale,
+                "width": out.width, "height": out.height,
+                "scheduler": out.scheduler,
+                "init_image": str(job.init_image) if job.init_image else None,
+                "strength": job.strength if job.init_image else None,
+                "rng": opts.rng, "model": out.model, "device": opts.device, "precision": opts.precision,
+                "key": job.key, "timings": timings,
+            }
+            if out.worker is not None:
+                entry["worker"] = out.worker
+            line = json.dumps(entry, ensure_ascii=False)
+            append_manifest(self.folder, line, self.dir_fd)
         self.done += 1
         if opts.as_json:
             self.report.output(line)

@@ -1,0 +1,34 @@
+"""Holding Ctrl-C and SIGTERM back while a few lines must run to the end together."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block are acted on when it ends (the first of
+    them, by the handler that was in place), so the block is never cut in two: a batch's PNG and
+    its manifest line, for one.  Signals reach only the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in _HELD}
+
+    def hold(signum, frame) -> None:
+        caught.append(signum)
+
+    for sig in _HELD:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
