@@ -10,7 +10,8 @@ Compact as realesr-general-x4v3 (64 features, 32 convolutions). Each is saved as
 SIZE x SIZE picture 4x with A1111's defaults (tiles of 192 pixels overlapping by 8, BGR):
 `sdcli upscale` at f32 (the torch peer's precision) and at its default precision (auto: bf16
 where the CPU has it), and a torch process doing the same tiling through sdcli's grid code
-with spandrel's model in f32 (torch's own thread count). Rounds rotate the peers' order; the
+with spandrel's model in f32 (torch's own thread count), and (peer torch-bf16, asked for with
+--peers) the same with the model and its input in bfloat16. Rounds rotate the peers' order; the
 first run of each peer is an unmeasured warm-up (OpenVINO's compiled-model cache filled, the
 files in the page cache). bench.json keeps every run; bench.md the medians.
 """
@@ -41,8 +42,9 @@ from sdcli.convert.spandrel_import import import_spandrel
 import_spandrel()
 import spandrel
 from sdcli.engine import upscale as up
-checkpoint, image_path, out_path, tile, overlap, scale = sys.argv[1:7]
-model = spandrel.ModelLoader().load_from_file(checkpoint).model.eval().float()
+checkpoint, image_path, out_path, tile, overlap, scale, dtype = sys.argv[1:8]
+dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+model = spandrel.ModelLoader().load_from_file(checkpoint).model.eval().to(dtype)
 image = np.asarray(Image.open(image_path).convert("RGB"))
 t1 = time.perf_counter()
 
@@ -50,7 +52,7 @@ class TorchUpscaler:  # A1111's upscale_pil_patch: BGR in 0..1, clamped, rounded
     def __call__(self, piece):
         x = np.ascontiguousarray(np.asarray(piece.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1)) / 255
         with torch.no_grad():
-            y = model(torch.from_numpy(x).unsqueeze(0).float())[0].clamp(0, 1).numpy()
+            y = model(torch.from_numpy(x).unsqueeze(0).to(dtype))[0].float().clamp(0, 1).numpy()
         arr = (255.0 * np.moveaxis(y, 0, 2)).round().astype(np.uint8)[:, :, ::-1]
         return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
@@ -107,9 +109,9 @@ def commands(peer: str, arch: str, names, checkpoints, image: Path, out: Path, u
     from sdcli.bench.peers import tree_env
 
     env = tree_env(ROOT)
-    if peer == "torch":
+    if peer in ("torch", "torch-bf16"):
         return [sys.executable, "-c", TORCH_PEER, str(checkpoints[arch]), str(image), str(out), str(TILE),
-                str(OVERLAP), str(SCALE)], env
+                str(OVERLAP), str(SCALE), "bf16" if peer == "torch-bf16" else "f32"], env
     precision = "f32" if peer == "sdcli-f32" else "auto"
     env["SDCLI_CACHE_DIR"] = str(cache)
     return [sys.executable, "-m", "sdcli", "upscale", str(image), "--upscaler", names[arch], "--scale", str(SCALE),
@@ -169,14 +171,19 @@ def markdown(report: dict) -> str:
              f"processes, medians of {report['rounds']} rotated rounds after one unmeasured warm-up per peer; load "
              f"average {report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} "
              "at the end. sdcli-f32: `sdcli upscale --precision f32`; sdcli: its default precision; torch: "
-             "spandrel's model in f32 through the same tiling code.", ""]
+             "spandrel's model in f32 through the same tiling code; torch-bf16: the same in bfloat16 "
+             "(wall_vs_torch_bf16: sdcli at its default precision against it).", ""]
     rows = median_rows(report["runs"], ["arch", "peer"], ["wall_s", "peak_rss_mb"])
     for row in rows:
         torch = next((r for r in rows if r["arch"] == row["arch"] and r["peer"] == "torch" and r["runs"]), None)
         if torch and row["peer"] != "torch" and row["runs"]:
             row["wall_vs_torch"] = round(row["wall_s"] / torch["wall_s"], 3)
             row["rss_vs_torch"] = round(row["peak_rss_mb"] / torch["peak_rss_mb"], 3)
-    lines += table(rows, ["arch", "peer", "runs", "wall_s", "peak_rss_mb", "wall_vs_torch", "rss_vs_torch"])
+        half = next((r for r in rows if r["arch"] == row["arch"] and r["peer"] == "torch-bf16" and r["runs"]), None)
+        if half and row["peer"] == "sdcli" and row["runs"]:
+            row["wall_vs_torch_bf16"] = round(row["wall_s"] / half["wall_s"], 3)
+    lines += table(rows, ["arch", "peer", "runs", "wall_s", "peak_rss_mb", "wall_vs_torch", "rss_vs_torch",
+                          "wall_vs_torch_bf16"])
     if report.get("f32_vs_torch_pixels"):
         lines += ["", "sdcli-f32's picture against torch's: " + ", ".join(
             f"{a} max {v['max']} mean {v['mean']} of 255" for a, v in report["f32_vs_torch_pixels"].items())]

@@ -390,7 +390,9 @@ def test_server_detect_and_missing_network(stand_in, monkeypatch):
     r = client.post("/controlnet/detect", json=dict(body, controlnet_module="openpose_full"))
     assert r.status_code == 422 and "openpose_body" in r.json()["detail"] and "missing" in r.json()["detail"], r.text
     modules = client.get("/controlnet/module_list").json()["module_list"]
-    assert modules[:2] == ["none", "openpose_full"]  # the extension's priority 100 puts it first
+    # the extension's sorting priority 100 puts the default of each control type first (by label, descending)
+    assert modules[:6] == ["none", "softedge_pidinet", "scribble_pidinet", "recolor_luminance", "openpose_full",
+                           "inpaint_only"]
     assert client.get("/controlnet/control_types").json()["control_types"]["OpenPose"]["module_list"][1:] == \
         ["openpose_full", "openpose_hand", "openpose_faceonly", "openpose_face", "openpose"]
 

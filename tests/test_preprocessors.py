@@ -195,6 +195,50 @@ def test_blur_gaussian_against_scipy():
     assert moved(out, img) > 2
 
 
+def test_threshold_per_pixel():
+    img = drawing()
+    out = preprocess(img, "threshold")  # 127
+    want = np.zeros_like(img)
+    for y in range(img.shape[0]):
+        for x in range(img.shape[1]):
+            if min(int(v) for v in img[y, x]) > 127:
+                want[y, x] = 255
+    np.testing.assert_array_equal(out, want)
+    assert 0 < (out == 255).mean() < 1 and moved(out, img) > 100
+    low = preprocess(img, "threshold", threshold_a=15)  # the lines (20..60) turn white, not the darkest (10)
+    assert (low == 255).sum() > (out == 255).sum() and np.all(low[10:20, 128 // 3] == 0)
+    assert PREPROCESSORS["threshold"].defaults == {"processor_res": 512, "threshold_a": 127}
+    assert detect(img, "threshold", 128).shape == (128, 256, 3)
+
+
+def srgb_lightness(rgb: np.ndarray) -> np.ndarray:
+    """L* of sRGB colours (D65) scaled to 0..255, as 8-bit Lab stores it, in float64."""
+    c = rgb.astype(np.float64) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = linear @ np.array([0.212671, 0.715160, 0.072169])
+    f = np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16 / 116)
+    return (116 * f - 16) * 255 / 100
+
+
+def test_recolor_against_formulas():
+    img = drawing()
+    lum = preprocess(img, "recolor_luminance")[:, :, 0]
+    want = srgb_lightness(img[:, :, ::-1])  # the extension's BGR2LAB of an RGB image: red and blue swapped
+    assert np.abs(lum - want).max() <= 1.5, np.abs(lum - want).max()
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    assert abs(int(preprocess(red, "recolor_luminance")[0, 0, 0]) - 82) <= 1  # blue's lightness (32.3), not red's
+    gamma = preprocess(img, "recolor_luminance", threshold_a=0.5)[:, :, 0]
+    expected = ((lum.astype(np.float32) / 255) ** 0.5 * 255)
+    assert np.abs(gamma - expected).max() <= 1.5 and moved(gamma, lum) > 20  # gamma moves the map
+    value = preprocess(img, "recolor_intensity", threshold_a=1.7)
+    np.testing.assert_array_equal(value[:, :, 0], value[:, :, 2])
+    want = (img.max(axis=2) / 255.0) ** 1.7 * 255
+    assert np.abs(value[:, :, 0] - want).max() <= 1 and moved(value[:, :, 0], lum) > 10
+    assert PREPROCESSORS["recolor_intensity"].defaults == {"threshold_a": 1.0}
+    assert detect(img, "recolor_luminance", 256).shape == img.shape  # no resolution: at the image's size
+
+
 def test_detect_resizes_to_processor_res():
     img = drawing(100, 150)
     assert detect(img, "canny", 256).shape == (256, 384, 3)
@@ -226,7 +270,7 @@ def test_names_labels_and_unknown_ones():
 
     assert resolve("invert (from white bg & black line)") == "invert"
     assert resolve("Lineart_Standard") == "lineart_standard"
-    for name in ("depth_midas", "normal_bae", "softedge_pidinet", "mlsd"):
+    for name in ("depth_midas", "normal_bae", "softedge_teed", "mlsd"):
         with pytest.raises(UsageError, match="neural network"):
             resolve(name)
     with pytest.raises(ValueError, match="one of none, canny"):

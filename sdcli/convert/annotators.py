@@ -10,7 +10,10 @@ extension runs, from their published weights into OpenVINO IRs that imaging/anno
 - the anime lineart U-Net (`netG.pth`: module `lineart_anime`);
 - lllyasviel's HED edge network, ControlNetHED_Apache2 (`ControlNetHED.pth`: modules
   `softedge_hed` and `softedge_hedsafe`, one network), VGG-style blocks that each project their
-  features to one edge map.
+  features to one edge map;
+- PiDiNet (`table5_pidinet.pth`: modules `softedge_pidinet`, `softedge_pidisafe` and
+  `scribble_pidinet`), whose pixel-difference convolutions are exported as the plain kernels that
+  compute them (the recipe the extension builds it with, 'carv4').
 
 The torch modules here are written for sdcli from the architectures' descriptions, with the
 checkpoints' own tensor names (so that `load_state_dict(strict=True)` checks every tensor), and
@@ -453,11 +456,171 @@ def hed_config(shapes: dict) -> dict:
     return {"widths": [shapes[f"block{i}.projection.weight"][1] for i in range(1, blocks + 1)], "layers": layers}
 
 
+# --- softedge_pidinet: PiDiNet (table5_pidinet.pth) ------------------------------------------------------
+
+# The pixel-difference operation of each of PiDiNet's 16 convolutions (the init block, then the 15 blocks):
+# the extension builds the network with the 'carv4' recipe (cd, ad, rd, cv, four times) for table5_pidinet.pth
+PIDINET_RECIPE = "carv4"
+PIDINET_OPS = ("cd", "ad", "rd", "cv") * 4
+PIDINET_BLOCKS = ("1_1", "1_2", "1_3", "2_1", "2_2", "2_3", "2_4", "3_1", "3_2", "3_3", "3_4",
+                  "4_1", "4_2", "4_3", "4_4")
+_AD_ROLL = [3, 0, 1, 6, 4, 2, 7, 8, 5]  # each tap's clockwise neighbour in a 3 x 3 kernel
+_RD_OUTER = [0, 2, 4, 10, 14, 20, 22, 24]  # the 5 x 5 ring two pixels out, then the ring one pixel out
+_RD_INNER = [6, 7, 8, 11, 13, 16, 17, 18]
+
+
+def pidinet_kernel(op: str, weight):
+    """The plain convolution kernel that computes pixel-difference operation `op` with the trained
+    3 x 3 `weight` [out, in, 3, 3] (numpy): cv as it is; cd (central difference: the conv minus the
+    kernel's sum times the centre pixel) with the sum taken off the centre tap; ad (angular: each tap
+    minus its clockwise neighbour's); rd (radial: the taps but the centre on the ring two pixels out,
+    minus them on the ring one pixel out) a 5 x 5 kernel."""
+    import numpy as np
+
+    w = np.asarray(weight, np.float32)
+    out, inp = w.shape[:2]
+    flat = w.reshape(out, inp, 9)
+    if op == "cv":
+        return w
+    if op == "cd":
+        k = w.copy()
+        k[:, :, 1, 1] -= w.sum(axis=(2, 3))
+        return k
+    if op == "ad":
+        return (flat - flat[:, :, _AD_ROLL]).reshape(w.shape)
+    if op == "rd":
+        k = np.zeros((out, inp, 25), np.float32)
+        k[:, :, _RD_OUTER] = flat[:, :, 1:]
+        k[:, :, _RD_INNER] = -flat[:, :, 1:]
+        return k.reshape(out, inp, 5, 5)
+    raise ValueError(f"unknown pixel-difference operation {op!r}")
+
+
+def pidinet_config(shapes: dict) -> dict:
+    """PiDiNet's width, its CDCM width (dil, None without them) and whether it has CSAM attention,
+    from its tensor shapes."""
+    missing = [f"block{b}.conv1.weight" for b in PIDINET_BLOCKS if f"block{b}.conv1.weight" not in shapes]
+    init = shapes.get("init_block.weight", ())
+    if missing or len(init) != 4 or tuple(init[1:]) != (3, 3, 3):
+        raise UsageError(f"not a PiDiNet checkpoint this converts (missing {', '.join(missing[:3]) or 'init_block'})")
+    dil = shapes.get("dilations.0.conv1.weight")
+    return {"width": init[0], "dil": dil[0] if dil else None, "sa": "attentions.0.conv1.weight" in shapes,
+            "recipe": PIDINET_RECIPE}
+
+
+def pidinet_state(state: dict, ops=PIDINET_OPS) -> dict:
+    """The checkpoint's tensors with its 16 pixel-difference kernels made plain (pidinet_kernel)."""
+    convs = ["init_block.weight", *(f"block{b}.conv1.weight" for b in PIDINET_BLOCKS)]
+    out = dict(state)
+    for name, op in zip(convs, ops):
+        out[name] = pidinet_kernel(op, state[name])
+    return out
+
+
+def _pidinet_module(width: int, dil: int | None, sa: bool, recipe: str = PIDINET_RECIPE, ops=PIDINET_OPS):
+    """PiDiNet with its pixel-difference convolutions as plain ones (their kernels: pidinet_state):
+    an init convolution, four stages of residual blocks (a depthwise convolution, ReLU, 1 x 1; a
+    2 x 2 max-pool and a 1 x 1 shortcut where a stage starts, doubling the width but the last), each
+    stage's features through a CDCM (ReLU, 1 x 1, four dilated 3 x 3 summed) and a CSAM (x times the
+    sigmoid of ReLU, 1 x 1, 3 x 3) where it has them, reduced to one map, resized bilinearly to the
+    image; the four maps fused by a 1 x 1 convolution, and the sigmoid."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    def kernel(op):
+        return 5 if op == "rd" else 3
+
+    class Block(nn.Module):
+        def __init__(self, op, inputs, width, stride):
+            super().__init__()
+            self.stride = stride
+            if stride > 1:
+                self.shortcut = nn.Conv2d(inputs, width, 1)
+            self.conv1 = nn.Conv2d(inputs, inputs, kernel(op), padding=kernel(op) // 2, groups=inputs, bias=False)
+            self.conv2 = nn.Conv2d(inputs, width, 1, bias=False)
+
+        def forward(self, x):
+            if self.stride > 1:
+                x = F.max_pool2d(x, 2, 2)
+            y = self.conv2(F.relu(self.conv1(x)))
+            return y + (self.shortcut(x) if self.stride > 1 else x)
+
+    class CDCM(nn.Module):
+        def __init__(self, inputs, width):
+            super().__init__()
+            self.conv1 = nn.Conv2d(inputs, width, 1)
+            for i, d in enumerate((5, 7, 9, 11), 1):
+                setattr(self, f"conv2_{i}", nn.Conv2d(width, width, 3, dilation=d, padding=d, bias=False))
+
+        def forward(self, x):
+            x = self.conv1(F.relu(x))
+            return self.conv2_1(x) + self.conv2_2(x) + self.conv2_3(x) + self.conv2_4(x)
+
+    class CSAM(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv1 = nn.Conv2d(channels, 4, 1)
+            self.conv2 = nn.Conv2d(4, 1, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return x * torch.sigmoid(self.conv2(self.conv1(F.relu(x))))
+
+    class MapReduce(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, 1, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    class PiDiNet(nn.Module):
+        """forward(BGR [1, 3, H, W] in 0..1, H and W multiples of 8) -> the edge map [1, 1, H, W] in 0..1."""
+
+        def __init__(self):
+            super().__init__()
+            self.init_block = nn.Conv2d(3, width, kernel(ops[0]), padding=kernel(ops[0]) // 2, bias=False)
+            planes, fuse = width, []
+            for i, (name, op) in enumerate(zip(PIDINET_BLOCKS, ops[1:])):
+                stage_start = name.endswith("_1") and name != "1_1"
+                wider = planes * 2 if stage_start and name != "4_1" else planes
+                setattr(self, f"block{name}", Block(op, planes, wider, 2 if stage_start else 1))
+                planes = wider
+                if name in ("1_3", "2_4", "3_4", "4_4"):
+                    fuse.append(planes)
+            reduced = [dil or c for c in fuse]
+            if dil:
+                self.dilations = nn.ModuleList(CDCM(c, dil) for c in fuse)
+            if sa:
+                self.attentions = nn.ModuleList(CSAM(c) for c in reduced)
+            self.conv_reduces = nn.ModuleList(MapReduce(c) for c in reduced)
+            self.classifier = nn.Conv2d(4, 1, 1)
+
+        def forward(self, image):
+            h, w = image.shape[2:]
+            x, stages = self.init_block(image), []
+            for name in PIDINET_BLOCKS:
+                if name.endswith("_1") and name != "1_1":
+                    stages.append(x)
+                x = getattr(self, f"block{name}")(x)
+            stages.append(x)
+            maps = []
+            for i, x in enumerate(stages):
+                if dil:
+                    x = self.dilations[i](x)
+                if sa:
+                    x = self.attentions[i](x)
+                maps.append(F.interpolate(self.conv_reduces[i](x), (h, w), mode="bilinear", align_corners=False))
+            return torch.sigmoid(self.classifier(torch.cat(maps, dim=1)))
+
+    return PiDiNet()
+
+
 # --- recognising a checkpoint -------------------------------------------------------------------------
 
 def kind_of(names) -> str | None:
-    """"depth_anything_v2", "lineart", "lineart_anime", "softedge_hed" or None, from a checkpoint's
-    tensor names."""
+    """"depth_anything_v2", "lineart", "lineart_anime", "softedge_hed", "softedge_pidinet" or None,
+    from a checkpoint's tensor names."""
     names = set(names)
     if {"pretrained.pos_embed", "pretrained.patch_embed.proj.weight", "depth_head.scratch.output_conv1.weight"} <= names:
         return "depth_anything_v2"
@@ -467,6 +630,8 @@ def kind_of(names) -> str | None:
         return "lineart_anime"
     if {"norm", "block1.convs.0.weight", "block1.projection.weight"} <= names:
         return "softedge_hed"
+    if {"init_block.weight", "block1_1.conv1.weight", "conv_reduces.0.conv.weight", "classifier.weight"} <= names:
+        return "softedge_pidinet"
     return None
 
 
@@ -558,6 +723,10 @@ def build(kind: str, state: dict, source: str = "the checkpoint", export: bool =
     elif kind == "softedge_hed":
         config = hed_config(shapes)
         module = _hed_module(**config)
+    elif kind == "softedge_pidinet":
+        config = pidinet_config(shapes)
+        module = _pidinet_module(**config)
+        state = pidinet_state(state)
     else:
         raise UsageError(f"{source}: not an annotator checkpoint")
     return _load(module, state, source), config
@@ -565,7 +734,7 @@ def build(kind: str, state: dict, source: str = "the checkpoint", export: bool =
 
 def to_ir(kind: str, module):
     """The OpenVINO model of the module: input `image` [1, 3, ?, ?] (Depth Anything also
-    `pos_rows` [?, grid] and `pos_cols` [?, grid]), output `depth` or `line` (HED: one edge map
+    `pos_rows` [?, grid] and `pos_cols` [?, grid]), output `depth`, `line` or `edge` (PiDiNet) (HED: one edge map
     per block, `edge1` at the image's size, `edge2` at half of it, ...)."""
     import openvino as ov
     torch = _torch()
@@ -584,7 +753,7 @@ def to_ir(kind: str, module):
         example = (torch.rand(1, 3, side, 2 * side) * (255 if kind == "softedge_hed" else 1),)
         shapes = [ov.PartialShape([1, 3, -1, -1])]
         names = (INPUT_NAME,)
-        output = "edge" if kind == "softedge_hed" else "line"
+        output = "edge" if kind.startswith("softedge") else "line"
     with torch.no_grad():  # (traced first, without the trace check: faster than convert_model's own tracing)
         traced = torch.jit.trace(wrapped, example, check_trace=False)
         model = ov.convert_model(traced, example_input=example, input=shapes)

@@ -2,7 +2,7 @@
 `sdcli convert` writes (convert/annotators.py) into the annotator folder (imaging/annotators.py),
 one folder per network, named as its module: depth_anything_v2, lineart (label
 lineart_realistic), lineart_coarse, lineart_anime, softedge_hed (which softedge_hedsafe and
-scribble_hed use too).
+scribble_hed use too), softedge_pidinet (which softedge_pidisafe and scribble_pidinet use too).
 
 Each follows the extension's steps on the image it is given (detect has resized it so its short
 side is the Resolution slider, 512 by default), edge-padded at the bottom and right to multiples
@@ -29,7 +29,11 @@ of 64 as its resize_image_with_pad does, the padding cut off the map at the end:
   3.0) does: blurred (Gaussian, sigma 3, float32), a pixel kept where it is the largest of its line
   of three in at least one of four directions (horizontal, vertical, the two diagonals: OpenCV's
   dilation with that line as the kernel leaves it unchanged) and over 127; the kept pixels (255)
-  blurred again (sigma 3, uint8) and every value over 4 made 255, the rest 0: white scribbles.
+  blurred again (sigma 3, uint8) and every value over 4 made 255, the rest 0: white scribbles;
+- softedge_pidinet: the channels swapped (the extension reverses RGB to BGR), divided by 255, into
+  PiDiNet, whose fused edge map (a sigmoid, 0..1) * 255 is clipped and truncated to uint8;
+  softedge_pidisafe: the safe step before the scaling; scribble_pidinet: softedge_pidinet's map
+  thinned and thickened as scribble_hed's is.
 """
 from __future__ import annotations
 
@@ -48,9 +52,11 @@ CUBIC_A = -0.75  # PyTorch's bicubic kernel
 SOURCES = {"depth_anything_v2": "depth_anything_v2_vits.pth (or _vitb, _vitl, or their .safetensors)",
            "lineart": "sk_model.pth", "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth",
            "softedge_hed": "ControlNetHED.pth", "softedge_hedsafe": "ControlNetHED.pth",
-           "scribble_hed": "ControlNetHED.pth"}
+           "scribble_hed": "ControlNetHED.pth", **{name: "table5_pidinet.pth" for name in
+                                                   ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet")}}
 # the modules that run another module's network (else each runs the network named as it)
-NETWORKS = {"softedge_hedsafe": "softedge_hed", "scribble_hed": "softedge_hed"}
+NETWORKS = {"softedge_hedsafe": "softedge_hed", "scribble_hed": "softedge_hed",
+            "softedge_pidisafe": "softedge_pidinet", "scribble_pidinet": "softedge_pidinet"}
 SAFE_STEP = 2  # the extension's safe_step(x, step=2)
 SCRIBBLE_SIGMA, SCRIBBLE_KEEP, SCRIBBLE_ON = 3.0, 127, 4  # scribble_hed's blur, ridge threshold, final threshold
 
@@ -233,7 +239,27 @@ def scribble_lines(edge: np.ndarray) -> np.ndarray:
 
 
 def run_scribble_hed(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
-    return scribble_lines(run_softedge_hed(image, annotator_dir))
+    return scribble_lines(padded64(image, lambda x: hed_detector(x, "scribble_hed", annotator_dir)))
+
+
+def pidinet_detector(image: np.ndarray, module: str, folder: Path | None = None) -> np.ndarray:
+    x = np.ascontiguousarray(image[:, :, ::-1].astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255))
+    edge = run_network(module, x, folder)[0, 0]
+    if module == "softedge_pidisafe":
+        edge = safe_step(edge)
+    return (edge * np.float32(255)).clip(0, 255).astype(np.uint8)
+
+
+def run_softedge_pidinet(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: pidinet_detector(x, "softedge_pidinet", annotator_dir))
+
+
+def run_softedge_pidisafe(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return padded64(image, lambda x: pidinet_detector(x, "softedge_pidisafe", annotator_dir))
+
+
+def run_scribble_pidinet(image: np.ndarray, annotator_dir: Path | None = None, **_) -> np.ndarray:
+    return scribble_lines(padded64(image, lambda x: pidinet_detector(x, "scribble_pidinet", annotator_dir)))
 
 
 # (module, the extension's label, run, what it does) for imaging/preprocessors.py's table
@@ -250,4 +276,10 @@ MODULES = (
      "HED's soft edges in three steps (0, 127, 255: the extension's safe step), ControlNetHED.pth (OpenVINO)"),
     ("scribble_hed", "scribble_hed", run_scribble_hed,
      "white scribbles: HED's edges thinned, thickened and made 0/255, ControlNetHED.pth (OpenVINO)"),
+    ("softedge_pidinet", "softedge_pidinet", run_softedge_pidinet,
+     "soft white edges by PiDiNet, table5_pidinet.pth (OpenVINO)"),
+    ("softedge_pidisafe", "softedge_pidisafe", run_softedge_pidisafe,
+     "PiDiNet's soft edges in three steps (0, 127, 255: the extension's safe step), table5_pidinet.pth (OpenVINO)"),
+    ("scribble_pidinet", "scribble_pidinet", run_scribble_pidinet,
+     "white scribbles: PiDiNet's edges thinned, thickened and made 0/255, table5_pidinet.pth (OpenVINO)"),
 )

@@ -235,6 +235,30 @@ def run_blur_gaussian(image: np.ndarray, threshold_a: float = 9.0, **_) -> np.nd
     return cv2.GaussianBlur(image, (0, 0), float(threshold_a))
 
 
+def run_threshold(image: np.ndarray, threshold_a: float = 127, **_) -> np.ndarray:
+    """White (all three channels) where the pixel's least channel is over the threshold, else black."""
+    return np.where((np.min(image, axis=2) > threshold_a)[:, :, None], 255, 0).astype(np.uint8).repeat(3, axis=2)
+
+
+def recolor(channel: np.ndarray, gamma: float) -> np.ndarray:
+    """recolor's step after the channel: / 255 in float32, ** gamma, * 255 clipped and truncated, grey RGB."""
+    x = (channel.astype(np.float32) / np.float32(255.0)) ** np.float32(gamma)
+    return grey3((x * np.float32(255.0)).clip(0, 255).astype(np.uint8))
+
+
+def run_recolor_luminance(image: np.ndarray, threshold_a: float = 1.0, **_) -> np.ndarray:
+    """The lightness (L of OpenCV's 8-bit Lab) with the gamma.  The extension converts its RGB image
+    with COLOR_BGR2LAB, so the weights of red and blue are swapped; kept, so the maps are its."""
+    import cv2
+
+    return recolor(cv2.cvtColor(image, cv2.COLOR_BGR2LAB)[:, :, 0], threshold_a)
+
+
+def run_recolor_intensity(image: np.ndarray, threshold_a: float = 1.0, **_) -> np.ndarray:
+    """The value (V of HSV: the largest channel) with the gamma."""
+    return recolor(np.max(image, axis=2), threshold_a)
+
+
 def run_inpaint_only(image: np.ndarray, **_) -> np.ndarray:
     """The map is the image (the extension's identity, for inpaint and inpaint_only alike); the mask
     is applied by inpaint_map (generate: engine.controlnet's inpaint_cond)."""
@@ -278,6 +302,13 @@ def _modules() -> dict[str, Preprocessor]:
                      (threshold("Variation", 8.0, 3.0, 32.0, 1.0),), "the image as it is"),
         Preprocessor("blur_gaussian", "blur_gaussian", run_blur_gaussian,
                      (RESOLUTION, threshold("Sigma", 9.0, 0.01, 64.0, 0.01)), "a Gaussian blur"),
+        Preprocessor("threshold", "threshold", run_threshold,
+                     (RESOLUTION, threshold("Binarization Threshold", 127, 0, 255, 0.01)),
+                     "white where every channel is over the threshold, else black"),
+        *(Preprocessor(name, name, run, (threshold("Gamma Correction", 1.0, 0.1, 2.0, 0.001),), what)
+          for name, run, what in (("recolor_luminance", run_recolor_luminance, "the lightness, grey, with a gamma"),
+                                  ("recolor_intensity", run_recolor_intensity,
+                                   "the value (largest channel), grey, with a gamma"))),
         Preprocessor("inpaint", "inpaint_global_harmonious", run_inpaint_only, (),
                      "the image, its masked pixels -1 (the mask: generate's --mask)", needs_mask=True),
         Preprocessor("inpaint_only", "inpaint_only", run_inpaint_only, (),
@@ -298,7 +329,7 @@ NEURAL_PREFIXES = ("openpose", "dw_openpose", "animal_openpose", "densepose", "d
                    "oneformer", "anime_face", "mediapipe", "inpaint_only+lama", "clip_vision", "t2ia_style",
                    "t2ia_sketch", "revision", "ip-adapter", "instant_id", "mobile_sam", "pulid", "facexlib",
                    "segmentation", "anyline", "teed", "dsine", "sam")
-NOT_IMPLEMENTED = ("threshold", "color", "t2ia_color_grid", "recolor_luminance", "recolor_intensity",
+NOT_IMPLEMENTED = ("color", "t2ia_color_grid",
                    "tile_colorfix+sharp", "reference_only",
                    "reference_adain", "reference_adain+attn")
 

@@ -95,8 +95,13 @@ MODULES = {
     # the depth, lineart, soft-edge and scribble networks' tags (their sliders: imaging.control's PREPROCESSORS)
     "depth_anything_v2": ([], ["Depth"], 0),
     **{name: ([], ["Lineart"], 0) for name in ("lineart", "lineart_coarse", "lineart_anime")},
-    **{name: ([], ["SoftEdge"], 0) for name in ("softedge_hed", "softedge_hedsafe")},
+    **{name: ([], ["SoftEdge"], 0) for name in ("softedge_hed", "softedge_hedsafe", "softedge_pidisafe")},
     "scribble_hed": ([], ["Scribble"], 0),
+    "recolor_luminance": ([], ["Recolor"], 100),
+    "recolor_intensity": ([], ["Recolor"], 0),
+    # the extension's defaults of their control types (priority 100)
+    "softedge_pidinet": ([], ["SoftEdge"], 100),
+    "scribble_pidinet": ([], ["Scribble"], 100),
 }
 # the extension's extra name filters of a control type (Preprocessor.tag_to_filters)
 TYPE_FILTERS = {"instructp2p": ["ip2p"], "segmentation": ["seg"], "normalmap": ["normal"], "scribble": ["sketch"],
