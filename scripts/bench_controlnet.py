@@ -124,12 +124,12 @@ def command(config: str, made: dict, work: Path, image: Path, steps: int, size: 
 
 def markdown(report: dict) -> str:
     """bench.md from a bench.json's report: the machine, the settings and one row of medians per configuration."""
-    from sdcli.bench.rounds import median_rows, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table
 
     cold = "; -cold: an empty compiled-model cache every run" if any(c.endswith("-cold") for c in report["configs"]) else ""
     lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
              f"{ARCH_NAMES[report['arch']]} architecture (random weights), {report['size']}x{report['size']}, "
-             f"{report['steps']} steps, Euler; whole processes, medians of {report['rounds']} rotated rounds (sdcli "
+             f"{report['steps']} steps, Euler; whole processes, {rounds_phrase(report['runs'], ['config'])} (sdcli "
              f"after one unmeasured warm-up each{cold}); load average "
              f"{report['load_average_start'][0]:.1f} at the start, "
              f"{(report.get('load_average_end') or [float('nan')])[0]:.1f} at the end.", ""]

@@ -87,15 +87,15 @@ def compare_pictures(report: dict, work: Path) -> dict:
 
 
 def markdown(report: dict) -> str:
-    from sdcli.bench.rounds import median_rows, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table
 
     m, configs = report["machine"], report["configs"]
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; OpenVINO {m.get('openvino')}; "
              f"{m.get('date')}. {'Tiny test models' if report['tiny'] else 'The real architectures'} (random weights), "
              f"weights {report['weight_format']}, precision {report['precision']}; `sdcli generate`, Euler, first "
              f"pass then `--hires-scale {SCALE} --hires-upscaler {UPSCALER} --hires-denoise {DENOISE}`; base: the "
-             "first pass alone; hires: `--no-vae-tiling`; hires-tiled: `--vae-tiling`. Whole processes, medians of "
-             f"{report['rounds']} rotated rounds {'after one unmeasured warm-up each' if report.get('warm_up', True) else '(no warm-up)'}; "
+             "first pass alone; hires: `--no-vae-tiling`; hires-tiled: `--vae-tiling`. Whole processes, "
+             f"{rounds_phrase(report['runs'], ['config'])} {'after one unmeasured warm-up each' if report.get('warm_up', True) else '(no warm-up)'}; "
              "load average "
              f"{report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} at the "
              "end. Stages (seconds) from `--json`'s breakdown (both passes); step_s / hires_step_s: each pass's "

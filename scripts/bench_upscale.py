@@ -163,12 +163,12 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    from sdcli.bench.rounds import median_rows, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table
 
     m = report["machine"]
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores; {report['size']}x{report['size']} picture upscaled "
              f"{report['scale']}x, A1111's tiling (tile {report['tile']}, overlap {report['overlap']}, BGR); whole "
-             f"processes, medians of {report['rounds']} rotated rounds after one unmeasured warm-up per peer; load "
+             f"processes, {rounds_phrase(report['runs'], ['arch', 'peer'])} after one unmeasured warm-up per peer; load "
              f"average {report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} "
              "at the end. sdcli-f32: `sdcli upscale --precision f32`; sdcli: its default precision; torch: "
              "spandrel's model in f32 through the same tiling code; torch-bf16: the same in bfloat16 "

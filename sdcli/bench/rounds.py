@@ -145,6 +145,18 @@ def median_rows(runs: list[dict], by: Sequence[str], values: Sequence[str]) -> l
     return rows
 
 
+def rounds_phrase(runs: list[dict], by: Sequence[str]) -> str:
+    """"medians of N rotated rounds", or where --append gave some rows more rounds than others,
+    "medians of N to M rotated rounds (each row's runs)"."""
+    counts: dict[tuple, set] = {}
+    for run in runs:
+        counts.setdefault(tuple(run.get(k) for k in by), set()).add(run.get("round"))
+    sizes = sorted({len(rounds) for rounds in counts.values()}) or [0]
+    if len(sizes) == 1:
+        return f"medians of {sizes[0]} rotated rounds"
+    return f"medians of {sizes[0]} to {sizes[-1]} rotated rounds (each row's runs)"
+
+
 def table(rows: list[dict], cols: Sequence[str]) -> list[str]:
     """A markdown table's lines: the columns of `cols` that some row has."""
     present = [c for c in cols if any(row.get(c) is not None for row in rows)]
