@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from tests.test_neural_preprocessors import detect_file, extension_resize, picture
-from tests.test_softedge import off, scribble_reference
+from tests.test_neural_preprocessors import extension_resize, picture
+from tests.test_softedge import check_scribbles, check_soft_edge_maps, off
 
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
@@ -231,38 +231,14 @@ def test_ir_matches_the_extensions_network(converted):
 
 def test_detect_maps_are_the_extensions(converted, tmp_path):
     folder, model = converted
-    first, second = picture(90, 120, 11), picture(90, 120, 12)
-    maps = {}
-    for module, safe in (("softedge_pidinet", False), ("softedge_pidisafe", True)):
-        got = detect_file(tmp_path, folder, module, first, "a")
-        expected = reference(model, first, 512, safe)
-        assert got.shape == expected.shape == (512, 683)
-        differ = off(got, expected)
-        if safe:  # 0, 127 or 255: a pixel at a step's edge may fall either side
-            assert set(np.unique(got)) <= {0, 127, 255} and (differ > 0).mean() <= 0.001, (differ > 0).mean()
-        else:
-            assert differ.max() <= 1 and (differ > 0).mean() <= 0.002, (differ.max(), (differ > 0).mean())
-        assert int(got.max()) - int(got.min()) > 100
-        other = detect_file(tmp_path, folder, module, second, "b")
-        assert off(other, got).max() > 32 and (off(other, got) > 1).mean() > 0.01  # another image, another map
-        maps[module] = got
-    assert off(maps["softedge_pidinet"], maps["softedge_pidisafe"]).mean() > 10  # the safe step changes the map
-    low = detect_file(tmp_path, folder, "softedge_pidinet", first, "c", "--processor-res", "320")
-    assert low.shape == (320, 427) and off(low, reference(model, first, 320, False)).max() <= 1
+    check_soft_edge_maps(tmp_path, folder, "softedge_pidinet", "softedge_pidisafe",
+                         lambda rgb, res, safe: reference(model, rgb, res, safe))
 
 
 def test_scribble_pidinet_is_the_extensions(converted, tmp_path):
     folder, model = converted
-    first, second = picture(90, 120, 11), picture(90, 120, 12)
-    got = detect_file(tmp_path, folder, "scribble_pidinet", first, "s")
-    expected = scribble_reference(reference(model, first, 512, False))
-    assert got.shape == expected.shape == (512, 683) and set(np.unique(got)) == {0, 255}
-    white = int((got == 255).sum())
-    assert 0.002 < white / got.size < 0.98, white / got.size  # scribbles, not a blank page
-    assert (off(got, expected) > 0).sum() <= 0.02 * white, (off(got, expected) > 0).sum()
-    assert (off(got, detect_file(tmp_path, folder, "softedge_pidinet", first, "t")) > 32).mean() > 0.05
-    other = detect_file(tmp_path, folder, "scribble_pidinet", second, "u")
-    assert (off(other, got) > 0).sum() > 0.2 * white, (off(other, got) > 0).sum()  # another image, other scribbles
+    check_scribbles(tmp_path, folder, "scribble_pidinet", "softedge_pidinet",
+                    lambda rgb, res: reference(model, rgb, res, False))
 
 
 def test_server_lists_detects_and_defaults(converted, monkeypatch):

@@ -143,16 +143,18 @@ def test_ir_matches_torch(converted):
         assert differ.max() <= (127 if safe else 1) and (differ > 0).mean() <= 0.001, (safe, differ.max())
 
 
-def test_detect_maps_are_the_extensions(converted, tmp_path):
-    folder, model = converted
+def check_soft_edge_maps(tmp_path, folder, plain: str, safe: str, reference) -> None:
+    """`sdcli detect`'s maps of a soft-edge module and its safe variant against `reference(rgb, res,
+    safe)` (the extension's steps): within 1 of 255 (the safe one: 0, 127 or 255, a step's edge either
+    side), spread, moved by another image, the safe map not the plain one; at 512 and 320."""
     first, second = picture(90, 120, 11), picture(90, 120, 12)
     maps = {}
-    for module, safe in (("softedge_hed", False), ("softedge_hedsafe", True)):
+    for module, is_safe in ((plain, False), (safe, True)):
         got = detect_file(tmp_path, folder, module, first, "a")
-        expected = reference(model, first, 512, safe)
+        expected = reference(first, 512, is_safe)
         assert got.shape == expected.shape == (512, 683)
         differ = off(got, expected)
-        if safe:  # 0, 127 or 255: a pixel at a step's edge may fall either side
+        if is_safe:  # 0, 127 or 255: a pixel at a step's edge may fall either side
             assert set(np.unique(got)) <= {0, 127, 255} and (differ > 0).mean() <= 0.001, (differ > 0).mean()
         else:
             assert differ.max() <= 1 and (differ > 0).mean() <= 0.002, (differ.max(), (differ > 0).mean())
@@ -160,10 +162,15 @@ def test_detect_maps_are_the_extensions(converted, tmp_path):
         other = detect_file(tmp_path, folder, module, second, "b")
         assert off(other, got).max() > 32 and (off(other, got) > 1).mean() > 0.01  # another image, another map
         maps[module] = got
-    assert off(maps["softedge_hed"], maps["softedge_hedsafe"]).mean() > 10  # the safe step changes the map
-    low = detect_file(tmp_path, folder, "softedge_hed", first, "c", "--processor-res", "320")
-    assert low.shape == (320, 427) and off(low, reference(model, first, 320, False)).max() <= 1
+    assert off(maps[plain], maps[safe]).mean() > 10  # the safe step changes the map
+    low = detect_file(tmp_path, folder, plain, first, "c", "--processor-res", "320")
+    assert low.shape == (320, 427) and off(low, reference(first, 320, False)).max() <= 1
 
+
+def test_detect_maps_are_the_extensions(converted, tmp_path):
+    folder, model = converted
+    check_soft_edge_maps(tmp_path, folder, "softedge_hed", "softedge_hedsafe",
+                         lambda rgb, res, safe: reference(model, rgb, res, safe))
 
 
 def scribble_reference(edge: np.ndarray) -> np.ndarray:
@@ -181,19 +188,27 @@ def scribble_reference(edge: np.ndarray) -> np.ndarray:
     return np.where(cv2.GaussianBlur(thin, (0, 0), 3.0) > 4, 255, 0).astype(np.uint8)
 
 
-def test_scribble_hed_is_the_extensions(converted, tmp_path):
-    folder, model = converted
+def check_scribbles(tmp_path, folder, scribble: str, plain: str, soft_reference) -> None:
+    """`sdcli detect`'s map of scribble module `scribble` against the extension's nms, blur and threshold
+    (scribble_reference) of `soft_reference(rgb, res)`, the reference map of its soft-edge module `plain`:
+    0/255 only, not blank, the same pixels (2 % of the scribbles allowed), not the soft map, moved by
+    another image."""
     first, second = picture(90, 120, 11), picture(90, 120, 12)
-    got = detect_file(tmp_path, folder, "scribble_hed", first, "s")
-    soft = reference(model, first, 512, False)
-    expected = scribble_reference(soft)
+    got = detect_file(tmp_path, folder, scribble, first, "s")
+    expected = scribble_reference(soft_reference(first, 512))
     assert got.shape == expected.shape == (512, 683) and set(np.unique(got)) == {0, 255}
     white = int((got == 255).sum())
     assert 0.002 < white / got.size < 0.98, white / got.size  # scribbles (sparse on random weights), not a blank page
     assert (off(got, expected) > 0).sum() <= 0.02 * white, (off(got, expected) > 0).sum()  # identical here
-    assert (off(got, detect_file(tmp_path, folder, "softedge_hed", first, "t")) > 32).mean() > 0.05  # not soft edges
-    other = detect_file(tmp_path, folder, "scribble_hed", second, "u")
+    assert (off(got, detect_file(tmp_path, folder, plain, first, "t")) > 32).mean() > 0.05  # not soft edges
+    other = detect_file(tmp_path, folder, scribble, second, "u")
     assert (off(other, got) > 0).sum() > 0.2 * white, (off(other, got) > 0).sum()  # another image, other scribbles
+
+
+def test_scribble_hed_is_the_extensions(converted, tmp_path):
+    folder, model = converted
+    check_scribbles(tmp_path, folder, "scribble_hed", "softedge_hed", lambda rgb, res: reference(model, rgb, res, False))
+
 
 def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch):
     """generate's and the server's units: preprocess(fitted image, module), no resize."""
