@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from tests.test_neural_preprocessors import extension_resize, picture
-from tests.test_softedge import check_scribbles, check_soft_edge_maps, off
+from tests.test_softedge import check_scribbles, check_soft_edge_maps, detect_body, grey_map, off, server_client
 
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
@@ -242,16 +242,8 @@ def test_scribble_pidinet_is_the_extensions(converted, tmp_path):
 
 
 def test_server_lists_detects_and_defaults(converted, monkeypatch):
-    pytest.importorskip("fastapi")
-    import base64
-
-    from fastapi.testclient import TestClient
-
-    from sdcli.imaging.image_io import encode_png
-    from sdcli.serve.app import create_app
-
     folder, model = converted
-    client = TestClient(create_app(None))
+    client = server_client()
     modules = client.get("/controlnet/module_list").json()["module_list"]
     assert {"softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"} <= set(modules)
     types = client.get("/controlnet/control_types").json()["control_types"]
@@ -259,13 +251,10 @@ def test_server_lists_detects_and_defaults(converted, monkeypatch):
     assert types["Scribble"]["default_option"] == "scribble_pidinet"
     assert {"softedge_hed", "softedge_pidisafe"} <= set(types["SoftEdge"]["module_list"])
     image = picture(64, 64, 3)
-    body = {"controlnet_module": "softedge_pidisafe", "controlnet_processor_res": 64,
-            "controlnet_input_images": [base64.b64encode(encode_png(image)).decode()]}
     monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(folder))
-    r = client.post("/controlnet/detect", json=body)
+    r = client.post("/controlnet/detect", json=detect_body("softedge_pidisafe", image))
     assert r.status_code == 200, r.text
-    detected = cv2.imdecode(np.frombuffer(base64.b64decode(r.json()["images"][0]), np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert (off(detected, reference(model, image, 64, True)) > 0).mean() <= 0.001
+    assert (off(grey_map(r), reference(model, image, 64, True)) > 0).mean() <= 0.001
 
 
 def test_missing_network_names_the_file(tmp_path):

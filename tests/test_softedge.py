@@ -221,27 +221,44 @@ def test_generate_map_is_the_module_at_the_pictures_size(converted, monkeypatch)
     assert got.shape == (96, 128, 3) and off(got[:, :, 0], reference(model, image, 96, False)).max() <= 1
 
 
-def test_server_module_list_detect_and_missing_network(converted, monkeypatch):
+def server_client():
     pytest.importorskip("fastapi")
-    import base64
-
     from fastapi.testclient import TestClient
 
-    from sdcli.imaging.image_io import encode_png
     from sdcli.serve.app import create_app
 
+    return TestClient(create_app(None))
+
+
+def detect_body(module: str, image: np.ndarray) -> dict:
+    """A /controlnet/detect request for `image` by `module` at processor_res 64."""
+    import base64
+
+    from sdcli.imaging.image_io import encode_png
+
+    return {"controlnet_module": module, "controlnet_input_images": [base64.b64encode(encode_png(image)).decode()],
+            "controlnet_processor_res": 64}
+
+
+def grey_map(response) -> np.ndarray:
+    """The first detected map of a /controlnet/detect response, grey."""
+    import base64
+
+    data = np.frombuffer(base64.b64decode(response.json()["images"][0]), np.uint8)
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+
+
+def test_server_module_list_detect_and_missing_network(converted, monkeypatch):
     folder, model = converted
-    client = TestClient(create_app(None))
+    client = server_client()
     modules = client.get("/controlnet/module_list").json()["module_list"]
     assert {"softedge_hed", "softedge_hedsafe", "scribble_hed"} <= set(modules)
     image = picture(64, 64, 3)
-    encoded = base64.b64encode(encode_png(image)).decode()
-    body = {"controlnet_module": "softedge_hedsafe", "controlnet_input_images": [encoded], "controlnet_processor_res": 64}
+    body = detect_body("softedge_hedsafe", image)
     monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(folder))
     r = client.post("/controlnet/detect", json=body)
     assert r.status_code == 200, r.text
-    detected = cv2.imdecode(np.frombuffer(base64.b64decode(r.json()["images"][0]), np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert (off(detected, reference(model, image, 64, True)) > 0).mean() <= 0.001
+    assert (off(grey_map(r), reference(model, image, 64, True)) > 0).mean() <= 0.001
     monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(folder / "missing"))
     r = client.post("/controlnet/detect", json=body)
     assert r.status_code == 422 and "softedge_hed" in r.json()["detail"] and "missing" in r.json()["detail"], r.text

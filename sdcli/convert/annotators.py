@@ -504,8 +504,7 @@ def pidinet_config(shapes: dict) -> dict:
     if missing or len(init) != 4 or tuple(init[1:]) != (3, 3, 3):
         raise UsageError(f"not a PiDiNet checkpoint this converts (missing {', '.join(missing[:3]) or 'init_block'})")
     dil = shapes.get("dilations.0.conv1.weight")
-    return {"width": init[0], "dil": dil[0] if dil else None, "sa": "attentions.0.conv1.weight" in shapes,
-            "recipe": PIDINET_RECIPE}
+    return {"width": init[0], "dil": dil[0] if dil else None, "sa": "attentions.0.conv1.weight" in shapes}
 
 
 def pidinet_state(state: dict, ops=PIDINET_OPS) -> dict:
@@ -517,7 +516,12 @@ def pidinet_state(state: dict, ops=PIDINET_OPS) -> dict:
     return out
 
 
-def _pidinet_module(width: int, dil: int | None, sa: bool, recipe: str = PIDINET_RECIPE, ops=PIDINET_OPS):
+def _stage_start(block: str) -> bool:
+    """Whether PiDiNet block `block` ("2_1") opens a stage after the first: a max-pool and a shortcut."""
+    return block.endswith("_1") and block != "1_1"
+
+
+def _pidinet_module(width: int, dil: int | None, sa: bool, ops=PIDINET_OPS):
     """PiDiNet with its pixel-difference convolutions as plain ones (their kernels: pidinet_state):
     an init convolution, four stages of residual blocks (a depthwise convolution, ReLU, 1 x 1; a
     2 x 2 max-pool and a 1 x 1 shortcut where a stage starts, doubling the width but the last), each
@@ -581,10 +585,9 @@ def _pidinet_module(width: int, dil: int | None, sa: bool, recipe: str = PIDINET
             super().__init__()
             self.init_block = nn.Conv2d(3, width, kernel(ops[0]), padding=kernel(ops[0]) // 2, bias=False)
             planes, fuse = width, []
-            for i, (name, op) in enumerate(zip(PIDINET_BLOCKS, ops[1:])):
-                stage_start = name.endswith("_1") and name != "1_1"
-                wider = planes * 2 if stage_start and name != "4_1" else planes
-                setattr(self, f"block{name}", Block(op, planes, wider, 2 if stage_start else 1))
+            for name, op in zip(PIDINET_BLOCKS, ops[1:]):
+                wider = planes * 2 if _stage_start(name) and name != "4_1" else planes
+                setattr(self, f"block{name}", Block(op, planes, wider, 2 if _stage_start(name) else 1))
                 planes = wider
                 if name in ("1_3", "2_4", "3_4", "4_4"):
                     fuse.append(planes)
@@ -600,7 +603,7 @@ def _pidinet_module(width: int, dil: int | None, sa: bool, recipe: str = PIDINET
             h, w = image.shape[2:]
             x, stages = self.init_block(image), []
             for name in PIDINET_BLOCKS:
-                if name.endswith("_1") and name != "1_1":
+                if _stage_start(name):
                     stages.append(x)
                 x = getattr(self, f"block{name}")(x)
             stages.append(x)
@@ -727,6 +730,7 @@ def build(kind: str, state: dict, source: str = "the checkpoint", export: bool =
         config = pidinet_config(shapes)
         module = _pidinet_module(**config)
         state = pidinet_state(state)
+        config["recipe"] = PIDINET_RECIPE
     else:
         raise UsageError(f"{source}: not an annotator checkpoint")
     return _load(module, state, source), config

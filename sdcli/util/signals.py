@@ -18,12 +18,13 @@ def signals_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in _HELD}
+    # (a handler installed outside Python reads as None and could not be put back: that signal is left alone)
+    previous = {sig: handler for sig in _HELD if (handler := signal.getsignal(sig)) is not None}
 
     def hold(signum, frame) -> None:
         caught.append(signum)
 
-    for sig in _HELD:
+    for sig in previous:
         signal.signal(sig, hold)
     try:
         yield
