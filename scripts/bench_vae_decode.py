@@ -67,7 +67,7 @@ def ratios(rows: list[dict]) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    from sdcli.bench.rounds import median_rows, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table
 
     m = report["machine"]
     rows = median_rows(report["runs"], ["config"], ["decode1_s", "decode_warm_s", "load_s", "import_s", "wall_s",
@@ -79,7 +79,7 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; OpenVINO {m.get('openvino')}; "
              f"{m.get('date')}. {report['arch']} VAE decoder ({report['weight_format']} folder), one process per run "
              "(`scripts/vae_decode_ab.py`): load + compile for a static size, three decodes of the same latents. "
-             f"Medians of {report['rounds']} rotated rounds after one unmeasured warm-up each (caches warm); load "
+             f"{rounds_phrase(report['runs'], ['config']).capitalize()} after one unmeasured warm-up each (caches warm); load "
              f"average {report['load_average_start'][0]:.1f} at the start, "
              f"{report.get('load_average_end', [0])[0]:.1f} at the end. decode1: the first decode after compiling; "
              "decode_warm: the median of the next two.", ""]
