@@ -239,6 +239,62 @@ def test_recolor_against_formulas():
     assert detect(img, "recolor_luminance", 256).shape == img.shape  # no resolution: at the image's size
 
 
+def cubic_cell(img: np.ndarray, i: int, j: int) -> np.ndarray:
+    """A cell of a 64-to-1 bicubic shrink by hand: OpenCV samples the source at (64 * i + 31.5,
+    64 * j + 31.5), whose four taps each way (offsets 30..33) weigh -0.09375, 0.59375, 0.59375,
+    -0.09375 (its a = -0.75 kernel at t = 0.5)."""
+    k = np.array([-0.09375, 0.59375, 0.59375, -0.09375])
+    block = img[64 * i + 30:64 * i + 34, 64 * j + 30:64 * j + 34].astype(np.float64)
+    return np.einsum("y,x,yxc->c", k, k, block)
+
+
+def test_color_grid_cells_by_hand():
+    """t2ia_color_grid: each 64x64 cell of the map is one colour, the bicubic sample at the cell's
+    centre (within 1: OpenCV's fixed point); flat quadrants come back as they are."""
+    y, x = np.mgrid[0:128, 0:192]
+    img = np.stack([x * 255 // 191, y * 255 // 127, (x * y) % 256], -1).astype(np.uint8)
+    out = preprocess(img, "t2ia_color_grid")
+    assert out.shape == img.shape and moved(out, img) > 100
+    for i in range(2):
+        for j in range(3):
+            cell = out[64 * i:64 * i + 64, 64 * j:64 * j + 64].reshape(-1, 3)
+            assert np.all(cell == cell[0]), (i, j)
+            assert np.abs(cell[0] - cubic_cell(img, i, j)).max() <= 1, (cell[0], cubic_cell(img, i, j))
+    quads = np.zeros((128, 128, 3), np.uint8)
+    quads[:64, 64:] = (200, 10, 10)
+    quads[64:, :64] = (10, 200, 10)
+    quads[64:, 64:] = (30, 60, 250)
+    np.testing.assert_array_equal(preprocess(quads, "color"), quads)
+    assert resolve_name("t2ia_color_grid") == "color" and PREPROCESSORS["color"].defaults == {"processor_res": 512}
+
+
+def test_color_grid_detect_resizes_by_area():
+    """detect's t2ia_color_grid resizes the short side to processor_res by area (growing too), not
+    by the bicubic of the other modules, as the extension's color does."""
+    import cv2
+
+    img = drawing(100, 150)
+    out = detect(img, "t2ia_color_grid", 256)
+    assert out.shape == (256, 384, 3)
+    area = cv2.resize(img, (384, 256), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(out, preprocess(area, "color"))
+    cubic = cv2.resize(img, (384, 256), interpolation=cv2.INTER_CUBIC)
+    assert moved(out, preprocess(cubic, "color")) > 0  # (the other resize gives another grid)
+    assert detect(drawing(70, 64), "color", 64).shape == (70, 64, 3)  # a side under 64 cells: one cell
+
+
+def test_tile_colorfix_sharp_is_the_image_with_two_sliders():
+    img = drawing()
+    np.testing.assert_array_equal(preprocess(img, "tile_colorfix+sharp", threshold_b=0.5), img)
+    assert PREPROCESSORS["tile_colorfix+sharp"].defaults == {"threshold_a": 8.0, "threshold_b": 1.0}
+
+
+def resolve_name(name: str) -> str:
+    from sdcli.imaging.control import resolve
+
+    return resolve(name)
+
+
 def test_detect_resizes_to_processor_res():
     img = drawing(100, 150)
     assert detect(img, "canny", 256).shape == (256, 384, 3)
@@ -273,6 +329,8 @@ def test_names_labels_and_unknown_ones():
     for name in ("depth_midas", "normal_bae", "softedge_teed", "mlsd"):
         with pytest.raises(UsageError, match="neural network"):
             resolve(name)
+    with pytest.raises(UsageError, match="not available yet"):
+        resolve("reference_only")
     with pytest.raises(ValueError, match="one of none, canny"):
         preprocess(drawing(), "sharpen")
 
@@ -362,3 +420,83 @@ def test_generate_takes_lineart_standard(tiny_eps, tiny_controlnets, tmp_path):
     print(f"lineart_standard via generate vs the map given with none: max {moved(ours, given)}")
     assert moved(ours, given) <= 1
     assert "Module: lineart_standard" in read_png_text(tmp_path / "lineart.png")["parameters"]
+
+
+def test_generate_takes_the_sliders(tiny_eps, tiny_controlnets, tmp_path):
+    """--control-threshold-a/-b reach the preprocessor: canny at 30/90 through generate gives the
+    picture of that map given with none, which the default thresholds' picture is not; the PNG
+    records the thresholds and --from-image redoes it byte for byte; a batch row's
+    control_threshold_a/b make generate's picture, and a changed one makes the row again."""
+    import json
+
+    from typer.testing import CliRunner as Runner
+
+    from sdcli.imaging.image_io import read_png_text, read_rgb, save_png
+    from tests.controlnets import SCHEDULER, STEPS, sdcli_controlnet
+
+    image = tiny_controlnets.images["a"]
+    edges, default = (preprocess(read_rgb(image), "canny", **t) for t in ({"threshold_a": 30, "threshold_b": 90}, {}))
+    assert moved(edges, default) > 100
+    map_file = tmp_path / "canny-map.png"
+    save_png(map_file, edges)
+    unit = [dict(name="cn-a", image=image)]
+    ours = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "ours", unit, "--control-preprocessor", "canny",
+                            "--control-threshold-a", 30, "--control-threshold-b", 90)
+    given = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "given", [dict(name="cn-a", image=map_file)])
+    plain = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "plain", unit, "--control-preprocessor", "canny")
+    print(f"canny 30/90 via generate vs its map given: max {moved(ours, given)}; vs canny's defaults "
+          f"{moved(ours, plain)}")
+    assert moved(ours, given) <= 1 and moved(ours, plain) > 2
+    text = read_png_text(tmp_path / "ours.png")["parameters"]
+    assert "Module: canny, Model: cn-a, Weight: 1.0, Resize Mode: Crop and Resize, Threshold A: 30.0, Threshold B: 90.0" in text
+    again = tmp_path / "again.png"
+    result = Runner().invoke(app, ["generate", "--model", str(tiny_eps.ov_dir), "--from-image", str(tmp_path / "ours.png"),
+                                   "--output", str(again), "--quiet", "--controlnet-dir", str(tiny_controlnets.folder),
+                                   "--control-image", str(image)])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == (tmp_path / "ours.png").read_bytes()
+
+    rows = tmp_path / "rows.jsonl"
+    row = {"prompt": "a", "seed": 0, "name": "r", "controlnet": "cn-a", "control_image": str(image),
+           "control_preprocessor": "canny", "control_threshold_a": 30, "control_threshold_b": 90}
+    rows.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "out"
+    command = ["batch", str(rows), "-o", str(out), "--model", str(tiny_eps.ov_dir), "--steps", str(STEPS),
+               "--scheduler", SCHEDULER, "--width", "64", "--height", "64", "--rng", "torch", "--precision", "f32",
+               "--controlnet-dir", str(tiny_controlnets.folder), "--quiet"]
+    assert Runner().invoke(app, command).exit_code == 0
+    single = tmp_path / "single.png"
+    result = Runner().invoke(app, ["generate", "--model", str(tiny_eps.ov_dir), "--prompt", "a", "--steps", str(STEPS),
+                                   "--scheduler", SCHEDULER, "--width", "64", "--height", "64", "--rng", "torch",
+                                   "--precision", "f32", "--controlnet-dir", str(tiny_controlnets.folder), "--controlnet",
+                                   "cn-a", "--control-image", str(image), "--control-preprocessor", "canny",
+                                   "--control-threshold-a", "30", "--control-threshold-b", "90", "--output",
+                                   str(single), "--quiet", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    first = read_rgb(out / "r.png")
+    assert moved(first, read_rgb(single)) == 0
+    rows.write_text(json.dumps({**row, "control_threshold_a": 100, "control_threshold_b": 200}) + "\n")  # canny's own
+    redone = Runner().invoke(app, command[:-1])
+    assert redone.exit_code == 0 and "1 done, 0 failed, 0 skipped" in redone.output, redone.output
+    assert moved(read_rgb(out / "r.png"), first) > 2
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--control-preprocessor", "invert", "--control-threshold-a", "3"], "--control-threshold-a: preprocessor invert "
+                                                                          "has no such slider"),
+    (["--control-preprocessor", "canny", "--control-threshold-b", "300"], "--control-threshold-b (High Threshold of "
+                                                                           "canny) must be between 1 and 255"),
+    (["--control-preprocessor", "canny", "--control-threshold-a", "50", "--control-threshold-a", "60"],
+     "--control-threshold-a given 2 times for 1 ControlNets"),
+    (["--control-threshold-a", "50"], "--control-threshold-a is for a ControlNet unit"),
+])
+def test_generate_refuses_a_slider_it_cannot_use(tiny_eps, tiny_controlnets, tmp_path, flags, says):
+    from tests.test_bad_input import assert_refused
+
+    out = tmp_path / "x.png"
+    unit = ["--controlnet", "cn-a", "--control-image", str(tiny_controlnets.images["a"])] if len(flags) > 2 else []
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_eps.ov_dir), "--prompt", "a", "--steps", "1",
+                                      "--controlnet-dir", str(tiny_controlnets.folder), *unit, *flags,
+                                      "--output", str(out)])
+    assert_refused(result, 2, says)
+    assert not out.exists()

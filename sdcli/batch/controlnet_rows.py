@@ -24,9 +24,9 @@ from sdcli.util.errors import UsageError
 
 UNIT_FIELDS = ("controlnet", "control_image")
 SETTING_FIELDS = ("control_weight", "control_start", "control_end", "control_mode", "control_resize",
-                  "control_preprocessor", "control_type")
+                  "control_preprocessor", "control_type", "control_threshold_a", "control_threshold_b")
 CONTROL_FIELDS = (*UNIT_FIELDS, *SETTING_FIELDS)
-NUMBERS = ("control_weight", "control_start", "control_end")
+NUMBERS = ("control_weight", "control_start", "control_end", "control_threshold_a", "control_threshold_b")
 
 
 def command_line(opts) -> dict[str, list]:
@@ -106,15 +106,16 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
             return [_number(value, name, row_error) for value in column]
         return [str(value) for value in column]
 
-    columns = [per_unit_values(name) for name in SETTING_FIELDS]
-    groups = unit_images(images, columns[-1], len(names), row_error, ("controlnet", "control_image", "control_type"))
+    columns = {name.removeprefix("control_"): per_unit_values(name) for name in SETTING_FIELDS}
+    groups = unit_images(images, columns["type"], len(names), row_error,
+                         ("controlnet", "control_image", "control_type"))
     units = []
     from_row = "control_image" in values  # (the command line's images are the current folder's)
-    for name, group, *settings in zip(names, groups, *columns):
+    for index, (name, group) in enumerate(zip(names, groups)):
         paths = [Path(str(image)).expanduser() for image in group]
         paths = [root / path if from_row else path for path in paths]
-        unit = ControlUnit(name, paths[0], *settings[:-1], image_name=paths[0].name, type=settings[-1],
-                           more_images=tuple(paths[1:]))
+        unit = ControlUnit(name, paths[0], image_name=paths[0].name, more_images=tuple(paths[1:]),
+                           **{setting: column[index] for setting, column in columns.items()})
         try:
             unit.check()
         except UsageError as exc:  # named as the row's fields
@@ -135,7 +136,7 @@ def key_settings(units, row_error=ValueError) -> list | None:
         settings.append({"model": str(unit.model), "image": str(path.resolve()), "image_sha256": _digest(path, row_error),
                          "weight": unit.weight, "start": unit.start, "end": unit.end, "mode": unit.mode,
                          "resize": unit.resize, "preprocessor": unit.preprocessor,
-                         **({"type": unit.type} if unit.type else {})})
+                         **({"type": unit.type} if unit.type else {}), **unit.sliders})  # (given only: older keys stay)
         if unit.more_images:  # (a Union unit's further control images: only then, so that older keys stay)
             settings[-1]["more_images"] = [{"image": str(Path(more).resolve()), "image_sha256": _digest(Path(more),
                                                                                                         row_error)}

@@ -81,6 +81,8 @@ def batch(
     control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture [default: crop-and-resize]."),
     control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the preprocessor that makes the control map (see generate) [default: none]."),
     control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union: the unit's control type, several joined by + with one control image each (see generate)."),
+    control_threshold_a: Optional[List[float]] = typer.Option(None, "--control-threshold-a", metavar="VALUE", help="ControlNet: the preprocessor's first slider (see generate); -1: its default [default: -1]."),
+    control_threshold_b: Optional[List[float]] = typer.Option(None, "--control-threshold-b", metavar="VALUE", help="ControlNet: the preprocessor's second slider (see generate); -1: its default [default: -1]."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet NAME is found (see generate) [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):
@@ -92,7 +94,8 @@ def batch(
     hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
     hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
     control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor,
-    control_type (one value, a JSON list, or values separated by |)."""
+    control_type, control_threshold_a, control_threshold_b (one value, a JSON list, or values
+    separated by |)."""
     given = locals()  # the hires fix's and ControlNet's options, by name
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)

@@ -21,16 +21,8 @@ def check_sliders(spec, processor_res: Optional[int], thresholds: dict) -> None:
     would silently use the default); --processor-res on a module that works at the image's size
     only warns."""
     for name, value in thresholds.items():
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        slider = spec.slider(name)
-        if slider is None:
-            raise UsageError(f"{flag}: preprocessor {spec.name} has no such slider (its sliders: "
-                             f"{', '.join(s.name for s in spec.sliders) or 'none'})")
-        if not slider.minimum <= value <= slider.maximum:
-            raise UsageError(f"{flag} ({slider.label} of {spec.name}) must be between {slider.minimum:g} and "
-                             f"{slider.maximum:g}, got {value:g}")
+        if value is not None:
+            spec.check_value(name, value, "--" + name.replace("_", "-"))
     if processor_res is not None and spec.slider("processor_res") is None:
         fixed = f"always at {spec.fixed_res}" if spec.fixed_res else "at the image's size"
         warn(f"--processor-res: preprocessor {spec.name} works {fixed} (as in A1111), so it is not used")
@@ -38,13 +30,13 @@ def check_sliders(spec, processor_res: Optional[int], thresholds: dict) -> None:
 
 @app.command()
 def detect(
-    module: str = typer.Argument(..., help="The preprocessor (A1111 ControlNet's module name or label): none, canny, invert, lineart_standard, scribble_xdog, shuffle, tile_resample, tile_colorfix, blur_gaussian, threshold, recolor_luminance, recolor_intensity, inpaint_only; with their networks converted (sdcli convert): depth_anything_v2, lineart (lineart_realistic), lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full."),
+    module: str = typer.Argument(..., help="The preprocessor (A1111 ControlNet's module name or label): none, canny, invert, lineart_standard, scribble_xdog, shuffle, tile_resample, tile_colorfix, tile_colorfix+sharp, blur_gaussian, threshold, recolor_luminance, recolor_intensity, t2ia_color_grid (color), inpaint_only; with their networks converted (sdcli convert): depth_anything_v2, lineart (lineart_realistic), lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full."),
     images: List[Path] = typer.Argument(..., help="Image files (any format OpenCV reads)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the maps, each <name>-<module>.png [default: beside each image]."),
     output: Optional[Path] = typer.Option(None, "--output", help="PNG to write (one image)."),
-    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian, threshold, depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_full; openpose_hand, openpose_face and openpose_faceonly always at 512) [default: 512]."),
-    threshold_a: Optional[float] = typer.Option(None, "--threshold-a", callback=finite, help="The module's first slider (canny: low threshold 100; scribble_xdog: 32; tile_resample: down-sampling rate 1; tile_colorfix: variation 8; blur_gaussian: sigma 9) [default: the module's]."),
-    threshold_b: Optional[float] = typer.Option(None, "--threshold-b", callback=finite, help="The module's second slider (canny: high threshold 200) [default: the module's]."),
+    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian, threshold, t2ia_color_grid, depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_full; openpose_hand, openpose_face and openpose_faceonly always at 512) [default: 512]."),
+    threshold_a: Optional[float] = typer.Option(None, "--threshold-a", callback=finite, help="The module's first slider (canny: low threshold 100; scribble_xdog: 32; tile_resample: down-sampling rate 1; tile_colorfix: variation 8; blur_gaussian: sigma 9; threshold: 127; recolor_*: gamma 1) [default: the module's]."),
+    threshold_b: Optional[float] = typer.Option(None, "--threshold-b", callback=finite, help="The module's second slider (canny: high threshold 200; tile_colorfix+sharp: sharpness 1) [default: the module's]."),
     annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="The folder of the converted preprocessor networks (depth_anything_v2, lineart, ...) [default: $SDCLI_ANNOTATOR_DIR, else models/annotators]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the files written."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per image on stdout."),

@@ -99,7 +99,9 @@ def generate(
     control_end: Optional[List[float]] = typer.Option(None, "--control-end", help="ControlNet: the fraction of the steps it ends at, 0..1 (control_guidance_end); it is not run outside [start, end] [default: 1]."),
     control_mode: Optional[List[str]] = typer.Option(None, "--control-mode", metavar="balanced|prompt|controlnet", help="ControlNet: A1111's control mode: balanced, prompt (My prompt is more important), controlnet (ControlNet is more important: diffusers' guess_mode) [default: balanced]."),
     control_resize: Optional[List[str]] = typer.Option(None, "--control-resize", metavar="just-resize|crop-and-resize|resize-and-fill", help="ControlNet: how the control image is fitted to the picture (A1111's resize modes) [default: crop-and-resize]."),
-    control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the control map made from the fitted control image by an A1111 preprocessor with its default sliders: none (the image is the map), canny (thresholds 100/200), invert, lineart_standard, scribble_xdog (threshold 32), shuffle (seed 0), tile_resample (rate 1), tile_colorfix, blur_gaussian (sigma 9), threshold (127), recolor_luminance and recolor_intensity (gamma 1), inpaint_only and inpaint (inpaint_global_harmonious): the control image with --mask's pixels at -1 (needs --mask); with their networks converted (sdcli convert, found in $SDCLI_ANNOTATOR_DIR, else models/annotators): depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full; see `sdcli detect` [default: none]."),
+    control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the control map made from the fitted control image by an A1111 preprocessor (its sliders: --control-threshold-a/-b, else their defaults): none (the image is the map), canny (thresholds 100/200), invert, lineart_standard, scribble_xdog (threshold 32), shuffle (seed 0), tile_resample (rate 1), tile_colorfix and tile_colorfix+sharp (the image), blur_gaussian (sigma 9), threshold (127), recolor_luminance and recolor_intensity (gamma 1), t2ia_color_grid (color), inpaint_only and inpaint (inpaint_global_harmonious): the control image with --mask's pixels at -1 (needs --mask); with their networks converted (sdcli convert, found in $SDCLI_ANNOTATOR_DIR, else models/annotators): depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full; see `sdcli detect` [default: none]."),
+    control_threshold_a: Optional[List[float]] = typer.Option(None, "--control-threshold-a", metavar="VALUE", help="ControlNet: the preprocessor's first slider, as A1111's API's threshold_a (canny's Low Threshold, scribble_xdog's and threshold's, blur_gaussian's Sigma, tile_resample's Down Sampling Rate, recolor's Gamma Correction: docs/controlnet.md lists them), within the slider's range; -1: its default [default: -1]."),
+    control_threshold_b: Optional[List[float]] = typer.Option(None, "--control-threshold-b", metavar="VALUE", help="ControlNet: the preprocessor's second slider, as threshold_b (canny's High Threshold); -1: its default [default: -1]."),
     control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union (xinsir's controlnet-union-sdxl-1.0, ProMax): the unit's control type, as A1111 names it: openpose, depth, softedge (hed, pidi, scribble), hardedge (canny, lineart, mlsd), normal, segmentation, tile, inpaint (ProMax's last two); required for a Union, refused for other ControlNets. Several joined by + (canny+depth: ProMax's multi-condition) run one call of the Union on as many control images, the unit taking one --control-image per type, in order."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where --controlnet NAME finds converted ControlNets [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
 ):
@@ -126,7 +128,9 @@ def control_units(o: SimpleNamespace) -> tuple:
         for flag, given in (("--control-image", images), ("--control-weight", o.control_weight),
                             ("--control-start", o.control_start), ("--control-end", o.control_end),
                             ("--control-mode", o.control_mode), ("--control-resize", o.control_resize),
-                            ("--control-preprocessor", o.control_preprocessor), ("--control-type", o.control_type)):
+                            ("--control-preprocessor", o.control_preprocessor), ("--control-type", o.control_type),
+                            ("--control-threshold-a", o.control_threshold_a),
+                            ("--control-threshold-b", o.control_threshold_b)):
             if given:
                 raise UsageError(f"{flag} is for a ControlNet unit: pass --controlnet NAME too")
         return ()
@@ -135,16 +139,19 @@ def control_units(o: SimpleNamespace) -> tuple:
         values = getattr(o, f"control_{setting}")
         column = per_unit(values, len(names), unit_default(setting))
         if column is None:
-            raise UsageError(f"--control-{setting} given {len(values)} times for {len(names)} ControlNets: give it "
+            raise UsageError(f"--control-{setting.replace('_', '-')} given {len(values)} times for {len(names)} "
+                             "ControlNets: give it "
                              "once (for all) or once per --controlnet")
         return column
 
     columns = [column(setting) for setting in ("weight", "start", "end", "mode", "resize", "preprocessor")]
     types = column("type")
+    sliders = [dict(zip(("threshold_a", "threshold_b"), pair))
+               for pair in zip(column("threshold_a"), column("threshold_b"))]
     groups = unit_images(images, types, len(names), UsageError)
     return tuple(ControlUnit(name, Path(group[0]), *settings, image_name=Path(group[0]).name, type=kind,
-                             more_images=tuple(Path(i) for i in group[1:]))
-                 for name, group, kind, *settings in zip(names, groups, types, *columns))
+                             more_images=tuple(Path(i) for i in group[1:]), **slider)
+                 for name, group, kind, slider, *settings in zip(names, groups, types, sliders, *columns))
 
 
 def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:
@@ -205,9 +212,10 @@ def apply_stored_controlnets(ctx: typer.Context, options: SimpleNamespace, units
     options.controlnet = names
     for name, key in (("control_weight", "weight"), ("control_start", "start"), ("control_end", "end"),
                       ("control_mode", "mode"), ("control_resize", "resize"),
-                      ("control_preprocessor", "preprocessor"), ("control_type", "type")):
+                      ("control_preprocessor", "preprocessor"), ("control_type", "type"),
+                      ("control_threshold_a", "threshold_a"), ("control_threshold_b", "threshold_b")):
         if not option_given(ctx, name):
-            setattr(options, name, [unit.get(key, "") for unit in units])
+            setattr(options, name, [unit.get(key, -1.0 if key.startswith("threshold") else "") for unit in units])
 
 
 def prepare(ctx: typer.Context, o: SimpleNamespace):

@@ -122,6 +122,8 @@ class ControlUnit:
     type: str = ""  # a ControlNet Union's control type (UNION_TYPES, an alias or a number; "" for none)
     mask: object = None  # the unit's own inpaint mask (float [H, W] in [0, 1], or uint8), the API's; None: --mask
     more_images: tuple = ()  # a Union unit with several control types: the control images of the 2nd, 3rd, ...
+    threshold_a: float = -1.0  # the preprocessor's first slider (canny's low threshold, ...); -1: its default
+    threshold_b: float = -1.0  # ... its second (canny's high threshold)
 
     def __post_init__(self):
         label = str(self.preprocessor).strip().lower()
@@ -145,7 +147,24 @@ class ControlUnit:
                                      ("--control-preprocessor", self.preprocessor, PREPROCESSORS)):
             if value not in allowed:
                 raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+        self.check_sliders()
         self.check_type()
+
+    def check_sliders(self) -> None:
+        """A threshold given (not -1) must be a slider of the unit's preprocessor, within its range
+        (the extension's API puts the default in place of a value out of range; a flag is refused)."""
+        from sdcli.imaging.control import PREPROCESSORS
+
+        spec = PREPROCESSORS[self.preprocessor]
+        for name, value in (("threshold_a", self.threshold_a), ("threshold_b", self.threshold_b)):
+            if value != -1:
+                spec.check_value(name, value, "--control-" + name.replace("_", "-"))
+
+    @property
+    def sliders(self) -> dict:
+        """The thresholds given (not -1), by the preprocessor's parameter names."""
+        return {name: float(value) for name, value in (("threshold_a", self.threshold_a),
+                                                       ("threshold_b", self.threshold_b)) if value != -1}
 
     def check_type(self) -> None:
         count = len(union_types(self.type))
@@ -436,7 +455,7 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
         unit = unit.read_image()
         conds = []
         for source in unit.images:  # (a Union unit's several: each fitted and preprocessed alike)
-            image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor)
+            image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor, **unit.sliders)
             if needs_mask(unit):
                 message = missing_mask(unit, mask)
                 if message:
@@ -619,14 +638,17 @@ UNION_INFOTEXT = "Union Control Type"
 def infotext_fields(units) -> dict[str, str]:
     """`ControlNet 0: "Module: canny, Model: NAME, Weight: 1.0, ..."` for each unit, as A1111's
     ControlNet extension writes them (format_parameters quotes the value)."""
-    from sdcli.imaging.control import CANNY_HIGH, CANNY_LOW, RESIZE_MODES
+    from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
 
     fields = {}
     for i, unit in enumerate(units):
         parts = {"Module": unit.preprocessor, "Model": Path(str(unit.model)).name, "Weight": float(unit.weight),
                  "Resize Mode": RESIZE_MODES[unit.resize]}
-        if unit.preprocessor == "canny":
-            parts.update({"Threshold A": float(CANNY_LOW), "Threshold B": float(CANNY_HIGH)})
+        spec = PREPROCESSORS.get(unit.preprocessor)
+        for name, label in (("threshold_a", "Threshold A"), ("threshold_b", "Threshold B")):
+            slider = spec.slider(name) if spec is not None else None
+            if slider is not None:  # (the value it ran with: given, or the slider's default)
+                parts[label] = float(unit.sliders.get(name, slider.default))
         parts.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end), "Pixel Perfect": False,
                       "Control Mode": CONTROL_MODES[unit.mode]})
         if union_types(unit.type):  # (the unit's union_control_type, as the extension names the field)
@@ -637,8 +659,9 @@ def infotext_fields(units) -> dict[str, str]:
 
 def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
     """The units a PNG's `ControlNet N` fields describe, in order: each a dict of ControlUnit's
-    settings (model, weight, start, end, mode, resize, preprocessor, type); what sdcli does not do
-    goes to `notes`.  ValueError for a number that is not one."""
+    settings (model, weight, start, end, mode, resize, preprocessor, type, threshold_a, threshold_b:
+    -1 where the preprocessor has no such slider or the value is outside it, as the extension's
+    bound check); what sdcli does not do goes to `notes`.  ValueError for a number that is not one."""
     from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
 
     by_label = {label.lower(): key for key, label in RESIZE_MODES.items()}
@@ -664,8 +687,20 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
                       "start": float(parts.get("Guidance Start", 0.0)), "end": float(parts.get("Guidance End", 1.0)),
                       "mode": modes.get(mode, {"prompt": "prompt", "control": "controlnet"}.get(mode, "balanced")),
                       "resize": by_label.get(parts.get("Resize Mode", "Crop and Resize").lower(), "crop-and-resize"),
-                      "preprocessor": module, "type": _stored_type(parts.get(UNION_INFOTEXT), index, notes)})
+                      "preprocessor": module, "type": _stored_type(parts.get(UNION_INFOTEXT), index, notes),
+                      **{name: _stored_slider(PREPROCESSORS[module], name, parts.get(label))
+                         for name, label in (("threshold_a", "Threshold A"), ("threshold_b", "Threshold B"))}})
     return units
+
+
+def _stored_slider(spec, name: str, text: str | None) -> float:
+    """A PNG's threshold for the preprocessor's slider `name`: the value, -1 (its default) where
+    it has no such slider or the value is missing or outside the slider's range."""
+    slider = spec.slider(name)
+    if slider is None or text is None:
+        return -1.0
+    value = float(text)
+    return value if math.isfinite(value) and slider.minimum <= value <= slider.maximum else -1.0
 
 
 def _stored_type(text: str | None, index: int, notes: list[str]) -> str:

@@ -69,6 +69,7 @@ class Preprocessor:
     what: str = ""  # one line for the docs and messages
     fixed_res: int | None = None  # the resolution it always runs at (shuffle: 512, a hidden slider)
     needs_mask: bool = False
+    resize: Callable[[np.ndarray, int], np.ndarray] | None = None  # its own resize to processor_res (detect)
 
     @property
     def resizes(self) -> bool:
@@ -82,6 +83,17 @@ class Preprocessor:
     def defaults(self) -> dict:
         """The sliders' defaults by API name: {"processor_res": 512, "threshold_a": 100, ...}."""
         return {s.name: s.default for s in self.sliders}
+
+    def check_value(self, name: str, value: float, flag: str) -> None:
+        """UsageError naming `flag` where the module has no slider `name` or `value` is outside it
+        (where the extension's API would silently use the default)."""
+        slider = self.slider(name)
+        if slider is None:
+            raise UsageError(f"{flag}: preprocessor {self.name} has no such slider (its sliders: "
+                             f"{', '.join(s.name for s in self.sliders) or 'none'})")
+        if not (math.isfinite(value) and slider.minimum <= value <= slider.maximum):
+            raise UsageError(f"{flag} ({slider.label} of {self.name}) must be between {slider.minimum:g} and "
+                             f"{slider.maximum:g}, got {value:g}")
 
     def settings(self, processor_res=None, threshold_a=None, threshold_b=None) -> dict:
         """The values detect runs with: each of the module's sliders, given or its default."""
@@ -259,6 +271,26 @@ def run_recolor_intensity(image: np.ndarray, threshold_a: float = 1.0, **_) -> n
     return recolor(np.max(image, axis=2), threshold_a)
 
 
+def area_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
+    """The image scaled so its short side is `resolution`, by area whether it shrinks or grows, the
+    long side rounded half to even (the extension's cv2_resize_shortest_edge, t2ia_color_grid's)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    size = (resolution, int(round(h / w * resolution))) if h >= w else (int(round(w / h * resolution)), resolution)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def run_color_grid(image: np.ndarray, **_) -> np.ndarray:
+    """The colour grid: the image shrunk to a cell per 64 pixels (sides floored, bicubic), each cell
+    spread back over its pixels (nearest) at the image's size."""
+    import cv2
+
+    h, w = image.shape[:2]
+    cells = cv2.resize(image, (max(w // 64, 1), max(h // 64, 1)), interpolation=cv2.INTER_CUBIC)  # (under 64: one)
+    return cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 def run_inpaint_only(image: np.ndarray, **_) -> np.ndarray:
     """The map is the image (the extension's identity, for inpaint and inpaint_only alike); the mask
     is applied by inpaint_map (generate: engine.controlnet's inpaint_cond)."""
@@ -300,6 +332,12 @@ def _modules() -> dict[str, Preprocessor]:
                      (threshold("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01),), "the image shrunk by the rate"),
         Preprocessor("tile_colorfix", "tile_colorfix", run_tile_colorfix,
                      (threshold("Variation", 8.0, 3.0, 32.0, 1.0),), "the image as it is"),
+        Preprocessor("tile_colorfix+sharp", "tile_colorfix+sharp", run_tile_colorfix,
+                     (threshold("Variation", 8.0, 3.0, 32.0, 1.0),
+                      threshold("Sharpness", 1.0, 0.0, 2.0, 0.01, "threshold_b")), "the image as it is"),
+        Preprocessor("color", "t2ia_color_grid", run_color_grid, (RESOLUTION,),
+                     "a grid of the image's colours, a cell per 64 pixels (for the T2I colour adapter)",
+                     resize=area_short_side),
         Preprocessor("blur_gaussian", "blur_gaussian", run_blur_gaussian,
                      (RESOLUTION, threshold("Sigma", 9.0, 0.01, 64.0, 0.01)), "a Gaussian blur"),
         Preprocessor("threshold", "threshold", run_threshold,
@@ -329,9 +367,7 @@ NEURAL_PREFIXES = ("openpose", "dw_openpose", "animal_openpose", "densepose", "d
                    "oneformer", "anime_face", "mediapipe", "inpaint_only+lama", "clip_vision", "t2ia_style",
                    "t2ia_sketch", "revision", "ip-adapter", "instant_id", "mobile_sam", "pulid", "facexlib",
                    "segmentation", "anyline", "teed", "dsine", "sam")
-NOT_IMPLEMENTED = ("color", "t2ia_color_grid",
-                   "tile_colorfix+sharp", "reference_only",
-                   "reference_adain", "reference_adain+attn")
+NOT_IMPLEMENTED = ("reference_only", "reference_adain", "reference_adain+attn")
 
 
 class UnknownPreprocessor(UsageError, ValueError):
@@ -388,5 +424,5 @@ def detect(image: np.ndarray, module: str, processor_res: int = PROCESSOR_RES, t
     image = hwc3(image)
     settings = spec.settings(processor_res, threshold_a, threshold_b)
     if spec.resizes:
-        image = resize_short_side(image, int(settings.pop("processor_res")))
+        image = (spec.resize or resize_short_side)(image, int(settings.pop("processor_res")))
     return grey3(spec.run(image, **settings, **params))

@@ -87,6 +87,8 @@ MODULES = {
     "shuffle": ([], ["Shuffle"], 0),
     "tile_resample": ([Slider("threshold_a", "Down Sampling Rate", 1.0, 1.0, 8.0, 0.01)], ["Tile"], 0),
     "tile_colorfix": ([Slider("threshold_a", "Variation", 8.0, 3.0, 32.0, 1.0)], ["Tile"], 0),
+    "tile_colorfix+sharp": ([], ["Tile"], 0),
+    "color": ([], ["T2I-Adapter"], 0),
     "inpaint_only": ([], ["Inpaint"], 100),
     "inpaint": ([], ["Inpaint"], 0),
     # the openpose modules' tags and priority (their sliders: imaging.control's PREPROCESSORS)
