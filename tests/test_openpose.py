@@ -360,6 +360,9 @@ def test_detect_finds_the_drawn_people(stand_in, tmp_path, monkeypatch):
     body_only = detect(image, "openpose", annotator_dir=folder)
     assert np.array_equal(body_only, drawn)
     assert full.shape == drawn.shape and np.count_nonzero(np.any(full != drawn, axis=2)) > 0
+    # the hand and face modules take processor_res too, as every legacy module in the current extension
+    for module in ("openpose_hand", "openpose_faceonly"):  # (the image: 512 x 512)
+        assert detect(image, module, 256, annotator_dir=folder).shape == (256, 256, 3)
     # generate's map (the fitted image at its own size, the folder from $SDCLI_ANNOTATOR_DIR) is detect's
     monkeypatch.setenv("SDCLI_ANNOTATOR_DIR", str(folder))
     assert np.array_equal(preprocess(image, "openpose"), drawn)

@@ -304,7 +304,7 @@ def test_detect_resizes_to_processor_res():
     for name in ("invert", "tile_colorfix", "none", "inpaint_only"):  # these work at the image's size
         assert detect(img, name, 256).shape == img.shape
     assert detect(img, "tile_resample", 256, 2.0).shape == (50, 75, 3)
-    assert detect(img, "shuffle", 256).shape == (512, 768, 3)  # always at 512 (its hidden slider)
+    assert detect(img, "shuffle", 256).shape == (256, 384, 3)  # (the current extension: every legacy module's slider)
     import cv2
 
     big = cv2.resize(img, (384, 256), interpolation=cv2.INTER_CUBIC)  # short side 256: bicubic up

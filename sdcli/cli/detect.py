@@ -24,8 +24,7 @@ def check_sliders(spec, processor_res: Optional[int], thresholds: dict) -> None:
         if value is not None:
             spec.check_value(name, value, "--" + name.replace("_", "-"))
     if processor_res is not None and spec.slider("processor_res") is None:
-        fixed = f"always at {spec.fixed_res}" if spec.fixed_res else "at the image's size"
-        warn(f"--processor-res: preprocessor {spec.name} works {fixed} (as in A1111), so it is not used")
+        warn(f"--processor-res: preprocessor {spec.name} works at the image's size (as in A1111), so it is not used")
 
 
 @app.command()
@@ -34,7 +33,7 @@ def detect(
     images: List[Path] = typer.Argument(..., help="Image files (any format OpenCV reads)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for the maps, each <name>-<module>.png [default: beside each image]."),
     output: Optional[Path] = typer.Option(None, "--output", help="PNG to write (one image)."),
-    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian, threshold, t2ia_color_grid, depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_full; openpose_hand, openpose_face and openpose_faceonly always at 512) [default: 512]."),
+    processor_res: Optional[int] = typer.Option(None, "--processor-res", min=64, max=2048, help="The image is resized so its short side is this before the module runs, for the modules that use it (canny, lineart_standard, scribble_xdog, blur_gaussian, threshold, t2ia_color_grid, depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, shuffle and the openpose ones) [default: 512]."),
     threshold_a: Optional[float] = typer.Option(None, "--threshold-a", callback=finite, help="The module's first slider (canny: low threshold 100; scribble_xdog: 32; tile_resample: down-sampling rate 1; tile_colorfix: variation 8; blur_gaussian: sigma 9; threshold: 127; recolor_*: gamma 1) [default: the module's]."),
     threshold_b: Optional[float] = typer.Option(None, "--threshold-b", callback=finite, help="The module's second slider (canny: high threshold 200; tile_colorfix+sharp: sharpness 1) [default: the module's]."),
     annotator_dir: Optional[Path] = typer.Option(None, "--annotator-dir", help="The folder of the converted preprocessor networks (depth_anything_v2, lineart, ...) [default: $SDCLI_ANNOTATOR_DIR, else models/annotators]."),

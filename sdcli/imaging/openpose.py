@@ -523,11 +523,11 @@ def pose_map(rgb: np.ndarray, module: str = "openpose", annotator_dir=None) -> n
 # the registry's entries (imaging/preprocessors.py): module, whether it has the Resolution slider
 # (the extension shows it for openpose and openpose_full; the others run at 512), what it draws
 ENTRIES = (
-    ("openpose", True, "OpenPose body skeletons (the body network, converted)"),
-    ("openpose_hand", False, "OpenPose bodies and hands (body and hand networks)"),
-    ("openpose_face", False, "OpenPose bodies and face points (body and face networks)"),
-    ("openpose_faceonly", False, "OpenPose face points only (body and face networks)"),
-    ("openpose_full", True, "OpenPose bodies, hands and faces (body, hand and face networks)"),
+    ("openpose", "OpenPose body skeletons (the body network, converted)"),
+    ("openpose_hand", "OpenPose bodies and hands (body and hand networks)"),
+    ("openpose_face", "OpenPose bodies and face points (body and face networks)"),
+    ("openpose_faceonly", "OpenPose face points only (body and face networks)"),
+    ("openpose_full", "OpenPose bodies, hands and faces (body, hand and face networks)"),
 )
 
 

@@ -67,14 +67,13 @@ class Preprocessor:
     run: Callable[..., np.ndarray]
     sliders: tuple = ()
     what: str = ""  # one line for the docs and messages
-    fixed_res: int | None = None  # the resolution it always runs at (shuffle: 512, a hidden slider)
     needs_mask: bool = False
     resize: Callable[[np.ndarray, int], np.ndarray] | None = None  # its own resize to processor_res (detect)
 
     @property
     def resizes(self) -> bool:
-        """Whether detect resizes the image to processor_res (or fixed_res) first."""
-        return self.fixed_res is not None or any(s.name == "processor_res" for s in self.sliders)
+        """Whether detect resizes the image to processor_res first."""
+        return any(s.name == "processor_res" for s in self.sliders)
 
     def slider(self, name: str) -> Slider | None:
         return next((s for s in self.sliders if s.name == name), None)
@@ -98,10 +97,7 @@ class Preprocessor:
     def settings(self, processor_res=None, threshold_a=None, threshold_b=None) -> dict:
         """The values detect runs with: each of the module's sliders, given or its default."""
         given = {"processor_res": processor_res, "threshold_a": threshold_a, "threshold_b": threshold_b}
-        out = {s.name: s.pick(given[s.name]) for s in self.sliders}
-        if self.fixed_res is not None:
-            out["processor_res"] = self.fixed_res
-        return out
+        return {s.name: s.pick(given[s.name]) for s in self.sliders}
 
 
 # --- the extension's helpers ------------------------------------------------------------------------
@@ -326,8 +322,8 @@ def _modules() -> dict[str, Preprocessor]:
         Preprocessor("scribble_xdog", "scribble_xdog", run_scribble_xdog,
                      (RESOLUTION, threshold("XDoG Threshold", 32, 1, 64, 1)),
                      "a difference of Gaussians (sigma 0.5, 5) thresholded to white lines"),
-        Preprocessor("shuffle", "shuffle", run_shuffle, (), "the image's content moved along random smooth flows "
-                     f"(numpy seed {SHUFFLE_SEED}; at 512 always)", fixed_res=PROCESSOR_RES),
+        Preprocessor("shuffle", "shuffle", run_shuffle, (RESOLUTION,),
+                     f"the image's content moved along random smooth flows (numpy seed {SHUFFLE_SEED})"),
         Preprocessor("tile_resample", "tile_resample", run_tile_resample,
                      (threshold("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01),), "the image shrunk by the rate"),
         Preprocessor("tile_colorfix", "tile_colorfix", run_tile_colorfix,
@@ -352,8 +348,7 @@ def _modules() -> dict[str, Preprocessor]:
         Preprocessor("inpaint_only", "inpaint_only", run_inpaint_only, (),
                      "the image, its masked pixels -1 (the mask: generate's --mask)", needs_mask=True),
         *(Preprocessor(name, label, run, (RESOLUTION,), what) for name, label, run, what in depth_lineart.MODULES),
-        *(Preprocessor(name, name, openpose.runner(name), (RESOLUTION,) if resolution else (), what,
-                       fixed_res=None if resolution else PROCESSOR_RES) for name, resolution, what in openpose.ENTRIES),
+        *(Preprocessor(name, name, openpose.runner(name), (RESOLUTION,), what) for name, what in openpose.ENTRIES),
     ]
     return {p.name: p for p in found}
 
@@ -415,8 +410,8 @@ def preprocess(image: np.ndarray, name: str, **params) -> np.ndarray:
 def detect(image: np.ndarray, module: str, processor_res: int = PROCESSOR_RES, threshold_a: float | None = None,
            threshold_b: float | None = None, **params) -> np.ndarray:
     """The extension's /controlnet/detect of one image: HWC3, then for the modules whose resolution
-    the extension uses (canny, lineart_standard, scribble_xdog, blur_gaussian; shuffle always at
-    512) the image resized so its short side is processor_res, then the module with the
+    the extension uses (those with a processor_res slider; t2ia_color_grid by its own resize) the
+    image resized so its short side is processor_res, then the module with the
     thresholds given.  As in the extension, a value outside a slider's range (-1 among them) or
     None is its default; invert, tile_*, inpaint_only and none work at the image's own size.
     `params`: seed (shuffle)."""
