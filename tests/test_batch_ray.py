@@ -325,3 +325,29 @@ def test_klein_reference_rows_on_ray_match_a_run_without_ray(ray_cluster, tiny_k
         assert np.abs(read_rgb(tmp_path / "ray" / name).astype(int) - read_rgb(tmp_path / "here" / name)).max() <= 2
     assert "Reference images: ref-a.png," in read_png_text(tmp_path / "ray" / "a.png")["parameters"]
     assert np.abs(read_rgb(tmp_path / "ray" / "a.png").astype(int) - read_rgb(tmp_path / "ray" / "b.png")).max() > 2
+
+
+def test_sigterm_stops_a_ray_batch_as_one_without_ray(ray_cluster, tiny_eps, tmp_path):
+    """ray.init puts its own SIGTERM handler in place (sys.exit(15)); sdcli puts its own back, so a
+    terminated `batch --ray` exits 143 as without Ray, every recorded row a whole PNG."""
+    import signal
+    import time
+
+    import ray
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(8)))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*ENTRY, "batch", prompts, "--output-dir", out, *common(tiny_eps), "--steps", "30",
+                             "--ray", ray.get_runtime_context().gcs_address, "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(out.glob("*.png")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert list(out.glob("*.png")), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "sdcli: terminated" in err, (proc.returncode, err)
+    assert "Traceback" not in err
+    recorded = [row["file"] for row in manifest(out)]
+    assert 1 <= len(recorded) < 8 and sorted(recorded) == sorted(p.name for p in out.glob("*.png"))

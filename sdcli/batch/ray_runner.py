@@ -30,6 +30,8 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -125,13 +127,38 @@ def connect(address: str, debug: bool) -> bool:
         kwargs.update(address="local", include_dashboard=False)
     else:
         kwargs["address"] = address
+    # ray.init puts its own SIGTERM handler in place (sys.exit(15)); sdcli's is put back, so that a
+    # terminated batch unwinds as it does without Ray (exit 143; Ray's shutdown still runs at exit)
+    terminate = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    terminate = _Remembered(terminate) if callable(terminate) else terminate
     try:
         ray.init(**kwargs)
     except Exception as exc:
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot connect to the Ray cluster at {address!r}: {text} "
                          "(start one with `ray start --head`, or try --ray local)") from None
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
     return True
+
+
+class _Remembered:
+    """A signal handler that remembers what it raised.  Ray turns a SystemExit raised by a signal
+    handler while the driver waits in ray.wait or ray.get into SystemExit(1); run_on_ray raises
+    the handler's own again (sdcli's SIGTERM: exit 143).  KeyboardInterrupt comes through as it is."""
+
+    raised: list[BaseException] = []
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, signum, frame):
+        try:
+            self.handler(signum, frame)
+        except BaseException as exc:
+            _Remembered.raised.append(exc)
+            raise
 
 
 def plan_slots(cpus_per_actor: Optional[int]) -> list[_Slot]:
@@ -187,6 +214,10 @@ def run_on_ray(run: BatchRun, worker_class: type = RowWorker) -> None:
         run.report.start(len(run.todo))
         run.started = time.perf_counter()
         cluster.run_rows()
+    except SystemExit:
+        if _Remembered.raised:  # (Ray's SystemExit(1) in place of the signal handler's)
+            raise _Remembered.raised.pop() from None
+        raise
     finally:
         for slot in cluster.slots:
             cluster.drop(slot)
