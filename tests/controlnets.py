@@ -24,9 +24,11 @@ class TinyControlNets:
         return self._models[name]
 
 
-def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None, guess_mode=False, **arguments):
+def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None, guess_mode=False, unet_hook=None,
+                         **arguments):
     """diffusers' StableDiffusionControlNet(Img2Img)Pipeline on tiny_eps with `units` (each
-    name, image, and optionally scale, start, end; several: MultiControlNetModel)."""
+    name, image, and optionally scale, start, end; several: MultiControlNetModel);
+    `unet_hook(pipe, sample, timestep, noise)`: what becomes of the UNet's output at each call."""
     import diffusers
     from PIL import Image
 
@@ -49,7 +51,21 @@ def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None,
     else:
         args = reference_arguments(steps=STEPS, width=SIZE, height=SIZE, **arguments)
         args["image"] = images if not one else images[0]
-    return to_pixels(pipe(**args, **extra).images)
+    if unet_hook is None:
+        return to_pixels(pipe(**args, **extra).images)
+    forward = pipe.unet.forward
+
+    def hooked(sample, timestep, *rest, **kwargs):
+        out = forward(sample, timestep, *rest, **kwargs)
+        if isinstance(out, tuple):  # (return_dict=False, as the pipelines call it)
+            return (unet_hook(pipe, sample, timestep, out[0]), *out[1:])
+        return type(out)(sample=unet_hook(pipe, sample, timestep, out.sample))
+
+    pipe.unet.forward = hooked
+    try:
+        return to_pixels(pipe(**args, **extra).images)
+    finally:
+        del pipe.unet.forward  # (the UNet is the tiny model's, shared by the other tests)
 
 
 def sdcli_controlnet(model, controlnets, tmp_path, name, units: list[dict], *flags, img2img=None):

@@ -116,8 +116,8 @@ def test_guidance_start_end_follow_a1111(client, tiny_eps, tiny_controlnets, pic
 
 def test_webuiapi_unit_with_canny_thresholds(client, tiny_eps, tiny_controlnets, picture_a, tmp_path):
     """webuiapi's ControlNetUnit(...).to_dict() (its processor_res 512, thresholds 64/64, "Resize and
-    Fill"): canny at 64/64 made by the server, given to the engine as the control image: the CLI's
-    picture with that map as --control-image; the map comes back."""
+    Fill"): canny at 64/64 (the unit's thresholds, the engine's map): the CLI's picture with that
+    map as --control-image; the map comes back; the infotext records the module and thresholds."""
     import cv2
 
     webuiapi_unit = {"image": b64(picture_a), "mask": None, "module": "canny", "model": "cn-b", "weight": 1.0,
@@ -135,6 +135,8 @@ def test_webuiapi_unit_with_canny_thresholds(client, tiny_eps, tiny_controlnets,
     cli = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "cli", [dict(name="cn-b", image=tmp_path / "edges.png")],
                            "--control-resize", "resize-and-fill")
     assert np.array_equal(pixels(out["images"][0], tmp_path), cli)
+    assert "Module: canny, Model: cn-b, Weight: 1.0, Resize Mode: Resize and Fill, Threshold A: 64.0, Threshold B: " \
+        "64.0" in json.loads(out["info"])["infotexts"][0]
 
     # webuiapi's "no units" (its workaround when the extension is there): a plain picture
     plain = client.post("/sdapi/v1/txt2img", json={**BODY, "steps": 1, "alwayson_scripts": {"ControlNet": {"args": []}}})

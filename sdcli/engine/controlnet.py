@@ -486,6 +486,8 @@ class ControlledUNet:
         self.channels = channels
         self.calls = 0
         self.recorder = None
+        self.fixes: list = []  # the colour fixes of tile_colorfix units (engine/colorfix.py), in unit order
+        self.alphas_cumprod = None  # the scheduler's, which they need
         self.residual_shapes = residual_shapes(unet.compiled)
         self.names = sorted((n for n in self.residual_shapes if n.startswith("down_block_res_")),
                             key=lambda n: int(n.rsplit("_", 1)[1])) + ["mid_block_res"]
@@ -531,7 +533,10 @@ class ControlledUNet:
     def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
         residuals = self._residuals(sample, timestep, context, extra)
         self.calls += 1
-        return self.unet(sample, timestep, context, **extra, **residuals)
+        out = self.unet(sample, timestep, context, **extra, **residuals)
+        for fix in self.fixes:  # (on every call, as the extension's hook: not only in the unit's range)
+            out = fix(out, sample[:, :out.shape[1]], timestep, self.alphas_cumprod)
+        return out
 
     def output(self, index: int) -> np.ndarray:
         return self.unet.output(index)
@@ -614,9 +619,10 @@ def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
         engine.components.start(*_component(engine.components, path, shapes))
 
 
-def control(engine, unet, request, width: int, height: int, steps: int) -> ControlledUNet:
+def control(engine, unet, request, width: int, height: int, steps: int, scheduler=None) -> ControlledUNet:
     """The UNet `unet` (compiled with residual inputs) wrapped with `request`'s units, for a
-    loop of `steps` calls on a width x height picture."""
+    loop of `steps` calls on a width x height picture by `scheduler` (its alphas_cumprod: the
+    colour fix of tile_colorfix units)."""
     units = prepare_units(request.controlnets, width, height, engine.controlnet_dir, engine.folder.unet_config,
                           engine.folder.is_sdxl, getattr(request, "mask", None), getattr(request, "mask_blur", 0))
     components = engine.components
@@ -626,7 +632,33 @@ def control(engine, unet, request, width: int, height: int, steps: int) -> Contr
 
     controlled = ControlledUNet(unet, units, load, steps, engine.folder.latent_channels)
     controlled.recorder = getattr(unet, "recorder", None)
+    colorfix_units(engine, controlled, request, scheduler)
     return controlled
+
+
+def colorfix_units(engine, controlled: ControlledUNet, request, scheduler) -> None:
+    """The colour fixes of `controlled`'s tile_colorfix units, each with its control image's
+    latents (the VAE encoder's mean, scaled), and the scheduler's alphas_cumprod."""
+    from sdcli.engine.colorfix import COLORFIX_MODULES, colorfix_for
+
+    units = [prepared for prepared in controlled.units if prepared.unit.preprocessor in COLORFIX_MODULES]
+    if not units:
+        return
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        raise UsageError(f"--control-preprocessor {units[0].unit.preprocessor}: its colour fix needs a scheduler "
+                         "with alphas_cumprod (a DDPM-trained model's)")
+    vae = engine.folder.vae(request.vae)
+    try:
+        for prepared in units:
+            image = prepared.image[:, 0] if prepared.image.ndim == 5 else prepared.image  # (a Union's first)
+            encode = engine.vae_encoder(request.vae, image.shape[2:], request.vae_tiling, request.vae_tile_size)
+            mean, _ = encode(np.ascontiguousarray(image * np.float32(2.0) - np.float32(1.0)))
+            controlled.fixes.append(colorfix_for(prepared.unit, engine.family.image_latents(mean, None, None, vae)))
+    finally:
+        if engine.low_memory:
+            engine.components.release(vae.encoder)
+    controlled.alphas_cumprod = np.asarray(alphas)
 
 
 # --- the PNG's parameters (A1111's ControlNet extension's fields) -----------------------------------

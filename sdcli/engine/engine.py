@@ -393,7 +393,7 @@ class Engine:
         if request.controlnets:  # the ControlNet units around the UNet (engine/controlnet.py)
             from sdcli.engine.controlnet import control
 
-            unet = control(self, unet, request, width, height, scheduled)
+            unet = control(self, unet, request, width, height, scheduled, scheduler)
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
         step_times: list[float] = []

@@ -232,8 +232,8 @@ def run_tile_resample(image: np.ndarray, threshold_a: float = 1.0, **_) -> np.nd
 
 
 def run_tile_colorfix(image: np.ndarray, **_) -> np.ndarray:
-    """The map is the image (the extension's identity); its Variation slider is for the colour fix
-    the extension applies while sampling, which sdcli does not do yet."""
+    """The map is the image (the extension's identity); its sliders are for the colour fix generate
+    applies to the UNet's output (engine/colorfix.py)."""
     return image
 
 

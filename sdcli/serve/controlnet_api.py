@@ -14,9 +14,8 @@ needs one, other ControlNets take none).  It becomes the engine's ControlUnit
 (engine/controlnet.py) with rule "a1111": the extension's guidance start/end rule, not the CLI's.
 
 The control map is made as `sdcli generate` makes it (the image fitted to the picture, then the
-preprocessor at that size, so processor_res and pixel_perfect change nothing in generation); a
-unit whose thresholds are not the module's defaults has its map made here (imaging.control's
-detect) and given to the engine as the control image.  A unit's map is appended to `images` when
+preprocessor at that size with the unit's threshold_a/threshold_b, so processor_res and
+pixel_perfect change nothing in generation).  A unit's map is appended to `images` when
 its save_detected_map (true unless given) asks, once per request, as the extension does.
 """
 from __future__ import annotations
@@ -235,13 +234,12 @@ class ApiUnit:
     unit: object  # the engine's ControlUnit, its image still the request's (fitted per request)
     image: np.ndarray | None  # None: img2img's init image (the extension's choice when a unit has none)
     module: str
-    thresholds: dict  # {"threshold_a": ..., "threshold_b": ...} when they are not the module's defaults, else {}
     save_detected_map: bool
     maps: list = field(default_factory=list)  # the control maps made for the request's first image
 
     def engine_unit(self, engine, request):
         """The ControlUnit for `request` on `engine`: with the image it needs (the init image
-        for one without), or its map made here when its thresholds are not the defaults."""
+        for one without); its map made here too when it is to be sent back."""
         from sdcli.imaging.control import fit
 
         image = self.image if self.image is not None else request.init_image
@@ -252,17 +250,12 @@ class ApiUnit:
 
             image = read_rgb(image)
         unit = replace(self.unit, image=image)
-        if self.save_detected_map or self.thresholds:
+        if self.save_detected_map and not self.maps:
             from sdcli.imaging.control import preprocess
 
             width, height = engine.resolve_size(request)
-            fitted = fit(image, width, height, unit.resize)
-            detected = with_thresholds(fitted, self.module, self.thresholds) if self.thresholds else \
-                preprocess(fitted, self.module)  # (the engine's own map: engine.controlnet.prepare_units)
-            if not self.maps:
-                self.maps.append(detected)
-            if self.thresholds:  # the engine is given the map (fitted already: it is the picture's size)
-                unit = replace(unit, image=detected, preprocessor="none")
+            # (the engine's own map: engine.controlnet.prepare_units)
+            self.maps.append(preprocess(fit(image, width, height, unit.resize), self.module, **unit.sliders))
         return unit
 
     def where(self, name: str) -> str:
@@ -418,8 +411,9 @@ def parse_units(scripts: Any, kind: str, has_mask: bool = False) -> list[ApiUnit
                              "{\"image\", \"mask\"}), or img2img's inpainting mask")
         kind = union_control_type(f"{base}.union_control_type", values.get("union_control_type"), model)
         unit = A1111Unit(model, image if image is not None else np.zeros((8, 8, 3), np.uint8), weight,
-                         start, end, mode, resize, module, image_name=f"controlnet {index}", type=kind, mask=mask)
-        units.append(ApiUnit(index, unit, image, module, thresholds, save))
+                         start, end, mode, resize, module, image_name=f"controlnet {index}", type=kind, mask=mask,
+                         **thresholds)
+        units.append(ApiUnit(index, unit, image, module, save))
     return units
 
 
@@ -462,28 +456,10 @@ def detected_maps(plan) -> list[str]:
 
 
 # -- preprocessing ---------------------------------------------------------------------------------------
-def with_thresholds(image: np.ndarray, module: str, thresholds: dict) -> np.ndarray:
-    """The control map of `image` (fitted to the picture) by `module` with its sliders set, at the
-    image's size, as generate makes its map (imaging.control's preprocess; canny by OpenCV where
-    that takes no thresholds)."""
-    from sdcli.imaging import control
-
-    try:
-        return np.asarray(control.preprocess(image, module, **thresholds))
-    except TypeError:  # a preprocess without thresholds
-        if module != "canny":
-            raise FieldError(f"module {module}", "its thresholds cannot be set here: leave them at -1") from None
-    import cv2
-
-    edges = cv2.Canny(np.ascontiguousarray(image), int(thresholds.get("threshold_a", control.CANNY_LOW)),
-                      int(thresholds.get("threshold_b", control.CANNY_HIGH)))
-    return np.repeat(edges[:, :, None], 3, axis=2)
-
-
 def run_detect(module: str, images: list[str], processor_res: float, threshold_a: float,
                threshold_b: float) -> dict:
-    """POST /controlnet/detect: imaging.control's detect where it has one (the image resized to
-    processor_res first, for the modules the extension resizes), else the map at the image's size."""
+    """POST /controlnet/detect: imaging.control's detect (the image resized to processor_res first,
+    for the modules the extension resizes)."""
     from sdcli.imaging import control
     from sdcli.imaging.image_io import encode_png
 
@@ -493,14 +469,8 @@ def run_detect(module: str, images: list[str], processor_res: float, threshold_a
     out = []
     for i, text in enumerate(images):
         image = a1111.read_image(f"controlnet_input_images[{i}]", text)
-        detect = getattr(control, "detect", None)
-        if detect is not None:
-            detected = detect(image, module, processor_res=processor_res, threshold_a=threshold_a,
-                              threshold_b=threshold_b)
-        else:
-            given = {"threshold_a": threshold_a, "threshold_b": threshold_b}
-            detected = with_thresholds(image, module, {s.key: s.pick(given[s.key]) for s in sliders(module)
-                                                       if s.key in given})
+        detected = control.detect(image, module, processor_res=processor_res, threshold_a=threshold_a,
+                                  threshold_b=threshold_b)
         out.append(base64.b64encode(encode_png(np.ascontiguousarray(detected))).decode("ascii"))
     return {"images": out, "info": "Success"}
 
