@@ -114,18 +114,15 @@ def batch(
             runner = run_on_ray
         code = run_batch(BatchOptions(
             file=file, output_dir=output_dir, input_format=input_format, model=model, negative_prompt=negative_prompt,
-            init_image=init_image, reference_images=tuple(reference_image or ()), strength=strength, steps=steps, guidance_scale=guidance_scale, seed=seed,
-            guidance_rescale=guidance_rescale,
+            init_image=init_image, reference_images=tuple(reference_image or ()), strength=strength, steps=steps,
+            guidance_scale=guidance_scale, seed=seed, guidance_rescale=guidance_rescale,
             width=width, height=height, scheduler=scheduler, device=device, precision=precision, rng=rng,
             quiet=quiet, as_json=as_json, debug=STATE["debug"], parallel=_parallel(parallel),
-            vae=vae, deepcache=deepcache, clip_skip=clip_skip, cfg_normalization=cfg_normalization,
-            cfg_truncation=cfg_truncation,
+            vae=vae, deepcache=deepcache, clip_skip=clip_skip, cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation,
             unset=tuple(name for name in ("steps", "guidance_scale", "vae") if not option_given(ctx, name)),
             ray=ray, ray_cpus_per_actor=ray_cpus_per_actor, shared_output=shared_output,
             lora_dir=lora_dir, embeddings_dir=embeddings_dir, allow_pickle=allow_pickle,
-            hires={name: given[name] for name in HIRES_FIELDS if given[name] is not None},
-            upscaler_dir=upscaler_dir,
-            control={name: list(given[name]) for name in CONTROL_FIELDS if given[name]},
-            controlnet_dir=controlnet_dir,
+            hires={name: given[name] for name in HIRES_FIELDS if given[name] is not None}, upscaler_dir=upscaler_dir,
+            control={name: list(given[name]) for name in CONTROL_FIELDS if given[name]}, controlnet_dir=controlnet_dir,
         ), runner)
     raise typer.Exit(code)
