@@ -9,12 +9,15 @@ import time
 import pytest
 
 
-def _start(args, cwd):
+def _sigint_default() -> None:
     # as from a terminal: a shell's background job (e.g. a CI runner started with `&`) has
-    # SIGINT ignored, and a child would inherit that
+    # SIGINT ignored, and a child would inherit that (Python then leaves Ctrl-C ignored)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(args, cwd):
     return subprocess.Popen([sys.executable, "-m", "sdcli", *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
 
 
 def _wait_for(path_glob, folder, timeout=120):
@@ -108,7 +111,8 @@ print(signal.getsignal(signal.SIGTERM) is _terminate, signal.getsignal(signal.SI
 
 @pytest.mark.parametrize("sig,acted", [(signal.SIGINT, "KeyboardInterrupt "), (signal.SIGTERM, "SystemExit 143")])
 def test_signals_held_until_the_block_ends(sig, acted):
-    run = subprocess.run([sys.executable, "-c", HELD, str(int(sig))], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", HELD, str(int(sig))], capture_output=True, text=True, timeout=120,
+                         preexec_fn=_sigint_default)
     assert run.returncode == 0, run.stderr
     # the block ran to its end, then the signal was acted on by the handler in place; the handlers are put back
     assert run.stdout.splitlines() == ["end of block", acted, "True True"], run.stdout + run.stderr
@@ -149,7 +153,8 @@ def test_a_signal_while_a_row_is_saved_still_records_it(tmp_path):
     """The race CI once caught: the PNG renamed into place, then Ctrl-C before its manifest line."""
     import json
 
-    run = subprocess.run([sys.executable, "-c", ROW_SAVED, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", ROW_SAVED, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         preexec_fn=_sigint_default)
     assert run.returncode == 0 and run.stdout.strip() == "interrupted", run.stdout + run.stderr
     assert (tmp_path / "a.png").read_bytes() == b"png"
     assert [json.loads(line)["file"] for line in (tmp_path / "manifest.jsonl").read_text().splitlines()] == ["a.png"]
