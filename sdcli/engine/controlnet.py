@@ -649,10 +649,10 @@ def colorfix_units(engine, controlled: ControlledUNet, request, scheduler) -> No
         raise UsageError(f"--control-preprocessor {units[0].unit.preprocessor}: its colour fix needs a scheduler "
                          "with alphas_cumprod (a DDPM-trained model's)")
     vae = engine.folder.vae(request.vae)
-    try:
+    try:  # (every unit's image is the picture's size: one encoder)
+        encode = engine.vae_encoder(request.vae, units[0].image.shape[-2:], request.vae_tiling, request.vae_tile_size)
         for prepared in units:
             image = prepared.image[:, 0] if prepared.image.ndim == 5 else prepared.image  # (a Union's first)
-            encode = engine.vae_encoder(request.vae, image.shape[2:], request.vae_tiling, request.vae_tile_size)
             mean, _ = encode(np.ascontiguousarray(image * np.float32(2.0) - np.float32(1.0)))
             controlled.fixes.append(colorfix_for(prepared.unit, engine.family.image_latents(mean, None, None, vae)))
     finally:

@@ -520,8 +520,8 @@ def pose_map(rgb: np.ndarray, module: str = "openpose", annotator_dir=None) -> n
     return np.ascontiguousarray(draw(people, bgr.shape[0], bgr.shape[1], body, hands, face)[:h, :w])
 
 
-# the registry's entries (imaging/preprocessors.py): module, whether it has the Resolution slider
-# (the extension shows it for openpose and openpose_full; the others run at 512), what it draws
+# the registry's entries (imaging/preprocessors.py): module, what it draws (each with the Resolution
+# slider, as every legacy preprocessor of the current extension)
 ENTRIES = (
     ("openpose", "OpenPose body skeletons (the body network, converted)"),
     ("openpose_hand", "OpenPose bodies and hands (body and hand networks)"),
