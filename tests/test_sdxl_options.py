@@ -60,10 +60,14 @@ def taesdxl_dir(sdxl_root) -> Path:
 
 @pytest.fixture(scope="module")
 def sdxl_with_tiny(tiny_sdxl, taesdxl_dir, sdxl_root) -> Path:
-    """tiny_sdxl converted again, with --tiny-vae."""
+    """tiny_sdxl's converted folder with the tiny VAE added by `convert --tiny-vae --into` (which
+    writes what a whole conversion with --tiny-vae writes: test_tiny_vae.py's
+    test_into_adds_it_to_a_converted_folder), without exporting the rest again."""
+    import shutil
+
     out = sdxl_root / "tiny-sdxl-taesdxl"
-    r = run("convert", tiny_sdxl.diffusers_dir, "--output", out, "--weight-format", "fp32", "--tiny-vae", taesdxl_dir,
-            "--quiet")
+    shutil.copytree(tiny_sdxl.ov_dir, out)
+    r = run("convert", "--tiny-vae", taesdxl_dir, "--into", out, "--weight-format", "fp32", "--quiet")
     assert r.exit_code == 0, r.output
     return out
 
