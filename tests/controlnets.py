@@ -27,7 +27,8 @@ class TinyControlNets:
 def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None, guess_mode=False, unet_hook=None,
                          **arguments):
     """diffusers' StableDiffusionControlNet(Img2Img)Pipeline on tiny_eps with `units` (each
-    name, image, and optionally scale, start, end; several: MultiControlNetModel);
+    name, image, and optionally scale, start, end, and cond: a control tensor in place of the
+    image; several: MultiControlNetModel);
     `unet_hook(pipe, sample, timestep, noise)`: what becomes of the UNet's output at each call."""
     import diffusers
     from PIL import Image
@@ -40,7 +41,7 @@ def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None,
     pipe = cls(**components, controlnet=nets if len(nets) > 1 else nets[0])
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = diffusers_scheduler(SCHEDULER, pipe.scheduler.config)
-    images = [Image.open(unit["image"]).convert("RGB") for unit in units]
+    images = [unit["cond"] if "cond" in unit else Image.open(unit["image"]).convert("RGB") for unit in units]
     one = len(units) == 1
     pick = lambda key, default: [u.get(key, default) for u in units] if not one else units[0].get(key, default)  # noqa: E731
     extra = dict(controlnet_conditioning_scale=pick("scale", 1.0), control_guidance_start=pick("start", 0.0),

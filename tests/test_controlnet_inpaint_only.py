@@ -121,3 +121,119 @@ def test_api_inpaint_unit_mask(tiny_controlnets, monkeypatch):
     with pytest.raises(FieldError, match="needs a mask"):
         parse_units({"controlnet": {"args": [{**unit, "module": "inpaint_global_harmonious"}]}}, "img2img")
     assert parse_units({"controlnet": {"args": [unit]}}, "img2img", has_mask=True)[0].unit.mask is None
+
+
+# --- inpaint_only with the unit's own mask, no inpainting: the extension keeps the unmasked area ---------
+
+def restore_hook(init_file, mask_file, weight):
+    """The extension's "post-processing for restore" (scripts/hook.py) in torch: x0 from the UNet's
+    output, outside the mask (max_pool2d 10x10, stride 8, padding 1) the control image's latents,
+    back to noise, blended by the weight.  (The tiny VAE's factor is 2, not 8: the window keeps
+    the extension's shape, the factor plus 2, at a stride of the factor.)"""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    image = torch.from_numpy(np.asarray(Image.open(init_file).convert("RGB"), np.float32) / 255.0)
+    mask = torch.from_numpy(np.asarray(Image.open(mask_file).convert("L"), np.float32) / 255.0)[None, None]
+
+    def hook(pipe, sample, timestep, noise):
+        f = pipe.vae_scale_factor
+        pooled = F.max_pool2d(mask, (f + 2, f + 2), stride=(f, f), padding=1).double()
+        with torch.no_grad():
+            origin = pipe.vae.encode(image.permute(2, 0, 1)[None] * 2 - 1).latent_dist.mean
+        origin = (origin * pipe.vae.config.scaling_factor).double()
+        a = pipe.scheduler.alphas_cumprod[torch.round(torch.as_tensor(timestep, dtype=torch.float64)).long()].double()
+        recip, recipm1 = torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1)
+        x_t = sample[:, :4].double()
+        x0 = recip * x_t - recipm1 * noise.double()
+        x0 = x0 * pooled + origin * (1 - pooled)
+        eps = (recip * x_t - x0) / recipm1
+        w = max(0.0, min(1.0, weight))
+        return (eps * w + noise.double() * (1 - w)).float()
+    return hook
+
+
+def extension_overlay(picture, init_file, mask_file, sigma=7):
+    """inpaint_only_post_processing: the picture over the control image through the mask dilated
+    (sigma x sigma) and box-blurred (sigma x sigma)."""
+    import cv2
+    from PIL import Image
+
+    r = np.asarray(Image.open(init_file).convert("RGB"), np.float32) / 255.0
+    m = np.asarray(Image.open(mask_file).convert("L"), np.float32) / 255.0
+    m = cv2.blur(cv2.dilate(m, np.ones((sigma, sigma), np.uint8)), (sigma, sigma))[:, :, None]
+    y = np.clip(m * (picture.astype(np.float32) / 255.0) + (1 - m) * r, 0, 1)
+    return np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8), m[:, :, 0]
+
+
+def test_inpaint_only_with_its_own_mask_keeps_the_unmasked_area_as_the_extension(
+        tiny_eps, tiny_controlnets, inpaint_files, second_mask, tmp_path, parity_log):
+    """txt2img with an inpaint_only unit and its own mask (--control-mask; the API's unit mask):
+    against diffusers' ControlNet pipeline given make_inpaint_condition's image, with the
+    extension's restore hooked onto its UNet output and its final overlay: within 2 of 255.
+    Outside the dilated mask the picture is the control image; the keeping moves the picture
+    (inpaint, which keeps nothing, against it), and so does another mask."""
+    from tests.controlnets import diffusers_controlnet, sdcli_controlnet
+    from tests.reference import compare
+
+    init, mask = inpaint_files[(64, 64)]
+    unit = [dict(name="cn-a", image=init, scale=0.8)]
+
+    def mine(name, module, mask_file):
+        return sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, name, unit, "--control-preprocessor", module,
+                                "--control-mask", mask_file)
+
+    ours = mine("kept", "inpaint_only", mask)
+    theirs = diffusers_controlnet(tiny_eps, tiny_controlnets, [dict(unit[0], cond=make_inpaint_condition(init, mask))],
+                                  unet_hook=restore_hook(init, mask, 0.8))
+    theirs, m = extension_overlay(theirs, init, mask)
+    compare(ours, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode="cn inpaint_only (unit mask)",
+            size="64x64")
+    from sdcli.imaging.image_io import read_rgb
+
+    outside = m == 0
+    assert outside.mean() > 0.3 and np.array_equal(ours[outside], read_rgb(init)[outside])
+    harmonious = mine("harmonious", "inpaint", mask)  # (the same ControlNet input; nothing kept)
+    other = mine("other", "inpaint_only", second_mask)
+    print(f"inpaint_only with its own mask: max {moved(ours, theirs)} from diffusers + the extension's hook; "
+          f"against inpaint (nothing kept) {moved(ours, harmonious)}, another mask {moved(ours, other)}")
+    assert moved(ours, harmonious) > 2 and moved(ours, other) > 2
+
+
+def test_control_mask_mistakes(tiny_eps, tiny_controlnets, inpaint_files, tmp_path):
+    """--control-mask on a unit whose preprocessor takes none, an unreadable mask, a count that fits
+    neither once nor once per unit: one line, exit 2, nothing written."""
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from tests.reference import generate_args
+
+    init, mask = inpaint_files[(64, 64)]
+    out = tmp_path / "no.png"
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    for extra, message in ((["--control-preprocessor", "canny", "--control-mask", mask], "is for the inpaint"),
+                           (["--control-preprocessor", "inpaint_only", "--control-mask", tmp_path / "broken.png"],
+                            "--control-mask: cannot read the mask"),
+                           (["--control-preprocessor", "inpaint_only", "--control-mask", mask, "--control-mask", mask],
+                            "--control-mask given 2 times for 1")):
+        args = generate_args(tiny_eps.ov_dir, out, "--controlnet-dir", tiny_controlnets.folder, "--controlnet",
+                             "cn-a", "--control-image", init, *extra, steps=STEPS, width=64, height=64)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert not out.exists()
+
+
+def test_the_latent_mask_is_the_extension_s_max_pool():
+    """latent_mask at SD's factor 8 is torch's max_pool2d(mask, (10, 10), stride (8, 8), padding 1),
+    grey levels and edges included."""
+    import torch
+    import torch.nn.functional as F
+
+    from sdcli.engine.inpaint_only import latent_mask
+
+    mask = np.random.default_rng(3).random((48, 72)).astype(np.float32) ** 4
+    want = F.max_pool2d(torch.from_numpy(mask)[None, None], (10, 10), stride=(8, 8), padding=1).numpy()
+    assert latent_mask(mask, 8).shape == want.shape == (1, 1, 6, 9)
+    np.testing.assert_array_equal(latent_mask(mask, 8), want)

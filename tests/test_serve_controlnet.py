@@ -235,6 +235,26 @@ def test_inpainting_with_a_unit_gives_generate_s_pixels(client, tiny_eps, tiny_c
     assert distance > 2
 
 
+def test_txt2img_inpaint_only_unit_with_its_own_mask_gives_generate_s_pixels(client, tiny_eps, tiny_controlnets,
+                                                                                picture_a, tmp_path):
+    """txt2img with an inpaint_only unit bringing its own mask ({"image", "mask"}): `sdcli generate
+    --control-preprocessor inpaint_only --control-mask`'s pixels, the area outside the mask kept
+    as the extension keeps it (tests/test_controlnet_inpaint_only.py)."""
+    from sdcli.imaging.image_io import save_png
+
+    mask = np.zeros((SIZE, SIZE, 3), np.uint8)
+    mask[8:40, 16:48] = 255
+    save_png(tmp_path / "mask.png", mask)
+    out = txt2img(client, {**unit(picture_a, module="inpaint_only", save_detected_map=False),
+                           "image": {"image": b64(picture_a), "mask": b64(mask)}})
+    served = pixels(out["images"][0], tmp_path)
+    cli = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "cli-kept", [dict(name="cn-a",
+                           image=tiny_controlnets.images["a"])], "--control-preprocessor", "inpaint_only",
+                           "--control-mask", tmp_path / "mask.png")
+    assert np.array_equal(served, cli)
+    assert np.array_equal(served[60:, :], picture_a[60:, :])  # (far from the mask: the control image)
+
+
 def test_other_scripts_are_refused(client):
     r = client.post("/sdapi/v1/txt2img", json={**BODY, "alwayson_scripts": {"ADetailer": {"args": [True]}}})
     assert r.status_code == 422 and r.json()["field"] == "alwayson_scripts", r.text

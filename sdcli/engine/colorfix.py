@@ -53,18 +53,31 @@ class ColorFix:
     def __call__(self, eps: np.ndarray, x_t: np.ndarray, timestep, alphas_cumprod: np.ndarray) -> np.ndarray:
         """The UNet's output `eps` [rows, C, h, w] for its input latents `x_t` at `timestep`,
         fixed; with several rows the first half is the unconditional one (guidance)."""
-        a = np.float64(alphas_cumprod[int(np.clip(np.round(float(timestep)), 0, len(alphas_cumprod) - 1))])
-        recip, recipm1 = np.sqrt(1.0 / a), np.sqrt(1.0 / a - 1.0)
-        x_t = x_t.astype(np.float64)
-        x0 = recip * x_t - recipm1 * eps.astype(np.float64)
-        x0 = x0 - box_blur(x0, self.k) + box_blur(self.latents.astype(np.float64), self.k)
-        if self.sharpness is not None and len(x0) > 1:
-            s = self.sharpness * 0.01
-            uncond = len(x0) // 2
-            x0[:uncond] = s * box_blur(x0[:uncond], self.k) + (1.0 - s) * x0[:uncond]
-        fixed = (recip * x_t - x0) / recipm1
-        w = min(max(float(self.weight), 0.0), 1.0)
-        return (fixed * w + eps.astype(np.float64) * (1.0 - w)).astype(eps.dtype)
+        low = box_blur(self.latents.astype(np.float64), self.k)
+
+        def fix(x0: np.ndarray) -> np.ndarray:
+            x0 = x0 - box_blur(x0, self.k) + low
+            if self.sharpness is not None and len(x0) > 1:
+                s = self.sharpness * 0.01
+                uncond = len(x0) // 2
+                x0[:uncond] = s * box_blur(x0[:uncond], self.k) + (1.0 - s) * x0[:uncond]
+            return x0
+
+        return through_x0(eps, x_t, timestep, alphas_cumprod, self.weight, fix)
+
+
+def through_x0(eps: np.ndarray, x_t: np.ndarray, timestep, alphas_cumprod: np.ndarray, weight: float,
+               edit) -> np.ndarray:
+    """The extension's edits of the UNet's output through the predicted clean latents: x0 from
+    noise `eps` and `x_t` at `timestep` (a = alphas_cumprod[round(t)]), `edit(x0)`, the noise
+    that gives the edited x0, blended with `eps` by `weight` (clipped to 0..1); float64 inside."""
+    a = np.float64(alphas_cumprod[int(np.clip(np.round(float(timestep)), 0, len(alphas_cumprod) - 1))])
+    recip, recipm1 = np.sqrt(1.0 / a), np.sqrt(1.0 / a - 1.0)
+    x_t = x_t.astype(np.float64)
+    x0 = edit(recip * x_t - recipm1 * eps.astype(np.float64))
+    fixed = (recip * x_t - x0) / recipm1
+    w = min(max(float(weight), 0.0), 1.0)
+    return (fixed * w + eps.astype(np.float64) * (1.0 - w)).astype(eps.dtype)
 
 
 def colorfix_for(unit, latents: np.ndarray) -> ColorFix | None:

@@ -147,6 +147,9 @@ class ControlUnit:
                                      ("--control-preprocessor", self.preprocessor, PREPROCESSORS)):
             if value not in allowed:
                 raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.mask is not None and self.preprocessor not in INPAINT_MODULES:
+            raise UsageError(f"--control-mask is for the inpaint preprocessors ({', '.join(INPAINT_MODULES)}); this "
+                             f"unit's is {self.preprocessor}")
         self.check_sliders()
         self.check_type()
 
@@ -191,7 +194,7 @@ class ControlUnit:
     def read_image(self, read=None, label: str = "--control-image") -> "ControlUnit":
         """This unit with its control images read (a file's errors after `label`: the flag, or a
         batch row's field), by `read(path)` if given (a cache's), else read_rgb."""
-        if not any(isinstance(image, (str, Path)) for image in self.images):
+        if not any(isinstance(item, (str, Path)) for item in (*self.images, self.mask)):
             return self
         from sdcli.imaging.image_io import read_rgb
 
@@ -204,8 +207,16 @@ class ControlUnit:
                 raise UsageError(f"{label}: {exc}") from None
 
         name = Path(self.image).name if isinstance(self.image, (str, Path)) else ""
+        mask = self.mask
+        if isinstance(mask, (str, Path)):  # (--control-mask's file)
+            from sdcli.imaging.image_io import read_mask
+
+            try:
+                mask = read_mask(Path(mask))
+            except UsageError as exc:
+                raise UsageError(f"--control-mask: {exc}") from None
         return replace(self, image=loaded(self.image), more_images=tuple(loaded(i) for i in self.more_images),
-                       image_name=self.image_name or name)
+                       image_name=self.image_name or name, mask=mask)
 
     def runs_at(self, index: int, total: int) -> bool:
         """diffusers' controlnet_keep: whether the unit runs on step `index` of `total`."""
@@ -373,6 +384,7 @@ class PreparedUnit:
     path: Path
     control_type: np.ndarray | None = None  # a Union's: diffusers' multi-hot control_type [1, num_control_type]
     conditions: dict | None = None  # a Union IR of several conditions': control_type_idx, conditioning_scale
+    kept: tuple | None = None  # inpaint_only keeping the unmasked area: (fitted image uint8, mask float [H, W])
 
 
 def control_type_vector(config: dict, unit: ControlUnit) -> np.ndarray | None:
@@ -408,19 +420,17 @@ def missing_mask(unit: ControlUnit, mask) -> str | None:
     """The message for an inpaint unit without a mask (its own, or the request's `mask`), else None."""
     if needs_mask(unit) and unit.mask is None and mask is None:
         return (f"--control-preprocessor {unit.preprocessor} needs a mask: give --mask (the inpainting mask, with "
-                "--init-image); the masked pixels of the control image are what the ControlNet repaints")
+                "--init-image) or the unit's own --control-mask; the masked pixels of the control image are what the ControlNet repaints")
     return None
 
 
-def inpaint_cond(unit: ControlUnit, image: np.ndarray, mask, blur: int, width: int, height: int,
-                 source: np.ndarray | None = None) -> np.ndarray:
-    """An inpaint unit's controlnet_cond [1, 3, H, W]: `image` (its control image fitted to width x
-    height) in [0, 1] with the masked pixels at -1, as diffusers' make_inpaint_condition and the
-    extension's inpaint protocol make it.  The mask (the unit's own, else the request's `mask`
-    blurred by `blur` as inpainting blurs it) is fitted as the control image was, then cut at 0.5."""
+def inpaint_mask(unit: ControlUnit, mask, blur: int, width: int, height: int, source: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """An inpaint unit's mask, uint8 [height, width] (255: repainted): the unit's own, else the
+    request's `mask` blurred by `blur` as inpainting blurs it, fitted as its control image
+    (`source`, else the unit's) was fitted."""
     from sdcli.imaging.control import fit_mask
     from sdcli.imaging.image_io import blur_mask, resize_mask
-    from sdcli.imaging.preprocessors import inpaint_map
 
     own = unit.mask is not None
     m = unit.mask if own else mask
@@ -437,8 +447,16 @@ def inpaint_cond(unit: ControlUnit, image: np.ndarray, mask, blur: int, width: i
     m = resize_mask(m, source.shape[1], source.shape[0])
     if not own:
         m = blur_mask(m, blur)
-    fitted = fit_mask(np.clip(np.round(m * 255.0), 0, 255).astype(np.uint8), width, height, unit.resize)
-    return np.ascontiguousarray(inpaint_map(image, fitted).transpose(2, 0, 1)[None])
+    return fit_mask(np.clip(np.round(m * 255.0), 0, 255).astype(np.uint8), width, height, unit.resize)
+
+
+def inpaint_cond(image: np.ndarray, fitted_mask: np.ndarray) -> np.ndarray:
+    """An inpaint unit's controlnet_cond [1, 3, H, W]: `image` (its control image fitted to the
+    picture) in [0, 1] with the pixels of `fitted_mask` (inpaint_mask's) at -1, as diffusers'
+    make_inpaint_condition and the extension's inpaint protocol make it (the mask cut at 0.5)."""
+    from sdcli.imaging.preprocessors import inpaint_map
+
+    return np.ascontiguousarray(inpaint_map(image, fitted_mask).transpose(2, 0, 1)[None])
 
 
 def prepare_units(units, width: int, height: int, folder: Path | None, unet_config: dict,
@@ -446,6 +464,7 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
     """Each unit's ControlNet found and checked against the model, and its control image
     fitted to width x height and preprocessed (an inpaint unit's with its mask, else `mask`:
     the request's inpainting mask, blurred by `mask_blur` as inpainting blurs it)."""
+    from sdcli.engine.inpaint_only import keeps_unmasked
     from sdcli.imaging.control import control_input, fit, preprocess
 
     prepared = []
@@ -453,19 +472,22 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
         path = find_controlnet(unit.model, folder)
         config = check_fits(path, unet_config, is_sdxl, unit)
         unit = unit.read_image()
-        conds = []
+        conds, kept = [], None
         for source in unit.images:  # (a Union unit's several: each fitted and preprocessed alike)
             image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor, **unit.sliders)
             if needs_mask(unit):
                 message = missing_mask(unit, mask)
                 if message:
                     raise UsageError(message)
-                conds.append(inpaint_cond(unit, image, mask, mask_blur, width, height, source))
+                fitted = inpaint_mask(unit, mask, mask_blur, width, height, source)
+                conds.append(inpaint_cond(image, fitted))
+                if kept is None and keeps_unmasked(unit, mask):  # (engine/inpaint_only.py)
+                    kept = (image, fitted.astype(np.float32) / np.float32(255.0))
             else:
                 conds.append(control_input(image))
         conditions = union_conditions(unit) if is_union(config) and takes_conditions(path) else None
         cond = np.stack(conds, axis=1) if conditions is not None else conds[0]
-        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions))
+        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions, kept))
     return prepared
 
 
@@ -486,8 +508,9 @@ class ControlledUNet:
         self.channels = channels
         self.calls = 0
         self.recorder = None
-        self.fixes: list = []  # the colour fixes of tile_colorfix units (engine/colorfix.py), in unit order
-        self.alphas_cumprod = None  # the scheduler's, which they need
+        self.fixes: list = []  # edits of the UNet's output: tile_colorfix's (engine/colorfix.py), then
+        self.alphas_cumprod = None  # inpaint_only's (engine/inpaint_only.py); the scheduler's, which they need
+        self.overlays: list = []  # inpaint_only's final overlays of the decoded picture
         self.residual_shapes = residual_shapes(unet.compiled)
         self.names = sorted((n for n in self.residual_shapes if n.startswith("down_block_res_")),
                             key=lambda n: int(n.rsplit("_", 1)[1])) + ["mid_block_res"]
@@ -622,7 +645,7 @@ def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
 def control(engine, unet, request, width: int, height: int, steps: int, scheduler=None) -> ControlledUNet:
     """The UNet `unet` (compiled with residual inputs) wrapped with `request`'s units, for a
     loop of `steps` calls on a width x height picture by `scheduler` (its alphas_cumprod: the
-    colour fix of tile_colorfix units)."""
+    edits of its UNet output: output_edits)."""
     units = prepare_units(request.controlnets, width, height, engine.controlnet_dir, engine.folder.unet_config,
                           engine.folder.is_sdxl, getattr(request, "mask", None), getattr(request, "mask_blur", 0))
     components = engine.components
@@ -632,29 +655,45 @@ def control(engine, unet, request, width: int, height: int, steps: int, schedule
 
     controlled = ControlledUNet(unet, units, load, steps, engine.folder.latent_channels)
     controlled.recorder = getattr(unet, "recorder", None)
-    colorfix_units(engine, controlled, request, scheduler)
+    output_edits(engine, controlled, request, scheduler)
     return controlled
 
 
-def colorfix_units(engine, controlled: ControlledUNet, request, scheduler) -> None:
-    """The colour fixes of `controlled`'s tile_colorfix units, each with its control image's
-    latents (the VAE encoder's mean, scaled), and the scheduler's alphas_cumprod."""
+def output_edits(engine, controlled: ControlledUNet, request, scheduler) -> None:
+    """The edits of the UNet's output that the extension makes from a control image's latents
+    (the VAE encoder's mean, scaled), with the scheduler's alphas_cumprod: each tile_colorfix
+    unit's colour fix, then each inpaint_only unit's keeping of the unmasked area (and its
+    final overlay), in unit order as the extension's hook runs them."""
     from sdcli.engine.colorfix import COLORFIX_MODULES, colorfix_for
+    from sdcli.engine.inpaint_only import Overlay, Restore, latent_mask, overlay_mask
+    from sdcli.imaging.control import control_input
 
-    units = [prepared for prepared in controlled.units if prepared.unit.preprocessor in COLORFIX_MODULES]
-    if not units:
+    fixed = [prepared for prepared in controlled.units if prepared.unit.preprocessor in COLORFIX_MODULES]
+    kept = [prepared for prepared in controlled.units if prepared.kept is not None]
+    if not fixed and not kept:
         return
     alphas = getattr(scheduler, "alphas_cumprod", None)
     if alphas is None:
-        raise UsageError(f"--control-preprocessor {units[0].unit.preprocessor}: its colour fix needs a scheduler "
+        what = "its colour fix" if fixed else "keeping the unmasked area"
+        raise UsageError(f"--control-preprocessor {(fixed or kept)[0].unit.preprocessor}: {what} needs a scheduler "
                          "with alphas_cumprod (a DDPM-trained model's)")
     vae = engine.folder.vae(request.vae)
+    size = (fixed or kept)[0].image.shape[-2:]
     try:  # (every unit's image is the picture's size: one encoder)
-        encode = engine.vae_encoder(request.vae, units[0].image.shape[-2:], request.vae_tiling, request.vae_tile_size)
-        for prepared in units:
+        encode = engine.vae_encoder(request.vae, size, request.vae_tiling, request.vae_tile_size)
+
+        def latents(pixels: np.ndarray) -> np.ndarray:  # [1, 3, H, W] in [0, 1]
+            mean, _ = encode(np.ascontiguousarray(pixels * np.float32(2.0) - np.float32(1.0)))
+            return engine.family.image_latents(mean, None, None, vae)
+
+        for prepared in fixed:
             image = prepared.image[:, 0] if prepared.image.ndim == 5 else prepared.image  # (a Union's first)
-            mean, _ = encode(np.ascontiguousarray(image * np.float32(2.0) - np.float32(1.0)))
-            controlled.fixes.append(colorfix_for(prepared.unit, engine.family.image_latents(mean, None, None, vae)))
+            controlled.fixes.append(colorfix_for(prepared.unit, latents(image)))
+        for prepared in kept:
+            image, mask = prepared.kept
+            controlled.fixes.append(Restore(latents(control_input(image)),
+                                            latent_mask(mask, engine.folder.vae_scale_factor), float(prepared.unit.weight)))
+            controlled.overlays.append(Overlay(image, overlay_mask(mask)))
     finally:
         if engine.low_memory:
             engine.components.release(vae.encoder)

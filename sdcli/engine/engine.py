@@ -399,6 +399,7 @@ class Engine:
         step_times: list[float] = []
         latents = run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, inpaint, clock, on_step,
                             step_times, family=self.family)
+        finish = getattr(unet, "overlays", [])  # what is laid over the decoded picture (ControlNet units')
         del unet  # else this frame keeps a released UNet (and its weights) alive through decoding
         if release_unet or self.low_memory:
             self.components.release_denoiser()
@@ -419,6 +420,8 @@ class Engine:
             timings["load_wait_decode"] = self.components.waited - waited
             if inpaint is not None:
                 image = inpaint.finish(image)
+            for overlay in finish:
+                image = overlay(image)
             timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         timings["compile"] = self.components.compile_seconds() - compiled_before
