@@ -237,3 +237,42 @@ def test_the_latent_mask_is_the_extension_s_max_pool():
     want = F.max_pool2d(torch.from_numpy(mask)[None, None], (10, 10), stride=(8, 8), padding=1).numpy()
     assert latent_mask(mask, 8).shape == want.shape == (1, 1, 6, 9)
     np.testing.assert_array_equal(latent_mask(mask, 8), want)
+
+
+def test_batch_rows_take_a_unit_mask_and_a_changed_mask_redoes_the_row(tiny_eps, tiny_controlnets, inpaint_files,
+                                                                      second_mask, tmp_path):
+    """A row's control_mask (relative to the file's folder) makes generate's --control-mask picture; the
+    mask is in the row's key by its content: another mask in the same file makes the row again."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sdcli.cli.app import app
+    from sdcli.imaging.image_io import read_rgb
+    from tests.controlnets import STEPS as UNIT_STEPS
+    from tests.controlnets import sdcli_controlnet
+    from tests.reference import NEGATIVE, PROMPT, SEED
+
+    init, mask = inpaint_files[(64, 64)]
+    shutil.copy(mask, tmp_path / "m.png")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": PROMPT, "seed": SEED, "name": "r", "controlnet": "cn-a",
+                                "control_image": str(init), "control_preprocessor": "inpaint_only",
+                                "control_mask": "m.png"}) + "\n")
+    out = tmp_path / "out"
+    command = ["batch", str(rows), "-o", str(out), "--model", str(tiny_eps.ov_dir), "--steps", str(UNIT_STEPS),
+               "--scheduler", SCHEDULER, "--width", "64", "--height", "64", "--rng", "torch", "--precision", "f32",
+               "--negative-prompt",
+               NEGATIVE, "--controlnet-dir", str(tiny_controlnets.folder), "--quiet"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    single = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "single", [dict(name="cn-a", image=init)],
+                              "--control-preprocessor", "inpaint_only", "--control-mask", mask)
+    first = read_rgb(out / "r.png")
+    print(f"batch control_mask: row vs generate max {moved(first, single)}")
+    assert moved(first, single) == 0
+    shutil.copy(second_mask, tmp_path / "m.png")
+    redone = CliRunner().invoke(app, command[:-1])
+    assert redone.exit_code == 0 and "1 done, 0 failed, 0 skipped" in redone.output, redone.output
+    assert moved(read_rgb(out / "r.png"), first) > 2

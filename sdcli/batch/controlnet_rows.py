@@ -10,7 +10,9 @@ list, or (a CSV cell) values separated by `|`.  A row that gives `controlnet` re
 ControlNets with its own images; its control_* fields replace the command line's one by one.  An
 empty `controlnet` ("" or []) runs the row without a ControlNet.  Relative control images are
 FILE's folder's, as init images are; a control image is part of the row's key by its content, so
-that a changed image makes the row again.
+that a changed image makes the row again.  `control_mask` is a unit's own mask (generate's
+--control-mask; `none`: the unit has none), relative as control images are, in the key by its
+content when given.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from sdcli.util.errors import UsageError
 
 UNIT_FIELDS = ("controlnet", "control_image")
 SETTING_FIELDS = ("control_weight", "control_start", "control_end", "control_mode", "control_resize",
-                  "control_preprocessor", "control_type", "control_threshold_a", "control_threshold_b")
+                  "control_preprocessor", "control_type", "control_threshold_a", "control_threshold_b", "control_mask")
 CONTROL_FIELDS = (*UNIT_FIELDS, *SETTING_FIELDS)
 NUMBERS = ("control_weight", "control_start", "control_end", "control_threshold_a", "control_threshold_b")
 
@@ -104,9 +106,14 @@ def control_units(values: dict, opts, root: Path, row_error=ValueError) -> tuple
                             "or one per ControlNet")
         if name in NUMBERS:
             return [_number(value, name, row_error) for value in column]
+        if name == "control_mask":  # (a unit's own mask; none: the unit has none)
+            return [None if value is None or str(value).lower() == "none" else str(value) for value in column]
         return [str(value) for value in column]
 
     columns = {name.removeprefix("control_"): per_unit_values(name) for name in SETTING_FIELDS}
+    mask_from_row = "control_mask" in values
+    columns["mask"] = [None if mask is None else (root / Path(mask).expanduser() if mask_from_row
+                                                  else Path(mask).expanduser()) for mask in columns["mask"]]
     groups = unit_images(images, columns["type"], len(names), row_error,
                          ("controlnet", "control_image", "control_type"))
     units = []
@@ -137,6 +144,9 @@ def key_settings(units, row_error=ValueError) -> list | None:
                          "weight": unit.weight, "start": unit.start, "end": unit.end, "mode": unit.mode,
                          "resize": unit.resize, "preprocessor": unit.preprocessor,
                          **({"type": unit.type} if unit.type else {}), **unit.sliders})  # (given only: older keys stay)
+        if unit.mask is not None:  # (its own mask, by content: only then, so that older keys stay)
+            mask = Path(unit.mask)
+            settings[-1].update(mask=str(mask.resolve()), mask_sha256=_digest(mask, row_error, "control_mask"))
         if unit.more_images:  # (a Union unit's further control images: only then, so that older keys stay)
             settings[-1]["more_images"] = [{"image": str(Path(more).resolve()), "image_sha256": _digest(Path(more),
                                                                                                         row_error)}
@@ -144,11 +154,11 @@ def key_settings(units, row_error=ValueError) -> list | None:
     return settings
 
 
-def _digest(path: Path, row_error) -> str:
+def _digest(path: Path, row_error, field: str = "control_image") -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:
-        raise row_error(f"control_image {path}: {exc.strerror or exc}") from None
+        raise row_error(f"{field} {path}: {exc.strerror or exc}") from None
 
 
 def check_command_line(opts, folder) -> None:

@@ -25,7 +25,19 @@ def _parallel(value: str) -> int:
     return count
 
 
-@app.command()
+BATCH_HELP = """Make one image per row of FILE into --output-dir; a re-run skips what is done.
+
+FILE: .txt, one prompt a line; .jsonl or .csv rows may also set negative_prompt, seed,
+steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength,
+reference_images (a JSON list, or paths separated by |), name and the hires fix's hires_scale,
+hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
+hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
+control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor,
+control_type, control_threshold_a, control_threshold_b, control_mask (one value, a JSON list, or
+values separated by |)."""
+
+
+@app.command(help=BATCH_HELP)
 def batch(
     ctx: typer.Context,
     file: str = typer.Argument(..., help="Prompts: .txt (one a line), .jsonl or .csv (per-row settings); - reads standard input."),
@@ -83,19 +95,10 @@ def batch(
     control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union: the unit's control type, several joined by + with one control image each (see generate)."),
     control_threshold_a: Optional[List[float]] = typer.Option(None, "--control-threshold-a", metavar="VALUE", help="ControlNet: the preprocessor's first slider (see generate); -1: its default [default: -1]."),
     control_threshold_b: Optional[List[float]] = typer.Option(None, "--control-threshold-b", metavar="VALUE", help="ControlNet: the preprocessor's second slider (see generate); -1: its default [default: -1]."),
+    control_mask: Optional[List[str]] = typer.Option(None, "--control-mask", metavar="FILE", help="ControlNet: the unit's own mask for inpaint_only and inpaint (see generate); none: that unit has none."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet NAME is found (see generate) [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):
-    """Make one image per row of FILE into --output-dir; a re-run skips what is done.
-
-    FILE: .txt, one prompt a line; .jsonl or .csv rows may also set negative_prompt, seed,
-    steps, guidance_scale, guidance_rescale, width, height, scheduler, init_image, strength,
-    reference_images (a JSON list, or paths separated by |), name and the hires fix's hires_scale,
-    hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
-    hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
-    control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor,
-    control_type, control_threshold_a, control_threshold_b (one value, a JSON list, or values
-    separated by |)."""
     given = locals()  # the hires fix's and ControlNet's options, by name
     with user_errors("interrupted; run the same command again to finish"):
         use_cache_max_gb(cache_max_gb)

@@ -213,8 +213,8 @@ class ControlUnit:
 
             try:
                 mask = read_mask(Path(mask))
-            except UsageError as exc:
-                raise UsageError(f"--control-mask: {exc}") from None
+            except UsageError as exc:  # (named as the images are: --control-mask, or a row's control_mask)
+                raise UsageError(f"{label.replace('image', 'mask')}: {exc}") from None
         return replace(self, image=loaded(self.image), more_images=tuple(loaded(i) for i in self.more_images),
                        image_name=self.image_name or name, mask=mask)
 
