@@ -420,7 +420,8 @@ def missing_mask(unit: ControlUnit, mask) -> str | None:
     """The message for an inpaint unit without a mask (its own, or the request's `mask`), else None."""
     if needs_mask(unit) and unit.mask is None and mask is None:
         return (f"--control-preprocessor {unit.preprocessor} needs a mask: give --mask (the inpainting mask, with "
-                "--init-image) or the unit's own --control-mask; the masked pixels of the control image are what the ControlNet repaints")
+                "--init-image) or the unit's own --control-mask; the masked pixels of the control image are what "
+                "the ControlNet repaints")
     return None
 
 
