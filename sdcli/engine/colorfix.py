@@ -21,6 +21,7 @@ model's (the same betas).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -50,13 +51,16 @@ class ColorFix:
     weight: float
     sharpness: float | None = None
 
+    @cached_property
+    def low(self) -> np.ndarray:
+        """The control image's latents' low frequencies (the same at every call)."""
+        return box_blur(self.latents.astype(np.float64), self.k)
+
     def __call__(self, eps: np.ndarray, x_t: np.ndarray, timestep, alphas_cumprod: np.ndarray) -> np.ndarray:
         """The UNet's output `eps` [rows, C, h, w] for its input latents `x_t` at `timestep`,
         fixed; with several rows the first half is the unconditional one (guidance)."""
-        low = box_blur(self.latents.astype(np.float64), self.k)
-
         def fix(x0: np.ndarray) -> np.ndarray:
-            x0 = x0 - box_blur(x0, self.k) + low
+            x0 = x0 - box_blur(x0, self.k) + self.low
             if self.sharpness is not None and len(x0) > 1:
                 s = self.sharpness * 0.01
                 uncond = len(x0) // 2

@@ -509,9 +509,11 @@ class ControlledUNet:
         self.channels = channels
         self.calls = 0
         self.recorder = None
-        self.fixes: list = []  # edits of the UNet's output: tile_colorfix's (engine/colorfix.py), then
-        self.alphas_cumprod = None  # inpaint_only's (engine/inpaint_only.py); the scheduler's, which they need
-        self.overlays: list = []  # inpaint_only's final overlays of the decoded picture
+        # edits of the UNet's output (output_edits: tile_colorfix's, then inpaint_only's), the scheduler's
+        # alphas_cumprod they need, and inpaint_only's overlays of the decoded picture
+        self.fixes: list = []
+        self.alphas_cumprod = None
+        self.overlays: list = []
         self.residual_shapes = residual_shapes(unet.compiled)
         self.names = sorted((n for n in self.residual_shapes if n.startswith("down_block_res_")),
                             key=lambda n: int(n.rsplit("_", 1)[1])) + ["mid_block_res"]

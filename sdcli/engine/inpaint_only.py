@@ -27,6 +27,7 @@ image's latents are the VAE encoder's mean, scaled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -39,17 +40,10 @@ def latent_mask(mask: np.ndarray, factor: int = 8) -> np.ndarray:
     """[1, 1, H/8, W/8]: `mask` [H, W] max-pooled over 10 x 10 windows, stride 8, one pixel of
     padding (which never wins: torch's max_pool2d pads with -inf) — for the VAE's factor 8;
     another factor keeps the window two pixels wider than the stride."""
-    m = np.asarray(mask, np.float32)
-    h, w = m.shape
     k = factor + 2
-    padded = np.pad(m, 1, constant_values=-np.inf)
-    rows, cols = (h + 2 - k) // factor + 1, (w + 2 - k) // factor + 1
-    out = np.empty((rows, cols), np.float32)
-    for i in range(rows):
-        band = padded[i * factor:i * factor + k]
-        for j in range(cols):
-            out[i, j] = band[:, j * factor:j * factor + k].max()
-    return out[None, None]
+    padded = np.pad(np.asarray(mask, np.float32), 1, constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k))[::factor, ::factor]
+    return windows.max(axis=(2, 3))[None, None]
 
 
 @dataclass(frozen=True)
@@ -61,10 +55,15 @@ class Restore:
     mask: np.ndarray
     weight: float
 
-    def __call__(self, eps: np.ndarray, x_t: np.ndarray, timestep, alphas_cumprod: np.ndarray) -> np.ndarray:
+    @cached_property
+    def _blend(self) -> tuple[np.ndarray, np.ndarray]:
+        """(M, c * (1 - M)) in float64, the same at every call."""
         m = self.mask.astype(np.float64)
-        kept = self.latents.astype(np.float64)
-        return through_x0(eps, x_t, timestep, alphas_cumprod, self.weight, lambda x0: x0 * m + kept * (1.0 - m))
+        return m, self.latents.astype(np.float64) * (1.0 - m)
+
+    def __call__(self, eps: np.ndarray, x_t: np.ndarray, timestep, alphas_cumprod: np.ndarray) -> np.ndarray:
+        m, kept = self._blend
+        return through_x0(eps, x_t, timestep, alphas_cumprod, self.weight, lambda x0: x0 * m + kept)
 
 
 def overlay_mask(mask: np.ndarray, sigma: int = BLUR_SIGMA) -> np.ndarray:
