@@ -273,13 +273,14 @@ def test_infotext_is_written_and_read_back(tiny_eps, tiny_controlnets, tmp_path)
     units = [dict(name="cn-a", image=images["a"], scale=0.6, start=0.25), dict(name="cn-b", image=images["b"])]
     first = tmp_path / "first.png"
     sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "first", units, "--control-preprocessor", "canny",
-                     "--control-preprocessor", "none", "--control-mode", "controlnet", "--control-mode", "balanced")
+                     "--control-preprocessor", "none", "--control-mode", "controlnet", "--control-mode", "balanced",
+                     "--control-resolution", "128", "--control-resolution", "pixel-perfect")
     text = read_png_text(first)["parameters"]
-    assert ('ControlNet 0: "Module: canny, Model: cn-a, Weight: 0.6, Resize Mode: Crop and Resize, Threshold A: 100.0, '
-            'Threshold B: 200.0, Guidance Start: 0.25, Guidance End: 1.0, Pixel Perfect: False, '
+    assert ('ControlNet 0: "Module: canny, Model: cn-a, Weight: 0.6, Resize Mode: Crop and Resize, Processor Res: 128, '
+            'Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.25, Guidance End: 1.0, Pixel Perfect: False, '
             'Control Mode: ControlNet is more important"') in text
     assert ('ControlNet 1: "Module: none, Model: cn-b, Weight: 1.0, Resize Mode: Crop and Resize, Guidance Start: 0.0, '
-            'Guidance End: 1.0, Pixel Perfect: False, Control Mode: Balanced"') in text
+            'Guidance End: 1.0, Pixel Perfect: True, Control Mode: Balanced"') in text
     again = tmp_path / "again.png"
     base = ["generate", "--model", str(tiny_eps.ov_dir), "--from-image", str(first), "--output", str(again), "--quiet",
             "--controlnet-dir", str(tiny_controlnets.folder)]

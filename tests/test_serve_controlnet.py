@@ -114,29 +114,39 @@ def test_guidance_start_end_follow_a1111(client, tiny_eps, tiny_controlnets, pic
     assert moved(served, diffusers_rule) > 2
 
 
-def test_webuiapi_unit_with_canny_thresholds(client, tiny_eps, tiny_controlnets, picture_a, tmp_path):
+def test_webuiapi_unit_with_canny_thresholds(client, tiny_eps, tiny_controlnets, tmp_path):
     """webuiapi's ControlNetUnit(...).to_dict() (its processor_res 512, thresholds 64/64, "Resize and
-    Fill"): canny at 64/64 (the unit's thresholds, the engine's map): the CLI's picture with that
-    map as --control-image; the map comes back; the infotext records the module and thresholds."""
+    Fill"): canny at 64/64 (the unit's thresholds) on the image scaled to 512, the map fitted back
+    to the picture (the extension's way: imaging/detectmap.py): the CLI's picture with that map as
+    --control-image; the map comes back; the infotext records the module, resolution and
+    thresholds.  processor_res 64 (the picture's size) makes another map and picture."""
     import cv2
 
-    webuiapi_unit = {"image": b64(picture_a), "mask": None, "module": "canny", "model": "cn-b", "weight": 1.0,
+    from sdcli.imaging.detectmap import fit_map
+
+    stripes = read_rgb(tiny_controlnets.images["b"])  # (edges at both resolutions)
+    webuiapi_unit = {"image": b64(stripes), "mask": None, "module": "canny", "model": "cn-b", "weight": 1.0,
                      "resize_mode": "Resize and Fill", "low_vram": False, "processor_res": 512, "threshold_a": 64,
                      "threshold_b": 64, "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced",
                      "pixel_perfect": False, "hr_option": "Both", "enabled": True}
     out = txt2img(client, webuiapi_unit, scripts_key="ControlNet")
-    edges = cv2.Canny(picture_a, 64, 64)
+    edges = cv2.Canny(cv2.resize(stripes, (512, 512), interpolation=cv2.INTER_CUBIC), 64, 64)
     detected = pixels(out["images"][1], tmp_path, "map.png")
-    assert np.array_equal(detected, np.repeat(edges[:, :, None], 3, axis=2))
-    assert 0 < edges.mean() and not np.array_equal(edges, cv2.Canny(picture_a, 100, 200))  # the thresholds count
+    assert np.array_equal(detected, fit_map(np.repeat(edges[:, :, None], 3, axis=2), 64, 64, "resize-and-fill"))
+    assert 0 < edges.mean() and not np.array_equal(edges, cv2.Canny(stripes, 100, 200))  # the thresholds count
+    at64 = txt2img(client, {**webuiapi_unit, "processor_res": 64}, scripts_key="ControlNet")
+    assert np.array_equal(pixels(at64["images"][1], tmp_path, "map64.png")[:, :, 0], cv2.Canny(stripes, 64, 64))
+    distance = moved(pixels(at64["images"][0], tmp_path, "at64.png"), pixels(out["images"][0], tmp_path))
+    print(f"controlnet api: processor_res 64 moved {distance} from 512")
+    assert distance > 2
     from sdcli.imaging.image_io import save_png
 
     save_png(tmp_path / "edges.png", detected.astype(np.uint8))
     cli = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "cli", [dict(name="cn-b", image=tmp_path / "edges.png")],
                            "--control-resize", "resize-and-fill")
     assert np.array_equal(pixels(out["images"][0], tmp_path), cli)
-    assert "Module: canny, Model: cn-b, Weight: 1.0, Resize Mode: Resize and Fill, Threshold A: 64.0, Threshold B: " \
-        "64.0" in json.loads(out["info"])["infotexts"][0]
+    assert "Module: canny, Model: cn-b, Weight: 1.0, Resize Mode: Resize and Fill, Processor Res: 512, Threshold A: " \
+        "64.0, Threshold B: 64.0" in json.loads(out["info"])["infotexts"][0]
 
     # webuiapi's "no units" (its workaround when the extension is there): a plain picture
     plain = client.post("/sdapi/v1/txt2img", json={**BODY, "steps": 1, "alwayson_scripts": {"ControlNet": {"args": []}}})

@@ -12,7 +12,8 @@ empty `controlnet` ("" or []) runs the row without a ControlNet.  Relative contr
 FILE's folder's, as init images are; a control image is part of the row's key by its content, so
 that a changed image makes the row again.  `control_mask` is a unit's own mask (generate's
 --control-mask; `none`: the unit has none), relative as control images are, in the key by its
-content when given.
+content when given.  `control_resolution` is generate's --control-resolution (in the key when not
+picture).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from sdcli.util.errors import UsageError
 
 UNIT_FIELDS = ("controlnet", "control_image")
 SETTING_FIELDS = ("control_weight", "control_start", "control_end", "control_mode", "control_resize",
-                  "control_preprocessor", "control_type", "control_threshold_a", "control_threshold_b", "control_mask")
+                  "control_preprocessor", "control_type", "control_threshold_a", "control_threshold_b", "control_mask",
+                  "control_resolution")
 CONTROL_FIELDS = (*UNIT_FIELDS, *SETTING_FIELDS)
 NUMBERS = ("control_weight", "control_start", "control_end", "control_threshold_a", "control_threshold_b")
 
@@ -143,7 +145,8 @@ def key_settings(units, row_error=ValueError) -> list | None:
         settings.append({"model": str(unit.model), "image": str(path.resolve()), "image_sha256": _digest(path, row_error),
                          "weight": unit.weight, "start": unit.start, "end": unit.end, "mode": unit.mode,
                          "resize": unit.resize, "preprocessor": unit.preprocessor,
-                         **({"type": unit.type} if unit.type else {}), **unit.sliders})  # (given only: older keys stay)
+                         **({"type": unit.type} if unit.type else {}), **unit.sliders,  # (given only: older keys stay)
+                         **({"resolution": unit.resolution} if unit.resolution != "picture" else {})})
         if unit.mask is not None:  # (its own mask, by content: only then, so that older keys stay)
             mask = Path(unit.mask)
             settings[-1].update(mask=str(mask.resolve()), mask_sha256=_digest(mask, row_error, "control_mask"))

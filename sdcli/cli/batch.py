@@ -33,8 +33,8 @@ reference_images (a JSON list, or paths separated by |), name and the hires fix'
 hires_width, hires_height, hires_upscaler, hires_steps, hires_denoise, hires_prompt,
 hires_negative_prompt, hires_scheduler, hires_cfg, and ControlNet units' controlnet, control_image,
 control_weight, control_start, control_end, control_mode, control_resize, control_preprocessor,
-control_type, control_threshold_a, control_threshold_b, control_mask (one value, a JSON list, or
-values separated by |)."""
+control_type, control_threshold_a, control_threshold_b, control_mask, control_resolution (one
+value, a JSON list, or values separated by |)."""
 
 
 @app.command(help=BATCH_HELP)
@@ -96,6 +96,7 @@ def batch(
     control_threshold_a: Optional[List[float]] = typer.Option(None, "--control-threshold-a", metavar="VALUE", help="ControlNet: the preprocessor's first slider (see generate); -1: its default [default: -1]."),
     control_threshold_b: Optional[List[float]] = typer.Option(None, "--control-threshold-b", metavar="VALUE", help="ControlNet: the preprocessor's second slider (see generate); -1: its default [default: -1]."),
     control_mask: Optional[List[str]] = typer.Option(None, "--control-mask", metavar="FILE", help="ControlNet: the unit's own mask for inpaint_only and inpaint (see generate); none: that unit has none."),
+    control_resolution: Optional[List[str]] = typer.Option(None, "--control-resolution", metavar="picture|pixel-perfect|PIXELS", help="ControlNet: where the preprocessor makes the map (see generate) [default: picture]."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where a ControlNet NAME is found (see generate) [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
     cache_max_gb: Optional[float] = typer.Option(None, "--cache-max-gb", min=0.0, callback=finite, metavar="GB", help=CACHE_MAX_GB_HELP + " With --ray, on this node and the workers that inherit its environment."),
 ):

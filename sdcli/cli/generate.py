@@ -102,6 +102,7 @@ def generate(
     control_preprocessor: Optional[List[str]] = typer.Option(None, "--control-preprocessor", metavar="MODULE", help="ControlNet: the control map made from the fitted control image by an A1111 preprocessor (its sliders: --control-threshold-a/-b, else their defaults): none (the image is the map), canny (thresholds 100/200), invert, lineart_standard, scribble_xdog (threshold 32), shuffle (seed 0), tile_resample (rate 1), tile_colorfix and tile_colorfix+sharp (the image; the colour fix of the UNet's output), blur_gaussian (sigma 9), threshold (127), recolor_luminance and recolor_intensity (gamma 1), t2ia_color_grid (color), inpaint_only and inpaint (inpaint_global_harmonious): the control image with --mask's pixels at -1 (needs --mask); with their networks converted (sdcli convert, found in $SDCLI_ANNOTATOR_DIR, else models/annotators): depth_anything_v2, lineart, lineart_coarse, lineart_anime, softedge_hed, softedge_hedsafe, scribble_hed, softedge_pidinet, softedge_pidisafe, scribble_pidinet, openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full; see `sdcli detect` [default: none]."),
     control_threshold_a: Optional[List[float]] = typer.Option(None, "--control-threshold-a", metavar="VALUE", help="ControlNet: the preprocessor's first slider, as A1111's API's threshold_a (canny's Low Threshold, scribble_xdog's and threshold's, blur_gaussian's Sigma, tile_resample's Down Sampling Rate, recolor's Gamma Correction: docs/controlnet.md lists them), within the slider's range; -1: its default [default: -1]."),
     control_threshold_b: Optional[List[float]] = typer.Option(None, "--control-threshold-b", metavar="VALUE", help="ControlNet: the preprocessor's second slider, as threshold_b (canny's High Threshold); -1: its default [default: -1]."),
+    control_resolution: Optional[List[str]] = typer.Option(None, "--control-resolution", metavar="picture|pixel-perfect|PIXELS", help="ControlNet: where the preprocessor makes the map: picture (from the image fitted to the picture, at its size), or as A1111 does, from the image as given scaled so its short side is PIXELS (64..2048: its Preprocessor Resolution, the API's processor_res) or the size that comes out at the picture's scale (pixel-perfect), the map then fitted to the picture by A1111's map resize (edges kept one pixel wide) [default: picture]."),
     control_mask: Optional[List[str]] = typer.Option(None, "--control-mask", metavar="FILE", help="ControlNet: the unit's own mask for inpaint_only and inpaint (white: repainted), the A1111 API's unit mask, in place of --mask; none: that unit has none. Without --mask (no inpainting), an inpaint_only unit keeps the area outside its mask as the extension does: the control image's latents put back after every step, then the picture laid over the control image through the mask dilated and blurred by 7 pixels."),
     control_type: Optional[List[str]] = typer.Option(None, "--control-type", metavar="TYPE", help="ControlNet Union (xinsir's controlnet-union-sdxl-1.0, ProMax): the unit's control type, as A1111 names it: openpose, depth, softedge (hed, pidi, scribble), hardedge (canny, lineart, mlsd), normal, segmentation, tile, inpaint (ProMax's last two); required for a Union, refused for other ControlNets. Several joined by + (canny+depth: ProMax's multi-condition) run one call of the Union on as many control images, the unit taking one --control-image per type, in order."),
     controlnet_dir: Optional[Path] = typer.Option(None, "--controlnet-dir", help="Where --controlnet NAME finds converted ControlNets [default: $SDCLI_CONTROLNET_DIR, else models/ControlNet]."),
@@ -131,7 +132,8 @@ def control_units(o: SimpleNamespace) -> tuple:
                             ("--control-mode", o.control_mode), ("--control-resize", o.control_resize),
                             ("--control-preprocessor", o.control_preprocessor), ("--control-type", o.control_type),
                             ("--control-threshold-a", o.control_threshold_a),
-                            ("--control-threshold-b", o.control_threshold_b), ("--control-mask", o.control_mask)):
+                            ("--control-threshold-b", o.control_threshold_b), ("--control-mask", o.control_mask),
+                            ("--control-resolution", o.control_resolution)):
             if given:
                 raise UsageError(f"{flag} is for a ControlNet unit: pass --controlnet NAME too")
         return ()
@@ -146,14 +148,15 @@ def control_units(o: SimpleNamespace) -> tuple:
         return column
 
     columns = [column(setting) for setting in ("weight", "start", "end", "mode", "resize", "preprocessor")]
-    types = column("type")
+    types, resolutions = column("type"), column("resolution")
     sliders = [dict(zip(("threshold_a", "threshold_b"), pair))
                for pair in zip(column("threshold_a"), column("threshold_b"))]
     masks = [None if m is None or str(m).strip().lower() in ("", "none") else Path(m) for m in column("mask")]
     groups = unit_images(images, types, len(names), UsageError)
     return tuple(ControlUnit(name, Path(group[0]), *settings, image_name=Path(group[0]).name, type=kind,
-                             more_images=tuple(Path(i) for i in group[1:]), mask=mask, **slider)
-                 for name, group, kind, slider, mask, *settings in zip(names, groups, types, sliders, masks, *columns))
+                             more_images=tuple(Path(i) for i in group[1:]), mask=mask, resolution=str(res), **slider)
+                 for name, group, kind, slider, mask, res, *settings in zip(names, groups, types, sliders, masks,
+                                                                            resolutions, *columns))
 
 
 def pair(value, separator: str, flag: str, low: int) -> tuple[int, int] | None:
@@ -202,7 +205,7 @@ def apply_stored_controlnets(ctx: typer.Context, options: SimpleNamespace, units
     each --control-* flag not given; their control images are not in a PNG: --control-image."""
     if not units or option_given(ctx, "controlnet"):
         return
-    from sdcli.engine.controlnet import union_types
+    from sdcli.engine.controlnet import union_types, unit_default
 
     names = [unit["model"] for unit in units]
     needed = sum(max(len(union_types(unit.get("type", ""))), 1) for unit in units)  # (several: a Union's)
@@ -215,9 +218,10 @@ def apply_stored_controlnets(ctx: typer.Context, options: SimpleNamespace, units
     for name, key in (("control_weight", "weight"), ("control_start", "start"), ("control_end", "end"),
                       ("control_mode", "mode"), ("control_resize", "resize"),
                       ("control_preprocessor", "preprocessor"), ("control_type", "type"),
-                      ("control_threshold_a", "threshold_a"), ("control_threshold_b", "threshold_b")):
+                      ("control_threshold_a", "threshold_a"), ("control_threshold_b", "threshold_b"),
+                      ("control_resolution", "resolution")):
         if not option_given(ctx, name):
-            setattr(options, name, [unit.get(key, -1.0 if key.startswith("threshold") else "") for unit in units])
+            setattr(options, name, [unit.get(key, unit_default(key)) for unit in units])
 
 
 def prepare(ctx: typer.Context, o: SimpleNamespace):

@@ -38,6 +38,7 @@ the path of such a folder.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, replace
@@ -124,14 +125,19 @@ class ControlUnit:
     more_images: tuple = ()  # a Union unit with several control types: the control images of the 2nd, 3rd, ...
     threshold_a: float = -1.0  # the preprocessor's first slider (canny's low threshold, ...); -1: its default
     threshold_b: float = -1.0  # ... its second (canny's high threshold)
+    resolution: str = "picture"  # where the map is made: imaging.control.RESOLUTIONS (inpaint units: the picture)
 
     def __post_init__(self):
+        from sdcli.imaging.control import check_resolution
+
         label = str(self.preprocessor).strip().lower()
         if label in PREPROCESSOR_LABELS:  # the extension's label of a module here
             object.__setattr__(self, "preprocessor", PREPROCESSOR_LABELS[label])
+        with contextlib.suppress(UsageError):  # ("512.0" as "512"; one that is none: check() says so)
+            object.__setattr__(self, "resolution", check_resolution(self.resolution))
 
     def check(self) -> None:
-        from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
+        from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES, check_resolution
 
         if not self.model or not str(self.model).strip():
             raise UsageError("--controlnet: empty name")
@@ -150,6 +156,7 @@ class ControlUnit:
         if self.mask is not None and self.preprocessor not in INPAINT_MODULES:
             raise UsageError(f"--control-mask is for the inpaint preprocessors ({', '.join(INPAINT_MODULES)}); this "
                              f"unit's is {self.preprocessor}")
+        check_resolution(self.resolution)
         self.check_sliders()
         self.check_type()
 
@@ -466,7 +473,7 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
     fitted to width x height and preprocessed (an inpaint unit's with its mask, else `mask`:
     the request's inpainting mask, blurred by `mask_blur` as inpainting blurs it)."""
     from sdcli.engine.inpaint_only import keeps_unmasked
-    from sdcli.imaging.control import control_input, fit, preprocess
+    from sdcli.imaging.control import control_input, control_map, fit, preprocess
 
     prepared = []
     for unit in units:
@@ -475,8 +482,8 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
         unit = unit.read_image()
         conds, kept = [], None
         for source in unit.images:  # (a Union unit's several: each fitted and preprocessed alike)
-            image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor, **unit.sliders)
             if needs_mask(unit):
+                image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor, **unit.sliders)
                 message = missing_mask(unit, mask)
                 if message:
                     raise UsageError(message)
@@ -485,7 +492,8 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
                 if kept is None and keeps_unmasked(unit, mask):  # (engine/inpaint_only.py)
                     kept = (image, fitted.astype(np.float32) / np.float32(255.0))
             else:
-                conds.append(control_input(image))
+                conds.append(control_input(control_map(source, unit.preprocessor, width, height, unit.resize,
+                                                       unit.resolution, **unit.sliders)))
         conditions = union_conditions(unit) if is_union(config) and takes_conditions(path) else None
         cond = np.stack(conds, axis=1) if conditions is not None else conds[0]
         prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions, kept))
@@ -712,18 +720,21 @@ UNION_INFOTEXT = "Union Control Type"
 def infotext_fields(units) -> dict[str, str]:
     """`ControlNet 0: "Module: canny, Model: NAME, Weight: 1.0, ..."` for each unit, as A1111's
     ControlNet extension writes them (format_parameters quotes the value)."""
-    from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
+    from sdcli.imaging.control import PIXEL_PERFECT, PREPROCESSORS, RESIZE_MODES
 
     fields = {}
     for i, unit in enumerate(units):
         parts = {"Module": unit.preprocessor, "Model": Path(str(unit.model)).name, "Weight": float(unit.weight),
                  "Resize Mode": RESIZE_MODES[unit.resize]}
+        if unit.resolution.isdigit():  # (picture: none; pixel-perfect: the extension's -1, recomputed when read)
+            parts["Processor Res"] = int(unit.resolution)
         spec = PREPROCESSORS.get(unit.preprocessor)
         for name, label in (("threshold_a", "Threshold A"), ("threshold_b", "Threshold B")):
             slider = spec.slider(name) if spec is not None else None
             if slider is not None:  # (the value it ran with: given, or the slider's default)
                 parts[label] = float(unit.sliders.get(name, slider.default))
-        parts.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end), "Pixel Perfect": False,
+        parts.update({"Guidance Start": float(unit.start), "Guidance End": float(unit.end),
+                      "Pixel Perfect": unit.resolution == PIXEL_PERFECT,
                       "Control Mode": CONTROL_MODES[unit.mode]})
         if union_types(unit.type):  # (the unit's union_control_type, as the extension names the field)
             parts[UNION_INFOTEXT] = "+".join(UNION_TYPES[found] for found in union_types(unit.type))
@@ -735,7 +746,7 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
     """The units a PNG's `ControlNet N` fields describe, in order: each a dict of ControlUnit's
     settings (model, weight, start, end, mode, resize, preprocessor, type, threshold_a, threshold_b:
     -1 where the preprocessor has no such slider or the value is outside it, as the extension's
-    bound check); what sdcli does not do goes to `notes`.  ValueError for a number that is not one."""
+    bound check; resolution); what sdcli does not do goes to `notes`.  ValueError for a number that is not one."""
     from sdcli.imaging.control import PREPROCESSORS, RESIZE_MODES
 
     by_label = {label.lower(): key for key, label in RESIZE_MODES.items()}
@@ -762,9 +773,27 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
                       "mode": modes.get(mode, {"prompt": "prompt", "control": "controlnet"}.get(mode, "balanced")),
                       "resize": by_label.get(parts.get("Resize Mode", "Crop and Resize").lower(), "crop-and-resize"),
                       "preprocessor": module, "type": _stored_type(parts.get(UNION_INFOTEXT), index, notes),
+                      "resolution": _stored_resolution(parts),
                       **{name: _stored_slider(PREPROCESSORS[module], name, parts.get(label))
                          for name, label in (("threshold_a", "Threshold A"), ("threshold_b", "Threshold B"))}})
     return units
+
+
+def _stored_resolution(parts: dict) -> str:
+    """A PNG's preprocessor resolution: pixel-perfect for `Pixel Perfect: True`, else its `Processor
+    Res` within A1111's slider (64..2048), else picture (sdcli's own, which writes none)."""
+    from sdcli.imaging.control import PICTURE, PIXEL_PERFECT
+    from sdcli.imaging.preprocessors import RESOLUTION
+
+    if parts.get("Pixel Perfect", "False").strip().lower() == "true":
+        return PIXEL_PERFECT
+    text = parts.get("Processor Res", "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return PICTURE
+    whole = math.isfinite(value) and value == int(value)
+    return str(int(value)) if whole and RESOLUTION.minimum <= value <= RESOLUTION.maximum else PICTURE
 
 
 def _stored_slider(spec, name: str, text: str | None) -> float:

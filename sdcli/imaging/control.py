@@ -5,8 +5,16 @@ here: PREPROCESSORS, preprocess, detect).
 Resize modes (A1111's names): just-resize stretches the image to the size; crop-and-resize
 scales it to cover the size and crops the middle; resize-and-fill scales it to fit inside
 and fills the rest with the median colour of its border pixels.
+
+A unit's preprocessor resolution (RESOLUTIONS) says where its map is made: `picture` (sdcli's
+default) fits the image to the picture first and makes the map at the picture's size; a number
+(A1111's Preprocessor Resolution, the API's processor_res) or `pixel-perfect` (A1111's Pixel
+Perfect) makes the map from the image as given, scaled so its short side is that resolution, and
+then fits the map to the picture as the extension does (imaging/detectmap.py).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,6 +24,48 @@ from sdcli.imaging.preprocessors import (PREPROCESSORS, Preprocessor, Slider, Un
 
 RESIZE_MODES = {"just-resize": "Just Resize", "crop-and-resize": "Crop and Resize", "resize-and-fill": "Resize and Fill"}
 CANNY_LOW, CANNY_HIGH = 100, 200  # A1111's ControlNet canny slider defaults (PREPROCESSORS["canny"])
+PICTURE, PIXEL_PERFECT = "picture", "pixel-perfect"
+RESOLUTIONS = f"{PICTURE}, {PIXEL_PERFECT} or a number of pixels from 64 to 2048"
+
+
+def check_resolution(value, flag: str = "--control-resolution") -> str:
+    """A unit's preprocessor resolution as a string: picture, pixel-perfect or a whole number of
+    pixels within A1111's Preprocessor Resolution slider (64..2048); UsageError naming `flag` else."""
+    from sdcli.imaging.preprocessors import RESOLUTION
+    from sdcli.util.errors import UsageError
+
+    text = str(value).strip().lower()
+    if text in (PICTURE, PIXEL_PERFECT):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number == int(number) and RESOLUTION.minimum <= number <= RESOLUTION.maximum):
+        raise UsageError(f"{flag} must be {RESOLUTIONS}, got {value!r}")
+    return str(int(number))
+
+
+def control_map(image: np.ndarray, module: str, width: int, height: int, mode: str, resolution: str = PICTURE,
+                **params) -> np.ndarray:
+    """A unit's RGB uint8 control map at width x height from its image (uint8 RGB, grey or RGBA)
+    by preprocessor `module` (with `params`: its thresholds), resize mode `mode` and preprocessor
+    resolution `resolution` (module docstring).  A map the module makes at another size than it
+    was given (tile_resample's) is fitted to the picture as the extension fits maps."""
+    from sdcli.imaging.detectmap import fit_map, pixel_perfect_resolution
+    from sdcli.imaging.preprocessors import hwc3, resize_short_side
+
+    image = hwc3(image)
+    if resolution == PICTURE:
+        made = preprocess(fit(image, width, height, mode), module, **params)
+    else:
+        spec = PREPROCESSORS[resolve(module)]
+        if spec.resizes:
+            short = (pixel_perfect_resolution(image.shape[0], image.shape[1], height, width, mode)
+                     if resolution == PIXEL_PERFECT else int(resolution))
+            image = (spec.resize or resize_short_side)(image, short)
+        made = preprocess(image, module, **params)
+    return made if made.shape[:2] == (height, width) else fit_map(made, width, height, mode)
 
 
 def fit(image: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:

@@ -13,9 +13,11 @@ Union's control type, as the extension and webuiapi name it: "OpenPose", "Depth"
 needs one, other ControlNets take none).  It becomes the engine's ControlUnit
 (engine/controlnet.py) with rule "a1111": the extension's guidance start/end rule, not the CLI's.
 
-The control map is made as `sdcli generate` makes it (the image fitted to the picture, then the
-preprocessor at that size with the unit's threshold_a/threshold_b, so processor_res and
-pixel_perfect change nothing in generation).  A unit's map is appended to `images` when
+The control map is made as the extension makes it: from the unit's image scaled so its short
+side is processor_res (512 unless given within the Resolution slider), or the Pixel Perfect
+size with pixel_perfect, by the preprocessor with threshold_a/threshold_b, then fitted to the
+picture by the resize mode (`sdcli generate --control-resolution`; imaging/control.py's
+control_map; inpaint units at the picture's size).  A unit's map is appended to `images` when
 its save_detected_map (true unless given) asks, once per request, as the extension does.
 """
 from __future__ import annotations
@@ -240,8 +242,6 @@ class ApiUnit:
     def engine_unit(self, engine, request):
         """The ControlUnit for `request` on `engine`: with the image it needs (the init image
         for one without); its map made here too when it is to be sent back."""
-        from sdcli.imaging.control import fit
-
         image = self.image if self.image is not None else request.init_image
         if image is None:
             raise FieldError(self.where("image"), "txt2img needs the unit's image (img2img uses the init image)")
@@ -251,11 +251,12 @@ class ApiUnit:
             image = read_rgb(image)
         unit = replace(self.unit, image=image)
         if self.save_detected_map and not self.maps:
-            from sdcli.imaging.control import preprocess
+            from sdcli.imaging.control import control_map
 
             width, height = engine.resolve_size(request)
             # (the engine's own map: engine.controlnet.prepare_units)
-            self.maps.append(preprocess(fit(image, width, height, unit.resize), self.module, **unit.sliders))
+            self.maps.append(control_map(image, self.module, width, height, unit.resize, unit.resolution,
+                                         **unit.sliders))
         return unit
 
     def where(self, name: str) -> str:
@@ -391,11 +392,9 @@ def parse_units(scripts: Any, kind: str, has_mask: bool = False) -> list[ApiUnit
                          "crop-and-resize", "resize mode", RESIZE_MODES)
         mode = _choice(f"{base}.control_mode", values.get("control_mode"), CONTROL_NAMES, CONTROL_INTS,
                        "balanced", "control mode", CONTROL_MODES)
-        for name in ("low_vram", "pixel_perfect"):
-            _flag(f"{base}.{name}", values.get(name), False)
+        _flag(f"{base}.low_vram", values.get("low_vram"), False)
+        resolution = _resolution(base, values)
         save = _flag(f"{base}.save_detected_map", values.get("save_detected_map"), True)
-        if values.get("processor_res") is not None:
-            _number(f"{base}.processor_res", values["processor_res"])
         given = [None if values.get(name) is None else _number(f"{base}.{name}", values[name])
                  for name in ("threshold_a", "threshold_b")]
         given = dict(zip(("threshold_a", "threshold_b"), given))
@@ -412,9 +411,21 @@ def parse_units(scripts: Any, kind: str, has_mask: bool = False) -> list[ApiUnit
         kind = union_control_type(f"{base}.union_control_type", values.get("union_control_type"), model)
         unit = A1111Unit(model, image if image is not None else np.zeros((8, 8, 3), np.uint8), weight,
                          start, end, mode, resize, module, image_name=f"controlnet {index}", type=kind, mask=mask,
-                         **thresholds)
+                         resolution=resolution, **thresholds)
         units.append(ApiUnit(index, unit, image, module, save))
     return units
+
+
+def _resolution(base: str, values: dict) -> str:
+    """A unit's preprocessor resolution as the extension takes it: pixel_perfect, else processor_res
+    within the Resolution slider, else (-1, none, out of range) the slider's default, 512."""
+    from sdcli.imaging.control import PIXEL_PERFECT
+
+    if _flag(f"{base}.pixel_perfect", values.get("pixel_perfect"), False):
+        return PIXEL_PERFECT
+    given = values.get("processor_res")
+    value = None if given is None else _number(f"{base}.processor_res", given)
+    return str(int(RESOLUTION.pick(value)))
 
 
 def union_control_type(where: str, value: Any, model: str) -> str:
