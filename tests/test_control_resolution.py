@@ -154,3 +154,15 @@ def test_batch_rows_take_a_control_resolution(tmp_path):
     assert "resolution" not in key_settings((plain,))[0] and key_settings((row,))[0]["resolution"] == "256"
     with pytest.raises(ValueError, match="control_resolution must be picture, pixel-perfect or a number"):
         control_units({"control_resolution": "huge"}, opts, tmp_path)
+
+
+def test_tile_resample_s_smaller_map_runs(tiny_eps, tiny_controlnets, tmp_path):
+    """tile_resample at rate 4 makes a map a quarter of the picture's size: fitted back to the picture
+    (bicubic, as the extension), it runs, and differs from rate 1 (the image itself) by more than 2."""
+    unit = [dict(name="cn-a", image=tiny_controlnets.images["b"])]  # (stripes: lost to the down-sampling)
+    halved = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "rate2", unit, "--control-preprocessor",
+                              "tile_resample", "--control-threshold-a", "4")
+    whole = sdcli_controlnet(tiny_eps, tiny_controlnets, tmp_path, "rate1", unit, "--control-preprocessor",
+                             "tile_resample")
+    print(f"tile_resample: rate 4 is {moved(halved, whole)} from rate 1")
+    assert moved(halved, whole) > 2
