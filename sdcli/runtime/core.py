@@ -43,6 +43,12 @@ from sdcli.util.fsutil import atomic_write_bytes
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 CACHE_FORMAT = 2  # bump when what goes into a blob changes (graph edits before compiling)
+# A blob smaller than this keeps its mapped pages through its import: the first inference reads
+# them again where they were dropped. On the 16-core Xeon the SD VAE decoder's first decode
+# (a 95 MB blob) took 1.04x openvino-genai's with the pages dropped and 1.00-1.01x with them kept
+# (bench-results/xeon16/session30/vae-decode: variants sdcli and sdcli-nodrop), for 95 MB more
+# RSS; the UNet's and text encoders' blobs (hundreds of MB to GB) are still dropped.
+KEEP_PAGES_BELOW = 160 * 2**20
 ABANDONED_EXPORT_S = 86400.0
 LORA_BLOBS_KEPT = 4  # blobs of a component with LoRAs fused in ("unet-lora<tag>"), the most recently used
 
@@ -286,7 +292,8 @@ class Runtime:
             try:
                 mapped = MappedFile(blob)
                 blob_cache.mark_used(blob)  # the cache removes the least recently used first
-                with mapped.dropping_pages():
+                keep = mapped.data.size < KEEP_PAGES_BELOW  # (a VAE's: its pages stay for the first inference)
+                with contextlib.nullcontext() if keep else mapped.dropping_pages():
                     payload = mapped.tensor_from(blob_payload(bytes(mapped.data[:BLOB_HEADER_MAX])))
                     return self.core.import_model(payload, self.device, config), mapped
             except OSError:
