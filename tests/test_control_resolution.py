@@ -101,6 +101,9 @@ def test_control_map_at_a_resolution():
     assert (control_map(image, "canny", 48, 48, "crop-and-resize", "256") != at64).any()
     perfect = control_map(image, "canny", 64, 64, "crop-and-resize", "pixel-perfect")  # short side 64
     np.testing.assert_array_equal(perfect, control_map(image, "canny", 64, 64, "crop-and-resize", "64"))
+    # an inpaint unit's map is made at the picture's size whatever the resolution (it goes with its mask)
+    np.testing.assert_array_equal(control_map(image, "inpaint_only", 48, 48, "crop-and-resize", "256"),
+                                  control_map(image, "inpaint_only", 48, 48, "crop-and-resize"))
     # tile_resample's smaller map comes back at the picture's size (bicubic), in either way of making it
     tile = control_map(image, "tile_resample", 64, 64, "just-resize", threshold_a=2.0)
     assert tile.shape == (64, 64, 3)

@@ -50,16 +50,17 @@ def control_map(image: np.ndarray, module: str, width: int, height: int, mode: s
                 **params) -> np.ndarray:
     """A unit's RGB uint8 control map at width x height from its image (uint8 RGB, grey or RGBA)
     by preprocessor `module` (with `params`: its thresholds), resize mode `mode` and preprocessor
-    resolution `resolution` (module docstring).  A map the module makes at another size than it
-    was given (tile_resample's) is fitted to the picture as the extension fits maps."""
+    resolution `resolution` (module docstring; inpaint modules: always the picture's).  A map the
+    module makes at another size than it was given (tile_resample's) is fitted to the picture as
+    the extension fits maps."""
     from sdcli.imaging.detectmap import fit_map, pixel_perfect_resolution
     from sdcli.imaging.preprocessors import hwc3, resize_short_side
 
     image = hwc3(image)
-    if resolution == PICTURE:
+    spec = PREPROCESSORS[resolve(module)]
+    if resolution == PICTURE or spec.needs_mask:  # (an inpaint unit's map goes with its mask, at the picture's size)
         made = preprocess(fit(image, width, height, mode), module, **params)
     else:
-        spec = PREPROCESSORS[resolve(module)]
         if spec.resizes:
             short = (pixel_perfect_resolution(image.shape[0], image.shape[1], height, width, mode)
                      if resolution == PIXEL_PERFECT else int(resolution))
