@@ -473,7 +473,7 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
     fitted to width x height and preprocessed (an inpaint unit's with its mask, else `mask`:
     the request's inpainting mask, blurred by `mask_blur` as inpainting blurs it)."""
     from sdcli.engine.inpaint_only import keeps_unmasked
-    from sdcli.imaging.control import control_input, control_map, fit, preprocess
+    from sdcli.imaging.control import control_input, control_map
 
     prepared = []
     for unit in units:
@@ -482,8 +482,8 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
         unit = unit.read_image()
         conds, kept = [], None
         for source in unit.images:  # (a Union unit's several: each fitted and preprocessed alike)
+            image = control_map(source, unit.preprocessor, width, height, unit.resize, unit.resolution, **unit.sliders)
             if needs_mask(unit):
-                image = preprocess(fit(source, width, height, unit.resize), unit.preprocessor, **unit.sliders)
                 message = missing_mask(unit, mask)
                 if message:
                     raise UsageError(message)
@@ -492,8 +492,7 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
                 if kept is None and keeps_unmasked(unit, mask):  # (engine/inpaint_only.py)
                     kept = (image, fitted.astype(np.float32) / np.float32(255.0))
             else:
-                conds.append(control_input(control_map(source, unit.preprocessor, width, height, unit.resize,
-                                                       unit.resolution, **unit.sliders)))
+                conds.append(control_input(image))
         conditions = union_conditions(unit) if is_union(config) and takes_conditions(path) else None
         cond = np.stack(conds, axis=1) if conditions is not None else conds[0]
         prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions, kept))
@@ -781,19 +780,15 @@ def read_infotext(fields: dict[str, str], notes: list[str]) -> list[dict]:
 
 def _stored_resolution(parts: dict) -> str:
     """A PNG's preprocessor resolution: pixel-perfect for `Pixel Perfect: True`, else its `Processor
-    Res` within A1111's slider (64..2048), else picture (sdcli's own, which writes none)."""
-    from sdcli.imaging.control import PICTURE, PIXEL_PERFECT
-    from sdcli.imaging.preprocessors import RESOLUTION
+    Res` where check_resolution takes it (64..2048), else picture (sdcli's own, which writes none)."""
+    from sdcli.imaging.control import PICTURE, PIXEL_PERFECT, check_resolution
 
     if parts.get("Pixel Perfect", "False").strip().lower() == "true":
         return PIXEL_PERFECT
-    text = parts.get("Processor Res", "").strip()
     try:
-        value = float(text)
-    except ValueError:
+        return check_resolution(parts.get("Processor Res", PICTURE))
+    except UsageError:
         return PICTURE
-    whole = math.isfinite(value) and value == int(value)
-    return str(int(value)) if whole and RESOLUTION.minimum <= value <= RESOLUTION.maximum else PICTURE
 
 
 def _stored_slider(spec, name: str, text: str | None) -> float:
