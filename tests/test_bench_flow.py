@@ -59,12 +59,26 @@ def _check(report: dict, md: str, steps: int, guidance: float, peers: tuple[str,
 
 
 def test_klein_bench_warm(tiny_klein, tmp_path):
-    report, md, out = _bench(tiny_klein[1], "tiny-flux2-klein", tmp_path, "--modes", "warm", "--peers", "sdcli,genai",
-                             "--no-text-encoder-apart")
+    caches = tmp_path / "caches"
+    args = ("--modes", "warm", "--peers", "sdcli,genai", "--no-text-encoder-apart", "--warm-cache", str(caches))
+    report, md, out = _bench(tiny_klein[1], "tiny-flux2-klein", tmp_path, *args)
     _check(report, md, 4, 1.0, ("sdcli", "genai"), "warm")
     # bench.md is rendered from bench.json alone
     again = CliRunner().invoke(app, ["bench", "--no-run", "--output-dir", str(out)])
     assert again.exit_code == 0 and again.stdout.strip() == md.strip()
+    # a later invocation adds a round after the first, the order rotated, from the caches the first warmed up
+    assert sorted(p.name for p in caches.iterdir()) == ["warm-genai", "warm-sdcli"]
+    assert len(list((caches / "warm-sdcli").rglob("*.blob"))) > 0
+    more = CliRunner().invoke(app, ["bench", "--arch", "tiny-flux2-klein", "--weight-format", "fp32", "--workdir",
+                                    str(tmp_path / "work"), "--output-dir", str(out), "--size", "32", "--rounds", "1",
+                                    "--append", *args])
+    assert more.exit_code == 0, more.output
+    assert "warm-up sdcli (1)" not in more.stderr and "was warmed up before" in more.stderr
+    runs = json.loads((out / "bench.json").read_text())["runs"]
+    assert [(r["round"], r["position"], r["peer"]) for r in runs] == [
+        (0, 0, "sdcli"), (0, 1, "genai"), (1, 0, "genai"), (1, 1, "sdcli")]
+    assert all(r["returncode"] == 0 for r in runs)
+    assert "medians of 2 rounds" in (out / "bench.md").read_text()
 
 
 def test_z_image_bench_cold_with_the_text_encoders_apart_and_optimum(tiny_z_image, tmp_path):
@@ -87,6 +101,7 @@ def test_z_image_bench_cold_with_the_text_encoders_apart_and_optimum(tiny_z_imag
     (["--arch", "tiny-flux2-klein", "--sdcli-arg", "--vae"], "--sdcli-arg"),
     (["--arch", "tiny", "--weight-format", "int4"], "--weight-format takes"),
     (["--arch", "tiny", "--low-memory"], "--low-memory"),
+    (["--arch", "tiny", "--append"], "--append: only with a transformer"),
 ])
 def test_flow_bench_refuses_bad_arguments_before_running(args, says, tmp_path, monkeypatch):
     monkeypatch.setattr(flow, "run_flow_bench", lambda *a, **k: pytest.fail("ran"))

@@ -1,6 +1,7 @@
 # The preamble of the session scripts from session 27 on (sourced; $R: the working tree on the device machine):
-# settings from the environment, left() and log(), lscpu, the carried wheels installed into /tmp/site (.whl, .whl-sp),
-# the versions, and bench(): one scripts/bench_*.py run within a time, its bench.md rendered again after it.
+# settings from the environment, left() and log(), lscpu, the carried wheels installed into /tmp/site (.whl, and
+# .whl-sp, .whl-nncf where carried), the versions, and bench(): one scripts/bench_*.py run within a time, its
+# bench.md rendered again after it.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)
@@ -19,14 +20,19 @@ left() { echo $(( budget - ($(date +%s) - start) )); }
 log() { echo "[phase $phase, $(( $(date +%s) - start )) s] $*" | tee -a "$res/timeline.txt"; }
 cd /tmp
 { lscpu | grep "Model name"; nproc; free -g | head -2; } > "$res/lscpu-$phase.txt" 2>&1
-if ! $py -c 'import openvino_genai, spandrel, diffusers' 2>/dev/null; then
+need=openvino_genai,diffusers  # and what the wheel folders carried this call bring
+[ -d "$R/.whl-sp" ] && need=$need,spandrel
+[ -d "$R/.whl-nncf" ] && need=$need,nncf
+if ! $py -c "import $need" 2>/dev/null; then
   log "installing the wheels"
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      "$R"/.whl/*.whl "$R"/.whl-sp/*.whl 2>&1 | tail -3
+      $(ls "$R"/.whl/*.whl "$R"/.whl-sp/*.whl "$R"/.whl-nncf/*.whl 2>/dev/null) 2>&1 | tail -3
 fi
-$py -c 'import openvino, openvino_genai, torch, transformers, diffusers, spandrel
+$py -c 'import openvino, openvino_genai, torch, transformers, diffusers
+import importlib.util as u
 print(openvino.__version__, openvino_genai.__version__, torch.__version__, transformers.__version__,
-      diffusers.__version__, spandrel.__version__)' 2>&1 | tail -1 | tee -a "$res/lscpu-$phase.txt"
+      diffusers.__version__, *(m + " " + __import__(m).__version__ for m in ("spandrel", "nncf") if u.find_spec(m)))' 2>&1 | tail -1 \
+  | tee -a "$res/lscpu-$phase.txt"
 bench() {  # seconds name script args...
   local t=$1 name=$2 script=$3; shift 3
   if [ "$t" -lt 30 ]; then log "no time left for $name ($t s)"; return; fi

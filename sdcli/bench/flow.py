@@ -54,6 +54,7 @@ WEIGHT_FORMATS = ("int8", "int4", "fp16", "fp32")
 # Issue 21's --low-memory targets at 1024x1024 on int4 folders (GB = 10^9 bytes, in MiB)
 LOW_MEMORY_TARGETS_MB = {"flux2-klein": round(4e9 / 2**20, 1), "z-image": round(6e9 / 2**20, 1)}
 # Warm-up runs before the warm rounds: sdcli writes its compiled blobs on the second run of a size
+WARMED = "warmed-up"  # in a --warm-cache peer folder once its warm-ups ended
 WARM_UPS = {"sdcli": 2, "sdcli-low-memory": 2, "sdcli-text-encoder": 2}
 
 
@@ -298,8 +299,13 @@ def low_memory_line(report: dict) -> str:
 def run_flow_bench(workdir: Path, output_dir: Path, arch: str, weight_format: str, peers: list[str], rounds: int,
                    size: int, precision: str, log: Callable[[str], None], steps: list[int] | None = None,
                    guidance: float | None = None, modes: tuple[str, ...] = MODES, optimum_python: str | None = None,
-                   text_encoder_apart: bool = True) -> dict:
-    """Measure, write bench.json (after every run) and bench.md in `output_dir`; the report."""
+                   text_encoder_apart: bool = True, append: bool = False, warm_cache: Path | None = None) -> dict:
+    """Measure, write bench.json (after every run) and bench.md in `output_dir`; the report.
+
+    `append`: keep every run of an earlier bench.json of the same machine and settings, this invocation's
+    rounds numbered after its rounds of that mode (the rotation goes on).  `warm_cache`: the warm runs'
+    caches kept there, a folder a peer, instead of in a temporary folder; a peer whose folder a finished
+    warm-up marked is not warmed up again (a later `append` invocation on the same machine)."""
     ov_dir, made = ensure_flow_models(workdir, arch, weight_format, log)
     default_steps, default_guidance = folder_defaults(ov_dir)
     steps = steps or [default_steps]
@@ -311,19 +317,25 @@ def run_flow_bench(workdir: Path, output_dir: Path, arch: str, weight_format: st
               "sdcli_args": [], "steps": steps, "rounds": rounds, "modes": list(modes), "peers": order,
               "model": str(ov_dir), "made": made}
     output_dir.mkdir(parents=True, exist_ok=True)
-    runs = earlier_runs(output_dir / "bench.json", report, modes, order)
+    runs = earlier_runs(output_dir / "bench.json", report, () if append else modes, None if append else order)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        warm = {peer: tmp / f"warm-{peer}" for peer in order}
+        warm = {peer: (warm_cache or tmp) / f"warm-{peer}" for peer in order}
         for mode in modes:
             if mode == "warm":
                 for peer in order:
+                    if (warm[peer] / WARMED).is_file():
+                        log(f"warm-up {peer}: its cache in {warm[peer]} was warmed up before")
+                        continue
                     for i in range(WARM_UPS.get(peer, 1)):
                         log(f"warm-up {peer} ({i + 1})")
                         cmd, env = flow_command(peer, ov_dir, steps[0], guidance, size, precision, tmp / "w.png",
                                                 warm[peer], optimum_python)
                         run_measured(cmd, env)
-            for rnd in range(rounds):
+                    warm[peer].mkdir(parents=True, exist_ok=True)
+                    (warm[peer] / WARMED).touch()
+            first = max((r.round + 1 for r in runs if r.mode == mode), default=0)
+            for rnd in range(first, first + rounds):
                 turn = order[rnd % len(order):] + order[:rnd % len(order)]
                 for n in steps:
                     for position, peer in enumerate(turn):
@@ -335,7 +347,8 @@ def run_flow_bench(workdir: Path, output_dir: Path, arch: str, weight_format: st
                             shutil.rmtree(cache, ignore_errors=True)
                         runs.append(Run(peer, mode, n, rnd, position, round(wall, 3), round(rss, 1), rc, timings,
                                         error))
-                        log(f"{mode} round {rnd + 1}/{rounds} {n:>3} steps {peer:<18} {wall:8.1f} s {rss:8.0f} MiB"
+                        log(f"{mode} round {rnd + 1}/{first + rounds} {n:>3} steps {peer:<18} {wall:8.1f} s "
+                            f"{rss:8.0f} MiB"
                             + (f"  FAILED: {error}" if error else ""))
                         write_report(output_dir, report, runs)
     return write_report(output_dir, report, runs)
@@ -345,6 +358,7 @@ def write_report(output_dir: Path, report: dict, runs: list[Run]) -> dict:
     from sdcli.util.fsutil import atomic_write_bytes
 
     report = dict(report, summary=summarize_flow(runs), runs=[r.__dict__ for r in runs],
+                  rounds=max([report["rounds"], *(r.round + 1 for r in runs)]),
                   peers=list(dict.fromkeys([*report["peers"], *(r.peer for r in runs)])),
                   modes=sorted({r.mode for r in runs} | set(report["modes"]), key=MODES.index))
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())

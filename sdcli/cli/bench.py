@@ -29,6 +29,8 @@ def bench(
     arch: str = typer.Option("sd15", "--arch", help="sd15, sdxl or sd-turbo (the real cost, random weights; sd-turbo's folder carries its defaults: 1 step, no guidance, Euler with trailing timesteps), flux2-klein or z-image (FLUX.2-klein 4B, Z-Image-Turbo: real architectures, random weights in bf16; docs/performance.md), or tiny / tiny-sdxl / tiny-sd-turbo / tiny-flux2-klein / tiny-z-image (a quick check of the benchmark itself)."),
     low_memory: bool = typer.Option(False, "--low-memory", help="A transformer arch: also run `sdcli generate --low-memory` (peer sdcli-low-memory), for its peak RSS."),
     text_encoder_apart: bool = typer.Option(True, "--text-encoder-apart/--no-text-encoder-apart", help="A transformer arch: also time sdcli's and genai's text encoders alone, each in a process of its own (its memory apart)."),
+    append: bool = typer.Option(False, "--append", help="A transformer arch: keep the runs already in OUTPUT_DIR/bench.json (same machine and settings) and number these rounds after them, the rotation going on."),
+    warm_cache: Optional[Path] = typer.Option(None, "--warm-cache", help="A transformer arch: keep the warm runs' caches in this folder (one per peer) instead of a temporary one; a peer already warmed up there is not warmed up again (with --append, more rounds in a later invocation)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's bench table (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/bench.json (into --readme's block, else on stdout)."),
@@ -52,10 +54,12 @@ def bench(
 
         if arch in FLOW_ARCHS:
             _flow_bench(arch, step_list, rounds, peers, modes, optimum_python, size, precision, weight_format,
-                        workdir, output_dir, sdcli_arg, guidance_scale, tiny_vae, low_memory, text_encoder_apart)
+                        workdir, output_dir, sdcli_arg, guidance_scale, tiny_vae, low_memory, text_encoder_apart,
+                        append, warm_cache)
             return
-        if low_memory:
-            raise UsageError("--low-memory: only with a transformer --arch (flux2-klein, z-image, tiny-...)")
+        for flag, given in (("--low-memory", low_memory), ("--append", append), ("--warm-cache", warm_cache)):
+            if given:
+                raise UsageError(f"{flag}: only with a transformer --arch (flux2-klein, z-image, tiny-...)")
         step_list = step_list or [4, 20]
         guidance_scale = 7.5 if guidance_scale is None else guidance_scale
         weight_format = weight_format or "fp16"
@@ -117,7 +121,8 @@ def _check_optimum(peer_list: list[str], optimum_python: Optional[str]) -> None:
 
 
 def _flow_bench(arch, step_list, rounds, peers, modes, optimum_python, size, precision, weight_format, workdir,
-                output_dir, sdcli_arg, guidance_scale, tiny_vae, low_memory, text_encoder_apart) -> None:
+                output_dir, sdcli_arg, guidance_scale, tiny_vae, low_memory, text_encoder_apart, append=False,
+                warm_cache=None) -> None:
     """`sdcli bench --arch flux2-klein | z-image | tiny-...` (sdcli/bench/flow.py)."""
     from sdcli.bench.flow import FLOW_PEERS, WEIGHT_FORMATS, run_flow_bench
     from sdcli.runtime.core import default_cache_dir
@@ -143,7 +148,7 @@ def _flow_bench(arch, step_list, rounds, peers, modes, optimum_python, size, pre
     run_flow_bench(work, output_dir, arch, weight_format, peer_list, rounds, size, precision,
                    log=lambda s: print(s, file=sys.stderr, flush=True), steps=step_list or None,
                    guidance=guidance_scale, modes=mode_list, optimum_python=optimum_python,
-                   text_encoder_apart=text_encoder_apart)
+                   text_encoder_apart=text_encoder_apart, append=append, warm_cache=warm_cache)
     print((output_dir / "bench.md").read_text())
 
 
@@ -157,6 +162,8 @@ def bench_features(
     batch_steps: int = typer.Option(8, "--batch-steps", min=1, help="throughput: steps per image."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random models are built and kept [default: ~/.cache/sdcli/bench]."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where features.json and features.md go."),
+    append: bool = typer.Option(False, "--append", help="A transformer arch: keep the runs already in OUTPUT_DIR/bench.json (same machine and settings) and number these rounds after them, the rotation going on."),
+    warm_cache: Optional[Path] = typer.Option(None, "--warm-cache", help="A transformer arch: keep the warm runs' caches in this folder (one per peer) instead of a temporary one; a peer already warmed up there is not warmed up again (with --append, more rounds in a later invocation)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's block (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("features-local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/features.json (with --readme)."),
