@@ -6,8 +6,9 @@
 #            (615c487: session 30 measured that variant as sdcli-nodrop, not this code)
 #   PHASE=2  klein 1024² warm against genai: warm-ups into a kept cache (--warm-cache), then rounds as far as the
 #            call allows (2 fit in 9.5 minutes; every run saved as it ends)
-#   PHASE=3  KROUNDS (1) more klein rounds (--append, the caches warmed in PHASE=2), then the SD 1.5 hires fix
-#            512² -> 1024², 4 + 4 steps, base and hires, 3 rounds in this one lease
+#   PHASE=3  KROUNDS (1) more klein rounds of KPEERS (sdcli,genai; --append, the caches warmed in PHASE=2: the
+#            peer PHASE=2's end cut), then the SD 1.5 hires fix 512² -> 1024², 4 + 4 steps, base and hires,
+#            3 rounds in this one lease, then VROUNDS (3) more VAE decode rounds as far as the call allows
 # Each phase ends with one tarball in $OUT. TINY=1 PYTHON=/abs/.venv/bin/python WORK=... RESULTS=... OUT=...: the
 # tiny models, a check of the script here. Carry: .whl (openvino, genai, tokenizers, telemetry, diffusers 0.42.1),
 # .whl-nncf (nncf 3.4.0, pydot 4.0.1: the int8 conversion), .carry/bin (GNU time). The code is the working tree's.
@@ -50,9 +51,11 @@ case "$phase" in
   1) bench $(( $(left) - 15 )) vae-decode bench_vae_decode.py --workdir "$work" $tiny --rounds "$rounds" \
          --variants sdcli,genai-cache ;;
   2) kbench $(( $(left) - 15 )) "$rounds" ;;
-  3) kbench $(( $(left) - 15 )) "${KROUNDS:-1}" --append
-     bench $(( $(left) - 15 )) hires-sd15 bench_hires.py --workdir "$work" $tiny --cases sd15 --variants base,hires \
-         --rounds "$rounds" ;;
+  3) kbench $(( $(left) - 15 )) "${KROUNDS:-1}" --append --peers "${KPEERS:-sdcli,genai}"
+     bench $(( ${HIRES_S:-300} )) hires-sd15 bench_hires.py --workdir "$work" $tiny --cases sd15 --variants base,hires \
+         --rounds "$rounds"
+     bench $(( $(left) - 15 )) vae-decode bench_vae_decode.py --workdir "$work" $tiny --rounds "${VROUNDS:-3}" \
+         --variants sdcli,genai-cache --append ;;
 esac
 tar -C "$res" -czf "$out/results-$phase.tgz" .  # one file: a call brings back only a few
 cp "$res/timeline.txt" "$out"/ 2>/dev/null
