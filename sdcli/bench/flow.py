@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -221,7 +222,7 @@ def flow_markdown(report: dict) -> str:
             f"{default}; {info['date']}. {FLOW_ARCHS.get(arch, (None, arch))[1]} (random weights), "
             f"{report['weight_format']} folder, {report['size']}x{report['size']}, guidance {report['guidance_scale']:g}, "
             f"the folder's flow-matching Euler scheduler, precision {report['precision']}; whole processes, medians "
-            f"of {report.get('rounds') or 'the'} rounds in rotated order (cold: empty caches every run; warm: "
+            f"of {most_runs(report.get('runs', [])) or report.get('rounds') or 'the'} rounds in rotated order (cold: empty caches every run; warm: "
             "caches filled by unmeasured warm-up runs first). step_s: the median interval between per-step "
             "callbacks, the first left out; text_encoder_s: the prompt's encoding without the wait for the "
             "encoder's load; load_compile_s: all model loading and compiling (sdcli: the sum over its loader "
@@ -354,11 +355,16 @@ def run_flow_bench(workdir: Path, output_dir: Path, arch: str, weight_format: st
     return write_report(output_dir, report, runs)
 
 
+def most_runs(runs) -> int:
+    """The most runs any peer has of one mode and step count: the rounds a table's medians are of."""
+    return max(Counter((r["peer"], r["mode"], r["steps"]) for r in runs).values(), default=0)
+
+
 def write_report(output_dir: Path, report: dict, runs: list[Run]) -> dict:
     from sdcli.util.fsutil import atomic_write_bytes
 
     report = dict(report, summary=summarize_flow(runs), runs=[r.__dict__ for r in runs],
-                  rounds=max([report["rounds"], *(r.round + 1 for r in runs)]),
+                  rounds=max([report["rounds"], most_runs(r.__dict__ for r in runs)]),
                   peers=list(dict.fromkeys([*report["peers"], *(r.peer for r in runs)])),
                   modes=sorted({r.mode for r in runs} | set(report["modes"]), key=MODES.index))
     atomic_write_bytes(output_dir / "bench.json", json.dumps(report, indent=1).encode())
