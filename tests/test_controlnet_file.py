@@ -126,6 +126,7 @@ def test_single_file_residuals_match_diffusers(file_controlnet):
     assert worst < 1e-4 and to_folder < 1e-4
     config = json.loads((file_controlnet.folder / "file" / "config.json").read_text())
     assert config["_class_name"] == "ControlNetModel" and config["attention_head_dim"] == 8
+    assert not config.get("global_pool_conditions")  # (only a file named as the shuffle ControlNet pools)
     info = json.loads((file_controlnet.folder / "file" / "sdcli.json").read_text())
     assert info["weight_format"] == "fp32" and info["source"].endswith(".safetensors")
 

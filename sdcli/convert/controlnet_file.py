@@ -15,7 +15,9 @@ from the base the file fits, told by the context width of its attention (768 SD 
 
   * heads: 8 a block for SD 1.x; 64 channels a head for SD 2.x and SDXL (another width: 8 heads
     with 1x1-conv projections, as SD 1.x, 64 channels a head with linear ones);
-  * GroupNorm's 32 groups, SDXL's 256-wide time-id embedding.
+  * GroupNorm's 32 groups, SDXL's 256-wide time-id embedding;
+  * global_pool_conditions for an SD 1.x/2.x file with "shuffle" in its name, as the extension
+    gives the shuffle ControlNet its global average pooling.
 
 `--config DIR` (a diffusers ControlNet folder) gives the config instead.  diffusers' own
 single-file loader (ControlNetModel.from_single_file, given the config in a temporary folder so
@@ -293,6 +295,8 @@ def load_controlnet_file(path: Path, allow_pickle: bool, config_dir: str | None 
         return load_union_file(path, state, config_dir)
     if config_dir is None:
         config = infer_config({k: tuple(v.shape) for k, v in state.items()})
+        if "addition_embed_type" not in config and "shuffle" in path.stem.lower():
+            config["global_pool_conditions"] = True  # (the extension's rule for an SD 1.x/2.x file: shuffle's)
     else:
         try:
             config = ControlNetModel.load_config(config_dir, local_files_only=True)

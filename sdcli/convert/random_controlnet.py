@@ -21,7 +21,8 @@ def build_random_controlnet(unet_dir: str | Path, out_dir: str | Path, embedding
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(embedding_channels),
                                            load_weights_from_unet=False)
     if overrides:
-        controlnet = ControlNetModel.from_config(dict(controlnet.config, **overrides))
+        config = {k: v for k, v in controlnet.config.items() if k != "_use_default_values"}  # (else those reset)
+        controlnet = ControlNetModel.from_config(dict(config, **overrides))
     spread_weights(controlnet, seed=seed)
     with torch.no_grad():
         for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,

@@ -15,6 +15,9 @@ diffusers' rules (StableDiffusionControlNetPipeline, 0.42):
   guidance the ControlNet runs on the prompt's row only, the negative row getting none;
 - control mode "prompt" (A1111's "My prompt is more important") scales residual k by
   0.825 ** (n - k) (A1111's soft injection), on both rows;
+- a ControlNet that pools its residuals (global_pool_conditions: the shuffle ControlNet) runs
+  on the prompt's row only with classifier-free guidance, as in guess mode, but without its
+  logspace scales (diffusers turns guess mode on for it; the extension's cond-only injection);
 - with a refiner (StableDiffusionXLControlNetPipeline's denoising_end) the units run in the
   base's steps only, and n is the whole schedule's count, the refiner's steps included:
   diffusers works out controlnet_keep before it cuts the timesteps at denoising_end.
@@ -229,12 +232,13 @@ class ControlUnit:
         """diffusers' controlnet_keep: whether the unit runs on step `index` of `total`."""
         return not (index / total < self.start or (index + 1) / total > self.end)
 
-    def scales(self, count: int) -> np.ndarray:
+    def scales(self, count: int, pooled: bool = False) -> np.ndarray:
         """The factors of its `count` residuals (the down ones, then the mid one).  A unit of
         several control images has its weight applied inside the Union (diffusers'
-        conditioning_scale per condition), so not here."""
+        conditioning_scale per condition), so not here.  `pooled`: a ControlNet that pools its
+        residuals (pools): diffusers' guess mode leaves its residuals unscaled by logspace."""
         weight = self.weight if len(self.more_images) == 0 else 1.0
-        if self.mode == "controlnet":
+        if self.mode == "controlnet" and not pooled:
             return np.logspace(-1, 0, count).astype(np.float32) * np.float32(weight)
         if self.mode == "prompt":
             return np.asarray([weight * SOFT_INJECTION ** (count - 1 - k) for k in range(count)], np.float32)
@@ -392,6 +396,21 @@ class PreparedUnit:
     control_type: np.ndarray | None = None  # a Union's: diffusers' multi-hot control_type [1, num_control_type]
     conditions: dict | None = None  # a Union IR of several conditions': control_type_idx, conditioning_scale
     kept: tuple | None = None  # inpaint_only keeping the unmasked area: (fitted image uint8, mask float [H, W])
+    pooled: bool = False  # its residuals are averaged over the picture (pools)
+
+
+def pools(config: dict) -> bool:
+    """Whether a ControlNet of `config` averages its residuals over the picture (diffusers'
+    global_pool_conditions; A1111's global_average_pooling: the shuffle ControlNet).  As diffusers
+    and the extension do, such a unit runs on the prompt's row only under classifier-free
+    guidance (guess mode's rule, whatever its control mode), its residuals unscaled by logspace."""
+    return bool(config.get("global_pool_conditions"))
+
+
+def prompt_row_only(unit: ControlUnit, pooled: bool, rows: int) -> bool:
+    """Whether `unit`'s ControlNet runs on the prompt's row alone (the negative row getting no
+    residuals): guess mode, or a pooling ControlNet, with classifier-free guidance (2 rows)."""
+    return (unit.mode == "controlnet" or pooled) and rows == 2
 
 
 def control_type_vector(config: dict, unit: ControlUnit) -> np.ndarray | None:
@@ -495,7 +514,8 @@ def prepare_units(units, width: int, height: int, folder: Path | None, unet_conf
                 conds.append(control_input(image))
         conditions = union_conditions(unit) if is_union(config) and takes_conditions(path) else None
         cond = np.stack(conds, axis=1) if conditions is not None else conds[0]
-        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions, kept))
+        prepared.append(PreparedUnit(unit, cond, path, control_type_vector(config, unit), conditions, kept,
+                                     pools(config)))
     return prepared
 
 
@@ -539,7 +559,7 @@ class ControlledUNet:
             unit = prepared.unit
             if not unit.runs_at(index, self.total):
                 continue
-            cond_only = unit.mode == "controlnet" and rows == 2  # guess mode with classifier-free guidance
+            cond_only = prompt_row_only(unit, prepared.pooled, rows)
             take = (lambda a: a[1:]) if cond_only else (lambda a: a)
             batch = 1 if cond_only else rows
             inputs = {"sample": take(sample), "timestep": np.full((batch,), timestep, np.float32),
@@ -551,17 +571,25 @@ class ControlledUNet:
             inputs.update(prepared.conditions or {})
             controlnet = self.load(prepared.path, {name: list(value.shape) for name, value in inputs.items()})
             outputs = controlnet(inputs)
-            if len(outputs) != len(self.names) or any(out.shape[1:] != self.residual_shapes[name][1:]
-                                                       for out, name in zip(outputs, self.names)):
+            if len(outputs) != len(self.names) or not all(self._fits(out, name, prepared.pooled)
+                                                           for out, name in zip(outputs, self.names)):
                 raise UsageError(f"--controlnet {prepared.path.name}: its residuals do not fit this UNet's skip "
                                  "connections (a ControlNet for another base model)")
-            scales = unit.scales(len(outputs))
+            scales = unit.scales(len(outputs), prepared.pooled)
             for name, out, scale in zip(self.names, outputs, scales):
                 out = out * scale
+                if out.shape[2:] != tuple(self.residual_shapes[name][2:]):  # a pooling ControlNet's 1x1
+                    out = np.ascontiguousarray(np.broadcast_to(out, (out.shape[0], *self.residual_shapes[name][1:])))
                 if cond_only:
                     out = np.concatenate([np.zeros_like(out), out], axis=0)
                 total[name] = out if total[name] is None else total[name] + out
         return {name: (value if value is not None else self.zeros[name]) for name, value in total.items()}
+
+    def _fits(self, out: np.ndarray, name: str, pooled: bool) -> bool:
+        """Whether a ControlNet's residual `out` fits the UNet's input `name` (a pooling
+        ControlNet's is 1x1, broadcast over the picture)."""
+        shape = tuple(self.residual_shapes[name][1:])
+        return out.shape[1:] == shape or (pooled and out.shape[1:] == (shape[0], 1, 1))
 
     def __call__(self, sample: np.ndarray, timestep, context: np.ndarray, **extra) -> np.ndarray:
         residuals = self._residuals(sample, timestep, context, extra)
@@ -617,13 +645,14 @@ def _component(components, path: Path, shapes: dict[str, list[int]]):
 
 
 def unit_shapes(unet_shapes: dict[str, list[int]], unit: ControlUnit, width: int, height: int,
-                channels: int | None = None, control_types: int | None = None, conditions: bool = False) -> dict:
+                channels: int | None = None, control_types: int | None = None, conditions: bool = False,
+                pooled: bool = False) -> dict:
     """The input shapes of `unit`'s ControlNet beside a UNet of `unet_shapes` (the prompt's row
     only in guess mode with classifier-free guidance; `channels`: the latents' channels, which
     is all of the sample it reads; `control_types`: a Union's num_control_type; `conditions`: a
     Union IR that takes several control images)."""
     rows = unet_shapes["sample"][0]
-    batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
+    batch = 1 if prompt_row_only(unit, pooled, rows) else rows
     shapes = {name: [batch, *shape[1:]] for name, shape in unet_shapes.items()}
     if channels is not None:
         shapes["sample"][1] = channels
@@ -648,7 +677,7 @@ def start_compiling(engine, request, unet_shapes: dict[str, list[int]]) -> None:
         config = read_json(path / "config.json")
         types = int(config.get("num_control_type", 6)) if is_union(config) else None
         shapes = unit_shapes(unet_shapes, unit, width, height, engine.folder.latent_channels, types,
-                             bool(types) and takes_conditions(path))
+                             bool(types) and takes_conditions(path), pools(config))
         engine.components.start(*_component(engine.components, path, shapes))
 
 

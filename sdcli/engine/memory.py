@@ -293,7 +293,7 @@ def controlnet_bytes(engine, request, width: int, height: int, guidance: bool, e
     units = getattr(request, "controlnets", ())
     if not units:
         return 0
-    from sdcli.engine.controlnet import find_controlnet
+    from sdcli.engine.controlnet import find_controlnet, pools, prompt_row_only
     from sdcli.model.config_checks import read_json
 
     f = engine.folder.vae_scale_factor
@@ -305,7 +305,7 @@ def controlnet_bytes(engine, request, width: int, height: int, guidance: bool, e
         on_disk = int(WEIGHT_FACTOR * (path / "openvino_model.bin").stat().st_size) + COMPONENT
         weights += max(component_bytes(path / "openvino_model.xml", element_bytes), on_disk)
         config = read_json(path / "config.json")
-        batch = 1 if unit.mode == "controlnet" and rows == 2 else rows
+        batch = 1 if prompt_row_only(unit, pools(config), rows) else rows
         activations = max(activations, int(UNET_K * batch * element_bytes *
                                            _levels(config.get("block_out_channels", [320]), latent_pixels) / 2))
     return weights + activations + 2 * 4 * rows * residual_values(engine.folder.unet_config, latent_pixels)
