@@ -41,3 +41,15 @@ bench() {  # seconds name script args...
   log "$name done (rc ${PIPESTATUS[0]}; 124: cut off, the runs before it kept in bench.json)"
   [ -f "$res/$name/bench.json" ] && $py "$R/scripts/$script" --render "$res/$name/bench.json" > /dev/null 2>&1
 }
+start_build() {  # function what: run the exported function once per machine in a process session of its own
+  # (setsid: a build the call's end cuts goes on into the next call of a machine kept warm); "$work/built" after it
+  if [ ! -f "$work/built" ] && [ ! -f "$work/building" ]; then
+    log "building and converting $2"
+    touch "$work/building"
+    setsid bash -c "$1; touch '$work/built'" > "$res/build.log" 2>&1 < /dev/null &
+  fi
+}
+wait_built() {  # until start_build's build is done or the call's time is nearly out; 0 once it is done
+  while [ ! -f "$work/built" ] && [ "$(left)" -gt 20 ]; do sleep 5; done
+  [ -f "$work/built" ] && { tail -qn 1 "$res"/made-*.txt; log "models ready"; }
+}

@@ -16,17 +16,10 @@ configs=${CONFIGS:-sdcli-0cn,sdcli-1cn,torch-1cn-bf16}
 build() {
   $py -c "import sys; sys.path.insert(0, '$R/scripts'); from pathlib import Path; import bench_controlnet as b
 print(b.prepare(Path('$work/cn'), arch='$cnxl'))" > "$res/made-cn-$cnxl.txt" 2>&1
-  touch "$work/built"
 }
-if [ ! -f "$work/built" ] && [ ! -f "$work/building" ]; then
-  log "building and converting the ControlNet benchmark's $cnxl"
-  touch "$work/building"
-  export -f build; export py work res cnxl R
-  setsid bash -c build > "$res/build.log" 2>&1 < /dev/null &
-fi
-while [ ! -f "$work/built" ] && [ "$(left)" -gt 20 ]; do sleep 5; done
-if [ -f "$work/built" ]; then
-  tail -qn 1 "$res"/made-*.txt; log "models ready"
+export -f build; export py work res cnxl R
+start_build build "the ControlNet benchmark's $cnxl"
+if wait_built; then
   if [ -f "$res/controlnet-$cnxl/bench.json" ]; then more="--append --no-warm-up"; n=${CNROUNDS:-1}; else more=""; n=$rounds; fi
   bench $(( $(left) - 15 )) controlnet-$cnxl bench_controlnet.py --workdir "$work/cn" --arch $cnxl --rounds "$n" \
       --steps "${XLSTEPS:-4}" --configs "$configs" $more
