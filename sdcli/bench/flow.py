@@ -222,10 +222,11 @@ def flow_markdown(report: dict) -> str:
             f"{default}; {info['date']}. {FLOW_ARCHS.get(arch, (None, arch))[1]} (random weights), "
             f"{report['weight_format']} folder, {report['size']}x{report['size']}, guidance {report['guidance_scale']:g}, "
             f"the folder's flow-matching Euler scheduler, precision {report['precision']}; whole processes, medians "
-            f"of {most_runs(report.get('runs', [])) or report.get('rounds') or 'the'} rounds in rotated order (cold: empty caches every run; warm: "
-            "caches filled by unmeasured warm-up runs first). step_s: the median interval between per-step "
-            "callbacks, the first left out; text_encoder_s: the prompt's encoding without the wait for the "
-            "encoder's load; load_compile_s: all model loading and compiling (sdcli: the sum over its loader "
+            f"of {most_runs(report.get('runs', [])) or report.get('rounds') or 'the'} rounds in rotated order "
+            "(cold: empty caches every run; warm: caches filled by unmeasured warm-up runs first). step_s: the "
+            "median interval between per-step callbacks, the first left out; text_encoder_s: the prompt's "
+            "encoding without the wait for the encoder's load; load_compile_s: all model loading and compiling "
+            "(sdcli: the sum over its loader "
             "threads)." + (" gnu_time_*: the same runs as GNU time measured them." if any(
                 row.get("gnu_time_wall_s") is not None for row in rows) else "") + "\n\n")
     full = [row for row in rows if not row["peer"].endswith("-text-encoder")]

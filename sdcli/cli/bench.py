@@ -162,8 +162,6 @@ def bench_features(
     batch_steps: int = typer.Option(8, "--batch-steps", min=1, help="throughput: steps per image."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the random models are built and kept [default: ~/.cache/sdcli/bench]."),
     output_dir: Path = typer.Option(Path("bench-results"), "--output-dir", help="Where features.json and features.md go."),
-    append: bool = typer.Option(False, "--append", help="A transformer arch: keep the runs already in OUTPUT_DIR/bench.json (same machine and settings) and number these rounds after them, the rotation going on."),
-    warm_cache: Optional[Path] = typer.Option(None, "--warm-cache", help="A transformer arch: keep the warm runs' caches in this folder (one per peer) instead of a temporary one; a peer already warmed up there is not warmed up again (with --append, more rounds in a later invocation)."),
     readme: Optional[Path] = typer.Option(None, "--readme", help="Also rewrite this README's block (between <!-- bench:NAME:start/end --> markers)."),
     readme_block: str = typer.Option("features-local", "--readme-block", help="NAME of the README block to rewrite."),
     no_run: bool = typer.Option(False, "--no-run", help="Run nothing; render OUTPUT_DIR/features.json (with --readme)."),
