@@ -69,6 +69,23 @@ def diffusers_controlnet(model, controlnets, units: list[dict], *, img2img=None,
         del pipe.unet.forward  # (the UNet is the tiny model's, shared by the other tests)
 
 
+def ldm_controlnet(model, source_dir, seed: int, **overrides):
+    """A tiny random ControlNet for `model` (tiny_eps) shaped as an SD 1.x single file is read (8
+    heads, 32 groups): its diffusers folder, the ControlNetModel, and its state dict in the
+    original (LDM) names that A1111's files hold (without the control_model. prefix)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from sdcli.convert.controlnet_file import ldm_name
+    from sdcli.convert.random_controlnet import build_random_controlnet
+
+    source = build_random_controlnet(model.diffusers_dir / "unet", source_dir, seed=seed, attention_head_dim=8,
+                                     norm_num_groups=32, **overrides)
+    net = ControlNetModel.from_pretrained(source, torch_dtype=torch.float32).eval()
+    state = net.state_dict()
+    return source, net, {ldm_name(name, state): tensor.contiguous() for name, tensor in state.items()}
+
+
 def sdcli_controlnet(model, controlnets, tmp_path, name, units: list[dict], *flags, img2img=None):
     from tests.reference import sdcli_pixels
 

@@ -63,20 +63,14 @@ def file_controlnet(tiny_eps, models_root):
     its diffusers folder, its A1111 files (.safetensors with control_model., .pth without), and
     the folder and the .safetensors converted at fp32 into one ControlNet folder."""
     import torch
-    from diffusers import ControlNetModel
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
     from sdcli.cli.app import app
-    from sdcli.convert.controlnet_file import ldm_name
-    from sdcli.convert.random_controlnet import build_random_controlnet
+    from tests.controlnets import ldm_controlnet
 
     root = models_root / "cn-file"
-    source = build_random_controlnet(tiny_eps.diffusers_dir / "unet", root / "cn-src", seed=5,
-                                     attention_head_dim=8, norm_num_groups=32)
-    model = ControlNetModel.from_pretrained(source, torch_dtype=torch.float32).eval()
-    state = model.state_dict()
-    ldm = {ldm_name(name, state): tensor.contiguous() for name, tensor in state.items()}
+    source, model, ldm = ldm_controlnet(tiny_eps, root / "cn-src", seed=5)
     files = {"safetensors": root / "control_tiny_sd15.safetensors", "pth": root / "control_tiny_sd15.pth"}
     save_file({"control_model." + name: tensor for name, tensor in ldm.items()}, files["safetensors"])
     torch.save(ldm, files["pth"])

@@ -18,22 +18,16 @@ from tests.controlnets import diffusers_controlnet, moved, sdcli_controlnet
 def pooled(tiny_eps, tiny_controlnets, tmp_path_factory):
     """A tiny random pooling ControlNet, saved as an A1111 file named as the shuffle ControlNet's
     and converted by `sdcli convert` (no --config: its pooling told by the name alone)."""
-    import torch
-    from diffusers import ControlNetModel
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
     from sdcli.cli.app import app
-    from sdcli.convert.controlnet_file import ldm_name
-    from sdcli.convert.random_controlnet import build_random_controlnet
+    from tests.controlnets import ldm_controlnet
 
     root = tmp_path_factory.mktemp("pooled")
-    source = build_random_controlnet(tiny_eps.diffusers_dir / "unet", root / "src", seed=7, attention_head_dim=8,
-                                     norm_num_groups=32, global_pool_conditions=True)
-    model = ControlNetModel.from_pretrained(source, torch_dtype=torch.float32).eval()
-    state = model.state_dict()
+    _, model, ldm = ldm_controlnet(tiny_eps, root / "src", seed=7, global_pool_conditions=True)
     file = root / "control_v11e_sd15_shuffle.safetensors"
-    save_file({"control_model." + ldm_name(name, state): t.contiguous() for name, t in state.items()}, file)
+    save_file({"control_model." + name: tensor for name, tensor in ldm.items()}, file)
     folder = root / "ControlNet"
     result = CliRunner().invoke(app, ["convert", str(file), "--weight-format", "fp32", "--controlnet-dir",
                                       str(folder), "--quiet"])
@@ -50,7 +44,7 @@ def test_the_shuffle_file_pools_and_generate_matches_diffusers(pooled, tiny_eps,
     unit = dict(name="control_v11e_sd15_shuffle", image=pooled.images["a"])
     ours = sdcli_controlnet(tiny_eps, pooled, tmp_path, "ours", [unit])
     theirs = diffusers_controlnet(tiny_eps, pooled, [unit])
-    compare(ours, theirs, parity_log, model="epsilon", scheduler="euler", mode="cn pooled", size="64x64")
+    compare(ours, theirs, parity_log, model="epsilon", scheduler=SCHEDULER, mode="cn pooled", size="64x64")
     other = sdcli_controlnet(tiny_eps, pooled, tmp_path, "other", [dict(unit, image=pooled.images["b"])])
     # "ControlNet is more important": diffusers' guess mode, which a pooling ControlNet has anyway
     guess = sdcli_controlnet(tiny_eps, pooled, tmp_path, "guess", [unit], "--control-mode", "controlnet")
