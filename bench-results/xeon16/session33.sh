@@ -8,7 +8,10 @@
 #   PHASE=2  carry .whl-oi .carry/bin (optimum-intel 2.2.0, optimum 2.3.0, transformers 5.5.4, diffusers 0.39.0,
 #            huggingface_hub 1.21.0, tokenizers 0.22.2: .venv-oi's pins) into /tmp/site-oi, put before /tmp/site by
 #            optimum-python; waits for the build; warm rounds of the three peers (kept caches: --warm-cache)
-#   PHASE=3+ carry .carry/bin: MODE (cold) rounds, or more warm rounds with --append (MODE=warm)
+#            (MODE=cold there: cold rounds instead, no warm-up)
+#   PHASE=3+ carry .carry/bin: more MODE (cold) rounds, --append (the rounds numbered on, the rotation continued)
+# Session 33 ran PHASE=1, 2, 3 MODE=warm; its PHASE=4 (cold) was lost with the machine. The next lease's cold row:
+#   PHASE=1, PHASE=2 MODE=cold, PHASE=3 MODE=cold (about 1150 s).
 # .whl-oi (20 MB): python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 #   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl-oi
 #   optimum-intel==2.2.0 optimum==2.3.0 transformers==5.5.4 diffusers==0.39.0 huggingface_hub==1.21.0 tokenizers==0.22.2
@@ -43,8 +46,8 @@ zbench() {  # seconds mode rounds args...: the three peers on the int8 folder
 }
 if [ "$phase" != 1 ] && wait_built; then
   case "$phase" in
-    2) zbench $(( $(left) - 15 )) warm "$rounds" ;;
-    *) zbench $(( $(left) - 15 )) "${MODE:-cold}" "${ZROUNDS:-$rounds}" $([ "${MODE:-cold}" = warm ] && echo --append) ;;
+    2) zbench $(( $(left) - 15 )) "${MODE:-warm}" "$rounds" ;;
+    *) zbench $(( $(left) - 15 )) "${MODE:-cold}" "${ZROUNDS:-$rounds}" --append ;;
   esac
 fi
 tar -C "$res" -czf "$out/results-$phase.tgz" .  # one file: a call brings back only a few
