@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdcli.convert.random_weights import bytes_to_unicode, spread_weights
+from sdcli.convert.random_weights import bytes_to_unicode, make_large, spread_weights
 
 _spread_weights = spread_weights  # (tests/single_file.py calls it by this name)
 
@@ -317,12 +317,15 @@ def build_random_sdxl(
     torch.manual_seed(seed)
     if torch_dtype is not None:
         torch.set_default_dtype(torch_dtype)  # built in half precision, not built in full and cast
+    def make(build):  # a full size in torch_dtype: large modules filled fast (random_weights.make_large)
+        return build() if tiny or torch_dtype is None else make_large(build, torch_dtype, seed)
+
     try:
-        unet = UNet2DConditionModel(**unet_cfg)
+        unet = make(lambda: UNet2DConditionModel(**unet_cfg))
         vae = AutoencoderKL(**sizes["vae"])
         special = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
         text_encoder = None if refiner else CLIPTextModel(CLIPTextConfig(**sizes["text"], **special))
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**sizes["text_2"], **special))
+        text_encoder_2 = make(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**sizes["text_2"], **special)))
     finally:
         torch.set_default_dtype(torch.float32)
     if tiny:

@@ -197,6 +197,8 @@ def build_qwen3_pipeline(out_dir: str | Path, sizes: dict, tiny_sizes: dict, see
     tokenizer, scheduler, sizes)` makes the pipeline.  `sizes` being `tiny_sizes` spreads the
     weights (random_weights.spread_weights).  A full size in `torch_dtype` saves the small files
     from a stand-in of tiny components, then makes and saves one large component at a time."""
+    import functools
+
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -207,12 +209,8 @@ def build_qwen3_pipeline(out_dir: str | Path, sizes: dict, tiny_sizes: dict, see
     if sizes is not tiny_sizes and torch_dtype is not None:
         stand_in = {**sizes, **{key: tiny_sizes[key] for key in COMPONENTS}}
         build_qwen3_pipeline(out_dir, stand_in, tiny_sizes, seed, None, make, assemble, finish)
-
-        def large(name: str, made: Callable):
-            done = finish.get(name, lambda module, seed: module)
-            return lambda: done(made(sizes), seed)
-
-        save_large_components(out_dir, {name: large(name, made) for name, made in make.items()}, torch_dtype, seed)
+        save_large_components(out_dir, {name: functools.partial(made, sizes) for name, made in make.items()},
+                              torch_dtype, seed, finish)
         return None
     torch.manual_seed(seed)
     if torch_dtype is not None:
