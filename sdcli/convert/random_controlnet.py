@@ -1,11 +1,13 @@
 """Random-weight ControlNets (diffusers' ControlNetModel) that fit a UNet, built locally for
 tests: every layer is drawn at random, the zero convolutions too (diffusers initialises them
-at zero, which would make the control image change nothing).  Needs torch and diffusers."""
+at zero, which would make the control image change nothing); a full-size one (a benchmark's)
+is filled from a pool of draws (random_weights.make_large).  Needs torch and diffusers."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from sdcli.convert.random_weights import spread_weights
+from sdcli.convert import random_weights
+from sdcli.convert.random_weights import make_large, spread_weights
 
 
 def build_random_controlnet(unet_dir: str | Path, out_dir: str | Path, embedding_channels: tuple[int, ...] = (8, 16),
@@ -17,13 +19,20 @@ def build_random_controlnet(unet_dir: str | Path, out_dir: str | Path, embedding
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=torch.float32)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(embedding_channels),
-                                           load_weights_from_unet=False)
-    if overrides:
-        config = {k: v for k, v in controlnet.config.items() if k != "_use_default_values"}  # (else those reset)
-        controlnet = ControlNetModel.from_config(dict(config, **overrides))
-    spread_weights(controlnet, seed=seed)
+    with torch.device("meta"):  # only its config is read
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir))
+
+    def make():
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(embedding_channels),
+                                               load_weights_from_unet=False)
+        if overrides:
+            config = {k: v for k, v in controlnet.config.items() if k != "_use_default_values"}  # (else those reset)
+            controlnet = ControlNetModel.from_config(dict(config, **overrides))
+        return controlnet
+
+    controlnet = make_large(make, torch.float32, seed)  # a full-size one (a benchmark's): filled from a pool
+    if sum(p.numel() for p in controlnet.parameters()) <= random_weights.LARGE_PARAMETERS:
+        spread_weights(controlnet, seed=seed)
     with torch.no_grad():
         for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
                        controlnet.controlnet_cond_embedding.conv_out]:
