@@ -2,6 +2,19 @@
 # settings from the environment, left() and log(), lscpu, the carried wheels installed into /tmp/site (.whl, and
 # .whl-sp, .whl-nncf where carried), the versions, and bench(): one scripts/bench_*.py run within a time, its
 # bench.md rendered again after it.
+# The wheel folders (gitignored; made here, carried with `run`'s carry; 64 MiB a call with the tree):
+#   .whl       pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform
+#              manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl
+#              openvino==2026.4.1 openvino-genai==2026.4.1.0 openvino-tokenizers==2026.4.1.0
+#              openvino-telemetry==2025.2.0 diffusers==0.42.1; then slim openvino's wheel (71 -> 47 MB) with
+#              zip -d .whl/openvino-*.whl openvino/libs/libopenvino_intel_gpu_plugin.so
+#              openvino/libs/libopenvino_intel_npu_plugin.so openvino/libs/cache.json
+#              'openvino/libs/libopenvino_tensorflow_frontend.so*' 'openvino/libs/libopenvino_paddle_frontend.so*'
+#              'openvino/libs/libopenvino_gguf_frontend.so*' 'openvino/libs/libopenvino_tensorflow_lite_frontend.so*'
+#              'openvino/frontend/tensorflow/py_tensorflow_frontend*' 'openvino/frontend/paddle/py_paddle_frontend*'
+#              (the CPU plugin and the IR, ONNX and PyTorch frontends stay)
+#   .whl-nncf  the same download of nncf==3.4.0 pydot==4.0.1;  .whl-sp: spandrel==0.4.2
+#   .carry/bin GNU time (cp /usr/bin/time: it needs only libc)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)

@@ -11,7 +11,10 @@
 #            (MODE=cold there: cold rounds instead, no warm-up)
 #   PHASE=3+ carry .carry/bin: more MODE (cold) rounds, --append (the rounds numbered on, the rotation continued)
 # Session 33 ran PHASE=1, 2, 3 MODE=warm; its PHASE=4 (cold) was lost with the machine. The next lease's cold row:
-#   PHASE=1, PHASE=2 MODE=cold, PHASE=3 MODE=cold (about 1150 s).
+#   PHASE=1, PHASE=2 MODE=cold, PHASE=3 MODE=cold (about 1150 s); PEERS (sdcli,genai,optimum) names fewer peers
+#   (sdcli,optimum: genai's cold Z-Image row exists, docs/performance.md's z-image-xeon16; about 105 s a round, not 150).
+# Beside session32.sh in one lease: give each its own WORK, RESULTS and OUT (lib.sh's build marker, timeline and
+#   tarball names are per folder), e.g. WORK=/tmp/bench-cn RESULTS=/tmp/results-cn OUT=$OUT/cn for session32.sh.
 # .whl-oi (20 MB): python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 #   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl-oi
 #   optimum-intel==2.2.0 optimum==2.3.0 transformers==5.5.4 diffusers==0.39.0 huggingface_hub==1.21.0 tokenizers==0.22.2
@@ -39,7 +42,7 @@ zbench() {  # seconds mode rounds args...: the three peers on the int8 folder
   if [ "$t" -lt 60 ]; then log "no time left for $zi $m ($t s)"; return; fi
   log "$zi $m, $n rounds, $t s at most"
   timeout "$t" $py -m sdcli bench --arch "$zi" --weight-format int8 --workdir "$work" --size "$size" --steps 4 \
-      --rounds "$n" --modes "$m" --peers sdcli,genai,optimum --optimum-python "$oipy" --no-text-encoder-apart \
+      --rounds "$n" --modes "$m" --peers "${PEERS:-sdcli,genai,optimum}" --optimum-python "$oipy" --no-text-encoder-apart \
       --warm-cache "$work/zi-warm" --output-dir "$d" "$@" 2>&1 >/dev/null | tail -4
   log "$zi $m done (rc ${PIPESTATUS[0]}; 124: cut off, the runs before it kept)"
   $py -m sdcli bench --no-run --output-dir "$d" > "$d/bench.md" 2>/dev/null
