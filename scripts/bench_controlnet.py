@@ -12,6 +12,9 @@ converted once, under --workdir/ARCH-src (sd15-src for sd15); the ControlNet is 
 ControlNetModel shaped like that UNet (lllyasviel's conditioning embedding: 16, 32, 96, 256),
 converted once at fp32. Configurations: sdcli-{0,1,2}cn at its default precision, -f32 at f32,
 -int8 on folders converted with --weight-format int8 (the SD model and the ControlNets);
+-hybrid on the SD model converted with --quantize hybrid (NNCF: int8 weights and activations in
+the UNet, as the OpenVINO notebook's int8 ControlNet pipeline quantizes it) and the ControlNets
+as for the default;
 torch-1cn in f32 (diffusers' default on a CPU), torch-1cn-bf16 with bfloat16 weights.
 A -cold suffix (sdcli-1cn-cold) runs with an empty compiled-model cache every time (a fresh
 cache folder, removed before the run): the first run a user sees; the others are warm.
@@ -61,16 +64,18 @@ print(json.dumps({"load_s": t1 - t0, "step_s": sorted(steps_s)[len(steps_s) // 2
 """ % PROMPT
 
 
-def prepare(work: Path, int8: bool = False, arch: str = "sd15") -> dict:
+def prepare(work: Path, int8: bool = False, arch: str = "sd15", hybrid: bool = False) -> dict:
     from sdcli.convert.random_controlnet import build_random_controlnet
 
     src, ov, ov8 = work / f"{arch}-src", work / f"{arch}-ov", work / f"{arch}-ov-int8"
+    hyb = work / f"{arch}-ov-hybrid"
     if not (src / "model_index.json").is_file():
         subprocess.run([sys.executable, "-m", "sdcli.convert.random_model", str(src), f"--{arch}"], check=True, cwd=ROOT)
-    for folder, fmt in ((ov, None), (ov8, "int8") if int8 else (None, None)):
+    for folder, args in ((ov, []), (ov8, ["--weight-format", "int8"]) if int8 else (None, None),
+                         (hyb, ["--quantize", "hybrid"]) if hybrid else (None, None)):
         if folder is not None and not (folder / "model_index.json").is_file():
             subprocess.run([sys.executable, "-m", "sdcli", "convert", str(src), "--output", str(folder), "--quiet",
-                            *(["--weight-format", fmt] if fmt else [])], check=True, cwd=ROOT)
+                            *args], check=True, cwd=ROOT)
     cns = {}
     tag = "" if arch == "sd15" else f"{arch}-"  # (the sd15 names as before: folders converted earlier are kept)
     for seed, name in enumerate((f"{tag}cn-a", f"{tag}cn-b")):
@@ -85,7 +90,7 @@ def prepare(work: Path, int8: bool = False, arch: str = "sd15") -> dict:
                                 "--controlnet-dir", str(work / cn_dir), "--quiet"], check=True, cwd=ROOT)
                 (work / cn_dir / f"{name}-src").rename(work / cn_dir / name)
         cns[name.removeprefix(tag)] = (name, cn_src)
-    return {"src": src, "ov": ov, "ov-int8": ov8, "cns": cns}
+    return {"src": src, "ov": ov, "ov-int8": ov8, "ov-hybrid": hyb, "cns": cns}
 
 
 def command(config: str, made: dict, work: Path, image: Path, steps: int, size: int,
@@ -111,8 +116,9 @@ def command(config: str, made: dict, work: Path, image: Path, steps: int, size: 
         env["SDCLI_CACHE_DIR"] = str(cold)
     precision = "f32" if config.endswith("-f32") else "auto"
     int8 = config.endswith("-int8")  # the int8 folder (sdcli convert --weight-format int8) and int8 ControlNets
+    folder = made["ov-int8" if int8 else "ov-hybrid" if config.endswith("-hybrid") else "ov"]
     units = {"0cn": [], "1cn": ["cn-a"], "2cn": ["cn-a", "cn-b"]}[config.split("-")[1]]
-    cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(made["ov-int8" if int8 else "ov"]), "--prompt",
+    cmd = [sys.executable, "-m", "sdcli", "generate", "--model", str(folder), "--prompt",
            PROMPT, "--steps", str(steps), "--scheduler", "euler", "--guidance-scale", "7.5", "--seed", "42", "--width", str(size), "--height",
            str(size), "--precision", precision, "--controlnet-dir", str(work / ("ControlNet-int8" if int8 else
                                                                                 "ControlNet")), "--output",
@@ -159,7 +165,8 @@ def main() -> None:
         return
     work, out_dir = made_dirs(args)
     args.size = args.size or {"sdxl": 1024, "sd15": 512}.get(args.arch, 64)
-    made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")), arch=args.arch)
+    made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")), arch=args.arch,
+                   hybrid=any(c.endswith("-hybrid") for c in args.configs.split(",")))
     image = work / "control.png"
     y, x = np.mgrid[0:args.size, 0:args.size]
     Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
