@@ -165,12 +165,12 @@ def main() -> None:
         return
     work, out_dir = made_dirs(args)
     args.size = args.size or {"sdxl": 1024, "sd15": 512}.get(args.arch, 64)
-    made = prepare(work, int8=any(c.endswith("-int8") for c in args.configs.split(",")), arch=args.arch,
-                   hybrid=any(c.endswith("-hybrid") for c in args.configs.split(",")))
+    configs = args.configs.split(",")
+    made = prepare(work, int8=any(c.endswith("-int8") for c in configs), arch=args.arch,
+                   hybrid=any(c.endswith("-hybrid") for c in configs))
     image = work / "control.png"
     y, x = np.mgrid[0:args.size, 0:args.size]
     Image.fromarray(np.where(((x // 32) + (y // 48)) % 2 == 0, 230, 20).astype(np.uint8)).convert("RGB").save(image)
-    configs = args.configs.split(",")
     report = {"machine": machine_info(), "arch": args.arch, "size": args.size, "steps": args.steps, "rounds": args.rounds,
               "configs": configs, "runs": appended_runs(args), "load_average_start": os.getloadavg()}
 

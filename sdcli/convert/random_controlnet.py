@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdcli.convert import random_weights
 from sdcli.convert.random_weights import make_large, spread_weights
 
 
@@ -30,9 +29,8 @@ def build_random_controlnet(unet_dir: str | Path, out_dir: str | Path, embedding
             controlnet = ControlNetModel.from_config(dict(config, **overrides))
         return controlnet
 
-    controlnet = make_large(make, torch.float32, seed)  # a full-size one (a benchmark's): filled from a pool
-    if sum(p.numel() for p in controlnet.parameters()) <= random_weights.LARGE_PARAMETERS:
-        spread_weights(controlnet, seed=seed)
+    # a full-size one (a benchmark's) filled from a pool; a small one (a test's) drawn by spread_weights
+    controlnet = make_large(make, torch.float32, seed, usual=lambda module: spread_weights(module, seed=seed))
     with torch.no_grad():
         for module in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
                        controlnet.controlnet_cond_embedding.conv_out]:

@@ -39,11 +39,12 @@ POOL_SIZE = 1 << 24  # values drawn once per large module; its weights are windo
 LARGE_PARAMETERS = 200_000_000  # modules above this many parameters are filled from the pool
 
 
-def make_large(make, torch_dtype, seed: int):
+def make_large(make, torch_dtype, seed: int, usual=None):
     """`make()` in `torch_dtype`.  A module of more than LARGE_PARAMETERS parameters is made on
     the meta device and its weights filled by `fill_from_pool` (torch's default initialisers
     draw every value from one serial generator: minutes for a 6 B transformer, while what a
-    benchmark measures does not depend on the values); a smaller one is made as usual."""
+    benchmark measures does not depend on the values); a smaller one is made as usual, and
+    `usual(module)` (where given) applied to it."""
     import torch
 
     torch.manual_seed(seed)
@@ -60,6 +61,8 @@ def make_large(make, torch_dtype, seed: int):
             fill_from_pool(module, seed)
         else:
             module = make()
+            if usual is not None:
+                usual(module)
     finally:
         torch.set_default_dtype(previous)
     return module
