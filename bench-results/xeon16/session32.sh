@@ -7,6 +7,7 @@
 #            rounds as far as the call allows
 #   PHASE=2+ CNROUNDS (1) more rounds each (--append --no-warm-up once PHASE=1 warmed the cache up), until every
 #            config has 3 runs
+# WAIT_ALSO=FILE: no rounds before FILE exists (another script's build marker, e.g. session33.sh's /tmp/bench/built).
 # CONFIGS: sdcli-0cn,sdcli-1cn,torch-1cn-bf16 (the ratio's pair and the plain run; session 29 has 2cn and cold).
 # Each phase ends with one tarball in $OUT. TINY=1 PYTHON=/abs/.venv/bin/python WORK=... RESULTS=... OUT=...: the
 # tiny models, a check of the script here. Carry: .whl, .carry/bin. The code is the working tree's.
@@ -20,6 +21,11 @@ print(b.prepare(Path('$work/cn'), arch='$cnxl'))" > "$res/made-cn-$cnxl.txt" 2>&
 export -f build; export py work res cnxl R
 start_build build "the ControlNet benchmark's $cnxl"
 if wait_built; then
+  while [ -n "${WAIT_ALSO:-}" ] && [ ! -f "$WAIT_ALSO" ] && [ "$(left)" -gt 60 ]; do sleep 5; done  # another build
+fi
+if [ -n "${WAIT_ALSO:-}" ] && [ ! -f "$WAIT_ALSO" ]; then
+  log "$WAIT_ALSO not there yet: no rounds in this call"
+elif [ -f "$work/built" ]; then
   if [ -f "$res/controlnet-$cnxl/bench.json" ]; then more="--append --no-warm-up"; n=${CNROUNDS:-1}; else more=""; n=$rounds; fi
   bench $(( $(left) - 15 )) controlnet-$cnxl bench_controlnet.py --workdir "$work/cn" --arch $cnxl --rounds "$n" \
       --steps "${XLSTEPS:-4}" --configs "$configs" $more
