@@ -21,7 +21,8 @@ cache folder, removed before the run): the first run a user sees; the others are
 sdcli-0cn-base: no ControlNet, run by the sdcli of --baseline-tree (a checkout from before the
 ControlNet work, e.g. `git worktree add /tmp/pre-cn 6cef4c7~1`), with its own cache folder: beside
 sdcli-0cn it measures what the load-time ControlNet edit costs a run that uses none (issue 22).
-Rounds rotate the configurations; one unmeasured warm-up each for sdcli (compiled-model cache filled).
+Rounds rotate the configurations; two unmeasured warm-ups each for sdcli (its first run of a model
+compiles it, the second writes the compiled blob that later runs import: sdcli.bench.rounds).
 """
 from __future__ import annotations
 
@@ -130,13 +131,13 @@ def command(config: str, made: dict, work: Path, image: Path, steps: int, size: 
 
 def markdown(report: dict) -> str:
     """bench.md from a bench.json's report: the machine, the settings and one row of medians per configuration."""
-    from sdcli.bench.rounds import median_rows, rounds_phrase, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table, warm_up_phrase
 
     cold = "; -cold: an empty compiled-model cache every run" if any(c.endswith("-cold") for c in report["configs"]) else ""
     lines = [f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores')} cores; "
              f"{ARCH_NAMES[report['arch']]} architecture (random weights), {report['size']}x{report['size']}, "
              f"{report['steps']} steps, Euler; whole processes, {rounds_phrase(report['runs'], ['config'])} (sdcli "
-             f"after one unmeasured warm-up each{cold}); load average "
+             f"after {warm_up_phrase(report)} each{cold}); load average "
              f"{report['load_average_start'][0]:.1f} at the start, "
              f"{(report.get('load_average_end') or [float('nan')])[0]:.1f} at the end.", ""]
     lines += table(median_rows(report["runs"], ["config"], ["wall_s", "peak_rss_mb", "step_s"]),

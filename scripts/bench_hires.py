@@ -16,7 +16,7 @@ tiles of `--vae-tile-size` or the VAE's own sample_size: 512 for SD 1.5, 1024 fo
 
 The random models are built and converted once (sdcli.bench.peers.ensure_models, the folders
 `sdcli bench --arch sd15/sdxl` uses, under --workdir). sdcli runs at --precision (auto: bf16
-where the CPU has it). Per case, one unmeasured warm-up of each configuration (the compiled-model
+where the CPU has it). Per case, two unmeasured warm-ups of each configuration (the compiled-model
 cache filled), then N rounds in rotated order (sdcli.bench.rounds); wall and peak RSS from
 outside (GNU time where there is one), the stages from `sdcli generate --json`. bench.json keeps
 every run; bench.md the medians, rendered from it (`--render bench.json` redoes bench.md alone).
@@ -87,7 +87,7 @@ def compare_pictures(report: dict, work: Path) -> dict:
 
 
 def markdown(report: dict) -> str:
-    from sdcli.bench.rounds import median_rows, rounds_phrase, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table, warm_up_phrase
 
     m, configs = report["machine"], report["configs"]
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; OpenVINO {m.get('openvino')}; "
@@ -95,7 +95,7 @@ def markdown(report: dict) -> str:
              f"weights {report['weight_format']}, precision {report['precision']}; `sdcli generate`, Euler, first "
              f"pass then `--hires-scale {SCALE} --hires-upscaler {UPSCALER} --hires-denoise {DENOISE}`; base: the "
              "first pass alone; hires: `--no-vae-tiling`; hires-tiled: `--vae-tiling`. Whole processes, "
-             f"{rounds_phrase(report['runs'], ['config'])} {'after one unmeasured warm-up each' if report.get('warm_up', True) else '(no warm-up)'}; "
+             f"{rounds_phrase(report['runs'], ['config'])} {'after ' + warm_up_phrase(report) + ' each' if report.get('warm_up', True) else '(no warm-up)'}; "
              "load average "
              f"{report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} at the "
              "end. Stages (seconds) from `--json`'s breakdown (both passes); step_s / hires_step_s: each pass's "

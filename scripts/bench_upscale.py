@@ -12,8 +12,8 @@ SIZE x SIZE picture 4x with A1111's defaults (tiles of 192 pixels overlapping by
 where the CPU has it), and a torch process doing the same tiling through sdcli's grid code
 with spandrel's model in f32 (torch's own thread count), and (peer torch-bf16, asked for with
 --peers) the same with the model and its input in bfloat16. Rounds rotate the peers' order; the
-first run of each peer is an unmeasured warm-up (OpenVINO's compiled-model cache filled, the
-files in the page cache). bench.json keeps every run; bench.md the medians.
+first two runs of each peer are unmeasured warm-ups (the compiled-model cache filled: sdcli
+writes a blob on a model's second run; the files in the page cache). bench.json keeps every run; bench.md the medians.
 """
 from __future__ import annotations
 
@@ -163,12 +163,12 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
-    from sdcli.bench.rounds import median_rows, rounds_phrase, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table, warm_up_phrase
 
     m = report["machine"]
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores; {report['size']}x{report['size']} picture upscaled "
              f"{report['scale']}x, A1111's tiling (tile {report['tile']}, overlap {report['overlap']}, BGR); whole "
-             f"processes, {rounds_phrase(report['runs'], ['arch', 'peer'])} after one unmeasured warm-up per peer; load "
+             f"processes, {rounds_phrase(report['runs'], ['arch', 'peer'])} after {warm_up_phrase(report)} per peer; load "
              f"average {report['load_average_start'][0]:.1f} at the start, {report.get('load_average_end', [0])[0]:.1f} "
              "at the end. sdcli-f32: `sdcli upscale --precision f32`; sdcli: its default precision; torch: "
              "spandrel's model in f32 through the same tiling code; torch-bf16: the same in bfloat16 "

@@ -11,8 +11,8 @@ default precision), `genai-cache` (openvino_genai.AutoencoderKL, reshape, compil
 CACHE_DIR: genai's best documented settings) and `genai` (the same without the cache: its
 defaults). Both peers compile at OpenVINO's default inference precision for this CPU unless
 sdcli's `auto` says otherwise (recorded per run). The random SD 1.5 architecture's VAE (the
-SDXL VAE has the same decoder graph) from `sdcli bench`'s folders. One unmeasured warm-up of
-each configuration fills its cache; then N rounds in rotated order (sdcli.bench.rounds).
+SDXL VAE has the same decoder graph) from `sdcli bench`'s folders. Two unmeasured warm-ups of
+each configuration fill its cache (sdcli writes a blob on a model's second run); then N rounds in rotated order (sdcli.bench.rounds).
 Reported per configuration, medians: decode1_s (the first decode after compiling: OpenVINO's
 CPU plugin does one-time work there, and a `generate` decodes once), decode_warm_s (the median
 of the second and third), load_s (read + compile, cache warm), the process's wall and peak RSS.
@@ -67,7 +67,7 @@ def ratios(rows: list[dict]) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    from sdcli.bench.rounds import median_rows, rounds_phrase, table
+    from sdcli.bench.rounds import median_rows, rounds_phrase, table, warm_up_phrase
 
     m = report["machine"]
     rows = median_rows(report["runs"], ["config"], ["decode1_s", "decode_warm_s", "load_s", "import_s", "wall_s",
@@ -79,7 +79,7 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB; OpenVINO {m.get('openvino')}; "
              f"{m.get('date')}. {report['arch']} VAE decoder ({report['weight_format']} folder), one process per run "
              "(`scripts/vae_decode_ab.py`): load + compile for a static size, three decodes of the same latents. "
-             f"{rounds_phrase(report['runs'], ['config']).capitalize()} after one unmeasured warm-up each (caches warm); load "
+             f"{rounds_phrase(report['runs'], ['config']).capitalize()} after {warm_up_phrase(report)} each (caches warm); load "
              f"average {report['load_average_start'][0]:.1f} at the start, "
              f"{report.get('load_average_end', [0])[0]:.1f} at the end. decode1: the first decode after compiling; "
              "decode_warm: the median of the next two.", ""]

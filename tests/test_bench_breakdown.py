@@ -29,6 +29,16 @@ def test_generate_breakdown_adds_up_to_the_process_age_and_leaves_the_waits_out_
     assert (b["total"], b["model_load_total"]) == (8.0, 3.0)
 
 
+def test_generate_breakdown_counts_a_wait_inside_the_loop_once():
+    # a ControlNet still loading when the first step calls it: the wait is in the UNet's clock and in load_wait
+    timings = {**ENGINE_TIMINGS, "unet": 5.5, "denoise": 5.75, "load_wait_denoise": 3.5, "load_wait": 5.1}
+    b = generate_breakdown(timings, process_start=0.05, imports=1.2, png_write=0.1, total=11.5)
+    assert b["unet"] == pytest.approx(2.0) and b["model_load"] == 5.1
+    assert b["steps_other"] == pytest.approx(0.25)
+    assert b["other"] == pytest.approx(11.5 - 0.05 - 1.2 - 5.1 - 0.5 - 2.0 - 0.25 - 0.3 - 0.1)
+    assert b["other"] >= 0
+
+
 def test_generate_breakdown_of_a_cached_prompt_has_no_text_encoder_time():
     timings = {k: v for k, v in ENGINE_TIMINGS.items() if k not in ("encode_prompt", "load_wait_encode")}
     b = generate_breakdown(timings, None, 0.5, 0.0, 5.0)

@@ -35,3 +35,16 @@ def test_earlier_runs_only_with_append(tmp_path):
     assert appended_runs(parser.parse_args(["--output-dir", str(tmp_path)])) == []
     assert appended_runs(parser.parse_args(["--output-dir", str(tmp_path), "--append"])) == [{"config": "a", "round": 0}]
     assert appended_runs(parser.parse_args(["--output-dir", str(tmp_path / "none"), "--append"])) == []
+
+
+def test_warm_ups_run_twice_each_before_the_rounds(tmp_path):
+    # sdcli writes a compiled model's blob on its second run: the rounds must come after both
+    log = tmp_path / "calls.txt"
+
+    def counting(name: str):
+        return [sys.executable, "-c", f"open({str(log)!r}, 'a').write('{name}\\n'); print('{{}}')"], dict(os.environ)
+
+    report = {"rounds": 0, "runs": []}
+    done = measure_rounds(report, ["a", "b"], counting, 1, log=lambda line: None)
+    assert log.read_text().split() == ["a", "a", "b", "b", "a", "b"]
+    assert [r["config"] for r in done] == ["a", "b"] and report["warm_ups"] == 2

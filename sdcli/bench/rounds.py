@@ -1,6 +1,7 @@
 """The rotated rounds of the scripts/bench_*.py benchmarks (ControlNet, upscalers, hires fix):
 whole processes measured from outside (peers.run_measured: wall, peak RSS, through GNU time
-where there is one), an unmeasured warm-up of each configuration first, then rounds whose order
+where there is one), unmeasured warm-ups of each configuration first (two: sdcli writes a
+compiled model's blob on its second run, peers.WARM_UP_RUNS), then rounds whose order
 rotates (A B C, B C A, C A B, ...) so that none always runs first; every run is kept (round,
 position, load average) and the report saved after each, so that a stopped benchmark keeps
 what it measured.  The medians and the markdown table are rendered from the runs alone."""
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sdcli.bench.peers import median, run_measured
+from sdcli.bench.peers import WARM_UP_RUNS, median, run_measured
 
 Command = Callable[[str], tuple[list[str], dict]]
 
@@ -60,6 +61,12 @@ def made_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
     return args.workdir, args.output_dir
 
 
+def warm_up_phrase(report: dict) -> str:
+    """"one unmeasured warm-up" or "two unmeasured warm-ups": what the report's runs came after."""
+    n = int(report.get("warm_ups", 1))
+    return {1: "one unmeasured warm-up", 2: "two unmeasured warm-ups"}.get(n, f"{n} unmeasured warm-ups")
+
+
 def rotated(names: Sequence[str], rnd: int) -> list[str]:
     """`names` in round `rnd`'s order: started `rnd` places on."""
     names = list(names)
@@ -91,15 +98,20 @@ def measure_rounds(report: dict, names: Sequence[str], command: Command, rounds:
                    fields: dict | None = None, parse: Callable[[str], dict] | None = None,
                    warm_up: Sequence[str] | None = None, save: Callable[[], None] | None = None,
                    log: Callable[[str], None] = print) -> list[dict]:
-    """Run each of `warm_up` (default: all `names`) once unmeasured, then `rounds` rotated rounds of
+    """Run each of `warm_up` (default: all `names`) WARM_UP_RUNS times unmeasured (sdcli's first run
+    of a model only compiles it, its second writes the blob every later run imports), then `rounds` rotated rounds of
     `names`; `command(name)` gives a run's command line and environment.  Each run is appended to
     report["runs"] as {key: name, **fields, round, position, wall_s, peak_rss_mb, rc, at,
     load_average} plus what `parse(stdout)` returns (a run that failed, or whose output `parse`
     cannot read (ValueError, KeyError, IndexError), gets "error" instead); `save()` after each.
     Returns this call's runs."""
-    for name in names if warm_up is None else warm_up:
-        log(f"warm-up {name}")
-        run_measured(*command(name))
+    warm_up = names if warm_up is None else warm_up
+    if warm_up:
+        report["warm_ups"] = WARM_UP_RUNS  # (bench.json files from before have one: warm_up_phrase)
+    for name in warm_up:
+        for i in range(WARM_UP_RUNS):
+            log(f"warm-up {name} ({i + 1})")
+            run_measured(*command(name))
     done = []
     mine = [r for r in report.get("runs", []) if r.get(key) in names
             and all(r.get(k) == v for k, v in (fields or {}).items())]

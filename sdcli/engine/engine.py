@@ -397,8 +397,10 @@ class Engine:
         t0 = time.perf_counter()  # (the UNet is compiled before the loop's clock starts)
         clock: dict[str, float] = {"unet": 0.0}
         step_times: list[float] = []
+        waited = self.components.waited
         latents = run_steps(unet, latents, timesteps, scheduler, conditioning, request, rng, inpaint, clock, on_step,
                             step_times, family=self.family)
+        timings["load_wait_denoise"] = self.components.waited - waited  # (a ControlNet got at its first call)
         finish = getattr(unet, "overlays", [])  # what is laid over the decoded picture (ControlNet units')
         del unet  # else this frame keeps a released UNet (and its weights) alive through decoding
         if release_unet or self.low_memory:

@@ -14,7 +14,8 @@ the benchmark measures from outside as its wall time less `total`).
   encoded, so only what the main thread waits for counts here; `model_load_total`, beside the
   stages, is all of the loading);
 - text_encoder, unet (every step's UNet calls), steps_other (the denoising loop less the UNet:
-  the scheduler, guidance), decode: the work, less any wait for loading;
+  the scheduler, guidance), decode: the work, less any wait for loading (a ControlNet still
+  loading is waited for inside the first step's UNet call: `load_wait_denoise`, left out of unet);
 - png_write: writing the PNG.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def generate_breakdown(timings: dict, process_start: float | None, imports: floa
         "imports": imports,
         "model_load": timings.get("load_wait", 0.0),
         "text_encoder": max(0.0, encode - timings.get("load_wait_encode", 0.0)) if encode else 0.0,
-        "unet": timings.get("unet", 0.0),
+        "unet": max(0.0, timings.get("unet", 0.0) - timings.get("load_wait_denoise", 0.0)),
         "steps_other": max(0.0, timings.get("denoise", 0.0) - timings.get("unet", 0.0)),
         "decode": max(0.0, timings.get("decode", 0.0) - timings.get("load_wait_decode", 0.0)),
         "png_write": png_write,
