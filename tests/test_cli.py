@@ -293,6 +293,26 @@ def test_a_bug_is_exit_70_with_one_line_and_the_traceback_only_with_debug(tiny_e
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_file_stream_openvino_could_not_write_is_a_failed_run_not_a_bug(tiny_eps, tmp_path, monkeypatch):
+    """Saving an IR to a full disk makes OpenVINO raise RuntimeError("basic_ios::clear: iostream
+    error"): exit 1 with one line that says what may be wrong, not exit 70."""
+    from typer.testing import CliRunner
+
+    import sdcli.engine.engine
+    from sdcli.cli.app import app
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("Exception from src/core/src/pass/serialize.cpp:1371:\nbasic_ios::clear: iostream error")
+
+    monkeypatch.setattr(sdcli.engine.engine.Engine, "generate", full_disk)
+    result = CliRunner().invoke(app, [str(a) for a in base_args(tiny_eps, tmp_path / "x.png")])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("sdcli: error: a model file could not be written or read")
+    assert "(OpenVINO: basic_ios::clear: iostream error)" in line and line.endswith("is the disk full?")
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim"])
 def test_more_steps_than_leading_spacing_has_room_for_is_exit_2(tiny_eps, tmp_path, scheduler):
     """Leading spacing with steps_offset 1 reaches timestep 1000 at 1000 steps (past the

@@ -28,6 +28,12 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def is_stream_failure(exc: BaseException) -> bool:
+    """OpenVINO's RuntimeError for a C++ file stream that failed (saving an IR to a full disk
+    raises "basic_ios::clear: iostream error"): the system's I/O failing, not a bug."""
+    return isinstance(exc, RuntimeError) and "iostream error" in str(exc)
+
+
 def one_line(text: str) -> str:
     """`text` with its control characters and line separators escaped (\\n, \\x1b, \\u2028)."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
