@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 from sdcli import IMPORTED_AT, __version__
 from sdcli.schedulers import A1111_NAMES, resolve_scheduler_name, scheduler_names
 from sdcli.util.breakdown import process_age as proc_age
-from sdcli.util.errors import SdcliError, UsageError, error_text, is_stream_failure, one_line
+from sdcli.util.errors import SdcliError, UsageError, error_text, is_run_failure, one_line
 
 # click's exception classes as this Typer has them (its own copy of click from 0.20 on)
 _CLICK_USAGE_ERROR, _CLICK_EXCEPTION = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
@@ -79,11 +79,8 @@ def fail(exc: BaseException) -> None:
         traceback.print_exception(exc)
     if isinstance(exc, SdcliError):
         code, line = exc.exit_code, f"error: {error_text(exc)}"
-    elif isinstance(exc, (OSError, MemoryError)):
+    elif is_run_failure(exc):
         code, line = 1, f"error: {error_text(exc)}"
-    elif is_stream_failure(exc):  # OpenVINO's C++ file streams failed: a full disk, a file gone
-        reason = next(part.strip() for part in str(exc).splitlines() if "iostream error" in part)
-        code, line = 1, f"error: a model file could not be written or read (OpenVINO: {reason}); is the disk full?"
     else:
         hint = "" if STATE["debug"] else " (rerun with --debug for the traceback)"
         code, line = INTERNAL_ERROR, f"internal error: {error_text(exc)}{hint}"

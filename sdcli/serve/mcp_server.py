@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from sdcli import __version__
 from sdcli.serve import a1111, openai_api
 from sdcli.serve.worker import Job, ModelNotFound, Worker
-from sdcli.util.errors import SdcliError, UsageError, error_text
+from sdcli.util.errors import UsageError, error_text, is_run_failure
 
 INSTRUCTIONS = ("Stable Diffusion images made on this computer's CPU through OpenVINO (sdcli). generate_image draws "
                 "a prompt; edit_image repaints an image (inpainting with a mask, image-to-image, or reference-image "
@@ -64,7 +64,7 @@ def tool_error(exc: BaseException) -> ToolError:
         message = openai_api._flags_to_fields(message).replace("hires.", "hires_")
     elif isinstance(exc, UsageError):
         message = openai_api._flags_to_fields(str(exc)).replace("hires.", "hires_")
-    elif isinstance(exc, (SdcliError, OSError, MemoryError)):
+    elif is_run_failure(exc):
         message = error_text(exc)
     else:  # a bug: the traceback to the server's log, one line to the client
         traceback.print_exception(exc, file=sys.stderr)

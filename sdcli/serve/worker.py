@@ -23,7 +23,7 @@ from typing import Callable
 
 from sdcli.engine.request import GenerationRequest
 from sdcli.serve.a1111 import Options, Plan
-from sdcli.util.errors import SdcliError, UsageError, error_text
+from sdcli.util.errors import SdcliError, UsageError, error_text, is_run_failure
 
 
 class QueueFull(SdcliError):
@@ -235,7 +235,7 @@ class Worker:
                     job.future.set_result(self._switch(job.title, warm_up=True) if job.kind == "switch"
                                           else self._generate(job))
                 except BaseException as exc:  # answered to the request that asked
-                    if not isinstance(exc, (SdcliError, OSError, MemoryError)):
+                    if not is_run_failure(exc):
                         traceback.print_exception(exc, file=sys.stderr)
                     elif job.kind == "switch":
                         print(f"sdcli: serve: cannot load {job.title}: {error_text(exc)}", file=sys.stderr)

@@ -22,16 +22,28 @@ def error_text(exc: BaseException) -> str:
     file, else the exception's type and the first line of its message."""
     if isinstance(exc, SdcliError):
         return str(exc)
+    reason = stream_failure(exc)
+    if reason is not None:
+        return f"a model file could not be written or read (OpenVINO: {reason}); is the disk full?"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def is_stream_failure(exc: BaseException) -> bool:
-    """OpenVINO's RuntimeError for a C++ file stream that failed (saving an IR to a full disk
-    raises "basic_ios::clear: iostream error"): the system's I/O failing, not a bug."""
-    return isinstance(exc, RuntimeError) and "iostream error" in str(exc)
+def stream_failure(exc: BaseException) -> str | None:
+    """The reason of OpenVINO's RuntimeError for a C++ file stream that failed (saving an IR to
+    a full disk raises "basic_ios::clear: iostream error"), else None: the system's I/O
+    failing, not a bug."""
+    if isinstance(exc, RuntimeError):
+        return next((part.strip() for part in str(exc).splitlines() if "iostream error" in part), None)
+    return None
+
+
+def is_run_failure(exc: BaseException) -> bool:
+    """A valid run that failed (exit 1), not a bug: sdcli's own errors, the system's I/O and
+    memory errors, OpenVINO's failed file streams."""
+    return isinstance(exc, (SdcliError, OSError, MemoryError)) or stream_failure(exc) is not None
 
 
 def one_line(text: str) -> str:
