@@ -27,14 +27,15 @@ build() {
 src = Path('$work') / '$zi-random'
 made = {} if (src / 'model_index.json').is_file() else _made(src, [sys.executable, '-m', 'sdcli.convert.random_model', FLOW_ARCHS['$zi'][0]])
 print(json.dumps({'folder': str(src), 'build': made}))" > "$res/made-$zi-build.txt" 2>&1
-  for wf in int8 int4; do
+  for wf in $wfs; do
     $py -c "import json, sys; from pathlib import Path; from sdcli.bench.flow import ensure_flow_models
 folder, made = ensure_flow_models(Path('$work'), '$zi', '$wf', lambda s: print(s, file=sys.stderr))
 print(json.dumps({'folder': str(folder), **made}))" > "$res/made-$zi-$wf.txt" 2>&1 &
   done
   wait
 }
-export -f build; export py work res zi
+wfs=${WFS:-int8 int4}  # the folders to convert (WFS=int8: only that one)
+export -f build; export py work res zi wfs
 start_build build "$zi (int8 and int4)"
 rounds_in() {  # folder: the fewest runs any peer has in its bench.json (0 if none): the rounds still owed
   $py -c "import json, sys, collections; runs = json.load(open(sys.argv[1])).get('runs', [])
