@@ -59,6 +59,23 @@ def test_vae_decoder_and_transformer_go_on_the_denoisers_lane():
     assert len(denoiser) == 1 and len(encoders) == 1 and denoiser != encoders
 
 
+@pytest.mark.parametrize("lanes", [True, False])
+def test_controlnet_loads_beside_the_encoders_and_the_unet(lanes):
+    """A ControlNet does not wait behind the text encoders or the UNet (its own lane); with
+    --low-memory it waits, as everything does."""
+    cache = ComponentCache(runtime=None, folder=None, lanes=lanes)
+    release = threading.Event()
+    busy = [cache.start((name,), lambda name=name: release.wait(10) and name) for name in ("unet", "text_encoder_2")]
+    control = cache.start(("controlnet", "cn", ()), lambda: threading.current_thread().name)
+    try:
+        name = control.result(timeout=2) if lanes else None
+        assert (name is not None and name.startswith("sdcli-load-control")) if lanes else not control.done()
+    finally:
+        release.set()
+    assert [f.result(timeout=10) for f in busy] == ["unet", "text_encoder_2"]
+    assert control.result(timeout=10)
+
+
 def _decoders(engine) -> list[tuple]:
     return [key for key in engine.components._components if key[0].startswith("vae_decoder")]
 

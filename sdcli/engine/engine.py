@@ -167,7 +167,7 @@ class Engine:
             self.refiner.preload(refiner_request(request))
         started = [self.components.start_denoiser(shapes, variant, patch)
                    for variant in self._unet_variants(request.deepcache, bool(request.controlnets))]
-        if request.controlnets:  # beside the UNet, on the encoders' lane
+        if request.controlnets:  # beside the UNet and the encoders, on a lane of their own (engine/loader.py)
             from sdcli.engine.controlnet import start_compiling
 
             start_compiling(self, request, shapes)

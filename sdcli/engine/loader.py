@@ -1,9 +1,9 @@
 """The engine's compiled components: compiled on first use, for each (size, batch) they are
 asked for, and kept, so that a batch of requests of one size compiles once.
 
-They load off the main thread, on two lanes of one thread each, in the order asked for: the
-denoiser's (the UNet or transformer, and the VAE decoder) and the encoders' (text encoders,
-the VAE encoder).  OpenVINO releases the GIL while it compiles, so the text encoder compiles
+They load off the main thread, on lanes of one thread each, in the order asked for: the
+denoiser's (the UNet or transformer, and the VAE decoder), the encoders' (text encoders,
+the VAE encoder) and the ControlNets'.  OpenVINO releases the GIL while it compiles, so the text encoder compiles
 beside the UNet and the prompt is encoded while the UNet is still compiling (on an empty
 cache the text encoder's compile is no longer added to the UNet's: on the 16-core Xeon,
 SD 1.5's takes 1.0-1.3 s).  The engine starts the VAE decoder on the denoiser's lane after
@@ -11,7 +11,10 @@ the UNet, so that it loads during the loop: loaded when the decode asked for it,
 the decode waiting 0.15-0.37 s on the 16-core Xeon and about 1.5 s on two cores (SD 1.5,
 512x512, warm cache; scripts/decode_in_context.py), for +110 MiB on the loop's peak.  With
 `lanes=False` (--low-memory) one thread loads everything in turn, each when it is needed,
-so that one large component is in memory at a time.
+so that one large component is in memory at a time.  ControlNets have a lane of their own:
+on the encoders' lane, after SDXL's two text encoders, the 16-core Xeon's first step waited
+3.5 s for one (bench-results/xeon16/session34/diag/gen-1.json: encoders 3.1 s, then the
+ControlNet's import 3.9 s, while the UNet and the decoder were ready after 2.6 s).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from sdcli.runtime.lora import WeightPatch
 
 
 DENOISER_LANE = ("unet", "transformer", "vae_decoder")  # names (prefixes) of the components on the denoiser's lane
+CONTROL_LANE = ("controlnet",)  # and on the ControlNets' lane
 
 
 class ComponentCache:
@@ -38,6 +42,8 @@ class ComponentCache:
         self._components: dict[tuple, Future] = {}
         self._encoders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load")
         self._denoiser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load-denoiser") if lanes \
+            else self._encoders
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdcli-load-control") if lanes \
             else self._encoders
         self._lock = threading.Lock()
 
@@ -52,7 +58,8 @@ class ComponentCache:
                     self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
                     return component
 
-                lane = self._denoiser if key[0].startswith(DENOISER_LANE) else self._encoders
+                lane = self._denoiser if key[0].startswith(DENOISER_LANE) else \
+                    self._control if key[0].startswith(CONTROL_LANE) else self._encoders
                 self._components[key] = lane.submit(timed)
             return self._components[key]
 
