@@ -152,3 +152,26 @@ def test_int4_on_a_stable_diffusion_folder_is_refused(tmp_path):
     assert result.exit_code == 2, result.output
     assert "int4 is for the transformer models" in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_int4_folder_encodes_the_prompt_after_the_transformer_compiled(int4_folder, tiny_z_image):
+    """On an int4 folder the text encoder's first inference waits for the transformer's compile
+    (on the 16-core Xeon the two slowed each other six-fold when overlapped:
+    bench-results/xeon16/session35/diag/); the fp32 folder's denoiser is not 4-bit."""
+    from sdcli.engine.engine import Engine
+    from sdcli.engine.request import GenerationRequest
+    from sdcli.model.folder import ModelFolder
+
+    assert ModelFolder.open(int4_folder).denoiser_4bit and not ModelFolder.open(tiny_z_image[1]).denoiser_4bit
+    engine = Engine(int4_folder, precision="f32", cache_dir=False)
+    seen = []
+    encode = engine.family.encode_prompt
+
+    def recording(components, request, guidance):
+        with components._lock:
+            seen.append([f.done() for key, f in components._components.items() if key[0] == "transformer"])
+        return encode(components, request, guidance)
+
+    engine.family.encode_prompt = recording
+    result = engine.generate(GenerationRequest(prompt=PROMPT, steps=1, seed=SEED, width=WIDTH, height=HEIGHT))
+    assert seen == [[True]] and result.image is not None and result.timings["load_wait_encode"] >= 0

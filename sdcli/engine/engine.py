@@ -213,6 +213,8 @@ class Engine:
             encoded = self._prompts.get(key)
             seconds = None
             if encoded is None:
+                if self.folder.denoiser_4bit and not self.low_memory:  # (engine/loader.py: int4 folders)
+                    self.components.wait_for_denoiser()
                 started = time.perf_counter()
                 encoded = self.family.encode_prompt(self.components, request, guidance)
                 seconds = time.perf_counter() - started

@@ -115,6 +115,15 @@ class ModelFolder:
         return [name for name in names if self.ir(name).is_file()]
 
     @cached_property
+    def denoiser_4bit(self) -> bool:
+        """Whether the denoiser's IR holds 4-bit weights (an int4 folder: u4/i4 constants)."""
+        try:
+            data = self.ir(self.denoiser).read_bytes()
+        except OSError:
+            return False
+        return b'element_type="u4"' in data or b'element_type="i4"' in data
+
+    @cached_property
     def model_index(self) -> dict:
         """model_index.json ({} when the folder has none)."""
         from sdcli.model.config_checks import read_json
