@@ -66,3 +66,10 @@ wait_built() {  # until start_build's build is done or the call's time is nearly
   while [ ! -f "$work/built" ] && [ "$(left)" -gt 20 ]; do sleep 5; done
   [ -f "$work/built" ] && { tail -qn 1 "$res"/made-*.txt; log "models ready"; }
 }
+install_optimum_wheels() {  # optimum-intel's wheels (.whl-oi, where carried) into /tmp/site-oi, once per machine
+  if [ -d "$R/.whl-oi" ] && [ ! -f /tmp/site-oi/.installed ]; then
+    log "installing optimum-intel's wheels into /tmp/site-oi"
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-oi \
+        "$R"/.whl-oi/*.whl 2>&1 | tail -3 && touch /tmp/site-oi/.installed
+  fi
+}

@@ -24,11 +24,7 @@
 zi=${TINY:+tiny-z-image}; zi=${zi:-z-image}
 size=${TINY:+64}; size=${size:-512}
 oipy=${OPTIMUM_PY:-$R/bench-results/xeon16/optimum-python}
-if [ -d "$R/.whl-oi" ] && [ ! -f /tmp/site-oi/.installed ]; then
-  log "installing optimum-intel's wheels into /tmp/site-oi"
-  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-oi \
-      "$R"/.whl-oi/*.whl 2>&1 | tail -3 && touch /tmp/site-oi/.installed
-fi
+install_optimum_wheels
 build() {
   $py -c "import json, sys; from pathlib import Path; from sdcli.bench.flow import ensure_flow_models
 folder, made = ensure_flow_models(Path('$work'), '$zi', 'int8', lambda s: print(s, file=sys.stderr))

@@ -17,11 +17,7 @@ zi=${TINY:+tiny-z-image}; zi=${zi:-z-image}
 big=${TINY:+64}; big=${big:-1024}
 small=${TINY:+32}; small=${small:-512}
 oipy=${OPTIMUM_PY:-$R/bench-results/xeon16/optimum-python}
-if [ -d "$R/.whl-oi" ] && [ ! -f /tmp/site-oi/.installed ]; then
-  log "installing optimum-intel's wheels into /tmp/site-oi"
-  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-oi \
-      "$R"/.whl-oi/*.whl 2>&1 | tail -3 && touch /tmp/site-oi/.installed
-fi
+install_optimum_wheels
 build() {
   $py -c "import json, sys; from pathlib import Path; from sdcli.bench.flow import FLOW_ARCHS, _made
 src = Path('$work') / '$zi-random'
