@@ -213,9 +213,9 @@ class Engine:
             encoded = self._prompts.get(key)
             seconds = None
             if encoded is None:
+                started = time.perf_counter()  # (its waits for models count in load_wait_encode too)
                 if self.folder.denoiser_4bit and not self.low_memory:  # (engine/loader.py: int4 folders)
                     self.components.wait_for_denoiser()
-                started = time.perf_counter()
                 encoded = self.family.encode_prompt(self.components, request, guidance)
                 seconds = time.perf_counter() - started
                 self.timings["encode_prompt"] = seconds
