@@ -71,25 +71,23 @@ class ComponentCache:
 
     def get(self, key: tuple, build: Callable[[], object]):
         future = self.start(key, build)
-        if future.done():
-            return future.result()
-        started = time.perf_counter()
-        try:
-            return future.result()
-        finally:
-            with self._lock:
-                self.waited += time.perf_counter() - started
+        self._wait([future])
+        return future.result()
 
     def wait_for_denoiser(self) -> None:
-        """Wait for the denoisers still compiling (counted in `waited`)."""
+        """Wait for the folder's denoiser (every variant) still compiling."""
         with self._lock:
-            loading = [f for key, f in self._components.items() if key[0].startswith(DENOISER_LANE[:2])
-                       and not f.done()]
-        if loading:
-            started = time.perf_counter()
-            wait(loading)
-            with self._lock:
-                self.waited += time.perf_counter() - started
+            loading = [f for key, f in self._components.items() if key[0] == self.folder.denoiser]
+        self._wait(loading)
+
+    def _wait(self, futures: list[Future]) -> None:
+        """Wait for `futures`, the time counted in `waited` where any was still loading."""
+        if all(f.done() for f in futures):
+            return
+        started = time.perf_counter()
+        wait(futures)
+        with self._lock:
+            self.waited += time.perf_counter() - started
 
     def has(self, name: str) -> bool:
         """Whether some variant of component `name` is compiled or compiling."""
