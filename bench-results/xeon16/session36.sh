@@ -7,8 +7,9 @@
 #     cn/ measured it before: sdcli-1cn 27.8 s, 0.78x)
 #   - stretch, where time is left: Z-Image int8 at 1024², 2 steps, warm (caches kept), the three peers
 #   PHASE=1  carry .whl .whl-nncf .carry/bin: openvino, genai, nncf into /tmp/site; in one process session of its own
-#            (start_build) the random Z-Image and klein built and converted (Z: $ZWFS, int4 by default; klein: int4) and the
-#            ControlNet benchmark's SDXL folder made, all at once; after them klein's rounds, then the ControlNet's
+#            (start_build) the random Z-Image and klein built and converted (Z: $ZWFS, int4 by default; klein: int4),
+#            each random source deleted once converted, and the ControlNet benchmark's SDXL folder made, one after
+#            another (at once they filled the 64 GiB disk in session 36); then klein's rounds, then the ControlNet's
 #   PHASE=2  carry .whl-oi .carry/bin: optimum-intel's wheels into /tmp/site-oi; Z-Image int4 rounds, then what
 #            phase 1 still owes
 #   PHASE=3+ carry .carry/bin: whatever is still owed, then the stretch row
@@ -34,13 +35,13 @@ folder, made = ensure_flow_models(Path('$work'), '$1', '$wf', lambda s: print(s,
 print(json.dumps({'folder': str(folder), **made}))" > "$res/made-$1-$wf.txt" 2>&1 &
   done
   wait
+  rm -rf "$work/$1-random"  # the f32 source (about 40 GB for Z-Image): the machine's disk is 64 GiB
 }
-build() {
-  build_arch "$zi" "$zwfs" &
-  build_arch "$kl" int4 &
+build() {  # one model after another (session 36's lease filled the disk building them at once)
+  build_arch "$zi" "$zwfs"
+  build_arch "$kl" int4
   $py -c "import sys; sys.path.insert(0, '$R/scripts'); from pathlib import Path; import bench_controlnet as b
-print(b.prepare(Path('$work/cn'), arch='$cnxl'))" > "$res/made-cn-$cnxl.txt" 2>&1 &
-  wait
+print(b.prepare(Path('$work/cn'), arch='$cnxl'))" > "$res/made-cn-$cnxl.txt" 2>&1
 }
 export -f build build_arch; export py work res zi kl cnxl zwfs R
 start_build build "$zi ($zwfs), $kl (int4) and the ControlNet's $cnxl"
