@@ -86,7 +86,6 @@ def load_dtype(folder: Path, weight_format: str):
 
 
 def to_openvino(module, example: dict, inputs: list, output_names: list[str]):
-    import openvino as ov
     import torch
 
     module.eval()
@@ -98,13 +97,25 @@ def to_openvino(module, example: dict, inputs: list, output_names: list[str]):
         from openvino.frontend.pytorch import patch_model
 
         getattr(patch_model, "__make_16bit_traceable")(module)
-    with torch.no_grad():
-        model = ov.convert_model(module, example_input=example, input=inputs)
+    model = traced_to_openvino(module, example, inputs)
     for port, name in zip(model.inputs, example):
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, output_names):
         port.get_tensor().set_names({name})
     return model
+
+
+def traced_to_openvino(module, example, inputs):
+    """ov.convert_model of `module` traced on `example`, without torch.jit.trace's check (it traces
+    the module again and runs it twice more to compare): optimum-intel skips it for every diffusers
+    export too (allow_skip_tracing_check). The IR is the same, byte for byte."""
+    import openvino as ov
+    import torch
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+    with torch.no_grad():
+        decoder = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
+        return ov.convert_model(decoder, example_input=example, input=inputs)
 
 
 def save_ir(model, folder: Path, weight_format: str, int4: Int4 | None = None) -> None:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from sdcli.convert.ir import traced_to_openvino
 from sdcli.model.tensor_files import PICKLE_SUFFIXES, read_safetensors, read_torch_pickle
 from sdcli.model.upscalers import INFO_FILE, INPUT_NAME, IR_FILE, OUTPUT_NAME, upscaler_dir
 from sdcli.util.errors import UsageError
@@ -171,8 +172,7 @@ def to_ir(descriptor):
     req = descriptor.size_requirements
     size = max(EXAMPLE_SIZE, req.get_padding(EXAMPLE_SIZE, EXAMPLE_SIZE)[0] + EXAMPLE_SIZE)
     example = torch.rand(1, channels, size, size)
-    with torch.no_grad():
-        model = ov.convert_model(module, example_input=example, input=[ov.PartialShape([1, channels, -1, -1])])
+    model = traced_to_openvino(module, example, [ov.PartialShape([1, channels, -1, -1])])
     model.inputs[0].get_tensor().set_names({INPUT_NAME})
     model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
     return model
