@@ -176,3 +176,34 @@ def test_an_int8_unet_is_compressed_from_its_saved_half_precision_ir(tmp_path):
     got = ov.Core().compile_model(compressed, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(sample)[0]
     want = sample @ weight.T
     assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
+
+
+def test_modules_are_traced_once_without_torch_s_trace_check(monkeypatch):
+    """to_openvino traces a module once: torch.jit.trace's check (a second trace and two more runs
+    of the module) is skipped, as optimum-intel skips it for diffusers exports; the IR computes
+    what the module does."""
+    import numpy as np
+    import torch
+    import torch.jit._trace as jit_trace
+
+    from sdcli.convert.ir import to_openvino
+
+    def checked(*args, **kwargs):
+        raise AssertionError("torch.jit.trace checked its trace")
+
+    monkeypatch.setattr(jit_trace, "_check_trace", checked)
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, sample):
+            return torch.relu(self.linear(sample))
+
+    module = Scale()
+    model = to_openvino(module, {"sample": torch.rand(2, 4)}, [(ov.PartialShape([-1, 4]), ov.Type.f32)], ["out"])
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"sample": x})["out"]
+    with torch.no_grad():
+        assert np.allclose(got, module(torch.from_numpy(x)).numpy(), atol=1e-5)
