@@ -5,15 +5,19 @@
 #   - FLUX.2-klein int4 at 512², 4 steps, cold, against genai (optimum-intel cannot run klein)
 #   - the SDXL ControlNet run against diffusers' bf16 pipeline after the ControlNet lane change (session 34's
 #     cn/ measured it before: sdcli-1cn 27.8 s, 0.78x)
-#   - stretch, where time is left: Z-Image int8 at 1024², 2 steps, warm (caches kept), the three peers
+#   - where time is left (PHASE=3+): klein and Z-Image int4 at 1024², 2 steps, cold; Z-Image int8 at 1024², 2 steps,
+#     warm (caches kept; ZWFS="int4 int8" builds its folder), the three peers where optimum-intel runs the model
 #   PHASE=1  carry .whl .whl-nncf .carry/bin: openvino, genai, nncf into /tmp/site; in one process session of its own
 #            (start_build) the random Z-Image and klein built and converted (Z: $ZWFS, int4 by default; klein: int4),
 #            each random source deleted once converted, and the ControlNet benchmark's SDXL folder made, one after
 #            another (at once they filled the 64 GiB disk in session 36); then klein's rounds, then the ControlNet's
 #   PHASE=2  carry .whl-oi .carry/bin: optimum-intel's wheels into /tmp/site-oi; Z-Image int4 rounds, then what
 #            phase 1 still owes
-#   PHASE=3+ carry .carry/bin: whatever is still owed, then the stretch row
+#   PHASE=3+ carry .carry/bin: whatever is still owed, then the 1024² rows
 # Each row's runs go to its own folder; a row cut off by the call's end goes on with --append in the next call.
+# A row with ROUNDS runs per peer in $RESULTS is skipped: session 36 measured the two 512² int4 rows, so the next
+# lease starts its first call with `mkdir -p /tmp/results && cp -r bench-results/xeon16/session36/*-cold /tmp/results/`
+# (and may pass ZWFS="int4 int8" for the warm row), leaving the ControlNet and the 1024² rows.
 # Each phase ends with one tarball in $OUT. TINY=1 PYTHON=/abs/.venv/bin/python OPTIMUM_PY=/abs/.venv-oi/bin/python
 # WORK=... RESULTS=... OUT=...: the tiny models at 64²/32², a check of the script here.
 . "$(dirname "$0")/lib.sh"
@@ -78,6 +82,8 @@ if wait_built; then
   cnbench $(( $(left) - 15 ))
   if [ "$phase" -gt 2 ]; then
     fbench $(( $(left) - 15 )) "$zi" int4 "$small" 4 cold sdcli,genai,optimum
+    fbench $(( $(left) - 15 )) "$kl" int4 "$big" 2 cold sdcli,genai
+    fbench $(( $(left) - 15 )) "$zi" int4 "$big" 2 cold sdcli,genai,optimum
     fbench $(( $(left) - 15 )) "$zi" int8 "$big" 2 warm sdcli,genai,optimum
   fi
 fi
