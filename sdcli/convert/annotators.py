@@ -31,6 +31,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from sdcli.convert.ir import traced_to_openvino
 from sdcli.imaging.annotators import INFO_FILE, INPUT_NAME, IR_FILE, annotator_dir
 from sdcli.model.tensor_files import PICKLE_SUFFIXES
 from sdcli.util.errors import UsageError
@@ -758,9 +759,7 @@ def to_ir(kind: str, module):
         shapes = [ov.PartialShape([1, 3, -1, -1])]
         names = (INPUT_NAME,)
         output = "edge" if kind.startswith("softedge") else "line"
-    with torch.no_grad():  # (traced first, without the trace check: faster than convert_model's own tracing)
-        traced = torch.jit.trace(wrapped, example, check_trace=False)
-        model = ov.convert_model(traced, example_input=example, input=shapes)
+    model = traced_to_openvino(wrapped, example, shapes)
     for port, name in zip(model.inputs, names):
         port.get_tensor().set_names({name})
     for i, port in enumerate(model.outputs, 1):  # (HED's five maps: edge1 ... edge5)

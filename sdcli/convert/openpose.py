@@ -33,6 +33,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from sdcli.convert.ir import traced_to_openvino
 from sdcli.imaging.annotators import INFO_FILE, INPUT_NAME, IR_FILE, annotator_dir
 from sdcli.model.tensor_files import PICKLE_SUFFIXES, read_safetensors, read_torch_pickle
 from sdcli.util.errors import UsageError
@@ -237,9 +238,7 @@ def to_ir(model, kind: str):
     import torch
 
     example = torch.rand(1, 3, EXAMPLE_SIZE, EXAMPLE_SIZE) - 0.5
-    with torch.no_grad():  # (traced first: about twice as fast as letting convert_model trace it)
-        traced = torch.jit.trace(model, example, check_trace=False)
-        ir = ov.convert_model(traced, example_input=example, input=[ov.PartialShape([1, 3, -1, -1])])
+    ir = traced_to_openvino(model, example, [ov.PartialShape([1, 3, -1, -1])])
     ir.inputs[0].get_tensor().set_names({INPUT_NAME})
     for output, name in zip(ir.outputs, OUTPUTS[kind]):
         output.get_tensor().set_names({name})
